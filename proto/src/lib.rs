@@ -1,0 +1,57 @@
+//! peergrid's wire contract: the gRPC service, identities, content hashes, and the signing rules
+//! for tasks and receipts.
+//!
+//! - [`pb`]: messages and gRPC stubs generated from `peergrid.proto` (whose header is the
+//!   normative statement of the signing rules).
+//! - [`hash`]: [`ContentHash`], BLAKE3 content addresses.
+//! - [`identity`]: [`Identity`] (an Ed25519 signing key) and [`PublicKey`], plus key files.
+//! - [`signing`]: sign and verify tasks and receipts over the exact bytes that travel.
+//!
+//! This crate is the only one that knows protobuf; the worker and the submitter convert at their
+//! edges into their own domain types.
+
+pub mod hash;
+pub mod identity;
+pub mod signing;
+
+/// Generated protobuf messages and tonic client/server code for `peergrid.v1`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("peergrid.v1");
+}
+
+pub use hash::ContentHash;
+pub use identity::{Identity, KeyFileError, PublicKey};
+pub use signing::{VerifiedReceipt, VerifiedTask, VerifyError};
+
+/// Largest gRPC message either side accepts, in bytes. It must hold a task result: stdout and
+/// stderr at their largest caps plus the receipt (see `TaskLimits` ceilings in the worker).
+pub const MAX_MESSAGE_BYTES: usize = 24 * 1024 * 1024;
+
+/// Largest data chunk in one `BlobChunk`, in bytes.
+pub const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The canonical name of a gRPC status code (`PERMISSION_DENIED`), as the `.proto` and error
+/// messages spell it.
+pub fn status_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

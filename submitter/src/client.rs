@@ -1,0 +1,225 @@
+//! A gRPC client for one worker: learn who it is, upload what it lacks, run tasks, and check
+//! every receipt before believing it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use peergrid_proto::signing::{VerifiedReceipt, task_digest, verify_receipt};
+use peergrid_proto::{ContentHash, PublicKey, pb, status_code_name};
+use peergrid_worker::receipt::outcome_from_wire;
+use peergrid_worker::sandbox::Outcome;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long to wait for a TCP connection to a worker.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A worker as its `Info` describes it.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub key: PublicKey,
+    pub fingerprint: String,
+    pub slots: u32,
+    pub free_slots: u32,
+    pub version: String,
+}
+
+/// A connected worker.
+pub struct WorkerClient {
+    addr: String,
+    grpc: pb::worker_client::WorkerClient<Channel>,
+    info: WorkerInfo,
+}
+
+/// Why talking to a worker failed. Every variant names the worker's address.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot reach worker {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("worker {addr} refused the task ({}): {message}", status_code_name(*.code))]
+    Refused {
+        addr: String,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("worker {addr} sent a receipt that does not check out: {reason}")]
+    BadReceipt { addr: String, reason: String },
+}
+
+/// A task result whose receipt verified: signed by the worker it was sent to, for the task that
+/// was sent, over the output that came with it.
+#[derive(Debug, Clone)]
+pub struct CheckedResult {
+    pub receipt: VerifiedReceipt,
+    pub signed: pb::SignedReceipt,
+    pub outcome: Outcome,
+    pub stdout: Bytes,
+    pub stderr: Bytes,
+    pub wall_time: Duration,
+}
+
+impl WorkerClient {
+    /// Connects to `addr` (`host:port`) and asks who it is.
+    pub async fn connect(addr: &str) -> Result<Self, ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|error| unreachable(format!("not a host:port address ({error})")))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|error| unreachable(error_chain(&error)))?;
+        let mut grpc = pb::worker_client::WorkerClient::new(channel)
+            .max_decoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES);
+        let info = grpc
+            .info(pb::InfoRequest {})
+            .await
+            .map_err(|status| unreachable(status.message().to_owned()))?
+            .into_inner();
+        let key = PublicKey::from_slice(&info.worker_key)
+            .map_err(|error| unreachable(format!("its Info has a bad key: {error}")))?;
+        Ok(Self {
+            addr: addr.to_owned(),
+            grpc,
+            info: WorkerInfo {
+                key,
+                fingerprint: info.runtime_fingerprint,
+                slots: info.slots,
+                free_slots: info.free_slots,
+                version: info.version,
+            },
+        })
+    }
+
+    pub fn info(&self) -> &WorkerInfo {
+        &self.info
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Uploads whichever of `blobs` the worker lacks.
+    pub async fn ensure_blobs(&mut self, blobs: &[(ContentHash, Bytes)]) -> Result<(), ClientError> {
+        let hashes = blobs.iter().map(|(hash, _)| hash.to_vec().into()).collect();
+        let missing = self
+            .grpc
+            .missing_blobs(pb::MissingBlobsRequest { hashes })
+            .await
+            .map_err(|status| self.status_error(status))?
+            .into_inner()
+            .missing;
+        for (hash, bytes) in blobs {
+            if missing.iter().any(|m| m.as_ref() == hash.as_bytes()) {
+                self.put_blob(*hash, bytes.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn put_blob(&mut self, hash: ContentHash, bytes: Bytes) -> Result<(), ClientError> {
+        let total_size = bytes.len() as u64;
+        let mut chunks: Vec<pb::BlobChunk> = bytes
+            .chunks(peergrid_proto::BLOB_CHUNK_BYTES)
+            .map(|chunk| pb::BlobChunk {
+                data: bytes.slice_ref(chunk),
+                ..Default::default()
+            })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(pb::BlobChunk::default());
+        }
+        chunks[0].hash = hash.to_vec().into();
+        chunks[0].total_size = total_size;
+        self.grpc
+            .put_blob(tokio_stream::iter(chunks))
+            .await
+            .map_err(|status| self.status_error(status))?;
+        Ok(())
+    }
+
+    /// Runs one signed task and checks its receipt.
+    pub async fn run(&mut self, task: pb::SignedTask) -> Result<CheckedResult, ClientError> {
+        let digest = task_digest(&task);
+        let result = self
+            .grpc
+            .run(task)
+            .await
+            .map_err(|status| self.status_error(status))?
+            .into_inner();
+        check_result(result, &self.info.key, digest).map_err(|reason| ClientError::BadReceipt {
+            addr: self.addr.clone(),
+            reason,
+        })
+    }
+
+    fn status_error(&self, status: tonic::Status) -> ClientError {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                ClientError::Unreachable {
+                    addr: self.addr.clone(),
+                    reason: status.message().to_owned(),
+                }
+            }
+            code => ClientError::Refused {
+                addr: self.addr.clone(),
+                code,
+                message: status.message().to_owned(),
+            },
+        }
+    }
+}
+
+/// Checks a result against the worker it came from and the task it answers.
+pub fn check_result(
+    result: pb::TaskResult,
+    worker: &PublicKey,
+    digest: ContentHash,
+) -> Result<CheckedResult, String> {
+    let signed = result.receipt.ok_or("the result has no receipt")?;
+    let receipt = verify_receipt(&signed).map_err(|error| error.to_string())?;
+    if receipt.worker != *worker {
+        return Err(format!(
+            "signed by {}, not by the worker the task was sent to ({})",
+            receipt.worker.short(),
+            worker.short()
+        ));
+    }
+    if receipt.task_digest != digest {
+        return Err(format!(
+            "it answers task {}, not the task sent ({})",
+            receipt.task_digest.short(),
+            digest.short()
+        ));
+    }
+    if receipt.stdout_hash != ContentHash::of(&result.stdout)
+        || receipt.stderr_hash != ContentHash::of(&result.stderr)
+    {
+        return Err("the output delivered does not match the hashes the receipt signs".into());
+    }
+    let outcome = outcome_from_wire(&receipt.receipt)
+        .ok_or_else(|| format!("unknown outcome {}", receipt.receipt.outcome))?;
+    Ok(CheckedResult {
+        receipt,
+        signed,
+        outcome,
+        stdout: result.stdout,
+        stderr: result.stderr,
+        wall_time: Duration::from_micros(result.wall_time_us),
+    })
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

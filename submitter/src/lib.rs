@@ -1,0 +1,12 @@
+//! peergrid submitter and command-line interface (`peergrid`).
+//!
+//! - [`program`]: a module and its inputs on disk → the signed program a worker runs, and the
+//!   identical local sandbox task.
+//! - [`client`]: a gRPC client for one worker that checks every receipt.
+//! - [`report`]: how results are printed, and the exit codes.
+//! - [`cli`]: the commands.
+
+pub mod cli;
+pub mod client;
+pub mod program;
+pub mod report;

@@ -1,0 +1,133 @@
+//! The peergrid guest programs, and where to find them.
+//!
+//! `tasks/guests` is a cargo workspace of its own holding one WASI preview 1 binary per guest
+//! (`guests/src/bin/<name>.rs`; each file's doc comment says what it does, its arguments, its
+//! output and, for the hostile ones, which outcome the sandbox should give). This crate's
+//! build script compiles them for `wasm32-wasip1` with a nested, environment-cleaned cargo into
+//! `<target>/guests/wasm32-wasip1/release/`, and the functions here locate the `.wasm` files
+//! for tests, benchmarks and examples.
+//!
+//! Honest guests compute something checkable (`hello`, `echo`, `pi`, `primes`, `mandelbrot`,
+//! `hashchain`, `wordcount`); hostile guests ([`HOSTILE`]) really misbehave (spin, allocate,
+//! recurse, flood, sleep, trap, exit non-zero, try to escape, probe for nondeterminism) so the
+//! sandbox's limits and determinism can be tested against them.
+
+use std::path::PathBuf;
+
+/// Every guest program, by name: `<name>.wasm` in [`guests_dir`].
+pub const GUESTS: &[&str] = &[
+    "hello",
+    "echo",
+    "pi",
+    "primes",
+    "mandelbrot",
+    "hashchain",
+    "wordcount",
+    "spin",
+    "membomb",
+    "recurse",
+    "flood",
+    "sleeper",
+    "trap",
+    "exit7",
+    "escape",
+    "entropy",
+];
+
+/// The guests that misbehave on purpose (a subset of [`GUESTS`]).
+///
+/// Expected outcomes: `spin` out of fuel; `membomb` memory limit; `recurse` trap (stack
+/// overflow); `flood` output limit; `sleeper` wall-clock timeout; `trap` trap after printing
+/// `about to trap`; `exit7` exit code 7; `escape` exit 0 with every host access denied;
+/// `entropy` exit 0 with output identical on every run.
+pub const HOSTILE: &[&str] = &[
+    "spin", "membomb", "recurse", "flood", "sleeper", "trap", "exit7", "escape", "entropy",
+];
+
+/// The directory holding the built `<name>.wasm` files (set by the build script).
+pub fn guests_dir() -> PathBuf {
+    PathBuf::from(env!("PEERGRID_GUESTS_DIR"))
+}
+
+/// The path of guest `name`'s `.wasm` file.
+///
+/// # Panics
+/// If `name` is not one of [`GUESTS`], or its file does not exist.
+pub fn wasm_path(name: &str) -> PathBuf {
+    assert!(
+        GUESTS.contains(&name),
+        "unknown peergrid guest {name:?}; the guests are: {}",
+        GUESTS.join(", ")
+    );
+    let path = guests_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "guest {name:?} is not built: {} does not exist (rebuild the peergrid-tasks crate, e.g. `cargo build -p peergrid-tasks`)",
+        path.display()
+    );
+    path
+}
+
+/// The bytes of guest `name`'s `.wasm` file.
+///
+/// # Panics
+/// As [`wasm_path`], or if the file cannot be read.
+pub fn wasm_bytes(name: &str) -> Vec<u8> {
+    let path = wasm_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_guest_is_built_wasm() {
+        for name in GUESTS {
+            let bytes = wasm_bytes(name);
+            assert!(
+                bytes.starts_with(b"\0asm"),
+                "{name}.wasm does not start with the wasm magic"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_hostile_is_a_subset() {
+        for (i, name) in GUESTS.iter().enumerate() {
+            assert!(!GUESTS[i + 1..].contains(name), "{name} listed twice");
+        }
+        for name in HOSTILE {
+            assert!(
+                GUESTS.contains(name),
+                "hostile guest {name} missing from GUESTS"
+            );
+        }
+    }
+
+    #[test]
+    fn every_guest_has_a_source_file() {
+        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/src/bin");
+        let mut sources: Vec<String> = std::fs::read_dir(&bin)
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .file_stem()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        sources.sort();
+        let mut names: Vec<String> = GUESTS.iter().map(|s| s.to_string()).collect();
+        names.sort();
+        assert_eq!(sources, names, "GUESTS and guests/src/bin disagree");
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown peergrid guest")]
+    fn unknown_guest_panics() {
+        wasm_path("no-such-guest");
+    }
+}

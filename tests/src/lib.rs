@@ -1,0 +1,228 @@
+//! Harness for peergrid's end-to-end tests: starts real `peergrid-worker` processes on loopback,
+//! runs the real `peergrid` CLI, and kills processes the way a crash would.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to the test executables
+//! (`target/<profile>/`); the worker and submitter crates have integration tests of their own,
+//! which makes cargo build their binaries before any test runs.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a worker may take to print its ready line (it compiles nothing at start-up; this is
+/// a bound for a loaded CI machine, not an expected time).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of a binary built by this workspace.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run the whole suite with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// A guest program built from `tasks/guests`.
+pub fn guest(name: &str) -> PathBuf {
+    peergrid_tasks::wasm_path(name)
+}
+
+/// What a finished `peergrid` command printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The single JSON object printed by `--json`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|error| {
+            panic!(
+                "stdout is not one JSON object ({error}); stdout {:?}, stderr {:?}",
+                self.stdout_text(),
+                self.stderr
+            )
+        })
+    }
+}
+
+/// Runs `peergrid ARGS...` to completion.
+pub fn peergrid<I, S>(args: I) -> CliOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = Command::new(bin("peergrid"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("peergrid starts");
+    CliOutput {
+        code: output.status.code(),
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A submitter key made by `peergrid keygen`.
+pub struct KeyPair {
+    pub path: PathBuf,
+    pub public_hex: String,
+}
+
+impl KeyPair {
+    pub fn generate(dir: &Path, name: &str) -> Self {
+        let path = dir.join(name);
+        let output = peergrid([
+            std::ffi::OsStr::new("keygen"),
+            std::ffi::OsStr::new("--out"),
+            path.as_os_str(),
+        ]);
+        assert_eq!(output.code, Some(0), "keygen failed: {}", output.stderr);
+        let public_hex = output.stdout_text().trim().to_owned();
+        assert_eq!(public_hex.len(), 64, "keygen prints the public key: {public_hex:?}");
+        Self { path, public_hex }
+    }
+
+    pub fn identity(&self) -> peergrid_proto::Identity {
+        peergrid_proto::Identity::load(&self.path).expect("keygen wrote a valid key")
+    }
+}
+
+/// A running `peergrid-worker` process. Killed (like a crash) when dropped.
+pub struct WorkerProcess {
+    child: Child,
+    pub addr: String,
+    pub key_hex: String,
+    pub fingerprint: String,
+    pub data_dir: PathBuf,
+    stderr_path: PathBuf,
+}
+
+/// How to start a worker.
+#[derive(Default, Clone)]
+pub struct WorkerConfig<'a> {
+    pub trust: Vec<&'a str>,
+    pub extra_args: Vec<&'a str>,
+    pub env: Vec<(&'a str, &'a str)>,
+    /// The loopback address to listen on (127.0.0.1 unless a test wants distinct hosts).
+    pub host: Option<&'a str>,
+}
+
+impl WorkerProcess {
+    /// Starts a worker on a free loopback port and waits for its ready line.
+    pub fn start(data_dir: &Path, config: WorkerConfig<'_>) -> Self {
+        std::fs::create_dir_all(data_dir).expect("data dir can be created");
+        let stderr_path = data_dir.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr log can be created");
+        let mut command = Command::new(bin("peergrid-worker"));
+        command
+            .arg("--listen")
+            .arg(format!("{}:0", config.host.unwrap_or("127.0.0.1")))
+            .arg("--data-dir")
+            .arg(data_dir);
+        for key in &config.trust {
+            command.arg("--trust").arg(key);
+        }
+        command
+            .args(&config.extra_args)
+            .envs(config.env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = command.spawn().expect("peergrid-worker starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (lines, ready) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let line = match ready.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "worker did not become ready; its stderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        };
+        // "peergrid-worker ready: listening on ADDR key HEX runtime FP slots N"
+        let field = |name: &str| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words
+                .iter()
+                .position(|word| *word == name)
+                .unwrap_or_else(|| panic!("ready line has no {name}: {line:?}"));
+            words[at + 1].to_owned()
+        };
+        Self {
+            addr: field("on"),
+            key_hex: field("key"),
+            fingerprint: field("runtime"),
+            data_dir: data_dir.to_owned(),
+            stderr_path,
+            child,
+        }
+    }
+
+    /// True while the process has not exited.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What the worker logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A direct gRPC client, for what the CLI never sends (tampered, expired or forged tasks).
+pub async fn grpc_client(
+    addr: &str,
+) -> peergrid_proto::pb::worker_client::WorkerClient<tonic::transport::Channel> {
+    peergrid_proto::pb::worker_client::WorkerClient::connect(format!("http://{addr}"))
+        .await
+        .expect("worker accepts connections")
+}
+
+/// Seconds since the UNIX epoch, now.
+pub fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}

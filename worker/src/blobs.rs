@@ -1,0 +1,151 @@
+//! Content-addressed storage of modules and input files under `<data-dir>/blobs/<hex hash>`.
+//!
+//! A blob is written to a temporary file while its hash is computed and becomes visible by an
+//! atomic rename only when the bytes hash to the name it was announced under: a reader never sees
+//! a partial or mismatched blob.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use peergrid_proto::ContentHash;
+
+use crate::limits;
+
+#[derive(Clone)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+/// Why an upload was refused. Each is the uploader's fault except `Io`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PutError {
+    #[error("blob of {size} bytes is larger than this worker's limit of {max} bytes")]
+    TooLarge { size: u64, max: u64 },
+    #[error("upload ended after {received} of the {announced} announced bytes")]
+    SizeMismatch { announced: u64, received: u64 },
+    #[error("uploaded bytes hash to {actual}, not to the announced {announced}")]
+    HashMismatch {
+        announced: ContentHash,
+        actual: ContentHash,
+    },
+    #[error("storage error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BlobStore {
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let dir = data_dir.join("blobs");
+        std::fs::create_dir_all(dir.join("incoming"))?;
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self, hash: &ContentHash) -> PathBuf {
+        self.dir.join(hash.to_hex())
+    }
+
+    pub fn contains(&self, hash: &ContentHash) -> bool {
+        self.path(hash).is_file()
+    }
+
+    pub fn read(&self, hash: &ContentHash) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.path(hash))
+    }
+
+    /// Starts an upload of `size` bytes announced as `hash`.
+    pub fn begin(&self, hash: ContentHash, size: u64) -> Result<Upload, PutError> {
+        if size > limits::MAX_BLOB_BYTES {
+            return Err(PutError::TooLarge {
+                size,
+                max: limits::MAX_BLOB_BYTES,
+            });
+        }
+        let file = tempfile::NamedTempFile::new_in(self.dir.join("incoming"))?;
+        Ok(Upload {
+            store: self.clone(),
+            hash,
+            announced: size,
+            received: 0,
+            hasher: blake3::Hasher::new(),
+            file,
+        })
+    }
+}
+
+/// An upload in progress. Dropped without [`Upload::finish`], it leaves nothing behind.
+pub struct Upload {
+    store: BlobStore,
+    hash: ContentHash,
+    announced: u64,
+    received: u64,
+    hasher: blake3::Hasher,
+    file: tempfile::NamedTempFile,
+}
+
+impl Upload {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), PutError> {
+        self.received += bytes.len() as u64;
+        if self.received > self.announced {
+            return Err(PutError::SizeMismatch {
+                announced: self.announced,
+                received: self.received,
+            });
+        }
+        self.hasher.update(bytes);
+        self.file.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Checks size and hash, then makes the blob visible.
+    pub fn finish(self) -> Result<(), PutError> {
+        if self.received != self.announced {
+            return Err(PutError::SizeMismatch {
+                announced: self.announced,
+                received: self.received,
+            });
+        }
+        let actual = ContentHash::from_blake3(self.hasher.finalize());
+        if actual != self.hash {
+            return Err(PutError::HashMismatch {
+                announced: self.hash,
+                actual,
+            });
+        }
+        self.file.as_file().sync_all()?;
+        self.file
+            .persist(self.store.path(&self.hash))
+            .map_err(|error| PutError::Io(error.error))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_is_visible_only_when_its_bytes_match_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let hash = ContentHash::of(b"hello world");
+
+        let mut upload = store.begin(hash, 11).unwrap();
+        upload.write(b"hello").unwrap();
+        upload.write(b" world").unwrap();
+        upload.finish().unwrap();
+        assert_eq!(store.read(&hash).unwrap(), b"hello world");
+
+        let wrong = ContentHash::of(b"something else");
+        let mut upload = store.begin(wrong, 11).unwrap();
+        upload.write(b"hello world").unwrap();
+        assert!(matches!(upload.finish(), Err(PutError::HashMismatch { .. })));
+        assert!(!store.contains(&wrong));
+
+        let mut upload = store.begin(hash, 3).unwrap();
+        assert!(matches!(upload.write(b"four"), Err(PutError::SizeMismatch { .. })));
+        assert!(matches!(
+            store.begin(hash, limits::MAX_BLOB_BYTES + 1),
+            Err(PutError::TooLarge { .. })
+        ));
+    }
+}

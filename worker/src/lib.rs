@@ -1,0 +1,18 @@
+//! peergrid worker: lends a machine's spare CPU to the grid by running signed WebAssembly tasks
+//! in a deterministic sandbox and answering with signed receipts.
+//!
+//! - [`sandbox`]: wasmtime configured for determinism; limits; typed outcomes.
+//! - [`admission`]: the checks a signed task passes before it may run (pure, no I/O).
+//! - [`blobs`]: content-addressed store of modules and input files.
+//! - [`receipt`]: outcome ⇄ wire conversion and receipt signing.
+//! - [`service`]: the gRPC `Worker` service, where protobuf meets the worker's types.
+//! - [`daemon`]: starting and stopping the whole worker.
+//! - [`limits`]: every bound, and what happens when it is reached.
+
+pub mod admission;
+pub mod blobs;
+pub mod daemon;
+pub mod limits;
+pub mod receipt;
+pub mod sandbox;
+pub mod service;

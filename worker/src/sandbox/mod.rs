@@ -1,0 +1,679 @@
+//! The deterministic WebAssembly sandbox: one wasmtime engine configured so that the same task
+//! gives the same outcome, output and fuel on every machine with the same runtime fingerprint,
+//! and a typed [`Outcome`] for every way a task can end.
+//!
+//! Tasks run on a runtime of their own (one thread per slot), never on the caller's: guest code
+//! is CPU-bound and would otherwise starve the gRPC server. The wall-clock backstop is a tokio
+//! timeout around the whole execution, which also ends a guest blocked in a sleeping host call,
+//! where fuel does not burn.
+
+pub mod guest_env;
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use peergrid_proto::ContentHash;
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::limits;
+use guest_env::{CappedPipe, FixedMonotonicClock, FixedWallClock, SeededRandom};
+
+/// Bumped whenever a sandbox setting that can change a result changes (clocks, random streams,
+/// stack size, argv): peers with different versions must not be compared.
+const SANDBOX_VERSION: u32 = 1;
+
+/// argv[0] of every task: the module's name on the submitter's disk must not change the output.
+pub const ARGV0: &str = "task";
+
+/// Where input files appear in the guest.
+pub const INPUT_DIR: &str = "/input";
+
+/// How a task ended. Every way is a value: no task can crash the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Returned from `main` (code 0) or called `proc_exit`.
+    Exited(i32),
+    Trapped(TrapKind),
+    OutOfFuel,
+    /// Tried to grow memory or tables past the task's limit.
+    MemoryLimit,
+    /// The wall-clock backstop fired.
+    TimedOut,
+    /// Wrote more than its stdout or stderr cap.
+    OutputLimit,
+    /// The module did not validate, compile, link or instantiate; the reason is in the message.
+    InvalidModule(String),
+}
+
+/// Why a guest trapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrapKind {
+    StackOverflow,
+    Unreachable,
+    MemoryOutOfBounds,
+    TableOutOfBounds,
+    IndirectCallToNull,
+    BadSignature,
+    IntegerOverflow,
+    IntegerDivisionByZero,
+    BadConversionToInteger,
+    /// A trap this version does not name, or a host function that failed.
+    Other(String),
+}
+
+impl TrapKind {
+    /// Stable snake_case name, as used in receipts and JSON.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::StackOverflow => "stack_overflow",
+            Self::Unreachable => "unreachable",
+            Self::MemoryOutOfBounds => "memory_out_of_bounds",
+            Self::TableOutOfBounds => "table_out_of_bounds",
+            Self::IndirectCallToNull => "indirect_call_to_null",
+            Self::BadSignature => "bad_signature",
+            Self::IntegerOverflow => "integer_overflow",
+            Self::IntegerDivisionByZero => "integer_division_by_zero",
+            Self::BadConversionToInteger => "bad_conversion_to_integer",
+            Self::Other(name) => name,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "stack_overflow" => Self::StackOverflow,
+            "unreachable" => Self::Unreachable,
+            "memory_out_of_bounds" => Self::MemoryOutOfBounds,
+            "table_out_of_bounds" => Self::TableOutOfBounds,
+            "indirect_call_to_null" => Self::IndirectCallToNull,
+            "bad_signature" => Self::BadSignature,
+            "integer_overflow" => Self::IntegerOverflow,
+            "integer_division_by_zero" => Self::IntegerDivisionByZero,
+            "bad_conversion_to_integer" => Self::BadConversionToInteger,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    fn from_trap(trap: Trap) -> Self {
+        match trap {
+            Trap::StackOverflow => Self::StackOverflow,
+            Trap::UnreachableCodeReached => Self::Unreachable,
+            Trap::MemoryOutOfBounds => Self::MemoryOutOfBounds,
+            Trap::TableOutOfBounds => Self::TableOutOfBounds,
+            Trap::IndirectCallToNull => Self::IndirectCallToNull,
+            Trap::BadSignature => Self::BadSignature,
+            Trap::IntegerOverflow => Self::IntegerOverflow,
+            Trap::IntegerDivisionByZero => Self::IntegerDivisionByZero,
+            Trap::BadConversionToInteger => Self::BadConversionToInteger,
+            other => Self::Other(format!("{other:?}").to_lowercase()),
+        }
+    }
+}
+
+/// The limits one task runs under (already checked against the worker's ceilings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+    pub stdout_max_bytes: u64,
+    pub stderr_max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: limits::DEFAULT_FUEL,
+            memory_bytes: limits::DEFAULT_MEMORY_BYTES,
+            timeout: limits::DEFAULT_TIMEOUT,
+            stdout_max_bytes: limits::DEFAULT_STDOUT_MAX_BYTES,
+            stderr_max_bytes: limits::DEFAULT_STDERR_MAX_BYTES,
+        }
+    }
+}
+
+/// A file the guest reads at `/input/<name>`; `source` is where its bytes are on this host.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: String,
+    pub source: PathBuf,
+}
+
+/// Everything the guest sees, besides the module.
+#[derive(Debug, Clone, Default)]
+pub struct TaskSpec {
+    /// argv[1..]; argv[0] is [`ARGV0`].
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin: Bytes,
+    pub inputs: Vec<InputSpec>,
+    pub limits: Limits,
+    /// Seeds the guest's random streams: the program digest (see `peergrid.proto`).
+    pub random_seed: [u8; 32],
+}
+
+/// What running a task produced.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    pub outcome: Outcome,
+    pub stdout: Bytes,
+    pub stderr: Bytes,
+    /// Fuel the guest burnt after instantiation; 0 when it timed out or never started.
+    pub fuel_used: u64,
+    pub wall_time: Duration,
+}
+
+impl Execution {
+    fn without_running(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            stdout: Bytes::new(),
+            stderr: Bytes::new(),
+            fuel_used: 0,
+            wall_time: Duration::ZERO,
+        }
+    }
+
+    /// BLAKE3 of stdout: what submitters compare.
+    pub fn stdout_hash(&self) -> ContentHash {
+        ContentHash::of(&self.stdout)
+    }
+}
+
+/// A module compiled and linked against WASI, ready to instantiate cheaply.
+#[derive(Clone)]
+pub struct CompiledModule {
+    pre: InstancePre<TaskState>,
+}
+
+/// Why a module cannot run. Deterministic for a given engine: a valid outcome, not a fault.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ModuleError(pub String);
+
+/// Options fixed when the sandbox starts.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Threads running tasks: at most this many tasks make progress at once.
+    pub threads: usize,
+    /// Where per-task scratch directories (input files) are made.
+    pub scratch_dir: PathBuf,
+}
+
+/// The sandbox: a cheap handle, clone it freely.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<TaskState>,
+    fingerprint: String,
+    modules: Mutex<ModuleCache>,
+    executor: Executor,
+    scratch_dir: PathBuf,
+}
+
+/// Per-task store data.
+struct TaskState {
+    wasi: WasiP1Ctx,
+    limiter: TaskLimiter,
+}
+
+impl Sandbox {
+    pub fn new(options: SandboxOptions) -> Result<Self, ModuleError> {
+        let engine = Engine::new(&deterministic_config())
+            .map_err(|error| ModuleError(format!("cannot start wasmtime: {error}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut TaskState| {
+            &mut state.wasi
+        })
+        .map_err(|error| ModuleError(format!("cannot link WASI: {error}")))?;
+        std::fs::create_dir_all(&options.scratch_dir).map_err(|error| {
+            ModuleError(format!(
+                "cannot create scratch directory {}: {error}",
+                options.scratch_dir.display()
+            ))
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                fingerprint: fingerprint(&engine),
+                engine,
+                linker,
+                modules: Mutex::new(ModuleCache::default()),
+                executor: Executor::new(options.threads.max(1)),
+                scratch_dir: options.scratch_dir,
+            }),
+        })
+    }
+
+    /// Names this engine and configuration: results are comparable only between equal
+    /// fingerprints.
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
+    }
+
+    /// The compiled module for `hash`, if it is in memory.
+    pub fn cached(&self, hash: &ContentHash) -> Option<CompiledModule> {
+        self.lock_modules().get(hash)
+    }
+
+    /// Compiles and links a module, and keeps it in memory under `hash`. Blocking (it can take
+    /// seconds for a large module): call it from a blocking thread.
+    pub fn compile(&self, hash: ContentHash, wasm: &[u8]) -> Result<CompiledModule, ModuleError> {
+        let module = Module::new(&self.inner.engine, wasm)
+            .map_err(|error| ModuleError(format!("invalid module: {}", error_chain(&error))))?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|error| ModuleError(format!("cannot link module: {}", error_chain(&error))))?;
+        let compiled = CompiledModule { pre };
+        self.lock_modules().insert(hash, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Runs a task to completion on the sandbox's own threads. Never fails: every ending is an
+    /// [`Outcome`].
+    pub async fn run(&self, module: &CompiledModule, spec: TaskSpec) -> Execution {
+        let sandbox = self.clone();
+        let module = module.clone();
+        let task = self
+            .inner
+            .executor
+            .spawn(async move { sandbox.run_here(&module, spec).await });
+        match task.await {
+            Ok(execution) => execution,
+            // A panic here is a bug in peergrid, not the guest's doing; report it as a trap so
+            // the worker keeps serving.
+            Err(error) => Execution::without_running(Outcome::Trapped(TrapKind::Other(format!(
+                "host panic: {error}"
+            )))),
+        }
+    }
+
+    /// Compiles (or takes from the cache) and runs `wasm` in one step: the `peergrid run` path.
+    pub async fn run_module(&self, wasm: Bytes, spec: TaskSpec) -> Execution {
+        let hash = ContentHash::of(&wasm);
+        let module = match self.cached(&hash) {
+            Some(module) => Ok(module),
+            None => {
+                let sandbox = self.clone();
+                tokio::task::spawn_blocking(move || sandbox.compile(hash, &wasm))
+                    .await
+                    .unwrap_or_else(|error| Err(ModuleError(format!("compiler panic: {error}"))))
+            }
+        };
+        match module {
+            Ok(module) => self.run(&module, spec).await,
+            Err(error) => Execution::without_running(Outcome::InvalidModule(error.0)),
+        }
+    }
+
+    async fn run_here(&self, module: &CompiledModule, spec: TaskSpec) -> Execution {
+        let started = Instant::now();
+        let stdout = CappedPipe::new(cap_to_usize(spec.limits.stdout_max_bytes));
+        let stderr = CappedPipe::new(cap_to_usize(spec.limits.stderr_max_bytes));
+        // Held until the task ends: the guest's /input lives here.
+        let scratch = match self.prepare_inputs(&spec.inputs) {
+            Ok(scratch) => scratch,
+            Err(error) => {
+                return Execution::without_running(Outcome::Trapped(TrapKind::Other(format!(
+                    "host could not prepare input files: {error}"
+                ))));
+            }
+        };
+        let wasi = match wasi_context(&spec, &stdout, &stderr, scratch.as_ref().map(|d| d.path()))
+        {
+            Ok(wasi) => wasi,
+            Err(error) => {
+                return Execution::without_running(Outcome::Trapped(TrapKind::Other(format!(
+                    "host could not open input directory: {error}"
+                ))));
+            }
+        };
+        let state = TaskState {
+            wasi,
+            limiter: TaskLimiter {
+                memory_max_bytes: cap_to_usize(spec.limits.memory_bytes),
+                hit: false,
+            },
+        };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|state| &mut state.limiter);
+
+        let limits = spec.limits.clone();
+        let run = async move {
+            let result = instantiate_and_call(&mut store, module, limits.fuel).await;
+            let fuel_left = store.get_fuel().unwrap_or(0);
+            let memory_limit_hit = store.data().limiter.hit;
+            (result, limits.fuel.saturating_sub(fuel_left), memory_limit_hit)
+        };
+        let (outcome, fuel_used) = match tokio::time::timeout(spec.limits.timeout, run).await {
+            Err(_elapsed) => (Outcome::TimedOut, 0),
+            Ok((result, fuel_used, memory_limit_hit)) => {
+                let outcome = classify(result, memory_limit_hit);
+                // Fuel is meaningful only once the guest started running.
+                let fuel_used = match outcome {
+                    Outcome::InvalidModule(_) => 0,
+                    _ => fuel_used,
+                };
+                (outcome, fuel_used)
+            }
+        };
+        let outcome = if stdout.overflowed() || stderr.overflowed() {
+            Outcome::OutputLimit
+        } else {
+            outcome
+        };
+        drop(scratch);
+        Execution {
+            outcome,
+            stdout: stdout.contents(),
+            stderr: stderr.contents(),
+            fuel_used,
+            wall_time: started.elapsed(),
+        }
+    }
+
+    /// Links every input file into a fresh scratch directory (copying across file systems).
+    fn prepare_inputs(&self, inputs: &[InputSpec]) -> std::io::Result<Option<tempfile::TempDir>> {
+        if inputs.is_empty() {
+            return Ok(None);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("task-")
+            .tempdir_in(&self.inner.scratch_dir)?;
+        for input in inputs {
+            let target = dir.path().join(&input.name);
+            if std::fs::hard_link(&input.source, &target).is_err() {
+                std::fs::copy(&input.source, &target)?;
+            }
+        }
+        Ok(Some(dir))
+    }
+
+    fn lock_modules(&self) -> std::sync::MutexGuard<'_, ModuleCache> {
+        self.inner
+            .modules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+async fn instantiate_and_call(
+    store: &mut Store<TaskState>,
+    module: &CompiledModule,
+    fuel: u64,
+) -> Result<(), RunError> {
+    // Instantiation (data segments, start function) gets its own allowance: its cost differs
+    // between platforms, so the task's fuel is set only once it is done (DESIGN.md §3).
+    store.set_fuel(fuel).map_err(RunError::Host)?;
+    let instance = module
+        .pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(RunError::Instantiate)?;
+    store.set_fuel(fuel).map_err(RunError::Host)?;
+    store
+        .fuel_async_yield_interval(Some(limits::FUEL_YIELD_INTERVAL))
+        .map_err(RunError::Host)?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut *store, "_start")
+        .map_err(|error| RunError::Instantiate(error.context("a WASI command exports `_start`")))?;
+    start.call_async(&mut *store, ()).await.map_err(RunError::Guest)
+}
+
+enum RunError {
+    Instantiate(wasmtime::Error),
+    Guest(wasmtime::Error),
+    Host(wasmtime::Error),
+}
+
+fn classify(result: Result<(), RunError>, memory_limit_hit: bool) -> Outcome {
+    let error = match result {
+        Ok(()) => return Outcome::Exited(0),
+        Err(RunError::Host(error)) => {
+            return Outcome::Trapped(TrapKind::Other(format!("host: {}", error_chain(&error))));
+        }
+        Err(RunError::Instantiate(_)) if memory_limit_hit => return Outcome::MemoryLimit,
+        Err(RunError::Instantiate(error)) => {
+            return Outcome::InvalidModule(format!("cannot instantiate: {}", error_chain(&error)));
+        }
+        Err(RunError::Guest(error)) => error,
+    };
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return Outcome::Exited(exit.0);
+    }
+    if memory_limit_hit {
+        return Outcome::MemoryLimit;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::OutOfFuel,
+        Some(trap) => Outcome::Trapped(TrapKind::from_trap(*trap)),
+        None => Outcome::Trapped(TrapKind::Other(format!("host: {}", error_chain(&error)))),
+    }
+}
+
+fn wasi_context(
+    spec: &TaskSpec,
+    stdout: &CappedPipe,
+    stderr: &CappedPipe,
+    input_dir: Option<&Path>,
+) -> wasmtime::Result<WasiP1Ctx> {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .arg(ARGV0)
+        .args(&spec.args)
+        .envs(&spec.env)
+        .stdin(MemoryInputPipe::new(spec.stdin.clone()))
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .wall_clock(FixedWallClock)
+        .monotonic_clock(FixedMonotonicClock)
+        .secure_random(SeededRandom::new(guest_env::RANDOM_CONTEXT, &spec.random_seed))
+        .insecure_random(SeededRandom::new(
+            guest_env::INSECURE_RANDOM_CONTEXT,
+            &spec.random_seed,
+        ))
+        .insecure_random_seed(SeededRandom::insecure_seed(&spec.random_seed))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    if let Some(dir) = input_dir {
+        builder.preopened_dir(dir, INPUT_DIR, FsPerms::ReadOnly)?;
+    }
+    Ok(builder.build_p1())
+}
+
+fn deterministic_config() -> Config {
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        // Float results must not depend on the host CPU: NaN bit patterns are canonicalised and
+        // relaxed SIMD (whose results are implementation-defined) is off.
+        .cranelift_nan_canonicalization(true)
+        .wasm_relaxed_simd(false)
+        .relaxed_simd_deterministic(true)
+        // One well-defined address space per task. (Threads and shared memory are not even
+        // compiled in: wasmtime's `threads` feature is off.)
+        .wasm_multi_memory(false)
+        .wasm_memory64(false)
+        .max_wasm_stack(limits::MAX_WASM_STACK_BYTES)
+        .async_stack_size(limits::MAX_WASM_STACK_BYTES + 2 * 1024 * 1024)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config
+}
+
+/// `sandbox-v<N>/<arch>-<os>/<16 hex>`: the hex is BLAKE3 over wasmtime's compatibility hash (its
+/// version and every compilation setting) and this sandbox's own settings.
+fn fingerprint(engine: &Engine) -> String {
+    struct Blake3Hasher(blake3::Hasher);
+    impl Hasher for Blake3Hasher {
+        fn finish(&self) -> u64 {
+            unreachable!("only the full BLAKE3 output is used")
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut hasher = Blake3Hasher(blake3::Hasher::new());
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+    hasher.write(&SANDBOX_VERSION.to_le_bytes());
+    hasher.write(&(limits::MAX_WASM_STACK_BYTES as u64).to_le_bytes());
+    hasher.write(&guest_env::FIXED_WALL_CLOCK_UNIX_S.to_le_bytes());
+    hasher.write(ARGV0.as_bytes());
+    let digest = hasher.0.finalize();
+    format!(
+        "sandbox-v{SANDBOX_VERSION}/{}-{}/{}",
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        &digest.to_hex()[..16]
+    )
+}
+
+fn cap_to_usize(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(error: &wasmtime::Error) -> String {
+    error
+        .chain()
+        .map(|cause| cause.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Caps a task's linear memory and tables; remembers that it refused, so the outcome can say so.
+struct TaskLimiter {
+    memory_max_bytes: usize,
+    hit: bool,
+}
+
+/// The error `memory.grow` raises past the limit (it ends the task).
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {0} bytes reached")]
+struct MemoryLimitExceeded(usize);
+
+impl ResourceLimiter for TaskLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_max_bytes {
+            self.hit = true;
+            return Err(wasmtime::Error::new(MemoryLimitExceeded(self.memory_max_bytes)));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > limits::MAX_TABLE_ELEMENTS {
+            self.hit = true;
+            return Err(wasmtime::Error::new(MemoryLimitExceeded(self.memory_max_bytes)));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        limits::MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        limits::MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        limits::MAX_MEMORIES
+    }
+}
+
+/// Compiled modules by hash, least recently used dropped first past
+/// [`limits::MODULE_CACHE_ENTRIES`].
+#[derive(Default)]
+struct ModuleCache {
+    entries: HashMap<ContentHash, (CompiledModule, u64)>,
+    clock: u64,
+}
+
+impl ModuleCache {
+    fn get(&mut self, hash: &ContentHash) -> Option<CompiledModule> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(hash).map(|(module, used)| {
+            *used = clock;
+            module.clone()
+        })
+    }
+
+    fn insert(&mut self, hash: ContentHash, module: CompiledModule) {
+        self.clock += 1;
+        if self.entries.len() >= limits::MODULE_CACHE_ENTRIES && !self.entries.contains_key(&hash) {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(hash, _)| *hash);
+            if let Some(oldest) = oldest {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(hash, (module, self.clock));
+    }
+}
+
+/// The threads guest code runs on: a tokio runtime of its own, so CPU-bound guests never starve
+/// the caller's runtime, and sleeping host calls and timeouts still work.
+struct Executor {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Executor {
+    fn new(threads: usize) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("peergrid-sandbox")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime can always be built with valid options");
+        Self {
+            runtime: Some(runtime),
+        }
+    }
+
+    fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .spawn(future)
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside another runtime: let it wind down on
+        // its own threads instead.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
