@@ -24,6 +24,7 @@ pub struct WorkerInfo {
 }
 
 /// A connected worker.
+#[derive(Clone)]
 pub struct WorkerClient {
     addr: String,
     grpc: pb::worker_client::WorkerClient<Channel>,

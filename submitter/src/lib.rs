@@ -4,9 +4,11 @@
 //!   identical local sandbox task.
 //! - [`client`]: a gRPC client for one worker that checks every receipt.
 //! - [`report`]: how results are printed, and the exit codes.
+//! - [`demo`]: `peergrid demo`, a local grid running a verified pi sweep.
 //! - [`cli`]: the commands.
 
 pub mod cli;
 pub mod client;
+pub mod demo;
 pub mod program;
 pub mod report;

@@ -44,6 +44,9 @@ pub const HOSTILE: &[&str] = &[
     "spin", "membomb", "recurse", "flood", "sleeper", "trap", "exit7", "escape", "entropy",
 ];
 
+/// The `pi` guest, embedded: what `peergrid demo` runs, so the demo needs no file on disk.
+pub const PI_WASM: &[u8] = include_bytes!(concat!(env!("PEERGRID_GUESTS_DIR"), "/pi.wasm"));
+
 /// The directory holding the built `<name>.wasm` files (set by the build script).
 pub fn guests_dir() -> PathBuf {
     PathBuf::from(env!("PEERGRID_GUESTS_DIR"))
