@@ -36,6 +36,16 @@ enum Command {
         #[arg(long, default_value_t = 2_000_000)]
         samples: u64,
     },
+    /// Show the grid as a worker sees it: every peer with its address, cores, free slots,
+    /// runtime, state (alive / suspect / down) and when it was last heard from.
+    Peers {
+        /// gRPC address (host:port) of any worker.
+        #[arg(long)]
+        seed: String,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create an Ed25519 key pair: the secret key in FILE (mode 0600), the public key as hex in
     /// FILE.pub, and print the public key.
     Keygen {
@@ -148,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             samples,
         } => demo(workers, tasks, samples).await,
         Command::Keygen { out } => keygen(out),
+        Command::Peers { seed, json } => crate::peers::show(&seed, json).await,
         Command::Run(task) => run_local(task).await,
         Command::Exec {
             peer,

@@ -143,6 +143,17 @@ impl WorkerClient {
         Ok(())
     }
 
+    /// The worker's membership view.
+    pub async fn peers(&mut self) -> Result<Vec<pb::PeerInfo>, ClientError> {
+        Ok(self
+            .grpc
+            .peers(pb::PeersRequest {})
+            .await
+            .map_err(|status| self.status_error(status))?
+            .into_inner()
+            .peers)
+    }
+
     /// Runs one signed task and checks its receipt.
     pub async fn run(&mut self, task: pb::SignedTask) -> Result<CheckedResult, ClientError> {
         let digest = task_digest(&task);

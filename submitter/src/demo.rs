@@ -53,14 +53,16 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     let (stop, stopped) = watch::channel(false);
 
     let mut clients = Vec::new();
+    let mut seed = None;
     for index in 0..options.workers {
-        let worker = Worker::start(WorkerOptions {
-            listen: "127.0.0.1:0".parse().expect("a valid socket address"),
-            data_dir: scratch.path().join(format!("worker-{index}")),
-            trust: vec![submitter.public_key()],
-            slots: 1,
-        })
-        .await?;
+        let mut worker_options = WorkerOptions::new(scratch.path().join(format!("worker-{index}")));
+        worker_options.listen = "127.0.0.1:0".parse().expect("a valid socket address");
+        worker_options.trust = vec![submitter.public_key()];
+        worker_options.policy.cores = 1;
+        worker_options.gossip = Some("127.0.0.1:0".parse().expect("a valid socket address"));
+        worker_options.seeds = seed.into_iter().collect();
+        let worker = Worker::start(worker_options).await?;
+        seed = seed.or(worker.gossip_addr);
         let addr = worker.addr.to_string();
         let mut stopped = stopped.clone();
         tokio::spawn(worker.serve(async move {

@@ -348,3 +348,19 @@ fn bad_cli_input_gives_one_line_errors_naming_the_file() {
     assert!(unreachable.stderr.contains("127.0.0.1:9"), "{}", unreachable.stderr);
     assert_eq!(unreachable.stderr.trim().lines().count(), 1, "{}", unreachable.stderr);
 }
+
+#[test]
+fn the_demo_runs_a_verified_pi_sweep_on_a_local_grid() {
+    let output = peergrid(["demo", "--workers", "2", "--tasks", "3", "--samples", "20000"]);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    let text = output.stdout_text();
+    assert!(text.contains("3 tasks accepted, 0 disagreements"), "{text}");
+    let estimate: f64 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no estimate in {text}"));
+    assert!((estimate - std::f64::consts::PI).abs() < 0.05, "{estimate}");
+    // Every task ran on two different workers and their receipts agreed.
+    assert_eq!(output.stderr.matches(" agree (fuel ").count(), 3, "{}", output.stderr);
+}

@@ -2,13 +2,18 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use peergrid_proto::{Identity, KeyFileError, PublicKey};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admission::TrustPolicy;
 use crate::blobs::BlobStore;
+use crate::membership::{Gossip, MembershipConfig, PeerIdentity};
+use crate::policy::{self, DonorPolicy, DonorState, FileLoad, LoadSource, SysinfoLoad};
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::service::WorkerService;
 
@@ -18,8 +23,45 @@ pub struct WorkerOptions {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub trust: Vec<PublicKey>,
-    /// Tasks run at once; more are refused with RESOURCE_EXHAUSTED.
-    pub slots: u32,
+    pub policy: DonorPolicy,
+    /// UDP address to gossip on; `None` runs the worker alone (reachable by address only).
+    pub gossip: Option<SocketAddr>,
+    /// Gossip addresses of workers to join through.
+    pub seeds: Vec<SocketAddr>,
+    pub membership: MembershipConfig,
+    /// Where the owner's load is read from.
+    pub load: LoadSourceKind,
+}
+
+/// Which [`LoadSource`] the donor policy samples.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoadSourceKind {
+    /// The machine's real CPU use (sysinfo).
+    Machine,
+    /// A percentage read from a file (a testing aid).
+    File(PathBuf),
+}
+
+impl WorkerOptions {
+    /// Options with the documented defaults for everything but the data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            listen: "127.0.0.1:7070".parse().expect("valid"),
+            data_dir,
+            trust: Vec::new(),
+            policy: DonorPolicy {
+                cores: DonorPolicy::default_cores(),
+                memory_bytes: DonorPolicy::default_memory_bytes(),
+                idle_only: false,
+                busy_threshold_pct: 50.0,
+                sample_interval: std::time::Duration::from_secs(1),
+            },
+            gossip: None,
+            seeds: Vec::new(),
+            membership: MembershipConfig::default(),
+            load: LoadSourceKind::Machine,
+        }
+    }
 }
 
 /// Why a worker could not start. Each names the file or address involved.
@@ -42,13 +84,23 @@ pub enum StartError {
     Sandbox(String),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot gossip on {addr}: {source}")]
+    Gossip {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the machine's load: {0}")]
+    Load(String),
 }
 
 /// A worker that is listening; [`Worker::serve`] runs it until shutdown.
 pub struct Worker {
     listener: TcpListener,
     service: WorkerService,
+    /// Stops gossip and the load sampler (also when dropped).
+    stop: watch::Sender<bool>,
     pub addr: SocketAddr,
+    pub gossip_addr: Option<SocketAddr>,
     pub public_key: PublicKey,
     pub fingerprint: String,
 }
@@ -64,8 +116,9 @@ impl Worker {
         std::fs::create_dir_all(&options.data_dir).map_err(dir_error)?;
         let identity = Identity::load_or_create(&options.data_dir.join("identity.key"))?;
         let blobs = BlobStore::open(&options.data_dir).map_err(dir_error)?;
+        let cores = options.policy.cores.max(1);
         let sandbox = Sandbox::new(SandboxOptions {
-            threads: options.slots.max(1) as usize,
+            threads: cores as usize,
             scratch_dir: options.data_dir.join("scratch"),
         })
         .map_err(|error| StartError::Sandbox(error.0))?;
@@ -81,17 +134,63 @@ impl Worker {
         })?;
         let public_key = identity.public_key();
         let fingerprint = sandbox.fingerprint().to_owned();
+        let donor = Arc::new(DonorState::default());
         let service = WorkerService::new(
             identity,
             sandbox,
             blobs,
-            TrustPolicy::new(options.trust),
-            options.slots.max(1),
+            TrustPolicy::new(options.trust.clone()),
+            &options.policy,
+            donor.clone(),
         );
+        let (stop, stopped) = watch::channel(false);
+        if options.policy.idle_only {
+            let source: Box<dyn LoadSource> = match &options.load {
+                LoadSourceKind::Machine => Box::new(
+                    SysinfoLoad::new().map_err(|error| StartError::Load(error.to_string()))?,
+                ),
+                LoadSourceKind::File(path) => Box::new(FileLoad::new(path.clone())),
+            };
+            policy::spawn_sampler(options.policy.clone(), source, donor, stopped.clone());
+        }
+        let gossip_addr = match options.gossip {
+            None => None,
+            Some(bind) => {
+                let me = PeerIdentity {
+                    gossip_addr: bind,
+                    grpc_addr: addr,
+                    worker_key: public_key.to_bytes(),
+                    fingerprint: fingerprint.clone(),
+                    cores,
+                    incarnation: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(1, |now| now.as_millis() as u64),
+                };
+                let slots = service.clone();
+                let gossip = Gossip::start(
+                    bind,
+                    move |local| PeerIdentity {
+                        gossip_addr: local,
+                        ..me
+                    },
+                    options.membership.clone(),
+                    options.seeds.clone(),
+                    move || slots.free_slots(),
+                    stopped,
+                )
+                .await
+                .map_err(|source| StartError::Gossip { addr: bind, source })?;
+                let local = gossip.local_addr;
+                service.set_gossip(gossip);
+                Some(local)
+            }
+        };
         Ok(Self {
             listener,
             service,
+            stop,
             addr,
+            gossip_addr,
             public_key,
             fingerprint,
         })
@@ -111,6 +210,7 @@ impl Worker {
             .add_service(self.service.into_server())
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
+        let _ = self.stop.send(true);
         Ok(())
     }
 }

@@ -5,31 +5,84 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use peergrid_proto::PublicKey;
-use peergrid_worker::daemon::{Worker, WorkerOptions};
+use peergrid_worker::config::Settings;
+use peergrid_worker::daemon::Worker;
 
 /// Lend this machine's spare CPU to a peergrid: run signed WebAssembly tasks in a deterministic
-/// sandbox and answer with signed receipts.
+/// sandbox and answer with signed receipts. Workers find each other by gossip (--gossip, --seed).
 #[derive(Parser, Debug)]
-#[command(version, after_help = "Exit codes: 0 after a clean shutdown (Ctrl-C or SIGTERM), \
-1 if the server failed while running, 2 if it could not start (bad flag, data directory, \
-key file or address).\n\nLogging: set RUST_LOG (e.g. RUST_LOG=peergrid_worker=debug).")]
+#[command(version, after_help = "Every flag can also be set in a TOML file given with --config \
+(see worker/peergrid-worker.example.toml); flags override the file.\n\n\
+Exit codes: 0 after a clean shutdown (Ctrl-C or SIGTERM), 1 if the server failed while running, \
+2 if it could not start (bad flag, config file, data directory, key file or address).\n\n\
+Logging: set RUST_LOG (e.g. RUST_LOG=peergrid_worker=debug).")]
 struct Args {
-    /// Address to serve gRPC on (port 0 picks a free port; the chosen one is printed).
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
+    /// TOML file with any of the settings below.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to serve gRPC on (port 0 picks a free port; the chosen one is printed)
+    /// [default: 127.0.0.1:7070].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Directory for the worker's identity key (created on first start, mode 0600), stored
     /// modules and input files, and scratch space.
     #[arg(long)]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// Public key (64 hex characters) of a submitter whose tasks this worker runs. Repeat for
     /// several. Tasks signed by any other key are refused with PERMISSION_DENIED.
     #[arg(long = "trust", value_name = "PUBKEY_HEX")]
-    trust: Vec<PublicKey>,
-    /// Tasks run at once [default: all cores but one, at least one]. More are refused with
-    /// RESOURCE_EXHAUSTED.
+    trust: Vec<String>,
+    /// Cores lent: tasks run at once; more are refused with RESOURCE_EXHAUSTED
+    /// [default: all cores but one, at least one].
+    #[arg(long, alias = "slots")]
+    cores: Option<u32>,
+    /// Cap on the memory limits of all running tasks together, in MiB [default: half of RAM].
     #[arg(long)]
-    slots: Option<u32>,
+    memory_mb: Option<u64>,
+    /// Take work only while the owner is not using the machine: above --busy-threshold, stop
+    /// taking tasks and preempt running ones (reported as ABORTED, never as a result).
+    #[arg(long)]
+    idle_only: bool,
+    /// Owner CPU use, in percent of the machine (the worker's own tasks excluded), above which
+    /// the machine is busy in --idle-only mode [default: 50].
+    #[arg(long, value_name = "PCT")]
+    busy_threshold: Option<f32>,
+    /// How often the load is sampled, in milliseconds [default: 1000].
+    #[arg(long)]
+    sample_interval_ms: Option<u64>,
+    /// UDP address to gossip on (port 0 picks a free port). Without it the worker runs alone.
+    #[arg(long, value_name = "ADDR")]
+    gossip: Option<SocketAddr>,
+    /// Gossip address of a worker to join through. Repeat for several.
+    #[arg(long = "seed", value_name = "ADDR")]
+    seeds: Vec<SocketAddr>,
+    /// Testing aid: read the owner's CPU use (a percentage) from this file instead of sampling
+    /// the machine.
+    #[arg(long, value_name = "FILE")]
+    owner_load_file: Option<PathBuf>,
+}
+
+impl Args {
+    fn settings(self) -> Result<Settings, peergrid_worker::config::ConfigError> {
+        let file = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        let flags = Settings {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            trust: (!self.trust.is_empty()).then_some(self.trust),
+            cores: self.cores,
+            memory_mb: self.memory_mb,
+            idle_only: self.idle_only.then_some(true),
+            busy_threshold: self.busy_threshold,
+            sample_interval_ms: self.sample_interval_ms,
+            gossip: self.gossip,
+            seeds: (!self.seeds.is_empty()).then_some(self.seeds),
+            owner_load_file: self.owner_load_file,
+        };
+        Ok(flags.over(file))
+    }
 }
 
 fn main() -> ExitCode {
@@ -41,6 +94,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let options = match args.settings().and_then(Settings::resolve) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("peergrid-worker: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -48,26 +108,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(run(args))
+    runtime.block_on(run(options))
 }
 
-async fn run(args: Args) -> ExitCode {
-    let slots = args.slots.unwrap_or_else(default_slots);
-    if slots == 0 {
-        eprintln!("peergrid-worker: --slots must be at least 1");
-        return ExitCode::from(2);
-    }
-    if args.trust.is_empty() {
+async fn run(options: peergrid_worker::daemon::WorkerOptions) -> ExitCode {
+    if options.trust.is_empty() {
         tracing::warn!("no --trust keys given: every task will be refused with PERMISSION_DENIED");
     }
-    let worker = match Worker::start(WorkerOptions {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        trust: args.trust,
-        slots,
-    })
-    .await
-    {
+    let cores = options.policy.cores;
+    let worker = match Worker::start(options).await {
         Ok(worker) => worker,
         Err(error) => {
             eprintln!("peergrid-worker: {error}");
@@ -75,8 +124,9 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     // One line on stdout when ready: scripts and tests wait for it instead of sleeping.
+    let gossip = worker.gossip_addr.map_or("off".to_owned(), |addr| addr.to_string());
     println!(
-        "peergrid-worker ready: listening on {} key {} runtime {} slots {slots}",
+        "peergrid-worker ready: listening on {} key {} runtime {} slots {cores} gossip {gossip}",
         worker.addr, worker.public_key, worker.fingerprint
     );
     match worker.serve(shutdown_signal()).await {
@@ -86,11 +136,6 @@ async fn run(args: Args) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn default_slots() -> u32 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cores.saturating_sub(1).max(1) as u32
 }
 
 async fn shutdown_signal() {

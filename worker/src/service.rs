@@ -2,7 +2,7 @@
 //! tasks (see [`crate::admission`]), holds a slot for each running one, runs it in the sandbox and
 //! answers with a signed receipt.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use peergrid_proto::{ContentHash, Identity, pb};
@@ -14,6 +14,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::admission::{self, AdmittedTask, Refusal, TrustPolicy};
 use crate::blobs::{BlobStore, PutError};
+use crate::membership::{Gossip, PeerState};
+use crate::policy::{DonorPolicy, DonorState};
 use crate::sandbox::{CompiledModule, Execution, InputSpec, Outcome, Sandbox};
 use crate::{limits, receipt};
 
@@ -30,7 +32,15 @@ struct Inner {
     trust: TrustPolicy,
     slots: Arc<Semaphore>,
     slot_count: u32,
+    /// The donor's memory cap, in MiB, shared by running tasks by their memory limits.
+    memory_mib: Arc<Semaphore>,
+    memory_mib_total: u64,
+    donor: Arc<DonorState>,
+    /// Set once gossip is running (never, without `--gossip`).
+    gossip: OnceLock<Gossip>,
 }
+
+const MIB: u64 = 1024 * 1024;
 
 impl WorkerService {
     pub fn new(
@@ -38,8 +48,11 @@ impl WorkerService {
         sandbox: Sandbox,
         blobs: BlobStore,
         trust: TrustPolicy,
-        slot_count: u32,
+        policy: &DonorPolicy,
+        donor: Arc<DonorState>,
     ) -> Self {
+        let slot_count = policy.cores.max(1);
+        let memory_mib_total = (policy.memory_bytes / MIB).clamp(1, Semaphore::MAX_PERMITS as u64);
         Self {
             inner: Arc::new(Inner {
                 identity,
@@ -48,8 +61,25 @@ impl WorkerService {
                 trust,
                 slots: Arc::new(Semaphore::new(slot_count as usize)),
                 slot_count,
+                memory_mib: Arc::new(Semaphore::new(memory_mib_total as usize)),
+                memory_mib_total,
+                donor,
+                gossip: OnceLock::new(),
             }),
         }
+    }
+
+    /// Slots a new task could take now: none while the donor's machine is busy.
+    pub fn free_slots(&self) -> u32 {
+        if self.inner.donor.is_busy() {
+            return 0;
+        }
+        self.inner.slots.available_permits() as u32
+    }
+
+    /// Attaches the running membership, for the `Peers` RPC.
+    pub fn set_gossip(&self, gossip: Gossip) {
+        let _ = self.inner.gossip.set(gossip);
     }
 
     /// The tonic server for this service, with the message-size limits of the wire contract.
@@ -79,9 +109,28 @@ impl WorkerService {
                     format!("missing blobs, upload them with PutBlob and retry: {list}"),
                 ));
             }
-            let permit = self.take_slot()?;
-            let execution = self.execute(task.clone()).await;
-            drop(permit);
+            // Subscribed before the busy check, so a preemption that lands between the two is
+            // still seen.
+            let mut preemption = inner.donor.preemption();
+            if inner.donor.is_busy() {
+                return Err(Refusal::new(
+                    Code::ResourceExhausted,
+                    "the donor's machine is busy (idle-only mode); retry later or elsewhere",
+                ));
+            }
+            let slot = self.take_slot()?;
+            let memory = self.take_memory(task.spec.limits.memory_bytes)?;
+            let execution = tokio::select! {
+                execution = self.execute(task.clone()) => execution,
+                _ = preemption.changed() => {
+                    info!("preempted: the donor needs the machine");
+                    return Err(Refusal::new(
+                        Code::Aborted,
+                        "preempted: the donor's machine became busy; run the task elsewhere",
+                    ));
+                }
+            };
+            drop((slot, memory));
             info!(
                 outcome = ?execution.outcome,
                 fuel = execution.fuel_used,
@@ -119,6 +168,27 @@ impl WorkerService {
                 format!("all {} slots are busy; retry later or elsewhere", self.inner.slot_count),
             )
         })
+    }
+
+    fn take_memory(&self, memory_bytes: u64) -> Result<OwnedSemaphorePermit, Refusal> {
+        let needed = memory_bytes.div_ceil(MIB).max(1);
+        let total = self.inner.memory_mib_total;
+        if needed > total {
+            return Err(Refusal::new(
+                Code::OutOfRange,
+                format!("the task's memory limit ({needed} MiB) is above this donor's cap of {total} MiB"),
+            ));
+        }
+        self.inner
+            .memory_mib
+            .clone()
+            .try_acquire_many_owned(needed as u32)
+            .map_err(|_| {
+                Refusal::new(
+                    Code::ResourceExhausted,
+                    format!("the donor's memory cap ({total} MiB) is taken by running tasks; retry later"),
+                )
+            })
     }
 
     async fn execute(&self, mut task: AdmittedTask) -> Execution {
@@ -168,7 +238,7 @@ impl pb::worker_server::Worker for WorkerService {
             worker_key: inner.identity.public_key().to_bytes().to_vec().into(),
             runtime_fingerprint: inner.sandbox.fingerprint().to_owned(),
             slots: inner.slot_count,
-            free_slots: inner.slots.available_permits() as u32,
+            free_slots: self.free_slots(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             max_limits: Some(admission::max_limits()),
         }))
@@ -240,6 +310,48 @@ impl pb::worker_server::Worker for WorkerService {
                 Err(refusal.into())
             }
         }
+    }
+
+    async fn peers(&self, _request: Request<pb::PeersRequest>) -> Result<Response<pb::PeersResponse>, Status> {
+        let peers = match self.inner.gossip.get() {
+            Some(gossip) => gossip
+                .snapshot()
+                .into_iter()
+                .map(|peer| {
+                    let identity = &peer.view.identity;
+                    pb::PeerInfo {
+                        worker_key: identity.worker_key.to_vec().into(),
+                        grpc_addr: identity.grpc_addr.to_string(),
+                        gossip_addr: identity.gossip_addr.to_string(),
+                        cores: identity.cores,
+                        free_slots: if peer.view.is_self { Some(self.free_slots()) } else { peer.view.free_slots },
+                        runtime_fingerprint: identity.fingerprint.clone(),
+                        state: match peer.view.state {
+                            PeerState::Alive => pb::PeerState::Alive,
+                            PeerState::Suspect => pb::PeerState::Suspect,
+                            PeerState::Down => pb::PeerState::Down,
+                        } as i32,
+                        incarnation: identity.incarnation,
+                        last_heard_ms_ago: peer.last_heard_ago.map(|ago| ago.as_millis() as u64),
+                        is_self: peer.view.is_self,
+                    }
+                })
+                .collect(),
+            // Without gossip this worker knows only itself.
+            None => vec![pb::PeerInfo {
+                worker_key: self.inner.identity.public_key().to_bytes().to_vec().into(),
+                grpc_addr: String::new(),
+                gossip_addr: String::new(),
+                cores: self.inner.slot_count,
+                free_slots: Some(self.free_slots()),
+                runtime_fingerprint: self.inner.sandbox.fingerprint().to_owned(),
+                state: pb::PeerState::Alive as i32,
+                incarnation: 0,
+                last_heard_ms_ago: Some(0),
+                is_self: true,
+            }],
+        };
+        Ok(Response::new(pb::PeersResponse { peers }))
     }
 
     type ExecuteStream = ReceiverStream<Result<pb::ExecuteResponse, Status>>;

@@ -285,11 +285,14 @@ impl Sandbox {
     pub async fn run(&self, module: &CompiledModule, spec: TaskSpec) -> Execution {
         let sandbox = self.clone();
         let module = module.clone();
-        let task = self
-            .inner
-            .executor
-            .spawn(async move { sandbox.run_here(&module, spec).await });
-        match task.await {
+        let mut task = AbortOnDrop(
+            self.inner
+                .executor
+                .spawn(async move { sandbox.run_here(&module, spec).await }),
+        );
+        // If the caller stops waiting (a preempted task, a client gone), the guest is stopped at
+        // its next fuel yield instead of running on unobserved.
+        match (&mut task.0).await {
             Ok(execution) => execution,
             // A panic here is a bug in peergrid, not the guest's doing; report it as a trap so
             // the worker keeps serving.
@@ -634,6 +637,15 @@ impl ModuleCache {
             }
         }
         self.entries.insert(hash, (module, self.clock));
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,0 +1,103 @@
+//! `peergrid peers`: asks one worker for its membership view and prints it as a table or JSON.
+
+use std::fmt::Write as _;
+
+use peergrid_proto::{PublicKey, pb};
+use serde_json::json;
+
+use crate::client::WorkerClient;
+
+/// One peer as the CLI shows it.
+#[derive(Debug, Clone)]
+pub struct PeerRow {
+    pub key: String,
+    pub grpc_addr: String,
+    pub gossip_addr: String,
+    pub cores: u32,
+    pub free_slots: Option<u32>,
+    pub runtime: String,
+    pub state: &'static str,
+    pub incarnation: u64,
+    pub last_heard_ms_ago: Option<u64>,
+    pub is_self: bool,
+}
+
+impl PeerRow {
+    fn from_wire(peer: pb::PeerInfo) -> Self {
+        let key = PublicKey::from_slice(&peer.worker_key).map_or_else(|_| "?".to_owned(), |key| key.to_hex());
+        let state = match pb::PeerState::try_from(peer.state) {
+            Ok(pb::PeerState::Alive) => "alive",
+            Ok(pb::PeerState::Suspect) => "suspect",
+            Ok(pb::PeerState::Down) => "down",
+            _ => "unknown",
+        };
+        Self {
+            key,
+            grpc_addr: peer.grpc_addr,
+            gossip_addr: peer.gossip_addr,
+            cores: peer.cores,
+            free_slots: peer.free_slots,
+            runtime: peer.runtime_fingerprint,
+            state,
+            incarnation: peer.incarnation,
+            last_heard_ms_ago: peer.last_heard_ms_ago,
+            is_self: peer.is_self,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "peer": self.key,
+            "grpc_addr": self.grpc_addr,
+            "gossip_addr": self.gossip_addr,
+            "cores": self.cores,
+            "free_slots": self.free_slots,
+            "runtime": self.runtime,
+            "state": self.state,
+            "incarnation": self.incarnation,
+            "last_heard_ms_ago": self.last_heard_ms_ago,
+            "is_self": self.is_self,
+        })
+    }
+}
+
+/// The peers `seed` knows, itself first.
+pub async fn fetch(seed: &str) -> anyhow::Result<Vec<PeerRow>> {
+    let mut client = WorkerClient::connect(seed).await?;
+    let peers = client.peers().await?;
+    Ok(peers.into_iter().map(PeerRow::from_wire).collect())
+}
+
+/// Prints the table (or JSON) and returns the exit code.
+pub async fn show(seed: &str, as_json: bool) -> anyhow::Result<u8> {
+    let rows = fetch(seed).await?;
+    if as_json {
+        let rows: Vec<_> = rows.iter().map(PeerRow::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", table(&rows));
+    }
+    Ok(0)
+}
+
+/// A fixed-width table, one row per peer.
+pub fn table(rows: &[PeerRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10}  {}",
+        "PEER", "GRPC", "CORES", "FREE", "STATE", "RUNTIME", "INCARNATION", "HEARD", "GOSSIP"
+    );
+    for row in rows {
+        let peer = format!("{}{}", &row.key[..row.key.len().min(12)], if row.is_self { " *" } else { "" });
+        let free = row.free_slots.map_or("-".to_owned(), |free| free.to_string());
+        let heard = row.last_heard_ms_ago.map_or("never".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));
+        let runtime = row.runtime.rsplit('/').next().unwrap_or("").chars().take(12).collect::<String>();
+        let _ = writeln!(
+            out,
+            "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10}  {}",
+            peer, row.grpc_addr, row.cores, free, row.state, runtime, row.incarnation, heard, row.gossip_addr
+        );
+    }
+    out
+}

@@ -1,0 +1,186 @@
+//! The worker's configuration: command-line flags over a TOML file over documented defaults.
+//! `worker/peergrid-worker.example.toml` lists every key with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use peergrid_proto::PublicKey;
+use serde::Deserialize;
+
+use crate::daemon::{LoadSourceKind, WorkerOptions};
+
+/// Everything that can be set, from flags or the file; `None` means "not given here".
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub trust: Option<Vec<String>>,
+    pub cores: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub idle_only: Option<bool>,
+    pub busy_threshold: Option<f32>,
+    pub sample_interval_ms: Option<u64>,
+    pub gossip: Option<SocketAddr>,
+    pub seeds: Option<Vec<SocketAddr>>,
+    pub owner_load_file: Option<PathBuf>,
+}
+
+/// Why the configuration is unusable. Each names the file or the setting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no data directory: give --data-dir DIR or `data-dir = \"DIR\"` in the config file")]
+    NoDataDir,
+    #[error("trust key {key:?}: {reason}")]
+    BadTrustKey { key: String, reason: String },
+    #[error("{setting} = {value} is out of range: {expected}")]
+    OutOfRange {
+        setting: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl Settings {
+    /// Reads a config file. Relative paths in it are relative to the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut settings: Self = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            // toml's message names the line and column and quotes the line.
+            message: error.to_string().trim_end().replace('\n', " "),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for dir in [&mut settings.data_dir, &mut settings.owner_load_file].into_iter().flatten() {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        Ok(settings)
+    }
+
+    /// `self` where given, else `file`.
+    pub fn over(self, file: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(file.listen),
+            data_dir: self.data_dir.or(file.data_dir),
+            trust: self.trust.or(file.trust),
+            cores: self.cores.or(file.cores),
+            memory_mb: self.memory_mb.or(file.memory_mb),
+            idle_only: self.idle_only.or(file.idle_only),
+            busy_threshold: self.busy_threshold.or(file.busy_threshold),
+            sample_interval_ms: self.sample_interval_ms.or(file.sample_interval_ms),
+            gossip: self.gossip.or(file.gossip),
+            seeds: self.seeds.or(file.seeds),
+            owner_load_file: self.owner_load_file.or(file.owner_load_file),
+        }
+    }
+
+    /// Fills the defaults and checks every value.
+    pub fn resolve(self) -> Result<WorkerOptions, ConfigError> {
+        let mut options = WorkerOptions::new(self.data_dir.ok_or(ConfigError::NoDataDir)?);
+        if let Some(listen) = self.listen {
+            options.listen = listen;
+        }
+        for key in self.trust.unwrap_or_default() {
+            let parsed: PublicKey = key.parse().map_err(|error: peergrid_proto::identity::PublicKeyError| {
+                ConfigError::BadTrustKey {
+                    key: key.clone(),
+                    reason: error.reason,
+                }
+            })?;
+            options.trust.push(parsed);
+        }
+        let policy = &mut options.policy;
+        if let Some(cores) = self.cores {
+            if cores == 0 || cores > 1024 {
+                return Err(out_of_range("cores", cores, "1 to 1024"));
+            }
+            policy.cores = cores;
+        }
+        if let Some(memory_mb) = self.memory_mb {
+            if memory_mb == 0 {
+                return Err(out_of_range("memory-mb", memory_mb, "at least 1"));
+            }
+            policy.memory_bytes = memory_mb.saturating_mul(1024 * 1024);
+        }
+        policy.idle_only = self.idle_only.unwrap_or(false);
+        if let Some(threshold) = self.busy_threshold {
+            if !(0.0..=100.0).contains(&threshold) {
+                return Err(out_of_range("busy-threshold", threshold, "a percentage, 0 to 100"));
+            }
+            policy.busy_threshold_pct = threshold;
+        }
+        if let Some(interval) = self.sample_interval_ms {
+            if !(10..=60_000).contains(&interval) {
+                return Err(out_of_range("sample-interval-ms", interval, "10 to 60000"));
+            }
+            policy.sample_interval = Duration::from_millis(interval);
+        }
+        options.gossip = self.gossip;
+        options.seeds = self.seeds.unwrap_or_default();
+        if let Some(path) = self.owner_load_file {
+            options.load = LoadSourceKind::File(path);
+        }
+        Ok(options)
+    }
+}
+
+fn out_of_range(setting: &'static str, value: impl ToString, expected: &'static str) -> ConfigError {
+    ConfigError::OutOfRange {
+        setting,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_flags_override_it() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("peergrid-worker.example.toml");
+        let file = Settings::from_file(&example).unwrap();
+        assert_eq!(file.cores, Some(1));
+        let flags = Settings {
+            cores: Some(3),
+            ..Settings::default()
+        };
+        let options = flags.over(file).resolve().unwrap();
+        assert_eq!(options.policy.cores, 3);
+        assert!(options.data_dir.starts_with(env!("CARGO_MANIFEST_DIR")), "relative to the file");
+    }
+
+    #[test]
+    fn a_bad_file_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.toml");
+        std::fs::write(&path, "cores = 2\ncorez = 3\n").unwrap();
+        let error = Settings::from_file(&path).unwrap_err().to_string();
+        assert!(error.contains("worker.toml") && error.contains("line 2"), "{error}");
+        assert!(error.contains("corez"), "{error}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let settings = Settings {
+            data_dir: Some("/tmp/x".into()),
+            busy_threshold: Some(150.0),
+            ..Settings::default()
+        };
+        assert!(settings.resolve().unwrap_err().to_string().contains("busy-threshold"));
+    }
+}

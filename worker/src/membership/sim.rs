@@ -1,0 +1,276 @@
+//! A deterministic simulation of many members in one process: the real protocol core
+//! ([`Membership`]) over a simulated network that drops and delays packets, on a virtual clock.
+//! Everything random comes from one seed, so a failing run replays exactly from its seed.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+use super::core::{Membership, MembershipConfig, PeerState, TimerEvent, TrafficStats};
+use super::identity::PeerIdentity;
+
+/// The simulated network and cluster.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub members: usize,
+    pub seed: u64,
+    /// Fraction of packets lost, in [0, 1).
+    pub drop_rate: f64,
+    /// One-way delay, uniform in this range (ms, inclusive).
+    pub delay_ms: (u64, u64),
+    /// Members join one after another this far apart (ms), all announcing to member 0.
+    pub join_spacing_ms: u64,
+    pub membership: MembershipConfig,
+}
+
+impl SimConfig {
+    pub fn new(members: usize, seed: u64) -> Self {
+        Self {
+            members,
+            seed,
+            drop_rate: 0.05,
+            delay_ms: (1, 40),
+            join_spacing_ms: 2,
+            membership: MembershipConfig::default(),
+        }
+    }
+}
+
+enum Event {
+    Deliver { to: usize, data: Vec<u8> },
+    Timer { member: usize, timer: TimerEvent },
+    Join { member: usize },
+}
+
+struct Scheduled {
+    at_ms: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_ms, self.seq) == (other.at_ms, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    // Earliest first out of a max-heap.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at_ms, other.seq).cmp(&(self.at_ms, self.seq))
+    }
+}
+
+/// The cluster under simulation.
+pub struct Simulation {
+    config: SimConfig,
+    members: Vec<Membership>,
+    crashed: Vec<bool>,
+    by_addr: HashMap<SocketAddr, usize>,
+    queue: BinaryHeap<Scheduled>,
+    seq: u64,
+    now_ms: u64,
+    network: Xoshiro256PlusPlus,
+    /// Packets lost to the simulated network, and inputs the cores refused.
+    pub dropped: u64,
+    pub refused: u64,
+}
+
+/// Member `index`'s gossip address: loopback addresses only, though nothing is ever sent.
+pub fn sim_addr(index: usize) -> SocketAddr {
+    let index = index as u32;
+    let ip = Ipv4Addr::new(127, 1, (index >> 8) as u8, index as u8);
+    SocketAddr::new(IpAddr::V4(ip), 7946)
+}
+
+impl Simulation {
+    pub fn new(config: SimConfig) -> Self {
+        assert!(config.members >= 2 && config.members <= 65_536, "2..=65536 members");
+        let members: Vec<Membership> = (0..config.members)
+            .map(|index| {
+                let addr = sim_addr(index);
+                let identity = PeerIdentity {
+                    gossip_addr: addr,
+                    grpc_addr: SocketAddr::new(addr.ip(), 7070),
+                    worker_key: [0; 32],
+                    fingerprint: "sim".into(),
+                    cores: 1,
+                    incarnation: 1,
+                };
+                let seed = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64;
+                Membership::new(identity, config.membership.clone(), seed)
+            })
+            .collect();
+        let by_addr = (0..config.members).map(|index| (sim_addr(index), index)).collect();
+        let mut simulation = Self {
+            network: Xoshiro256PlusPlus::seed_from_u64(config.seed),
+            crashed: vec![false; config.members],
+            members,
+            by_addr,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now_ms: 0,
+            dropped: 0,
+            refused: 0,
+            config,
+        };
+        for member in 1..simulation.config.members {
+            let at = member as u64 * simulation.config.join_spacing_ms;
+            simulation.schedule(at, Event::Join { member });
+        }
+        simulation
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn member(&self, index: usize) -> &Membership {
+        &self.members[index]
+    }
+
+    fn schedule(&mut self, at_ms: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            at_ms,
+            seq: self.seq,
+            event,
+        });
+    }
+
+    /// Crashes a member: it stops sending, receiving and acting, like `kill -9`.
+    pub fn crash(&mut self, member: usize) {
+        self.crashed[member] = true;
+    }
+
+    pub fn is_crashed(&self, member: usize) -> bool {
+        self.crashed[member]
+    }
+
+    /// Runs every event up to `until_ms` of virtual time.
+    pub fn run_until(&mut self, until_ms: u64) {
+        while let Some(next) = self.queue.peek() {
+            if next.at_ms > until_ms {
+                break;
+            }
+            let Scheduled { at_ms, event, .. } = self.queue.pop().expect("peeked");
+            self.now_ms = at_ms;
+            self.handle(event);
+        }
+        self.now_ms = until_ms;
+    }
+
+    fn handle(&mut self, event: Event) {
+        let (member, result) = match event {
+            Event::Deliver { to, data } => {
+                if self.crashed[to] {
+                    return;
+                }
+                (to, self.members[to].handle_packet(self.now_ms, &data))
+            }
+            Event::Timer { member, timer } => {
+                if self.crashed[member] {
+                    return;
+                }
+                (member, self.members[member].handle_timer(self.now_ms, timer))
+            }
+            Event::Join { member } => {
+                if self.crashed[member] {
+                    return;
+                }
+                (member, self.members[member].join(self.now_ms, sim_addr(0)))
+            }
+        };
+        if result.is_err() {
+            self.refused += 1;
+        }
+        self.apply_effects(member);
+    }
+
+    fn apply_effects(&mut self, member: usize) {
+        let effects = self.members[member].drain();
+        for (after, timer) in effects.timers {
+            let at = self.now_ms + after.as_millis() as u64;
+            self.schedule(at, Event::Timer { member, timer });
+        }
+        for (addr, data) in effects.sends {
+            let Some(&to) = self.by_addr.get(&addr) else {
+                self.dropped += 1;
+                continue;
+            };
+            if self.network.random::<f64>() < self.config.drop_rate {
+                self.dropped += 1;
+                continue;
+            }
+            let (low, high) = self.config.delay_ms;
+            let delay = self.network.random_range(low..=high);
+            self.schedule(self.now_ms + delay, Event::Deliver { to, data });
+        }
+    }
+
+    /// True when every running member sees every other running member alive and every crashed
+    /// member down.
+    pub fn converged(&self) -> bool {
+        let running = self.crashed.iter().filter(|crashed| !**crashed).count();
+        let any_crashed = running < self.members.len();
+        (0..self.members.len())
+            .filter(|index| !self.crashed[*index])
+            .all(|index| {
+                let member = &self.members[index];
+                if !any_crashed {
+                    return member.alive_count() == running - 1;
+                }
+                member.view().iter().filter(|peer| !peer.is_self).all(|peer| {
+                    let crashed = self.crashed[self.by_addr[&peer.identity.gossip_addr]];
+                    let expected = if crashed { PeerState::Down } else { PeerState::Alive };
+                    peer.state == expected
+                }) && member.alive_count() == running - 1
+            })
+    }
+
+    /// Runs until [`Simulation::converged`] holds (checked every `step_ms`), or `deadline_ms`.
+    /// Returns the virtual time of convergence.
+    pub fn run_until_converged(&mut self, step_ms: u64, deadline_ms: u64) -> Option<u64> {
+        while self.now_ms < deadline_ms {
+            let next = (self.now_ms + step_ms).min(deadline_ms);
+            self.run_until(next);
+            if self.converged() {
+                return Some(self.now_ms);
+            }
+        }
+        None
+    }
+
+    /// Traffic summed over all members.
+    pub fn traffic(&self) -> TrafficStats {
+        self.members.iter().fold(TrafficStats::default(), |sum, member| {
+            let stats = member.stats();
+            TrafficStats {
+                packets_sent: sum.packets_sent + stats.packets_sent,
+                bytes_sent: sum.bytes_sent + stats.bytes_sent,
+                packets_received: sum.packets_received + stats.packets_received,
+                bytes_received: sum.bytes_received + stats.bytes_received,
+            }
+        })
+    }
+
+    /// Picks `count` distinct members other than the seed, from the simulation's seed.
+    pub fn pick_members(&mut self, count: usize) -> Vec<usize> {
+        let mut picked = Vec::new();
+        while picked.len() < count.min(self.members.len() - 1) {
+            let candidate = self.network.random_range(1..self.members.len());
+            if !picked.contains(&candidate) {
+                picked.push(candidate);
+            }
+        }
+        picked
+    }
+}
