@@ -111,6 +111,8 @@ pub struct WorkerProcess {
     pub addr: String,
     pub key_hex: String,
     pub fingerprint: String,
+    /// The UDP gossip address, when the worker gossips.
+    pub gossip_addr: Option<String>,
     pub data_dir: PathBuf,
     stderr_path: PathBuf,
 }
@@ -168,7 +170,7 @@ impl WorkerProcess {
                 );
             }
         };
-        // "peergrid-worker ready: listening on ADDR key HEX runtime FP slots N"
+        // "peergrid-worker ready: listening on ADDR key HEX runtime FP slots N gossip ADDR|off"
         let field = |name: &str| {
             let words: Vec<&str> = line.split_whitespace().collect();
             let at = words
@@ -181,6 +183,7 @@ impl WorkerProcess {
             addr: field("on"),
             key_hex: field("key"),
             fingerprint: field("runtime"),
+            gossip_addr: Some(field("gossip")).filter(|addr| addr != "off"),
             data_dir: data_dir.to_owned(),
             stderr_path,
             child,
@@ -217,6 +220,26 @@ pub async fn grpc_client(
     peergrid_proto::pb::worker_client::WorkerClient::connect(format!("http://{addr}"))
         .await
         .expect("worker accepts connections")
+}
+
+/// Polls `condition` every 50 ms until it holds or `within` has passed; returns how long it
+/// took, or panics naming `what`. For states with no push signal (gossip convergence).
+pub fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if condition() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "timed out after {within:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `peergrid peers --seed ADDR --json`, parsed.
+pub fn peers(grpc_addr: &str) -> Vec<serde_json::Value> {
+    let output = peergrid(["peers", "--seed", grpc_addr, "--json"]);
+    assert_eq!(output.code, Some(0), "peers failed: {}", output.stderr);
+    serde_json::from_slice(&output.stdout).expect("peers --json prints a JSON array")
 }
 
 /// Seconds since the UNIX epoch, now.

@@ -30,10 +30,15 @@ pub struct MembershipConfig {
     pub gossip_fanout: usize,
     /// Each update is piggybacked at most this many times.
     pub max_transmissions: u8,
+    /// Each member announces itself to one random member this often.
+    pub periodic_announce: Duration,
     /// Slot news about this worker is sent at most this often (rate limit).
     pub slot_news_min_interval: Duration,
     /// Down members are forgotten after this long.
     pub remove_down_after: Duration,
+    /// While a member knows nobody (its announcement or the reply was lost, or no seed is up
+    /// yet), it announces to its seeds again this often.
+    pub join_retry: Duration,
 }
 
 impl Default for MembershipConfig {
@@ -44,9 +49,12 @@ impl Default for MembershipConfig {
             suspect_to_down_after: Duration::from_millis(1500),
             gossip_period: Duration::from_millis(200),
             gossip_fanout: 3,
-            max_transmissions: 10,
+            // λ·log10(n+1) with λ = 4 (foca's LAN setting) for clusters up to 10,000 members.
+            max_transmissions: 16,
+            periodic_announce: Duration::from_secs(5),
             slot_news_min_interval: Duration::from_millis(500),
             remove_down_after: Duration::from_secs(24 * 60 * 60),
+            join_retry: Duration::from_secs(1),
         }
     }
 }
@@ -76,9 +84,10 @@ impl MembershipConfig {
             frequency: self.gossip_period,
             num_members: NonZeroUsize::new(self.gossip_fanout.max(1)).expect("max(1)"),
         });
-        // Rejoin announcements heal partitions and restarts that missed their seed.
+        // Announcing to a random member now and then pulls in a feed of members: it heals
+        // partitions and fills in the rare member whose news ran out of transmissions.
         config.periodic_announce = Some(foca::PeriodicParams {
-            frequency: Duration::from_secs(30),
+            frequency: self.periodic_announce,
             num_members: NonZeroUsize::new(1).expect("non-zero"),
         });
         config
@@ -95,6 +104,8 @@ pub enum TimerEvent {
     Foca(Timer<PeerIdentity>),
     /// Send the slot news held back by the rate limit.
     FlushSlots,
+    /// Announce to the seeds again if this member still knows nobody.
+    RetryJoin,
 }
 
 /// What the core asks its driver to do.
@@ -158,6 +169,7 @@ pub struct Membership {
     outbox: Outbox,
     config: MembershipConfig,
     own: OwnSlots,
+    seeds: Vec<SocketAddr>,
 }
 
 #[derive(Default)]
@@ -229,6 +241,7 @@ impl Membership {
             outbox: Outbox::default(),
             config,
             own: OwnSlots::default(),
+            seeds: Vec::new(),
         }
     }
 
@@ -244,11 +257,27 @@ impl Membership {
         self.outbox.stats
     }
 
-    /// Announces this member to the one at `seed` (only its address is known).
-    pub fn join(&mut self, now_ms: u64, seed: SocketAddr) -> Result<(), MembershipError> {
+    /// Announces this member to the members at `seeds` (only their addresses are known), and
+    /// again every `join_retry` for as long as it knows nobody.
+    pub fn join(&mut self, now_ms: u64, seeds: &[SocketAddr]) -> Result<(), MembershipError> {
         self.outbox.now_ms = now_ms;
-        self.foca
-            .announce(PeerIdentity::placeholder(seed), &mut self.outbox)?;
+        let me = self.identity().gossip_addr;
+        self.seeds = seeds.iter().copied().filter(|seed| *seed != me).collect();
+        self.announce_to_seeds()
+    }
+
+    fn announce_to_seeds(&mut self) -> Result<(), MembershipError> {
+        if self.seeds.is_empty() {
+            return Ok(());
+        }
+        for seed in self.seeds.clone() {
+            self.foca
+                .announce(PeerIdentity::placeholder(seed), &mut self.outbox)?;
+        }
+        self.outbox
+            .effects
+            .timers
+            .push((self.config.join_retry, TimerEvent::RetryJoin));
         Ok(())
     }
 
@@ -272,6 +301,11 @@ impl Membership {
         self.outbox.now_ms = now_ms;
         match event {
             TimerEvent::Foca(timer) => self.foca.handle_timer(timer, &mut self.outbox)?,
+            TimerEvent::RetryJoin => {
+                if self.foca.num_members() == 0 {
+                    self.announce_to_seeds()?;
+                }
+            }
             TimerEvent::FlushSlots => {
                 self.own.flush_armed = false;
                 if self.own.sent != Some(self.own.free) {

@@ -57,11 +57,8 @@ impl Gossip {
         };
         let driver = gossip.clone();
         let (timers, mut fired) = mpsc::channel(TIMER_QUEUE);
-        let seeds: Vec<SocketAddr> = seeds.into_iter().filter(|seed| *seed != local_addr).collect();
         tokio::spawn(async move {
-            for seed in &seeds {
-                driver.step(&socket, &timers, |core, now| core.join(now, *seed)).await;
-            }
+            driver.step(&socket, &timers, |core, now| core.join(now, &seeds)).await;
             let mut buffer = vec![0u8; MAX_PACKET_BYTES + 1];
             let mut poll = tokio::time::interval(SLOT_POLL_INTERVAL);
             loop {

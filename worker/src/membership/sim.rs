@@ -186,7 +186,7 @@ impl Simulation {
                 if self.crashed[member] {
                     return;
                 }
-                (member, self.members[member].join(self.now_ms, sim_addr(0)))
+                (member, self.members[member].join(self.now_ms, &[sim_addr(0)]))
             }
         };
         if result.is_err() {
@@ -234,6 +234,15 @@ impl Simulation {
                     peer.state == expected
                 }) && member.alive_count() == running - 1
             })
+    }
+
+    /// How many running members know every other running member as alive, and the fewest
+    /// alive members any running member knows: progress toward convergence.
+    pub fn progress(&self) -> (usize, usize) {
+        let running: Vec<usize> = (0..self.members.len()).filter(|i| !self.crashed[*i]).collect();
+        let known: Vec<usize> = running.iter().map(|i| self.members[*i].alive_count()).collect();
+        let complete = known.iter().filter(|count| **count == running.len() - 1).count();
+        (complete, known.iter().copied().min().unwrap_or(0))
     }
 
     /// Runs until [`Simulation::converged`] holds (checked every `step_ms`), or `deadline_ms`.
