@@ -28,9 +28,11 @@ impl ContentHash {
 
     /// Reads a hash as it travels on the wire: exactly 32 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, HashLengthError> {
-        <[u8; 32]>::try_from(bytes).map(Self).map_err(|_| HashLengthError {
-            got: format!("{} bytes", bytes.len()),
-        })
+        <[u8; 32]>::try_from(bytes)
+            .map(Self)
+            .map_err(|_| HashLengthError {
+                got: format!("{} bytes", bytes.len()),
+            })
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {

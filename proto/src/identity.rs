@@ -243,8 +243,14 @@ mod tests {
         let public_path = identity.save(&path).unwrap();
         let loaded = Identity::load(&path).unwrap();
         assert_eq!(loaded.public_key(), identity.public_key());
-        assert_eq!(load_public_key(&public_path).unwrap(), identity.public_key());
-        assert!(matches!(identity.save(&path), Err(KeyFileError::Write { .. })));
+        assert_eq!(
+            load_public_key(&public_path).unwrap(),
+            identity.public_key()
+        );
+        assert!(matches!(
+            identity.save(&path),
+            Err(KeyFileError::Write { .. })
+        ));
 
         #[cfg(unix)]
         {

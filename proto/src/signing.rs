@@ -20,7 +20,9 @@ pub const RECEIPT_DOMAIN: &[u8] = b"peergrid/receipt/v1";
 pub enum VerifyError {
     #[error("malformed {what}: {reason}")]
     Malformed { what: &'static str, reason: String },
-    #[error("the {what} signature does not verify: the bytes were altered or not signed by {signer}")]
+    #[error(
+        "the {what} signature does not verify: the bytes were altered or not signed by {signer}"
+    )]
     BadSignature { what: &'static str, signer: String },
 }
 
@@ -90,7 +92,10 @@ pub fn verify_task(signed: &pb::SignedTask) -> Result<VerifiedTask, VerifyError>
     let submitter = PublicKey::from_slice(&signed.submitter_key)
         .map_err(|error| VerifyError::malformed("task submitter key", error))?;
     check_signature_length("task", &signed.signature)?;
-    if !submitter.verify(&signed_message(TASK_DOMAIN, &signed.manifest), &signed.signature) {
+    if !submitter.verify(
+        &signed_message(TASK_DOMAIN, &signed.manifest),
+        &signed.signature,
+    ) {
         return Err(VerifyError::BadSignature {
             what: "task",
             signer: submitter.short(),
@@ -142,7 +147,10 @@ pub fn verify_receipt(signed: &pb::SignedReceipt) -> Result<VerifiedReceipt, Ver
         .map_err(|error| VerifyError::malformed("receipt", error))?;
     let worker = PublicKey::from_slice(&receipt.worker_key)
         .map_err(|error| VerifyError::malformed("receipt worker key", error))?;
-    if !worker.verify(&signed_message(RECEIPT_DOMAIN, &signed.receipt), &signed.signature) {
+    if !worker.verify(
+        &signed_message(RECEIPT_DOMAIN, &signed.receipt),
+        &signed.signature,
+    ) {
         return Err(VerifyError::BadSignature {
             what: "receipt",
             signer: worker.short(),
@@ -205,7 +213,10 @@ mod tests {
                 manifest: bytes.into(),
                 ..signed.clone()
             };
-            assert!(verify_task(&tampered).unwrap_err().is_bad_signature(), "byte {index}");
+            assert!(
+                verify_task(&tampered).unwrap_err().is_bad_signature(),
+                "byte {index}"
+            );
         }
         let mut signature = signed.signature.to_vec();
         signature[10] ^= 0x80;
@@ -215,7 +226,11 @@ mod tests {
         };
         assert!(verify_task(&forged).unwrap_err().is_bad_signature());
         let other_key = pb::SignedTask {
-            submitter_key: Identity::from_seed([2; 32]).public_key().to_bytes().to_vec().into(),
+            submitter_key: Identity::from_seed([2; 32])
+                .public_key()
+                .to_bytes()
+                .to_vec()
+                .into(),
             ..signed
         };
         assert!(verify_task(&other_key).unwrap_err().is_bad_signature());
@@ -234,7 +249,10 @@ mod tests {
         };
         let bytes = receipt.encode_to_vec();
         let cross = pb::SignedReceipt {
-            signature: worker.sign(&signed_message(TASK_DOMAIN, &bytes)).to_vec().into(),
+            signature: worker
+                .sign(&signed_message(TASK_DOMAIN, &bytes))
+                .to_vec()
+                .into(),
             receipt: bytes.into(),
         };
         assert!(verify_receipt(&cross).unwrap_err().is_bad_signature());
@@ -254,6 +272,10 @@ mod tests {
             signature: Bytes::from_static(&[1; 63]),
             ..signed
         };
-        assert!(!verify_task(&short_signature).unwrap_err().is_bad_signature());
+        assert!(
+            !verify_task(&short_signature)
+                .unwrap_err()
+                .is_bad_signature()
+        );
     }
 }

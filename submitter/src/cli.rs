@@ -114,7 +114,9 @@ impl TaskArgs {
             inputs: self.inputs.clone(),
             limits: pb::TaskLimits {
                 fuel: self.fuel.unwrap_or(0),
-                memory_bytes: self.memory_mb.map_or(0, |mb| mb.saturating_mul(1024 * 1024)),
+                memory_bytes: self
+                    .memory_mb
+                    .map_or(0, |mb| mb.saturating_mul(1024 * 1024)),
                 timeout_ms: self.timeout_s.map_or(0, |s| s.saturating_mul(1000)),
                 stdout_max_bytes: 0,
                 stderr_max_bytes: 0,
@@ -126,7 +128,9 @@ impl TaskArgs {
 fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
-        _ => Err(format!("expected NAME=VALUE, e.g. --env MODE=fast, got {text:?}")),
+        _ => Err(format!(
+            "expected NAME=VALUE, e.g. --env MODE=fast, got {text:?}"
+        )),
     }
 }
 
@@ -139,7 +143,8 @@ pub fn main() -> ExitCode {
         .with_env_filter(logging)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts on any supported OS");
+    let runtime =
+        tokio::runtime::Runtime::new().expect("a tokio runtime starts on any supported OS");
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
@@ -212,11 +217,18 @@ async fn run_local(task: TaskArgs) -> anyhow::Result<u8> {
         threads: 1,
         scratch_dir: scratch.path().to_owned(),
     })?;
-    let execution = sandbox.run_module(program.module.clone(), program.spec).await;
+    let execution = sandbox
+        .run_module(program.module.clone(), program.spec)
+        .await;
     Ok(Report::from(execution).print(task.json)?)
 }
 
-async fn exec(peer: &str, key: &std::path::Path, ttl: Duration, task: TaskArgs) -> anyhow::Result<u8> {
+async fn exec(
+    peer: &str,
+    key: &std::path::Path,
+    ttl: Duration,
+    task: TaskArgs,
+) -> anyhow::Result<u8> {
     let program = task.request().prepare()?;
     let identity = Identity::load(key)?;
     let mut worker = WorkerClient::connect(peer).await?;

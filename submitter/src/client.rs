@@ -105,7 +105,10 @@ impl WorkerClient {
     }
 
     /// Uploads whichever of `blobs` the worker lacks.
-    pub async fn ensure_blobs(&mut self, blobs: &[(ContentHash, Bytes)]) -> Result<(), ClientError> {
+    pub async fn ensure_blobs(
+        &mut self,
+        blobs: &[(ContentHash, Bytes)],
+    ) -> Result<(), ClientError> {
         let hashes = blobs.iter().map(|(hash, _)| hash.to_vec().into()).collect();
         let missing = self
             .grpc

@@ -45,8 +45,14 @@ impl DemoSummary {
 
 /// Runs the demo, printing progress lines to stderr.
 pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
-    anyhow::ensure!(options.workers >= 2, "the demo needs at least 2 workers (--workers)");
-    anyhow::ensure!(options.tasks >= 1, "the demo needs at least 1 task (--tasks)");
+    anyhow::ensure!(
+        options.workers >= 2,
+        "the demo needs at least 2 workers (--workers)"
+    );
+    anyhow::ensure!(
+        options.tasks >= 1,
+        "the demo needs at least 1 task (--tasks)"
+    );
     let started = Instant::now();
     let scratch = tempfile::tempdir().context("cannot create the demo's data directory")?;
     let submitter = Identity::generate();
@@ -80,7 +86,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     let module = Bytes::from_static(peergrid_tasks::PI_WASM);
     let module_hash = ContentHash::of(&module);
     for client in &mut clients {
-        client.ensure_blobs(&[(module_hash, module.clone())]).await?;
+        client
+            .ensure_blobs(&[(module_hash, module.clone())])
+            .await?;
     }
 
     let mut summary = DemoSummary {
@@ -124,7 +132,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     Ok(summary)
 }
 
-fn sign_pi_task(identity: &Identity, module_hash: ContentHash, samples: u64, seed: u64) -> pb::SignedTask {
+fn sign_pi_task(
+    identity: &Identity,
+    module_hash: ContentHash,
+    samples: u64,
+    seed: u64,
+) -> pb::SignedTask {
     let program = pb::Program {
         module_hash: module_hash.to_vec().into(),
         args: vec![samples.to_string(), seed.to_string()],

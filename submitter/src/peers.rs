@@ -24,7 +24,8 @@ pub struct PeerRow {
 
 impl PeerRow {
     fn from_wire(peer: pb::PeerInfo) -> Self {
-        let key = PublicKey::from_slice(&peer.worker_key).map_or_else(|_| "?".to_owned(), |key| key.to_hex());
+        let key = PublicKey::from_slice(&peer.worker_key)
+            .map_or_else(|_| "?".to_owned(), |key| key.to_hex());
         let state = match pb::PeerState::try_from(peer.state) {
             Ok(pb::PeerState::Alive) => "alive",
             Ok(pb::PeerState::Suspect) => "suspect",
@@ -85,18 +86,41 @@ pub fn table(rows: &[PeerRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10}  {}",
-        "PEER", "GRPC", "CORES", "FREE", "STATE", "RUNTIME", "INCARNATION", "HEARD", "GOSSIP"
+        "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10}  GOSSIP",
+        "PEER", "GRPC", "CORES", "FREE", "STATE", "RUNTIME", "INCARNATION", "HEARD"
     );
     for row in rows {
-        let peer = format!("{}{}", &row.key[..row.key.len().min(12)], if row.is_self { " *" } else { "" });
-        let free = row.free_slots.map_or("-".to_owned(), |free| free.to_string());
-        let heard = row.last_heard_ms_ago.map_or("never".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));
-        let runtime = row.runtime.rsplit('/').next().unwrap_or("").chars().take(12).collect::<String>();
+        let peer = format!(
+            "{}{}",
+            &row.key[..row.key.len().min(12)],
+            if row.is_self { " *" } else { "" }
+        );
+        let free = row
+            .free_slots
+            .map_or("-".to_owned(), |free| free.to_string());
+        let heard = row.last_heard_ms_ago.map_or("never".to_owned(), |ms| {
+            format!("{:.1}s ago", ms as f64 / 1000.0)
+        });
+        let runtime = row
+            .runtime
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(12)
+            .collect::<String>();
         let _ = writeln!(
             out,
             "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10}  {}",
-            peer, row.grpc_addr, row.cores, free, row.state, runtime, row.incarnation, heard, row.gossip_addr
+            peer,
+            row.grpc_addr,
+            row.cores,
+            free,
+            row.state,
+            runtime,
+            row.incarnation,
+            heard,
+            row.gossip_addr
         );
     }
     out

@@ -122,7 +122,7 @@ impl ProgramRequest {
             blobs,
             program_bytes,
             program_digest,
-            limits: self.limits.clone(),
+            limits: self.limits,
             spec: TaskSpec {
                 args: self.args.clone(),
                 env: self.env.clone(),
@@ -137,11 +137,17 @@ impl ProgramRequest {
 
 impl PreparedProgram {
     /// Signs this program as a task that expires `ttl` from now.
-    pub fn sign(&self, identity: &Identity, job_id: &str, task_id: &str, ttl: Duration) -> pb::SignedTask {
+    pub fn sign(
+        &self,
+        identity: &Identity,
+        job_id: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> pb::SignedTask {
         let expires_at = SystemTime::now() + ttl;
         let manifest = pb::TaskManifest {
             program: self.program_bytes.clone(),
-            limits: Some(self.limits.clone()),
+            limits: Some(self.limits),
             job_id: job_id.to_owned(),
             task_id: task_id.to_owned(),
             expires_at_unix_s: expires_at

@@ -26,5 +26,8 @@ fn keygen_writes_a_private_key_and_prints_the_public_one() {
     assert_eq!(again.status.code(), Some(125));
     let stderr = String::from_utf8(again.stderr).unwrap();
     assert!(stderr.contains("me.key"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("me.key.pub")).unwrap(), public);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("me.key.pub")).unwrap(),
+        public
+    );
 }

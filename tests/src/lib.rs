@@ -96,7 +96,11 @@ impl KeyPair {
         ]);
         assert_eq!(output.code, Some(0), "keygen failed: {}", output.stderr);
         let public_hex = output.stdout_text().trim().to_owned();
-        assert_eq!(public_hex.len(), 64, "keygen prints the public key: {public_hex:?}");
+        assert_eq!(
+            public_hex.len(),
+            64,
+            "keygen prints the public key: {public_hex:?}"
+        );
         Self { path, public_hex }
     }
 
@@ -230,7 +234,10 @@ pub fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> b
         if condition() {
             return started.elapsed();
         }
-        assert!(started.elapsed() < within, "timed out after {within:?} waiting until {what}");
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -7,13 +7,21 @@ use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
-use peergrid_e2e::{CliOutput, KeyPair, WorkerConfig, WorkerProcess, grpc_client, guest, peergrid, unix_now_s};
+use peergrid_e2e::{
+    CliOutput, KeyPair, WorkerConfig, WorkerProcess, grpc_client, guest, peergrid, unix_now_s,
+};
 use peergrid_proto::signing::{sign_task, verify_receipt};
 use peergrid_proto::{ContentHash, Identity, pb};
 use prost::Message;
 
 /// `peergrid exec --peer ADDR --key KEY [options] MODULE -- ARGS`.
-fn exec(worker: &WorkerProcess, key: &KeyPair, module: &str, options: &[&str], args: &[&str]) -> CliOutput {
+fn exec(
+    worker: &WorkerProcess,
+    key: &KeyPair,
+    module: &str,
+    options: &[&str],
+    args: &[&str],
+) -> CliOutput {
     let mut argv: Vec<OsString> = vec!["exec".into(), "--peer".into(), worker.addr.clone().into()];
     argv.extend(["--key".into(), key.path.clone().into_os_string()]);
     argv.extend(options.iter().map(Into::into));
@@ -45,7 +53,12 @@ fn start_worker(dir: &Path, name: &str, trusted: &KeyPair) -> WorkerProcess {
 }
 
 /// A signed task for a module the worker already has, built by hand as another client would.
-fn task(identity: &Identity, module_hash: ContentHash, args: &[&str], expires_at_unix_s: u64) -> pb::SignedTask {
+fn task(
+    identity: &Identity,
+    module_hash: ContentHash,
+    args: &[&str],
+    expires_at_unix_s: u64,
+) -> pb::SignedTask {
     let program = pb::Program {
         module_hash: module_hash.to_vec().into(),
         args: args.iter().map(|arg| arg.to_string()).collect(),
@@ -72,23 +85,51 @@ fn exec_on_a_worker_matches_local_run_and_its_receipt_verifies() {
     assert_eq!(local.code, Some(0), "{}", local.stderr);
     assert_eq!(remote.code, Some(0), "{}", remote.stderr);
     let (local, remote) = (local.json(), remote.json());
-    for field in ["outcome", "exit_code", "stdout", "stderr", "output_hash", "fuel_used"] {
-        assert_eq!(local[field], remote[field], "{field} differs between run and exec");
+    for field in [
+        "outcome",
+        "exit_code",
+        "stdout",
+        "stderr",
+        "output_hash",
+        "fuel_used",
+    ] {
+        assert_eq!(
+            local[field], remote[field],
+            "{field} differs between run and exec"
+        );
     }
     assert_eq!(local["outcome"], "exited");
-    assert!(local["stdout"].as_str().unwrap().starts_with(r#"{"samples":100000,"inside":"#));
+    assert!(
+        local["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with(r#"{"samples":100000,"inside":"#)
+    );
 
     // Check the receipt independently of the CLI: decode the signed bytes it printed.
     let receipt = &remote["receipt"];
     let signed = pb::SignedReceipt {
-        receipt: hex::decode(receipt["receipt_hex"].as_str().unwrap()).unwrap().into(),
-        signature: hex::decode(receipt["signature_hex"].as_str().unwrap()).unwrap().into(),
+        receipt: hex::decode(receipt["receipt_hex"].as_str().unwrap())
+            .unwrap()
+            .into(),
+        signature: hex::decode(receipt["signature_hex"].as_str().unwrap())
+            .unwrap()
+            .into(),
     };
     let verified = verify_receipt(&signed).expect("the receipt's signature verifies");
     assert_eq!(verified.worker.to_hex(), worker.key_hex);
-    assert_eq!(verified.task_digest.to_hex(), receipt["task_digest"].as_str().unwrap());
-    assert_eq!(verified.stdout_hash.to_hex(), remote["output_hash"].as_str().unwrap());
-    assert_eq!(verified.receipt.fuel_used, remote["fuel_used"].as_u64().unwrap());
+    assert_eq!(
+        verified.task_digest.to_hex(),
+        receipt["task_digest"].as_str().unwrap()
+    );
+    assert_eq!(
+        verified.stdout_hash.to_hex(),
+        remote["output_hash"].as_str().unwrap()
+    );
+    assert_eq!(
+        verified.receipt.fuel_used,
+        remote["fuel_used"].as_u64().unwrap()
+    );
     assert_eq!(verified.receipt.runtime_fingerprint, worker.fingerprint);
 
     // Without --json both print the task's own stdout and exit the same way.
@@ -96,7 +137,11 @@ fn exec_on_a_worker_matches_local_run_and_its_receipt_verifies() {
     let remote_plain = exec(&worker, &key, "pi", &[], &["100000"]);
     assert_eq!(local_plain.stdout, remote_plain.stdout);
     assert_eq!(local_plain.code, remote_plain.code);
-    assert!(remote_plain.stderr.contains("receipt verified"), "{}", remote_plain.stderr);
+    assert!(
+        remote_plain.stderr.contains("receipt verified"),
+        "{}",
+        remote_plain.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,9 +177,17 @@ async fn bad_tasks_are_refused_with_their_own_codes_and_the_worker_keeps_serving
     let cases = [
         ("tampered manifest", tampered, tonic::Code::Unauthenticated),
         ("untrusted key", untrusted, tonic::Code::PermissionDenied),
-        ("wrong module hash", unknown_module, tonic::Code::FailedPrecondition),
+        (
+            "wrong module hash",
+            unknown_module,
+            tonic::Code::FailedPrecondition,
+        ),
         ("expired task", expired, tonic::Code::DeadlineExceeded),
-        ("malformed signature", malformed, tonic::Code::InvalidArgument),
+        (
+            "malformed signature",
+            malformed,
+            tonic::Code::InvalidArgument,
+        ),
     ];
     for (what, signed, expected) in cases {
         assert_eq!(code_of(client.run(signed).await), expected, "{what}");
@@ -146,17 +199,38 @@ async fn bad_tasks_are_refused_with_their_own_codes_and_the_worker_keeps_serving
         total_size: 5,
         data: Bytes::from_static(b"other"),
     };
-    let status = client.put_blob(tokio_stream::iter([lie])).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{}", status.message());
+    let status = client
+        .put_blob(tokio_stream::iter([lie]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        status.message()
+    );
 
     // The worker still serves a valid task.
-    let valid = client.run(task(&identity, hello, &[], later)).await.unwrap().into_inner();
+    let valid = client
+        .run(task(&identity, hello, &[], later))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(valid.stdout.as_ref(), b"hello from peergrid\n");
     // Through the CLI, the refusal names its code and exits 125.
     let refused = exec(&worker, &stranger, "hello", &[], &[]);
     assert_eq!(refused.code, Some(125));
-    assert!(refused.stderr.contains("PERMISSION_DENIED"), "{}", refused.stderr);
-    assert_eq!(refused.stderr.trim().lines().count(), 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("PERMISSION_DENIED"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        refused.stderr.trim().lines().count(),
+        1,
+        "{}",
+        refused.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,11 +243,21 @@ async fn a_stream_answers_each_request_by_id_refusals_included() {
     let echo = ContentHash::of(&std::fs::read(guest("echo")).unwrap());
     let later = unix_now_s() + 300;
     let requests = vec![
-        pb::ExecuteRequest { request_id: 10, task: Some(task(&identity, echo, &["ten"], later)) },
-        pb::ExecuteRequest { request_id: 11, task: Some(task(&identity, echo, &[], 5)) },
+        pb::ExecuteRequest {
+            request_id: 10,
+            task: Some(task(&identity, echo, &["ten"], later)),
+        },
+        pb::ExecuteRequest {
+            request_id: 11,
+            task: Some(task(&identity, echo, &[], 5)),
+        },
     ];
     let mut client = grpc_client(&worker.addr).await;
-    let mut stream = client.execute(tokio_stream::iter(requests)).await.unwrap().into_inner();
+    let mut stream = client
+        .execute(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
     let mut answers = Vec::new();
     while let Some(answer) = stream.message().await.unwrap() {
         answers.push(answer);
@@ -181,7 +265,9 @@ async fn a_stream_answers_each_request_by_id_refusals_included() {
     answers.sort_by_key(|answer| answer.request_id);
     assert_eq!(answers.len(), 2);
     match &answers[0].answer {
-        Some(pb::execute_response::Answer::Result(result)) => assert_eq!(result.stdout.as_ref(), b"ten\n"),
+        Some(pb::execute_response::Answer::Result(result)) => {
+            assert_eq!(result.stdout.as_ref(), b"ten\n")
+        }
         other => panic!("request 10: {other:?}"),
     }
     match &answers[1].answer {
@@ -197,7 +283,9 @@ fn hostile_guests_end_with_their_typed_outcome_and_the_worker_survives() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "k.key");
     let mut worker = start_worker(dir.path(), "w", &key);
-    let cases: [(&str, &[&str], &str, Option<&str>, i32); 7] = [
+    // (guest, limits, outcome, trap kind, exit code)
+    type Case<'a> = (&'a str, &'a [&'a str], &'a str, Option<&'a str>, i32);
+    let cases: [Case; 7] = [
         ("spin", &["--fuel", "100000000"], "out_of_fuel", None, 132),
         ("membomb", &["--memory-mb", "32"], "memory_limit", None, 133),
         ("recurse", &[], "trapped", Some("stack_overflow"), 131),
@@ -223,7 +311,11 @@ fn hostile_guests_end_with_their_typed_outcome_and_the_worker_survives() {
         if name == "spin" {
             assert_eq!(json["fuel_used"], 100_000_000, "spin used exactly its fuel");
         }
-        assert!(worker.is_alive(), "worker died on {name}: {}", worker.stderr());
+        assert!(
+            worker.is_alive(),
+            "worker died on {name}: {}",
+            worker.stderr()
+        );
         let after = exec(&worker, &key, "hello", &[], &[]);
         assert_eq!(after.code, Some(0), "after {name}: {}", after.stderr);
         assert_eq!(after.stdout, b"hello from peergrid\n");
@@ -246,7 +338,13 @@ fn escape_gets_nothing_of_the_host() {
     let input = dir.path().join("data.txt");
     std::fs::write(&input, "some input\n").unwrap();
     let input_arg = input.to_str().unwrap();
-    let result = exec(&worker, &key, "escape", &["--input", input_arg, "--env", "ONLY=this"], &[]);
+    let result = exec(
+        &worker,
+        &key,
+        "escape",
+        &["--input", input_arg, "--env", "ONLY=this"],
+        &[],
+    );
     assert_eq!(result.code, Some(0), "{}", result.stderr);
     let output = result.stdout_text();
     let line = |key: &str| -> String {
@@ -257,10 +355,18 @@ fn escape_gets_nothing_of_the_host() {
             .to_owned()
     };
     for denied in ["passwd", "parent", "root_dir", "net", "write_input"] {
-        assert!(line(denied).starts_with("denied"), "{denied}: {}", line(denied));
+        assert!(
+            line(denied).starts_with("denied"),
+            "{denied}: {}",
+            line(denied)
+        );
     }
     assert_eq!(line("env"), "ONLY=this", "only the task's own environment");
-    assert_eq!(line("wall_clock_unix_s"), "946684800", "the clock is fixed at 2000-01-01");
+    assert_eq!(
+        line("wall_clock_unix_s"),
+        "946684800",
+        "the clock is fixed at 2000-01-01"
+    );
     assert_eq!(line("monotonic_elapsed_ns"), "0");
     assert!(!output.contains(canary), "host environment leaked");
     assert!(!output.contains("root:"), "host /etc/passwd leaked");
@@ -299,7 +405,13 @@ fn execution_is_deterministic_across_runs_and_worker_processes() {
     // entropy prints the same "random" bytes every time, and they are not a constant pattern.
     let entropy = exec(&second, &key, "entropy", &[], &[]).stdout_text();
     assert_eq!(entropy, run("entropy", &[], &[]).stdout_text());
-    let field = |key: &str| entropy.lines().find_map(|l| l.strip_prefix(key)).unwrap().to_owned();
+    let field = |key: &str| {
+        entropy
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .to_owned()
+    };
     assert_ne!(field("random1: "), field("random2: "));
     assert_eq!(field("wall_clock_unix_ns: "), "946684800000000000");
 }
@@ -317,41 +429,117 @@ fn bad_cli_input_gives_one_line_errors_naming_the_file() {
     let hello = guest("hello").to_str().unwrap().to_owned();
 
     let cases: Vec<(Vec<String>, String)> = vec![
-        (vec!["run".into(), path("missing.wasm")], path("missing.wasm")),
-        (vec!["run".into(), path("notwasm.wasm")], path("notwasm.wasm")),
-        (vec!["run".into(), "--input".into(), path("nope.txt"), hello.clone()], path("nope.txt")),
-        (vec!["run".into(), "--stdin".into(), path("nostdin"), hello.clone()], path("nostdin")),
         (
-            vec!["exec".into(), "--peer".into(), "127.0.0.1:9".into(), "--key".into(), path("bad.key"), hello.clone()],
+            vec!["run".into(), path("missing.wasm")],
+            path("missing.wasm"),
+        ),
+        (
+            vec!["run".into(), path("notwasm.wasm")],
+            path("notwasm.wasm"),
+        ),
+        (
+            vec![
+                "run".into(),
+                "--input".into(),
+                path("nope.txt"),
+                hello.clone(),
+            ],
+            path("nope.txt"),
+        ),
+        (
+            vec![
+                "run".into(),
+                "--stdin".into(),
+                path("nostdin"),
+                hello.clone(),
+            ],
+            path("nostdin"),
+        ),
+        (
+            vec![
+                "exec".into(),
+                "--peer".into(),
+                "127.0.0.1:9".into(),
+                "--key".into(),
+                path("bad.key"),
+                hello.clone(),
+            ],
             path("bad.key"),
         ),
         (
-            vec!["exec".into(), "--peer".into(), "127.0.0.1:9".into(), "--key".into(), path("open.key"), hello.clone()],
+            vec![
+                "exec".into(),
+                "--peer".into(),
+                "127.0.0.1:9".into(),
+                "--key".into(),
+                path("open.key"),
+                hello.clone(),
+            ],
             "chmod 600".into(),
         ),
         (
-            vec!["exec".into(), "--peer".into(), "127.0.0.1:9".into(), "--key".into(), path("missing.key"), hello.clone()],
+            vec![
+                "exec".into(),
+                "--peer".into(),
+                "127.0.0.1:9".into(),
+                "--key".into(),
+                path("missing.key"),
+                hello.clone(),
+            ],
             path("missing.key"),
         ),
     ];
     for (args, named) in cases {
         let output = peergrid(&args);
         assert_eq!(output.code, Some(125), "{args:?}: {}", output.stderr);
-        assert_eq!(output.stderr.trim().lines().count(), 1, "{args:?}: {}", output.stderr);
-        assert!(output.stderr.contains(&named), "{args:?} should name {named}: {}", output.stderr);
+        assert_eq!(
+            output.stderr.trim().lines().count(),
+            1,
+            "{args:?}: {}",
+            output.stderr
+        );
+        assert!(
+            output.stderr.contains(&named),
+            "{args:?} should name {named}: {}",
+            output.stderr
+        );
     }
 
     // A worker nobody listens for is named too.
     let key = KeyPair::generate(dir.path(), "good.key");
-    let unreachable = peergrid(["exec", "--peer", "127.0.0.1:9", "--key", key.path.to_str().unwrap(), &hello]);
+    let unreachable = peergrid([
+        "exec",
+        "--peer",
+        "127.0.0.1:9",
+        "--key",
+        key.path.to_str().unwrap(),
+        &hello,
+    ]);
     assert_eq!(unreachable.code, Some(125));
-    assert!(unreachable.stderr.contains("127.0.0.1:9"), "{}", unreachable.stderr);
-    assert_eq!(unreachable.stderr.trim().lines().count(), 1, "{}", unreachable.stderr);
+    assert!(
+        unreachable.stderr.contains("127.0.0.1:9"),
+        "{}",
+        unreachable.stderr
+    );
+    assert_eq!(
+        unreachable.stderr.trim().lines().count(),
+        1,
+        "{}",
+        unreachable.stderr
+    );
 }
 
 #[test]
 fn the_demo_runs_a_verified_pi_sweep_on_a_local_grid() {
-    let output = peergrid(["demo", "--workers", "2", "--tasks", "3", "--samples", "20000"]);
+    let output = peergrid([
+        "demo",
+        "--workers",
+        "2",
+        "--tasks",
+        "3",
+        "--samples",
+        "20000",
+    ]);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
     let text = output.stdout_text();
     assert!(text.contains("3 tasks accepted, 0 disagreements"), "{text}");
@@ -362,5 +550,10 @@ fn the_demo_runs_a_verified_pi_sweep_on_a_local_grid() {
         .unwrap_or_else(|| panic!("no estimate in {text}"));
     assert!((estimate - std::f64::consts::PI).abs() < 0.05, "{estimate}");
     // Every task ran on two different workers and their receipts agreed.
-    assert_eq!(output.stderr.matches(" agree (fuel ").count(), 3, "{}", output.stderr);
+    assert_eq!(
+        output.stderr.matches(" agree (fuel ").count(),
+        3,
+        "{}",
+        output.stderr
+    );
 }

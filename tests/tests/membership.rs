@@ -14,7 +14,13 @@ const DOWN_WITHIN: Duration = Duration::from_millis(5_000 + 2_000);
 /// Five members converge in a handful of rounds; this bound is 20 rounds of 0.5 s.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(10);
 
-fn gossiping_worker(dir: &Path, name: &str, key: &KeyPair, gossip: &str, seed: Option<&str>) -> WorkerProcess {
+fn gossiping_worker(
+    dir: &Path,
+    name: &str,
+    key: &KeyPair,
+    gossip: &str,
+    seed: Option<&str>,
+) -> WorkerProcess {
     let mut extra_args = vec!["--gossip", gossip, "--cores", "1"];
     if let Some(seed) = seed {
         extra_args.extend(["--seed", seed]);
@@ -42,7 +48,13 @@ fn five_workers_find_each_other_detect_a_crash_and_take_a_restart_back() {
     let seed = first.gossip_addr.clone().expect("the first worker gossips");
     let mut workers = vec![first];
     for index in 1..5 {
-        workers.push(gossiping_worker(dir.path(), &format!("w{index}"), &key, "127.0.0.1:0", Some(&seed)));
+        workers.push(gossiping_worker(
+            dir.path(),
+            &format!("w{index}"),
+            &key,
+            "127.0.0.1:0",
+            Some(&seed),
+        ));
     }
 
     // Every worker sees all five alive (itself included).
@@ -52,7 +64,9 @@ fn five_workers_find_each_other_detect_a_crash_and_take_a_restart_back() {
             view.len() == 5 && view.iter().all(|peer| peer["state"] == "alive")
         })
     };
-    let took = wait_until("all five see each other alive", CONVERGE_WITHIN, || everyone_sees_everyone(&workers));
+    let took = wait_until("all five see each other alive", CONVERGE_WITHIN, || {
+        everyone_sees_everyone(&workers)
+    });
     eprintln!("five workers converged in {took:?}");
     let table = peergrid(["peers", "--seed", &workers[0].addr]).stdout_text();
     for worker in &workers {
@@ -63,32 +77,52 @@ fn five_workers_find_each_other_detect_a_crash_and_take_a_restart_back() {
     // kill -9 one: the others mark it down within the documented time.
     let victim_gossip = workers[3].gossip_addr.clone().unwrap();
     let victim_key = workers[3].key_hex.clone();
-    let old_incarnation = row(&peers(&workers[0].addr), &victim_gossip).unwrap()["incarnation"].as_u64().unwrap();
+    let old_incarnation = row(&peers(&workers[0].addr), &victim_gossip).unwrap()["incarnation"]
+        .as_u64()
+        .unwrap();
     workers[3].kill();
     let survivors = [0, 1, 2, 4];
-    let took = wait_until("the others mark the killed worker down", DOWN_WITHIN, || {
-        survivors.iter().all(|index| {
-            row(&peers(&workers[*index].addr), &victim_gossip).is_some_and(|peer| peer["state"] == "down")
-        })
-    });
+    let took = wait_until(
+        "the others mark the killed worker down",
+        DOWN_WITHIN,
+        || {
+            survivors.iter().all(|index| {
+                row(&peers(&workers[*index].addr), &victim_gossip)
+                    .is_some_and(|peer| peer["state"] == "down")
+            })
+        },
+    );
     eprintln!("crash detected by all survivors in {took:?}");
 
     // Restarted with the same data dir (same key) and gossip address: alive again everywhere,
     // with a new incarnation.
     let restarted = gossiping_worker(dir.path(), "w3", &key, &victim_gossip, Some(&seed));
-    assert_eq!(restarted.key_hex, victim_key, "same data dir, same identity");
+    assert_eq!(
+        restarted.key_hex, victim_key,
+        "same data dir, same identity"
+    );
     workers[3] = restarted;
-    wait_until("everyone sees the restarted worker alive again", CONVERGE_WITHIN, || {
-        workers.iter().all(|worker| {
-            row(&peers(&worker.addr), &victim_gossip).is_some_and(|peer| {
-                peer["state"] == "alive" && peer["incarnation"].as_u64().unwrap() > old_incarnation
+    wait_until(
+        "everyone sees the restarted worker alive again",
+        CONVERGE_WITHIN,
+        || {
+            workers.iter().all(|worker| {
+                row(&peers(&worker.addr), &victim_gossip).is_some_and(|peer| {
+                    peer["state"] == "alive"
+                        && peer["incarnation"].as_u64().unwrap() > old_incarnation
+                })
             })
-        })
-    });
+        },
+    );
     // And it serves tasks again.
     let hello = guest("hello");
     let result = peergrid([
-        "exec", "--peer", &workers[3].addr, "--key", key.path.to_str().unwrap(), hello.to_str().unwrap(),
+        "exec",
+        "--peer",
+        &workers[3].addr,
+        "--key",
+        key.path.to_str().unwrap(),
+        hello.to_str().unwrap(),
     ]);
     assert_eq!(result.code, Some(0), "{}", result.stderr);
 }
@@ -105,18 +139,37 @@ fn an_idle_only_worker_gives_the_machine_back_when_the_owner_is_busy() {
         WorkerConfig {
             trust: vec![&key.public_hex],
             extra_args: vec![
-                "--cores", "1", "--gossip", "127.0.0.1:0", "--idle-only", "--busy-threshold", "50",
-                "--owner-load-file", &load_arg, "--sample-interval-ms", "50",
+                "--cores",
+                "1",
+                "--gossip",
+                "127.0.0.1:0",
+                "--idle-only",
+                "--busy-threshold",
+                "50",
+                "--owner-load-file",
+                &load_arg,
+                "--sample-interval-ms",
+                "50",
             ],
             ..Default::default()
         },
     );
     let donor_gossip = donor.gossip_addr.clone().unwrap();
-    let observer = gossiping_worker(dir.path(), "observer", &key, "127.0.0.1:0", Some(&donor_gossip));
+    let observer = gossiping_worker(
+        dir.path(),
+        "observer",
+        &key,
+        "127.0.0.1:0",
+        Some(&donor_gossip),
+    );
     let free_slots = |viewer: &WorkerProcess| {
         row(&peers(&viewer.addr), &donor_gossip).and_then(|peer| peer["free_slots"].as_u64())
     };
-    wait_until("the observer sees the donor's free slot", CONVERGE_WITHIN, || free_slots(&observer) == Some(1));
+    wait_until(
+        "the observer sees the donor's free slot",
+        CONVERGE_WITHIN,
+        || free_slots(&observer) == Some(1),
+    );
 
     // A long task starts on the donor...
     let key_path = key.path.to_str().unwrap().to_owned();
@@ -124,30 +177,73 @@ fn an_idle_only_worker_gives_the_machine_back_when_the_owner_is_busy() {
     let spin = guest("spin").to_str().unwrap().to_owned();
     let long_task = std::thread::spawn(move || {
         peergrid([
-            "exec", "--peer", &addr, "--key", &key_path, "--fuel", "1000000000000", "--timeout-s", "300", &spin,
+            "exec",
+            "--peer",
+            &addr,
+            "--key",
+            &key_path,
+            "--fuel",
+            "1000000000000",
+            "--timeout-s",
+            "300",
+            &spin,
         ])
     });
-    wait_until("the long task holds the donor's slot", CONVERGE_WITHIN, || free_slots(&donor) == Some(0));
+    wait_until(
+        "the long task holds the donor's slot",
+        CONVERGE_WITHIN,
+        || free_slots(&donor) == Some(0),
+    );
 
     // ...then the owner gets busy: the task is preempted and reported as such.
     std::fs::write(&load, "95").unwrap();
     let preempted = long_task.join().unwrap();
     assert_eq!(preempted.code, Some(125), "{}", preempted.stderr);
-    assert!(preempted.stderr.contains("ABORTED") && preempted.stderr.contains("preempted"), "{}", preempted.stderr);
+    assert!(
+        preempted.stderr.contains("ABORTED") && preempted.stderr.contains("preempted"),
+        "{}",
+        preempted.stderr
+    );
 
     // While busy: no free slots advertised (to itself and, by gossip, to the observer), and new
     // tasks are refused.
     assert_eq!(free_slots(&donor), Some(0));
-    wait_until("the observer hears of zero free slots", CONVERGE_WITHIN, || free_slots(&observer) == Some(0));
+    wait_until(
+        "the observer hears of zero free slots",
+        CONVERGE_WITHIN,
+        || free_slots(&observer) == Some(0),
+    );
     let hello = guest("hello").to_str().unwrap().to_owned();
-    let refused = peergrid(["exec", "--peer", &donor.addr, "--key", key.path.to_str().unwrap(), &hello]);
+    let refused = peergrid([
+        "exec",
+        "--peer",
+        &donor.addr,
+        "--key",
+        key.path.to_str().unwrap(),
+        &hello,
+    ]);
     assert_eq!(refused.code, Some(125));
-    assert!(refused.stderr.contains("RESOURCE_EXHAUSTED"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("RESOURCE_EXHAUSTED"),
+        "{}",
+        refused.stderr
+    );
 
     // The owner goes idle again: the donor takes work again.
     std::fs::write(&load, "5").unwrap();
-    wait_until("the observer sees the donor free again", CONVERGE_WITHIN, || free_slots(&observer) == Some(1));
-    let accepted = peergrid(["exec", "--peer", &donor.addr, "--key", key.path.to_str().unwrap(), &hello]);
+    wait_until(
+        "the observer sees the donor free again",
+        CONVERGE_WITHIN,
+        || free_slots(&observer) == Some(1),
+    );
+    let accepted = peergrid([
+        "exec",
+        "--peer",
+        &donor.addr,
+        "--key",
+        key.path.to_str().unwrap(),
+        &hello,
+    ]);
     assert_eq!(accepted.code, Some(0), "{}", accepted.stderr);
     assert_eq!(accepted.stdout, b"hello from peergrid\n");
 }

@@ -147,7 +147,9 @@ fn invalid(message: impl Into<String>) -> Refusal {
 
 fn check_fields(manifest: &pb::TaskManifest, program: &pb::Program) -> Result<(), Refusal> {
     let too_many = |what: &str, count: usize, max: usize| {
-        invalid(format!("{count} {what} in the manifest, at most {max} allowed"))
+        invalid(format!(
+            "{count} {what} in the manifest, at most {max} allowed"
+        ))
     };
     if program.args.len() > limits::MAX_ARGS {
         return Err(too_many("args", program.args.len(), limits::MAX_ARGS));
@@ -156,10 +158,18 @@ fn check_fields(manifest: &pb::TaskManifest, program: &pb::Program) -> Result<()
         return Err(too_many("env vars", program.env.len(), limits::MAX_ENV));
     }
     if program.files.len() > limits::MAX_INPUT_FILES {
-        return Err(too_many("input files", program.files.len(), limits::MAX_INPUT_FILES));
+        return Err(too_many(
+            "input files",
+            program.files.len(),
+            limits::MAX_INPUT_FILES,
+        ));
     }
     if program.stdin.len() > limits::MAX_STDIN_BYTES {
-        return Err(too_many("stdin bytes", program.stdin.len(), limits::MAX_STDIN_BYTES));
+        return Err(too_many(
+            "stdin bytes",
+            program.stdin.len(),
+            limits::MAX_STDIN_BYTES,
+        ));
     }
     for (what, id) in [("job_id", &manifest.job_id), ("task_id", &manifest.task_id)] {
         if id.len() > limits::MAX_ID_BYTES {
@@ -172,14 +182,20 @@ fn check_fields(manifest: &pb::TaskManifest, program: &pb::Program) -> Result<()
     }
     for var in &program.env {
         if var.name.is_empty() || var.name.contains('=') || var.name.contains('\0') {
-            return Err(invalid(format!("env var name {:?} is empty or has '=' or NUL", var.name)));
+            return Err(invalid(format!(
+                "env var name {:?} is empty or has '=' or NUL",
+                var.name
+            )));
         }
     }
     let mut names = HashSet::new();
     for file in &program.files {
         check_file_name(&file.name)?;
         if !names.insert(file.name.as_str()) {
-            return Err(invalid(format!("input file name {:?} appears twice", file.name)));
+            return Err(invalid(format!(
+                "input file name {:?} appears twice",
+                file.name
+            )));
         }
     }
     Ok(())
@@ -295,7 +311,10 @@ mod tests {
     #[test]
     fn each_refusal_has_its_own_code() {
         assert!(check(manifest(), true).is_ok());
-        assert_eq!(check(manifest(), false).unwrap_err(), Code::PermissionDenied);
+        assert_eq!(
+            check(manifest(), false).unwrap_err(),
+            Code::PermissionDenied
+        );
         let expired = pb::TaskManifest {
             expires_at_unix_s: NOW - 1,
             ..manifest()
@@ -325,7 +344,10 @@ mod tests {
         *bytes.last_mut().unwrap() ^= 1;
         tampered.manifest = bytes.into();
         let trust = TrustPolicy::new([submitter.public_key()]);
-        assert_eq!(admit(&tampered, &trust, NOW).unwrap_err().code, Code::Unauthenticated);
+        assert_eq!(
+            admit(&tampered, &trust, NOW).unwrap_err().code,
+            Code::Unauthenticated
+        );
     }
 
     #[test]

@@ -138,11 +138,17 @@ mod tests {
         let wrong = ContentHash::of(b"something else");
         let mut upload = store.begin(wrong, 11).unwrap();
         upload.write(b"hello world").unwrap();
-        assert!(matches!(upload.finish(), Err(PutError::HashMismatch { .. })));
+        assert!(matches!(
+            upload.finish(),
+            Err(PutError::HashMismatch { .. })
+        ));
         assert!(!store.contains(&wrong));
 
         let mut upload = store.begin(hash, 3).unwrap();
-        assert!(matches!(upload.write(b"four"), Err(PutError::SizeMismatch { .. })));
+        assert!(matches!(
+            upload.write(b"four"),
+            Err(PutError::SizeMismatch { .. })
+        ));
         assert!(matches!(
             store.begin(hash, limits::MAX_BLOB_BYTES + 1),
             Err(PutError::TooLarge { .. })

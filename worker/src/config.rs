@@ -63,7 +63,10 @@ impl Settings {
             message: error.to_string().trim_end().replace('\n', " "),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for dir in [&mut settings.data_dir, &mut settings.owner_load_file].into_iter().flatten() {
+        for dir in [&mut settings.data_dir, &mut settings.owner_load_file]
+            .into_iter()
+            .flatten()
+        {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
@@ -95,12 +98,14 @@ impl Settings {
             options.listen = listen;
         }
         for key in self.trust.unwrap_or_default() {
-            let parsed: PublicKey = key.parse().map_err(|error: peergrid_proto::identity::PublicKeyError| {
-                ConfigError::BadTrustKey {
-                    key: key.clone(),
-                    reason: error.reason,
-                }
-            })?;
+            let parsed: PublicKey =
+                key.parse()
+                    .map_err(|error: peergrid_proto::identity::PublicKeyError| {
+                        ConfigError::BadTrustKey {
+                            key: key.clone(),
+                            reason: error.reason,
+                        }
+                    })?;
             options.trust.push(parsed);
         }
         let policy = &mut options.policy;
@@ -119,7 +124,11 @@ impl Settings {
         policy.idle_only = self.idle_only.unwrap_or(false);
         if let Some(threshold) = self.busy_threshold {
             if !(0.0..=100.0).contains(&threshold) {
-                return Err(out_of_range("busy-threshold", threshold, "a percentage, 0 to 100"));
+                return Err(out_of_range(
+                    "busy-threshold",
+                    threshold,
+                    "a percentage, 0 to 100",
+                ));
             }
             policy.busy_threshold_pct = threshold;
         }
@@ -138,7 +147,11 @@ impl Settings {
     }
 }
 
-fn out_of_range(setting: &'static str, value: impl ToString, expected: &'static str) -> ConfigError {
+fn out_of_range(
+    setting: &'static str,
+    value: impl ToString,
+    expected: &'static str,
+) -> ConfigError {
     ConfigError::OutOfRange {
         setting,
         value: value.to_string(),
@@ -161,7 +174,10 @@ mod tests {
         };
         let options = flags.over(file).resolve().unwrap();
         assert_eq!(options.policy.cores, 3);
-        assert!(options.data_dir.starts_with(env!("CARGO_MANIFEST_DIR")), "relative to the file");
+        assert!(
+            options.data_dir.starts_with(env!("CARGO_MANIFEST_DIR")),
+            "relative to the file"
+        );
     }
 
     #[test]
@@ -170,7 +186,10 @@ mod tests {
         let path = dir.path().join("worker.toml");
         std::fs::write(&path, "cores = 2\ncorez = 3\n").unwrap();
         let error = Settings::from_file(&path).unwrap_err().to_string();
-        assert!(error.contains("worker.toml") && error.contains("line 2"), "{error}");
+        assert!(
+            error.contains("worker.toml") && error.contains("line 2"),
+            "{error}"
+        );
         assert!(error.contains("corez"), "{error}");
     }
 
@@ -181,6 +200,12 @@ mod tests {
             busy_threshold: Some(150.0),
             ..Settings::default()
         };
-        assert!(settings.resolve().unwrap_err().to_string().contains("busy-threshold"));
+        assert!(
+            settings
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("busy-threshold")
+        );
     }
 }

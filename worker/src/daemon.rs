@@ -122,12 +122,13 @@ impl Worker {
             scratch_dir: options.data_dir.join("scratch"),
         })
         .map_err(|error| StartError::Sandbox(error.0))?;
-        let listener = TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: options.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: options.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen {
             addr: options.listen,
             source,
@@ -205,12 +206,16 @@ impl Worker {
         health_reporter
             .set_serving::<peergrid_proto::pb::worker_server::WorkerServer<WorkerService>>()
             .await;
+        let gossip = self.service.gossip().cloned();
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(self.service.into_server())
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
         let _ = self.stop.send(true);
+        if let Some(gossip) = gossip {
+            gossip.stopped(std::time::Duration::from_secs(1)).await;
+        }
         Ok(())
     }
 }

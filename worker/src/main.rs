@@ -11,11 +11,14 @@ use peergrid_worker::daemon::Worker;
 /// Lend this machine's spare CPU to a peergrid: run signed WebAssembly tasks in a deterministic
 /// sandbox and answer with signed receipts. Workers find each other by gossip (--gossip, --seed).
 #[derive(Parser, Debug)]
-#[command(version, after_help = "Every flag can also be set in a TOML file given with --config \
+#[command(
+    version,
+    after_help = "Every flag can also be set in a TOML file given with --config \
 (see worker/peergrid-worker.example.toml); flags override the file.\n\n\
 Exit codes: 0 after a clean shutdown (Ctrl-C or SIGTERM), 1 if the server failed while running, \
 2 if it could not start (bad flag, config file, data directory, key file or address).\n\n\
-Logging: set RUST_LOG (e.g. RUST_LOG=peergrid_worker=debug).")]
+Logging: set RUST_LOG (e.g. RUST_LOG=peergrid_worker=debug)."
+)]
 struct Args {
     /// TOML file with any of the settings below.
     #[arg(long)]
@@ -124,7 +127,9 @@ async fn run(options: peergrid_worker::daemon::WorkerOptions) -> ExitCode {
         }
     };
     // One line on stdout when ready: scripts and tests wait for it instead of sleeping.
-    let gossip = worker.gossip_addr.map_or("off".to_owned(), |addr| addr.to_string());
+    let gossip = worker
+        .gossip_addr
+        .map_or("off".to_owned(), |addr| addr.to_string());
     println!(
         "peergrid-worker ready: listening on {} key {} runtime {} slots {cores} gossip {gossip}",
         worker.addr, worker.public_key, worker.fingerprint
@@ -142,13 +147,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

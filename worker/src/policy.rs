@@ -200,9 +200,15 @@ pub fn spawn_sampler(
             let busy = policy.is_busy(sample);
             if busy != state.is_busy() {
                 if busy {
-                    info!(owner_pct = sample.owner_pct(), "owner is busy: pausing and preempting tasks");
+                    info!(
+                        owner_pct = sample.owner_pct(),
+                        "owner is busy: pausing and preempting tasks"
+                    );
                 } else {
-                    info!(owner_pct = sample.owner_pct(), "machine idle again: taking work");
+                    info!(
+                        owner_pct = sample.owner_pct(),
+                        "machine idle again: taking work"
+                    );
                 }
                 state.set_busy(busy);
             }
@@ -226,11 +232,23 @@ mod tests {
 
     #[test]
     fn only_the_owners_share_counts_and_only_in_idle_only_mode() {
-        let owner_busy = LoadSample { total_pct: 90.0, own_pct: 10.0 };
-        let worker_busy = LoadSample { total_pct: 90.0, own_pct: 80.0 };
+        let owner_busy = LoadSample {
+            total_pct: 90.0,
+            own_pct: 10.0,
+        };
+        let worker_busy = LoadSample {
+            total_pct: 90.0,
+            own_pct: 80.0,
+        };
         assert!(policy(true).is_busy(owner_busy));
-        assert!(!policy(true).is_busy(worker_busy), "the worker's own tasks are not the owner's");
-        assert!(!policy(false).is_busy(owner_busy), "without --idle-only the owner's load is ignored");
+        assert!(
+            !policy(true).is_busy(worker_busy),
+            "the worker's own tasks are not the owner's"
+        );
+        assert!(
+            !policy(false).is_busy(owner_busy),
+            "without --idle-only the owner's load is ignored"
+        );
     }
 
     #[test]
@@ -252,6 +270,9 @@ mod tests {
         std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
         let sample = load.sample();
         assert!((0.0..=100.0).contains(&sample.total_pct), "{sample:?}");
-        assert!(sample.own_pct >= 0.0 && sample.own_pct <= 100.0, "{sample:?}");
+        assert!(
+            sample.own_pct >= 0.0 && sample.own_pct <= 100.0,
+            "{sample:?}"
+        );
     }
 }

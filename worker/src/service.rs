@@ -77,6 +77,11 @@ impl WorkerService {
         self.inner.slots.available_permits() as u32
     }
 
+    /// The running membership, if any.
+    pub fn gossip(&self) -> Option<&Gossip> {
+        self.inner.gossip.get()
+    }
+
     /// Attaches the running membership, for the `Peers` RPC.
     pub fn set_gossip(&self, gossip: Gossip) {
         let _ = self.inner.gossip.set(gossip);
@@ -103,7 +108,11 @@ impl WorkerService {
         async move {
             let missing = self.missing_blobs(&task);
             if !missing.is_empty() {
-                let list = missing.iter().map(|h| h.to_hex()).collect::<Vec<_>>().join(", ");
+                let list = missing
+                    .iter()
+                    .map(|h| h.to_hex())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 return Err(Refusal::new(
                     Code::FailedPrecondition,
                     format!("missing blobs, upload them with PutBlob and retry: {list}"),
@@ -165,7 +174,10 @@ impl WorkerService {
         self.inner.slots.clone().try_acquire_owned().map_err(|_| {
             Refusal::new(
                 Code::ResourceExhausted,
-                format!("all {} slots are busy; retry later or elsewhere", self.inner.slot_count),
+                format!(
+                    "all {} slots are busy; retry later or elsewhere",
+                    self.inner.slot_count
+                ),
             )
         })
     }
@@ -176,7 +188,9 @@ impl WorkerService {
         if needed > total {
             return Err(Refusal::new(
                 Code::OutOfRange,
-                format!("the task's memory limit ({needed} MiB) is above this donor's cap of {total} MiB"),
+                format!(
+                    "the task's memory limit ({needed} MiB) is above this donor's cap of {total} MiB"
+                ),
             ));
         }
         self.inner
@@ -232,7 +246,10 @@ impl WorkerService {
 
 #[tonic::async_trait]
 impl pb::worker_server::Worker for WorkerService {
-    async fn info(&self, _request: Request<pb::InfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {
+    async fn info(
+        &self,
+        _request: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
         let inner = &self.inner;
         Ok(Response::new(pb::NodeInfo {
             worker_key: inner.identity.public_key().to_bytes().to_vec().into(),
@@ -272,16 +289,19 @@ impl pb::worker_server::Worker for WorkerService {
         request: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::PutBlobResponse>, Status> {
         let mut chunks = request.into_inner();
-        let first = chunks
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty upload: the first chunk names the blob"))?;
+        let first = chunks.message().await?.ok_or_else(|| {
+            Status::invalid_argument("empty upload: the first chunk names the blob")
+        })?;
         let hash = ContentHash::from_slice(&first.hash)
             .map_err(|error| Status::invalid_argument(format!("first chunk: {error}")))?;
         if self.inner.blobs.contains(&hash) {
             return Ok(Response::new(pb::PutBlobResponse { stored: false }));
         }
-        let mut upload = self.inner.blobs.begin(hash, first.total_size).map_err(put_status)?;
+        let mut upload = self
+            .inner
+            .blobs
+            .begin(hash, first.total_size)
+            .map_err(put_status)?;
         let mut chunk = first;
         loop {
             if chunk.data.len() > peergrid_proto::BLOB_CHUNK_BYTES {
@@ -302,7 +322,10 @@ impl pb::worker_server::Worker for WorkerService {
         Ok(Response::new(pb::PutBlobResponse { stored: true }))
     }
 
-    async fn run(&self, request: Request<pb::SignedTask>) -> Result<Response<pb::TaskResult>, Status> {
+    async fn run(
+        &self,
+        request: Request<pb::SignedTask>,
+    ) -> Result<Response<pb::TaskResult>, Status> {
         match self.run_task(request.into_inner()).await {
             Ok(result) => Ok(Response::new(result)),
             Err(refusal) => {
@@ -312,7 +335,10 @@ impl pb::worker_server::Worker for WorkerService {
         }
     }
 
-    async fn peers(&self, _request: Request<pb::PeersRequest>) -> Result<Response<pb::PeersResponse>, Status> {
+    async fn peers(
+        &self,
+        _request: Request<pb::PeersRequest>,
+    ) -> Result<Response<pb::PeersResponse>, Status> {
         let peers = match self.inner.gossip.get() {
             Some(gossip) => gossip
                 .snapshot()
@@ -324,7 +350,11 @@ impl pb::worker_server::Worker for WorkerService {
                         grpc_addr: identity.grpc_addr.to_string(),
                         gossip_addr: identity.gossip_addr.to_string(),
                         cores: identity.cores,
-                        free_slots: if peer.view.is_self { Some(self.free_slots()) } else { peer.view.free_slots },
+                        free_slots: if peer.view.is_self {
+                            Some(self.free_slots())
+                        } else {
+                            peer.view.free_slots
+                        },
                         runtime_fingerprint: identity.fingerprint.clone(),
                         state: match peer.view.state {
                             PeerState::Alive => pb::PeerState::Alive,
@@ -376,7 +406,10 @@ impl pb::worker_server::Worker for WorkerService {
                 let answers = answers.clone();
                 tokio::spawn(async move {
                     let answer = match request.task {
-                        None => Err(Refusal::new(Code::InvalidArgument, "request without a task")),
+                        None => Err(Refusal::new(
+                            Code::InvalidArgument,
+                            "request without a task",
+                        )),
                         Some(task) => service.run_task(task).await,
                     };
                     let answer = match answer {

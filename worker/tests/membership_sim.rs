@@ -12,7 +12,10 @@ struct SeedReport(u64);
 impl Drop for SeedReport {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("membership simulation failed; replay with PEERGRID_SIM_SEED={}", self.0);
+            eprintln!(
+                "membership simulation failed; replay with PEERGRID_SIM_SEED={}",
+                self.0
+            );
         }
     }
 }
@@ -37,10 +40,10 @@ fn a_thousand_members_converge_over_a_lossy_network_and_detect_crashes() {
     let mut sim = Simulation::new(config);
 
     // Joining: everyone announces to member 0 over 2 s; all must know everyone alive within
-    // 60 virtual seconds (they typically need well under half of that).
+    // 120 virtual seconds (measured: 29-32 s; see BENCHMARKS.md).
     let joined = sim
-        .run_until_converged(probe_period_ms, 60_000)
-        .unwrap_or_else(|| panic!("no convergence within 60 s (seed {seed})"));
+        .run_until_converged(probe_period_ms, 120_000)
+        .unwrap_or_else(|| panic!("no convergence within 120 s (seed {seed})"));
     assert!(sim.dropped > 0, "the network must actually drop packets");
 
     // Crash 10 members at once: every survivor must see exactly those 10 down (and everyone
@@ -50,10 +53,14 @@ fn a_thousand_members_converge_over_a_lossy_network_and_detect_crashes() {
         sim.crash(*member);
     }
     let crash_time = sim.now_ms();
-    let bound = MembershipConfig::default().detection_bound(members).as_millis() as u64;
+    let bound = MembershipConfig::default()
+        .detection_bound(members)
+        .as_millis() as u64;
     let detected = sim
         .run_until_converged(probe_period_ms, crash_time + bound)
-        .unwrap_or_else(|| panic!("crashes {crashed:?} not detected within {bound} ms (seed {seed})"));
+        .unwrap_or_else(|| {
+            panic!("crashes {crashed:?} not detected within {bound} ms (seed {seed})")
+        });
     eprintln!(
         "seed {seed}: converged at {joined} ms, crashes detected {} ms after",
         detected - crash_time

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use peergrid_worker::sandbox::{Execution, Limits, Outcome, Sandbox, SandboxOptions, TaskSpec, TrapKind};
+use peergrid_worker::sandbox::{
+    Execution, Limits, Outcome, Sandbox, SandboxOptions, TaskSpec, TrapKind,
+};
 
 fn sandbox() -> (Sandbox, tempfile::TempDir) {
     let scratch = tempfile::tempdir().unwrap();
@@ -76,7 +78,12 @@ fn membomb_hits_the_memory_limit() {
 
 #[test]
 fn recurse_overflows_the_stack() {
-    check("recurse", &[], small(), Outcome::Trapped(TrapKind::StackOverflow));
+    check(
+        "recurse",
+        &[],
+        small(),
+        Outcome::Trapped(TrapKind::StackOverflow),
+    );
 }
 
 #[test]
@@ -96,7 +103,12 @@ fn sleeper_is_stopped_by_the_wall_clock_backstop() {
 
 #[test]
 fn trap_and_exit7_report_their_endings() {
-    let execution = check("trap", &[], small(), Outcome::Trapped(TrapKind::Unreachable));
+    let execution = check(
+        "trap",
+        &[],
+        small(),
+        Outcome::Trapped(TrapKind::Unreachable),
+    );
     assert_eq!(execution.stdout.as_ref(), b"about to trap\n");
     check("exit7", &[], small(), Outcome::Exited(7));
 }
@@ -107,7 +119,11 @@ fn not_a_module_is_an_invalid_module_outcome() {
     let execution = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(sandbox.run_module(Bytes::from_static(b"\0asm garbage"), TaskSpec::default()));
-    assert!(matches!(execution.outcome, Outcome::InvalidModule(_)), "{:?}", execution.outcome);
+    assert!(
+        matches!(execution.outcome, Outcome::InvalidModule(_)),
+        "{:?}",
+        execution.outcome
+    );
 }
 
 #[test]

@@ -98,6 +98,9 @@ impl MembershipConfig {
 /// Larger packets are dropped unread.
 pub const MAX_PACKET_BYTES: usize = 1400;
 
+/// Known members announced to after a rejoin, besides the seeds.
+const REANNOUNCE_MEMBERS: usize = 3;
+
 /// A timer the driver must arm: after its delay, hand it back to [`Membership::handle_timer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimerEvent {
@@ -188,13 +191,16 @@ struct Outbox {
     effects: Effects,
     last_heard_ms: HashMap<SocketAddr, u64>,
     stats: TrafficStats,
+    /// foca renewed our identity (we had been declared down).
+    rejoined: bool,
 }
 
 impl foca::Runtime<PeerIdentity> for Outbox {
     fn notify(&mut self, notification: Notification<'_, PeerIdentity>) {
         match notification {
             Notification::DataReceived(header) => {
-                self.last_heard_ms.insert(header.src.gossip_addr, self.now_ms);
+                self.last_heard_ms
+                    .insert(header.src.gossip_addr, self.now_ms);
             }
             Notification::MemberUp(peer) => {
                 tracing::debug!(peer = %peer.gossip_addr, grpc = %peer.grpc_addr, "member up");
@@ -203,7 +209,11 @@ impl foca::Runtime<PeerIdentity> for Outbox {
                 tracing::info!(peer = %peer.gossip_addr, grpc = %peer.grpc_addr, "member down");
             }
             Notification::Rejoin(identity) => {
-                tracing::info!(incarnation = identity.incarnation, "rejoined with a new incarnation");
+                tracing::info!(
+                    incarnation = identity.incarnation,
+                    "rejoined with a new incarnation"
+                );
+                self.rejoined = true;
             }
             Notification::Defunct => tracing::warn!("declared down by the cluster; rejoining"),
             _ => {}
@@ -330,7 +340,10 @@ impl Membership {
                 if !self.own.flush_armed {
                     self.own.flush_armed = true;
                     let wait = Duration::from_millis(interval_ms - now_ms.saturating_sub(last));
-                    self.outbox.effects.timers.push((wait, TimerEvent::FlushSlots));
+                    self.outbox
+                        .effects
+                        .timers
+                        .push((wait, TimerEvent::FlushSlots));
                 }
                 Ok(())
             }
@@ -354,12 +367,41 @@ impl Membership {
 
     /// Takes what the driver must do now.
     pub fn drain(&mut self) -> Effects {
+        if std::mem::take(&mut self.outbox.rejoined) {
+            self.reannounce();
+        }
         std::mem::take(&mut self.outbox.effects)
+    }
+
+    /// After foca renews a member declared down, it sits disconnected with every timer
+    /// cancelled until some packet changes its member list, and the others ignore it as down:
+    /// nothing would ever wake it. Announcing the new identity to the seeds and a few known
+    /// members gets replies (which reconnect it) and spreads the new identity.
+    fn reannounce(&mut self) {
+        let mut targets: Vec<PeerIdentity> = self
+            .seeds
+            .iter()
+            .map(|seed| PeerIdentity::placeholder(*seed))
+            .collect();
+        targets.extend(
+            self.foca
+                .iter_members()
+                .take(REANNOUNCE_MEMBERS)
+                .map(|member| member.id().clone()),
+        );
+        for target in targets {
+            if let Err(error) = self.foca.announce(target, &mut self.outbox) {
+                tracing::debug!("re-announce after rejoin failed: {error}");
+            }
+        }
     }
 
     /// Every known member, this one first.
     pub fn view(&self) -> Vec<PeerView> {
-        let board = self.board.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let board = self
+            .board
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let slots_of = |identity: &PeerIdentity| {
             board
                 .get(&identity.gossip_addr)
@@ -384,7 +426,11 @@ impl Membership {
                     foca::State::Down => PeerState::Down,
                 },
                 free_slots: slots_of(identity),
-                last_heard_ms: self.outbox.last_heard_ms.get(&identity.gossip_addr).copied(),
+                last_heard_ms: self
+                    .outbox
+                    .last_heard_ms
+                    .get(&identity.gossip_addr)
+                    .copied(),
                 is_self: false,
             });
         }

@@ -25,6 +25,8 @@ pub struct Gossip {
     core: Arc<Mutex<Membership>>,
     epoch: Instant,
     pub local_addr: SocketAddr,
+    /// The driver; it ends after saying goodbye once shutdown fires.
+    driver: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 /// A view row with "last heard" turned into an age.
@@ -48,17 +50,21 @@ impl Gossip {
         let socket = UdpSocket::bind(bind).await?;
         let local_addr = socket.local_addr()?;
         let identity = identity(local_addr);
-        let rng_seed = identity.incarnation ^ u64::from_le_bytes(identity.worker_key[..8].try_into().expect("8 bytes"));
+        let rng_seed = identity.incarnation
+            ^ u64::from_le_bytes(identity.worker_key[..8].try_into().expect("8 bytes"));
         let core = Arc::new(Mutex::new(Membership::new(identity, config, rng_seed)));
         let gossip = Self {
             core,
             epoch: Instant::now(),
             local_addr,
+            driver: Arc::default(),
         };
         let driver = gossip.clone();
         let (timers, mut fired) = mpsc::channel(TIMER_QUEUE);
-        tokio::spawn(async move {
-            driver.step(&socket, &timers, |core, now| core.join(now, &seeds)).await;
+        let handle = tokio::spawn(async move {
+            driver
+                .step(&socket, &timers, |core, now| core.join(now, &seeds))
+                .await;
             let mut buffer = vec![0u8; MAX_PACKET_BYTES + 1];
             let mut poll = tokio::time::interval(SLOT_POLL_INTERVAL);
             loop {
@@ -85,7 +91,24 @@ impl Gossip {
             // Say goodbye, so the others mark this worker down at once instead of suspecting it.
             driver.step(&socket, &timers, |core, _| core.leave()).await;
         });
+        *gossip
+            .driver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
         Ok(gossip)
+    }
+
+    /// Waits (at most `within`) for the driver to finish after shutdown fired, so the goodbye
+    /// packets leave before the process exits.
+    pub async fn stopped(&self, within: Duration) {
+        let handle = self
+            .driver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = tokio::time::timeout(within, handle).await;
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -93,7 +116,9 @@ impl Gossip {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Membership> {
-        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs one input through the core, then sends its packets and arms its timers.

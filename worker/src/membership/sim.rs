@@ -93,7 +93,10 @@ pub fn sim_addr(index: usize) -> SocketAddr {
 
 impl Simulation {
     pub fn new(config: SimConfig) -> Self {
-        assert!(config.members >= 2 && config.members <= 65_536, "2..=65536 members");
+        assert!(
+            config.members >= 2 && config.members <= 65_536,
+            "2..=65536 members"
+        );
         let members: Vec<Membership> = (0..config.members)
             .map(|index| {
                 let addr = sim_addr(index);
@@ -109,7 +112,9 @@ impl Simulation {
                 Membership::new(identity, config.membership.clone(), seed)
             })
             .collect();
-        let by_addr = (0..config.members).map(|index| (sim_addr(index), index)).collect();
+        let by_addr = (0..config.members)
+            .map(|index| (sim_addr(index), index))
+            .collect();
         let mut simulation = Self {
             network: Xoshiro256PlusPlus::seed_from_u64(config.seed),
             crashed: vec![false; config.members],
@@ -180,13 +185,19 @@ impl Simulation {
                 if self.crashed[member] {
                     return;
                 }
-                (member, self.members[member].handle_timer(self.now_ms, timer))
+                (
+                    member,
+                    self.members[member].handle_timer(self.now_ms, timer),
+                )
             }
             Event::Join { member } => {
                 if self.crashed[member] {
                     return;
                 }
-                (member, self.members[member].join(self.now_ms, &[sim_addr(0)]))
+                (
+                    member,
+                    self.members[member].join(self.now_ms, &[sim_addr(0)]),
+                )
             }
         };
         if result.is_err() {
@@ -228,20 +239,37 @@ impl Simulation {
                 if !any_crashed {
                     return member.alive_count() == running - 1;
                 }
-                member.view().iter().filter(|peer| !peer.is_self).all(|peer| {
-                    let crashed = self.crashed[self.by_addr[&peer.identity.gossip_addr]];
-                    let expected = if crashed { PeerState::Down } else { PeerState::Alive };
-                    peer.state == expected
-                }) && member.alive_count() == running - 1
+                member
+                    .view()
+                    .iter()
+                    .filter(|peer| !peer.is_self)
+                    .all(|peer| {
+                        let crashed = self.crashed[self.by_addr[&peer.identity.gossip_addr]];
+                        let expected = if crashed {
+                            PeerState::Down
+                        } else {
+                            PeerState::Alive
+                        };
+                        peer.state == expected
+                    })
+                    && member.alive_count() == running - 1
             })
     }
 
     /// How many running members know every other running member as alive, and the fewest
     /// alive members any running member knows: progress toward convergence.
     pub fn progress(&self) -> (usize, usize) {
-        let running: Vec<usize> = (0..self.members.len()).filter(|i| !self.crashed[*i]).collect();
-        let known: Vec<usize> = running.iter().map(|i| self.members[*i].alive_count()).collect();
-        let complete = known.iter().filter(|count| **count == running.len() - 1).count();
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|i| !self.crashed[*i])
+            .collect();
+        let known: Vec<usize> = running
+            .iter()
+            .map(|i| self.members[*i].alive_count())
+            .collect();
+        let complete = known
+            .iter()
+            .filter(|count| **count == running.len() - 1)
+            .count();
         (complete, known.iter().copied().min().unwrap_or(0))
     }
 
@@ -260,15 +288,17 @@ impl Simulation {
 
     /// Traffic summed over all members.
     pub fn traffic(&self) -> TrafficStats {
-        self.members.iter().fold(TrafficStats::default(), |sum, member| {
-            let stats = member.stats();
-            TrafficStats {
-                packets_sent: sum.packets_sent + stats.packets_sent,
-                bytes_sent: sum.bytes_sent + stats.bytes_sent,
-                packets_received: sum.packets_received + stats.packets_received,
-                bytes_received: sum.bytes_received + stats.bytes_received,
-            }
-        })
+        self.members
+            .iter()
+            .fold(TrafficStats::default(), |sum, member| {
+                let stats = member.stats();
+                TrafficStats {
+                    packets_sent: sum.packets_sent + stats.packets_sent,
+                    bytes_sent: sum.bytes_sent + stats.bytes_sent,
+                    packets_received: sum.packets_received + stats.packets_received,
+                    bytes_received: sum.bytes_received + stats.bytes_received,
+                }
+            })
     }
 
     /// Picks `count` distinct members other than the seed, from the simulation's seed.

@@ -56,9 +56,16 @@ impl<T> foca::BroadcastHandler<T> for SlotHandler {
     type Key = SlotKey;
     type Error = SlotNewsError;
 
-    fn receive_item(&mut self, data: &[u8], _sender: Option<&T>) -> Result<Option<SlotKey>, SlotNewsError> {
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&T>,
+    ) -> Result<Option<SlotKey>, SlotNewsError> {
         let news: SlotNews = postcard::from_bytes(data)?;
-        let mut board = self.board.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut board = self
+            .board
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let newer = board
             .get(&news.gossip_addr)
             .is_none_or(|known| news.version() > known.version());

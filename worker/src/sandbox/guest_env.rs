@@ -128,7 +128,9 @@ impl CappedPipe {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PipeState> {
         // A poisoned lock only means another holder panicked mid-append; the bytes are still valid.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn append(&self, bytes: &[u8]) -> Result<(), OutputLimitExceeded> {

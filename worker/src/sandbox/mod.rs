@@ -333,8 +333,7 @@ impl Sandbox {
                 ))));
             }
         };
-        let wasi = match wasi_context(&spec, &stdout, &stderr, scratch.as_ref().map(|d| d.path()))
-        {
+        let wasi = match wasi_context(&spec, &stdout, &stderr, scratch.as_ref().map(|d| d.path())) {
             Ok(wasi) => wasi,
             Err(error) => {
                 return Execution::without_running(Outcome::Trapped(TrapKind::Other(format!(
@@ -357,7 +356,11 @@ impl Sandbox {
             let result = instantiate_and_call(&mut store, module, limits.fuel).await;
             let fuel_left = store.get_fuel().unwrap_or(0);
             let memory_limit_hit = store.data().limiter.hit;
-            (result, limits.fuel.saturating_sub(fuel_left), memory_limit_hit)
+            (
+                result,
+                limits.fuel.saturating_sub(fuel_left),
+                memory_limit_hit,
+            )
         };
         let (outcome, fuel_used) = match tokio::time::timeout(spec.limits.timeout, run).await {
             Err(_elapsed) => (Outcome::TimedOut, 0),
@@ -431,7 +434,10 @@ async fn instantiate_and_call(
     let start = instance
         .get_typed_func::<(), ()>(&mut *store, "_start")
         .map_err(|error| RunError::Instantiate(error.context("a WASI command exports `_start`")))?;
-    start.call_async(&mut *store, ()).await.map_err(RunError::Guest)
+    start
+        .call_async(&mut *store, ())
+        .await
+        .map_err(RunError::Guest)
 }
 
 enum RunError {
@@ -481,7 +487,10 @@ fn wasi_context(
         .stderr(stderr.clone())
         .wall_clock(FixedWallClock)
         .monotonic_clock(FixedMonotonicClock)
-        .secure_random(SeededRandom::new(guest_env::RANDOM_CONTEXT, &spec.random_seed))
+        .secure_random(SeededRandom::new(
+            guest_env::RANDOM_CONTEXT,
+            &spec.random_seed,
+        ))
         .insecure_random(SeededRandom::new(
             guest_env::INSECURE_RANDOM_CONTEXT,
             &spec.random_seed,
@@ -575,7 +584,9 @@ impl ResourceLimiter for TaskLimiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.memory_max_bytes {
             self.hit = true;
-            return Err(wasmtime::Error::new(MemoryLimitExceeded(self.memory_max_bytes)));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded(
+                self.memory_max_bytes,
+            )));
         }
         Ok(true)
     }
@@ -588,7 +599,9 @@ impl ResourceLimiter for TaskLimiter {
     ) -> wasmtime::Result<bool> {
         if desired > limits::MAX_TABLE_ELEMENTS {
             self.hit = true;
-            return Err(wasmtime::Error::new(MemoryLimitExceeded(self.memory_max_bytes)));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded(
+                self.memory_max_bytes,
+            )));
         }
         Ok(true)
     }
