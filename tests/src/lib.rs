@@ -50,6 +50,17 @@ impl CliOutput {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
+    /// Asserts the command failed with exit code 125 and one line of error naming `needle`.
+    pub fn assert_one_line_error(&self, needle: &str) {
+        assert_eq!(self.code, Some(125), "{}", self.stderr);
+        assert_eq!(self.stderr.trim().lines().count(), 1, "{}", self.stderr);
+        assert!(
+            self.stderr.contains(needle),
+            "should name {needle}: {}",
+            self.stderr
+        );
+    }
+
     /// The single JSON object printed by `--json`.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.stdout).unwrap_or_else(|error| {
@@ -80,7 +91,25 @@ where
     }
 }
 
+/// `peergrid exec --peer ADDR --key KEY [options] <guest> -- ARGS`.
+pub fn exec(
+    addr: &str,
+    key: &KeyPair,
+    guest_name: &str,
+    options: &[&str],
+    args: &[&str],
+) -> CliOutput {
+    let mut argv: Vec<std::ffi::OsString> = vec!["exec".into(), "--peer".into(), addr.into()];
+    argv.extend(["--key".into(), key.path.clone().into_os_string()]);
+    argv.extend(options.iter().map(Into::into));
+    argv.push(guest(guest_name).into_os_string());
+    argv.push("--".into());
+    argv.extend(args.iter().map(Into::into));
+    peergrid(argv)
+}
+
 /// A submitter key made by `peergrid keygen`.
+#[derive(Clone)]
 pub struct KeyPair {
     pub path: PathBuf,
     pub public_hex: String,

@@ -14,7 +14,7 @@ use peergrid_proto::signing::{sign_task, verify_receipt};
 use peergrid_proto::{ContentHash, Identity, pb};
 use prost::Message;
 
-/// `peergrid exec --peer ADDR --key KEY [options] MODULE -- ARGS`.
+/// `peergrid exec` on `worker`.
 fn exec(
     worker: &WorkerProcess,
     key: &KeyPair,
@@ -22,13 +22,7 @@ fn exec(
     options: &[&str],
     args: &[&str],
 ) -> CliOutput {
-    let mut argv: Vec<OsString> = vec!["exec".into(), "--peer".into(), worker.addr.clone().into()];
-    argv.extend(["--key".into(), key.path.clone().into_os_string()]);
-    argv.extend(options.iter().map(Into::into));
-    argv.push(guest(module).into_os_string());
-    argv.push("--".into());
-    argv.extend(args.iter().map(Into::into));
-    peergrid(argv)
+    peergrid_e2e::exec(&worker.addr, key, module, options, args)
 }
 
 /// `peergrid run [options] MODULE -- ARGS`.
@@ -219,18 +213,7 @@ async fn bad_tasks_are_refused_with_their_own_codes_and_the_worker_keeps_serving
     assert_eq!(valid.stdout.as_ref(), b"hello from peergrid\n");
     // Through the CLI, the refusal names its code and exits 125.
     let refused = exec(&worker, &stranger, "hello", &[], &[]);
-    assert_eq!(refused.code, Some(125));
-    assert!(
-        refused.stderr.contains("PERMISSION_DENIED"),
-        "{}",
-        refused.stderr
-    );
-    assert_eq!(
-        refused.stderr.trim().lines().count(),
-        1,
-        "{}",
-        refused.stderr
-    );
+    refused.assert_one_line_error("PERMISSION_DENIED");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -491,18 +474,7 @@ fn bad_cli_input_gives_one_line_errors_naming_the_file() {
     ];
     for (args, named) in cases {
         let output = peergrid(&args);
-        assert_eq!(output.code, Some(125), "{args:?}: {}", output.stderr);
-        assert_eq!(
-            output.stderr.trim().lines().count(),
-            1,
-            "{args:?}: {}",
-            output.stderr
-        );
-        assert!(
-            output.stderr.contains(&named),
-            "{args:?} should name {named}: {}",
-            output.stderr
-        );
+        output.assert_one_line_error(&named);
     }
 
     // A worker nobody listens for is named too.
@@ -515,18 +487,7 @@ fn bad_cli_input_gives_one_line_errors_naming_the_file() {
         key.path.to_str().unwrap(),
         &hello,
     ]);
-    assert_eq!(unreachable.code, Some(125));
-    assert!(
-        unreachable.stderr.contains("127.0.0.1:9"),
-        "{}",
-        unreachable.stderr
-    );
-    assert_eq!(
-        unreachable.stderr.trim().lines().count(),
-        1,
-        "{}",
-        unreachable.stderr
-    );
+    unreachable.assert_one_line_error("127.0.0.1:9");
 }
 
 #[test]

@@ -23,12 +23,15 @@ pub struct MembershipConfig {
     pub probe_period: Duration,
     /// How long a direct probe waits for its ack before asking others to probe indirectly.
     pub probe_rtt: Duration,
-    /// How long a suspected member has to refute before it is declared down.
+    /// How long a suspected member has to refute before it is declared down, in a cluster of
+    /// up to 10 members; it grows with log10 of the cluster size (see
+    /// [`MembershipConfig::suspicion`]) so refutations can spread in big clusters.
     pub suspect_to_down_after: Duration,
     /// Each member gossips its pending updates to `gossip_fanout` members this often.
     pub gossip_period: Duration,
     pub gossip_fanout: usize,
-    /// Each update is piggybacked at most this many times.
+    /// Each update is piggybacked at most this many times in a cluster of up to 10 members; it
+    /// grows with log10 of the cluster size (see [`MembershipConfig::transmissions`]).
     pub max_transmissions: u8,
     /// Each member announces itself to one random member this often.
     pub periodic_announce: Duration,
@@ -46,11 +49,10 @@ impl Default for MembershipConfig {
         Self {
             probe_period: Duration::from_millis(500),
             probe_rtt: Duration::from_millis(200),
-            suspect_to_down_after: Duration::from_millis(1500),
+            suspect_to_down_after: Duration::from_millis(2000),
             gossip_period: Duration::from_millis(200),
             gossip_fanout: 3,
-            // λ·log10(n+1) with λ = 4 (foca's LAN setting) for clusters up to 10,000 members.
-            max_transmissions: 16,
+            max_transmissions: 6,
             periodic_announce: Duration::from_secs(5),
             slot_news_min_interval: Duration::from_millis(500),
             remove_down_after: Duration::from_secs(24 * 60 * 60),
@@ -60,15 +62,40 @@ impl Default for MembershipConfig {
 }
 
 impl MembershipConfig {
+    /// Suspicion timeout for a cluster of `members`: `suspect_to_down_after` × max(1, log10 n),
+    /// as Lifeguard recommends; a refutation needs about log n gossip hops to reach everyone.
+    pub fn suspicion(&self, members: usize) -> Duration {
+        self.suspect_to_down_after
+            .mul_f64(log10_at_least_1(members))
+    }
+
+    /// Piggyback transmissions per update for a cluster of `members`:
+    /// `max_transmissions` × max(1, log10 n), at most 255.
+    pub fn transmissions(&self, members: usize) -> u8 {
+        (f64::from(self.max_transmissions) * log10_at_least_1(members))
+            .ceil()
+            .min(255.0) as u8
+    }
+
     /// Upper bound on how long after a member crashes every other member has it down, for a
     /// cluster of `members`, barring packet loss: the crashed member is probed by some member at
-    /// least once per round-robin cycle of `members - 1` rounds, the probe fails after
-    /// `probe_period` (direct and indirect attempts), suspicion lasts `suspect_to_down_after`,
-    /// and the verdict reaches everyone within a few gossip periods (log2(members) + 2 of them).
+    /// least once per round-robin cycle of `members - 1` rounds, the probe fails within one more
+    /// `probe_period` (direct and indirect attempts), suspicion lasts
+    /// [`MembershipConfig::suspicion`], and the verdict reaches everyone within log2(n) + 2
+    /// gossip periods.
     pub fn detection_bound(&self, members: usize) -> Duration {
         let rounds = members.saturating_sub(1).max(1) as u32 + 1;
         let spread = (usize::BITS - members.leading_zeros()) + 2;
-        self.probe_period * rounds + self.suspect_to_down_after + self.gossip_period * spread
+        self.probe_period * rounds + self.suspicion(members) + self.gossip_period * spread
+    }
+
+    /// The foca configuration for a cluster of `members`.
+    fn foca_for(&self, members: usize) -> foca::Config {
+        let mut config = self.foca();
+        config.suspect_to_down_after = self.suspicion(members);
+        config.max_transmissions =
+            NonZeroU8::new(self.transmissions(members).max(1)).expect("max(1)");
+        config
     }
 
     fn foca(&self) -> foca::Config {
@@ -97,6 +124,10 @@ impl MembershipConfig {
 /// Largest gossip datagram, in bytes: fits an Ethernet MTU with room for IP and UDP headers.
 /// Larger packets are dropped unread.
 pub const MAX_PACKET_BYTES: usize = 1400;
+
+fn log10_at_least_1(members: usize) -> f64 {
+    (members as f64).log10().max(1.0)
+}
 
 /// Known members announced to after a rejoin, besides the seeds.
 const REANNOUNCE_MEMBERS: usize = 3;
@@ -173,6 +204,8 @@ pub struct Membership {
     config: MembershipConfig,
     own: OwnSlots,
     seeds: Vec<SocketAddr>,
+    /// floor(log2) of the cluster size the foca configuration was last scaled for.
+    scaled_for: u32,
 }
 
 #[derive(Default)]
@@ -252,6 +285,7 @@ impl Membership {
             config,
             own: OwnSlots::default(),
             seeds: Vec::new(),
+            scaled_for: 0,
         }
     }
 
@@ -370,7 +404,21 @@ impl Membership {
         if std::mem::take(&mut self.outbox.rejoined) {
             self.reannounce();
         }
+        self.rescale();
         std::mem::take(&mut self.outbox.effects)
+    }
+
+    /// Re-derives suspicion and transmissions when the cluster size crosses a power of two.
+    fn rescale(&mut self) {
+        let members = self.foca.num_members() + 1;
+        let scale = usize::BITS - members.leading_zeros();
+        if scale == self.scaled_for {
+            return;
+        }
+        self.scaled_for = scale;
+        if let Err(error) = self.foca.set_config(self.config.foca_for(members)) {
+            tracing::warn!("cannot rescale gossip to {members} members: {error}");
+        }
     }
 
     /// After foca renews a member declared down, it sits disconnected with every timer
@@ -440,5 +488,50 @@ impl Membership {
     /// Members this one currently believes alive (itself excluded).
     pub fn alive_count(&self) -> usize {
         self.foca.iter_members().count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timings_scale_with_the_cluster_and_the_bound_is_documented() {
+        let config = MembershipConfig::default();
+        assert_eq!(config.suspicion(5), Duration::from_secs(2));
+        assert_eq!(config.suspicion(1000), Duration::from_secs(6));
+        assert_eq!(config.transmissions(5), 6);
+        assert_eq!(config.transmissions(1000), 18);
+        // The figure ARCHITECTURE.md and the end-to-end test quote.
+        assert_eq!(config.detection_bound(5), Duration::from_millis(5500));
+    }
+
+    #[test]
+    fn slot_news_is_rate_limited_and_the_latest_value_wins() {
+        let me = PeerIdentity::placeholder("127.0.0.1:1".parse().unwrap());
+        let mut core = Membership::new(me, MembershipConfig::default(), 1);
+        core.set_free_slots(0, 3).unwrap();
+        assert_eq!(core.view()[0].free_slots, Some(3));
+        core.set_free_slots(100, 2).unwrap();
+        core.set_free_slots(200, 1).unwrap();
+        // One flush timer for the held-back news, armed for when the interval has passed.
+        let flushes: Vec<_> = core
+            .drain()
+            .timers
+            .into_iter()
+            .filter(|(_, timer)| *timer == TimerEvent::FlushSlots)
+            .collect();
+        assert_eq!(
+            flushes,
+            vec![(Duration::from_millis(400), TimerEvent::FlushSlots)]
+        );
+        core.handle_timer(500, TimerEvent::FlushSlots).unwrap();
+        let board = core.board.lock().unwrap();
+        let news = board.values().next().unwrap();
+        assert_eq!(
+            (news.free_slots, news.seq),
+            (1, 2),
+            "two news sent: 3, then the latest (1)"
+        );
     }
 }
