@@ -248,7 +248,7 @@ impl foca::Runtime<PeerIdentity> for Outbox {
                 );
                 self.rejoined = true;
             }
-            Notification::Defunct => tracing::warn!("declared down by the cluster; rejoining"),
+            Notification::Defunct => tracing::info!("declared down by the cluster; rejoining"),
             _ => {}
         }
     }
