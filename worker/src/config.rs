@@ -24,6 +24,7 @@ pub struct Settings {
     pub sample_interval_ms: Option<u64>,
     pub gossip: Option<SocketAddr>,
     pub seeds: Option<Vec<SocketAddr>>,
+    pub advertise: Option<std::net::IpAddr>,
     pub owner_load_file: Option<PathBuf>,
 }
 
@@ -87,6 +88,7 @@ impl Settings {
             sample_interval_ms: self.sample_interval_ms.or(file.sample_interval_ms),
             gossip: self.gossip.or(file.gossip),
             seeds: self.seeds.or(file.seeds),
+            advertise: self.advertise.or(file.advertise),
             owner_load_file: self.owner_load_file.or(file.owner_load_file),
         }
     }
@@ -140,6 +142,7 @@ impl Settings {
         }
         options.gossip = self.gossip;
         options.seeds = self.seeds.unwrap_or_default();
+        options.advertise = self.advertise;
         if let Some(path) = self.owner_load_file {
             options.load = LoadSourceKind::File(path);
         }

@@ -28,6 +28,9 @@ pub struct WorkerOptions {
     pub gossip: Option<SocketAddr>,
     /// Gossip addresses of workers to join through.
     pub seeds: Vec<SocketAddr>,
+    /// The IP peers reach this worker at, when it listens on an unspecified address (0.0.0.0 or
+    /// ::); the ports are the bound ones.
+    pub advertise: Option<std::net::IpAddr>,
     pub membership: MembershipConfig,
     /// Where the owner's load is read from.
     pub load: LoadSourceKind,
@@ -58,6 +61,7 @@ impl WorkerOptions {
             },
             gossip: None,
             seeds: Vec::new(),
+            advertise: None,
             membership: MembershipConfig::default(),
             load: LoadSourceKind::Machine,
         }
@@ -91,6 +95,10 @@ pub enum StartError {
     },
     #[error("cannot read the machine's load: {0}")]
     Load(String),
+    #[error(
+        "{addr} is not an address peers can reach: give --advertise IP (the address other machines reach this one at)"
+    )]
+    NoAdvertise { addr: SocketAddr },
 }
 
 /// A worker that is listening; [`Worker::serve`] runs it until shutdown.
@@ -157,9 +165,23 @@ impl Worker {
         let gossip_addr = match options.gossip {
             None => None,
             Some(bind) => {
+                let advertised = |bound: SocketAddr| -> Result<SocketAddr, StartError> {
+                    match options.advertise {
+                        Some(ip) => Ok(SocketAddr::new(ip, bound.port())),
+                        None if bound.ip().is_unspecified() => {
+                            Err(StartError::NoAdvertise { addr: bound })
+                        }
+                        None => Ok(bound),
+                    }
+                };
+                let grpc_addr = advertised(addr)?;
+                if options.advertise.is_none() && bind.ip().is_unspecified() {
+                    return Err(StartError::NoAdvertise { addr: bind });
+                }
+                let advertise = options.advertise;
                 let me = PeerIdentity {
                     gossip_addr: bind,
-                    grpc_addr: addr,
+                    grpc_addr,
                     worker_key: public_key.to_bytes(),
                     fingerprint: fingerprint.clone(),
                     cores,
@@ -170,8 +192,9 @@ impl Worker {
                 let slots = service.clone();
                 let gossip = Gossip::start(
                     bind,
-                    move |local| PeerIdentity {
-                        gossip_addr: local,
+                    move |local: SocketAddr| PeerIdentity {
+                        gossip_addr: advertise
+                            .map_or(local, |ip| SocketAddr::new(ip, local.port())),
                         ..me
                     },
                     options.membership.clone(),

@@ -59,6 +59,10 @@ struct Args {
     /// Gossip address of a worker to join through. Repeat for several.
     #[arg(long = "seed", value_name = "ADDR")]
     seeds: Vec<SocketAddr>,
+    /// IP address other machines reach this worker at; needed when --listen or --gossip is
+    /// 0.0.0.0 or :: (the bound ports are kept).
+    #[arg(long, value_name = "IP")]
+    advertise: Option<std::net::IpAddr>,
     /// Testing aid: read the owner's CPU use (a percentage) from this file instead of sampling
     /// the machine.
     #[arg(long, value_name = "FILE")]
@@ -82,6 +86,7 @@ impl Args {
             sample_interval_ms: self.sample_interval_ms,
             gossip: self.gossip,
             seeds: (!self.seeds.is_empty()).then_some(self.seeds),
+            advertise: self.advertise,
             owner_load_file: self.owner_load_file,
         };
         Ok(flags.over(file))
