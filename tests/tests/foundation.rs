@@ -518,3 +518,33 @@ fn the_demo_runs_a_verified_pi_sweep_on_a_local_grid() {
         output.stderr
     );
 }
+
+#[test]
+fn a_lying_worker_signs_wrong_outputs_that_only_comparison_can_catch() {
+    // The --lie-rate testing aid: the receipt verifies (the liar signs its lie), so only
+    // comparing against an independent result reveals it.
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "k.key");
+    let liar = WorkerProcess::start(
+        &dir.path().join("liar"),
+        WorkerConfig {
+            trust: vec![&key.public_hex],
+            extra_args: vec!["--lie-rate", "1.0"],
+            ..Default::default()
+        },
+    );
+    let honest = start_worker(dir.path(), "honest", &key);
+    let lie = exec(&liar, &key, "pi", &["--json"], &["50000"]);
+    let truth = exec(&honest, &key, "pi", &["--json"], &["50000"]);
+    assert_eq!(lie.code, Some(0), "{}", lie.stderr);
+    assert_eq!(lie.json()["receipt"]["signature_verified"], true);
+    assert_ne!(lie.json()["output_hash"], truth.json()["output_hash"]);
+    assert_eq!(
+        truth.json()["output_hash"],
+        run("pi", &["--json"], &["50000"]).json()["output_hash"]
+    );
+    assert!(
+        liar.stderr().contains("lie-rate"),
+        "the liar says so in its log"
+    );
+}

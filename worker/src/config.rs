@@ -26,6 +26,7 @@ pub struct Settings {
     pub seeds: Option<Vec<SocketAddr>>,
     pub advertise: Option<std::net::IpAddr>,
     pub owner_load_file: Option<PathBuf>,
+    pub lie_rate: Option<f64>,
 }
 
 /// Why the configuration is unusable. Each names the file or the setting.
@@ -90,6 +91,7 @@ impl Settings {
             seeds: self.seeds.or(file.seeds),
             advertise: self.advertise.or(file.advertise),
             owner_load_file: self.owner_load_file.or(file.owner_load_file),
+            lie_rate: self.lie_rate.or(file.lie_rate),
         }
     }
 
@@ -143,6 +145,12 @@ impl Settings {
         options.gossip = self.gossip;
         options.seeds = self.seeds.unwrap_or_default();
         options.advertise = self.advertise;
+        if let Some(rate) = self.lie_rate {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(out_of_range("lie-rate", rate, "a fraction, 0 to 1"));
+            }
+            options.lie_rate = rate;
+        }
         if let Some(path) = self.owner_load_file {
             options.load = LoadSourceKind::File(path);
         }

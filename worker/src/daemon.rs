@@ -34,6 +34,8 @@ pub struct WorkerOptions {
     pub membership: MembershipConfig,
     /// Where the owner's load is read from.
     pub load: LoadSourceKind,
+    /// Testing aid: the fraction of tasks this worker answers with a wrong, signed output.
+    pub lie_rate: f64,
 }
 
 /// Which [`LoadSource`] the donor policy samples.
@@ -64,6 +66,7 @@ impl WorkerOptions {
             advertise: None,
             membership: MembershipConfig::default(),
             load: LoadSourceKind::Machine,
+            lie_rate: 0.0,
         }
     }
 }
@@ -151,7 +154,14 @@ impl Worker {
             TrustPolicy::new(options.trust.clone()),
             &options.policy,
             donor.clone(),
-        );
+        )
+        .with_lie_rate(options.lie_rate);
+        if options.lie_rate > 0.0 {
+            tracing::warn!(
+                rate = options.lie_rate,
+                "testing aid --lie-rate is on: this worker answers some tasks with wrong outputs"
+            );
+        }
         let (stop, stopped) = watch::channel(false);
         if options.policy.idle_only {
             let source: Box<dyn LoadSource> = match &options.load {

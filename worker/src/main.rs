@@ -67,6 +67,10 @@ struct Args {
     /// the machine.
     #[arg(long, value_name = "FILE")]
     owner_load_file: Option<PathBuf>,
+    /// Testing aid: answer this fraction (0 to 1) of tasks with a wrong output, signed as usual,
+    /// to show cross-verification catching a cheater. Off by default; never use it for real work.
+    #[arg(long, value_name = "F")]
+    lie_rate: Option<f64>,
 }
 
 impl Args {
@@ -88,6 +92,7 @@ impl Args {
             seeds: (!self.seeds.is_empty()).then_some(self.seeds),
             advertise: self.advertise,
             owner_load_file: self.owner_load_file,
+            lie_rate: self.lie_rate,
         };
         Ok(flags.over(file))
     }

@@ -36,6 +36,8 @@ struct Inner {
     memory_mib: Arc<Semaphore>,
     memory_mib_total: u64,
     donor: Arc<DonorState>,
+    /// Testing aid: the fraction of tasks answered with a wrong output (see [`Self::lie`]).
+    lie_rate: f64,
     /// Set once gossip is running (never, without `--gossip`).
     gossip: OnceLock<Gossip>,
 }
@@ -64,9 +66,36 @@ impl WorkerService {
                 memory_mib: Arc::new(Semaphore::new(memory_mib_total as usize)),
                 memory_mib_total,
                 donor,
+                lie_rate: 0.0,
                 gossip: OnceLock::new(),
             }),
         }
+    }
+
+    /// Makes this worker answer a fraction `rate` of tasks with a wrong output, signed as usual:
+    /// a testing aid for showing that cross-verification catches cheaters. Off (0) by default.
+    pub fn with_lie_rate(mut self, rate: f64) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the service is shared")
+            .lie_rate = rate.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Whether this worker lies about task `digest`: decided by BLAKE3(worker key ‖ digest), so
+    /// a liar lies consistently about a task and different liars pick different tasks.
+    fn lies_about(&self, digest: &ContentHash) -> bool {
+        if self.inner.lie_rate <= 0.0 {
+            return false;
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.inner.identity.public_key().to_bytes());
+        hasher.update(digest.as_bytes());
+        let draw = u64::from_le_bytes(
+            hasher.finalize().as_bytes()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        (draw as f64) < self.inner.lie_rate * (u64::MAX as f64)
     }
 
     /// Slots a new task could take now: none while the donor's machine is busy.
@@ -129,7 +158,7 @@ impl WorkerService {
             }
             let slot = self.take_slot()?;
             let memory = self.take_memory(task.spec.limits.memory_bytes)?;
-            let execution = tokio::select! {
+            let mut execution = tokio::select! {
                 execution = self.execute(task.clone()) => execution,
                 _ = preemption.changed() => {
                     info!("preempted: the donor needs the machine");
@@ -140,6 +169,10 @@ impl WorkerService {
                 }
             };
             drop((slot, memory));
+            if self.lies_about(&task.digest) {
+                warn!("testing aid --lie-rate: answering with a wrong output");
+                lie(&mut execution);
+            }
             info!(
                 outcome = ?execution.outcome,
                 fuel = execution.fuel_used,
@@ -433,6 +466,16 @@ impl pb::worker_server::Worker for WorkerService {
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
+}
+
+/// Corrupts an execution's output the way a cheater would: plausibly, by one bit.
+fn lie(execution: &mut Execution) {
+    let mut stdout = execution.stdout.to_vec();
+    match stdout.last_mut() {
+        Some(byte) => *byte ^= 0x01,
+        None => stdout.push(b'0'),
+    }
+    execution.stdout = stdout.into();
 }
 
 fn put_status(error: PutError) -> Status {
