@@ -11,6 +11,8 @@ use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
 
 use crate::client::WorkerClient;
 use crate::program::ProgramRequest;
+use crate::store::Store;
+use crate::submit::{Source, Summary};
 use crate::report::{Report, exit_code};
 
 /// Submit WebAssembly tasks to a peergrid, or run them locally in the same sandbox.
@@ -23,21 +25,31 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Start a local grid of workers on loopback, run a Monte Carlo pi sweep on it with every
-    /// task on two workers, accept only agreeing signed receipts, and print the verified estimate.
+    /// Start a local grid of workers on loopback joined by gossip, submit a Monte Carlo pi sweep
+    /// to it with every task on two workers, accept only agreeing signed receipts, and print the
+    /// verified estimate and where the results are.
     Demo {
-        /// Workers to start (at least 2).
+        /// Workers to start (at least 2), each on its own loopback address.
         #[arg(long, default_value_t = 3)]
         workers: usize,
+        /// How many of them lie: they sign a wrong answer for every task (caught and excluded).
+        #[arg(long, default_value_t = 0)]
+        liars: usize,
         /// Tasks in the sweep.
         #[arg(long, default_value_t = 24)]
         tasks: u64,
         /// Monte Carlo samples per task.
         #[arg(long, default_value_t = 2_000_000)]
         samples: u64,
+        /// Plain progress lines even on a terminal.
+        #[arg(long)]
+        plain: bool,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Show the grid as a worker sees it: every peer with its address, cores, free slots,
-    /// runtime, state (alive / suspect / down) and when it was last heard from.
+    /// runtime, state (alive / suspect / down), when it was last heard from, and the reputation
+    /// your past jobs gave it.
     Peers {
         /// gRPC address (host:port) of any worker.
         #[arg(long)]
@@ -45,6 +57,65 @@ enum Command {
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Submit a job file: sign its tasks, run each on several workers, accept a result only when
+    /// a quorum of signed receipts agree, and write the results.
+    #[command(after_help = exit_code::JOB_HELP)]
+    Submit {
+        /// The job file (TOML); see the README for its format.
+        job: PathBuf,
+        /// Secret key file to sign the tasks with (from `peergrid keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        workers: WorkerArgs,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Where to write the results [default: <job file dir>/<job id>-results].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Plain progress lines even on a terminal.
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Finish interrupted jobs: every unfinished job in the state dir, or JOB. Settled tasks are
+    /// never run again.
+    #[command(after_help = exit_code::JOB_HELP)]
+    Resume {
+        /// Job id (or a unique prefix of it, or its name).
+        job: Option<String>,
+        /// Sign with this key file instead of the one the job was submitted with.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        workers: OptionalWorkerArgs,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Plain progress lines even on a terminal.
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Show every job in the state dir, or one job in detail.
+    Status {
+        /// Job id (or a unique prefix of it, or its name).
+        job: Option<String>,
+        /// Print JSON (with every task and copy, for one job).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Write a job's results again from the store: `<task>.stdout` files and results.jsonl.
+    Results {
+        /// Job id (or a unique prefix of it, or its name).
+        job: String,
+        /// Where to write them [default: where the job writes them].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Create an Ed25519 key pair: the secret key in FILE (mode 0600), the public key as hex in
     /// FILE.pub, and print the public key.
@@ -71,6 +142,53 @@ enum Command {
         #[command(flatten)]
         task: TaskArgs,
     },
+}
+
+/// Where the workers are.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct WorkerArgs {
+    /// gRPC address (host:port) of a worker to use; repeat for several.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// gRPC address of a worker to ask for the grid's membership; repeat for several.
+    #[arg(long = "seed")]
+    seeds: Vec<String>,
+}
+
+/// Where the workers are, when it may differ from what the job was submitted with.
+#[derive(Args, Debug)]
+#[group(required = false, multiple = false)]
+struct OptionalWorkerArgs {
+    /// Use these workers instead of the job's (host:port; repeat for several).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Ask these workers for the membership instead of the job's seeds.
+    #[arg(long = "seed")]
+    seeds: Vec<String>,
+}
+
+fn source_of(peers: Vec<String>, seeds: Vec<String>) -> Option<Source> {
+    match (peers.is_empty(), seeds.is_empty()) {
+        (false, _) => Some(Source::Peers(peers)),
+        (true, false) => Some(Source::Seeds(seeds)),
+        (true, true) => None,
+    }
+}
+
+/// The job store.
+#[derive(Args, Debug)]
+struct StateArgs {
+    /// State directory holding the job store [default: the platform's data dir, e.g.
+    /// ~/.local/share/peergrid].
+    #[arg(long = "state", env = "PEERGRID_STATE")]
+    dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(Store::default_dir)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -159,11 +277,48 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Demo {
             workers,
+            liars,
             tasks,
             samples,
-        } => demo(workers, tasks, samples).await,
+            plain,
+            state,
+        } => {
+            demo(crate::demo::DemoOptions {
+                workers,
+                liars,
+                tasks,
+                samples_per_task: samples,
+                state: state.dir(),
+                plain_progress: plain,
+            })
+            .await
+        }
         Command::Keygen { out } => keygen(out),
-        Command::Peers { seed, json } => crate::peers::show(&seed, json).await,
+        Command::Peers { seed, json, state } => crate::peers::show(&seed, json, &state.dir()).await,
+        Command::Submit {
+            job,
+            key,
+            workers,
+            state,
+            out,
+            plain,
+        } => {
+            let source = source_of(workers.peers, workers.seeds)
+                .expect("clap requires --peer or --seed");
+            submit(&job, &key, source, &state.dir(), out, plain).await
+        }
+        Command::Resume {
+            job,
+            key,
+            workers,
+            state,
+            plain,
+        } => {
+            let source = source_of(workers.peers, workers.seeds);
+            resume(job.as_deref(), key, source, &state.dir(), plain).await
+        }
+        Command::Status { job, json, state } => crate::status::show(&state.dir(), job.as_deref(), json),
+        Command::Results { job, out, state } => results(&state.dir(), &job, out),
         Command::Run(task) => run_local(task).await,
         Command::Exec {
             peer,
@@ -174,28 +329,122 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-async fn demo(workers: usize, tasks: u64, samples: u64) -> anyhow::Result<u8> {
-    let summary = crate::demo::run(crate::demo::DemoOptions {
-        workers,
-        tasks,
-        samples_per_task: samples,
-    })
-    .await?;
-    let estimate = summary.estimate();
+async fn demo(options: crate::demo::DemoOptions) -> anyhow::Result<u8> {
+    let result = crate::demo::run(options).await?;
+    let code = print_summary(&result.summary);
+    let estimate = result.estimate();
     println!(
-        "pi ≈ {estimate:.6} (error {:+.6}) from {} samples in {} tasks, each verified by 2 workers",
+        "pi ≈ {estimate:.6} (error {:+.6}) from {} samples in {} tasks, each verified by 2 agreeing workers",
         estimate - std::f64::consts::PI,
-        summary.samples,
-        summary.accepted
+        result.samples,
+        result.summary.accepted
     );
+    let caught = result
+        .liars
+        .iter()
+        .filter(|liar| result.summary.excluded.iter().any(|(key, _)| *key == liar.to_hex()))
+        .count();
+    if !result.liars.is_empty() {
+        println!(
+            "liars caught and excluded: {caught} of {}; accepted results vouched for only by liars: {}",
+            result.liars.len(),
+            result.vouched_only_by_liars
+        );
+    }
+    Ok(code)
+}
+
+async fn submit(
+    job_file: &std::path::Path,
+    key: &std::path::Path,
+    source: Source,
+    state: &std::path::Path,
+    out: Option<PathBuf>,
+    plain: bool,
+) -> anyhow::Result<u8> {
+    let spec = crate::job::load(job_file)?;
+    let identity = Identity::load(key)?;
+    // Before anything is stored: an unreachable grid leaves the store as it was.
+    crate::submit::probe(&source).await?;
+    let store = Store::open(state)?;
+    let job = crate::submit::create_job(&store, &spec, job_file, key, &source, out)?;
+    let summary = crate::submit::run_session(&store, &job, &identity, &source, plain).await?;
+    Ok(print_summary(&summary))
+}
+
+async fn resume(
+    query: Option<&str>,
+    key: Option<PathBuf>,
+    source: Option<Source>,
+    state: &std::path::Path,
+    plain: bool,
+) -> anyhow::Result<u8> {
+    let store = Store::open(state)?;
+    let jobs = match query {
+        Some(query) => vec![store.find_job(query)?],
+        None => store
+            .jobs()?
+            .into_iter()
+            .filter(|job| job.finished_unix_ms.is_none())
+            .collect(),
+    };
+    if jobs.is_empty() {
+        eprintln!("peergrid: no unfinished job in {}", state.display());
+        return Ok(0);
+    }
+    let mut worst = 0;
+    for job in jobs {
+        let key_file = key.clone().unwrap_or_else(|| job.key_file.clone());
+        let identity = Identity::load(&key_file)?;
+        let source = source.clone().unwrap_or_else(|| Source::from_job(&job));
+        let summary = crate::submit::run_session(&store, &job, &identity, &source, plain).await?;
+        worst = worst.max(print_summary(&summary));
+    }
+    Ok(worst)
+}
+
+fn results(state: &std::path::Path, query: &str, out: Option<PathBuf>) -> anyhow::Result<u8> {
+    let store = Store::open_for_reading(state)?;
+    let job = store.find_job(query)?;
+    let out = out.unwrap_or_else(|| job.out_dir.clone());
+    let accepted = crate::results::export(&store, &job, &out)
+        .with_context(|| format!("cannot write results to {}", out.display()))?;
     println!(
-        "{} tasks accepted, {} disagreements, {} fuel per copy in total, {:.2} s",
-        summary.accepted,
-        summary.disagreements,
-        summary.fuel,
-        summary.wall_time.as_secs_f64()
+        "{accepted} of {} tasks accepted; results in {}",
+        job.task_count,
+        out.join(crate::results::RESULTS_FILE).display()
     );
-    Ok(if summary.disagreements == 0 { 0 } else { 1 })
+    Ok(0)
+}
+
+/// Prints the end-of-session summary and returns the exit code it deserves.
+fn print_summary(summary: &Summary) -> u8 {
+    println!(
+        "job {}: {} of {} tasks accepted, {} inconclusive · {} copies · {} disagreements · {} workers excluded · {:.1} s · {} fuel",
+        summary.job_id,
+        summary.accepted,
+        summary.tasks,
+        summary.inconclusive,
+        summary.copies,
+        summary.disagreements,
+        summary.excluded.len(),
+        summary.wall_time.as_secs_f64(),
+        summary.fuel
+    );
+    for (worker, reason) in &summary.excluded {
+        println!("  excluded {}: {reason}", &worker[..worker.len().min(12)]);
+    }
+    println!(
+        "results: {}",
+        summary.out_dir.join(crate::results::RESULTS_FILE).display()
+    );
+    if !summary.finished {
+        exit_code::INTERRUPTED
+    } else if summary.inconclusive > 0 {
+        exit_code::JOB_INCONCLUSIVE
+    } else {
+        0
+    }
 }
 
 fn keygen(out: PathBuf) -> anyhow::Result<u8> {
@@ -216,6 +465,7 @@ async fn run_local(task: TaskArgs) -> anyhow::Result<u8> {
     let sandbox = Sandbox::new(SandboxOptions {
         threads: 1,
         scratch_dir: scratch.path().to_owned(),
+        fingerprint_tag: None,
     })?;
     let execution = sandbox
         .run_module(program.module.clone(), program.spec)

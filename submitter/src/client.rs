@@ -157,6 +157,21 @@ impl WorkerClient {
             .peers)
     }
 
+    /// Opens a pipelined `Execute` stream: requests go out as they arrive on `requests`, answers
+    /// come back on the returned stream in any order.
+    pub async fn execute(
+        &mut self,
+        requests: tokio::sync::mpsc::Receiver<pb::ExecuteRequest>,
+    ) -> Result<tonic::Streaming<pb::ExecuteResponse>, ClientError> {
+        let requests = tokio_stream::wrappers::ReceiverStream::new(requests);
+        Ok(self
+            .grpc
+            .execute(requests)
+            .await
+            .map_err(|status| self.status_error(status))?
+            .into_inner())
+    }
+
     /// Runs one signed task and checks its receipt.
     pub async fn run(&mut self, task: pb::SignedTask) -> Result<CheckedResult, ClientError> {
         let digest = task_digest(&task);

@@ -1,167 +1,207 @@
-//! `peergrid demo`: a local grid in one command. Starts workers on loopback (each with its own
-//! identity, blob store and sandbox), signs a Monte Carlo pi sweep, runs every task on two
-//! distinct workers, accepts a task only when both signed receipts agree on outcome, exit code,
-//! output hash and fuel, and prints the combined verified estimate.
-//!
-//! This is the foundation's demo: workers are found by address, not yet by gossip (issue 3), and
-//! there is no persistent job store yet (issue 4).
+//! `peergrid demo`: a whole grid in one command. Starts workers on loopback, each on its own
+//! address (127.0.0.1, 127.0.0.2, …, so they count as distinct hosts) with its own identity,
+//! blob store and sandbox, joined by gossip; writes a Monte Carlo pi sweep as an ordinary job
+//! file; and submits it exactly as `peergrid submit --seed` would: every task on two workers,
+//! accepted only when their signed receipts agree, stored durably, results on disk. With
+//! `--liars`, some workers sign wrong answers (the `--lie-rate` testing aid) and the demo shows
+//! them outvoted and excluded.
 
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use bytes::Bytes;
-use peergrid_proto::{ContentHash, Identity, pb};
+use peergrid_proto::{Identity, PublicKey};
 use peergrid_worker::daemon::{Worker, WorkerOptions};
-use peergrid_worker::sandbox::Outcome;
-use prost::Message;
 use tokio::sync::watch;
 
-use crate::client::{CheckedResult, WorkerClient};
+use crate::store::Store;
+use crate::submit::{Source, Summary};
 
 /// How to run the demo.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub workers: usize,
+    /// How many of the workers lie (sign a wrong output for every task).
+    pub liars: usize,
     pub tasks: u64,
     pub samples_per_task: u64,
+    /// The state directory (job store, and the demo's job file and results under `demo/`).
+    pub state: PathBuf,
+    pub plain_progress: bool,
 }
 
 /// What the demo verified.
 #[derive(Debug, Clone)]
-pub struct DemoSummary {
-    pub accepted: u64,
-    pub disagreements: u64,
+pub struct DemoResult {
+    pub summary: Summary,
     pub samples: u64,
     pub inside: u64,
-    pub fuel: u64,
-    pub wall_time: Duration,
+    /// The liars' keys, to show that exactly they were excluded.
+    pub liars: Vec<PublicKey>,
+    /// Accepted results that only liars vouched for (possible only when two liars collude on
+    /// one task: the quorum model's known limit).
+    pub vouched_only_by_liars: u64,
 }
 
-impl DemoSummary {
+impl DemoResult {
     pub fn estimate(&self) -> f64 {
         4.0 * self.inside as f64 / self.samples as f64
     }
 }
 
-/// Runs the demo, printing progress lines to stderr.
-pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
+/// Runs the demo; progress goes to stderr.
+pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
+    anyhow::ensure!(options.workers >= 2, "the demo needs at least 2 workers (--workers)");
     anyhow::ensure!(
-        options.workers >= 2,
-        "the demo needs at least 2 workers (--workers)"
+        options.liars + 2 <= options.workers,
+        "--liars {} of --workers {}: at least 2 honest workers are needed for a quorum of 2",
+        options.liars,
+        options.workers
     );
-    anyhow::ensure!(
-        options.tasks >= 1,
-        "the demo needs at least 1 task (--tasks)"
-    );
-    let started = Instant::now();
-    let scratch = tempfile::tempdir().context("cannot create the demo's data directory")?;
-    let submitter = Identity::generate();
+    anyhow::ensure!(options.tasks >= 1, "the demo needs at least 1 task (--tasks)");
+    let demo_dir = options.state.join("demo");
+    std::fs::create_dir_all(&demo_dir)
+        .with_context(|| format!("cannot create {}", demo_dir.display()))?;
+    let key_file = demo_dir.join("demo.key");
+    let submitter = load_or_create_key(&key_file)?;
+    let scratch = tempfile::tempdir().context("cannot create the workers' data directories")?;
     let (stop, stopped) = watch::channel(false);
 
-    let mut clients = Vec::new();
-    let mut seed = None;
+    let (seed, distinct_hosts, liars) =
+        start_workers(&options, &submitter.public_key(), scratch.path(), stopped).await?;
+    let job_file = write_job(&demo_dir, &options, distinct_hosts)?;
+    let spec = crate::job::load(&job_file)?;
+    let store = Store::open(&options.state)?;
+    let source = Source::Seeds(vec![seed]);
+    let job = crate::submit::create_job(&store, &spec, &job_file, &key_file, &source, None)?;
+    let summary =
+        crate::submit::run_session(&store, &job, &submitter, &source, options.plain_progress)
+            .await?;
+    let _ = stop.send(true);
+
+    let liar_keys: Vec<String> = liars.iter().map(PublicKey::to_hex).collect();
+    let (mut samples, mut inside, mut vouched_only_by_liars) = (0, 0, 0);
+    for (task, settled) in store.settled(&job.id)? {
+        if settled.accepted.is_none() {
+            continue;
+        }
+        if settled.agreeing.iter().all(|key| liar_keys.contains(key)) {
+            vouched_only_by_liars += 1;
+        }
+        let (stdout, _) = store.output(&job.id, task)?;
+        let (n, m) = parse_pi(&stdout).with_context(|| format!("task {task}: unexpected output from pi"))?;
+        samples += n;
+        inside += m;
+    }
+    Ok(DemoResult {
+        summary,
+        samples,
+        inside,
+        liars,
+        vouched_only_by_liars,
+    })
+}
+
+/// Starts the workers; returns the first one's gRPC address (the seed), whether they got
+/// distinct host addresses, and the liars' keys.
+async fn start_workers(
+    options: &DemoOptions,
+    submitter: &PublicKey,
+    scratch: &Path,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<(String, bool, Vec<PublicKey>)> {
+    let mut gossip_seed = None;
+    let mut grpc_seed = None;
+    let mut distinct_hosts = true;
+    let mut liars = Vec::new();
     for index in 0..options.workers {
-        let mut worker_options = WorkerOptions::new(scratch.path().join(format!("worker-{index}")));
-        worker_options.listen = "127.0.0.1:0".parse().expect("a valid socket address");
-        worker_options.trust = vec![submitter.public_key()];
+        let lies = index >= options.workers - options.liars;
+        let mut worker_options = WorkerOptions::new(scratch.join(format!("worker-{index}")));
+        worker_options.trust = vec![*submitter];
         worker_options.policy.cores = 1;
-        worker_options.gossip = Some("127.0.0.1:0".parse().expect("a valid socket address"));
-        worker_options.seeds = seed.into_iter().collect();
-        let worker = Worker::start(worker_options).await?;
-        seed = seed.or(worker.gossip_addr);
-        let addr = worker.addr.to_string();
+        worker_options.seeds = gossip_seed.into_iter().collect();
+        worker_options.lie_rate = if lies { 1.0 } else { 0.0 };
+        let mut host = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + index as u8));
+        let worker = match start_on(worker_options.clone(), host).await {
+            Ok(worker) => worker,
+            // Some systems (macOS) answer only on 127.0.0.1: the workers then share a host.
+            Err(_) if index > 0 => {
+                distinct_hosts = false;
+                host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+                start_on(worker_options, host).await?
+            }
+            Err(error) => return Err(error.into()),
+        };
+        gossip_seed = gossip_seed.or(worker.gossip_addr);
+        grpc_seed = grpc_seed.or(Some(worker.addr.to_string()));
+        eprintln!(
+            "peergrid demo: worker {} at {}{}",
+            worker.public_key.short(),
+            worker.addr,
+            if lies { " (a liar: signs a wrong answer for every task)" } else { "" }
+        );
+        if lies {
+            liars.push(worker.public_key);
+        }
         let mut stopped = stopped.clone();
         tokio::spawn(worker.serve(async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
-        let client = WorkerClient::connect(&addr).await?;
-        eprintln!(
-            "peergrid demo: worker {} at {addr} (runtime {})",
-            client.info().key.short(),
-            client.info().fingerprint
-        );
-        clients.push(client);
     }
-
-    let module = Bytes::from_static(peergrid_tasks::PI_WASM);
-    let module_hash = ContentHash::of(&module);
-    for client in &mut clients {
-        client
-            .ensure_blobs(&[(module_hash, module.clone())])
-            .await?;
-    }
-
-    let mut summary = DemoSummary {
-        accepted: 0,
-        disagreements: 0,
-        samples: 0,
-        inside: 0,
-        fuel: 0,
-        wall_time: Duration::ZERO,
-    };
-    for index in 0..options.tasks {
-        let task = sign_pi_task(&submitter, module_hash, options.samples_per_task, index + 1);
-        // Two copies on two distinct workers, run at once.
-        let mut first = clients[index as usize % clients.len()].clone();
-        let mut second = clients[(index as usize + 1) % clients.len()].clone();
-        let (a, b) = tokio::join!(first.run(task.clone()), second.run(task));
-        let (a, b) = (a?, b?);
-        if !agree(&a, &b) {
-            summary.disagreements += 1;
-            eprintln!("peergrid demo: task {index}: the two receipts disagree; not accepted");
-            continue;
-        }
-        let (samples, inside) = parse_pi(&a.stdout)
-            .with_context(|| format!("task {index}: unexpected output from pi"))?;
-        summary.accepted += 1;
-        summary.samples += samples;
-        summary.inside += inside;
-        summary.fuel += a.receipt.receipt.fuel_used;
-        eprintln!(
-            "peergrid demo: task {:>3}/{} accepted: workers {} and {} agree (fuel {}, output {})",
-            index + 1,
-            options.tasks,
-            a.receipt.worker.short(),
-            b.receipt.worker.short(),
-            a.receipt.receipt.fuel_used,
-            a.receipt.stdout_hash.short()
-        );
-    }
-    let _ = stop.send(true);
-    summary.wall_time = started.elapsed();
-    Ok(summary)
+    let seed = grpc_seed.expect("at least two workers started");
+    Ok((seed, distinct_hosts, liars))
 }
 
-fn sign_pi_task(
-    identity: &Identity,
-    module_hash: ContentHash,
-    samples: u64,
-    seed: u64,
-) -> pb::SignedTask {
-    let program = pb::Program {
-        module_hash: module_hash.to_vec().into(),
-        args: vec![samples.to_string(), seed.to_string()],
-        ..Default::default()
-    };
-    let manifest = pb::TaskManifest {
-        program: program.encode_to_vec().into(),
-        job_id: "demo".into(),
-        task_id: format!("pi-{seed}"),
-        expires_at_unix_s: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |now| now.as_secs())
-            + 3600,
-        ..Default::default()
-    };
-    peergrid_proto::signing::sign_task(identity, &manifest)
+async fn start_on(
+    mut options: WorkerOptions,
+    host: IpAddr,
+) -> Result<Worker, peergrid_worker::daemon::StartError> {
+    options.listen = SocketAddr::new(host, 0);
+    options.gossip = Some(SocketAddr::new(host, 0));
+    Worker::start(options).await
 }
 
-/// Two copies agree when outcome, exit code, output hash and fuel are all equal.
-fn agree(a: &CheckedResult, b: &CheckedResult) -> bool {
-    a.outcome == Outcome::Exited(0)
-        && a.outcome == b.outcome
-        && a.receipt.stdout_hash == b.receipt.stdout_hash
-        && a.receipt.receipt.fuel_used == b.receipt.receipt.fuel_used
+/// Writes `pi.wasm` and the job file `pi-demo.toml` into `dir`.
+fn write_job(dir: &Path, options: &DemoOptions, distinct_hosts: bool) -> anyhow::Result<PathBuf> {
+    let module = dir.join("pi.wasm");
+    std::fs::write(&module, peergrid_tasks::PI_WASM)
+        .with_context(|| format!("cannot write {}", module.display()))?;
+    let job_file = dir.join("pi-demo.toml");
+    let text = format!(
+        r#"# Written by `peergrid demo`: a Monte Carlo estimate of pi, {tasks} tasks of {samples} samples,
+# each task seeded by its number. Submit it yourself with
+#   peergrid submit {job} --key {key} --seed <a worker's address>
+name = "pi-demo"
+module = "pi.wasm"
+replication = 2
+quorum = 2
+distinct_hosts = {distinct_hosts}
+
+[limits]
+fuel = 100_000_000_000
+memory_mb = 64
+timeout_s = 120
+
+[sweep]
+args = ["{samples}", "{{i}}"]
+range = [1, {tasks}]
+"#,
+        tasks = options.tasks,
+        samples = options.samples_per_task,
+        job = job_file.display(),
+        key = dir.join("demo.key").display(),
+    );
+    std::fs::write(&job_file, text).with_context(|| format!("cannot write {}", job_file.display()))?;
+    Ok(job_file)
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<Identity> {
+    if path.exists() {
+        return Ok(Identity::load(path)?);
+    }
+    let identity = Identity::generate();
+    identity.save(path)?;
+    Ok(identity)
 }
 
 /// Reads `{"samples":N,"inside":M,"pi":E}`.

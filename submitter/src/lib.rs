@@ -2,7 +2,18 @@
 //!
 //! - [`program`]: a module and its inputs on disk → the signed program a worker runs, and the
 //!   identical local sandbox task.
+//! - [`job`]: a job file (TOML) → a validated [`job::JobSpec`]: its tasks and their replication.
 //! - [`client`]: a gRPC client for one worker that checks every receipt.
+//! - [`schedule`]: the quorum scheduler, a state machine without I/O: who runs which copy,
+//!   when a task is accepted or inconclusive, who is excluded.
+//! - [`dispatch`]: one pipelined `Execute` stream per worker.
+//! - [`store`]: the job store (redb): jobs, tasks, copies, receipts, results, reputation.
+//! - [`submit`]: `submit`/`resume` sessions: scheduler + connections + store, durable before
+//!   reported.
+//! - [`results`]: result files (`<task>.stdout`, `results.jsonl`).
+//! - [`progress`]: progress bar or plain lines.
+//! - [`status`]: `peergrid status`.
+//! - [`limits`]: every bound of the submitter.
 //! - [`peers`]: `peergrid peers`, the grid's membership as a worker sees it.
 //! - [`report`]: how results are printed, and the exit codes.
 //! - [`demo`]: `peergrid demo`, a local grid running a verified pi sweep.
@@ -11,6 +22,15 @@
 pub mod cli;
 pub mod client;
 pub mod demo;
+pub mod dispatch;
+pub mod job;
+pub mod limits;
+pub mod progress;
+pub mod results;
+pub mod schedule;
+pub mod status;
+pub mod store;
+pub mod submit;
 pub mod peers;
 pub mod program;
 pub mod report;

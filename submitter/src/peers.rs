@@ -6,6 +6,7 @@ use peergrid_proto::{PublicKey, pb};
 use serde_json::json;
 
 use crate::client::WorkerClient;
+use crate::schedule::Reputation;
 
 /// One peer as the CLI shows it.
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct PeerRow {
     pub incarnation: u64,
     pub last_heard_ms_ago: Option<u64>,
     pub is_self: bool,
+    /// What this submitter's past jobs say of the peer.
+    pub reputation: Option<Reputation>,
 }
 
 impl PeerRow {
@@ -43,6 +46,7 @@ impl PeerRow {
             incarnation: peer.incarnation,
             last_heard_ms_ago: peer.last_heard_ms_ago,
             is_self: peer.is_self,
+            reputation: None,
         }
     }
 
@@ -58,6 +62,13 @@ impl PeerRow {
             "incarnation": self.incarnation,
             "last_heard_ms_ago": self.last_heard_ms_ago,
             "is_self": self.is_self,
+            "reputation": self.reputation.map(|r| json!({
+                "score": r.score(),
+                "agreements": r.agreements,
+                "disagreements": r.disagreements,
+                "lost": r.lost,
+                "bad_receipts": r.bad_receipts,
+            })),
         })
     }
 }
@@ -69,9 +80,16 @@ pub async fn fetch(seed: &str) -> anyhow::Result<Vec<PeerRow>> {
     Ok(peers.into_iter().map(PeerRow::from_wire).collect())
 }
 
-/// Prints the table (or JSON) and returns the exit code.
-pub async fn show(seed: &str, as_json: bool) -> anyhow::Result<u8> {
-    let rows = fetch(seed).await?;
+/// Prints the table (or JSON) and returns the exit code. Reputation comes from the job store in
+/// `state`, when there is one.
+pub async fn show(seed: &str, as_json: bool, state: &std::path::Path) -> anyhow::Result<u8> {
+    let mut rows = fetch(seed).await?;
+    let reputation = crate::store::Store::open_for_reading(state)
+        .and_then(|store| store.reputation())
+        .unwrap_or_default();
+    for row in &mut rows {
+        row.reputation = reputation.get(&row.key).copied();
+    }
     if as_json {
         let rows: Vec<_> = rows.iter().map(PeerRow::to_json).collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -86,8 +104,8 @@ pub fn table(rows: &[PeerRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10}  GOSSIP",
-        "PEER", "GRPC", "CORES", "FREE", "STATE", "RUNTIME", "INCARNATION", "HEARD"
+        "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10} {:<18}  GOSSIP",
+        "PEER", "GRPC", "CORES", "FREE", "STATE", "RUNTIME", "INCARNATION", "HEARD", "REPUTATION"
     );
     for row in rows {
         let peer = format!(
@@ -109,9 +127,13 @@ pub fn table(rows: &[PeerRow]) -> String {
             .chars()
             .take(12)
             .collect::<String>();
+        // Score, then agreements and disagreements (+ bad receipts) with this submitter's jobs.
+        let reputation = row.reputation.map_or("-".to_owned(), |r| {
+            format!("{:.2} +{} -{}", r.score(), r.agreements, r.disagreements + r.bad_receipts)
+        });
         let _ = writeln!(
             out,
-            "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10}  {}",
+            "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10} {:<18}  {}",
             peer,
             row.grpc_addr,
             row.cores,
@@ -120,6 +142,7 @@ pub fn table(rows: &[PeerRow]) -> String {
             runtime,
             row.incarnation,
             heard,
+            reputation,
             row.gossip_addr
         );
     }

@@ -25,6 +25,19 @@ pub mod exit_code {
     pub const MEMORY_LIMIT: u8 = 133;
     pub const OUTPUT_LIMIT: u8 = 134;
 
+    /// `submit`/`resume`: the job finished, but some tasks are inconclusive (no quorum).
+    pub const JOB_INCONCLUSIVE: u8 = 3;
+    /// `submit`/`resume`: interrupted (Ctrl-C); `peergrid resume` finishes the job.
+    pub const INTERRUPTED: u8 = 130;
+
+    /// The `--help` text of `submit` and `resume`.
+    pub const JOB_HELP: &str = "\
+Exit codes:
+  0    every task accepted: a quorum of workers agreed on each result
+  3    the job finished, but some tasks are inconclusive (see results.jsonl)
+  125  peergrid failed: bad job file, missing module or input, no reachable worker, stalled job
+  130  interrupted; `peergrid resume` finishes the job without running settled tasks again";
+
     /// The `--help` text that documents them.
     pub const HELP: &str = "\
 Exit codes of `run` and `exec`:

@@ -285,3 +285,115 @@ pub fn unix_now_s() -> u64 {
         .expect("clock after 1970")
         .as_secs()
 }
+
+/// A job directory: the `pi` module copied in and a job file beside it.
+pub fn write_job(dir: &Path, file_name: &str, body: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("job dir can be created");
+    std::fs::copy(guest("pi"), dir.join("pi.wasm")).expect("pi.wasm is built");
+    let path = dir.join(file_name);
+    std::fs::write(&path, body).expect("job file can be written");
+    path
+}
+
+/// A running `peergrid submit` or `resume` process. Killed (like a crash) when dropped.
+pub struct SubmitProcess {
+    child: Child,
+    stderr_path: PathBuf,
+    stdout_path: PathBuf,
+}
+
+impl SubmitProcess {
+    /// Starts `peergrid ARGS...` with its output going to files under `log_dir`.
+    pub fn start<I, S>(log_dir: &Path, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        std::fs::create_dir_all(log_dir).expect("log dir can be created");
+        let id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos();
+        let stdout_path = log_dir.join(format!("submit-{id}.stdout"));
+        let stderr_path = log_dir.join(format!("submit-{id}.stderr"));
+        let child = Command::new(bin("peergrid"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).expect("log file"))
+            .stderr(std::fs::File::create(&stderr_path).expect("log file"))
+            .spawn()
+            .expect("peergrid starts");
+        Self {
+            child,
+            stderr_path,
+            stdout_path,
+        }
+    }
+
+    /// Waits for the process to exit (at most `within`) and returns what it printed.
+    pub fn wait(mut self, within: Duration) -> CliOutput {
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait works") {
+                break status;
+            }
+            if started.elapsed() > within {
+                let _ = self.child.kill();
+                panic!(
+                    "peergrid did not finish within {within:?}; stderr:\n{}",
+                    std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        CliOutput {
+            code: status.code(),
+            stdout: std::fs::read(&self.stdout_path).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SubmitProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `peergrid status [JOB] --state DIR --json`, parsed.
+pub fn status(state: &Path, job: Option<&str>) -> serde_json::Value {
+    let output = status_output(state, job);
+    assert_eq!(output.code, Some(0), "status failed: {}", output.stderr);
+    output.json()
+}
+
+/// The number of accepted tasks of the first job in `state`; 0 while there is none yet.
+pub fn accepted_so_far(state: &Path) -> u64 {
+    let output = status_output(state, None);
+    if output.code != Some(0) {
+        return 0;
+    }
+    output.json()[0]["accepted"].as_u64().unwrap_or(0)
+}
+
+fn status_output(state: &Path, job: Option<&str>) -> CliOutput {
+    let mut args: Vec<std::ffi::OsString> = vec!["status".into()];
+    args.extend(job.map(Into::into));
+    args.extend(["--json".into(), "--state".into(), state.as_os_str().to_owned()]);
+    peergrid(args)
+}
+
+/// The results.jsonl of a finished job, one JSON value per line.
+pub fn results_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect()
+}

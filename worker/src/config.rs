@@ -27,6 +27,7 @@ pub struct Settings {
     pub advertise: Option<std::net::IpAddr>,
     pub owner_load_file: Option<PathBuf>,
     pub lie_rate: Option<f64>,
+    pub fingerprint_tag: Option<String>,
 }
 
 /// Why the configuration is unusable. Each names the file or the setting.
@@ -92,6 +93,7 @@ impl Settings {
             advertise: self.advertise.or(file.advertise),
             owner_load_file: self.owner_load_file.or(file.owner_load_file),
             lie_rate: self.lie_rate.or(file.lie_rate),
+            fingerprint_tag: self.fingerprint_tag.or(file.fingerprint_tag),
         }
     }
 
@@ -150,6 +152,15 @@ impl Settings {
                 return Err(out_of_range("lie-rate", rate, "a fraction, 0 to 1"));
             }
             options.lie_rate = rate;
+        }
+        if let Some(tag) = self.fingerprint_tag {
+            let valid = !tag.is_empty()
+                && tag.len() <= 32
+                && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                return Err(out_of_range("fingerprint-tag", tag, "1 to 32 of A-Z a-z 0-9 - _"));
+            }
+            options.fingerprint_tag = Some(tag);
         }
         if let Some(path) = self.owner_load_file {
             options.load = LoadSourceKind::File(path);

@@ -36,6 +36,8 @@ pub struct WorkerOptions {
     pub load: LoadSourceKind,
     /// Testing aid: the fraction of tasks this worker answers with a wrong, signed output.
     pub lie_rate: f64,
+    /// Testing aid: a tag appended to the runtime fingerprint (see `SandboxOptions`).
+    pub fingerprint_tag: Option<String>,
 }
 
 /// Which [`LoadSource`] the donor policy samples.
@@ -67,6 +69,7 @@ impl WorkerOptions {
             membership: MembershipConfig::default(),
             load: LoadSourceKind::Machine,
             lie_rate: 0.0,
+            fingerprint_tag: None,
         }
     }
 }
@@ -131,6 +134,7 @@ impl Worker {
         let sandbox = Sandbox::new(SandboxOptions {
             threads: cores as usize,
             scratch_dir: options.data_dir.join("scratch"),
+            fingerprint_tag: options.fingerprint_tag.clone(),
         })
         .map_err(|error| StartError::Sandbox(error.0))?;
         let listener =

@@ -71,6 +71,10 @@ struct Args {
     /// to show cross-verification catching a cheater. Off by default; never use it for real work.
     #[arg(long, value_name = "F")]
     lie_rate: Option<f64>,
+    /// Testing aid: append TAG to the runtime fingerprint, as a worker with another engine build
+    /// would differ; copies of one task never go to workers with different fingerprints.
+    #[arg(long, value_name = "TAG")]
+    fingerprint_tag: Option<String>,
 }
 
 impl Args {
@@ -93,6 +97,7 @@ impl Args {
             advertise: self.advertise,
             owner_load_file: self.owner_load_file,
             lie_rate: self.lie_rate,
+            fingerprint_tag: self.fingerprint_tag,
         };
         Ok(flags.over(file))
     }

@@ -14,6 +14,7 @@ fn sandbox() -> (Sandbox, tempfile::TempDir) {
     let sandbox = Sandbox::new(SandboxOptions {
         threads: 2,
         scratch_dir: scratch.path().to_owned(),
+        fingerprint_tag: None,
     })
     .unwrap();
     (sandbox, scratch)

@@ -204,6 +204,9 @@ pub struct SandboxOptions {
     pub threads: usize,
     /// Where per-task scratch directories (input files) are made.
     pub scratch_dir: PathBuf,
+    /// Testing aid: appended to the runtime fingerprint (`…+TAG`), so a test can stand up a
+    /// worker that looks like a different engine build. `None` for real work.
+    pub fingerprint_tag: Option<String>,
 }
 
 /// The sandbox: a cheap handle, clone it freely.
@@ -244,7 +247,10 @@ impl Sandbox {
         })?;
         Ok(Self {
             inner: Arc::new(Inner {
-                fingerprint: fingerprint(&engine),
+                fingerprint: match &options.fingerprint_tag {
+                    Some(tag) => format!("{}+{tag}", fingerprint(&engine)),
+                    None => fingerprint(&engine),
+                },
                 engine,
                 linker,
                 modules: Mutex::new(ModuleCache::default()),

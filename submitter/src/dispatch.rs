@@ -1,0 +1,245 @@
+//! One long-lived connection per worker: copies go out pipelined on a single `Execute` stream,
+//! answers come back in any order and are matched by request id, every receipt is checked
+//! against the worker and the task it answers, and blobs the worker lacks are uploaded first.
+//!
+//! A connection knows nothing of quorums: it turns each copy into exactly one [`Answer`] event
+//! (a checked receipt, or why there is none) and reports its own end with [`Event::Down`]. When it
+//! ends, every copy it still held, sent or queued, is answered as lost, so no copy is forgotten.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use peergrid_proto::signing::task_digest;
+use peergrid_proto::{ContentHash, pb};
+use peergrid_worker::blobs::BlobStore;
+use tokio::sync::mpsc;
+use tonic::Code;
+use tracing::{debug, warn};
+
+use crate::client::{CheckedResult, ClientError, WorkerClient, check_result};
+use crate::limits;
+use crate::schedule::{TaskIndex, WorkerId};
+
+/// One copy to run.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub task: TaskIndex,
+    pub signed: pb::SignedTask,
+    /// Blobs the task needs besides the module: its input files.
+    pub blobs: Vec<ContentHash>,
+}
+
+/// What became of one copy.
+#[derive(Debug)]
+pub enum Answer {
+    /// A receipt that verified: signed by this worker, for the task sent, over the output sent.
+    Receipt(Box<CheckedResult>),
+    /// A receipt that did not verify; the reason says which check failed.
+    BadReceipt(String),
+    /// The worker was full, its owner busy, or it lacked a blob: retry, elsewhere if need be.
+    Busy(String),
+    /// The worker crashed, hung up, or preempted the task.
+    Lost(String),
+    /// The worker will not run this job's tasks (untrusted key, limits above its ceilings,
+    /// expired by its clock, malformed): no point sending it more.
+    Refused { code: Code, message: String },
+}
+
+/// What a connection tells the driver.
+#[derive(Debug)]
+pub enum Event {
+    Answer {
+        worker: WorkerId,
+        task: TaskIndex,
+        answer: Answer,
+    },
+    /// The connection ended; the worker takes no more copies until it reconnects.
+    Down { worker: WorkerId, reason: String },
+}
+
+/// Starts the connection task for `worker`; copies are sent to it through the returned sender.
+/// `module` is uploaded (if missing) before the first copy.
+pub fn spawn(
+    worker: WorkerId,
+    client: WorkerClient,
+    module: (ContentHash, Bytes),
+    blobs: BlobStore,
+    events: mpsc::Sender<Event>,
+) -> mpsc::Sender<Dispatch> {
+    let (sender, receiver) = mpsc::channel(limits::DISPATCH_QUEUE);
+    let connection = Connection {
+        worker,
+        client,
+        blobs,
+        events,
+        present: HashSet::new(),
+        in_flight: HashMap::new(),
+        next_request: 0,
+    };
+    tokio::spawn(connection.run(module, receiver));
+    sender
+}
+
+struct Connection {
+    worker: WorkerId,
+    client: WorkerClient,
+    blobs: BlobStore,
+    events: mpsc::Sender<Event>,
+    /// Blobs the worker is known to hold.
+    present: HashSet<ContentHash>,
+    /// Request id → (task, digest of the manifest sent, its blobs).
+    in_flight: HashMap<u64, (TaskIndex, ContentHash, Vec<ContentHash>)>,
+    next_request: u64,
+}
+
+impl Connection {
+    async fn run(mut self, module: (ContentHash, Bytes), mut dispatches: mpsc::Receiver<Dispatch>) {
+        let reason = self.serve(module, &mut dispatches).await;
+        debug!(worker = self.worker.0, %reason, "connection ends");
+        // Nothing is left behind: sent copies and queued ones are answered as lost.
+        let held: Vec<TaskIndex> = self.in_flight.drain().map(|(_, (task, _, _))| task).collect();
+        dispatches.close();
+        let queued = std::iter::from_fn(|| dispatches.try_recv().ok()).map(|d| d.task);
+        for task in held.into_iter().chain(queued.collect::<Vec<_>>()) {
+            self.answer(task, Answer::Lost(reason.clone())).await;
+        }
+        let _ = self
+            .events
+            .send(Event::Down {
+                worker: self.worker,
+                reason,
+            })
+            .await;
+    }
+
+    /// Runs until the stream breaks or the driver hangs up; returns why it ended.
+    async fn serve(
+        &mut self,
+        module: (ContentHash, Bytes),
+        dispatches: &mut mpsc::Receiver<Dispatch>,
+    ) -> String {
+        if let Err(error) = self.client.ensure_blobs(&[module.clone()]).await {
+            return format!("cannot upload the module: {error}");
+        }
+        self.present.insert(module.0);
+        let (requests, outgoing) = mpsc::channel(limits::DISPATCH_QUEUE);
+        let mut answers = match self.client.execute(outgoing).await {
+            Ok(answers) => answers,
+            Err(error) => return error.to_string(),
+        };
+        loop {
+            tokio::select! {
+                dispatch = dispatches.recv() => {
+                    let Some(dispatch) = dispatch else {
+                        return "the job is done with this worker".to_owned();
+                    };
+                    if let Err(reason) = self.send(dispatch, &requests).await {
+                        return reason;
+                    }
+                }
+                answer = answers.message() => match answer {
+                    Ok(Some(response)) => self.receive(response).await,
+                    Ok(None) => return "the worker closed the stream".to_owned(),
+                    Err(status) => return format!("stream broken: {}", status.message()),
+                },
+            }
+        }
+    }
+
+    async fn send(
+        &mut self,
+        dispatch: Dispatch,
+        requests: &mpsc::Sender<pb::ExecuteRequest>,
+    ) -> Result<(), String> {
+        let missing: Vec<ContentHash> = dispatch
+            .blobs
+            .iter()
+            .filter(|hash| !self.present.contains(hash))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            if let Err(error) = self.upload(&missing).await {
+                let unreachable = matches!(error, ClientError::Unreachable { .. });
+                self.answer(dispatch.task, Answer::Lost(error.to_string())).await;
+                return if unreachable { Err(error.to_string()) } else { Ok(()) };
+            }
+        }
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let digest = task_digest(&dispatch.signed);
+        self.in_flight
+            .insert(request_id, (dispatch.task, digest, dispatch.blobs));
+        let request = pb::ExecuteRequest {
+            request_id,
+            task: Some(dispatch.signed),
+        };
+        requests
+            .send(request)
+            .await
+            .map_err(|_| "the request stream closed".to_owned())
+    }
+
+    async fn upload(&mut self, hashes: &[ContentHash]) -> Result<(), ClientError> {
+        let mut blobs = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            let bytes = self.blobs.read(hash).map_err(|error| ClientError::Unreachable {
+                addr: self.client.addr().to_owned(),
+                reason: format!("cannot read input blob {hash} from the job store: {error}"),
+            })?;
+            blobs.push((*hash, Bytes::from(bytes)));
+        }
+        self.client.ensure_blobs(&blobs).await?;
+        self.present.extend(hashes);
+        Ok(())
+    }
+
+    async fn receive(&mut self, response: pb::ExecuteResponse) {
+        let Some((task, digest, blobs)) = self.in_flight.remove(&response.request_id) else {
+            warn!(worker = self.worker.0, id = response.request_id, "answer to a request never sent; ignored");
+            return;
+        };
+        let answer = match response.answer {
+            Some(pb::execute_response::Answer::Result(result)) => {
+                match check_result(result, &self.client.info().key, digest) {
+                    Ok(checked) => Answer::Receipt(Box::new(checked)),
+                    Err(reason) => Answer::BadReceipt(reason),
+                }
+            }
+            Some(pb::execute_response::Answer::Refused(refusal)) => {
+                let code = Code::from_i32(refusal.code);
+                if code == Code::FailedPrecondition {
+                    // The worker lost a blob we thought it had: upload again before the retry.
+                    for hash in &blobs {
+                        self.present.remove(hash);
+                    }
+                }
+                refusal_answer(code, refusal.message)
+            }
+            None => Answer::BadReceipt("an answer with neither a result nor a refusal".into()),
+        };
+        self.answer(task, answer).await;
+    }
+
+    async fn answer(&self, task: TaskIndex, answer: Answer) {
+        // The driver only hangs up when it is done with the job.
+        let _ = self
+            .events
+            .send(Event::Answer {
+                worker: self.worker,
+                task,
+                answer,
+            })
+            .await;
+    }
+}
+
+/// What a refusal means for the copy.
+fn refusal_answer(code: Code, message: String) -> Answer {
+    match code {
+        Code::ResourceExhausted | Code::FailedPrecondition => Answer::Busy(message),
+        Code::Aborted | Code::Unavailable | Code::Cancelled | Code::Internal | Code::Unknown => {
+            Answer::Lost(message)
+        }
+        code => Answer::Refused { code, message },
+    }
+}

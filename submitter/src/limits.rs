@@ -1,0 +1,42 @@
+//! Every bound the submitter enforces, in one place, with what happens when it is reached.
+//! (Bounds of the job file itself are in [`crate::job`]; the worker's are in
+//! `peergrid_worker::limits`.)
+
+use std::time::Duration;
+
+/// Copies of one task lost to crashed, unreachable or preempting workers before the task is
+/// declared inconclusive (a task that kills every worker it touches must not loop forever).
+pub const MAX_LOST_COPIES_PER_TASK: u32 = 20;
+
+/// A worker that answers `RESOURCE_EXHAUSTED` gets no new copies for this long, doubled for each
+/// refusal in a row up to the maximum; the copy goes elsewhere at once.
+pub const BUSY_BACKOFF_BASE: Duration = Duration::from_millis(50);
+pub const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+/// How long a signed task stays valid. Copies sent later than `TASK_RESIGN_MARGIN` before expiry
+/// are signed again (a new manifest with a new expiry; the program, and so the result, is the
+/// same).
+pub const TASK_TTL: Duration = Duration::from_secs(6 * 60 * 60);
+pub const TASK_RESIGN_MARGIN: Duration = Duration::from_secs(30 * 60);
+
+/// How often the submitter asks a seed for the grid's membership, to find new workers and
+/// reconnect to restarted ones.
+pub const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(2);
+
+/// How long a job waits with no usable worker before it stops and says how to resume.
+pub const NO_WORKER_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Copies waiting to be written to a worker's stream, per worker. The scheduler never assigns
+/// more than a worker's slots, so this bound is never the one that blocks.
+pub const DISPATCH_QUEUE: usize = 1024;
+
+/// Results buffered between the worker connections and the scheduler. Full: connections wait,
+/// which stops them reading answers (backpressure to the workers).
+pub const RESULT_QUEUE: usize = 4096;
+
+/// Results handled, and committed to the store in one transaction, at most per batch (group
+/// commit: one fsync for many results, each still durable before it is reported).
+pub const RESULT_BATCH: usize = 1024;
+
+/// Interval between plain progress lines when stderr is not a terminal.
+pub const PLAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);

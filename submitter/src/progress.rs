@@ -1,0 +1,124 @@
+//! How a running job shows its progress: an indicatif bar on a terminal, plain periodic lines
+//! otherwise (a log file, CI, a pipe), both from the same counts.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::limits;
+
+/// What the job has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub total: u64,
+    pub accepted: u64,
+    pub inconclusive: u64,
+    pub running: u64,
+    pub disagreements: u64,
+    pub workers: u64,
+}
+
+impl Counts {
+    fn settled(&self) -> u64 {
+        self.accepted + self.inconclusive
+    }
+
+    fn details(&self) -> String {
+        format!(
+            "{} running on {} workers · {} disagreements · {} inconclusive",
+            self.running, self.workers, self.disagreements, self.inconclusive
+        )
+    }
+}
+
+/// The progress display of one session.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    /// Settled when the session started: the rate counts only this session's work.
+    settled_at_start: u64,
+    last_line: Option<Instant>,
+    counts: Counts,
+}
+
+impl Progress {
+    /// A bar if stderr is a terminal (and `plain` is false), lines otherwise.
+    pub fn new(counts: Counts, plain: bool) -> Self {
+        let bar = (!plain && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(Some(counts.total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} accepted · {per_sec} · ETA {eta} · {msg}",
+                )
+                .expect("the template is valid")
+                .progress_chars("█▉▊▋▌▍▎▏ "),
+            );
+            bar.set_position(counts.settled());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+            settled_at_start: counts.settled(),
+            last_line: None,
+            counts,
+        }
+    }
+
+    /// Shows new counts: at once on the bar, at most every few seconds as a line.
+    pub fn update(&mut self, counts: Counts) {
+        self.counts = counts;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(counts.settled());
+                bar.set_message(counts.details());
+            }
+            None => {
+                let due = self
+                    .last_line
+                    .is_none_or(|last| last.elapsed() >= limits::PLAIN_PROGRESS_INTERVAL);
+                if due {
+                    self.last_line = Some(Instant::now());
+                    eprintln!("peergrid: {}", self.line());
+                }
+            }
+        }
+    }
+
+    /// A message above the bar (or a plain line).
+    pub fn note(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("peergrid: {message}")),
+            None => eprintln!("peergrid: {message}"),
+        }
+    }
+
+    /// Removes the bar (or prints a last line).
+    pub fn finish(&mut self) {
+        match self.bar.take() {
+            Some(bar) => bar.finish_and_clear(),
+            None => eprintln!("peergrid: {}", self.line()),
+        }
+    }
+
+    fn line(&self) -> String {
+        let counts = &self.counts;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let done_here = counts.settled().saturating_sub(self.settled_at_start);
+        let rate = if elapsed > 0.0 { done_here as f64 / elapsed } else { 0.0 };
+        let left = counts.total.saturating_sub(counts.settled());
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", left as f64 / rate)
+        } else {
+            "?".to_owned()
+        };
+        format!(
+            "{}/{} accepted · {} · {rate:.1} tasks/s · ETA {eta}",
+            counts.accepted,
+            counts.total,
+            counts.details()
+        )
+    }
+}

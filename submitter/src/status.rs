@@ -1,0 +1,166 @@
+//! `peergrid status [JOB] [--json]`: what the job store says, readable beside a running
+//! `submit` (the store opens read-only then).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::store::{CopyKind, JobRecord, Store};
+
+/// Prints every job, or one in detail; returns the exit code.
+pub fn show(state: &Path, job: Option<&str>, as_json: bool) -> anyhow::Result<u8> {
+    if job.is_none() && !Store::exists(state) {
+        println!("{}", if as_json { "[]".to_owned() } else { format!("no jobs in {}", state.display()) });
+        return Ok(0);
+    }
+    let store = Store::open_for_reading(state)?;
+    match job {
+        None => list(&store, as_json)?,
+        Some(query) => detail(&store, &store.find_job(query)?, as_json)?,
+    }
+    Ok(0)
+}
+
+fn list(store: &Store, as_json: bool) -> anyhow::Result<()> {
+    let jobs = store.jobs()?;
+    let mut rows = Vec::new();
+    for job in &jobs {
+        let settled = store.settled(&job.id)?;
+        let accepted = settled.iter().filter(|(_, s)| s.accepted.is_some()).count();
+        rows.push((job, accepted, settled.len() - accepted));
+    }
+    if as_json {
+        let value: Vec<_> = rows
+            .iter()
+            .map(|(job, accepted, inconclusive)| {
+                json!({
+                    "job": job.id,
+                    "name": job.name,
+                    "tasks": job.task_count,
+                    "accepted": accepted,
+                    "inconclusive": inconclusive,
+                    "finished": job.finished_unix_ms.is_some(),
+                    "sessions": job.sessions,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no jobs in {}", store.dir().display());
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:>7} {:>9} {:>13} {:<10} {:>9}",
+        "JOB", "TASKS", "ACCEPTED", "INCONCLUSIVE", "STATE", "SESSIONS"
+    );
+    for (job, accepted, inconclusive) in rows {
+        let state = if job.finished_unix_ms.is_some() {
+            "finished"
+        } else {
+            "unfinished"
+        };
+        println!(
+            "{:<32} {:>7} {:>9} {:>13} {:<10} {:>9}",
+            job.id, job.task_count, accepted, inconclusive, state, job.sessions
+        );
+    }
+    Ok(())
+}
+
+fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
+    let tasks = store.tasks(&job.id)?;
+    let settled: HashMap<u32, _> = store.settled(&job.id)?.into_iter().collect();
+    let mut copies: HashMap<u32, Vec<_>> = HashMap::new();
+    for ((task, _), copy) in store.copies(&job.id)? {
+        copies.entry(task).or_default().push(copy);
+    }
+    let excluded = store.excluded(&job.id)?;
+    let accepted = settled.values().filter(|s| s.accepted.is_some()).count();
+    let inconclusive = settled.len() - accepted;
+    if as_json {
+        let tasks: Vec<_> = tasks
+            .iter()
+            .enumerate()
+            .map(|(index, task)| {
+                let index = index as u32;
+                let record = settled.get(&index);
+                let state = match record {
+                    Some(record) if record.accepted.is_some() => "accepted",
+                    Some(_) => "inconclusive",
+                    None => "pending",
+                };
+                let task_copies: Vec<_> = copies
+                    .get(&index)
+                    .into_iter()
+                    .flatten()
+                    .map(|copy| {
+                        json!({
+                            "worker": copy.worker,
+                            "addr": copy.addr,
+                            "fingerprint": copy.fingerprint,
+                            "session": copy.session,
+                            "kind": copy.kind,
+                            "output_hash": copy.verdict.as_ref().map(|v| &v.output_hash),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "task": task.id,
+                    "state": state,
+                    "settled_in_session": record.map(|r| r.session),
+                    "agreeing": record.map(|r| &r.agreeing),
+                    "disagreeing": record.map(|r| &r.disagreeing),
+                    "copies": task_copies,
+                })
+            })
+            .collect();
+        let value = json!({
+            "job": job.id,
+            "name": job.name,
+            "job_file": job.job_file,
+            "out_dir": job.out_dir,
+            "tasks_total": job.task_count,
+            "accepted": accepted,
+            "inconclusive": inconclusive,
+            "finished": job.finished_unix_ms.is_some(),
+            "sessions": job.sessions,
+            "excluded": excluded.iter().map(|(worker, reason)| json!({"worker": worker, "reason": reason})).collect::<Vec<_>>(),
+            "tasks": tasks,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let all_copies: Vec<_> = copies.values().flatten().collect();
+    let count = |kind: CopyKind| all_copies.iter().filter(|copy| copy.kind == kind).count();
+    println!("job {} ({}) from {}", job.id, job.name, job.job_file.display());
+    println!(
+        "tasks: {} · accepted {accepted} · inconclusive {inconclusive} · pending {} · {}",
+        job.task_count,
+        job.task_count as usize - settled.len(),
+        if job.finished_unix_ms.is_some() { "finished" } else { "unfinished: `peergrid resume` continues it" }
+    );
+    println!(
+        "replication {} · quorum {} · max_replicas {} · {}",
+        job.replication,
+        job.quorum,
+        job.max_replicas,
+        if job.distinct_hosts { "distinct hosts" } else { "hosts may repeat" }
+    );
+    println!(
+        "sessions {} · copies: {} receipts, {} late, {} lost, {} bad receipts, {} discarded",
+        job.sessions,
+        count(CopyKind::Receipt),
+        count(CopyKind::Late),
+        count(CopyKind::Lost),
+        count(CopyKind::BadReceipt),
+        count(CopyKind::Discarded)
+    );
+    for (worker, reason) in &excluded {
+        println!("excluded {}: {reason}", &worker[..worker.len().min(12)]);
+    }
+    println!("results: {}", job.out_dir.display());
+    Ok(())
+}

@@ -1,0 +1,733 @@
+//! The submitter's job store: jobs, tasks, copies with their receipts, settled results with
+//! their output, exclusions, and reputation, in one redb database under the state directory,
+//! plus the job's modules and inputs as content-addressed blobs beside it.
+//!
+//! Durability: [`Store::write`] commits one batch in one transaction with redb's default
+//! (immediate) durability, so when it returns every result in the batch is on disk. The driver
+//! reports a result only after that. Many results share one commit (group commit).
+//!
+//! Concurrency: one process writes (`submit`, `resume`); others (`status`, `results`, `peers`)
+//! open it read-only at the same time (redb's single-writer mode). Values are JSON: readable
+//! with any redb tool, and new optional fields do not break old stores.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use peergrid_proto::ContentHash;
+use peergrid_worker::blobs::{BlobStore, PutError};
+use redb::{
+    Builder, ConcurrencyMode, Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
+    TableDefinition,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{Reputation, Verdict};
+
+/// Job id → [`JobRecord`].
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// (job id, task index) → [`TaskRecord`].
+const TASKS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("tasks");
+/// (job id, task index, copy number) → [`CopyRecord`].
+const COPIES: TableDefinition<(&str, u32, u32), &[u8]> = TableDefinition::new("copies");
+/// (job id, task index) → [`SettledRecord`].
+const SETTLED: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("settled");
+/// (job id, task index) → stdout and stderr of the accepted result.
+const STDOUT: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("stdout");
+const STDERR: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("stderr");
+/// (job id, worker key hex) → why it was excluded from the job.
+const EXCLUDED: TableDefinition<(&str, &str), &str> = TableDefinition::new("excluded");
+/// Worker key hex → [`Reputation`], across jobs.
+const REPUTATION: TableDefinition<&str, &[u8]> = TableDefinition::new("reputation");
+
+/// The database file inside the state directory.
+const DB_FILE: &str = "peergrid.redb";
+
+/// A job as submitted: everything `resume` needs besides the blobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub name: String,
+    pub job_file: PathBuf,
+    /// The submitter's secret key file (the key itself is never stored).
+    pub key_file: PathBuf,
+    pub out_dir: PathBuf,
+    pub module_hash: String,
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub timeout_ms: u64,
+    pub replication: u32,
+    pub quorum: u32,
+    pub max_replicas: u32,
+    pub distinct_hosts: bool,
+    pub task_count: u32,
+    /// Where the workers are: static addresses, or seeds to ask for the membership.
+    pub peers: Vec<String>,
+    pub seeds: Vec<String>,
+    pub created_unix_ms: u64,
+    /// How many times `submit` or `resume` has run this job.
+    pub sessions: u32,
+    pub finished_unix_ms: Option<u64>,
+}
+
+/// One task: the guest-visible program, by content hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin_hash: Option<String>,
+    pub files: Vec<FileRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub name: String,
+    pub hash: String,
+    pub size: u64,
+}
+
+/// What became of one copy of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyKind {
+    /// A verified receipt that counted toward the task's quorum.
+    Receipt,
+    /// A verified receipt for a task already settled (reputation only).
+    Late,
+    /// A verified receipt from a worker excluded from the job, set aside.
+    Discarded,
+    /// No receipt: the worker crashed, hung up, or preempted the task.
+    Lost,
+    /// A receipt that did not verify (bad signature, wrong signer, wrong task, output mismatch).
+    BadReceipt,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRecord {
+    pub worker: String,
+    pub addr: String,
+    pub host: String,
+    pub fingerprint: String,
+    /// The `submit`/`resume` run (1, 2, …) that ran this copy.
+    pub session: u32,
+    pub kind: CopyKind,
+    pub verdict: Option<Verdict>,
+    pub reason: Option<String>,
+    /// The signed receipt as received (hex), for audit.
+    pub receipt_hex: Option<String>,
+    pub signature_hex: Option<String>,
+    pub at_unix_ms: u64,
+}
+
+/// A task's final state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettledRecord {
+    pub accepted: Option<Verdict>,
+    /// Why the task is inconclusive, when it is.
+    pub reason: Option<String>,
+    pub agreeing: Vec<String>,
+    pub disagreeing: Vec<String>,
+    pub copies: u32,
+    pub session: u32,
+    pub at_unix_ms: u64,
+}
+
+/// Everything one batch of results changes, written in one transaction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub copies: Vec<(u32, u32, CopyRecord)>,
+    /// Settled tasks, with stdout and stderr for accepted ones.
+    pub settled: Vec<(u32, SettledRecord, Option<(bytes::Bytes, bytes::Bytes)>)>,
+    /// (worker key hex, reason).
+    pub excluded: Vec<(String, String)>,
+    /// Added to each worker's counters.
+    pub reputation: HashMap<String, Reputation>,
+    pub finished_unix_ms: Option<u64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.copies.is_empty()
+            && self.settled.is_empty()
+            && self.excluded.is_empty()
+            && self.reputation.is_empty()
+            && self.finished_unix_ms.is_none()
+    }
+
+    pub fn reputation(&mut self, worker: &str) -> &mut Reputation {
+        self.reputation.entry(worker.to_owned()).or_default()
+    }
+}
+
+/// Why the store could not be used. Each names the state directory or job involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("cannot open the job store in {dir}: {source}")]
+    Open { dir: PathBuf, source: redb::Error },
+    #[error(
+        "the job store in {dir} is in use by another `peergrid submit` or `resume`; wait for it, or use another --state directory"
+    )]
+    InUse { dir: PathBuf },
+    #[error("job store {dir}: {source}")]
+    Db { dir: PathBuf, source: redb::Error },
+    #[error("job store {dir}: a record of table {table} does not decode ({reason}); the store was written by an incompatible version")]
+    Corrupt {
+        dir: PathBuf,
+        table: &'static str,
+        reason: String,
+    },
+    #[error("no job {query:?} in {dir}{}", hint(.known))]
+    NoSuchJob {
+        query: String,
+        dir: PathBuf,
+        known: Vec<String>,
+    },
+    #[error("{query:?} matches several jobs in {dir}: {}; give the whole id", .matches.join(", "))]
+    Ambiguous {
+        query: String,
+        dir: PathBuf,
+        matches: Vec<String>,
+    },
+    #[error("cannot store blob in {dir}: {source}")]
+    Blob { dir: PathBuf, source: PutError },
+    #[error("cannot read blob {hash} from {dir}: {source}")]
+    MissingBlob {
+        dir: PathBuf,
+        hash: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create the state directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn hint(known: &[String]) -> String {
+    match known.len() {
+        0 => " (it has no jobs)".to_owned(),
+        _ => format!(" (its jobs: {})", known.join(", ")),
+    }
+}
+
+enum Db {
+    Writer(Database),
+    Reader(ReadOnlyDatabase),
+}
+
+/// The state directory: the database and the blobs.
+pub struct Store {
+    dir: PathBuf,
+    db: Db,
+    blobs: BlobStore,
+}
+
+impl Store {
+    /// The platform's data directory for peergrid (e.g. `~/.local/share/peergrid`), used when no
+    /// `--state` is given.
+    pub fn default_dir() -> PathBuf {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("peergrid")
+    }
+
+    /// Opens the store for writing, creating it if needed. Only one process may write at once.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let db = builder()
+            .create(dir.join(DB_FILE))
+            .map_err(|error| open_error(dir, error))?;
+        let store = Self::with(dir, Db::Writer(db))?;
+        // Create every table, so readers never meet a missing one.
+        store.write_txn(|txn| {
+            txn.open_table(JOBS)?;
+            txn.open_table(TASKS)?;
+            txn.open_table(COPIES)?;
+            txn.open_table(SETTLED)?;
+            txn.open_table(STDOUT)?;
+            txn.open_table(STDERR)?;
+            txn.open_table(EXCLUDED)?;
+            txn.open_table(REPUTATION)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Whether `dir` holds a job store.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(DB_FILE).is_file()
+    }
+
+    /// Opens the store to read it: for writing if nobody is (which also repairs a store left by
+    /// a killed submitter), read-only beside a running writer otherwise.
+    pub fn open_for_reading(dir: &Path) -> Result<Self, StoreError> {
+        if !Self::exists(dir) {
+            return Err(StoreError::NoSuchJob {
+                query: String::new(),
+                dir: dir.to_owned(),
+                known: Vec::new(),
+            });
+        }
+        match Self::open(dir) {
+            Err(StoreError::InUse { .. }) => {
+                let db = builder()
+                    .open_read_only(dir.join(DB_FILE))
+                    .map_err(|error| open_error(dir, error))?;
+                Self::with(dir, Db::Reader(db))
+            }
+            other => other,
+        }
+    }
+
+    fn with(dir: &Path, db: Db) -> Result<Self, StoreError> {
+        let blobs = BlobStore::open(dir).map_err(|source| StoreError::Dir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            db,
+            blobs,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The blobs, for connections that upload them to workers.
+    pub fn blob_store(&self) -> BlobStore {
+        self.blobs.clone()
+    }
+
+    /// Stores `bytes` as a blob (no-op if present) and returns its hash.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<ContentHash, StoreError> {
+        let hash = ContentHash::of(bytes);
+        if self.blobs.contains(&hash) {
+            return Ok(hash);
+        }
+        let blob_error = |source| StoreError::Blob {
+            dir: self.dir.clone(),
+            source,
+        };
+        let mut upload = self
+            .blobs
+            .begin(hash, bytes.len() as u64)
+            .map_err(blob_error)?;
+        upload.write(bytes).map_err(blob_error)?;
+        upload.finish().map_err(blob_error)?;
+        Ok(hash)
+    }
+
+    pub fn blob(&self, hash: &ContentHash) -> Result<bytes::Bytes, StoreError> {
+        self.blobs
+            .read(hash)
+            .map(bytes::Bytes::from)
+            .map_err(|source| StoreError::MissingBlob {
+                dir: self.dir.clone(),
+                hash: hash.to_hex(),
+                source,
+            })
+    }
+
+    /// Records a new job and its tasks.
+    pub fn create_job(&self, job: &JobRecord, tasks: &[TaskRecord]) -> Result<(), StoreError> {
+        self.write_txn(|txn| {
+            txn.open_table(JOBS)?
+                .insert(job.id.as_str(), to_json(job).as_slice())?;
+            let mut table = txn.open_table(TASKS)?;
+            for (index, task) in tasks.iter().enumerate() {
+                table.insert((job.id.as_str(), index as u32), to_json(task).as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every job, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = self.read_rows("jobs", |txn| {
+            let table = txn.open_table(JOBS)?;
+            table
+                .iter()?
+                .map(|row| row.map(|(_, value)| value.value().to_vec()))
+                .map(|row| row.map_err(redb::Error::from))
+                .collect()
+        })?;
+        let mut jobs: Vec<JobRecord> = rows;
+        jobs.sort_by_key(|job| job.created_unix_ms);
+        Ok(jobs)
+    }
+
+    /// The job named by `query`: its id, a unique prefix of it, or its name (the newest job of
+    /// that name).
+    pub fn find_job(&self, query: &str) -> Result<JobRecord, StoreError> {
+        let jobs = self.jobs()?;
+        if let Some(job) = jobs.iter().find(|job| job.id == query) {
+            return Ok(job.clone());
+        }
+        let by_prefix: Vec<&JobRecord> = jobs.iter().filter(|job| job.id.starts_with(query)).collect();
+        match by_prefix.as_slice() {
+            [job] => return Ok((*job).clone()),
+            [] => {}
+            several => {
+                return Err(StoreError::Ambiguous {
+                    query: query.to_owned(),
+                    dir: self.dir.clone(),
+                    matches: several.iter().map(|job| job.id.clone()).collect(),
+                });
+            }
+        }
+        if let Some(job) = jobs.iter().rev().find(|job| job.name == query) {
+            return Ok(job.clone());
+        }
+        Err(StoreError::NoSuchJob {
+            query: query.to_owned(),
+            dir: self.dir.clone(),
+            known: jobs.into_iter().map(|job| job.id).collect(),
+        })
+    }
+
+    /// Counts one more session of the job and returns its number.
+    pub fn begin_session(&self, job_id: &str) -> Result<u32, StoreError> {
+        let mut job = self.find_job(job_id)?;
+        job.sessions += 1;
+        self.write_txn(|txn| {
+            txn.open_table(JOBS)?
+                .insert(job.id.as_str(), to_json(&job).as_slice())?;
+            Ok(())
+        })?;
+        Ok(job.sessions)
+    }
+
+    pub fn tasks(&self, job_id: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        self.read_rows("tasks", |txn| {
+            let table = txn.open_table(TASKS)?;
+            table
+                .range((job_id, 0)..=(job_id, u32::MAX))?
+                .map(|row| row.map(|(_, value)| value.value().to_vec()))
+                .map(|row| row.map_err(redb::Error::from))
+                .collect()
+        })
+    }
+
+    /// Every copy of the job: ((task, copy number), record), in task order.
+    pub fn copies(&self, job_id: &str) -> Result<Vec<((u32, u32), CopyRecord)>, StoreError> {
+        let rows: Vec<((u32, u32), Vec<u8>)> = self.read(|txn| {
+            let table = txn.open_table(COPIES)?;
+            table
+                .range((job_id, 0, 0)..=(job_id, u32::MAX, u32::MAX))?
+                .map(|row| {
+                    row.map(|(key, value)| {
+                        let (_, task, copy) = key.value();
+                        ((task, copy), value.value().to_vec())
+                    })
+                })
+                .map(|row| row.map_err(redb::Error::from))
+                .collect()
+        })?;
+        rows.into_iter()
+            .map(|(key, bytes)| Ok((key, self.decode("copies", &bytes)?)))
+            .collect()
+    }
+
+    /// Settled tasks of the job: (task, record), in task order.
+    pub fn settled(&self, job_id: &str) -> Result<Vec<(u32, SettledRecord)>, StoreError> {
+        let rows: Vec<(u32, Vec<u8>)> = self.read(|txn| {
+            let table = txn.open_table(SETTLED)?;
+            table
+                .range((job_id, 0)..=(job_id, u32::MAX))?
+                .map(|row| row.map(|(key, value)| (key.value().1, value.value().to_vec())))
+                .map(|row| row.map_err(redb::Error::from))
+                .collect()
+        })?;
+        rows.into_iter()
+            .map(|(task, bytes)| Ok((task, self.decode("settled", &bytes)?)))
+            .collect()
+    }
+
+    /// Workers excluded from the job: (key hex, reason).
+    pub fn excluded(&self, job_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(EXCLUDED)?;
+            table
+                .range((job_id, "")..)?
+                .map(|row| row.map(|(key, value)| (key.value().0.to_owned(), key.value().1.to_owned(), value.value().to_owned())))
+                .take_while(|row| row.as_ref().map_or(true, |(job, _, _)| job == job_id))
+                .map(|row| row.map(|(_, worker, reason)| (worker, reason)))
+                .map(|row| row.map_err(redb::Error::from))
+                .collect()
+        })
+    }
+
+    /// The stdout and stderr of an accepted task.
+    pub fn output(&self, job_id: &str, task: u32) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        self.read(|txn| {
+            let stdout = txn.open_table(STDOUT)?;
+            let stderr = txn.open_table(STDERR)?;
+            let get = |table: &redb::ReadOnlyTable<(&str, u32), &[u8]>| -> Result<Vec<u8>, redb::Error> {
+                Ok(table
+                    .get((job_id, task))?
+                    .map(|value| value.value().to_vec())
+                    .unwrap_or_default())
+            };
+            Ok((get(&stdout)?, get(&stderr)?))
+        })
+    }
+
+    /// Reputation of every worker ever seen, by key hex.
+    pub fn reputation(&self) -> Result<HashMap<String, Reputation>, StoreError> {
+        let rows: Vec<(String, Vec<u8>)> = self.read(|txn| {
+            let table = txn.open_table(REPUTATION)?;
+            table
+                .iter()?
+                .map(|row| row.map(|(key, value)| (key.value().to_owned(), value.value().to_vec())))
+                .map(|row| row.map_err(redb::Error::from))
+                .collect()
+        })?;
+        rows.into_iter()
+            .map(|(key, bytes)| Ok((key, self.decode("reputation", &bytes)?)))
+            .collect()
+    }
+
+    /// Writes one batch in one transaction; when this returns, the batch is durable.
+    pub fn write(&self, job_id: &str, batch: &Batch) -> Result<(), StoreError> {
+        self.write_txn(|txn| {
+            let mut copies = txn.open_table(COPIES)?;
+            for (task, copy, record) in &batch.copies {
+                copies.insert((job_id, *task, *copy), to_json(record).as_slice())?;
+            }
+            let mut settled = txn.open_table(SETTLED)?;
+            let mut stdout = txn.open_table(STDOUT)?;
+            let mut stderr = txn.open_table(STDERR)?;
+            for (task, record, output) in &batch.settled {
+                settled.insert((job_id, *task), to_json(record).as_slice())?;
+                if let Some((out, err)) = output {
+                    stdout.insert((job_id, *task), out.as_ref())?;
+                    stderr.insert((job_id, *task), err.as_ref())?;
+                }
+            }
+            let mut excluded = txn.open_table(EXCLUDED)?;
+            for (worker, reason) in &batch.excluded {
+                excluded.insert((job_id, worker.as_str()), reason.as_str())?;
+            }
+            let mut reputation = txn.open_table(REPUTATION)?;
+            for (worker, delta) in &batch.reputation {
+                let mut counts: Reputation = reputation
+                    .get(worker.as_str())?
+                    .and_then(|value| serde_json::from_slice(value.value()).ok())
+                    .unwrap_or_default();
+                counts.agreements += delta.agreements;
+                counts.disagreements += delta.disagreements;
+                counts.lost += delta.lost;
+                counts.bad_receipts += delta.bad_receipts;
+                reputation.insert(worker.as_str(), to_json(&counts).as_slice())?;
+            }
+            if let Some(finished) = batch.finished_unix_ms {
+                let mut jobs = txn.open_table(JOBS)?;
+                let job = jobs
+                    .get(job_id)?
+                    .and_then(|value| serde_json::from_slice::<JobRecord>(value.value()).ok());
+                if let Some(mut job) = job {
+                    job.finished_unix_ms = Some(finished);
+                    jobs.insert(job_id, to_json(&job).as_slice())?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn write_txn(
+        &self,
+        body: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let Db::Writer(db) = &self.db else {
+            return Err(StoreError::InUse {
+                dir: self.dir.clone(),
+            });
+        };
+        let run = || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            body(&txn)?;
+            txn.commit()?;
+            Ok(())
+        };
+        run().map_err(|source| StoreError::Db {
+            dir: self.dir.clone(),
+            source,
+        })
+    }
+
+    fn read<T>(
+        &self,
+        body: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let run = || -> Result<T, redb::Error> {
+            let txn = match &self.db {
+                Db::Writer(db) => db.begin_read()?,
+                Db::Reader(db) => db.begin_read()?,
+            };
+            body(&txn)
+        };
+        run().map_err(|source| StoreError::Db {
+            dir: self.dir.clone(),
+            source,
+        })
+    }
+
+    fn read_rows<T: DeserializeOwned>(
+        &self,
+        name: &'static str,
+        body: impl FnOnce(&redb::ReadTransaction) -> Result<Vec<Vec<u8>>, redb::Error>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.read(body)?
+            .iter()
+            .map(|bytes| self.decode(name, bytes))
+            .collect()
+    }
+
+    fn decode<T: DeserializeOwned>(&self, table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+            dir: self.dir.clone(),
+            table,
+            reason: error.to_string(),
+        })
+    }
+}
+
+fn builder() -> Builder {
+    let mut builder = Database::builder();
+    builder.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    builder
+}
+
+fn open_error(dir: &Path, error: redb::DatabaseError) -> StoreError {
+    match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+            dir: dir.to_owned(),
+        },
+        other => StoreError::Open {
+            dir: dir.to_owned(),
+            source: other.into(),
+        },
+    }
+}
+
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records are plain data and always serialize")
+}
+
+/// Milliseconds since the UNIX epoch.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            name: "sweep".into(),
+            job_file: "job.toml".into(),
+            key_file: "me.key".into(),
+            out_dir: "out".into(),
+            module_hash: "00".into(),
+            fuel: 0,
+            memory_bytes: 0,
+            timeout_ms: 0,
+            replication: 2,
+            quorum: 2,
+            max_replicas: 5,
+            distinct_hosts: true,
+            task_count: 2,
+            peers: vec![],
+            seeds: vec!["127.0.0.1:1".into()],
+            created_unix_ms: unix_now_ms(),
+            sessions: 0,
+            finished_unix_ms: None,
+        }
+    }
+
+    fn task(id: &str) -> TaskRecord {
+        TaskRecord {
+            id: id.into(),
+            args: vec!["1".into()],
+            env: vec![],
+            stdin_hash: None,
+            files: vec![],
+        }
+    }
+
+    fn verdict() -> Verdict {
+        Verdict {
+            outcome: "exited".into(),
+            exit_code: Some(0),
+            detail: None,
+            output_hash: "ab".into(),
+            stderr_hash: "cd".into(),
+            fuel: 7,
+        }
+    }
+
+    #[test]
+    fn a_written_batch_survives_reopening_and_a_reader_sees_it_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.create_job(&job("sweep-1"), &[task("a"), task("b")]).unwrap();
+            assert_eq!(store.begin_session("sweep-1").unwrap(), 1);
+            let mut batch = Batch::default();
+            batch.settled.push((
+                1,
+                SettledRecord {
+                    accepted: Some(verdict()),
+                    reason: None,
+                    agreeing: vec!["w1".into(), "w2".into()],
+                    disagreeing: vec![],
+                    copies: 2,
+                    session: 1,
+                    at_unix_ms: 1,
+                },
+                Some((bytes::Bytes::from_static(b"out"), bytes::Bytes::new())),
+            ));
+            batch.reputation("w1").agreements += 1;
+            batch.excluded.push(("w3".into(), "lied".into()));
+            store.write("sweep-1", &batch).unwrap();
+            // A second process may read while this one writes.
+            let reader = Store::open_for_reading(dir.path()).unwrap();
+            assert!(matches!(reader.db, Db::Reader(_)));
+            assert_eq!(reader.settled("sweep-1").unwrap().len(), 1);
+            assert!(matches!(Store::open(dir.path()), Err(StoreError::InUse { .. })));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tasks("sweep-1").unwrap(), vec![task("a"), task("b")]);
+        let settled = store.settled("sweep-1").unwrap();
+        assert_eq!(settled[0].0, 1);
+        assert_eq!(settled[0].1.accepted, Some(verdict()));
+        assert_eq!(store.output("sweep-1", 1).unwrap().0, b"out");
+        assert_eq!(store.reputation().unwrap()["w1"].agreements, 1);
+        assert_eq!(store.excluded("sweep-1").unwrap(), vec![("w3".to_owned(), "lied".to_owned())]);
+        assert_eq!(store.find_job("sweep").unwrap().sessions, 1, "found by name");
+    }
+
+    #[test]
+    fn jobs_are_found_by_id_prefix_and_unknown_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_job(&job("sweep-aaaa"), &[]).unwrap();
+        store.create_job(&job("sweep-aabb"), &[]).unwrap();
+        assert_eq!(store.find_job("sweep-aab").unwrap().id, "sweep-aabb");
+        let ambiguous = store.find_job("sweep-aa").unwrap_err().to_string();
+        assert!(ambiguous.contains("sweep-aaaa") && ambiguous.contains("sweep-aabb"), "{ambiguous}");
+        let missing = store.find_job("nope").unwrap_err().to_string();
+        assert!(missing.contains("\"nope\"") && missing.contains("sweep-aaaa"), "{missing}");
+    }
+}

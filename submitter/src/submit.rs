@@ -1,0 +1,987 @@
+//! `peergrid submit` and `peergrid resume`: turns a job file into a stored job, then runs
+//! sessions of it until every task is settled.
+//!
+//! A session is one loop: the [`Scheduler`] assigns copies, [`dispatch`] connections run them,
+//! their answers come back as events, and each batch of events is fed to the scheduler and its
+//! decisions written to the [`Store`] in one transaction *before* anything is reported (progress,
+//! result files). A killed session loses at most the copies in flight; `resume` restores the
+//! settled tasks, the receipts of unsettled ones and the exclusions, and never runs a settled
+//! task again.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::client::{CheckedResult, ClientError, WorkerClient};
+use crate::dispatch::{self, Answer, Dispatch, Event};
+use crate::job::{JobSpec, TaskStdin};
+use crate::progress::{Counts, Progress};
+use crate::report::outcome_parts;
+use crate::schedule::{
+    Decision, Loss, PastReceipt, Redundancy, Scheduler, TaskIndex, Verdict, WorkerId, WorkerOffer,
+};
+use crate::store::{
+    Batch, CopyKind, CopyRecord, FileRecord, JobRecord, SettledRecord, Store, TaskRecord,
+    unix_now_ms,
+};
+use crate::{limits, results};
+
+/// Where the job finds workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Static gRPC addresses.
+    Peers(Vec<String>),
+    /// Workers to ask for the grid's membership (the `Peers` RPC), again every few seconds.
+    Seeds(Vec<String>),
+}
+
+impl Source {
+    /// The workers a stored job was submitted with.
+    pub fn from_job(job: &JobRecord) -> Self {
+        if job.seeds.is_empty() {
+            Self::Peers(job.peers.clone())
+        } else {
+            Self::Seeds(job.seeds.clone())
+        }
+    }
+}
+
+/// Why a job could not be created or run. Each names the file, job or workers involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a WebAssembly module (it does not start with the bytes \\0asm)")]
+    NotWasm { path: PathBuf },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("no worker reachable: {0}")]
+    NoWorkers(String),
+    #[error(
+        "job {job}: no progress for {patience_s} s ({reason}); {settled} of {total} tasks are settled and stored. Run `peergrid resume {job}` when workers are back"
+    )]
+    Stalled {
+        job: String,
+        reason: String,
+        patience_s: u64,
+        settled: u64,
+        total: u64,
+    },
+    #[error("cannot write results to {path}: {source}")]
+    Results {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How a session ended.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub job_id: String,
+    pub tasks: u64,
+    pub accepted: u64,
+    pub inconclusive: u64,
+    /// Copies with a verified receipt, over every session.
+    pub copies: u64,
+    /// Receipts that contradicted an accepted result.
+    pub disagreements: u64,
+    /// Workers excluded from the job: (key hex, reason).
+    pub excluded: Vec<(String, String)>,
+    pub wall_time: Duration,
+    /// Fuel of the accepted results (one copy each).
+    pub fuel: u64,
+    pub out_dir: PathBuf,
+    /// False when the session was interrupted (Ctrl-C) before every task settled.
+    pub finished: bool,
+}
+
+/// Reads the module and inputs of `spec`, stores them, and records the job.
+pub fn create_job(
+    store: &Store,
+    spec: &JobSpec,
+    job_file: &Path,
+    key_file: &Path,
+    source: &Source,
+    out_dir: Option<PathBuf>,
+) -> Result<JobRecord, SubmitError> {
+    let module = read("module", &spec.module)?;
+    if !module.starts_with(b"\0asm") {
+        return Err(SubmitError::NotWasm {
+            path: spec.module.clone(),
+        });
+    }
+    let module_hash = store.put_blob(&module)?;
+    let mut tasks = Vec::with_capacity(spec.tasks.len());
+    for task in &spec.tasks {
+        let stdin = match &task.stdin {
+            TaskStdin::None => None,
+            TaskStdin::Text(text) => Some(store.put_blob(text.as_bytes())?),
+            TaskStdin::File(path) => Some(store.put_blob(&read("stdin file", path)?)?),
+        };
+        let mut files = Vec::with_capacity(task.files.len());
+        for path in &task.files {
+            let bytes = read("input file", path)?;
+            files.push(FileRecord {
+                name: file_name(path),
+                hash: store.put_blob(&bytes)?.to_hex(),
+                size: bytes.len() as u64,
+            });
+        }
+        tasks.push(TaskRecord {
+            id: task.id.clone(),
+            args: task.args.clone(),
+            env: task.env.clone(),
+            stdin_hash: stdin.map(|hash| hash.to_hex()),
+            files,
+        });
+    }
+    let id = format!("{}-{}", spec.name, random_hex(4));
+    let job_dir = job_file.parent().unwrap_or(Path::new("."));
+    let limits = spec.limits.to_wire();
+    let (peers, seeds) = match source {
+        Source::Peers(peers) => (peers.clone(), Vec::new()),
+        Source::Seeds(seeds) => (Vec::new(), seeds.clone()),
+    };
+    let job = JobRecord {
+        out_dir: absolute(&out_dir.unwrap_or_else(|| job_dir.join(format!("{id}-results")))),
+        id,
+        name: spec.name.clone(),
+        job_file: absolute(job_file),
+        key_file: absolute(key_file),
+        module_hash: module_hash.to_hex(),
+        fuel: limits.fuel,
+        memory_bytes: limits.memory_bytes,
+        timeout_ms: limits.timeout_ms,
+        replication: spec.replication,
+        quorum: spec.quorum,
+        max_replicas: spec.max_replicas,
+        distinct_hosts: spec.distinct_hosts,
+        task_count: tasks.len() as u32,
+        peers,
+        seeds,
+        created_unix_ms: unix_now_ms(),
+        sessions: 0,
+        finished_unix_ms: None,
+    };
+    store.create_job(&job, &tasks)?;
+    Ok(job)
+}
+
+/// Checks that `source` leads to at least one worker that answers, before a job is stored.
+pub async fn probe(source: &Source) -> Result<(), SubmitError> {
+    let addrs = discover(source).await.map_err(SubmitError::NoWorkers)?;
+    let mut failures = Vec::new();
+    for addr in &addrs {
+        match WorkerClient::connect(addr).await {
+            Ok(_) => return Ok(()),
+            Err(error) => failures.push(error.to_string()),
+        }
+    }
+    Err(SubmitError::NoWorkers(if failures.is_empty() {
+        "the grid has no alive worker".to_owned()
+    } else {
+        failures.join("; ")
+    }))
+}
+
+/// Runs one session of `job` until every task is settled, the user interrupts it, or it stalls.
+pub async fn run_session(
+    store: &Store,
+    job: &JobRecord,
+    identity: &Identity,
+    source: &Source,
+    plain_progress: bool,
+) -> Result<Summary, SubmitError> {
+    let started = Instant::now();
+    let mut session = Session::restore(store, job, identity)?;
+    let mut progress = Progress::new(session.counts(), plain_progress);
+    progress.note(&format!(
+        "job {} (session {}): {} tasks, replication {}, quorum {}, results in {}",
+        job.id,
+        session.number,
+        job.task_count,
+        job.replication,
+        job.quorum,
+        job.out_dir.display()
+    ));
+    let finished = if session.scheduler.is_finished() {
+        true
+    } else {
+        session.connect_initial(source).await?;
+        session.run(source, &mut progress).await?
+    };
+    progress.finish();
+    if finished {
+        let mut batch = Batch::default();
+        batch.finished_unix_ms = Some(unix_now_ms());
+        store.write(&job.id, &batch)?;
+    }
+    results::export(store, job, &job.out_dir).map_err(|source| SubmitError::Results {
+        path: job.out_dir.clone(),
+        source,
+    })?;
+    summarize(store, job, started.elapsed(), finished)
+}
+
+/// The job's totals, from the store.
+pub fn summarize(
+    store: &Store,
+    job: &JobRecord,
+    wall_time: Duration,
+    finished: bool,
+) -> Result<Summary, SubmitError> {
+    let settled = store.settled(&job.id)?;
+    let copies = store.copies(&job.id)?;
+    let accepted: Vec<&Verdict> = settled.iter().filter_map(|(_, s)| s.accepted.as_ref()).collect();
+    let late_disagreements = copies
+        .iter()
+        .filter(|(_, copy)| copy.kind == CopyKind::Late)
+        .filter(|((task, _), copy)| {
+            let accepted = settled.iter().find(|(t, _)| t == task).and_then(|(_, s)| s.accepted.as_ref());
+            copy.verdict.as_ref() != accepted && copy.verdict.as_ref().is_some_and(|v| !v.is_timeout())
+        })
+        .count() as u64;
+    Ok(Summary {
+        job_id: job.id.clone(),
+        tasks: job.task_count as u64,
+        accepted: accepted.len() as u64,
+        inconclusive: (settled.len() - accepted.len()) as u64,
+        copies: copies
+            .iter()
+            .filter(|(_, copy)| copy.verdict.is_some())
+            .count() as u64,
+        disagreements: settled
+            .iter()
+            .map(|(_, s)| s.disagreeing.len() as u64)
+            .sum::<u64>()
+            + late_disagreements,
+        excluded: store.excluded(&job.id)?,
+        wall_time,
+        fuel: accepted.iter().map(|verdict| verdict.fuel).sum(),
+        out_dir: job.out_dir.clone(),
+        finished,
+    })
+}
+
+/// A worker as the job knows it.
+#[derive(Debug, Clone)]
+struct WorkerMeta {
+    key: PublicKey,
+    key_hex: String,
+    addr: String,
+    host: String,
+    fingerprint: String,
+}
+
+/// What background look-ups tell the session.
+enum Control {
+    Connected(String, Result<WorkerClient, ClientError>),
+    Membership(Vec<String>),
+}
+
+struct Session<'a> {
+    store: &'a Store,
+    job: &'a JobRecord,
+    identity: &'a Identity,
+    number: u32,
+    tasks: Vec<TaskRecord>,
+    module: (ContentHash, Bytes),
+    scheduler: Scheduler,
+    workers: Vec<WorkerMeta>,
+    by_key: HashMap<PublicKey, WorkerId>,
+    reputation: HashMap<String, f64>,
+    connections: HashMap<WorkerId, mpsc::Sender<Dispatch>>,
+    connecting: HashSet<String>,
+    /// Signed manifests, reused for every copy until close to expiry.
+    signed: HashMap<TaskIndex, (pb::SignedTask, u64)>,
+    /// Outputs of receipts of unsettled tasks, until one of them is accepted.
+    outputs: HashMap<TaskIndex, Vec<(Verdict, Bytes, Bytes)>>,
+    next_copy: Vec<u32>,
+    /// Workers excluded from this job (key hex), also in earlier sessions.
+    excluded_keys: HashSet<String>,
+    counts: Counts,
+    events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
+    control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
+}
+
+impl<'a> Session<'a> {
+    /// Loads the job and rebuilds the scheduler from what earlier sessions stored.
+    fn restore(store: &'a Store, job: &'a JobRecord, identity: &'a Identity) -> Result<Self, SubmitError> {
+        let number = store.begin_session(&job.id)?;
+        let tasks = store.tasks(&job.id)?;
+        let module_hash = job.module_hash.parse::<ContentHash>().map_err(|error| {
+            crate::store::StoreError::Corrupt {
+                dir: store.dir().to_owned(),
+                table: "jobs",
+                reason: error.to_string(),
+            }
+        })?;
+        let module = (module_hash, store.blob(&module_hash)?);
+        let rules = Redundancy {
+            replication: job.replication,
+            quorum: job.quorum,
+            max_replicas: job.max_replicas,
+            distinct_hosts: job.distinct_hosts,
+        };
+        let reputation = store
+            .reputation()?
+            .into_iter()
+            .map(|(key, counts)| (key, counts.score()))
+            .collect();
+        let mut session = Self {
+            store,
+            job,
+            identity,
+            number,
+            scheduler: Scheduler::new(rules, tasks.len() as u32),
+            next_copy: vec![0; tasks.len()],
+            tasks,
+            module,
+            workers: Vec::new(),
+            by_key: HashMap::new(),
+            reputation,
+            connections: HashMap::new(),
+            connecting: HashSet::new(),
+            signed: HashMap::new(),
+            outputs: HashMap::new(),
+            excluded_keys: HashSet::new(),
+            counts: Counts::default(),
+            events: mpsc::channel(limits::RESULT_QUEUE),
+            control: mpsc::channel(64),
+        };
+        session.counts.total = job.task_count as u64;
+        for (task, settled) in store.settled(&job.id)? {
+            match &settled.accepted {
+                Some(_) => session.counts.accepted += 1,
+                None => session.counts.inconclusive += 1,
+            }
+            session.counts.disagreements += settled.disagreeing.len() as u64;
+            session.scheduler.restore_settled(task, settled.accepted);
+        }
+        let mut receipts = Vec::new();
+        let mut lost: HashMap<TaskIndex, u32> = HashMap::new();
+        for ((task, copy), record) in store.copies(&job.id)? {
+            session.next_copy[task as usize] = session.next_copy[task as usize].max(copy + 1);
+            match record.kind {
+                CopyKind::Receipt => {
+                    let worker = session.known_worker(&record);
+                    if let (Some(worker), Some(verdict)) = (worker, record.verdict) {
+                        receipts.push(PastReceipt { task, worker, verdict });
+                    }
+                }
+                CopyKind::Lost => *lost.entry(task).or_default() += 1,
+                _ => {}
+            }
+        }
+        let excluded: Vec<WorkerId> = store
+            .excluded(&job.id)?
+            .into_iter()
+            .filter_map(|(key, _)| {
+                let key = key.parse::<PublicKey>().ok()?;
+                session.by_key.get(&key).copied()
+            })
+            .collect();
+        let lost: Vec<(TaskIndex, u32)> = lost.into_iter().collect();
+        session.scheduler.restore(receipts, &excluded, &lost);
+        // Exclusions of workers with no stored receipt still hold when they reconnect.
+        session.excluded_keys = store.excluded(&job.id)?.into_iter().map(|(key, _)| key).collect();
+        Ok(session)
+    }
+
+    /// The id of a worker known from a stored copy (registered unavailable until it connects).
+    fn known_worker(&mut self, record: &CopyRecord) -> Option<WorkerId> {
+        let key: PublicKey = record.worker.parse().ok()?;
+        Some(self.register(WorkerMeta {
+            key,
+            key_hex: record.worker.clone(),
+            addr: record.addr.clone(),
+            host: record.host.clone(),
+            fingerprint: record.fingerprint.clone(),
+        }, 0, false))
+    }
+
+    /// Registers a worker, or updates what is known of it; returns its id.
+    fn register(&mut self, meta: WorkerMeta, slots: u32, available: bool) -> WorkerId {
+        let offer = WorkerOffer {
+            host: meta.host.clone(),
+            fingerprint: meta.fingerprint.clone(),
+            slots,
+            reputation: self.reputation.get(&meta.key_hex).copied().unwrap_or(0.5),
+        };
+        match self.by_key.get(&meta.key) {
+            Some(&id) => {
+                if available {
+                    self.scheduler.worker_up(id, offer);
+                    self.workers[id.0 as usize] = meta;
+                }
+                id
+            }
+            None => {
+                let id = self.scheduler.add_worker(offer, available);
+                self.by_key.insert(meta.key, id);
+                self.workers.push(meta);
+                id
+            }
+        }
+    }
+
+    /// Finds the workers and connects to them; fails when none is reachable.
+    async fn connect_initial(&mut self, source: &Source) -> Result<(), SubmitError> {
+        let addrs = discover(source).await.map_err(SubmitError::NoWorkers)?;
+        let mut attempts = JoinSet::new();
+        for addr in addrs {
+            attempts.spawn(async move {
+                let result = WorkerClient::connect(&addr).await;
+                (addr, result)
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(attempt) = attempts.join_next().await {
+            let (addr, result) = attempt.expect("connection attempts do not panic");
+            match result {
+                Ok(client) => self.connected(client),
+                Err(error) => failures.push(format!("{addr}: {error}")),
+            }
+        }
+        if self.connections.is_empty() {
+            return Err(SubmitError::NoWorkers(if failures.is_empty() {
+                "the grid has no alive worker".to_owned()
+            } else {
+                failures.join("; ")
+            }));
+        }
+        Ok(())
+    }
+
+    /// Starts the connection to a worker that answered `Info`.
+    fn connected(&mut self, client: WorkerClient) {
+        let info = client.info().clone();
+        let meta = WorkerMeta {
+            key: info.key,
+            key_hex: info.key.to_hex(),
+            addr: client.addr().to_owned(),
+            host: host_of(client.addr()),
+            fingerprint: info.fingerprint.clone(),
+        };
+        let id = self.register(meta, info.slots, true);
+        if self.excluded_keys.contains(&info.key.to_hex()) {
+            self.scheduler.exclude(id);
+            return;
+        }
+        if self.connections.get(&id).is_some_and(|sender| !sender.is_closed()) {
+            return;
+        }
+        let sender = dispatch::spawn(
+            id,
+            client,
+            self.module.clone(),
+            self.store.blob_store(),
+            self.events.0.clone(),
+        );
+        self.connections.insert(id, sender);
+    }
+
+    /// The event loop; returns true when every task is settled, false when interrupted.
+    async fn run(&mut self, source: &Source, progress: &mut Progress) -> Result<bool, SubmitError> {
+        let mut refresh = tokio::time::interval(limits::MEMBERSHIP_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle_since: Option<Instant> = None;
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        loop {
+            let now = Instant::now();
+            for assignment in self.scheduler.assign(now) {
+                self.dispatch(assignment.task, assignment.worker, now);
+            }
+            self.update_counts();
+            progress.update(self.counts);
+            if self.scheduler.is_finished() {
+                return Ok(true);
+            }
+            if self.scheduler.in_flight() > 0 {
+                idle_since = None;
+            } else if idle_since.get_or_insert(now).elapsed() >= limits::NO_WORKER_PATIENCE {
+                return Err(self.stalled());
+            }
+            let backoff = self.scheduler.next_backoff_end(now);
+            let wake = backoff.unwrap_or(now + limits::MEMBERSHIP_REFRESH);
+            tokio::select! {
+                event = self.events.1.recv() => {
+                    let event = event.expect("the session holds a sender");
+                    self.handle_batch(event, progress)?;
+                }
+                control = self.control.1.recv() => {
+                    match control.expect("the session holds a sender") {
+                        Control::Connected(addr, result) => {
+                            self.connecting.remove(&addr);
+                            if let Ok(client) = result {
+                                progress.note(&format!("worker {} at {addr} connected", client.info().key.short()));
+                                self.connected(client);
+                            }
+                        }
+                        Control::Membership(addrs) => self.reconnect(addrs),
+                    }
+                }
+                _ = refresh.tick() => self.refresh(source),
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+                _ = &mut interrupted => {
+                    progress.note(&format!("interrupted; every settled task is stored. Continue with `peergrid resume {}`", self.job.id));
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    fn stalled(&self) -> SubmitError {
+        let usable = self.scheduler.usable_workers();
+        let reason = if usable == 0 {
+            "no usable worker: all are down, unreachable or excluded".to_owned()
+        } else {
+            format!(
+                "{usable} usable workers, but the open tasks need {} copies on distinct workers{} with one runtime",
+                self.job.replication.max(self.job.quorum),
+                if self.job.distinct_hosts { " and hosts" } else { "" }
+            )
+        };
+        SubmitError::Stalled {
+            job: self.job.id.clone(),
+            reason,
+            patience_s: limits::NO_WORKER_PATIENCE.as_secs(),
+            settled: self.counts.accepted + self.counts.inconclusive,
+            total: self.counts.total,
+        }
+    }
+
+    /// Asks the source for the workers again, in the background.
+    fn refresh(&mut self, source: &Source) {
+        let source = source.clone();
+        let control = self.control.0.clone();
+        tokio::spawn(async move {
+            if let Ok(addrs) = discover(&source).await {
+                let _ = control.send(Control::Membership(addrs)).await;
+            }
+        });
+    }
+
+    /// Connects, in the background, to listed workers that have no live connection.
+    fn reconnect(&mut self, addrs: Vec<String>) {
+        let live: HashSet<&str> = self
+            .connections
+            .iter()
+            .filter(|(_, sender)| !sender.is_closed())
+            .map(|(id, _)| self.workers[id.0 as usize].addr.as_str())
+            .collect();
+        let wanted: Vec<String> = addrs
+            .into_iter()
+            .filter(|addr| !live.contains(addr.as_str()) && !self.connecting.contains(addr))
+            .collect();
+        for addr in wanted {
+            self.connecting.insert(addr.clone());
+            let control = self.control.0.clone();
+            tokio::spawn(async move {
+                let result = WorkerClient::connect(&addr).await;
+                let _ = control.send(Control::Connected(addr, result)).await;
+            });
+        }
+    }
+
+    /// Sends one copy of `task` to `worker`.
+    fn dispatch(&mut self, task: TaskIndex, worker: WorkerId, now: Instant) {
+        let signed = self.signed_task(task);
+        let blobs = self.tasks[task as usize]
+            .files
+            .iter()
+            .filter_map(|file| file.hash.parse::<ContentHash>().ok())
+            .collect();
+        let sent = self.connections.get(&worker).is_some_and(|sender| {
+            sender
+                .try_send(Dispatch { task, signed, blobs })
+                .is_ok()
+        });
+        if !sent {
+            // The connection ended between assignment and sending.
+            self.scheduler.worker_down(worker);
+            self.scheduler.on_loss(task, worker, Loss::Busy, now);
+        }
+    }
+
+    /// The signed manifest of `task`, signed again when close to expiry.
+    fn signed_task(&mut self, task: TaskIndex) -> pb::SignedTask {
+        let now_s = unix_now_s();
+        if let Some((signed, expires)) = self.signed.get(&task) {
+            if *expires > now_s + limits::TASK_RESIGN_MARGIN.as_secs() {
+                return signed.clone();
+            }
+        }
+        let record = &self.tasks[task as usize];
+        let stdin = record
+            .stdin_hash
+            .as_deref()
+            .and_then(|hash| hash.parse::<ContentHash>().ok())
+            .and_then(|hash| self.store.blob(&hash).ok())
+            .unwrap_or_default();
+        let program = pb::Program {
+            module_hash: self.module.0.to_vec().into(),
+            args: record.args.clone(),
+            env: record
+                .env
+                .iter()
+                .map(|(name, value)| pb::EnvVar {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            stdin,
+            files: record
+                .files
+                .iter()
+                .map(|file| pb::InputFile {
+                    name: file.name.clone(),
+                    hash: file.hash.parse::<ContentHash>()
+                        .map(|hash| hash.to_vec())
+                        .unwrap_or_default()
+                        .into(),
+                    size: file.size,
+                })
+                .collect(),
+        };
+        let expires = now_s + limits::TASK_TTL.as_secs();
+        let manifest = pb::TaskManifest {
+            program: program.encode_to_vec().into(),
+            limits: Some(pb::TaskLimits {
+                fuel: self.job.fuel,
+                memory_bytes: self.job.memory_bytes,
+                timeout_ms: self.job.timeout_ms,
+                stdout_max_bytes: 0,
+                stderr_max_bytes: 0,
+            }),
+            job_id: self.job.id.clone(),
+            task_id: record.id.clone(),
+            expires_at_unix_s: expires,
+            nonce: Bytes::new(),
+        };
+        let signed = peergrid_proto::signing::sign_task(self.identity, &manifest);
+        self.signed.insert(task, (signed.clone(), expires));
+        signed
+    }
+
+    /// Handles `first` and whatever else is already waiting, commits, then reports.
+    fn handle_batch(&mut self, first: Event, progress: &mut Progress) -> Result<(), SubmitError> {
+        let mut batch = Batch::default();
+        let mut accepted = Vec::new();
+        let mut notes = Vec::new();
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(event) = next.take() {
+            self.handle(event, &mut batch, &mut accepted, &mut notes);
+            handled += 1;
+            if handled < limits::RESULT_BATCH {
+                next = self.events.1.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            // Durable before reported.
+            self.store.write(&self.job.id, &batch)?;
+        }
+        for note in notes {
+            progress.note(&note);
+        }
+        for (task, stdout, stderr) in accepted {
+            let id = &self.tasks[task as usize].id;
+            if let Err(error) = results::write_output(&self.job.out_dir, id, &stdout, &stderr) {
+                progress.note(&format!(
+                    "cannot write the output of task {id} to {} ({error}); it is stored, `peergrid results {}` writes it again",
+                    self.job.out_dir.display(),
+                    self.job.id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        event: Event,
+        batch: &mut Batch,
+        accepted: &mut Vec<(TaskIndex, Bytes, Bytes)>,
+        notes: &mut Vec<String>,
+    ) {
+        let (worker, task, answer) = match event {
+            Event::Down { worker, reason } => {
+                self.scheduler.worker_down(worker);
+                self.connections.remove(&worker);
+                let meta = &self.workers[worker.0 as usize];
+                notes.push(format!("worker {} at {} is gone: {reason}", &meta.key_hex[..12], meta.addr));
+                return;
+            }
+            Event::Answer { worker, task, answer } => (worker, task, answer),
+        };
+        let now = Instant::now();
+        let key = self.workers[worker.0 as usize].key_hex.clone();
+        let decisions = match answer {
+            Answer::Receipt(result) => {
+                let verdict = verdict_of(&result);
+                self.outputs.entry(task).or_default().push((
+                    verdict.clone(),
+                    result.stdout.clone(),
+                    result.stderr.clone(),
+                ));
+                let decisions = self.scheduler.on_receipt(task, worker, verdict.clone());
+                let kind = match decisions.first() {
+                    Some(Decision::Discarded { task: t, worker: w }) if *t == task && *w == worker => CopyKind::Discarded,
+                    Some(Decision::Late { .. }) => CopyKind::Late,
+                    _ => CopyKind::Receipt,
+                };
+                let copy = self.copy_record(worker, kind, Some(verdict), None, Some(&result));
+                self.record_copy(batch, task, copy);
+                decisions
+            }
+            Answer::BadReceipt(reason) => {
+                batch.reputation(&key).bad_receipts += 1;
+                let copy = self.copy_record(worker, CopyKind::BadReceipt, None, Some(reason.clone()), None);
+                self.record_copy(batch, task, copy);
+                let why = format!("sent a receipt that does not verify: {reason}");
+                notes.push(format!("worker {} excluded: it {why}", &key[..12]));
+                batch.excluded.push((key.clone(), why));
+                self.excluded_keys.insert(key);
+                let mut decisions = self.scheduler.exclude(worker);
+                decisions.extend(self.scheduler.on_loss(task, worker, Loss::Busy, now));
+                decisions
+            }
+            Answer::Busy(_) => self.scheduler.on_loss(task, worker, Loss::Busy, now),
+            Answer::Lost(reason) => {
+                batch.reputation(&key).lost += 1;
+                let copy = self.copy_record(worker, CopyKind::Lost, None, Some(reason), None);
+                self.record_copy(batch, task, copy);
+                self.scheduler.on_loss(task, worker, Loss::Lost, now)
+            }
+            Answer::Refused { code, message } => {
+                let why = format!(
+                    "refuses this job's tasks ({}): {message}",
+                    peergrid_proto::status_code_name(code)
+                );
+                notes.push(format!("worker {} not used: it {why}", &key[..12]));
+                batch.excluded.push((key.clone(), why));
+                self.excluded_keys.insert(key);
+                let mut decisions = self.scheduler.exclude(worker);
+                decisions.extend(self.scheduler.on_loss(task, worker, Loss::Busy, now));
+                decisions
+            }
+        };
+        for decision in decisions {
+            self.apply(decision, batch, accepted, notes);
+        }
+    }
+
+    fn apply(
+        &mut self,
+        decision: Decision,
+        batch: &mut Batch,
+        accepted: &mut Vec<(TaskIndex, Bytes, Bytes)>,
+        notes: &mut Vec<String>,
+    ) {
+        match decision {
+            Decision::Accepted { task, verdict, agreeing, disagreeing, copies } => {
+                let outputs = self.outputs.remove(&task).unwrap_or_default();
+                let (_, stdout, stderr) = outputs
+                    .into_iter()
+                    .find(|(seen, _, _)| *seen == verdict)
+                    .expect("the receipt that completes a quorum has just delivered its output");
+                for worker in &agreeing {
+                    batch.reputation(&self.key_hex(*worker)).agreements += 1;
+                }
+                for worker in &disagreeing {
+                    batch.reputation(&self.key_hex(*worker)).disagreements += 1;
+                }
+                self.counts.accepted += 1;
+                self.counts.disagreements += disagreeing.len() as u64;
+                self.signed.remove(&task);
+                let record = SettledRecord {
+                    accepted: Some(verdict),
+                    reason: None,
+                    agreeing: agreeing.iter().map(|w| self.key_hex(*w)).collect(),
+                    disagreeing: disagreeing.iter().map(|w| self.key_hex(*w)).collect(),
+                    copies,
+                    session: self.number,
+                    at_unix_ms: unix_now_ms(),
+                };
+                batch.settled.push((task, record, Some((stdout.clone(), stderr.clone()))));
+                accepted.push((task, stdout, stderr));
+            }
+            Decision::Inconclusive { task, reason } => {
+                self.outputs.remove(&task);
+                self.signed.remove(&task);
+                self.counts.inconclusive += 1;
+                notes.push(format!("task {} is inconclusive: {reason}", self.tasks[task as usize].id));
+                let record = SettledRecord {
+                    accepted: None,
+                    reason: Some(reason),
+                    agreeing: Vec::new(),
+                    disagreeing: Vec::new(),
+                    copies: 0,
+                    session: self.number,
+                    at_unix_ms: unix_now_ms(),
+                };
+                batch.settled.push((task, record, None));
+            }
+            Decision::Excluded { worker, task } => {
+                let key = self.key_hex(worker);
+                let why = format!(
+                    "its receipt for task {} contradicts the accepted result",
+                    self.tasks[task as usize].id
+                );
+                notes.push(format!("worker {} excluded: {why}", &key[..12]));
+                batch.excluded.push((key.clone(), why));
+                self.excluded_keys.insert(key);
+            }
+            Decision::Late { worker, agrees, .. } => {
+                let counts = batch.reputation(&self.key_hex(worker));
+                if agrees {
+                    counts.agreements += 1;
+                } else {
+                    counts.disagreements += 1;
+                }
+            }
+            Decision::Discarded { .. } => {}
+        }
+    }
+
+    fn key_hex(&self, worker: WorkerId) -> String {
+        self.workers[worker.0 as usize].key_hex.clone()
+    }
+
+    fn copy_record(
+        &self,
+        worker: WorkerId,
+        kind: CopyKind,
+        verdict: Option<Verdict>,
+        reason: Option<String>,
+        result: Option<&CheckedResult>,
+    ) -> CopyRecord {
+        let meta = &self.workers[worker.0 as usize];
+        CopyRecord {
+            worker: meta.key_hex.clone(),
+            addr: meta.addr.clone(),
+            host: meta.host.clone(),
+            fingerprint: meta.fingerprint.clone(),
+            session: self.number,
+            kind,
+            verdict,
+            reason,
+            receipt_hex: result.map(|r| hex::encode(&r.signed.receipt)),
+            signature_hex: result.map(|r| hex::encode(&r.signed.signature)),
+            at_unix_ms: unix_now_ms(),
+        }
+    }
+
+    fn record_copy(&mut self, batch: &mut Batch, task: TaskIndex, copy: CopyRecord) {
+        let number = self.next_copy[task as usize];
+        self.next_copy[task as usize] += 1;
+        batch.copies.push((task, number, copy));
+    }
+
+    fn update_counts(&mut self) {
+        self.counts.running = self.scheduler.in_flight() as u64;
+        self.counts.workers = self
+            .connections
+            .iter()
+            .filter(|(id, sender)| !sender.is_closed() && !self.scheduler.is_excluded(**id))
+            .count() as u64;
+    }
+
+    fn counts(&self) -> Counts {
+        self.counts
+    }
+}
+
+/// The gRPC addresses of the workers `source` names: the static list, or the alive peers a seed
+/// knows (the first seed that answers).
+async fn discover(source: &Source) -> Result<Vec<String>, String> {
+    match source {
+        Source::Peers(peers) => Ok(peers.clone()),
+        Source::Seeds(seeds) => {
+            let mut failures = Vec::new();
+            for seed in seeds {
+                let view = async {
+                    let mut client = WorkerClient::connect(seed).await?;
+                    client.peers().await
+                };
+                match view.await {
+                    Ok(peers) => {
+                        return Ok(peers
+                            .into_iter()
+                            .filter(|peer| peer.state == pb::PeerState::Alive as i32)
+                            .map(|peer| if peer.is_self { seed.clone() } else { peer.grpc_addr })
+                            .filter(|addr| !addr.is_empty())
+                            .collect());
+                    }
+                    Err(error) => failures.push(format!("seed {error}")),
+                }
+            }
+            Err(failures.join("; "))
+        }
+    }
+}
+
+/// What copies must agree on, from a verified receipt.
+pub fn verdict_of(result: &CheckedResult) -> Verdict {
+    let (outcome, exit_code, detail) = outcome_parts(&result.outcome);
+    Verdict {
+        outcome: outcome.to_owned(),
+        exit_code,
+        detail,
+        output_hash: result.receipt.stdout_hash.to_hex(),
+        stderr_hash: result.receipt.stderr_hash.to_hex(),
+        fuel: result.receipt.receipt.fuel_used,
+    }
+}
+
+/// The host part of `host:port`: copies of one task go to distinct hosts.
+fn host_of(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(socket) => socket.ip().to_string(),
+        Err(_) => addr.rsplit_once(':').map_or(addr, |(host, _)| host).to_owned(),
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, SubmitError> {
+    std::fs::read(path).map_err(|source| SubmitError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand_core::RngCore;
+    let mut buffer = vec![0u8; bytes];
+    rand_core::OsRng.fill_bytes(&mut buffer);
+    hex::encode(buffer)
+}
+
+fn unix_now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}

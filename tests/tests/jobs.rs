@@ -1,0 +1,365 @@
+//! End-to-end: batch jobs on a grid of real worker processes, with redundant execution and
+//! cross-verification. Honest sweeps match local runs; liars are outvoted, excluded and ranked
+//! down; a killed worker or a killed submitter costs no accepted result; copies of one task never
+//! mix runtime fingerprints; bad input fails cleanly and leaves the store alone.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use peergrid_e2e::{
+    KeyPair, SubmitProcess, accepted_so_far, WorkerConfig, WorkerProcess, peergrid, results_lines, status,
+    wait_until, write_job,
+};
+use peergrid_submitter::program::ProgramRequest;
+use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
+
+/// How long a whole job may take here: a bound for a loaded CI machine, not an expected time.
+const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Starts `count` workers, each on its own loopback host (127.0.0.2, .3, …) so that copies can
+/// go to distinct hosts; each gossips, seeded by the first.
+fn grid(dir: &Path, key: &KeyPair, count: usize, extra: &[(usize, &[&str])]) -> Vec<WorkerProcess> {
+    let hosts: Vec<String> = (0..count).map(|i| format!("127.0.0.{}", i + 2)).collect();
+    let mut workers: Vec<WorkerProcess> = Vec::new();
+    for (index, host) in hosts.iter().enumerate() {
+        let gossip = format!("{host}:0");
+        let seed = workers.first().and_then(|w| w.gossip_addr.clone());
+        let mut args = vec!["--cores", "1", "--gossip", &gossip];
+        if let Some(seed) = &seed {
+            args.extend(["--seed", seed.as_str()]);
+        }
+        for (at, more) in extra {
+            if *at == index {
+                args.extend_from_slice(more);
+            }
+        }
+        let config = WorkerConfig {
+            trust: vec![&key.public_hex],
+            extra_args: args,
+            host: Some(host),
+            ..Default::default()
+        };
+        workers.push(WorkerProcess::start(&dir.join(format!("w{index}")), config));
+    }
+    workers
+}
+
+/// `peergrid submit JOB --key K --peer A --peer B … --state S --out O --plain`.
+fn submit_args(job: &Path, key: &KeyPair, workers: &[&WorkerProcess], state: &Path, out: &Path) -> Vec<PathBuf> {
+    let mut args: Vec<PathBuf> = vec!["submit".into(), job.into(), "--key".into(), key.path.clone()];
+    for worker in workers {
+        args.extend(["--peer".into(), PathBuf::from(&worker.addr)]);
+    }
+    args.extend([
+        "--state".into(),
+        state.into(),
+        "--out".into(),
+        out.into(),
+        "--plain".into(),
+    ]);
+    args
+}
+
+fn sweep_job(name: &str, samples_template: &str, last: u32) -> String {
+    format!(
+        r#"name = "{name}"
+module = "pi.wasm"
+replication = 2
+quorum = 2
+[limits]
+fuel = 100_000_000_000
+memory_mb = 64
+timeout_s = 120
+[sweep]
+args = ["{samples_template}", "{{i}}"]
+range = [1, {last}]
+"#
+    )
+}
+
+/// The output hash `peergrid run` gives for `pi ARGS`, by the same code path (program → sandbox
+/// spec with the program digest as random seed), for every argument list.
+fn local_hashes(module: &Path, arg_lists: &[Vec<String>]) -> Vec<String> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(SandboxOptions {
+        threads: 2,
+        scratch_dir: scratch.path().to_owned(),
+        fingerprint_tag: None,
+    })
+    .unwrap();
+    runtime.block_on(async {
+        let mut hashes = Vec::new();
+        for args in arg_lists {
+            let program = ProgramRequest {
+                module: module.to_owned(),
+                args: args.clone(),
+                limits: peergrid_proto::pb::TaskLimits {
+                    fuel: 100_000_000_000,
+                    memory_bytes: 64 * 1024 * 1024,
+                    timeout_ms: 120_000,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .prepare()
+            .unwrap();
+            let execution = sandbox.run_module(program.module.clone(), program.spec).await;
+            hashes.push(peergrid_proto::ContentHash::of(&execution.stdout).to_hex());
+        }
+        hashes
+    })
+}
+
+/// Checks every line of results.jsonl against a local run, and returns the lines by task id.
+fn check_against_local(out: &Path, module: &Path) -> HashMap<String, serde_json::Value> {
+    let lines = results_lines(&out.join("results.jsonl"));
+    let args: Vec<Vec<String>> = lines
+        .iter()
+        .map(|line| {
+            line["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|arg| arg.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect();
+    let expected = local_hashes(module, &args);
+    for (line, expected) in lines.iter().zip(&expected) {
+        assert_eq!(line["outcome"], "exited", "{line}");
+        assert_eq!(line["output_hash"].as_str(), Some(expected.as_str()), "{line}");
+        let task = line["task"].as_str().unwrap();
+        let stdout = std::fs::read(out.join(format!("{task}.stdout"))).unwrap();
+        assert_eq!(&peergrid_proto::ContentHash::of(&stdout).to_hex(), expected, "{task}.stdout");
+    }
+    lines
+        .into_iter()
+        .map(|line| (line["task"].as_str().unwrap().to_owned(), line))
+        .collect()
+}
+
+#[test]
+fn four_honest_workers_accept_every_task_of_a_sweep_exactly_as_run_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let workers = grid(dir.path(), &key, 4, &[]);
+    let job = write_job(&dir.path().join("job"), "sweep.toml", &sweep_job("sweep", "{i}000", 200));
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let refs: Vec<&WorkerProcess> = workers.iter().collect();
+    let output = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out)).wait(JOB_TIMEOUT);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    assert!(output.stdout_text().contains("200 of 200 tasks accepted"), "{}", output.stdout_text());
+
+    let lines = check_against_local(&out, &job.with_file_name("pi.wasm"));
+    assert_eq!(lines.len(), 200);
+    let keys: HashSet<&str> = workers.iter().map(|w| w.key_hex.as_str()).collect();
+    for line in lines.values() {
+        let agreeing: Vec<&str> = line["agreeing"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+        assert_eq!(agreeing.len(), 2, "{line}");
+        assert_ne!(agreeing[0], agreeing[1], "two distinct workers: {line}");
+        assert!(agreeing.iter().all(|k| keys.contains(k)), "{line}");
+        assert_eq!(line["disagreeing"].as_array().unwrap().len(), 0);
+    }
+    // Work was spread: every worker vouched for some results.
+    for key in &keys {
+        assert!(lines.values().any(|l| l["agreeing"].as_array().unwrap().iter().any(|k| k == key)), "{key} idle");
+    }
+}
+
+#[test]
+fn a_lying_worker_is_outvoted_excluded_and_ranked_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let workers = grid(dir.path(), &key, 4, &[(3, &["--lie-rate", "1.0"])]);
+    let liar = workers[3].key_hex.clone();
+    let job = write_job(&dir.path().join("job"), "liar.toml", &sweep_job("liar", "{i}000", 40));
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let refs: Vec<&WorkerProcess> = workers.iter().collect();
+    let output = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out)).wait(JOB_TIMEOUT);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+
+    // No wrong result was accepted: every one equals a local run.
+    let lines = check_against_local(&out, &job.with_file_name("pi.wasm"));
+    assert_eq!(lines.len(), 40);
+    // The tasks the liar touched were settled by an extra copy, with the liar disagreeing.
+    let touched: Vec<&serde_json::Value> = lines
+        .values()
+        .filter(|l| l["disagreeing"].as_array().unwrap().iter().any(|k| k == liar.as_str()))
+        .collect();
+    assert!(!touched.is_empty(), "the liar got work before it was caught");
+    for line in &touched {
+        assert_eq!(line["copies"], 3, "{line}");
+        assert!(!line["agreeing"].as_array().unwrap().iter().any(|k| k == liar.as_str()));
+    }
+    // Excluded for the rest of the job…
+    let job_status = status(&state, Some("liar"));
+    let excluded: Vec<&str> = job_status["excluded"].as_array().unwrap().iter().map(|e| e["worker"].as_str().unwrap()).collect();
+    assert_eq!(excluded, vec![liar.as_str()]);
+    // …and ranked below every honest worker afterwards.
+    let peers = peergrid([
+        "peers".as_ref(),
+        "--seed".as_ref(),
+        workers[0].addr.as_ref(),
+        "--json".as_ref(),
+        "--state".as_ref(),
+        state.as_os_str(),
+    ]);
+    assert_eq!(peers.code, Some(0), "{}", peers.stderr);
+    let peers: Vec<serde_json::Value> = serde_json::from_slice(&peers.stdout).unwrap();
+    let score = |key: &str| {
+        peers.iter().find(|p| p["peer"] == key).and_then(|p| p["reputation"]["score"].as_f64())
+    };
+    let liar_score = score(&liar).expect("the liar has a reputation");
+    for honest in &workers[..3] {
+        let honest_score = score(&honest.key_hex).expect("honest workers have a reputation");
+        assert!(honest_score > liar_score, "{honest_score} vs liar {liar_score}");
+    }
+    let liar_row = peers.iter().find(|p| p["peer"] == liar.as_str()).unwrap();
+    assert!(liar_row["reputation"]["disagreements"].as_u64().unwrap() >= 1, "{liar_row}");
+}
+
+#[test]
+fn a_worker_killed_mid_job_costs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let mut workers = grid(dir.path(), &key, 4, &[]);
+    let job = write_job(&dir.path().join("job"), "crash.toml", &sweep_job("crash", "{i}0000", 120));
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let refs: Vec<&WorkerProcess> = workers.iter().collect();
+    let submitter = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out));
+    wait_until("some tasks are accepted", JOB_TIMEOUT, || accepted_so_far(&state) >= 10);
+    workers[1].kill();
+    let output = submitter.wait(JOB_TIMEOUT);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    assert!(output.stdout_text().contains("120 of 120 tasks accepted"), "{}", output.stdout_text());
+    let lines = check_against_local(&out, &job.with_file_name("pi.wasm"));
+    assert_eq!(lines.len(), 120);
+    // The crash is not a lie: nobody was excluded.
+    assert_eq!(status(&state, Some("crash"))["excluded"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_killed_submitter_resumes_without_running_accepted_tasks_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let workers = grid(dir.path(), &key, 3, &[]);
+    let job = write_job(&dir.path().join("job"), "resume.toml", &sweep_job("resume", "{i}0000", 120));
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let refs: Vec<&WorkerProcess> = workers.iter().collect();
+    let mut first = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out));
+    wait_until("some tasks are accepted", JOB_TIMEOUT, || accepted_so_far(&state) >= 15);
+    first.kill();
+
+    let before = status(&state, Some("resume"));
+    let accepted_before: HashSet<String> = before["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "accepted")
+        .map(|t| t["task"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(accepted_before.len() >= 15 && accepted_before.len() < 120, "{}", accepted_before.len());
+
+    let resume = SubmitProcess::start(
+        dir.path(),
+        ["resume".as_ref(), "--state".as_ref(), state.as_os_str(), "--plain".as_ref()],
+    );
+    let output = resume.wait(JOB_TIMEOUT);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    assert!(output.stdout_text().contains("120 of 120 tasks accepted"), "{}", output.stdout_text());
+
+    let after = status(&state, Some("resume"));
+    assert_eq!(after["sessions"], 2);
+    for task in after["tasks"].as_array().unwrap() {
+        assert_eq!(task["state"], "accepted", "{task}");
+        let id = task["task"].as_str().unwrap();
+        if accepted_before.contains(id) {
+            assert_eq!(task["settled_in_session"], 1, "{task}");
+            let rerun = task["copies"].as_array().unwrap().iter().any(|c| c["session"] != 1);
+            assert!(!rerun, "accepted task {id} ran again after the restart: {task}");
+        }
+    }
+    assert!(
+        after["tasks"].as_array().unwrap().iter().any(|t| t["settled_in_session"] == 2),
+        "the resumed session did the rest"
+    );
+    let lines = check_against_local(&out, &job.with_file_name("pi.wasm"));
+    assert_eq!(lines.len(), 120);
+}
+
+#[test]
+fn copies_of_a_task_never_go_to_workers_with_different_runtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let other: &[&str] = &["--fingerprint-tag", "other-build"];
+    let workers = grid(dir.path(), &key, 4, &[(2, other), (3, other)]);
+    assert_ne!(workers[0].fingerprint, workers[2].fingerprint);
+    assert_eq!(workers[2].fingerprint, workers[3].fingerprint);
+    let job = write_job(&dir.path().join("job"), "fp.toml", &sweep_job("fp", "{i}000", 60));
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let refs: Vec<&WorkerProcess> = workers.iter().collect();
+    let output = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out)).wait(JOB_TIMEOUT);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    let fingerprint: HashMap<&str, &str> =
+        workers.iter().map(|w| (w.key_hex.as_str(), w.fingerprint.as_str())).collect();
+    let job_status = status(&state, Some("fp"));
+    let mut used = HashSet::new();
+    for task in job_status["tasks"].as_array().unwrap() {
+        let runtimes: HashSet<&str> = task["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| fingerprint[c["worker"].as_str().unwrap()])
+            .collect();
+        assert_eq!(runtimes.len(), 1, "{task}");
+        used.extend(runtimes);
+    }
+    assert_eq!(used.len(), 2, "both runtimes did work");
+}
+
+#[test]
+fn bad_job_files_missing_modules_and_unreachable_peers_fail_in_one_line_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let worker = WorkerProcess::start(
+        &dir.path().join("w"),
+        WorkerConfig {
+            trust: vec![&key.public_hex],
+            ..Default::default()
+        },
+    );
+    let state = dir.path().join("state");
+    let jobs = dir.path().join("jobs");
+    let submit = |job: &Path, peer: &str| {
+        peergrid([
+            "submit".as_ref(),
+            job.as_os_str(),
+            "--key".as_ref(),
+            key.path.as_os_str(),
+            "--peer".as_ref(),
+            peer.as_ref(),
+            "--state".as_ref(),
+            state.as_os_str(),
+        ])
+    };
+    let typo = write_job(&jobs, "typo.toml", "name = \"t\"\nmodule = \"pi.wasm\"\nreplicaton = 2\n");
+    submit(&typo, &worker.addr).assert_one_line_error("typo.toml:3");
+
+    let no_module = write_job(&jobs, "nomodule.toml", &sweep_job("nomodule", "1000", 2).replace("pi.wasm", "missing.wasm"));
+    submit(&no_module, &worker.addr).assert_one_line_error("missing.wasm");
+
+    let good = write_job(&jobs, "good.toml", &sweep_job("good", "1000", 2));
+    submit(&good, "127.0.0.1:9").assert_one_line_error("127.0.0.1:9");
+
+    // Nothing was stored by any of them.
+    if state.exists() {
+        assert_eq!(status(&state, None), serde_json::json!([]));
+    }
+    // And the same valid job then runs (with replication 1 on the one worker).
+    let single = write_job(&jobs, "single.toml", &sweep_job("single", "1000", 2).replace("replication = 2\nquorum = 2", "replication = 1\nquorum = 1"));
+    let ok = submit(&single, &worker.addr);
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    assert_eq!(status(&state, None).as_array().unwrap().len(), 1);
+}
