@@ -255,8 +255,14 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 /// Parses the command line, runs the command, prints any error as one line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo's workers run in this process: their warnings (the liars announcing their lies)
+    // would drown the demo's own output, which reports the same events.
+    let default_level = match cli.command {
+        Command::Demo { .. } => "error",
+        _ => "warn",
+    };
     let logging = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(logging)
         .with_writer(std::io::stderr)
