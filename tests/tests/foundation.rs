@@ -490,33 +490,51 @@ fn bad_cli_input_gives_one_line_errors_naming_the_file() {
     unreachable.assert_one_line_error("127.0.0.1:9");
 }
 
-#[test]
-fn the_demo_runs_a_verified_pi_sweep_on_a_local_grid() {
-    let output = peergrid([
-        "demo",
-        "--workers",
-        "2",
-        "--tasks",
-        "3",
-        "--samples",
-        "20000",
-    ]);
+/// `peergrid demo ARGS --state <temp> --plain`, and the pi estimate it printed.
+fn demo(args: &[&str]) -> (CliOutput, f64) {
+    let state = tempfile::tempdir().unwrap();
+    let mut argv: Vec<OsString> = vec!["demo".into(), "--plain".into(), "--state".into()];
+    argv.push(state.path().as_os_str().to_owned());
+    argv.extend(args.iter().map(Into::into));
+    let output = peergrid(argv);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
     let text = output.stdout_text();
-    assert!(text.contains("3 tasks accepted, 0 disagreements"), "{text}");
     let estimate: f64 = text
-        .split_whitespace()
-        .nth(2)
+        .split("pi ≈ ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
         .and_then(|word| word.parse().ok())
         .unwrap_or_else(|| panic!("no estimate in {text}"));
+    // The results are where the demo says they are, one line per task.
+    let results = text
+        .lines()
+        .find_map(|line| line.strip_prefix("results: "))
+        .unwrap_or_else(|| panic!("no results path in {text}"));
+    let lines = std::fs::read_to_string(results).unwrap().lines().count();
+    assert!(text.contains(&format!("{lines} of {lines} tasks accepted")), "{text}");
+    (output, estimate)
+}
+
+#[test]
+fn the_demo_runs_a_verified_pi_sweep_on_a_local_grid() {
+    let (output, estimate) = demo(&["--workers", "2", "--tasks", "3", "--samples", "20000"]);
+    let text = output.stdout_text();
+    assert!(text.contains("3 of 3 tasks accepted, 0 inconclusive · 6 copies · 0 disagreements"), "{text}");
     assert!((estimate - std::f64::consts::PI).abs() < 0.05, "{estimate}");
-    // Every task ran on two different workers and their receipts agreed.
-    assert_eq!(
-        output.stderr.matches(" agree (fuel ").count(),
-        3,
-        "{}",
-        output.stderr
+}
+
+#[test]
+fn the_demo_with_a_liar_shows_it_outvoted_and_excluded() {
+    let (output, estimate) =
+        demo(&["--workers", "3", "--liars", "1", "--tasks", "6", "--samples", "20000"]);
+    let text = output.stdout_text();
+    assert!(text.contains("6 of 6 tasks accepted"), "{text}");
+    assert!(text.contains("1 workers excluded"), "{text}");
+    assert!(
+        text.contains("liars caught and excluded: 1 of 1; accepted results vouched for only by liars: 0"),
+        "{text}"
     );
+    assert!((estimate - std::f64::consts::PI).abs() < 0.05, "{estimate}");
 }
 
 #[test]

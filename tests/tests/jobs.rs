@@ -230,6 +230,7 @@ fn a_worker_killed_mid_job_costs_nothing() {
     let refs: Vec<&WorkerProcess> = workers.iter().collect();
     let submitter = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out));
     wait_until("some tasks are accepted", JOB_TIMEOUT, || accepted_so_far(&state) >= 10);
+    assert!(accepted_so_far(&state) < 120, "the job must still be running when a worker dies");
     workers[1].kill();
     let output = submitter.wait(JOB_TIMEOUT);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
