@@ -296,6 +296,12 @@ impl Scheduler {
             .count()
     }
 
+    /// True when every worker the job knows is excluded from it: waiting cannot help unless new
+    /// workers appear.
+    pub fn all_excluded(&self) -> bool {
+        !self.workers.is_empty() && self.workers.iter().all(|worker| worker.excluded)
+    }
+
     /// The earliest time a backed-off worker can take work again, if any is backed off.
     pub fn next_backoff_end(&self, now: Instant) -> Option<Instant> {
         self.workers

@@ -78,6 +78,15 @@ pub enum SubmitError {
         settled: u64,
         total: u64,
     },
+    #[error(
+        "job {job}: every worker is excluded from it ({reasons}); {settled} of {total} tasks are settled and stored. Fix the workers (e.g. start them with --trust <your public key>) and run `peergrid resume {job}`"
+    )]
+    AllExcluded {
+        job: String,
+        reasons: String,
+        settled: u64,
+        total: u64,
+    },
     #[error("cannot write results to {path}: {source}")]
     Results {
         path: PathBuf,
@@ -509,6 +518,9 @@ impl<'a> Session<'a> {
             if self.scheduler.is_finished() {
                 return Ok(true);
             }
+            if self.scheduler.in_flight() == 0 && self.scheduler.all_excluded() {
+                return Err(self.all_excluded()?);
+            }
             if self.scheduler.in_flight() > 0 {
                 idle_since = None;
             } else if idle_since.get_or_insert(now).elapsed() >= limits::NO_WORKER_PATIENCE {
@@ -541,6 +553,22 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    fn all_excluded(&self) -> Result<SubmitError, SubmitError> {
+        let reasons = self
+            .store
+            .excluded(&self.job.id)?
+            .into_iter()
+            .map(|(worker, reason)| format!("{}: {reason}", &worker[..worker.len().min(12)]))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok(SubmitError::AllExcluded {
+            job: self.job.id.clone(),
+            reasons,
+            settled: self.counts.accepted + self.counts.inconclusive,
+            total: self.counts.total,
+        })
     }
 
     fn stalled(&self) -> SubmitError {

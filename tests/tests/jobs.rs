@@ -364,3 +364,36 @@ fn bad_job_files_missing_modules_and_unreachable_peers_fail_in_one_line_and_stor
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
     assert_eq!(status(&state, None).as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_grid_that_refuses_the_key_fails_at_once_saying_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let stranger = KeyPair::generate(dir.path(), "stranger.key");
+    let worker = WorkerProcess::start(
+        &dir.path().join("w"),
+        WorkerConfig {
+            trust: vec![&stranger.public_hex],
+            ..Default::default()
+        },
+    );
+    let job = write_job(&dir.path().join("job"), "refused.toml", &sweep_job("refused", "1000", 4).replace("replication = 2\nquorum = 2", "replication = 1\nquorum = 1"));
+    let state = dir.path().join("state");
+    let started = std::time::Instant::now();
+    let output = peergrid([
+        "submit".as_ref(),
+        job.as_os_str(),
+        "--key".as_ref(),
+        key.path.as_os_str(),
+        "--peer".as_ref(),
+        worker.addr.as_ref(),
+        "--state".as_ref(),
+        state.as_os_str(),
+        "--plain".as_ref(),
+    ]);
+    assert_eq!(output.code, Some(125), "{}", output.stderr);
+    let error = output.stderr.lines().last().unwrap();
+    assert!(error.contains("PERMISSION_DENIED") && error.contains("--trust") && error.contains("peergrid resume"), "{error}");
+    // Not after the stall patience: as soon as the only worker said no.
+    assert!(started.elapsed() < peergrid_submitter::limits::NO_WORKER_PATIENCE, "{:?}", started.elapsed());
+}
