@@ -49,7 +49,7 @@ impl Progress {
             let bar = ProgressBar::with_draw_target(Some(counts.total), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} accepted · {per_sec} · ETA {eta} · {msg}",
+                    "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} accepted · {msg}",
                 )
                 .expect("the template is valid")
                 .progress_chars("█▉▊▋▌▍▎▏ "),
@@ -73,7 +73,7 @@ impl Progress {
         match &self.bar {
             Some(bar) => {
                 bar.set_position(counts.settled());
-                bar.set_message(counts.details());
+                bar.set_message(self.rate_and_details());
             }
             None => {
                 let due = self
@@ -104,6 +104,11 @@ impl Progress {
     }
 
     fn line(&self) -> String {
+        format!("{}/{} accepted · {}", self.counts.accepted, self.counts.total, self.rate_and_details())
+    }
+
+    /// "12.3 tasks/s · ETA 8s · 3 running on 3 workers · …", this session's rate.
+    fn rate_and_details(&self) -> String {
         let counts = &self.counts;
         let elapsed = self.started.elapsed().as_secs_f64();
         let done_here = counts.settled().saturating_sub(self.settled_at_start);
@@ -114,11 +119,6 @@ impl Progress {
         } else {
             "?".to_owned()
         };
-        format!(
-            "{}/{} accepted · {} · {rate:.1} tasks/s · ETA {eta}",
-            counts.accepted,
-            counts.total,
-            counts.details()
-        )
+        format!("{rate:.1} tasks/s · ETA {eta} · {}", counts.details())
     }
 }
