@@ -62,12 +62,7 @@ pub enum ProgramError {
 impl ProgramRequest {
     /// Reads the module and inputs and builds the program.
     pub fn prepare(&self) -> Result<PreparedProgram, ProgramError> {
-        let module = Bytes::from(read("module", &self.module)?);
-        if !module.starts_with(WASM_MAGIC) {
-            return Err(ProgramError::NotWasm {
-                path: self.module.clone(),
-            });
-        }
+        let module = read_module(&self.module)?;
         let module_hash = ContentHash::of(&module);
         let stdin = match &self.stdin {
             Some(path) => Bytes::from(read("stdin file", path)?),
@@ -166,7 +161,19 @@ impl PreparedProgram {
     }
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ProgramError> {
+/// Reads a WebAssembly module, refusing a file that is not one.
+pub fn read_module(path: &Path) -> Result<Bytes, ProgramError> {
+    let module = Bytes::from(read("module", path)?);
+    if !module.starts_with(WASM_MAGIC) {
+        return Err(ProgramError::NotWasm {
+            path: path.to_owned(),
+        });
+    }
+    Ok(module)
+}
+
+/// Reads a file the user named; the error says which (`what`) and where.
+pub fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ProgramError> {
     std::fs::read(path).map_err(|source| ProgramError::Read {
         what,
         path: path.to_owned(),

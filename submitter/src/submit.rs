@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use crate::client::{CheckedResult, ClientError, WorkerClient};
 use crate::dispatch::{self, Answer, Dispatch, Event};
 use crate::job::{JobSpec, TaskStdin};
+use crate::program::{read, read_module};
 use crate::progress::{Counts, Progress};
 use crate::report::outcome_parts;
 use crate::schedule::{
@@ -56,14 +57,9 @@ impl Source {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {
-    #[error("cannot read {what} {path}: {source}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a WebAssembly module (it does not start with the bytes \\0asm)")]
-    NotWasm { path: PathBuf },
+    /// The module or an input file is missing, unreadable or not what it should be.
+    #[error(transparent)]
+    Input(#[from] crate::program::ProgramError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("no worker reachable: {0}")]
@@ -124,12 +120,7 @@ pub fn create_job(
     source: &Source,
     out_dir: Option<PathBuf>,
 ) -> Result<JobRecord, SubmitError> {
-    let module = read("module", &spec.module)?;
-    if !module.starts_with(b"\0asm") {
-        return Err(SubmitError::NotWasm {
-            path: spec.module.clone(),
-        });
-    }
+    let module = read_module(&spec.module)?;
     let module_hash = store.put_blob(&module)?;
     let mut tasks = Vec::with_capacity(spec.tasks.len());
     for task in &spec.tasks {
@@ -981,14 +972,6 @@ fn host_of(addr: &str) -> String {
         Ok(socket) => socket.ip().to_string(),
         Err(_) => addr.rsplit_once(':').map_or(addr, |(host, _)| host).to_owned(),
     }
-}
-
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, SubmitError> {
-    std::fs::read(path).map_err(|source| SubmitError::Read {
-        what,
-        path: path.to_owned(),
-        source,
-    })
 }
 
 fn file_name(path: &Path) -> String {
