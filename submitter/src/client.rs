@@ -12,6 +12,10 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How long to wait for a TCP connection to a worker.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings to a connected worker, and how long one may go unanswered before the
+/// connection counts as dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A worker as its `Info` describes it.
 #[derive(Debug, Clone)]
@@ -68,7 +72,12 @@ impl WorkerClient {
         };
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|error| unreachable(format!("not a host:port address ({error})")))?
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            // A worker that vanishes without a reset (a laptop asleep, a dropped network) must
+            // end its stream, so its copies are reassigned instead of awaited forever.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let channel = endpoint
             .connect()
             .await

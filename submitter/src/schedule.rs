@@ -112,7 +112,8 @@ pub enum Decision {
     Late {
         task: TaskIndex,
         worker: WorkerId,
-        agrees: bool,
+        /// `None` when there is nothing to compare with (an inconclusive task, a timeout).
+        agrees: Option<bool>,
     },
     /// A receipt from an excluded worker, set aside and replaced.
     Discarded { task: TaskIndex, worker: WorkerId },
@@ -135,6 +136,16 @@ struct TaskState {
     accepted: Option<Verdict>,
     /// In the retry queue already.
     queued: bool,
+    /// The runtime fingerprint of the task's first copy: every later copy must match it, even
+    /// if that worker comes back with another runtime.
+    fingerprint: Option<String>,
+}
+
+impl TaskState {
+    /// Whether any copy was ever started (so the fresh order is done with it).
+    fn has_history(&self) -> bool {
+        !self.receipts.is_empty() || !self.in_flight.is_empty() || self.lost > 0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +198,7 @@ impl Scheduler {
             lost: 0,
             accepted: None,
             queued: false,
+            fingerprint: None,
         };
         Self {
             rules,
@@ -254,7 +266,9 @@ impl Scheduler {
         }
         for past in receipts {
             let state = &mut self.tasks[past.task as usize];
-            if state.status == Status::Open && !self.workers[past.worker.0 as usize].excluded {
+            let worker = &self.workers[past.worker.0 as usize];
+            if state.status == Status::Open && !worker.excluded {
+                state.fingerprint.get_or_insert_with(|| worker.offer.fingerprint.clone());
                 state.receipts.push((past.worker, past.verdict));
             }
         }
@@ -282,6 +296,11 @@ impl Scheduler {
     /// Copies running now.
     pub fn in_flight(&self) -> u32 {
         self.workers.iter().map(|worker| worker.in_flight).sum()
+    }
+
+    /// Whether `task` is still unsettled.
+    pub fn is_open(&self, task: TaskIndex) -> bool {
+        self.tasks[task as usize].status == Status::Open
     }
 
     pub fn is_excluded(&self, worker: WorkerId) -> bool {
@@ -329,7 +348,9 @@ impl Scheduler {
         }
         while spare > 0 && (self.next_fresh as usize) < self.tasks.len() {
             let task = self.next_fresh;
-            if self.tasks[task as usize].status != Status::Open {
+            let state = &self.tasks[task as usize];
+            // Settled, or already started (restored half-done tasks live in the retry queue).
+            if state.status != Status::Open || state.has_history() {
                 self.next_fresh += 1;
                 continue;
             }
@@ -367,8 +388,13 @@ impl Scheduler {
         match status {
             Status::Accepted => {
                 let agrees = self.tasks[task as usize].accepted.as_ref() == Some(&verdict);
-                decisions.push(Decision::Late { task, worker, agrees });
-                if !agrees && !verdict.is_timeout() {
+                let compared = (!verdict.is_timeout()).then_some(agrees);
+                decisions.push(Decision::Late {
+                    task,
+                    worker,
+                    agrees: compared,
+                });
+                if compared == Some(false) {
                     decisions.push(Decision::Excluded { worker, task });
                     self.exclude_inner(worker, &mut decisions);
                 }
@@ -376,7 +402,7 @@ impl Scheduler {
             Status::Inconclusive => decisions.push(Decision::Late {
                 task,
                 worker,
-                agrees: false,
+                agrees: None,
             }),
             Status::Open => {
                 self.tasks[task as usize].receipts.push((worker, verdict));
@@ -449,9 +475,11 @@ impl Scheduler {
             .iter()
             .map(|worker| self.workers[worker.0 as usize].offer.host.as_str())
             .collect();
-        let pinned = holders
-            .first()
-            .map(|worker| self.workers[worker.0 as usize].offer.fingerprint.as_str());
+        // Copies in flight or answered keep the pin; a task whose every copy was lost is free.
+        let pinned = state
+            .fingerprint
+            .as_deref()
+            .filter(|_| !holders.is_empty());
         let mut candidates: Vec<WorkerId> = (0..self.workers.len() as u32)
             .map(WorkerId)
             .filter(|id| {
@@ -482,7 +510,12 @@ impl Scheduler {
             let Some(&worker) = self.eligible(task, now).first() else {
                 break;
             };
-            self.tasks[task as usize].in_flight.push(worker);
+            let fingerprint = self.workers[worker.0 as usize].offer.fingerprint.clone();
+            let state = &mut self.tasks[task as usize];
+            if state.receipts.is_empty() && state.in_flight.is_empty() {
+                state.fingerprint = Some(fingerprint);
+            }
+            state.in_flight.push(worker);
             self.workers[worker.0 as usize].in_flight += 1;
             out.push(Assignment { task, worker });
             placed += 1;
@@ -501,8 +534,7 @@ impl Scheduler {
 
     fn queue(&mut self, task: TaskIndex) {
         let state = &mut self.tasks[task as usize];
-        // A task not yet started waits for its turn in the fresh order instead.
-        if !state.queued && task < self.next_fresh {
+        if !state.queued {
             state.queued = true;
             self.retry.push_back(task);
         }
@@ -878,6 +910,60 @@ mod tests {
         let decisions = s.on_receipt(0, assigned[0].worker, verdict("x"));
         assert!(matches!(decisions[0], Decision::Accepted { copies: 2, .. }));
         assert!(s.is_finished());
+    }
+
+    #[test]
+    fn a_resumed_task_that_cannot_move_does_not_block_the_others() {
+        let (mut s, w) = grid(rules(2, 2, 3), 3, &["a", "b", "c"]);
+        // Task 0 was left with two disagreeing receipts; the only worker that could break the
+        // tie (c) is gone.
+        s.restore(
+            vec![
+                PastReceipt { task: 0, worker: w[0], verdict: verdict("x") },
+                PastReceipt { task: 0, worker: w[1], verdict: verdict("y") },
+            ],
+            &[],
+            &[],
+        );
+        s.worker_down(w[2]);
+        let assigned = s.assign(Instant::now());
+        assert_eq!(workers_of(&assigned, 1), vec![w[0], w[1]], "{assigned:?}");
+        assert!(workers_of(&assigned, 0).is_empty());
+    }
+
+    #[test]
+    fn a_task_keeps_the_runtime_of_its_first_copy_when_that_worker_changes() {
+        let mut s = Scheduler::new(rules(2, 2, 5), 1);
+        let fp = |fingerprint: &str, host: &str| WorkerOffer {
+            host: host.into(),
+            fingerprint: fingerprint.into(),
+            slots: 1,
+            reputation: 0.5,
+        };
+        let a = s.add_worker(fp("fp1", "a"), true);
+        let now = Instant::now();
+        assert_eq!(workers_of(&s.assign(now), 0), vec![a]);
+        s.on_receipt(0, a, verdict("x"));
+        // a comes back upgraded; only fp2 workers are free besides it.
+        s.worker_up(a, fp("fp2", "a"));
+        let b = s.add_worker(fp("fp2", "b"), true);
+        assert!(s.assign(now).is_empty(), "an fp2 copy must not join an fp1 receipt");
+        let c = s.add_worker(fp("fp1", "c"), true);
+        assert_eq!(workers_of(&s.assign(now), 0), vec![c]);
+        assert_ne!(b, c);
+    }
+
+    #[test]
+    fn late_receipts_on_an_inconclusive_task_or_timeouts_blame_nobody() {
+        let (mut s, _) = grid(rules(3, 2, 3), 1, &["a", "b", "c"]);
+        let now = Instant::now();
+        let assigned = s.assign(now);
+        assert_eq!(assigned.len(), 3);
+        s.on_receipt(0, assigned[0].worker, timeout());
+        let decisions = s.on_receipt(0, assigned[1].worker, timeout());
+        assert!(matches!(decisions[..], [Decision::Inconclusive { .. }]));
+        let late = s.on_receipt(0, assigned[2].worker, verdict("x"));
+        assert_eq!(late, vec![Decision::Late { task: 0, worker: assigned[2].worker, agrees: None }]);
     }
 
     #[test]

@@ -239,9 +239,7 @@ impl Store {
             dir: dir.to_owned(),
             source,
         })?;
-        let db = builder()
-            .create(dir.join(DB_FILE))
-            .map_err(|error| open_error(dir, error))?;
+        let db = open_writer(dir)?;
         let store = Self::with(dir, Db::Writer(db))?;
         // Create every table, so readers never meet a missing one.
         store.write_txn(|txn| {
@@ -263,8 +261,9 @@ impl Store {
         dir.join(DB_FILE).is_file()
     }
 
-    /// Opens the store to read it: for writing if nobody is (which also repairs a store left by
-    /// a killed submitter), read-only beside a running writer otherwise.
+    /// Opens the store to read it: read-only, which a running writer allows and which never
+    /// stands in a starting writer's way; as writer only when read-only fails (a store left by a
+    /// killed submitter needs redb's repair, which only a writer does).
     pub fn open_for_reading(dir: &Path) -> Result<Self, StoreError> {
         if !Self::exists(dir) {
             return Err(StoreError::NoSuchJob {
@@ -273,14 +272,9 @@ impl Store {
                 known: Vec::new(),
             });
         }
-        match Self::open(dir) {
-            Err(StoreError::InUse { .. }) => {
-                let db = builder()
-                    .open_read_only(dir.join(DB_FILE))
-                    .map_err(|error| open_error(dir, error))?;
-                Self::with(dir, Db::Reader(db))
-            }
-            other => other,
+        match builder().open_read_only(dir.join(DB_FILE)) {
+            Ok(db) => Self::with(dir, Db::Reader(db)),
+            Err(_) => Self::open(dir),
         }
     }
 
@@ -598,6 +592,23 @@ impl Store {
         })
     }
 }
+
+/// Opens the database as its writer. Another process may hold it for a moment (a `status`
+/// repairing a store left by a killed submitter): that is waited out, a real writer is not.
+fn open_writer(dir: &Path) -> Result<Database, StoreError> {
+    let deadline = std::time::Instant::now() + WRITER_WAIT;
+    loop {
+        match builder().create(dir.join(DB_FILE)).map_err(|error| open_error(dir, error)) {
+            Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long opening the store for writing waits for another process to let go of it.
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn builder() -> Builder {
     let mut builder = Database::builder();

@@ -215,13 +215,23 @@ pub async fn run_session(
         job.quorum,
         job.out_dir.display()
     ));
-    let finished = if session.scheduler.is_finished() {
-        true
+    let outcome = if session.scheduler.is_finished() {
+        Ok(true)
     } else {
-        session.connect_initial(source).await?;
-        session.run(source, &mut progress).await?
+        match session.connect_initial(source).await {
+            Ok(()) => session.run(source, &mut progress).await,
+            Err(error) => Err(error),
+        }
     };
     progress.finish();
+    let finished = match outcome {
+        Ok(finished) => finished,
+        Err(error) => {
+            // What was accepted before the job stopped is on disk too.
+            let _ = results::export(store, job, &job.out_dir);
+            return Err(error);
+        }
+    };
     if finished {
         let mut batch = Batch::default();
         batch.finished_unix_ms = Some(unix_now_ms());
@@ -249,7 +259,9 @@ pub fn summarize(
         .filter(|(_, copy)| copy.kind == CopyKind::Late)
         .filter(|((task, _), copy)| {
             let accepted = settled.iter().find(|(t, _)| t == task).and_then(|(_, s)| s.accepted.as_ref());
-            copy.verdict.as_ref() != accepted && copy.verdict.as_ref().is_some_and(|v| !v.is_timeout())
+            accepted.is_some()
+                && copy.verdict.as_ref() != accepted
+                && copy.verdict.as_ref().is_some_and(|v| !v.is_timeout())
         })
         .count() as u64;
     Ok(Summary {
@@ -623,16 +635,26 @@ impl<'a> Session<'a> {
             .iter()
             .filter_map(|file| file.hash.parse::<ContentHash>().ok())
             .collect();
-        let sent = self.connections.get(&worker).is_some_and(|sender| {
-            sender
-                .try_send(Dispatch { task, signed, blobs })
-                .is_ok()
-        });
-        if !sent {
+        let sent = match self.connections.get(&worker) {
+            Some(sender) => sender.try_send(Dispatch { task, signed, blobs }),
+            None => return self.not_sent(task, worker, true, now),
+        };
+        match sent {
+            Ok(()) => {}
+            // More copies queued than the bound: try again after a short back-off.
+            Err(mpsc::error::TrySendError::Full(_)) => self.not_sent(task, worker, false, now),
             // The connection ended between assignment and sending.
-            self.scheduler.worker_down(worker);
-            self.scheduler.on_loss(task, worker, Loss::Busy, now);
+            Err(mpsc::error::TrySendError::Closed(_)) => self.not_sent(task, worker, true, now),
         }
+    }
+
+    fn not_sent(&mut self, task: TaskIndex, worker: WorkerId, gone: bool, now: Instant) {
+        if gone {
+            self.scheduler.worker_down(worker);
+        }
+        // No copy ran: nothing to record, the task goes back to the queue.
+        let decisions = self.scheduler.on_loss(task, worker, Loss::Busy, now);
+        debug_assert!(decisions.is_empty(), "a busy loss never settles a task");
     }
 
     /// The signed manifest of `task`, signed again when close to expiry.
@@ -738,6 +760,11 @@ impl<'a> Session<'a> {
     ) {
         let (worker, task, answer) = match event {
             Event::Down { worker, reason } => {
+                // A newer connection to the same worker may already have replaced this one.
+                let replaced = self.connections.get(&worker).is_some_and(|sender| !sender.is_closed());
+                if replaced {
+                    return;
+                }
                 self.scheduler.worker_down(worker);
                 self.connections.remove(&worker);
                 let meta = &self.workers[worker.0 as usize];
@@ -757,6 +784,10 @@ impl<'a> Session<'a> {
                     result.stderr.clone(),
                 ));
                 let decisions = self.scheduler.on_receipt(task, worker, verdict.clone());
+                if !self.scheduler.is_open(task) {
+                    // Settled (now or before): no output of this task is needed any more.
+                    self.outputs.remove(&task);
+                }
                 let kind = match decisions.first() {
                     Some(Decision::Discarded { task: t, worker: w }) if *t == task && *w == worker => CopyKind::Discarded,
                     Some(Decision::Late { .. }) => CopyKind::Late,
@@ -866,10 +897,10 @@ impl<'a> Session<'a> {
             }
             Decision::Late { worker, agrees, .. } => {
                 let counts = batch.reputation(&self.key_hex(worker));
-                if agrees {
-                    counts.agreements += 1;
-                } else {
-                    counts.disagreements += 1;
+                match agrees {
+                    Some(true) => counts.agreements += 1,
+                    Some(false) => counts.disagreements += 1,
+                    None => {}
                 }
             }
             Decision::Discarded { .. } => {}
