@@ -784,10 +784,6 @@ impl<'a> Session<'a> {
                     result.stderr.clone(),
                 ));
                 let decisions = self.scheduler.on_receipt(task, worker, verdict.clone());
-                if !self.scheduler.is_open(task) {
-                    // Settled (now or before): no output of this task is needed any more.
-                    self.outputs.remove(&task);
-                }
                 let kind = match decisions.first() {
                     Some(Decision::Discarded { task: t, worker: w }) if *t == task && *w == worker => CopyKind::Discarded,
                     Some(Decision::Late { .. }) => CopyKind::Late,
@@ -831,6 +827,10 @@ impl<'a> Session<'a> {
         };
         for decision in decisions {
             self.apply(decision, batch, accepted, notes);
+        }
+        if !self.scheduler.is_open(task) {
+            // Settled (now or before): no output of this task is needed any more.
+            self.outputs.remove(&task);
         }
     }
 
