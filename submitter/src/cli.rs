@@ -11,9 +11,9 @@ use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
 
 use crate::client::WorkerClient;
 use crate::program::ProgramRequest;
+use crate::report::{Report, exit_code};
 use crate::store::Store;
 use crate::submit::{Source, Summary};
-use crate::report::{Report, exit_code};
 
 /// Submit WebAssembly tasks to a peergrid, or run them locally in the same sandbox.
 #[derive(Parser, Debug)]
@@ -309,8 +309,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             out,
             plain,
         } => {
-            let source = source_of(workers.peers, workers.seeds)
-                .expect("clap requires --peer or --seed");
+            let source =
+                source_of(workers.peers, workers.seeds).expect("clap requires --peer or --seed");
             submit(&job, &key, source, &state.dir(), out, plain).await
         }
         Command::Resume {
@@ -323,7 +323,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let source = source_of(workers.peers, workers.seeds);
             resume(job.as_deref(), key, source, &state.dir(), plain).await
         }
-        Command::Status { job, json, state } => crate::status::show(&state.dir(), job.as_deref(), json),
+        Command::Status { job, json, state } => {
+            crate::status::show(&state.dir(), job.as_deref(), json)
+        }
         Command::Results { job, out, state } => results(&state.dir(), &job, out),
         Command::Run(task) => run_local(task).await,
         Command::Exec {
@@ -348,7 +350,13 @@ async fn demo(options: crate::demo::DemoOptions) -> anyhow::Result<u8> {
     let caught = result
         .liars
         .iter()
-        .filter(|liar| result.summary.excluded.iter().any(|(key, _)| *key == liar.to_hex()))
+        .filter(|liar| {
+            result
+                .summary
+                .excluded
+                .iter()
+                .any(|(key, _)| *key == liar.to_hex())
+        })
         .count();
     if !result.liars.is_empty() {
         println!(

@@ -51,14 +51,20 @@ impl DemoResult {
 
 /// Runs the demo; progress goes to stderr.
 pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
-    anyhow::ensure!(options.workers >= 2, "the demo needs at least 2 workers (--workers)");
+    anyhow::ensure!(
+        options.workers >= 2,
+        "the demo needs at least 2 workers (--workers)"
+    );
     anyhow::ensure!(
         options.liars + 2 <= options.workers,
         "--liars {} of --workers {}: at least 2 honest workers are needed for a quorum of 2",
         options.liars,
         options.workers
     );
-    anyhow::ensure!(options.tasks >= 1, "the demo needs at least 1 task (--tasks)");
+    anyhow::ensure!(
+        options.tasks >= 1,
+        "the demo needs at least 1 task (--tasks)"
+    );
     let demo_dir = options.state.join("demo");
     std::fs::create_dir_all(&demo_dir)
         .with_context(|| format!("cannot create {}", demo_dir.display()))?;
@@ -89,7 +95,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
             vouched_only_by_liars += 1;
         }
         let (stdout, _) = store.output(&job.id, task)?;
-        let (n, m) = parse_pi(&stdout).with_context(|| format!("task {task}: unexpected output from pi"))?;
+        let (n, m) =
+            parse_pi(&stdout).with_context(|| format!("task {task}: unexpected output from pi"))?;
         samples += n;
         inside += m;
     }
@@ -138,7 +145,11 @@ async fn start_workers(
             "peergrid demo: worker {} at {}{}",
             worker.public_key.short(),
             worker.addr,
-            if lies { " (a liar: signs a wrong answer for every task)" } else { "" }
+            if lies {
+                " (a liar: signs a wrong answer for every task)"
+            } else {
+                ""
+            }
         );
         if lies {
             liars.push(worker.public_key);
@@ -191,7 +202,8 @@ range = [1, {tasks}]
         job = job_file.display(),
         key = dir.join("demo.key").display(),
     );
-    std::fs::write(&job_file, text).with_context(|| format!("cannot write {}", job_file.display()))?;
+    std::fs::write(&job_file, text)
+        .with_context(|| format!("cannot write {}", job_file.display()))?;
     Ok(job_file)
 }
 

@@ -97,7 +97,11 @@ impl Connection {
         let reason = self.serve(module, &mut dispatches).await;
         debug!(worker = self.worker.0, %reason, "connection ends");
         // Nothing is left behind: sent copies and queued ones are answered as lost.
-        let held: Vec<TaskIndex> = self.in_flight.drain().map(|(_, (task, _, _))| task).collect();
+        let held: Vec<TaskIndex> = self
+            .in_flight
+            .drain()
+            .map(|(_, (task, _, _))| task)
+            .collect();
         dispatches.close();
         let queued = std::iter::from_fn(|| dispatches.try_recv().ok()).map(|d| d.task);
         for task in held.into_iter().chain(queued.collect::<Vec<_>>()) {
@@ -160,8 +164,13 @@ impl Connection {
         if !missing.is_empty() {
             if let Err(error) = self.upload(&missing).await {
                 let unreachable = matches!(error, ClientError::Unreachable { .. });
-                self.answer(dispatch.task, Answer::Lost(error.to_string())).await;
-                return if unreachable { Err(error.to_string()) } else { Ok(()) };
+                self.answer(dispatch.task, Answer::Lost(error.to_string()))
+                    .await;
+                return if unreachable {
+                    Err(error.to_string())
+                } else {
+                    Ok(())
+                };
             }
         }
         let request_id = self.next_request;
@@ -182,10 +191,13 @@ impl Connection {
     async fn upload(&mut self, hashes: &[ContentHash]) -> Result<(), ClientError> {
         let mut blobs = Vec::with_capacity(hashes.len());
         for hash in hashes {
-            let bytes = self.blobs.read(hash).map_err(|error| ClientError::Unreachable {
-                addr: self.client.addr().to_owned(),
-                reason: format!("cannot read input blob {hash} from the job store: {error}"),
-            })?;
+            let bytes = self
+                .blobs
+                .read(hash)
+                .map_err(|error| ClientError::Unreachable {
+                    addr: self.client.addr().to_owned(),
+                    reason: format!("cannot read input blob {hash} from the job store: {error}"),
+                })?;
             blobs.push((*hash, Bytes::from(bytes)));
         }
         self.client.ensure_blobs(&blobs).await?;
@@ -195,7 +207,11 @@ impl Connection {
 
     async fn receive(&mut self, response: pb::ExecuteResponse) {
         let Some((task, digest, blobs)) = self.in_flight.remove(&response.request_id) else {
-            warn!(worker = self.worker.0, id = response.request_id, "answer to a request never sent; ignored");
+            warn!(
+                worker = self.worker.0,
+                id = response.request_id,
+                "answer to a request never sent; ignored"
+            );
             return;
         };
         let answer = match response.answer {

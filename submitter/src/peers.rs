@@ -129,7 +129,12 @@ pub fn table(rows: &[PeerRow]) -> String {
             .collect::<String>();
         // Score, then agreements and disagreements (+ bad receipts) with this submitter's jobs.
         let reputation = row.reputation.map_or("-".to_owned(), |r| {
-            format!("{:.2} +{} -{}", r.score(), r.agreements, r.disagreements + r.bad_receipts)
+            format!(
+                "{:.2} +{} -{}",
+                r.score(),
+                r.agreements,
+                r.disagreements + r.bad_receipts
+            )
         });
         let _ = writeln!(
             out,

@@ -46,7 +46,8 @@ impl Progress {
     /// A bar if stderr is a terminal (and `plain` is false), lines otherwise.
     pub fn new(counts: Counts, plain: bool) -> Self {
         let bar = (!plain && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(counts.total), ProgressDrawTarget::stderr());
+            let bar =
+                ProgressBar::with_draw_target(Some(counts.total), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
                     "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} accepted · {msg}",
@@ -104,7 +105,12 @@ impl Progress {
     }
 
     fn line(&self) -> String {
-        format!("{}/{} accepted · {}", self.counts.accepted, self.counts.total, self.rate_and_details())
+        format!(
+            "{}/{} accepted · {}",
+            self.counts.accepted,
+            self.counts.total,
+            self.rate_and_details()
+        )
     }
 
     /// "12.3 tasks/s · ETA 8s · 3 running on 3 workers · …", this session's rate.
@@ -112,7 +118,11 @@ impl Progress {
         let counts = &self.counts;
         let elapsed = self.started.elapsed().as_secs_f64();
         let done_here = counts.settled().saturating_sub(self.settled_at_start);
-        let rate = if elapsed > 0.0 { done_here as f64 / elapsed } else { 0.0 };
+        let rate = if elapsed > 0.0 {
+            done_here as f64 / elapsed
+        } else {
+            0.0
+        };
         let left = counts.total.saturating_sub(counts.settled());
         let eta = if rate > 0.0 {
             format!("{:.0}s", left as f64 / rate)

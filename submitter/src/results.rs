@@ -14,7 +14,12 @@ use crate::store::{JobRecord, Store};
 pub const RESULTS_FILE: &str = "results.jsonl";
 
 /// Writes one accepted task's output files.
-pub fn write_output(out_dir: &Path, task_id: &str, stdout: &[u8], stderr: &[u8]) -> std::io::Result<()> {
+pub fn write_output(
+    out_dir: &Path,
+    task_id: &str,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> std::io::Result<()> {
     std::fs::create_dir_all(out_dir)?;
     write_atomically(&out_dir.join(format!("{task_id}.stdout")), stdout)?;
     if !stderr.is_empty() {

@@ -104,9 +104,15 @@ pub enum Decision {
         disagreeing: Vec<WorkerId>,
         copies: u32,
     },
-    Inconclusive { task: TaskIndex, reason: String },
+    Inconclusive {
+        task: TaskIndex,
+        reason: String,
+    },
     /// The worker contradicted the accepted verdict of `task`: excluded for the rest of the job.
-    Excluded { worker: WorkerId, task: TaskIndex },
+    Excluded {
+        worker: WorkerId,
+        task: TaskIndex,
+    },
     /// A receipt for a task already settled: compared with the accepted verdict for reputation
     /// only (the accepted result never changes once reported).
     Late {
@@ -116,7 +122,10 @@ pub enum Decision {
         agrees: Option<bool>,
     },
     /// A receipt from an excluded worker, set aside and replaced.
-    Discarded { task: TaskIndex, worker: WorkerId },
+    Discarded {
+        task: TaskIndex,
+        worker: WorkerId,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,8 +169,7 @@ struct WorkerState {
 
 impl WorkerState {
     fn spare(&self, now: Instant) -> u32 {
-        if !self.available || self.excluded || self.backoff_until.is_some_and(|until| now < until)
-        {
+        if !self.available || self.excluded || self.backoff_until.is_some_and(|until| now < until) {
             return 0;
         }
         self.offer.slots.saturating_sub(self.in_flight)
@@ -260,7 +268,12 @@ impl Scheduler {
     }
 
     /// Restores receipts of unsettled tasks and exclusions from an earlier session.
-    pub fn restore(&mut self, receipts: Vec<PastReceipt>, excluded: &[WorkerId], lost: &[(TaskIndex, u32)]) {
+    pub fn restore(
+        &mut self,
+        receipts: Vec<PastReceipt>,
+        excluded: &[WorkerId],
+        lost: &[(TaskIndex, u32)],
+    ) {
         for worker in excluded {
             self.workers[worker.0 as usize].excluded = true;
         }
@@ -268,7 +281,9 @@ impl Scheduler {
             let state = &mut self.tasks[past.task as usize];
             let worker = &self.workers[past.worker.0 as usize];
             if state.status == Status::Open && !worker.excluded {
-                state.fingerprint.get_or_insert_with(|| worker.offer.fingerprint.clone());
+                state
+                    .fingerprint
+                    .get_or_insert_with(|| worker.offer.fingerprint.clone());
                 state.receipts.push((past.worker, past.verdict));
             }
         }
@@ -339,7 +354,9 @@ impl Scheduler {
             if spare == 0 {
                 break;
             }
-            let Some(task) = self.retry.pop_front() else { break };
+            let Some(task) = self.retry.pop_front() else {
+                break;
+            };
             self.tasks[task as usize].queued = false;
             spare -= self.place(task, now, &mut out);
             if self.wanted(task) > 0 {
@@ -373,7 +390,12 @@ impl Scheduler {
     }
 
     /// A receipt arrived for `task` from `worker`.
-    pub fn on_receipt(&mut self, task: TaskIndex, worker: WorkerId, verdict: Verdict) -> Vec<Decision> {
+    pub fn on_receipt(
+        &mut self,
+        task: TaskIndex,
+        worker: WorkerId,
+        verdict: Verdict,
+    ) -> Vec<Decision> {
         let mut decisions = Vec::new();
         self.end_flight(task, worker);
         self.workers[worker.0 as usize].busy_streak = 0;
@@ -413,7 +435,13 @@ impl Scheduler {
     }
 
     /// A copy came back without a receipt.
-    pub fn on_loss(&mut self, task: TaskIndex, worker: WorkerId, loss: Loss, now: Instant) -> Vec<Decision> {
+    pub fn on_loss(
+        &mut self,
+        task: TaskIndex,
+        worker: WorkerId,
+        loss: Loss,
+        now: Instant,
+    ) -> Vec<Decision> {
         let mut decisions = Vec::new();
         self.end_flight(task, worker);
         let worker_state = &mut self.workers[worker.0 as usize];
@@ -476,10 +504,7 @@ impl Scheduler {
             .map(|worker| self.workers[worker.0 as usize].offer.host.as_str())
             .collect();
         // Copies in flight or answered keep the pin; a task whose every copy was lost is free.
-        let pinned = state
-            .fingerprint
-            .as_deref()
-            .filter(|_| !holders.is_empty());
+        let pinned = state.fingerprint.as_deref().filter(|_| !holders.is_empty());
         let mut candidates: Vec<WorkerId> = (0..self.workers.len() as u32)
             .map(WorkerId)
             .filter(|id| {
@@ -575,7 +600,11 @@ impl Scheduler {
         }
         let can_still_come = rules.max_replicas.saturating_sub(received);
         if agreeing.len() as u32 + can_still_come < rules.quorum {
-            let reason = if state.receipts.iter().all(|(_, verdict)| verdict.is_timeout()) {
+            let reason = if state
+                .receipts
+                .iter()
+                .all(|(_, verdict)| verdict.is_timeout())
+            {
                 format!("all {received} copies hit the wall-clock limit (raise timeout_s)")
             } else {
                 format!(
@@ -635,7 +664,10 @@ fn best_group(receipts: &[(WorkerId, Verdict)]) -> Option<(&Verdict, Vec<WorkerI
     }
     let mut best: Option<(&Verdict, Vec<WorkerId>)> = None;
     for group in groups {
-        if best.as_ref().is_none_or(|(_, members)| group.1.len() > members.len()) {
+        if best
+            .as_ref()
+            .is_none_or(|(_, members)| group.1.len() > members.len())
+        {
             best = Some(group);
         }
     }
@@ -742,7 +774,9 @@ mod tests {
         assert_ne!(holders[0], holders[1]);
         assert!(s.on_receipt(0, holders[0], verdict("x")).is_empty());
         let decisions = s.on_receipt(0, holders[1], verdict("x"));
-        assert!(matches!(&decisions[..], [Decision::Accepted { task: 0, copies: 2, disagreeing, .. }] if disagreeing.is_empty()));
+        assert!(
+            matches!(&decisions[..], [Decision::Accepted { task: 0, copies: 2, disagreeing, .. }] if disagreeing.is_empty())
+        );
         assert!(s.is_finished());
         assert!(w.len() == 3);
     }
@@ -757,11 +791,20 @@ mod tests {
         s.on_receipt(0, w[0], verdict("truth"));
         s.on_receipt(0, w[1], verdict("lie"));
         let extra = s.assign(now);
-        assert_eq!(workers_of(&extra, 0), vec![w[2]], "one more copy, on the fresh worker");
+        assert_eq!(
+            workers_of(&extra, 0),
+            vec![w[2]],
+            "one more copy, on the fresh worker"
+        );
         let decisions = s.on_receipt(0, w[2], verdict("truth"));
-        assert!(matches!(&decisions[0], Decision::Accepted { verdict: v, agreeing, disagreeing, copies: 3, .. }
-            if v.output_hash == "truth" && agreeing == &vec![w[0], w[2]] && disagreeing == &vec![w[1]]));
-        assert!(decisions.contains(&Decision::Excluded { worker: w[1], task: 0 }));
+        assert!(
+            matches!(&decisions[0], Decision::Accepted { verdict: v, agreeing, disagreeing, copies: 3, .. }
+            if v.output_hash == "truth" && agreeing == &vec![w[0], w[2]] && disagreeing == &vec![w[1]])
+        );
+        assert!(decisions.contains(&Decision::Excluded {
+            worker: w[1],
+            task: 0
+        }));
         assert!(s.is_excluded(w[1]));
         assert_eq!(s.usable_workers(), 2, "the liar gets no more work");
     }
@@ -782,7 +825,10 @@ mod tests {
         let extra = workers_of(&more, 1);
         assert_eq!(extra.len(), 1);
         let decisions = s.on_receipt(1, extra[0], verdict("t1"));
-        assert!(decisions.contains(&Decision::Excluded { worker: w[3], task: 1 }));
+        assert!(decisions.contains(&Decision::Excluded {
+            worker: w[3],
+            task: 1
+        }));
         assert!(s.is_finished());
     }
 
@@ -811,7 +857,13 @@ mod tests {
     fn copies_of_a_task_never_share_a_host_or_mix_fingerprints() {
         let mut s = Scheduler::new(rules(2, 2, 5), 50);
         let mut hosts = HashMap::new();
-        for (host, fingerprint) in [("a", "fp1"), ("a", "fp1"), ("b", "fp2"), ("c", "fp1"), ("d", "fp2")] {
+        for (host, fingerprint) in [
+            ("a", "fp1"),
+            ("a", "fp1"),
+            ("b", "fp2"),
+            ("c", "fp1"),
+            ("d", "fp2"),
+        ] {
             let id = s.add_worker(
                 WorkerOffer {
                     host: host.into(),
@@ -852,7 +904,10 @@ mod tests {
         let again = s.assign(now);
         assert_eq!(workers_of(&again, 0), vec![w[2]]);
         s.on_loss(0, w[2], Loss::Busy, now);
-        assert!(s.assign(now).is_empty(), "c is backed off, a is down, b holds a copy");
+        assert!(
+            s.assign(now).is_empty(),
+            "c is backed off, a is down, b holds a copy"
+        );
         assert!(s.next_backoff_end(now).is_some());
         let later = now + max_backoff();
         assert_eq!(workers_of(&s.assign(later), 0), vec![w[2]]);
@@ -871,7 +926,10 @@ mod tests {
             decisions.extend(s.on_receipt(a.task, a.worker, timeout()));
         }
         // Two timeouts leave one copy to come: no quorum of 2 is possible any more.
-        assert!(matches!(&decisions[..], [Decision::Inconclusive { reason, .. }] if reason.contains("wall-clock")), "{decisions:?}");
+        assert!(
+            matches!(&decisions[..], [Decision::Inconclusive { reason, .. }] if reason.contains("wall-clock")),
+            "{decisions:?}"
+        );
         assert!(s.is_finished());
     }
 
@@ -919,8 +977,16 @@ mod tests {
         // tie (c) is gone.
         s.restore(
             vec![
-                PastReceipt { task: 0, worker: w[0], verdict: verdict("x") },
-                PastReceipt { task: 0, worker: w[1], verdict: verdict("y") },
+                PastReceipt {
+                    task: 0,
+                    worker: w[0],
+                    verdict: verdict("x"),
+                },
+                PastReceipt {
+                    task: 0,
+                    worker: w[1],
+                    verdict: verdict("y"),
+                },
             ],
             &[],
             &[],
@@ -947,7 +1013,10 @@ mod tests {
         // a comes back upgraded; only fp2 workers are free besides it.
         s.worker_up(a, fp("fp2", "a"));
         let b = s.add_worker(fp("fp2", "b"), true);
-        assert!(s.assign(now).is_empty(), "an fp2 copy must not join an fp1 receipt");
+        assert!(
+            s.assign(now).is_empty(),
+            "an fp2 copy must not join an fp1 receipt"
+        );
         let c = s.add_worker(fp("fp1", "c"), true);
         assert_eq!(workers_of(&s.assign(now), 0), vec![c]);
         assert_ne!(b, c);
@@ -963,19 +1032,44 @@ mod tests {
         let decisions = s.on_receipt(0, assigned[1].worker, timeout());
         assert!(matches!(decisions[..], [Decision::Inconclusive { .. }]));
         let late = s.on_receipt(0, assigned[2].worker, verdict("x"));
-        assert_eq!(late, vec![Decision::Late { task: 0, worker: assigned[2].worker, agrees: None }]);
+        assert_eq!(
+            late,
+            vec![Decision::Late {
+                task: 0,
+                worker: assigned[2].worker,
+                agrees: None
+            }]
+        );
     }
 
     #[test]
     fn reputation_ranks_liars_below_honest_workers() {
-        let honest = Reputation { agreements: 10, ..Default::default() };
-        let liar = Reputation { agreements: 10, disagreements: 1, ..Default::default() };
+        let honest = Reputation {
+            agreements: 10,
+            ..Default::default()
+        };
+        let liar = Reputation {
+            agreements: 10,
+            disagreements: 1,
+            ..Default::default()
+        };
         let new = Reputation::default();
-        let veteran_liar = Reputation { agreements: 1000, disagreements: 1, ..Default::default() };
-        let flaky = Reputation { agreements: 10, lost: 5, ..Default::default() };
+        let veteran_liar = Reputation {
+            agreements: 1000,
+            disagreements: 1,
+            ..Default::default()
+        };
+        let flaky = Reputation {
+            agreements: 10,
+            lost: 5,
+            ..Default::default()
+        };
         assert!(honest.score() > new.score());
         assert!(new.score() > liar.score());
-        assert!(new.score() > veteran_liar.score(), "one lie outweighs any record");
+        assert!(
+            new.score() > veteran_liar.score(),
+            "one lie outweighs any record"
+        );
         assert!(honest.score() > flaky.score() && flaky.score() > new.score());
     }
 }

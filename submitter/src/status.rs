@@ -11,7 +11,14 @@ use crate::store::{CopyKind, JobRecord, Store};
 /// Prints every job, or one in detail; returns the exit code.
 pub fn show(state: &Path, job: Option<&str>, as_json: bool) -> anyhow::Result<u8> {
     if job.is_none() && !Store::exists(state) {
-        println!("{}", if as_json { "[]".to_owned() } else { format!("no jobs in {}", state.display()) });
+        println!(
+            "{}",
+            if as_json {
+                "[]".to_owned()
+            } else {
+                format!("no jobs in {}", state.display())
+            }
+        );
         return Ok(0);
     }
     let store = Store::open_for_reading(state)?;
@@ -135,19 +142,32 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
     }
     let all_copies: Vec<_> = copies.values().flatten().collect();
     let count = |kind: CopyKind| all_copies.iter().filter(|copy| copy.kind == kind).count();
-    println!("job {} ({}) from {}", job.id, job.name, job.job_file.display());
+    println!(
+        "job {} ({}) from {}",
+        job.id,
+        job.name,
+        job.job_file.display()
+    );
     println!(
         "tasks: {} · accepted {accepted} · inconclusive {inconclusive} · pending {} · {}",
         job.task_count,
         job.task_count as usize - settled.len(),
-        if job.finished_unix_ms.is_some() { "finished" } else { "unfinished: `peergrid resume` continues it" }
+        if job.finished_unix_ms.is_some() {
+            "finished"
+        } else {
+            "unfinished: `peergrid resume` continues it"
+        }
     );
     println!(
         "replication {} · quorum {} · max_replicas {} · {}",
         job.replication,
         job.quorum,
         job.max_replicas,
-        if job.distinct_hosts { "distinct hosts" } else { "hosts may repeat" }
+        if job.distinct_hosts {
+            "distinct hosts"
+        } else {
+            "hosts may repeat"
+        }
     );
     println!(
         "sessions {} · copies: {} receipts, {} late, {} lost, {} bad receipts, {} discarded",

@@ -172,7 +172,9 @@ pub enum StoreError {
     InUse { dir: PathBuf },
     #[error("job store {dir}: {source}")]
     Db { dir: PathBuf, source: redb::Error },
-    #[error("job store {dir}: a record of table {table} does not decode ({reason}); the store was written by an incompatible version")]
+    #[error(
+        "job store {dir}: a record of table {table} does not decode ({reason}); the store was written by an incompatible version"
+    )]
     Corrupt {
         dir: PathBuf,
         table: &'static str,
@@ -364,7 +366,10 @@ impl Store {
         if let Some(job) = jobs.iter().find(|job| job.id == query) {
             return Ok(job.clone());
         }
-        let by_prefix: Vec<&JobRecord> = jobs.iter().filter(|job| job.id.starts_with(query)).collect();
+        let by_prefix: Vec<&JobRecord> = jobs
+            .iter()
+            .filter(|job| job.id.starts_with(query))
+            .collect();
         match by_prefix.as_slice() {
             [job] => return Ok((*job).clone()),
             [] => {}
@@ -450,7 +455,15 @@ impl Store {
             let table = txn.open_table(EXCLUDED)?;
             table
                 .range((job_id, "")..)?
-                .map(|row| row.map(|(key, value)| (key.value().0.to_owned(), key.value().1.to_owned(), value.value().to_owned())))
+                .map(|row| {
+                    row.map(|(key, value)| {
+                        (
+                            key.value().0.to_owned(),
+                            key.value().1.to_owned(),
+                            value.value().to_owned(),
+                        )
+                    })
+                })
                 .take_while(|row| row.as_ref().map_or(true, |(job, _, _)| job == job_id))
                 .map(|row| row.map(|(_, worker, reason)| (worker, reason)))
                 .map(|row| row.map_err(redb::Error::from))
@@ -463,12 +476,13 @@ impl Store {
         self.read(|txn| {
             let stdout = txn.open_table(STDOUT)?;
             let stderr = txn.open_table(STDERR)?;
-            let get = |table: &redb::ReadOnlyTable<(&str, u32), &[u8]>| -> Result<Vec<u8>, redb::Error> {
-                Ok(table
-                    .get((job_id, task))?
-                    .map(|value| value.value().to_vec())
-                    .unwrap_or_default())
-            };
+            let get =
+                |table: &redb::ReadOnlyTable<(&str, u32), &[u8]>| -> Result<Vec<u8>, redb::Error> {
+                    Ok(table
+                        .get((job_id, task))?
+                        .map(|value| value.value().to_vec())
+                        .unwrap_or_default())
+                };
             Ok((get(&stdout)?, get(&stderr)?))
         })
     }
@@ -584,7 +598,11 @@ impl Store {
             .collect()
     }
 
-    fn decode<T: DeserializeOwned>(&self, table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    fn decode<T: DeserializeOwned>(
+        &self,
+        table: &'static str,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
         serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
             dir: self.dir.clone(),
             table,
@@ -598,7 +616,10 @@ impl Store {
 fn open_writer(dir: &Path) -> Result<Database, StoreError> {
     let deadline = std::time::Instant::now() + WRITER_WAIT;
     loop {
-        match builder().create(dir.join(DB_FILE)).map_err(|error| open_error(dir, error)) {
+        match builder()
+            .create(dir.join(DB_FILE))
+            .map_err(|error| open_error(dir, error))
+        {
             Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
@@ -693,7 +714,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            store.create_job(&job("sweep-1"), &[task("a"), task("b")]).unwrap();
+            store
+                .create_job(&job("sweep-1"), &[task("a"), task("b")])
+                .unwrap();
             assert_eq!(store.begin_session("sweep-1").unwrap(), 1);
             let mut batch = Batch::default();
             batch.settled.push((
@@ -716,7 +739,10 @@ mod tests {
             let reader = Store::open_for_reading(dir.path()).unwrap();
             assert!(matches!(reader.db, Db::Reader(_)));
             assert_eq!(reader.settled("sweep-1").unwrap().len(), 1);
-            assert!(matches!(Store::open(dir.path()), Err(StoreError::InUse { .. })));
+            assert!(matches!(
+                Store::open(dir.path()),
+                Err(StoreError::InUse { .. })
+            ));
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.tasks("sweep-1").unwrap(), vec![task("a"), task("b")]);
@@ -725,8 +751,15 @@ mod tests {
         assert_eq!(settled[0].1.accepted, Some(verdict()));
         assert_eq!(store.output("sweep-1", 1).unwrap().0, b"out");
         assert_eq!(store.reputation().unwrap()["w1"].agreements, 1);
-        assert_eq!(store.excluded("sweep-1").unwrap(), vec![("w3".to_owned(), "lied".to_owned())]);
-        assert_eq!(store.find_job("sweep").unwrap().sessions, 1, "found by name");
+        assert_eq!(
+            store.excluded("sweep-1").unwrap(),
+            vec![("w3".to_owned(), "lied".to_owned())]
+        );
+        assert_eq!(
+            store.find_job("sweep").unwrap().sessions,
+            1,
+            "found by name"
+        );
     }
 
     #[test]
@@ -737,8 +770,14 @@ mod tests {
         store.create_job(&job("sweep-aabb"), &[]).unwrap();
         assert_eq!(store.find_job("sweep-aab").unwrap().id, "sweep-aabb");
         let ambiguous = store.find_job("sweep-aa").unwrap_err().to_string();
-        assert!(ambiguous.contains("sweep-aaaa") && ambiguous.contains("sweep-aabb"), "{ambiguous}");
+        assert!(
+            ambiguous.contains("sweep-aaaa") && ambiguous.contains("sweep-aabb"),
+            "{ambiguous}"
+        );
         let missing = store.find_job("nope").unwrap_err().to_string();
-        assert!(missing.contains("\"nope\"") && missing.contains("sweep-aaaa"), "{missing}");
+        assert!(
+            missing.contains("\"nope\"") && missing.contains("sweep-aaaa"),
+            "{missing}"
+        );
     }
 }

@@ -253,12 +253,18 @@ pub fn summarize(
 ) -> Result<Summary, SubmitError> {
     let settled = store.settled(&job.id)?;
     let copies = store.copies(&job.id)?;
-    let accepted: Vec<&Verdict> = settled.iter().filter_map(|(_, s)| s.accepted.as_ref()).collect();
+    let accepted: Vec<&Verdict> = settled
+        .iter()
+        .filter_map(|(_, s)| s.accepted.as_ref())
+        .collect();
     let late_disagreements = copies
         .iter()
         .filter(|(_, copy)| copy.kind == CopyKind::Late)
         .filter(|((task, _), copy)| {
-            let accepted = settled.iter().find(|(t, _)| t == task).and_then(|(_, s)| s.accepted.as_ref());
+            let accepted = settled
+                .iter()
+                .find(|(t, _)| t == task)
+                .and_then(|(_, s)| s.accepted.as_ref());
             accepted.is_some()
                 && copy.verdict.as_ref() != accepted
                 && copy.verdict.as_ref().is_some_and(|v| !v.is_timeout())
@@ -329,7 +335,11 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     /// Loads the job and rebuilds the scheduler from what earlier sessions stored.
-    fn restore(store: &'a Store, job: &'a JobRecord, identity: &'a Identity) -> Result<Self, SubmitError> {
+    fn restore(
+        store: &'a Store,
+        job: &'a JobRecord,
+        identity: &'a Identity,
+    ) -> Result<Self, SubmitError> {
         let number = store.begin_session(&job.id)?;
         let tasks = store.tasks(&job.id)?;
         let module_hash = job.module_hash.parse::<ContentHash>().map_err(|error| {
@@ -389,7 +399,11 @@ impl<'a> Session<'a> {
                 CopyKind::Receipt => {
                     let worker = session.known_worker(&record);
                     if let (Some(worker), Some(verdict)) = (worker, record.verdict) {
-                        receipts.push(PastReceipt { task, worker, verdict });
+                        receipts.push(PastReceipt {
+                            task,
+                            worker,
+                            verdict,
+                        });
                     }
                 }
                 CopyKind::Lost => *lost.entry(task).or_default() += 1,
@@ -407,20 +421,28 @@ impl<'a> Session<'a> {
         let lost: Vec<(TaskIndex, u32)> = lost.into_iter().collect();
         session.scheduler.restore(receipts, &excluded, &lost);
         // Exclusions of workers with no stored receipt still hold when they reconnect.
-        session.excluded_keys = store.excluded(&job.id)?.into_iter().map(|(key, _)| key).collect();
+        session.excluded_keys = store
+            .excluded(&job.id)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
         Ok(session)
     }
 
     /// The id of a worker known from a stored copy (registered unavailable until it connects).
     fn known_worker(&mut self, record: &CopyRecord) -> Option<WorkerId> {
         let key: PublicKey = record.worker.parse().ok()?;
-        Some(self.register(WorkerMeta {
-            key,
-            key_hex: record.worker.clone(),
-            addr: record.addr.clone(),
-            host: record.host.clone(),
-            fingerprint: record.fingerprint.clone(),
-        }, 0, false))
+        Some(self.register(
+            WorkerMeta {
+                key,
+                key_hex: record.worker.clone(),
+                addr: record.addr.clone(),
+                host: record.host.clone(),
+                fingerprint: record.fingerprint.clone(),
+            },
+            0,
+            false,
+        ))
     }
 
     /// Registers a worker, or updates what is known of it; returns its id.
@@ -491,7 +513,11 @@ impl<'a> Session<'a> {
             self.scheduler.exclude(id);
             return;
         }
-        if self.connections.get(&id).is_some_and(|sender| !sender.is_closed()) {
+        if self
+            .connections
+            .get(&id)
+            .is_some_and(|sender| !sender.is_closed())
+        {
             return;
         }
         let sender = dispatch::spawn(
@@ -582,7 +608,11 @@ impl<'a> Session<'a> {
             format!(
                 "{usable} usable workers, but the open tasks need {} copies on distinct workers{} with one runtime",
                 self.job.replication.max(self.job.quorum),
-                if self.job.distinct_hosts { " and hosts" } else { "" }
+                if self.job.distinct_hosts {
+                    " and hosts"
+                } else {
+                    ""
+                }
             )
         };
         SubmitError::Stalled {
@@ -636,7 +666,11 @@ impl<'a> Session<'a> {
             .filter_map(|file| file.hash.parse::<ContentHash>().ok())
             .collect();
         let sent = match self.connections.get(&worker) {
-            Some(sender) => sender.try_send(Dispatch { task, signed, blobs }),
+            Some(sender) => sender.try_send(Dispatch {
+                task,
+                signed,
+                blobs,
+            }),
             None => return self.not_sent(task, worker, true, now),
         };
         match sent {
@@ -689,7 +723,9 @@ impl<'a> Session<'a> {
                 .iter()
                 .map(|file| pb::InputFile {
                     name: file.name.clone(),
-                    hash: file.hash.parse::<ContentHash>()
+                    hash: file
+                        .hash
+                        .parse::<ContentHash>()
                         .map(|hash| hash.to_vec())
                         .unwrap_or_default()
                         .into(),
@@ -761,17 +797,28 @@ impl<'a> Session<'a> {
         let (worker, task, answer) = match event {
             Event::Down { worker, reason } => {
                 // A newer connection to the same worker may already have replaced this one.
-                let replaced = self.connections.get(&worker).is_some_and(|sender| !sender.is_closed());
+                let replaced = self
+                    .connections
+                    .get(&worker)
+                    .is_some_and(|sender| !sender.is_closed());
                 if replaced {
                     return;
                 }
                 self.scheduler.worker_down(worker);
                 self.connections.remove(&worker);
                 let meta = &self.workers[worker.0 as usize];
-                notes.push(format!("worker {} at {} is gone: {reason}", &meta.key_hex[..12], meta.addr));
+                notes.push(format!(
+                    "worker {} at {} is gone: {reason}",
+                    &meta.key_hex[..12],
+                    meta.addr
+                ));
                 return;
             }
-            Event::Answer { worker, task, answer } => (worker, task, answer),
+            Event::Answer {
+                worker,
+                task,
+                answer,
+            } => (worker, task, answer),
         };
         let now = Instant::now();
         let key = self.workers[worker.0 as usize].key_hex.clone();
@@ -785,7 +832,11 @@ impl<'a> Session<'a> {
                 ));
                 let decisions = self.scheduler.on_receipt(task, worker, verdict.clone());
                 let kind = match decisions.first() {
-                    Some(Decision::Discarded { task: t, worker: w }) if *t == task && *w == worker => CopyKind::Discarded,
+                    Some(Decision::Discarded { task: t, worker: w })
+                        if *t == task && *w == worker =>
+                    {
+                        CopyKind::Discarded
+                    }
                     Some(Decision::Late { .. }) => CopyKind::Late,
                     _ => CopyKind::Receipt,
                 };
@@ -795,7 +846,13 @@ impl<'a> Session<'a> {
             }
             Answer::BadReceipt(reason) => {
                 batch.reputation(&key).bad_receipts += 1;
-                let copy = self.copy_record(worker, CopyKind::BadReceipt, None, Some(reason.clone()), None);
+                let copy = self.copy_record(
+                    worker,
+                    CopyKind::BadReceipt,
+                    None,
+                    Some(reason.clone()),
+                    None,
+                );
                 self.record_copy(batch, task, copy);
                 let why = format!("sent a receipt that does not verify: {reason}");
                 notes.push(format!("worker {} excluded: it {why}", &key[..12]));
@@ -842,7 +899,13 @@ impl<'a> Session<'a> {
         notes: &mut Vec<String>,
     ) {
         match decision {
-            Decision::Accepted { task, verdict, agreeing, disagreeing, copies } => {
+            Decision::Accepted {
+                task,
+                verdict,
+                agreeing,
+                disagreeing,
+                copies,
+            } => {
                 let outputs = self.outputs.remove(&task).unwrap_or_default();
                 let (_, stdout, stderr) = outputs
                     .into_iter()
@@ -866,14 +929,19 @@ impl<'a> Session<'a> {
                     session: self.number,
                     at_unix_ms: unix_now_ms(),
                 };
-                batch.settled.push((task, record, Some((stdout.clone(), stderr.clone()))));
+                batch
+                    .settled
+                    .push((task, record, Some((stdout.clone(), stderr.clone()))));
                 accepted.push((task, stdout, stderr));
             }
             Decision::Inconclusive { task, reason } => {
                 self.outputs.remove(&task);
                 self.signed.remove(&task);
                 self.counts.inconclusive += 1;
-                notes.push(format!("task {} is inconclusive: {reason}", self.tasks[task as usize].id));
+                notes.push(format!(
+                    "task {} is inconclusive: {reason}",
+                    self.tasks[task as usize].id
+                ));
                 let record = SettledRecord {
                     accepted: None,
                     reason: Some(reason),
@@ -972,7 +1040,13 @@ async fn discover(source: &Source) -> Result<Vec<String>, String> {
                         return Ok(peers
                             .into_iter()
                             .filter(|peer| peer.state == pb::PeerState::Alive as i32)
-                            .map(|peer| if peer.is_self { seed.clone() } else { peer.grpc_addr })
+                            .map(|peer| {
+                                if peer.is_self {
+                                    seed.clone()
+                                } else {
+                                    peer.grpc_addr
+                                }
+                            })
                             .filter(|addr| !addr.is_empty())
                             .collect());
                     }
@@ -1001,7 +1075,10 @@ pub fn verdict_of(result: &CheckedResult) -> Verdict {
 fn host_of(addr: &str) -> String {
     match addr.parse::<std::net::SocketAddr>() {
         Ok(socket) => socket.ip().to_string(),
-        Err(_) => addr.rsplit_once(':').map_or(addr, |(host, _)| host).to_owned(),
+        Err(_) => addr
+            .rsplit_once(':')
+            .map_or(addr, |(host, _)| host)
+            .to_owned(),
     }
 }
 

@@ -385,7 +385,11 @@ pub fn accepted_so_far(state: &Path) -> u64 {
 fn status_output(state: &Path, job: Option<&str>) -> CliOutput {
     let mut args: Vec<std::ffi::OsString> = vec!["status".into()];
     args.extend(job.map(Into::into));
-    args.extend(["--json".into(), "--state".into(), state.as_os_str().to_owned()]);
+    args.extend([
+        "--json".into(),
+        "--state".into(),
+        state.as_os_str().to_owned(),
+    ]);
     peergrid(args)
 }
 

@@ -511,7 +511,10 @@ fn demo(args: &[&str]) -> (CliOutput, f64) {
         .find_map(|line| line.strip_prefix("results: "))
         .unwrap_or_else(|| panic!("no results path in {text}"));
     let lines = std::fs::read_to_string(results).unwrap().lines().count();
-    assert!(text.contains(&format!("{lines} of {lines} tasks accepted")), "{text}");
+    assert!(
+        text.contains(&format!("{lines} of {lines} tasks accepted")),
+        "{text}"
+    );
     (output, estimate)
 }
 
@@ -519,19 +522,32 @@ fn demo(args: &[&str]) -> (CliOutput, f64) {
 fn the_demo_runs_a_verified_pi_sweep_on_a_local_grid() {
     let (output, estimate) = demo(&["--workers", "2", "--tasks", "3", "--samples", "20000"]);
     let text = output.stdout_text();
-    assert!(text.contains("3 of 3 tasks accepted, 0 inconclusive · 6 copies · 0 disagreements"), "{text}");
+    assert!(
+        text.contains("3 of 3 tasks accepted, 0 inconclusive · 6 copies · 0 disagreements"),
+        "{text}"
+    );
     assert!((estimate - std::f64::consts::PI).abs() < 0.05, "{estimate}");
 }
 
 #[test]
 fn the_demo_with_a_liar_shows_it_outvoted_and_excluded() {
-    let (output, estimate) =
-        demo(&["--workers", "3", "--liars", "1", "--tasks", "6", "--samples", "20000"]);
+    let (output, estimate) = demo(&[
+        "--workers",
+        "3",
+        "--liars",
+        "1",
+        "--tasks",
+        "6",
+        "--samples",
+        "20000",
+    ]);
     let text = output.stdout_text();
     assert!(text.contains("6 of 6 tasks accepted"), "{text}");
     assert!(text.contains("1 workers excluded"), "{text}");
     assert!(
-        text.contains("liars caught and excluded: 1 of 1; accepted results vouched for only by liars: 0"),
+        text.contains(
+            "liars caught and excluded: 1 of 1; accepted results vouched for only by liars: 0"
+        ),
         "{text}"
     );
     assert!((estimate - std::f64::consts::PI).abs() < 0.05, "{estimate}");

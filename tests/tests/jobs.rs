@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use peergrid_e2e::{
-    KeyPair, SubmitProcess, accepted_so_far, WorkerConfig, WorkerProcess, peergrid, results_lines, status,
-    wait_until, write_job,
+    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, accepted_so_far, peergrid, results_lines,
+    status, wait_until, write_job,
 };
 use peergrid_submitter::program::ProgramRequest;
 use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
@@ -46,8 +46,19 @@ fn grid(dir: &Path, key: &KeyPair, count: usize, extra: &[(usize, &[&str])]) -> 
 }
 
 /// `peergrid submit JOB --key K --peer A --peer B … --state S --out O --plain`.
-fn submit_args(job: &Path, key: &KeyPair, workers: &[&WorkerProcess], state: &Path, out: &Path) -> Vec<PathBuf> {
-    let mut args: Vec<PathBuf> = vec!["submit".into(), job.into(), "--key".into(), key.path.clone()];
+fn submit_args(
+    job: &Path,
+    key: &KeyPair,
+    workers: &[&WorkerProcess],
+    state: &Path,
+    out: &Path,
+) -> Vec<PathBuf> {
+    let mut args: Vec<PathBuf> = vec![
+        "submit".into(),
+        job.into(),
+        "--key".into(),
+        key.path.clone(),
+    ];
     for worker in workers {
         args.extend(["--peer".into(), PathBuf::from(&worker.addr)]);
     }
@@ -105,7 +116,9 @@ fn local_hashes(module: &Path, arg_lists: &[Vec<String>]) -> Vec<String> {
             }
             .prepare()
             .unwrap();
-            let execution = sandbox.run_module(program.module.clone(), program.spec).await;
+            let execution = sandbox
+                .run_module(program.module.clone(), program.spec)
+                .await;
             hashes.push(peergrid_proto::ContentHash::of(&execution.stdout).to_hex());
         }
         hashes
@@ -129,10 +142,18 @@ fn check_against_local(out: &Path, module: &Path) -> HashMap<String, serde_json:
     let expected = local_hashes(module, &args);
     for (line, expected) in lines.iter().zip(&expected) {
         assert_eq!(line["outcome"], "exited", "{line}");
-        assert_eq!(line["output_hash"].as_str(), Some(expected.as_str()), "{line}");
+        assert_eq!(
+            line["output_hash"].as_str(),
+            Some(expected.as_str()),
+            "{line}"
+        );
         let task = line["task"].as_str().unwrap();
         let stdout = std::fs::read(out.join(format!("{task}.stdout"))).unwrap();
-        assert_eq!(&peergrid_proto::ContentHash::of(&stdout).to_hex(), expected, "{task}.stdout");
+        assert_eq!(
+            &peergrid_proto::ContentHash::of(&stdout).to_hex(),
+            expected,
+            "{task}.stdout"
+        );
     }
     lines
         .into_iter()
@@ -145,18 +166,32 @@ fn four_honest_workers_accept_every_task_of_a_sweep_exactly_as_run_locally() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
     let workers = grid(dir.path(), &key, 4, &[]);
-    let job = write_job(&dir.path().join("job"), "sweep.toml", &sweep_job("sweep", "{i}000", 200));
+    let job = write_job(
+        &dir.path().join("job"),
+        "sweep.toml",
+        &sweep_job("sweep", "{i}000", 200),
+    );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();
-    let output = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out)).wait(JOB_TIMEOUT);
+    let output = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out))
+        .wait(JOB_TIMEOUT);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
-    assert!(output.stdout_text().contains("200 of 200 tasks accepted"), "{}", output.stdout_text());
+    assert!(
+        output.stdout_text().contains("200 of 200 tasks accepted"),
+        "{}",
+        output.stdout_text()
+    );
 
     let lines = check_against_local(&out, &job.with_file_name("pi.wasm"));
     assert_eq!(lines.len(), 200);
     let keys: HashSet<&str> = workers.iter().map(|w| w.key_hex.as_str()).collect();
     for line in lines.values() {
-        let agreeing: Vec<&str> = line["agreeing"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+        let agreeing: Vec<&str> = line["agreeing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
         assert_eq!(agreeing.len(), 2, "{line}");
         assert_ne!(agreeing[0], agreeing[1], "two distinct workers: {line}");
         assert!(agreeing.iter().all(|k| keys.contains(k)), "{line}");
@@ -164,7 +199,12 @@ fn four_honest_workers_accept_every_task_of_a_sweep_exactly_as_run_locally() {
     }
     // Work was spread: every worker vouched for some results.
     for key in &keys {
-        assert!(lines.values().any(|l| l["agreeing"].as_array().unwrap().iter().any(|k| k == key)), "{key} idle");
+        assert!(
+            lines
+                .values()
+                .any(|l| l["agreeing"].as_array().unwrap().iter().any(|k| k == key)),
+            "{key} idle"
+        );
     }
 }
 
@@ -174,10 +214,15 @@ fn a_lying_worker_is_outvoted_excluded_and_ranked_down() {
     let key = KeyPair::generate(dir.path(), "me.key");
     let workers = grid(dir.path(), &key, 4, &[(3, &["--lie-rate", "1.0"])]);
     let liar = workers[3].key_hex.clone();
-    let job = write_job(&dir.path().join("job"), "liar.toml", &sweep_job("liar", "{i}000", 40));
+    let job = write_job(
+        &dir.path().join("job"),
+        "liar.toml",
+        &sweep_job("liar", "{i}000", 40),
+    );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();
-    let output = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out)).wait(JOB_TIMEOUT);
+    let output = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out))
+        .wait(JOB_TIMEOUT);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
 
     // No wrong result was accepted: every one equals a local run.
@@ -186,16 +231,36 @@ fn a_lying_worker_is_outvoted_excluded_and_ranked_down() {
     // The tasks the liar touched were settled by an extra copy, with the liar disagreeing.
     let touched: Vec<&serde_json::Value> = lines
         .values()
-        .filter(|l| l["disagreeing"].as_array().unwrap().iter().any(|k| k == liar.as_str()))
+        .filter(|l| {
+            l["disagreeing"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k == liar.as_str())
+        })
         .collect();
-    assert!(!touched.is_empty(), "the liar got work before it was caught");
+    assert!(
+        !touched.is_empty(),
+        "the liar got work before it was caught"
+    );
     for line in &touched {
         assert_eq!(line["copies"], 3, "{line}");
-        assert!(!line["agreeing"].as_array().unwrap().iter().any(|k| k == liar.as_str()));
+        assert!(
+            !line["agreeing"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k == liar.as_str())
+        );
     }
     // Excluded for the rest of the job…
     let job_status = status(&state, Some("liar"));
-    let excluded: Vec<&str> = job_status["excluded"].as_array().unwrap().iter().map(|e| e["worker"].as_str().unwrap()).collect();
+    let excluded: Vec<&str> = job_status["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["worker"].as_str().unwrap())
+        .collect();
     assert_eq!(excluded, vec![liar.as_str()]);
     // …and ranked below every honest worker afterwards.
     let peers = peergrid([
@@ -209,15 +274,24 @@ fn a_lying_worker_is_outvoted_excluded_and_ranked_down() {
     assert_eq!(peers.code, Some(0), "{}", peers.stderr);
     let peers: Vec<serde_json::Value> = serde_json::from_slice(&peers.stdout).unwrap();
     let score = |key: &str| {
-        peers.iter().find(|p| p["peer"] == key).and_then(|p| p["reputation"]["score"].as_f64())
+        peers
+            .iter()
+            .find(|p| p["peer"] == key)
+            .and_then(|p| p["reputation"]["score"].as_f64())
     };
     let liar_score = score(&liar).expect("the liar has a reputation");
     for honest in &workers[..3] {
         let honest_score = score(&honest.key_hex).expect("honest workers have a reputation");
-        assert!(honest_score > liar_score, "{honest_score} vs liar {liar_score}");
+        assert!(
+            honest_score > liar_score,
+            "{honest_score} vs liar {liar_score}"
+        );
     }
     let liar_row = peers.iter().find(|p| p["peer"] == liar.as_str()).unwrap();
-    assert!(liar_row["reputation"]["disagreements"].as_u64().unwrap() >= 1, "{liar_row}");
+    assert!(
+        liar_row["reputation"]["disagreements"].as_u64().unwrap() >= 1,
+        "{liar_row}"
+    );
 }
 
 #[test]
@@ -225,20 +299,39 @@ fn a_worker_killed_mid_job_costs_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
     let mut workers = grid(dir.path(), &key, 4, &[]);
-    let job = write_job(&dir.path().join("job"), "crash.toml", &sweep_job("crash", "{i}0000", 120));
+    let job = write_job(
+        &dir.path().join("job"),
+        "crash.toml",
+        &sweep_job("crash", "{i}0000", 120),
+    );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();
     let submitter = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out));
-    wait_until("some tasks are accepted", JOB_TIMEOUT, || accepted_so_far(&state) >= 10);
-    assert!(accepted_so_far(&state) < 120, "the job must still be running when a worker dies");
+    wait_until("some tasks are accepted", JOB_TIMEOUT, || {
+        accepted_so_far(&state) >= 10
+    });
+    assert!(
+        accepted_so_far(&state) < 120,
+        "the job must still be running when a worker dies"
+    );
     workers[1].kill();
     let output = submitter.wait(JOB_TIMEOUT);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
-    assert!(output.stdout_text().contains("120 of 120 tasks accepted"), "{}", output.stdout_text());
+    assert!(
+        output.stdout_text().contains("120 of 120 tasks accepted"),
+        "{}",
+        output.stdout_text()
+    );
     let lines = check_against_local(&out, &job.with_file_name("pi.wasm"));
     assert_eq!(lines.len(), 120);
     // The crash is not a lie: nobody was excluded.
-    assert_eq!(status(&state, Some("crash"))["excluded"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        status(&state, Some("crash"))["excluded"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[test]
@@ -246,11 +339,17 @@ fn a_killed_submitter_resumes_without_running_accepted_tasks_again() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
     let workers = grid(dir.path(), &key, 3, &[]);
-    let job = write_job(&dir.path().join("job"), "resume.toml", &sweep_job("resume", "{i}0000", 120));
+    let job = write_job(
+        &dir.path().join("job"),
+        "resume.toml",
+        &sweep_job("resume", "{i}0000", 120),
+    );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();
     let mut first = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out));
-    wait_until("some tasks are accepted", JOB_TIMEOUT, || accepted_so_far(&state) >= 15);
+    wait_until("some tasks are accepted", JOB_TIMEOUT, || {
+        accepted_so_far(&state) >= 15
+    });
     first.kill();
 
     let before = status(&state, Some("resume"));
@@ -261,15 +360,28 @@ fn a_killed_submitter_resumes_without_running_accepted_tasks_again() {
         .filter(|t| t["state"] == "accepted")
         .map(|t| t["task"].as_str().unwrap().to_owned())
         .collect();
-    assert!(accepted_before.len() >= 15 && accepted_before.len() < 120, "{}", accepted_before.len());
+    assert!(
+        accepted_before.len() >= 15 && accepted_before.len() < 120,
+        "{}",
+        accepted_before.len()
+    );
 
     let resume = SubmitProcess::start(
         dir.path(),
-        ["resume".as_ref(), "--state".as_ref(), state.as_os_str(), "--plain".as_ref()],
+        [
+            "resume".as_ref(),
+            "--state".as_ref(),
+            state.as_os_str(),
+            "--plain".as_ref(),
+        ],
     );
     let output = resume.wait(JOB_TIMEOUT);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
-    assert!(output.stdout_text().contains("120 of 120 tasks accepted"), "{}", output.stdout_text());
+    assert!(
+        output.stdout_text().contains("120 of 120 tasks accepted"),
+        "{}",
+        output.stdout_text()
+    );
 
     let after = status(&state, Some("resume"));
     assert_eq!(after["sessions"], 2);
@@ -278,12 +390,23 @@ fn a_killed_submitter_resumes_without_running_accepted_tasks_again() {
         let id = task["task"].as_str().unwrap();
         if accepted_before.contains(id) {
             assert_eq!(task["settled_in_session"], 1, "{task}");
-            let rerun = task["copies"].as_array().unwrap().iter().any(|c| c["session"] != 1);
-            assert!(!rerun, "accepted task {id} ran again after the restart: {task}");
+            let rerun = task["copies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["session"] != 1);
+            assert!(
+                !rerun,
+                "accepted task {id} ran again after the restart: {task}"
+            );
         }
     }
     assert!(
-        after["tasks"].as_array().unwrap().iter().any(|t| t["settled_in_session"] == 2),
+        after["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["settled_in_session"] == 2),
         "the resumed session did the rest"
     );
     let lines = check_against_local(&out, &job.with_file_name("pi.wasm"));
@@ -298,13 +421,20 @@ fn copies_of_a_task_never_go_to_workers_with_different_runtimes() {
     let workers = grid(dir.path(), &key, 4, &[(2, other), (3, other)]);
     assert_ne!(workers[0].fingerprint, workers[2].fingerprint);
     assert_eq!(workers[2].fingerprint, workers[3].fingerprint);
-    let job = write_job(&dir.path().join("job"), "fp.toml", &sweep_job("fp", "{i}000", 60));
+    let job = write_job(
+        &dir.path().join("job"),
+        "fp.toml",
+        &sweep_job("fp", "{i}000", 60),
+    );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();
-    let output = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out)).wait(JOB_TIMEOUT);
+    let output = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out))
+        .wait(JOB_TIMEOUT);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
-    let fingerprint: HashMap<&str, &str> =
-        workers.iter().map(|w| (w.key_hex.as_str(), w.fingerprint.as_str())).collect();
+    let fingerprint: HashMap<&str, &str> = workers
+        .iter()
+        .map(|w| (w.key_hex.as_str(), w.fingerprint.as_str()))
+        .collect();
     let job_status = status(&state, Some("fp"));
     let mut used = HashSet::new();
     for task in job_status["tasks"].as_array().unwrap() {
@@ -345,10 +475,18 @@ fn bad_job_files_missing_modules_and_unreachable_peers_fail_in_one_line_and_stor
             state.as_os_str(),
         ])
     };
-    let typo = write_job(&jobs, "typo.toml", "name = \"t\"\nmodule = \"pi.wasm\"\nreplicaton = 2\n");
+    let typo = write_job(
+        &jobs,
+        "typo.toml",
+        "name = \"t\"\nmodule = \"pi.wasm\"\nreplicaton = 2\n",
+    );
     submit(&typo, &worker.addr).assert_one_line_error("typo.toml:3");
 
-    let no_module = write_job(&jobs, "nomodule.toml", &sweep_job("nomodule", "1000", 2).replace("pi.wasm", "missing.wasm"));
+    let no_module = write_job(
+        &jobs,
+        "nomodule.toml",
+        &sweep_job("nomodule", "1000", 2).replace("pi.wasm", "missing.wasm"),
+    );
     submit(&no_module, &worker.addr).assert_one_line_error("missing.wasm");
 
     let good = write_job(&jobs, "good.toml", &sweep_job("good", "1000", 2));
@@ -359,7 +497,12 @@ fn bad_job_files_missing_modules_and_unreachable_peers_fail_in_one_line_and_stor
         assert_eq!(status(&state, None), serde_json::json!([]));
     }
     // And the same valid job then runs (with replication 1 on the one worker).
-    let single = write_job(&jobs, "single.toml", &sweep_job("single", "1000", 2).replace("replication = 2\nquorum = 2", "replication = 1\nquorum = 1"));
+    let single = write_job(
+        &jobs,
+        "single.toml",
+        &sweep_job("single", "1000", 2)
+            .replace("replication = 2\nquorum = 2", "replication = 1\nquorum = 1"),
+    );
     let ok = submit(&single, &worker.addr);
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
     assert_eq!(status(&state, None).as_array().unwrap().len(), 1);
@@ -377,7 +520,12 @@ fn a_grid_that_refuses_the_key_fails_at_once_saying_how_to_fix_it() {
             ..Default::default()
         },
     );
-    let job = write_job(&dir.path().join("job"), "refused.toml", &sweep_job("refused", "1000", 4).replace("replication = 2\nquorum = 2", "replication = 1\nquorum = 1"));
+    let job = write_job(
+        &dir.path().join("job"),
+        "refused.toml",
+        &sweep_job("refused", "1000", 4)
+            .replace("replication = 2\nquorum = 2", "replication = 1\nquorum = 1"),
+    );
     let state = dir.path().join("state");
     let started = std::time::Instant::now();
     let output = peergrid([
@@ -393,7 +541,16 @@ fn a_grid_that_refuses_the_key_fails_at_once_saying_how_to_fix_it() {
     ]);
     assert_eq!(output.code, Some(125), "{}", output.stderr);
     let error = output.stderr.lines().last().unwrap();
-    assert!(error.contains("PERMISSION_DENIED") && error.contains("--trust") && error.contains("peergrid resume"), "{error}");
+    assert!(
+        error.contains("PERMISSION_DENIED")
+            && error.contains("--trust")
+            && error.contains("peergrid resume"),
+        "{error}"
+    );
     // Not after the stall patience: as soon as the only worker said no.
-    assert!(started.elapsed() < peergrid_submitter::limits::NO_WORKER_PATIENCE, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < peergrid_submitter::limits::NO_WORKER_PATIENCE,
+        "{:?}",
+        started.elapsed()
+    );
 }

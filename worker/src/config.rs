@@ -156,9 +156,15 @@ impl Settings {
         if let Some(tag) = self.fingerprint_tag {
             let valid = !tag.is_empty()
                 && tag.len() <= 32
-                && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                && tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !valid {
-                return Err(out_of_range("fingerprint-tag", tag, "1 to 32 of A-Z a-z 0-9 - _"));
+                return Err(out_of_range(
+                    "fingerprint-tag",
+                    tag,
+                    "1 to 32 of A-Z a-z 0-9 - _",
+                ));
             }
             options.fingerprint_tag = Some(tag);
         }
