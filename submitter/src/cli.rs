@@ -379,10 +379,11 @@ async fn submit(
     let spec = crate::job::load(job_file)?;
     let identity = Identity::load(key)?;
     // Before anything is stored: an unreachable grid leaves the store as it was.
-    crate::submit::probe(&source).await?;
+    let workers = crate::submit::reach(&source).await?;
     let store = Store::open(state)?;
     let job = crate::submit::create_job(&store, &spec, job_file, key, &source, out)?;
-    let summary = crate::submit::run_session(&store, &job, &identity, &source, plain).await?;
+    let summary =
+        crate::submit::run_session(&store, &job, &identity, &source, workers, plain).await?;
     Ok(print_summary(&summary))
 }
 
@@ -411,7 +412,13 @@ async fn resume(
         let key_file = key.clone().unwrap_or_else(|| job.key_file.clone());
         let identity = Identity::load(&key_file)?;
         let source = source.clone().unwrap_or_else(|| Source::from_job(&job));
-        let summary = crate::submit::run_session(&store, &job, &identity, &source, plain).await?;
+        // A finished job (resumed by name) only writes its results again: no worker needed.
+        let workers = match job.finished_unix_ms {
+            Some(_) => Vec::new(),
+            None => crate::submit::reach(&source).await?,
+        };
+        let summary =
+            crate::submit::run_session(&store, &job, &identity, &source, workers, plain).await?;
         worst = worst.max(print_summary(&summary));
     }
     Ok(worst)
@@ -421,7 +428,7 @@ fn results(state: &std::path::Path, query: &str, out: Option<PathBuf>) -> anyhow
     let store = Store::open_for_reading(state)?;
     let job = store.find_job(query)?;
     let out = out.unwrap_or_else(|| job.out_dir.clone());
-    let accepted = crate::results::export(&store, &job, &out)
+    let accepted = crate::results::export(&store, &job, &out, crate::results::Existing::Rewrite)
         .with_context(|| format!("cannot write results to {}", out.display()))?;
     println!(
         "{accepted} of {} tasks accepted; results in {}",
@@ -446,7 +453,7 @@ fn print_summary(summary: &Summary) -> u8 {
         summary.fuel
     );
     for (worker, reason) in &summary.excluded {
-        println!("  excluded {}: {reason}", &worker[..worker.len().min(12)]);
+        println!("  excluded {}: {reason}", crate::submit::short_key(worker));
     }
     println!(
         "results: {}",

@@ -79,10 +79,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
     let spec = crate::job::load(&job_file)?;
     let store = Store::open(&options.state)?;
     let source = Source::Seeds(vec![seed]);
+    let workers = crate::submit::reach(&source).await?;
     let job = crate::submit::create_job(&store, &spec, &job_file, &key_file, &source, None)?;
-    let summary =
-        crate::submit::run_session(&store, &job, &submitter, &source, options.plain_progress)
-            .await?;
+    let summary = crate::submit::run_session(
+        &store,
+        &job,
+        &submitter,
+        &source,
+        workers,
+        options.plain_progress,
+    )
+    .await?;
     let _ = stop.send(true);
 
     let liar_keys: Vec<String> = liars.iter().map(PublicKey::to_hex).collect();

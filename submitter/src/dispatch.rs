@@ -162,7 +162,16 @@ impl Connection {
             .copied()
             .collect();
         if !missing.is_empty() {
-            if let Err(error) = self.upload(&missing).await {
+            // Our own disk failing is no fault of the worker's: the copy is lost, the
+            // connection stays.
+            let blobs = match self.read_blobs(&missing) {
+                Ok(blobs) => blobs,
+                Err(reason) => {
+                    self.answer(dispatch.task, Answer::Lost(reason)).await;
+                    return Ok(());
+                }
+            };
+            if let Err(error) = self.client.ensure_blobs(&blobs).await {
                 let unreachable = matches!(error, ClientError::Unreachable { .. });
                 self.answer(dispatch.task, Answer::Lost(error.to_string()))
                     .await;
@@ -172,6 +181,7 @@ impl Connection {
                     Ok(())
                 };
             }
+            self.present.extend(missing);
         }
         let request_id = self.next_request;
         self.next_request += 1;
@@ -188,21 +198,19 @@ impl Connection {
             .map_err(|_| "the request stream closed".to_owned())
     }
 
-    async fn upload(&mut self, hashes: &[ContentHash]) -> Result<(), ClientError> {
-        let mut blobs = Vec::with_capacity(hashes.len());
-        for hash in hashes {
-            let bytes = self
-                .blobs
-                .read(hash)
-                .map_err(|error| ClientError::Unreachable {
-                    addr: self.client.addr().to_owned(),
-                    reason: format!("cannot read input blob {hash} from the job store: {error}"),
-                })?;
-            blobs.push((*hash, Bytes::from(bytes)));
-        }
-        self.client.ensure_blobs(&blobs).await?;
-        self.present.extend(hashes);
-        Ok(())
+    /// The input blobs to upload, from the job store.
+    fn read_blobs(&self, hashes: &[ContentHash]) -> Result<Vec<(ContentHash, Bytes)>, String> {
+        hashes
+            .iter()
+            .map(|hash| {
+                self.blobs
+                    .read(hash)
+                    .map(|bytes| (*hash, Bytes::from(bytes)))
+                    .map_err(|error| {
+                        format!("cannot read input blob {hash} from the job store: {error}")
+                    })
+            })
+            .collect()
     }
 
     async fn receive(&mut self, response: pb::ExecuteResponse) {

@@ -93,21 +93,8 @@ impl ProgramRequest {
                 source: path.clone(),
             });
         }
-        let program = pb::Program {
-            module_hash: module_hash.to_vec().into(),
-            args: self.args.clone(),
-            env: self
-                .env
-                .iter()
-                .map(|(name, value)| pb::EnvVar {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            stdin: stdin.clone(),
-            files,
-        };
-        let program_bytes = Bytes::from(program.encode_to_vec());
+        let program_bytes =
+            encode_program(module_hash, &self.args, &self.env, stdin.clone(), files);
         let program_digest = ContentHash::of(&program_bytes);
         let limits = admission::resolve_limits(Some(&self.limits))
             .map_err(|refusal| ProgramError::Limits(refusal.message))?;
@@ -139,18 +126,17 @@ impl PreparedProgram {
         task_id: &str,
         ttl: Duration,
     ) -> pb::SignedTask {
-        let expires_at = SystemTime::now() + ttl;
-        let manifest = pb::TaskManifest {
-            program: self.program_bytes.clone(),
-            limits: Some(self.limits),
-            job_id: job_id.to_owned(),
-            task_id: task_id.to_owned(),
-            expires_at_unix_s: expires_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_secs()),
-            nonce: Bytes::new(),
-        };
-        peergrid_proto::signing::sign_task(identity, &manifest)
+        let expires_at_unix_s = (SystemTime::now() + ttl)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        sign_program(
+            identity,
+            self.program_bytes.clone(),
+            self.limits,
+            job_id,
+            task_id,
+            expires_at_unix_s,
+        )
     }
 
     /// Every blob a worker needs for this program: the module first, then the input files.
@@ -159,6 +145,51 @@ impl PreparedProgram {
             .chain(self.blobs.iter().cloned())
             .collect()
     }
+}
+
+/// The encoded `Program`: what the guest sees. Its digest seeds the guest's random numbers, so
+/// `peergrid run` and every grid copy must encode it here, the one way.
+pub fn encode_program(
+    module_hash: ContentHash,
+    args: &[String],
+    env: &[(String, String)],
+    stdin: Bytes,
+    files: Vec<pb::InputFile>,
+) -> Bytes {
+    let program = pb::Program {
+        module_hash: module_hash.to_vec().into(),
+        args: args.to_vec(),
+        env: env
+            .iter()
+            .map(|(name, value)| pb::EnvVar {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        stdin,
+        files,
+    };
+    Bytes::from(program.encode_to_vec())
+}
+
+/// Signs an encoded program as task `task_id` of job `job_id`, valid until `expires_at_unix_s`.
+pub fn sign_program(
+    identity: &Identity,
+    program_bytes: Bytes,
+    limits: pb::TaskLimits,
+    job_id: &str,
+    task_id: &str,
+    expires_at_unix_s: u64,
+) -> pb::SignedTask {
+    let manifest = pb::TaskManifest {
+        program: program_bytes,
+        limits: Some(limits),
+        job_id: job_id.to_owned(),
+        task_id: task_id.to_owned(),
+        expires_at_unix_s,
+        nonce: Bytes::new(),
+    };
+    peergrid_proto::signing::sign_task(identity, &manifest)
 }
 
 /// Reads a WebAssembly module, refusing a file that is not one.

@@ -28,9 +28,24 @@ pub fn write_output(
     Ok(())
 }
 
+/// What [`export`] does with output files that already exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Write every file again (`peergrid results`, perhaps into another directory).
+    Rewrite,
+    /// Leave files of the right size alone: the session wrote them as it accepted each task;
+    /// only those a crash kept it from writing are missing.
+    Keep,
+}
+
 /// Writes every settled task's files and `results.jsonl` (tasks not settled yet appear with
 /// outcome `pending`). Returns how many tasks were accepted.
-pub fn export(store: &Store, job: &JobRecord, out_dir: &Path) -> std::io::Result<u64> {
+pub fn export(
+    store: &Store,
+    job: &JobRecord,
+    out_dir: &Path,
+    existing: Existing,
+) -> std::io::Result<u64> {
     let to_io = |error: crate::store::StoreError| std::io::Error::other(error.to_string());
     let tasks = store.tasks(&job.id).map_err(to_io)?;
     let settled: std::collections::HashMap<u32, _> =
@@ -45,7 +60,12 @@ pub fn export(store: &Store, job: &JobRecord, out_dir: &Path) -> std::io::Result
                 Some(verdict) => {
                     accepted += 1;
                     let (stdout, stderr) = store.output(&job.id, index).map_err(to_io)?;
-                    write_output(out_dir, &task.id, &stdout, &stderr)?;
+                    let stdout_path = out_dir.join(format!("{}.stdout", task.id));
+                    let written = std::fs::metadata(&stdout_path)
+                        .is_ok_and(|meta| meta.len() == stdout.len() as u64);
+                    if existing == Existing::Rewrite || !written {
+                        write_output(out_dir, &task.id, &stdout, &stderr)?;
+                    }
                     json!({
                         "task": task.id,
                         "args": task.args,

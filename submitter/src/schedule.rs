@@ -20,7 +20,7 @@
 //!   backed off and the copy reassigned without counting.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -104,15 +104,14 @@ pub enum Decision {
         disagreeing: Vec<WorkerId>,
         copies: u32,
     },
+    /// No quorum can form; `copies` is every receipt the task received.
     Inconclusive {
         task: TaskIndex,
         reason: String,
+        copies: u32,
     },
     /// The worker contradicted the accepted verdict of `task`: excluded for the rest of the job.
-    Excluded {
-        worker: WorkerId,
-        task: TaskIndex,
-    },
+    Excluded { worker: WorkerId, task: TaskIndex },
     /// A receipt for a task already settled: compared with the accepted verdict for reputation
     /// only (the accepted result never changes once reported).
     Late {
@@ -122,10 +121,7 @@ pub enum Decision {
         agrees: Option<bool>,
     },
     /// A receipt from an excluded worker, set aside and replaced.
-    Discarded {
-        task: TaskIndex,
-        worker: WorkerId,
-    },
+    Discarded { task: TaskIndex, worker: WorkerId },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,16 +288,11 @@ impl Scheduler {
         }
         // Half-done tasks go first, ahead of the fresh order.
         for (index, state) in self.tasks.iter_mut().enumerate() {
-            if state.status == Status::Open && (!state.receipts.is_empty() || state.lost > 0) {
+            if state.status == Status::Open && state.has_history() {
                 state.queued = true;
                 self.retry.push_back(index as TaskIndex);
             }
         }
-    }
-
-    /// Unsettled tasks left.
-    pub fn open_tasks(&self) -> u32 {
-        self.open
     }
 
     pub fn is_finished(&self) -> bool {
@@ -623,7 +614,12 @@ impl Scheduler {
         if state.status == Status::Open {
             state.status = Status::Inconclusive;
             self.open -= 1;
-            decisions.push(Decision::Inconclusive { task, reason });
+            let copies = state.receipts.len() as u32;
+            decisions.push(Decision::Inconclusive {
+                task,
+                reason,
+                copies,
+            });
         }
     }
 
@@ -695,11 +691,6 @@ impl Reputation {
         let strikes = (self.disagreements + self.bad_receipts).min(64) as i32;
         rate * 0.5f64.powi(strikes)
     }
-}
-
-/// How long the scheduler keeps a busy worker aside, at most.
-pub const fn max_backoff() -> Duration {
-    limits::BUSY_BACKOFF_MAX
 }
 
 #[cfg(test)]
@@ -844,8 +835,9 @@ mod tests {
             }
             for a in assignments {
                 let decisions = s.on_receipt(a.task, a.worker, verdict(answers.next().unwrap()));
-                if let Some(Decision::Inconclusive { reason, .. }) = decisions.first() {
+                if let Some(Decision::Inconclusive { reason, copies, .. }) = decisions.first() {
                     assert!(reason.contains("max_replicas (3)"), "{reason}");
+                    assert_eq!(*copies, 3);
                 }
             }
         }
@@ -909,7 +901,7 @@ mod tests {
             "c is backed off, a is down, b holds a copy"
         );
         assert!(s.next_backoff_end(now).is_some());
-        let later = now + max_backoff();
+        let later = now + limits::BUSY_BACKOFF_MAX;
         assert_eq!(workers_of(&s.assign(later), 0), vec![w[2]]);
         s.on_receipt(0, w[1], verdict("x"));
         let decisions = s.on_receipt(0, w[2], verdict("x"));

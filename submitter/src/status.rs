@@ -179,7 +179,7 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
         count(CopyKind::Discarded)
     );
     for (worker, reason) in &excluded {
-        println!("excluded {}: {reason}", &worker[..worker.len().min(12)]);
+        println!("excluded {}: {reason}", crate::submit::short_key(worker));
     }
     println!("results: {}", job.out_dir.display());
     Ok(())

@@ -320,6 +320,25 @@ impl Store {
         Ok(hash)
     }
 
+    /// The blob named by `hex` (a stored record's hash), checked to be present.
+    pub fn require_blob(&self, hex: &str) -> Result<ContentHash, StoreError> {
+        let hash = hex
+            .parse::<ContentHash>()
+            .map_err(|error| StoreError::Corrupt {
+                dir: self.dir.clone(),
+                table: "tasks",
+                reason: error.to_string(),
+            })?;
+        if !self.blobs.contains(&hash) {
+            return Err(StoreError::MissingBlob {
+                dir: self.dir.clone(),
+                hash: hex.to_owned(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        Ok(hash)
+    }
+
     pub fn blob(&self, hash: &ContentHash) -> Result<bytes::Bytes, StoreError> {
         self.blobs
             .read(hash)

@@ -14,14 +14,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::client::{CheckedResult, ClientError, WorkerClient};
 use crate::dispatch::{self, Answer, Dispatch, Event};
 use crate::job::{JobSpec, TaskStdin};
-use crate::program::{read, read_module};
+use crate::program::{encode_program, read, read_module, sign_program};
 use crate::progress::{Counts, Progress};
 use crate::report::outcome_parts;
 use crate::schedule::{
@@ -178,34 +177,46 @@ pub fn create_job(
     Ok(job)
 }
 
-/// Checks that `source` leads to at least one worker that answers, before a job is stored.
-pub async fn probe(source: &Source) -> Result<(), SubmitError> {
+/// Finds the workers `source` leads to and connects to all of them at once; fails, naming every
+/// address tried, when none answers. `submit` calls it before storing anything, so an
+/// unreachable grid leaves the store as it was.
+pub async fn reach(source: &Source) -> Result<Vec<WorkerClient>, SubmitError> {
     let addrs = discover(source).await.map_err(SubmitError::NoWorkers)?;
+    let mut attempts = JoinSet::new();
+    for addr in addrs {
+        attempts.spawn(async move { WorkerClient::connect(&addr).await });
+    }
+    let mut clients = Vec::new();
     let mut failures = Vec::new();
-    for addr in &addrs {
-        match WorkerClient::connect(addr).await {
-            Ok(_) => return Ok(()),
+    while let Some(attempt) = attempts.join_next().await {
+        match attempt.expect("connection attempts do not panic") {
+            Ok(client) => clients.push(client),
             Err(error) => failures.push(error.to_string()),
         }
     }
-    Err(SubmitError::NoWorkers(if failures.is_empty() {
-        "the grid has no alive worker".to_owned()
-    } else {
-        failures.join("; ")
-    }))
+    if clients.is_empty() {
+        return Err(SubmitError::NoWorkers(if failures.is_empty() {
+            "the grid has no alive worker".to_owned()
+        } else {
+            failures.join("; ")
+        }));
+    }
+    Ok(clients)
 }
 
 /// Runs one session of `job` until every task is settled, the user interrupts it, or it stalls.
+/// `workers` are the ones [`reach`] connected to; `source` finds more (and lost ones) later.
 pub async fn run_session(
     store: &Store,
     job: &JobRecord,
     identity: &Identity,
     source: &Source,
+    workers: Vec<WorkerClient>,
     plain_progress: bool,
 ) -> Result<Summary, SubmitError> {
     let started = Instant::now();
     let mut session = Session::restore(store, job, identity)?;
-    let mut progress = Progress::new(session.counts(), plain_progress);
+    let mut progress = Progress::new(session.counts, plain_progress);
     progress.note(&format!(
         "job {} (session {}): {} tasks, replication {}, quorum {}, results in {}",
         job.id,
@@ -218,17 +229,17 @@ pub async fn run_session(
     let outcome = if session.scheduler.is_finished() {
         Ok(true)
     } else {
-        match session.connect_initial(source).await {
-            Ok(()) => session.run(source, &mut progress).await,
-            Err(error) => Err(error),
+        for client in workers {
+            session.connected(client);
         }
+        session.run(source, &mut progress).await
     };
     progress.finish();
     let finished = match outcome {
         Ok(finished) => finished,
         Err(error) => {
             // What was accepted before the job stopped is on disk too.
-            let _ = results::export(store, job, &job.out_dir);
+            let _ = results::export(store, job, &job.out_dir, results::Existing::Keep);
             return Err(error);
         }
     };
@@ -237,9 +248,11 @@ pub async fn run_session(
         batch.finished_unix_ms = Some(unix_now_ms());
         store.write(&job.id, &batch)?;
     }
-    results::export(store, job, &job.out_dir).map_err(|source| SubmitError::Results {
-        path: job.out_dir.clone(),
-        source,
+    results::export(store, job, &job.out_dir, results::Existing::Keep).map_err(|source| {
+        SubmitError::Results {
+            path: job.out_dir.clone(),
+            source,
+        }
     })?;
     summarize(store, job, started.elapsed(), finished)
 }
@@ -251,20 +264,17 @@ pub fn summarize(
     wall_time: Duration,
     finished: bool,
 ) -> Result<Summary, SubmitError> {
-    let settled = store.settled(&job.id)?;
+    let settled: HashMap<TaskIndex, SettledRecord> = store.settled(&job.id)?.into_iter().collect();
     let copies = store.copies(&job.id)?;
     let accepted: Vec<&Verdict> = settled
-        .iter()
-        .filter_map(|(_, s)| s.accepted.as_ref())
+        .values()
+        .filter_map(|s| s.accepted.as_ref())
         .collect();
     let late_disagreements = copies
         .iter()
         .filter(|(_, copy)| copy.kind == CopyKind::Late)
         .filter(|((task, _), copy)| {
-            let accepted = settled
-                .iter()
-                .find(|(t, _)| t == task)
-                .and_then(|(_, s)| s.accepted.as_ref());
+            let accepted = settled.get(task).and_then(|s| s.accepted.as_ref());
             accepted.is_some()
                 && copy.verdict.as_ref() != accepted
                 && copy.verdict.as_ref().is_some_and(|v| !v.is_timeout())
@@ -280,8 +290,8 @@ pub fn summarize(
             .filter(|(_, copy)| copy.verdict.is_some())
             .count() as u64,
         disagreements: settled
-            .iter()
-            .map(|(_, s)| s.disagreeing.len() as u64)
+            .values()
+            .map(|s| s.disagreeing.len() as u64)
             .sum::<u64>()
             + late_disagreements,
         excluded: store.excluded(&job.id)?,
@@ -302,6 +312,13 @@ struct WorkerMeta {
     fingerprint: String,
 }
 
+/// The blobs one task's program refers to, parsed and checked present once per session.
+#[derive(Debug, Clone)]
+struct TaskInputs {
+    stdin: Option<ContentHash>,
+    files: Vec<ContentHash>,
+}
+
 /// What background look-ups tell the session.
 enum Control {
     Connected(String, Result<WorkerClient, ClientError>),
@@ -314,6 +331,7 @@ struct Session<'a> {
     identity: &'a Identity,
     number: u32,
     tasks: Vec<TaskRecord>,
+    inputs: Vec<TaskInputs>,
     module: (ContentHash, Bytes),
     scheduler: Scheduler,
     workers: Vec<WorkerMeta>,
@@ -342,13 +360,26 @@ impl<'a> Session<'a> {
     ) -> Result<Self, SubmitError> {
         let number = store.begin_session(&job.id)?;
         let tasks = store.tasks(&job.id)?;
-        let module_hash = job.module_hash.parse::<ContentHash>().map_err(|error| {
-            crate::store::StoreError::Corrupt {
-                dir: store.dir().to_owned(),
-                table: "jobs",
-                reason: error.to_string(),
-            }
-        })?;
+        // A job whose inputs vanished from the state directory stops here, naming the blob,
+        // rather than losing copies one by one.
+        let inputs = tasks
+            .iter()
+            .map(|task| {
+                Ok(TaskInputs {
+                    stdin: task
+                        .stdin_hash
+                        .as_deref()
+                        .map(|hash| store.require_blob(hash))
+                        .transpose()?,
+                    files: task
+                        .files
+                        .iter()
+                        .map(|file| store.require_blob(&file.hash))
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
+        let module_hash = store.require_blob(&job.module_hash)?;
         let module = (module_hash, store.blob(&module_hash)?);
         let rules = Redundancy {
             replication: job.replication,
@@ -369,6 +400,7 @@ impl<'a> Session<'a> {
             scheduler: Scheduler::new(rules, tasks.len() as u32),
             next_copy: vec![0; tasks.len()],
             tasks,
+            inputs,
             module,
             workers: Vec::new(),
             by_key: HashMap::new(),
@@ -410,22 +442,20 @@ impl<'a> Session<'a> {
                 _ => {}
             }
         }
-        let excluded: Vec<WorkerId> = store
-            .excluded(&job.id)?
-            .into_iter()
-            .filter_map(|(key, _)| {
-                let key = key.parse::<PublicKey>().ok()?;
-                session.by_key.get(&key).copied()
-            })
-            .collect();
-        let lost: Vec<(TaskIndex, u32)> = lost.into_iter().collect();
-        session.scheduler.restore(receipts, &excluded, &lost);
-        // Exclusions of workers with no stored receipt still hold when they reconnect.
+        // Exclusions hold for workers known from stored receipts now, and for the others when
+        // they connect.
         session.excluded_keys = store
             .excluded(&job.id)?
             .into_iter()
             .map(|(key, _)| key)
             .collect();
+        let excluded: Vec<WorkerId> = session
+            .excluded_keys
+            .iter()
+            .filter_map(|key| session.by_key.get(&key.parse::<PublicKey>().ok()?).copied())
+            .collect();
+        let lost: Vec<(TaskIndex, u32)> = lost.into_iter().collect();
+        session.scheduler.restore(receipts, &excluded, &lost);
         Ok(session)
     }
 
@@ -470,34 +500,6 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Finds the workers and connects to them; fails when none is reachable.
-    async fn connect_initial(&mut self, source: &Source) -> Result<(), SubmitError> {
-        let addrs = discover(source).await.map_err(SubmitError::NoWorkers)?;
-        let mut attempts = JoinSet::new();
-        for addr in addrs {
-            attempts.spawn(async move {
-                let result = WorkerClient::connect(&addr).await;
-                (addr, result)
-            });
-        }
-        let mut failures = Vec::new();
-        while let Some(attempt) = attempts.join_next().await {
-            let (addr, result) = attempt.expect("connection attempts do not panic");
-            match result {
-                Ok(client) => self.connected(client),
-                Err(error) => failures.push(format!("{addr}: {error}")),
-            }
-        }
-        if self.connections.is_empty() {
-            return Err(SubmitError::NoWorkers(if failures.is_empty() {
-                "the grid has no alive worker".to_owned()
-            } else {
-                failures.join("; ")
-            }));
-        }
-        Ok(())
-    }
-
     /// Starts the connection to a worker that answered `Info`.
     fn connected(&mut self, client: WorkerClient) {
         let info = client.info().clone();
@@ -540,7 +542,7 @@ impl<'a> Session<'a> {
         loop {
             let now = Instant::now();
             for assignment in self.scheduler.assign(now) {
-                self.dispatch(assignment.task, assignment.worker, now);
+                self.dispatch(assignment.task, assignment.worker, now)?;
             }
             self.update_counts();
             progress.update(self.counts);
@@ -589,7 +591,7 @@ impl<'a> Session<'a> {
             .store
             .excluded(&self.job.id)?
             .into_iter()
-            .map(|(worker, reason)| format!("{}: {reason}", &worker[..worker.len().min(12)]))
+            .map(|(worker, reason)| format!("{}: {reason}", short_key(&worker)))
             .collect::<Vec<_>>()
             .join("; ");
         Ok(SubmitError::AllExcluded {
@@ -658,20 +660,24 @@ impl<'a> Session<'a> {
     }
 
     /// Sends one copy of `task` to `worker`.
-    fn dispatch(&mut self, task: TaskIndex, worker: WorkerId, now: Instant) {
-        let signed = self.signed_task(task);
-        let blobs = self.tasks[task as usize]
-            .files
-            .iter()
-            .filter_map(|file| file.hash.parse::<ContentHash>().ok())
-            .collect();
+    fn dispatch(
+        &mut self,
+        task: TaskIndex,
+        worker: WorkerId,
+        now: Instant,
+    ) -> Result<(), SubmitError> {
+        let signed = self.signed_task(task)?;
+        let blobs = self.inputs[task as usize].files.clone();
         let sent = match self.connections.get(&worker) {
             Some(sender) => sender.try_send(Dispatch {
                 task,
                 signed,
                 blobs,
             }),
-            None => return self.not_sent(task, worker, true, now),
+            None => {
+                self.not_sent(task, worker, true, now);
+                return Ok(());
+            }
         };
         match sent {
             Ok(()) => {}
@@ -680,6 +686,7 @@ impl<'a> Session<'a> {
             // The connection ended between assignment and sending.
             Err(mpsc::error::TrySendError::Closed(_)) => self.not_sent(task, worker, true, now),
         }
+        Ok(())
     }
 
     fn not_sent(&mut self, task: TaskIndex, worker: WorkerId, gone: bool, now: Instant) {
@@ -692,65 +699,48 @@ impl<'a> Session<'a> {
     }
 
     /// The signed manifest of `task`, signed again when close to expiry.
-    fn signed_task(&mut self, task: TaskIndex) -> pb::SignedTask {
+    fn signed_task(&mut self, task: TaskIndex) -> Result<pb::SignedTask, SubmitError> {
         let now_s = unix_now_s();
         if let Some((signed, expires)) = self.signed.get(&task) {
             if *expires > now_s + limits::TASK_RESIGN_MARGIN.as_secs() {
-                return signed.clone();
+                return Ok(signed.clone());
             }
         }
         let record = &self.tasks[task as usize];
-        let stdin = record
-            .stdin_hash
-            .as_deref()
-            .and_then(|hash| hash.parse::<ContentHash>().ok())
-            .and_then(|hash| self.store.blob(&hash).ok())
-            .unwrap_or_default();
-        let program = pb::Program {
-            module_hash: self.module.0.to_vec().into(),
-            args: record.args.clone(),
-            env: record
-                .env
-                .iter()
-                .map(|(name, value)| pb::EnvVar {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            stdin,
-            files: record
-                .files
-                .iter()
-                .map(|file| pb::InputFile {
-                    name: file.name.clone(),
-                    hash: file
-                        .hash
-                        .parse::<ContentHash>()
-                        .map(|hash| hash.to_vec())
-                        .unwrap_or_default()
-                        .into(),
-                    size: file.size,
-                })
-                .collect(),
+        let inputs = &self.inputs[task as usize];
+        let stdin = match inputs.stdin {
+            Some(hash) => self.store.blob(&hash)?,
+            None => Bytes::new(),
+        };
+        let files = record
+            .files
+            .iter()
+            .zip(&inputs.files)
+            .map(|(file, hash)| pb::InputFile {
+                name: file.name.clone(),
+                hash: hash.to_vec().into(),
+                size: file.size,
+            })
+            .collect();
+        let program = encode_program(self.module.0, &record.args, &record.env, stdin, files);
+        let limits = pb::TaskLimits {
+            fuel: self.job.fuel,
+            memory_bytes: self.job.memory_bytes,
+            timeout_ms: self.job.timeout_ms,
+            stdout_max_bytes: 0,
+            stderr_max_bytes: 0,
         };
         let expires = now_s + limits::TASK_TTL.as_secs();
-        let manifest = pb::TaskManifest {
-            program: program.encode_to_vec().into(),
-            limits: Some(pb::TaskLimits {
-                fuel: self.job.fuel,
-                memory_bytes: self.job.memory_bytes,
-                timeout_ms: self.job.timeout_ms,
-                stdout_max_bytes: 0,
-                stderr_max_bytes: 0,
-            }),
-            job_id: self.job.id.clone(),
-            task_id: record.id.clone(),
-            expires_at_unix_s: expires,
-            nonce: Bytes::new(),
-        };
-        let signed = peergrid_proto::signing::sign_task(self.identity, &manifest);
+        let signed = sign_program(
+            self.identity,
+            program,
+            limits,
+            &self.job.id,
+            &record.id,
+            expires,
+        );
         self.signed.insert(task, (signed.clone(), expires));
-        signed
+        Ok(signed)
     }
 
     /// Handles `first` and whatever else is already waiting, commits, then reports.
@@ -809,7 +799,7 @@ impl<'a> Session<'a> {
                 let meta = &self.workers[worker.0 as usize];
                 notes.push(format!(
                     "worker {} at {} is gone: {reason}",
-                    &meta.key_hex[..12],
+                    short_key(&meta.key_hex),
                     meta.addr
                 ));
                 return;
@@ -855,10 +845,7 @@ impl<'a> Session<'a> {
                 );
                 self.record_copy(batch, task, copy);
                 let why = format!("sent a receipt that does not verify: {reason}");
-                notes.push(format!("worker {} excluded: it {why}", &key[..12]));
-                batch.excluded.push((key.clone(), why));
-                self.excluded_keys.insert(key);
-                let mut decisions = self.scheduler.exclude(worker);
+                let mut decisions = self.exclude(worker, why, batch, notes);
                 decisions.extend(self.scheduler.on_loss(task, worker, Loss::Busy, now));
                 decisions
             }
@@ -874,10 +861,7 @@ impl<'a> Session<'a> {
                     "refuses this job's tasks ({}): {message}",
                     peergrid_proto::status_code_name(code)
                 );
-                notes.push(format!("worker {} not used: it {why}", &key[..12]));
-                batch.excluded.push((key.clone(), why));
-                self.excluded_keys.insert(key);
-                let mut decisions = self.scheduler.exclude(worker);
+                let mut decisions = self.exclude(worker, why, batch, notes);
                 decisions.extend(self.scheduler.on_loss(task, worker, Loss::Busy, now));
                 decisions
             }
@@ -934,7 +918,11 @@ impl<'a> Session<'a> {
                     .push((task, record, Some((stdout.clone(), stderr.clone()))));
                 accepted.push((task, stdout, stderr));
             }
-            Decision::Inconclusive { task, reason } => {
+            Decision::Inconclusive {
+                task,
+                reason,
+                copies,
+            } => {
                 self.outputs.remove(&task);
                 self.signed.remove(&task);
                 self.counts.inconclusive += 1;
@@ -947,21 +935,19 @@ impl<'a> Session<'a> {
                     reason: Some(reason),
                     agreeing: Vec::new(),
                     disagreeing: Vec::new(),
-                    copies: 0,
+                    copies,
                     session: self.number,
                     at_unix_ms: unix_now_ms(),
                 };
                 batch.settled.push((task, record, None));
             }
             Decision::Excluded { worker, task } => {
-                let key = self.key_hex(worker);
+                // The scheduler has excluded it already; this records why.
                 let why = format!(
                     "its receipt for task {} contradicts the accepted result",
                     self.tasks[task as usize].id
                 );
-                notes.push(format!("worker {} excluded: {why}", &key[..12]));
-                batch.excluded.push((key.clone(), why));
-                self.excluded_keys.insert(key);
+                self.record_exclusion(worker, why, batch, notes);
             }
             Decision::Late { worker, agrees, .. } => {
                 let counts = batch.reputation(&self.key_hex(worker));
@@ -973,6 +959,32 @@ impl<'a> Session<'a> {
             }
             Decision::Discarded { .. } => {}
         }
+    }
+
+    /// Excludes `worker` from the rest of the job for a reason other than a contradiction.
+    fn exclude(
+        &mut self,
+        worker: WorkerId,
+        why: String,
+        batch: &mut Batch,
+        notes: &mut Vec<String>,
+    ) -> Vec<Decision> {
+        self.record_exclusion(worker, why, batch, notes);
+        self.scheduler.exclude(worker)
+    }
+
+    /// Stores and reports why `worker` is excluded; it stays excluded if it reconnects.
+    fn record_exclusion(
+        &mut self,
+        worker: WorkerId,
+        why: String,
+        batch: &mut Batch,
+        notes: &mut Vec<String>,
+    ) {
+        let key = self.key_hex(worker);
+        notes.push(format!("worker {} excluded: it {why}", short_key(&key)));
+        batch.excluded.push((key.clone(), why));
+        self.excluded_keys.insert(key);
     }
 
     fn key_hex(&self, worker: WorkerId) -> String {
@@ -1017,10 +1029,11 @@ impl<'a> Session<'a> {
             .filter(|(id, sender)| !sender.is_closed() && !self.scheduler.is_excluded(**id))
             .count() as u64;
     }
+}
 
-    fn counts(&self) -> Counts {
-        self.counts
-    }
+/// The first 12 hex digits of a worker key, as tables and messages show it (as `PublicKey::short`).
+pub fn short_key(hex: &str) -> &str {
+    &hex[..hex.len().min(12)]
 }
 
 /// The gRPC addresses of the workers `source` names: the static list, or the alive peers a seed
