@@ -358,6 +358,15 @@ impl SubmitProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Ctrl-C: SIGINT, as a terminal sends it.
+    pub fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -INT failed");
+    }
 }
 
 impl Drop for SubmitProcess {

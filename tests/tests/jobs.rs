@@ -493,9 +493,7 @@ fn bad_job_files_missing_modules_and_unreachable_peers_fail_in_one_line_and_stor
     submit(&good, "127.0.0.1:9").assert_one_line_error("127.0.0.1:9");
 
     // Nothing was stored by any of them.
-    if state.exists() {
-        assert_eq!(status(&state, None), serde_json::json!([]));
-    }
+    assert_eq!(status(&state, None), serde_json::json!([]));
     // And the same valid job then runs (with replication 1 on the one worker).
     let single = write_job(
         &jobs,
@@ -553,4 +551,64 @@ fn a_grid_that_refuses_the_key_fails_at_once_saying_how_to_fix_it() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn ctrl_c_stops_a_job_resumably_and_results_can_be_written_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let workers = grid(dir.path(), &key, 3, &[]);
+    let job = write_job(
+        &dir.path().join("job"),
+        "ctrlc.toml",
+        &sweep_job("ctrlc", "{i}0000", 120),
+    );
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let refs: Vec<&WorkerProcess> = workers.iter().collect();
+    let submitter = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out));
+    wait_until("some tasks are accepted", JOB_TIMEOUT, || {
+        accepted_so_far(&state) >= 10
+    });
+    submitter.interrupt();
+    let stopped = submitter.wait(JOB_TIMEOUT);
+    assert_eq!(stopped.code, Some(130), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("peergrid resume ctrlc-"),
+        "{}",
+        stopped.stderr
+    );
+
+    // `results` writes what is settled so far, elsewhere, with the rest pending.
+    let partial = dir.path().join("partial");
+    let written = peergrid([
+        "results".as_ref(),
+        "ctrlc".as_ref(),
+        "--out".as_ref(),
+        partial.as_os_str(),
+        "--state".as_ref(),
+        state.as_os_str(),
+    ]);
+    assert_eq!(written.code, Some(0), "{}", written.stderr);
+    let lines = results_lines(&partial.join("results.jsonl"));
+    assert_eq!(lines.len(), 120);
+    let pending = lines.iter().filter(|l| l["outcome"] == "pending").count();
+    assert!(pending > 0 && pending < 110, "{pending} pending");
+    for line in lines.iter().filter(|l| l["outcome"] == "exited") {
+        let task = line["task"].as_str().unwrap();
+        assert!(partial.join(format!("{task}.stdout")).is_file(), "{task}");
+    }
+
+    let resumed = SubmitProcess::start(
+        dir.path(),
+        [
+            "resume".as_ref(),
+            "ctrlc".as_ref(),
+            "--state".as_ref(),
+            state.as_os_str(),
+            "--plain".as_ref(),
+        ],
+    )
+    .wait(JOB_TIMEOUT);
+    assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
+    check_against_local(&out, &job.with_file_name("pi.wasm"));
 }

@@ -51,3 +51,19 @@ fn gossiping_on_an_unspecified_address_needs_advertise() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("--advertise"), "{stderr}");
 }
+
+#[test]
+fn a_malformed_fingerprint_tag_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("w");
+    let (code, stderr) = worker(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--fingerprint-tag",
+        "no spaces/slashes",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("fingerprint-tag"), "{stderr}");
+}
