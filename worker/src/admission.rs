@@ -11,25 +11,37 @@ use tonic::Code;
 use crate::limits;
 use crate::sandbox::{Limits, TaskSpec};
 
-/// Which submitter keys may run tasks here.
+/// Which submitter keys may run tasks here: the listed ones, or (only when the donor asks for it
+/// with `--trust-any-key`) any key at all.
 #[derive(Debug, Clone, Default)]
 pub struct TrustPolicy {
     keys: HashSet<PublicKey>,
+    any: bool,
 }
 
 impl TrustPolicy {
     pub fn new(keys: impl IntoIterator<Item = PublicKey>) -> Self {
         Self {
             keys: keys.into_iter().collect(),
+            any: false,
+        }
+    }
+
+    /// Runs tasks signed by any key. Signatures are still checked: a task must be signed, just
+    /// not by a listed key.
+    pub fn anyone() -> Self {
+        Self {
+            keys: HashSet::new(),
+            any: true,
         }
     }
 
     pub fn trusts(&self, key: &PublicKey) -> bool {
-        self.keys.contains(key)
+        self.any || self.keys.contains(key)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        !self.any && self.keys.is_empty()
     }
 }
 
@@ -87,7 +99,7 @@ pub fn admit(
         return Err(Refusal::new(
             Code::PermissionDenied,
             format!(
-                "submitter key {} is not trusted by this worker (start it with --trust {})",
+                "submitter key {} is not trusted by this worker (start it with --trust {}, or --trust-any-key to run tasks from any key)",
                 verified.submitter.short(),
                 verified.submitter
             ),

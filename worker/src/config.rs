@@ -17,6 +17,7 @@ pub struct Settings {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub trust: Option<Vec<String>>,
+    pub trust_any_key: Option<bool>,
     pub cores: Option<u32>,
     pub memory_mb: Option<u64>,
     pub idle_only: Option<bool>,
@@ -83,6 +84,7 @@ impl Settings {
             listen: self.listen.or(file.listen),
             data_dir: self.data_dir.or(file.data_dir),
             trust: self.trust.or(file.trust),
+            trust_any_key: self.trust_any_key.or(file.trust_any_key),
             cores: self.cores.or(file.cores),
             memory_mb: self.memory_mb.or(file.memory_mb),
             idle_only: self.idle_only.or(file.idle_only),
@@ -114,6 +116,7 @@ impl Settings {
                     })?;
             options.trust.push(parsed);
         }
+        options.trust_any_key = self.trust_any_key.unwrap_or(false);
         let policy = &mut options.policy;
         if let Some(cores) = self.cores {
             if cores == 0 || cores > 1024 {

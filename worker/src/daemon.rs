@@ -23,6 +23,8 @@ pub struct WorkerOptions {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub trust: Vec<PublicKey>,
+    /// Run tasks signed by any key, not only those in `trust` (`--trust-any-key`).
+    pub trust_any_key: bool,
     pub policy: DonorPolicy,
     /// UDP address to gossip on; `None` runs the worker alone (reachable by address only).
     pub gossip: Option<SocketAddr>,
@@ -56,6 +58,7 @@ impl WorkerOptions {
             listen: "127.0.0.1:7070".parse().expect("valid"),
             data_dir,
             trust: Vec::new(),
+            trust_any_key: false,
             policy: DonorPolicy {
                 cores: DonorPolicy::default_cores(),
                 memory_bytes: DonorPolicy::default_memory_bytes(),
@@ -155,7 +158,11 @@ impl Worker {
             identity,
             sandbox,
             blobs,
-            TrustPolicy::new(options.trust.clone()),
+            if options.trust_any_key {
+                TrustPolicy::anyone()
+            } else {
+                TrustPolicy::new(options.trust.clone())
+            },
             &options.policy,
             donor.clone(),
         )

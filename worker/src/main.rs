@@ -35,6 +35,10 @@ struct Args {
     /// several. Tasks signed by any other key are refused with PERMISSION_DENIED.
     #[arg(long = "trust", value_name = "PUBKEY_HEX")]
     trust: Vec<String>,
+    /// Run tasks signed by ANY key, not only --trust keys: anyone who can reach this worker can
+    /// then use its CPU (still sandboxed, still signed). Off by default; meant for open grids.
+    #[arg(long)]
+    trust_any_key: bool,
     /// Cores lent: tasks run at once; more are refused with RESOURCE_EXHAUSTED
     /// [default: all cores but one, at least one].
     #[arg(long, alias = "slots")]
@@ -87,6 +91,7 @@ impl Args {
             listen: self.listen,
             data_dir: self.data_dir,
             trust: (!self.trust.is_empty()).then_some(self.trust),
+            trust_any_key: self.trust_any_key.then_some(true),
             cores: self.cores,
             memory_mb: self.memory_mb,
             idle_only: self.idle_only.then_some(true),
@@ -130,8 +135,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(options: peergrid_worker::daemon::WorkerOptions) -> ExitCode {
-    if options.trust.is_empty() {
-        tracing::warn!("no --trust keys given: every task will be refused with PERMISSION_DENIED");
+    if options.trust_any_key {
+        tracing::warn!(
+            "--trust-any-key is on: tasks signed by any key will run here, not only --trust keys"
+        );
+    } else if options.trust.is_empty() {
+        tracing::warn!(
+            "no --trust keys given: every task will be refused with PERMISSION_DENIED (give --trust KEY, or --trust-any-key)"
+        );
     }
     let cores = options.policy.cores;
     let worker = match Worker::start(options).await {
