@@ -8,6 +8,9 @@ use serde_json::json;
 
 use crate::store::{CopyKind, JobRecord, Store};
 
+/// Bad receipts listed one per line by the plain-text detail; `--json` has them all.
+const BAD_RECEIPTS_SHOWN: usize = 10;
+
 /// Prints every job, or one in detail; returns the exit code.
 pub fn show(state: &Path, job: Option<&str>, as_json: bool) -> anyhow::Result<u8> {
     if job.is_none() && !Store::exists(state) {
@@ -111,6 +114,8 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
                             "session": copy.session,
                             "kind": copy.kind,
                             "output_hash": copy.verdict.as_ref().map(|v| &v.output_hash),
+                            // Why a copy has no usable receipt (lost, bad receipt): what failed.
+                            "reason": copy.reason,
                         })
                     })
                     .collect();
@@ -118,6 +123,9 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
                     "task": task.id,
                     "state": state,
                     "settled_in_session": record.map(|r| r.session),
+                    "output_hash": record
+                        .and_then(|r| r.accepted.as_ref())
+                        .map(|verdict| &verdict.output_hash),
                     "agreeing": record.map(|r| &r.agreeing),
                     "disagreeing": record.map(|r| &r.disagreeing),
                     "copies": task_copies,
@@ -180,6 +188,27 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
     );
     for (worker, reason) in &excluded {
         println!("excluded {}: {reason}", crate::submit::short_key(worker));
+    }
+    let mut bad: Vec<_> = copies
+        .iter()
+        .flat_map(|(task, copies)| copies.iter().map(move |copy| (*task, copy)))
+        .filter(|(_, copy)| copy.kind == CopyKind::BadReceipt)
+        .collect();
+    bad.sort_by_key(|(task, copy)| (*task, copy.at_unix_ms));
+    for (task, copy) in bad.iter().take(BAD_RECEIPTS_SHOWN) {
+        println!(
+            "bad receipt for task {} from {} at {}: {}",
+            tasks.get(*task as usize).map_or("?", |t| t.id.as_str()),
+            crate::submit::short_key(&copy.worker),
+            copy.addr,
+            copy.reason.as_deref().unwrap_or("no reason recorded")
+        );
+    }
+    if bad.len() > BAD_RECEIPTS_SHOWN {
+        println!(
+            "… and {} more bad receipts (`--json` lists them all)",
+            bad.len() - BAD_RECEIPTS_SHOWN
+        );
     }
     println!("results: {}", job.out_dir.display());
     Ok(())

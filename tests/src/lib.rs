@@ -5,6 +5,8 @@
 //! (`target/<profile>/`); the worker and submitter crates have integration tests of their own,
 //! which makes cargo build their binaries before any test runs.
 
+pub mod jobs;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -158,6 +160,8 @@ pub struct WorkerConfig<'a> {
     pub env: Vec<(&'a str, &'a str)>,
     /// The loopback address to listen on (127.0.0.1 unless a test wants distinct hosts).
     pub host: Option<&'a str>,
+    /// The port to listen on (0, a free one, unless a test restarts a worker where it was).
+    pub port: u16,
 }
 
 impl WorkerProcess {
@@ -169,7 +173,11 @@ impl WorkerProcess {
         let mut command = Command::new(bin("peergrid-worker"));
         command
             .arg("--listen")
-            .arg(format!("{}:0", config.host.unwrap_or("127.0.0.1")))
+            .arg(format!(
+                "{}:{}",
+                config.host.unwrap_or("127.0.0.1"),
+                config.port
+            ))
             .arg("--data-dir")
             .arg(data_dir);
         for key in &config.trust {
@@ -226,6 +234,11 @@ impl WorkerProcess {
     /// True while the process has not exited.
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process id, e.g. to read `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `kill -9`.
@@ -351,6 +364,16 @@ impl SubmitProcess {
             stdout: std::fs::read(&self.stdout_path).unwrap_or_default(),
             stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
         }
+    }
+
+    /// What the process printed, if it has exited; `None` while it runs.
+    pub fn try_finish(&mut self) -> Option<CliOutput> {
+        let status = self.child.try_wait().expect("wait works")?;
+        Some(CliOutput {
+            code: status.code(),
+            stdout: std::fs::read(&self.stdout_path).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
+        })
     }
 
     /// `kill -9`.

@@ -1,0 +1,163 @@
+//! Batch-job helpers shared by the end-to-end tests: a gossiping grid on distinct loopback hosts,
+//! `peergrid submit` arguments, a `pi` sweep job, and the check of results against local runs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use peergrid_submitter::program::ProgramRequest;
+use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
+
+use crate::{KeyPair, WorkerConfig, WorkerProcess, results_lines};
+
+/// How long a whole job may take here: a bound for a loaded CI machine, not an expected time.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Starts `count` workers, each on its own loopback host (127.0.0.2, .3, …) so that copies can
+/// go to distinct hosts; each gossips, seeded by the first.
+pub fn grid(
+    dir: &Path,
+    key: &KeyPair,
+    count: usize,
+    extra: &[(usize, &[&str])],
+) -> Vec<WorkerProcess> {
+    let hosts: Vec<String> = (0..count).map(|i| format!("127.0.0.{}", i + 2)).collect();
+    let mut workers: Vec<WorkerProcess> = Vec::new();
+    for (index, host) in hosts.iter().enumerate() {
+        let gossip = format!("{host}:0");
+        let seed = workers.first().and_then(|w| w.gossip_addr.clone());
+        let mut args = vec!["--cores", "1", "--gossip", &gossip];
+        if let Some(seed) = &seed {
+            args.extend(["--seed", seed.as_str()]);
+        }
+        for (at, more) in extra {
+            if *at == index {
+                args.extend_from_slice(more);
+            }
+        }
+        let config = WorkerConfig {
+            trust: vec![&key.public_hex],
+            extra_args: args,
+            host: Some(host),
+            ..Default::default()
+        };
+        workers.push(WorkerProcess::start(&dir.join(format!("w{index}")), config));
+    }
+    workers
+}
+
+/// `peergrid submit JOB --key K --peer A --peer B … --state S --out O --plain`.
+pub fn submit_args(
+    job: &Path,
+    key: &KeyPair,
+    workers: &[&WorkerProcess],
+    state: &Path,
+    out: &Path,
+) -> Vec<PathBuf> {
+    let mut args: Vec<PathBuf> = vec![
+        "submit".into(),
+        job.into(),
+        "--key".into(),
+        key.path.clone(),
+    ];
+    for worker in workers {
+        args.extend(["--peer".into(), PathBuf::from(&worker.addr)]);
+    }
+    args.extend([
+        "--state".into(),
+        state.into(),
+        "--out".into(),
+        out.into(),
+        "--plain".into(),
+    ]);
+    args
+}
+
+pub fn sweep_job(name: &str, samples_template: &str, last: u32) -> String {
+    format!(
+        r#"name = "{name}"
+module = "pi.wasm"
+replication = 2
+quorum = 2
+[limits]
+fuel = 100_000_000_000
+memory_mb = 64
+timeout_s = 120
+[sweep]
+args = ["{samples_template}", "{{i}}"]
+range = [1, {last}]
+"#
+    )
+}
+
+/// The output hash `peergrid run` gives for `pi ARGS`, by the same code path (program → sandbox
+/// spec with the program digest as random seed), for every argument list.
+pub fn local_hashes(module: &Path, arg_lists: &[Vec<String>]) -> Vec<String> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(SandboxOptions {
+        threads: 2,
+        scratch_dir: scratch.path().to_owned(),
+        fingerprint_tag: None,
+    })
+    .unwrap();
+    runtime.block_on(async {
+        let mut hashes = Vec::new();
+        for args in arg_lists {
+            let program = ProgramRequest {
+                module: module.to_owned(),
+                args: args.clone(),
+                limits: peergrid_proto::pb::TaskLimits {
+                    fuel: 100_000_000_000,
+                    memory_bytes: 64 * 1024 * 1024,
+                    timeout_ms: 120_000,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .prepare()
+            .unwrap();
+            let execution = sandbox
+                .run_module(program.module.clone(), program.spec)
+                .await;
+            hashes.push(peergrid_proto::ContentHash::of(&execution.stdout).to_hex());
+        }
+        hashes
+    })
+}
+
+/// Checks every line of results.jsonl against a local run, and returns the lines by task id.
+pub fn check_against_local(out: &Path, module: &Path) -> HashMap<String, serde_json::Value> {
+    let lines = results_lines(&out.join("results.jsonl"));
+    let args: Vec<Vec<String>> = lines
+        .iter()
+        .map(|line| {
+            line["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|arg| arg.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect();
+    let expected = local_hashes(module, &args);
+    for (line, expected) in lines.iter().zip(&expected) {
+        assert_eq!(line["outcome"], "exited", "{line}");
+        assert_eq!(
+            line["output_hash"].as_str(),
+            Some(expected.as_str()),
+            "{line}"
+        );
+        let task = line["task"].as_str().unwrap();
+        let stdout = std::fs::read(out.join(format!("{task}.stdout"))).unwrap();
+        assert_eq!(
+            &peergrid_proto::ContentHash::of(&stdout).to_hex(),
+            expected,
+            "{task}.stdout"
+        );
+    }
+    lines
+        .into_iter()
+        .map(|line| (line["task"].as_str().unwrap().to_owned(), line))
+        .collect()
+}
