@@ -9,8 +9,9 @@
 //!
 //! Honest guests compute something checkable (`hello`, `echo`, `pi`, `primes`, `mandelbrot`,
 //! `hashchain`, `wordcount`); hostile guests ([`HOSTILE`]) really misbehave (spin, allocate,
-//! recurse, flood, sleep, trap, exit non-zero, try to escape, probe for nondeterminism) so the
-//! sandbox's limits and determinism can be tested against them.
+//! recurse, flood, sleep, trap, exit non-zero, try to escape, probe for nondeterminism, snoop
+//! for other tasks' data) so the sandbox's limits, isolation and determinism can be tested
+//! against them.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,7 @@ pub const GUESTS: &[&str] = &[
     "exit7",
     "escape",
     "entropy",
+    "snoop",
 ];
 
 /// The guests that misbehave on purpose (a subset of [`GUESTS`]).
@@ -39,9 +41,10 @@ pub const GUESTS: &[&str] = &[
 /// Expected outcomes: `spin` out of fuel; `membomb` memory limit; `recurse` trap (stack
 /// overflow); `flood` output limit; `sleeper` wall-clock timeout; `trap` trap after printing
 /// `about to trap`; `exit7` exit code 7; `escape` exit 0 with every host access denied;
-/// `entropy` exit 0 with output identical on every run.
+/// `entropy` exit 0 with output identical on every run; `snoop` exit 0 having seen nothing but
+/// its own args, env, stdin and `/input` (no other task's data).
 pub const HOSTILE: &[&str] = &[
-    "spin", "membomb", "recurse", "flood", "sleeper", "trap", "exit7", "escape", "entropy",
+    "spin", "membomb", "recurse", "flood", "sleeper", "trap", "exit7", "escape", "entropy", "snoop",
 ];
 
 /// The `pi` guest, embedded: what `peergrid demo` runs, so the demo needs no file on disk.
