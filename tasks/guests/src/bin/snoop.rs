@@ -85,7 +85,9 @@ fn walk(out: &mut impl Write, path: &str, depth: usize) {
         } else {
             format!("{path}/{name}")
         };
-        let is_dir = std::fs::metadata(&child).map(|m| m.is_dir()).unwrap_or(false);
+        let is_dir = std::fs::metadata(&child)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
         if is_dir {
             if depth < MAX_DEPTH {
                 walk(out, &child, depth + 1);
@@ -125,7 +127,12 @@ fn main() {
         // descriptor keeps it; a closed or non-file descriptor just fails the read.
         let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
         let mut data = Vec::new();
-        if (&mut *file).take(MAX_FILE_BYTES).read_to_end(&mut data).is_ok() && !data.is_empty() {
+        if (&mut *file)
+            .take(MAX_FILE_BYTES)
+            .read_to_end(&mut data)
+            .is_ok()
+            && !data.is_empty()
+        {
             let _ = writeln!(out, "fd {fd}: {}", one_line(&data));
         }
     }
