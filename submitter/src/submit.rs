@@ -969,6 +969,11 @@ impl<'a> Session<'a> {
         batch: &mut Batch,
         notes: &mut Vec<String>,
     ) -> Vec<Decision> {
+        // The first reason stands: answers still in flight from an excluded worker (more bad
+        // receipts, say) neither repeat the note nor overwrite why it was excluded.
+        if self.scheduler.is_excluded(worker) {
+            return Vec::new();
+        }
         self.record_exclusion(worker, why, batch, notes);
         self.scheduler.exclude(worker)
     }
