@@ -34,10 +34,24 @@ pub enum PutError {
 }
 
 impl BlobStore {
+    /// Opens the store, removing partial uploads a killed worker left in `incoming/` (a running
+    /// worker removes its own when an upload is abandoned).
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         let dir = data_dir.join("blobs");
-        std::fs::create_dir_all(dir.join("incoming"))?;
+        let incoming = dir.join("incoming");
+        std::fs::create_dir_all(&incoming)?;
+        for entry in std::fs::read_dir(&incoming)? {
+            let path = entry?.path();
+            if path.is_file() {
+                std::fs::remove_file(&path)?;
+            }
+        }
         Ok(Self { dir })
+    }
+
+    /// Uploads in progress: their temporary files.
+    pub fn uploads_in_progress(&self) -> std::io::Result<usize> {
+        Ok(std::fs::read_dir(self.dir.join("incoming"))?.count())
     }
 
     pub fn path(&self, hash: &ContentHash) -> PathBuf {
@@ -153,5 +167,24 @@ mod tests {
             store.begin(hash, limits::MAX_BLOB_BYTES + 1),
             Err(PutError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn an_abandoned_upload_leaves_no_file_and_a_killed_workers_leftovers_go_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let hash = ContentHash::of(b"hello world");
+        let mut upload = store.begin(hash, 11).unwrap();
+        upload.write(b"hello").unwrap();
+        assert_eq!(store.uploads_in_progress().unwrap(), 1);
+        drop(upload);
+        assert_eq!(store.uploads_in_progress().unwrap(), 0);
+        assert!(!store.contains(&hash));
+
+        let upload = store.begin(hash, 11).unwrap();
+        std::mem::forget(upload); // as if the process were killed mid-upload
+        assert_eq!(store.uploads_in_progress().unwrap(), 1);
+        let reopened = BlobStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.uploads_in_progress().unwrap(), 0);
     }
 }

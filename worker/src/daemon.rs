@@ -1,4 +1,5 @@
 //! Starting and stopping a worker: identity, storage, sandbox and gRPC server, wired together.
+//! [`connections`] and [`request_guard`] hold the network bounds tonic and hyper do not have.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,14 +9,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use peergrid_proto::{Identity, KeyFileError, PublicKey};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+
+pub mod connections;
+pub mod request_guard;
 
 use crate::admission::TrustPolicy;
 use crate::blobs::BlobStore;
+use crate::limits;
 use crate::membership::{Gossip, MembershipConfig, PeerIdentity};
 use crate::policy::{self, DonorPolicy, DonorState, FileLoad, LoadSource, SysinfoLoad};
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::service::WorkerService;
+use connections::ConnectionLimits;
+use request_guard::RequestGuards;
 
 /// How to run a worker.
 #[derive(Debug, Clone)]
@@ -242,6 +248,11 @@ impl Worker {
     }
 
     /// Serves until `shutdown` completes, then stops accepting and lets running calls finish.
+    ///
+    /// Every network bound is applied here (see [`crate::limits`]): the connection caps and
+    /// handshake deadline around the listener, the HTTP/2 settings on the server, and the stall
+    /// timeout and partial-message budget around each service's request bodies. No
+    /// `max_connection_age`: an `Execute` session may rightly last all night.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
@@ -251,10 +262,18 @@ impl Worker {
             .set_serving::<peergrid_proto::pb::worker_server::WorkerServer<WorkerService>>()
             .await;
         let gossip = self.service.gossip().cloned();
+        let guards = RequestGuards::standard();
+        let incoming = connections::incoming(self.listener, ConnectionLimits::standard());
         tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(self.service.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(limits::HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(limits::HTTP2_KEEPALIVE_TIMEOUT))
+            .http2_max_pending_accept_reset_streams(Some(limits::HTTP2_MAX_PENDING_RESET_STREAMS))
+            .http2_max_local_error_reset_streams(Some(limits::HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS))
+            .http2_max_header_list_size(limits::HTTP2_MAX_HEADER_LIST_BYTES)
+            .add_service(guards.wrap(health_service))
+            .add_service(guards.wrap(self.service.into_server()))
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         let _ = self.stop.send(true);
         if let Some(gossip) = gossip {

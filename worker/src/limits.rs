@@ -1,4 +1,39 @@
 //! Every bound the worker enforces, in one place, with what happens when it is reached.
+//!
+//! ## Limits
+//!
+//! Tasks: fuel, memory, tables, wall time, output caps and stack (`DEFAULT_*`, `MAX_*` below),
+//! each ending a task with its own `Outcome` or refusing it with `OUT_OF_RANGE`. Manifests and
+//! blobs: field counts and sizes, refused with `INVALID_ARGUMENT`. The module cache and stream
+//! buffers: bounded, so memory does not grow with the number of tasks or callers.
+//!
+//! The network: whatever a peer sends, it is answered with a status or its connection is closed
+//! within a known time, and the resources it holds meanwhile are bounded.
+//!
+//! | Bound | Value | Reached |
+//! |---|---|---|
+//! | [`MAX_CONNECTIONS`] | 512 | a new connection is closed as soon as it is accepted |
+//! | [`MAX_CONNECTIONS_PER_IP`] | 64 per IPv4 address or IPv6 /64 | same, for that address only |
+//! | [`HANDSHAKE_TIMEOUT`] | 10 s to send the 24-byte HTTP/2 preface | connection closed |
+//! | [`ACCEPT_ERROR_BACKOFF`] | 100 ms | accepting pauses after e.g. `EMFILE` instead of spinning |
+//! | [`HTTP2_KEEPALIVE_INTERVAL`] + [`HTTP2_KEEPALIVE_TIMEOUT`] | ping after 20 s of silence, 10 s to answer | connection closed, its calls cancelled |
+//! | [`MAX_STREAMS_PER_CONNECTION`] | 64 calls at once | the client waits (HTTP/2 flow), or the stream is refused |
+//! | [`HTTP2_MAX_PENDING_RESET_STREAMS`] | 20 | `GOAWAY` (HTTP/2 "rapid reset") |
+//! | [`HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS`] | 1024 | `GOAWAY` |
+//! | [`HTTP2_MAX_HEADER_LIST_BYTES`] | 16 KiB of metadata | HTTP 431 (tonic clients: `UNKNOWN`) |
+//! | `peergrid_proto::MAX_MESSAGE_BYTES` | 24 MiB per message | `OUT_OF_RANGE` |
+//! | (truncated message: the body ends inside it) | | `INTERNAL` |
+//! | [`REQUEST_STALL_TIMEOUT`] | 10 s without a byte | `DEADLINE_EXCEEDED`, call abandoned |
+//! | [`MAX_PARTIAL_REQUEST_BYTES`] | 256 MiB in partly received messages | `RESOURCE_EXHAUSTED` |
+//! | [`MAX_CONCURRENT_UPLOADS`] | 16 | `RESOURCE_EXHAUSTED` |
+//! | [`UPLOAD_MAX_DURATION`] | 30 min per `PutBlob` | `DEADLINE_EXCEEDED`, partial file removed |
+//! | [`MAX_BLOB_BYTES`] | 256 MiB, checked on the first chunk | `INVALID_ARGUMENT` |
+//! | (bytes not matching the announced hash or size) | | `INVALID_ARGUMENT`, nothing stored |
+//! | `peergrid_proto::BLOB_CHUNK_BYTES` | 1 MiB per chunk | `INVALID_ARGUMENT` |
+//!
+//! Worst case held by hostile peers at once: [`MAX_CONNECTIONS`] descriptors, HTTP/2 buffers of
+//! 1 MiB (hyper's default connection window) per connection, and [`MAX_PARTIAL_REQUEST_BYTES`]
+//! of partly received messages, each for at most [`REQUEST_STALL_TIMEOUT`] without progress.
 
 use std::time::Duration;
 
@@ -46,7 +81,7 @@ pub const MAX_WASM_STACK_BYTES: usize = 1024 * 1024;
 pub const FUEL_YIELD_INTERVAL: u64 = 2_000_000;
 
 /// Largest module or input file a worker stores, in bytes. Above: the upload is refused with
-/// `INVALID_ARGUMENT`.
+/// `INVALID_ARGUMENT` on its first chunk, which announces the size, before anything is written.
 pub const MAX_BLOB_BYTES: u64 = 256 * 1024 * 1024;
 /// Largest stdin a manifest may carry, and most input files per task. Above: `INVALID_ARGUMENT`.
 pub const MAX_STDIN_BYTES: usize = 4 * 1024 * 1024;
@@ -65,3 +100,67 @@ pub const MODULE_CACHE_ENTRIES: usize = 64;
 /// Requests buffered per `Execute` stream before the worker stops reading from it
 /// (backpressure on the client), and answers buffered before a slow reader stalls its tasks.
 pub const EXECUTE_STREAM_BUFFER: usize = 256;
+
+// The network. tonic and hyper provide the HTTP/2 settings; the connection caps, the handshake
+// deadline and the request stall timeout are the worker's own (`daemon::connections`,
+// `daemon::request_guard`), as neither has them.
+
+/// Connections served at once, from all peers together. Reached: a new connection is closed as
+/// soon as it is accepted, until one ends. Each is a file descriptor: keep this well below the
+/// process's open-file limit (`ulimit -n`, often 1024), which blobs and the sandbox share.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Connections served at once from one IPv4 address or one IPv6 /64 (what one host usually
+/// holds). Reached: new connections from there are closed at once; other peers are unaffected,
+/// so one flooding host cannot lock the others out. A submitter needs one connection per worker.
+pub const MAX_CONNECTIONS_PER_IP: usize = 64;
+/// Time a new connection has to send the HTTP/2 client preface. Reached: it is closed. Garbage
+/// (anything but the preface) is closed at once by the HTTP/2 handshake itself; this is for
+/// peers that send nothing, or too little. Once the preface is in, keepalive takes over.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Length of the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), which must
+/// arrive within [`HANDSHAKE_TIMEOUT`].
+pub const HTTP2_PREFACE_BYTES: usize = 24;
+/// Pause of the accept loop after an error that is not about one connection (out of file
+/// descriptors or memory), so that it does not spin; new connections wait in the kernel's
+/// backlog meanwhile.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// HTTP/2 keepalive: after this long without a frame from the peer, the worker pings it...
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and closes the connection if the ping is not answered within this. Reached: the
+/// connection is closed and its calls are cancelled, so a vanished peer holds nothing for more
+/// than interval + timeout (30 s).
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Calls (HTTP/2 streams) open at once on one connection, announced as
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`. Reached: a well-behaved client waits for one to end; a
+/// stream opened beyond it is refused (`REFUSED_STREAM`, seen as `UNAVAILABLE`).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Streams a client may open and reset before the worker has accepted them (the HTTP/2 "rapid
+/// reset" attack, CVE-2023-44487). Reached: the connection is closed with `GOAWAY`.
+pub const HTTP2_MAX_PENDING_RESET_STREAMS: usize = 20;
+/// Streams the worker may reset for a client's protocol errors on one connection. Reached: the
+/// connection is closed with `GOAWAY`.
+pub const HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Largest header block of a request (gRPC metadata), in bytes, announced as
+/// `SETTINGS_MAX_HEADER_LIST_SIZE`. Above: the call is answered with HTTP 431 and no
+/// grpc-status (tonic clients report `UNKNOWN`), and its stream is reset.
+pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// Longest a request body may go without a byte while the worker waits for one: inside a
+/// message on any call, and anywhere before the end of the body on every call but `Execute`
+/// (a long-lived stream that is idle between tasks by design; keepalive covers its peer).
+/// Reached: the call ends with `DEADLINE_EXCEEDED`, and what it held (a partial upload, its
+/// buffered bytes, its stream) is freed. Messages larger than `peergrid_proto::MAX_MESSAGE_BYTES`
+/// are refused by tonic with `OUT_OF_RANGE`, and a body that ends inside a message with
+/// `INTERNAL`.
+pub const REQUEST_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of partly received request messages held at once, over all calls. Reached: the call
+/// whose bytes would pass it ends with `RESOURCE_EXHAUSTED`. With [`REQUEST_STALL_TIMEOUT`]
+/// this bounds what stalled senders can make the worker hold.
+pub const MAX_PARTIAL_REQUEST_BYTES: usize = 256 * 1024 * 1024;
+/// `PutBlob` uploads in progress at once. Reached: `RESOURCE_EXHAUSTED` (retry later); each
+/// holds a temporary file of up to [`MAX_BLOB_BYTES`].
+pub const MAX_CONCURRENT_UPLOADS: usize = 16;
+/// Longest one `PutBlob` upload may take (256 MiB at about 150 KB/s). Reached:
+/// `DEADLINE_EXCEEDED`, and the partial file is removed.
+pub const UPLOAD_MAX_DURATION: Duration = Duration::from_secs(30 * 60);

@@ -35,6 +35,8 @@ struct Inner {
     /// The donor's memory cap, in MiB, shared by running tasks by their memory limits.
     memory_mib: Arc<Semaphore>,
     memory_mib_total: u64,
+    /// Uploads in progress ([`limits::MAX_CONCURRENT_UPLOADS`]).
+    uploads: Arc<Semaphore>,
     donor: Arc<DonorState>,
     /// Testing aid: the fraction of tasks answered with a wrong output (see [`Self::lie`]).
     lie_rate: f64,
@@ -65,6 +67,7 @@ impl WorkerService {
                 slot_count,
                 memory_mib: Arc::new(Semaphore::new(memory_mib_total as usize)),
                 memory_mib_total,
+                uploads: Arc::new(Semaphore::new(limits::MAX_CONCURRENT_UPLOADS)),
                 donor,
                 lie_rate: 0.0,
                 gossip: OnceLock::new(),
@@ -259,6 +262,53 @@ impl WorkerService {
         }
     }
 
+    /// Stores the blob uploaded as `chunks`; false if it was already there. A stalled upload is
+    /// cut off below (see `daemon::request_guard`), and an abandoned one leaves nothing behind.
+    async fn receive_blob(&self, mut chunks: Streaming<pb::BlobChunk>) -> Result<bool, Status> {
+        let first = chunks.message().await?.ok_or_else(|| {
+            Status::invalid_argument("empty upload: the first chunk names the blob")
+        })?;
+        let hash = ContentHash::from_slice(&first.hash)
+            .map_err(|error| Status::invalid_argument(format!("first chunk: {error}")))?;
+        if self.inner.blobs.contains(&hash) {
+            return Ok(false);
+        }
+        let _upload_slot = self
+            .inner
+            .uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} uploads are in progress, the most this worker takes; retry later",
+                    limits::MAX_CONCURRENT_UPLOADS
+                ))
+            })?;
+        let mut upload = self
+            .inner
+            .blobs
+            .begin(hash, first.total_size)
+            .map_err(put_status)?;
+        let mut chunk = first;
+        loop {
+            if chunk.data.len() > peergrid_proto::BLOB_CHUNK_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "chunk of {} bytes, at most {} allowed",
+                    chunk.data.len(),
+                    peergrid_proto::BLOB_CHUNK_BYTES
+                )));
+            }
+            upload.write(&chunk.data).map_err(put_status)?;
+            match chunks.message().await? {
+                Some(next) => chunk = next,
+                None => break,
+            }
+        }
+        upload.finish().map_err(put_status)?;
+        info!(blob = %hash.short(), "blob stored");
+        Ok(true)
+    }
+
     /// The compiled module, from memory or compiled from the blob store off the async threads.
     async fn module(&self, hash: ContentHash) -> Result<CompiledModule, String> {
         if let Some(module) = self.inner.sandbox.cached(&hash) {
@@ -321,38 +371,19 @@ impl pb::worker_server::Worker for WorkerService {
         &self,
         request: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::PutBlobResponse>, Status> {
-        let mut chunks = request.into_inner();
-        let first = chunks.message().await?.ok_or_else(|| {
-            Status::invalid_argument("empty upload: the first chunk names the blob")
-        })?;
-        let hash = ContentHash::from_slice(&first.hash)
-            .map_err(|error| Status::invalid_argument(format!("first chunk: {error}")))?;
-        if self.inner.blobs.contains(&hash) {
-            return Ok(Response::new(pb::PutBlobResponse { stored: false }));
-        }
-        let mut upload = self
-            .inner
-            .blobs
-            .begin(hash, first.total_size)
-            .map_err(put_status)?;
-        let mut chunk = first;
-        loop {
-            if chunk.data.len() > peergrid_proto::BLOB_CHUNK_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "chunk of {} bytes, at most {} allowed",
-                    chunk.data.len(),
-                    peergrid_proto::BLOB_CHUNK_BYTES
-                )));
-            }
-            upload.write(&chunk.data).map_err(put_status)?;
-            match chunks.message().await? {
-                Some(next) => chunk = next,
-                None => break,
-            }
-        }
-        upload.finish().map_err(put_status)?;
-        info!(blob = %hash.short(), "blob stored");
-        Ok(Response::new(pb::PutBlobResponse { stored: true }))
+        // Dropping the upload on timeout removes its temporary file.
+        tokio::time::timeout(
+            limits::UPLOAD_MAX_DURATION,
+            self.receive_blob(request.into_inner()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "upload not finished within {:?}; abandoned",
+                limits::UPLOAD_MAX_DURATION
+            )))
+        })
+        .map(|stored| Response::new(pb::PutBlobResponse { stored }))
     }
 
     async fn run(
