@@ -105,6 +105,9 @@ pub struct Summary {
     pub wall_time: Duration,
     /// Fuel of the accepted results (one copy each).
     pub fuel: u64,
+    /// Wall time the workers reported for the copies with a verified receipt, this session only
+    /// (the work done, as opposed to [`Self::wall_time`], the time it took).
+    pub copy_wall_time: Duration,
     pub out_dir: PathBuf,
     /// False when the session was interrupted (Ctrl-C) before every task settled.
     pub finished: bool,
@@ -254,7 +257,9 @@ pub async fn run_session(
             source,
         }
     })?;
-    summarize(store, job, started.elapsed(), finished)
+    let mut summary = summarize(store, job, started.elapsed(), finished)?;
+    summary.copy_wall_time = session.copy_wall_time;
+    Ok(summary)
 }
 
 /// The job's totals, from the store.
@@ -297,6 +302,7 @@ pub fn summarize(
         excluded: store.excluded(&job.id)?,
         wall_time,
         fuel: accepted.iter().map(|verdict| verdict.fuel).sum(),
+        copy_wall_time: Duration::ZERO,
         out_dir: job.out_dir.clone(),
         finished,
     })
@@ -347,6 +353,8 @@ struct Session<'a> {
     /// Workers excluded from this job (key hex), also in earlier sessions.
     excluded_keys: HashSet<String>,
     counts: Counts,
+    /// Wall time the workers reported for this session's verified copies.
+    copy_wall_time: Duration,
     events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
     control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
 }
@@ -411,6 +419,7 @@ impl<'a> Session<'a> {
             outputs: HashMap::new(),
             excluded_keys: HashSet::new(),
             counts: Counts::default(),
+            copy_wall_time: Duration::ZERO,
             events: mpsc::channel(limits::RESULT_QUEUE),
             control: mpsc::channel(64),
         };
@@ -814,6 +823,7 @@ impl<'a> Session<'a> {
         let key = self.workers[worker.0 as usize].key_hex.clone();
         let decisions = match answer {
             Answer::Receipt(result) => {
+                self.copy_wall_time += result.wall_time;
                 let verdict = verdict_of(&result);
                 self.outputs.entry(task).or_default().push((
                     verdict.clone(),
