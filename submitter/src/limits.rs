@@ -26,8 +26,16 @@ pub const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(2);
 /// How long a job waits with no usable worker before it stops and says how to resume.
 pub const NO_WORKER_PATIENCE: Duration = Duration::from_secs(120);
 
+/// Copies kept in flight per slot of a worker: one running and the worker's queue
+/// (`peergrid_worker::limits::QUEUED_TASKS_PER_SLOT`) waiting, so that a slot never idles for a
+/// round trip and a commit between two copies. A worker that queues less (an older one, or one
+/// shared with other submitters) refuses the excess with `RESOURCE_EXHAUSTED`: the copy goes
+/// elsewhere and the worker is backed off (`BUSY_BACKOFF_*`).
+pub const COPIES_IN_FLIGHT_PER_SLOT: u32 = 1 + peergrid_worker::limits::QUEUED_TASKS_PER_SLOT;
+
 /// Copies waiting to be written to a worker's stream, per worker. The scheduler never assigns
-/// more than a worker's slots, so this bound is never the one that blocks.
+/// more than a worker's slots × [`COPIES_IN_FLIGHT_PER_SLOT`], so this bound is never the one
+/// that blocks.
 pub const DISPATCH_QUEUE: usize = 1024;
 
 /// Results buffered between the worker connections and the scheduler. Full: connections wait,

@@ -519,7 +519,10 @@ impl<'a> Session<'a> {
             host: host_of(client.addr()),
             fingerprint: info.fingerprint.clone(),
         };
-        let id = self.register(meta, info.slots, true);
+        // The scheduler's "slots" are the copies it keeps in flight: the worker's slots and its
+        // queue (see `limits::COPIES_IN_FLIGHT_PER_SLOT`).
+        let capacity = info.slots.saturating_mul(limits::COPIES_IN_FLIGHT_PER_SLOT);
+        let id = self.register(meta, capacity, true);
         if self.excluded_keys.contains(&info.key.to_hex()) {
             self.scheduler.exclude(id);
             return;

@@ -97,6 +97,14 @@ pub const MAX_HASHES_PER_QUERY: usize = 4096;
 /// compiled again from its stored bytes when next needed).
 pub const MODULE_CACHE_ENTRIES: usize = 64;
 
+/// Tasks that may wait for a slot, per slot, instead of being refused: a submitter keeps
+/// `slots × (1 + this)` copies in flight, so a slot that finishes a task starts the next one at
+/// once instead of idling for a round trip and the submitter's commit. Reached (all slots busy
+/// and this many tasks per slot waiting): the task is refused with `RESOURCE_EXHAUSTED`, as
+/// before the queue existed. A waiting task holds only its manifest (no sandbox, no memory
+/// reservation); if the donor's machine becomes busy meanwhile it is refused, not run.
+pub const QUEUED_TASKS_PER_SLOT: u32 = 8;
+
 /// Requests buffered per `Execute` stream before the worker stops reading from it
 /// (backpressure on the client), and answers buffered before a slow reader stalls its tasks.
 pub const EXECUTE_STREAM_BUFFER: usize = 256;

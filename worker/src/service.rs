@@ -32,6 +32,8 @@ struct Inner {
     trust: TrustPolicy,
     slots: Arc<Semaphore>,
     slot_count: u32,
+    /// Places for tasks waiting for a slot ([`limits::QUEUED_TASKS_PER_SLOT`] per slot).
+    queue: Arc<Semaphore>,
     /// The donor's memory cap, in MiB, shared by running tasks by their memory limits.
     memory_mib: Arc<Semaphore>,
     memory_mib_total: u64,
@@ -65,6 +67,9 @@ impl WorkerService {
                 trust,
                 slots: Arc::new(Semaphore::new(slot_count as usize)),
                 slot_count,
+                queue: Arc::new(Semaphore::new(
+                    (slot_count * limits::QUEUED_TASKS_PER_SLOT) as usize,
+                )),
                 memory_mib: Arc::new(Semaphore::new(memory_mib_total as usize)),
                 memory_mib_total,
                 uploads: Arc::new(Semaphore::new(limits::MAX_CONCURRENT_UPLOADS)),
@@ -159,7 +164,15 @@ impl WorkerService {
                     "the donor's machine is busy (idle-only mode); retry later or elsewhere",
                 ));
             }
-            let slot = self.take_slot()?;
+            let slot = tokio::select! {
+                slot = self.wait_for_slot() => slot?,
+                _ = preemption.changed() => {
+                    return Err(Refusal::new(
+                        Code::ResourceExhausted,
+                        "the donor's machine became busy while the task waited for a slot; retry later or elsewhere",
+                    ));
+                }
+            };
             let memory = self.take_memory(task.spec.limits.memory_bytes)?;
             let mut execution = tokio::select! {
                 execution = self.execute(task.clone()) => execution,
@@ -206,16 +219,29 @@ impl WorkerService {
             .collect()
     }
 
-    fn take_slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
-        self.inner.slots.clone().try_acquire_owned().map_err(|_| {
+    /// A free slot, or one waited for in the bounded queue (first come, first served: tokio's
+    /// semaphore hands released permits to waiters in order). Refused when the queue is full.
+    async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        if let Ok(slot) = self.inner.slots.clone().try_acquire_owned() {
+            return Ok(slot);
+        }
+        let _place = self.inner.queue.clone().try_acquire_owned().map_err(|_| {
             Refusal::new(
                 Code::ResourceExhausted,
                 format!(
-                    "all {} slots are busy; retry later or elsewhere",
-                    self.inner.slot_count
+                    "all {} slots are busy and {} tasks wait for one already; retry later or elsewhere",
+                    self.inner.slot_count,
+                    self.inner.slot_count * limits::QUEUED_TASKS_PER_SLOT
                 ),
             )
-        })
+        })?;
+        Ok(self
+            .inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed"))
     }
 
     fn take_memory(&self, memory_bytes: u64) -> Result<OwnedSemaphorePermit, Refusal> {
