@@ -134,6 +134,13 @@ impl Identity {
         PublicKey(self.key.verifying_key())
     }
 
+    /// A 32-byte key for `context` (BLAKE3 `derive_key` over the secret seed), for the holder's
+    /// own secrets such as MACs on files only it may write. The seed itself is never exposed;
+    /// distinct contexts give independent keys.
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, self.key.as_bytes())
+    }
+
     /// Signs `message` (the caller prepends the domain string; see [`crate::signing`]).
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.key.sign(message).to_bytes()

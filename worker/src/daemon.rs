@@ -18,7 +18,7 @@ use crate::blobs::BlobStore;
 use crate::limits;
 use crate::membership::{Gossip, MembershipConfig, PeerIdentity};
 use crate::policy::{self, DonorPolicy, DonorState, FileLoad, LoadSource, SysinfoLoad};
-use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::sandbox::{MODULE_CACHE_KEY_CONTEXT, ModuleCacheDir, Sandbox, SandboxOptions};
 use crate::service::WorkerService;
 use connections::ConnectionLimits;
 use request_guard::RequestGuards;
@@ -140,11 +140,17 @@ impl Worker {
         let identity = Identity::load_or_create(&options.data_dir.join("identity.key"))?;
         let blobs = BlobStore::open(&options.data_dir).map_err(dir_error)?;
         let cores = options.policy.cores.max(1);
-        let sandbox = Sandbox::new(SandboxOptions {
-            threads: cores as usize,
-            scratch_dir: options.data_dir.join("scratch"),
-            fingerprint_tag: options.fingerprint_tag.clone(),
-        })
+        let sandbox = Sandbox::with_module_cache(
+            SandboxOptions {
+                threads: cores as usize,
+                scratch_dir: options.data_dir.join("scratch"),
+                fingerprint_tag: options.fingerprint_tag.clone(),
+            },
+            Some(ModuleCacheDir {
+                dir: options.data_dir.join("compiled"),
+                mac_key: identity.derive_key(MODULE_CACHE_KEY_CONTEXT),
+            }),
+        )
         .map_err(|error| StartError::Sandbox(error.0))?;
         let listener =
             TcpListener::bind(options.listen)

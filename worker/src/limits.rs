@@ -97,6 +97,50 @@ pub const MAX_HASHES_PER_QUERY: usize = 4096;
 /// compiled again from its stored bytes when next needed).
 pub const MODULE_CACHE_ENTRIES: usize = 64;
 
+/// Compiled modules kept on disk, in `<data-dir>/compiled/` (only workers have one; `peergrid
+/// run` does not). Reached (either bound): after a new artifact is written, the least recently
+/// used ones are deleted until both hold again; a deleted one is compiled again when next needed.
+/// A compiled artifact is several times its module's size (about 3–5×).
+pub const MODULE_DISK_CACHE_ENTRIES: usize = 256;
+pub const MODULE_DISK_CACHE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+// The pooling instance allocator. wasmtime reserves, when the sandbox starts, address space for
+// every slot of its pool: per slot one linear memory (`memory_reservation`, wasmtime's default of
+// 4 GiB plus its 32 MiB guard, so that bounds checks stay elided: changing it would change
+// compiled code), [`MAX_TABLES`] tables of [`MAX_TABLE_ELEMENTS`] pointers (8 MB each) and one
+// async stack. That is about 4.1 GiB of *address space* per slot, none of it memory until a task
+// touches it (`PROT_NONE`, not charged against overcommit): 8 slots on a 2-core worker reserve
+// ~33 GiB of the 128 TiB a 64-bit process has. The price of the pool is this reservation and a
+// fixed number of tasks that can hold an instance at once; the gain is that instantiating reuses
+// a warm slot (no mmap/munmap per task, copy-on-write memory images kept mapped).
+
+/// Extra pool slots beyond one per sandbox thread. Tasks interleave on a thread (a guest yields
+/// every [`FUEL_YIELD_INTERVAL`]) and a cancelled task frees its slot only when its executor
+/// thread gets to drop it, so a few more than one per thread can be alive at once.
+pub const POOL_HEADROOM_SLOTS: usize = 6;
+/// Most pool slots (tasks holding an instance at once), whatever the number of threads: bounds
+/// the address space reserved (~4.1 GiB per slot, so 1 TiB at most). Reached (by slots +
+/// headroom): a task waits for a slot before its store is created, outside its wall-clock
+/// backstop; it is never refused for it.
+pub const MAX_POOL_SLOTS: usize = 256;
+/// Pool slots for a sandbox with `threads` threads.
+pub const fn pool_slots(threads: usize) -> usize {
+    let slots = threads.saturating_add(POOL_HEADROOM_SLOTS);
+    if slots > MAX_POOL_SLOTS {
+        MAX_POOL_SLOTS
+    } else {
+        slots
+    }
+}
+/// Largest instance state (`VMContext`: globals, table and function references) of a module,
+/// in bytes. Above: the module fails to instantiate (`InvalidModule`). wasmtime's default.
+pub const MAX_INSTANCE_STATE_BYTES: usize = 1024 * 1024;
+/// Bytes of a released slot's linear memory and async stack zeroed by `memset` instead of being
+/// given back to the kernel, so a small task's next instance does not page-fault them in again.
+/// Bounded so an idle worker stays small: slots × (this + stack) of resident memory at most.
+pub const POOL_MEMORY_KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
+pub const POOL_STACK_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
+
 /// Tasks that may wait for a slot, per slot, instead of being refused: a submitter keeps
 /// `slots × (1 + this)` copies in flight, so a slot that finishes a task starts the next one at
 /// once instead of idling for a round trip and the submitter's commit. Reached (all slots busy

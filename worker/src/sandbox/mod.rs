@@ -7,6 +7,7 @@
 //! timeout around the whole execution, which also ends a guest blocked in a sleeping host call,
 //! where fuel does not burn.
 
+mod disk_cache;
 pub mod guest_env;
 
 use std::collections::HashMap;
@@ -17,12 +18,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use peergrid_proto::ContentHash;
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::limits;
+use disk_cache::{DiskCache, Lookup};
+pub use disk_cache::{MODULE_CACHE_KEY_CONTEXT, ModuleCacheDir};
 use guest_env::{CappedPipe, FixedMonotonicClock, FixedWallClock, SeededRandom};
 
 /// Bumped whenever a sandbox setting that can change a result changes (clocks, random streams,
@@ -192,6 +198,17 @@ pub struct CompiledModule {
     pre: InstancePre<TaskState>,
 }
 
+/// Where [`Sandbox::load`] found a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileSource {
+    /// Already compiled, in memory.
+    Memory,
+    /// Compiled earlier (perhaps by a previous run of this worker), loaded from the disk cache.
+    Disk,
+    /// Compiled now.
+    Compiled,
+}
+
 /// Why a module cannot run. Deterministic for a given engine: a valid outcome, not a fault.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -220,6 +237,11 @@ struct Inner {
     linker: Linker<TaskState>,
     fingerprint: String,
     modules: Mutex<ModuleCache>,
+    /// Compiled modules on disk; `None` for `peergrid run` and most tests.
+    disk: Option<DiskCache>,
+    /// One permit per slot of the pooling allocator, held from before a task's store is made
+    /// until after it is dropped: a task waits for a slot rather than failing to instantiate.
+    pool_slots: Arc<tokio::sync::Semaphore>,
     executor: Executor,
     scratch_dir: PathBuf,
 }
@@ -231,9 +253,36 @@ struct TaskState {
 }
 
 impl Sandbox {
+    /// A sandbox without a disk cache (compiled modules are kept in memory only).
     pub fn new(options: SandboxOptions) -> Result<Self, ModuleError> {
-        let engine = Engine::new(&deterministic_config())
+        Self::with_module_cache(options, None)
+    }
+
+    /// A sandbox that also keeps compiled modules in `cache` (a worker's data directory), so
+    /// that a restarted worker loads them instead of compiling them again.
+    pub fn with_module_cache(
+        options: SandboxOptions,
+        cache: Option<ModuleCacheDir>,
+    ) -> Result<Self, ModuleError> {
+        let threads = options.threads.max(1);
+        let pool_slots = limits::pool_slots(threads);
+        let mut config = deterministic_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+            pool_slots,
+        )));
+        let engine = Engine::new(&config)
             .map_err(|error| ModuleError(format!("cannot start wasmtime: {error}")))?;
+        let disk = match cache {
+            None => None,
+            Some(cache) => Some(DiskCache::open(&cache, engine_hash(&engine)).map_err(
+                |error| {
+                    ModuleError(format!(
+                        "cannot open module cache {}: {error}",
+                        cache.dir.display()
+                    ))
+                },
+            )?),
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut TaskState| {
             &mut state.wasi
@@ -254,7 +303,9 @@ impl Sandbox {
                 engine,
                 linker,
                 modules: Mutex::new(ModuleCache::default()),
-                executor: Executor::new(options.threads.max(1)),
+                disk,
+                pool_slots: Arc::new(tokio::sync::Semaphore::new(pool_slots)),
+                executor: Executor::new(threads),
                 scratch_dir: options.scratch_dir,
             }),
         })
@@ -271,11 +322,33 @@ impl Sandbox {
         self.lock_modules().get(hash)
     }
 
-    /// Compiles and links a module, and keeps it in memory under `hash`. Blocking (it can take
-    /// seconds for a large module): call it from a blocking thread.
+    /// Compiles and links a module (or loads it from the disk cache), and keeps it in memory
+    /// under `hash`. Blocking (compiling can take seconds for a large module): call it from a
+    /// blocking thread.
     pub fn compile(&self, hash: ContentHash, wasm: &[u8]) -> Result<CompiledModule, ModuleError> {
-        let module = Module::new(&self.inner.engine, wasm)
-            .map_err(|error| ModuleError(format!("invalid module: {}", error_chain(&error))))?;
+        self.load(hash, wasm).map(|(module, _source)| module)
+    }
+
+    /// Like [`Self::compile`], and says where the module came from: memory, the disk cache, or
+    /// the compiler. `wasm` must hash to `hash` (the caller's blob store checked that).
+    pub fn load(
+        &self,
+        hash: ContentHash,
+        wasm: &[u8],
+    ) -> Result<(CompiledModule, CompileSource), ModuleError> {
+        if let Some(module) = self.cached(&hash) {
+            return Ok((module, CompileSource::Memory));
+        }
+        let (module, source) = match self.from_disk(&hash) {
+            Some(module) => (module, CompileSource::Disk),
+            None => {
+                let module = Module::new(&self.inner.engine, wasm).map_err(|error| {
+                    ModuleError(format!("invalid module: {}", error_chain(&error)))
+                })?;
+                self.to_disk(&hash, &module);
+                (module, CompileSource::Compiled)
+            }
+        };
         let pre = self
             .inner
             .linker
@@ -283,7 +356,49 @@ impl Sandbox {
             .map_err(|error| ModuleError(format!("cannot link module: {}", error_chain(&error))))?;
         let compiled = CompiledModule { pre };
         self.lock_modules().insert(hash, compiled.clone());
-        Ok(compiled)
+        Ok((compiled, source))
+    }
+
+    /// The module from the disk cache, if this worker compiled it before with this engine.
+    fn from_disk(&self, hash: &ContentHash) -> Option<Module> {
+        let disk = self.inner.disk.as_ref()?;
+        match disk.read(hash) {
+            Lookup::Miss => None,
+            Lookup::Refused(reason) => {
+                tracing::warn!(module = %hash.short(), "compiled module refused, compiling again: {reason}");
+                None
+            }
+            Lookup::Hit(serialized) => {
+                // SAFETY: `Module::deserialize` runs the bytes as native code without checking
+                // them. These are exactly the bytes whose keyed MAC was just verified, held in
+                // our own memory (not a file that could change after the check): the key is
+                // derived from this worker's secret identity, so only this worker could have
+                // written them, and it writes only the output of `Module::serialize` of a module
+                // it compiled. The file name carries the engine's compatibility hash (and the
+                // MAC covers the name), and wasmtime checks that hash again on load.
+                match unsafe { Module::deserialize(&self.inner.engine, &serialized) } {
+                    Ok(module) => Some(module),
+                    Err(error) => {
+                        tracing::warn!(module = %hash.short(), "cached module does not load, compiling again: {}", error_chain(&error));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps a freshly compiled module on disk; a failure only costs a compile next time.
+    fn to_disk(&self, hash: &ContentHash, module: &Module) {
+        let Some(disk) = self.inner.disk.as_ref() else {
+            return;
+        };
+        let written = module
+            .serialize()
+            .map_err(|error| error_chain(&error))
+            .and_then(|bytes| disk.write(hash, &bytes).map_err(|error| error.to_string()));
+        if let Err(error) = written {
+            tracing::warn!(module = %hash.short(), "cannot keep compiled module on disk: {error}");
+        }
     }
 
     /// Runs a task to completion on the sandbox's own threads. Never fails: every ending is an
@@ -327,6 +442,15 @@ impl Sandbox {
     }
 
     async fn run_here(&self, module: &CompiledModule, spec: TaskSpec) -> Execution {
+        // Held until the store is dropped (the end of this function): the pooling allocator has
+        // a fixed number of slots.
+        let _pool_slot = self
+            .inner
+            .pool_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the pool semaphore is never closed");
         let started = Instant::now();
         let stdout = CappedPipe::new(cap_to_usize(spec.limits.stdout_max_bytes));
         let stderr = CappedPipe::new(cap_to_usize(spec.limits.stderr_max_bytes));
@@ -530,18 +654,48 @@ fn deterministic_config() -> Config {
     config
 }
 
+/// The pooling allocator for `slots` tasks at once (see the sizes in [`limits`]). Sizes are
+/// upper bounds per task that the [`TaskLimiter`] stays within, so a task's outcome and fuel
+/// are the same as with on-demand allocation: the limiter refuses first.
+fn pooling_config(slots: usize) -> PoolingAllocationConfig {
+    let slots = u32::try_from(slots).unwrap_or(u32::MAX);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots.saturating_mul(limits::MAX_TABLES as u32))
+        .total_stacks(slots)
+        .max_memories_per_module(limits::MAX_MEMORIES as u32)
+        .max_tables_per_module(limits::MAX_TABLES as u32)
+        .max_memory_size(cap_to_usize(limits::MAX_MEMORY_BYTES))
+        .table_elements(limits::MAX_TABLE_ELEMENTS)
+        .max_core_instance_size(limits::MAX_INSTANCE_STATE_BYTES)
+        .linear_memory_keep_resident(limits::POOL_MEMORY_KEEP_RESIDENT_BYTES)
+        .async_stack_keep_resident(limits::POOL_STACK_KEEP_RESIDENT_BYTES);
+    pool
+}
+
+/// 32 hex characters of BLAKE3 over wasmtime's compatibility hash: names the engine build and
+/// settings a compiled artifact belongs to.
+fn engine_hash(engine: &Engine) -> String {
+    let mut hasher = Blake3Hasher(blake3::Hasher::new());
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+    hasher.0.finalize().to_hex()[..32].to_owned()
+}
+
+struct Blake3Hasher(blake3::Hasher);
+
+impl Hasher for Blake3Hasher {
+    fn finish(&self) -> u64 {
+        unreachable!("only the full BLAKE3 output is used")
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
 /// `sandbox-v<N>/<arch>-<os>/<16 hex>`: the hex is BLAKE3 over wasmtime's compatibility hash (its
 /// version and every compilation setting) and this sandbox's own settings.
 fn fingerprint(engine: &Engine) -> String {
-    struct Blake3Hasher(blake3::Hasher);
-    impl Hasher for Blake3Hasher {
-        fn finish(&self) -> u64 {
-            unreachable!("only the full BLAKE3 output is used")
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            self.0.update(bytes);
-        }
-    }
     let mut hasher = Blake3Hasher(blake3::Hasher::new());
     std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
     hasher.write(&SANDBOX_VERSION.to_le_bytes());
