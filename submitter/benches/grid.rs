@@ -18,9 +18,10 @@
 //! The grid: `--workers` (2) in-process workers (`peergrid_worker::daemon::Worker`, as
 //! `peergrid demo` starts them) on 127.0.0.1, 127.0.0.2, … with `--slots` (1) slots each, so that
 //! 2 workers × 1 slot use the 2 cores of the reference machine and the submitter shares them.
-//! Each run uses a fresh state directory, fresh worker identities and a fresh job; worker start
-//! and connection are timed apart from the job. `--json` prints one JSON line per mode instead of
-//! the table.
+//! The grid is started once per mode and warmed up with a one-task job (the workers compile the
+//! module), as a Ray or Dask cluster is up before its benchmark starts; each run is then a fresh
+//! job in one redb store, timed as `run_session` (restore, dispatch, verification, commits,
+//! result files). `--json` prints one JSON line per mode instead of the table.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
