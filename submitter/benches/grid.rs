@@ -53,7 +53,7 @@ fn parse() -> anyhow::Result<Options> {
         workers: 2,
         slots: 1,
         cpu_tasks: 40,
-        cpu_samples: 4_000_000,
+        cpu_samples: 8_000_000,
         json: false,
     };
     let mut args = std::env::args().skip(1);
