@@ -24,6 +24,10 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     trivial_task(&mut criterion);
     criterion.final_summary();
+    // `--profile-time` (for a profiler): the criterion part alone.
+    if std::env::args().any(|arg| arg == "--profile-time") {
+        return;
+    }
     cpu_bound_vs_native(test_mode);
     warm_cache_first_task(test_mode);
 }
