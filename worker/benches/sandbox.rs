@@ -3,7 +3,7 @@
 //! disk cache.
 //!
 //! Run: `cargo bench -p peergrid-worker --bench sandbox` (figures for BENCHMARKS.md; the native
-//! guests are built into `target/guests-native` on first run, which takes a minute).
+//! guests are built into `target/guests-native` on first run, in a few seconds).
 //! Tiny size, for CI: `cargo bench -p peergrid-worker --bench sandbox -- --test` (one iteration
 //! of everything, small inputs). Not a timed test: it reports figures, it checks only outcomes.
 

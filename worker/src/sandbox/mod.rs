@@ -339,13 +339,13 @@ impl Sandbox {
         if let Some(module) = self.cached(&hash) {
             return Ok((module, CompileSource::Memory));
         }
-        let (module, source) = match self.from_disk(&hash) {
+        let (module, source) = match self.load_from_disk(&hash) {
             Some(module) => (module, CompileSource::Disk),
             None => {
                 let module = Module::new(&self.inner.engine, wasm).map_err(|error| {
                     ModuleError(format!("invalid module: {}", error_chain(&error)))
                 })?;
-                self.to_disk(&hash, &module);
+                self.store_on_disk(&hash, &module);
                 (module, CompileSource::Compiled)
             }
         };
@@ -360,7 +360,7 @@ impl Sandbox {
     }
 
     /// The module from the disk cache, if this worker compiled it before with this engine.
-    fn from_disk(&self, hash: &ContentHash) -> Option<Module> {
+    fn load_from_disk(&self, hash: &ContentHash) -> Option<Module> {
         let disk = self.inner.disk.as_ref()?;
         match disk.read(hash) {
             Lookup::Miss => None,
@@ -388,7 +388,7 @@ impl Sandbox {
     }
 
     /// Keeps a freshly compiled module on disk; a failure only costs a compile next time.
-    fn to_disk(&self, hash: &ContentHash, module: &Module) {
+    fn store_on_disk(&self, hash: &ContentHash, module: &Module) {
         let Some(disk) = self.inner.disk.as_ref() else {
             return;
         };
