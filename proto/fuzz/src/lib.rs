@@ -259,11 +259,11 @@ fn tamper_receipt(identity: &Identity, content: &[u8], edits: impl Iterator<Item
     for edit in edits {
         let key_before = key.clone();
         apply(edit, [&mut message, &mut signature, &mut key]);
-        if key != key_before {
-            if let Ok(mut decoded) = pb::Receipt::decode(message.as_slice()) {
-                decoded.worker_key = key.clone().into();
-                message = decoded.encode_to_vec();
-            }
+        if key != key_before
+            && let Ok(mut decoded) = pb::Receipt::decode(message.as_slice())
+        {
+            decoded.worker_key = key.clone().into();
+            message = decoded.encode_to_vec();
         }
     }
     let unchanged = message == original.receipt && signature == original.signature;
