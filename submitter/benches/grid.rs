@@ -80,7 +80,10 @@ fn parse() -> anyhow::Result<Options> {
         options.workers >= 2,
         "--workers must be at least 2 (replication 2)"
     );
-    ensure!(options.runs >= 1 && options.tasks >= 1 && options.cpu_tasks >= 1);
+    ensure!(
+        options.runs >= 1 && options.tasks >= 1 && options.cpu_tasks >= 1,
+        "--runs, --tasks and --cpu-tasks must each be at least 1 (use --mode to run one part only)"
+    );
     ensure!(
         ["trivial", "cpu", "both"].contains(&options.mode.as_str()),
         "--mode is trivial, cpu or both"
