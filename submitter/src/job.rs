@@ -634,12 +634,30 @@ fn check_env_count(
     count: usize,
     span: Range<usize>,
 ) -> Result<(), JobFileError> {
-    if count <= limits::MAX_ENV {
+    check_count(
+        doc,
+        field,
+        span,
+        count,
+        "entries",
+        (limits::MAX_ENV, "MAX_ENV"),
+    )
+}
+
+/// `count` items of `field` (at `span`) are at most `max`, named `max_name` in the error.
+fn check_count(
+    doc: &Doc,
+    field: &str,
+    span: Range<usize>,
+    count: usize,
+    items: &str,
+    (max, max_name): (usize, &str),
+) -> Result<(), JobFileError> {
+    if count <= max {
         return Ok(());
     }
     let problem = format!(
-        "{count} entries, at most {} (MAX_ENV), e.g. {}",
-        limits::MAX_ENV,
+        "{count} {items}, at most {max} ({max_name}), e.g. {}",
         example(field)
     );
     Err(doc.invalid(Some(span), field, problem))
@@ -683,14 +701,14 @@ fn check_args(
         return Ok(Vec::new());
     };
     let count = args.get_ref().len();
-    if count > limits::MAX_ARGS {
-        let problem = format!(
-            "{count} args, at most {} (MAX_ARGS), e.g. {}",
-            limits::MAX_ARGS,
-            example(field)
-        );
-        return Err(doc.invalid(Some(args.span()), field, problem));
-    }
+    check_count(
+        doc,
+        field,
+        args.span(),
+        count,
+        "args",
+        (limits::MAX_ARGS, "MAX_ARGS"),
+    )?;
     Ok(args.get_ref().clone())
 }
 
@@ -704,14 +722,8 @@ fn check_files(
         return Ok(Vec::new());
     };
     let count = files.get_ref().len();
-    if count > limits::MAX_INPUT_FILES {
-        let problem = format!(
-            "{count} files, at most {} (MAX_INPUT_FILES), e.g. {}",
-            limits::MAX_INPUT_FILES,
-            example(field)
-        );
-        return Err(doc.invalid(Some(files.span()), field, problem));
-    }
+    let max = (limits::MAX_INPUT_FILES, "MAX_INPUT_FILES");
+    check_count(doc, field, files.span(), count, "files", max)?;
     let mut seen: HashMap<&str, &str> = HashMap::new();
     for file in files.get_ref() {
         let name = input_name(file.get_ref()).map_err(|problem| {
@@ -1455,6 +1467,18 @@ env = { SEED = "{i}{i}", MODE = "sweep" }
             "[sweep]\nargs = [\"{i}\"]\nrange = [1, 2]\nfiles = [\"bad\\\\name\"]\n",
         ));
         assert!(refused.starts_with("job.toml:6: sweep.files: \"bad\\\\name\": input file name \"bad\\\\name\" is not a single file name"), "{refused}");
+        let files = |count: usize| {
+            let names: Vec<String> = (0..count).map(|n| format!("\"f{n}\"")).collect();
+            with_head(&format!("[[task]]\nfiles = [{}]\n", names.join(", ")))
+        };
+        assert_eq!(
+            ok(&files(limits::MAX_INPUT_FILES)).tasks[0].files.len(),
+            1024
+        );
+        check(
+            &files(limits::MAX_INPUT_FILES + 1),
+            "job.toml:4: task.files: 1025 files, at most 1024 (MAX_INPUT_FILES), e.g. files = [\"data/a.txt\", \"data/b.txt\"]",
+        );
     }
 
     #[test]
