@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use peergrid_proto::signing::task_digest;
 use peergrid_proto::{ContentHash, pb};
 use peergrid_worker::blobs::BlobStore;
 use tokio::sync::mpsc;
@@ -25,6 +24,8 @@ use crate::schedule::{TaskIndex, WorkerId};
 pub struct Dispatch {
     pub task: TaskIndex,
     pub signed: pb::SignedTask,
+    /// `task_digest(&signed)`, computed once when the task is signed rather than per copy.
+    pub digest: ContentHash,
     /// Blobs the task needs besides the module: its input files.
     pub blobs: Vec<ContentHash>,
 }
@@ -185,9 +186,8 @@ impl Connection {
         }
         let request_id = self.next_request;
         self.next_request += 1;
-        let digest = task_digest(&dispatch.signed);
         self.in_flight
-            .insert(request_id, (dispatch.task, digest, dispatch.blobs));
+            .insert(request_id, (dispatch.task, dispatch.digest, dispatch.blobs));
         let request = pb::ExecuteRequest {
             request_id,
             task: Some(dispatch.signed),

@@ -325,6 +325,15 @@ struct TaskInputs {
     files: Vec<ContentHash>,
 }
 
+/// A task as signed for its copies: the manifest, its digest (what receipts must answer) and
+/// when it expires.
+#[derive(Debug, Clone)]
+struct SignedCopy {
+    signed: pb::SignedTask,
+    digest: ContentHash,
+    expires_unix_s: u64,
+}
+
 /// What background look-ups tell the session.
 enum Control {
     Connected(String, Result<WorkerClient, ClientError>),
@@ -345,8 +354,9 @@ struct Session<'a> {
     reputation: HashMap<String, f64>,
     connections: HashMap<WorkerId, mpsc::Sender<Dispatch>>,
     connecting: HashSet<String>,
-    /// Signed manifests, reused for every copy until close to expiry.
-    signed: HashMap<TaskIndex, (pb::SignedTask, u64)>,
+    /// Signed manifests with their digests and expiry, reused for every copy until close to
+    /// expiry.
+    signed: HashMap<TaskIndex, SignedCopy>,
     /// Outputs of receipts of unsettled tasks, until one of them is accepted.
     outputs: HashMap<TaskIndex, Vec<(Verdict, Bytes, Bytes)>>,
     next_copy: Vec<u32>,
@@ -678,12 +688,13 @@ impl<'a> Session<'a> {
         worker: WorkerId,
         now: Instant,
     ) -> Result<(), SubmitError> {
-        let signed = self.signed_task(task)?;
+        let SignedCopy { signed, digest, .. } = self.signed_task(task)?;
         let blobs = self.inputs[task as usize].files.clone();
         let sent = match self.connections.get(&worker) {
             Some(sender) => sender.try_send(Dispatch {
                 task,
                 signed,
+                digest,
                 blobs,
             }),
             None => {
@@ -711,11 +722,11 @@ impl<'a> Session<'a> {
     }
 
     /// The signed manifest of `task`, signed again when close to expiry.
-    fn signed_task(&mut self, task: TaskIndex) -> Result<pb::SignedTask, SubmitError> {
+    fn signed_task(&mut self, task: TaskIndex) -> Result<SignedCopy, SubmitError> {
         let now_s = unix_now_s();
-        if let Some((signed, expires)) = self.signed.get(&task) {
-            if *expires > now_s + limits::TASK_RESIGN_MARGIN.as_secs() {
-                return Ok(signed.clone());
+        if let Some(copy) = self.signed.get(&task) {
+            if copy.expires_unix_s > now_s + limits::TASK_RESIGN_MARGIN.as_secs() {
+                return Ok(copy.clone());
             }
         }
         let record = &self.tasks[task as usize];
@@ -751,8 +762,13 @@ impl<'a> Session<'a> {
             &record.id,
             expires,
         );
-        self.signed.insert(task, (signed.clone(), expires));
-        Ok(signed)
+        let copy = SignedCopy {
+            digest: peergrid_proto::signing::task_digest(&signed),
+            signed,
+            expires_unix_s: expires,
+        };
+        self.signed.insert(task, copy.clone());
+        Ok(copy)
     }
 
     /// Handles `first` and whatever else is already waiting, commits, then reports.
