@@ -357,7 +357,7 @@ struct Session<'a> {
     /// Signed manifests with their digests and expiry, reused for every copy until close to
     /// expiry.
     signed: HashMap<TaskIndex, SignedCopy>,
-    /// Outputs of receipts of unsettled tasks, until one of them is accepted.
+    /// Outputs of receipts of unsettled tasks, one per distinct verdict, until one is accepted.
     outputs: HashMap<TaskIndex, Vec<(Verdict, Bytes, Bytes)>>,
     next_copy: Vec<u32>,
     /// Workers excluded from this job (key hex), also in earlier sessions.
@@ -844,11 +844,18 @@ impl<'a> Session<'a> {
             Answer::Receipt(result) => {
                 self.copy_wall_time += result.wall_time;
                 let verdict = verdict_of(&result);
-                self.outputs.entry(task).or_default().push((
-                    verdict.clone(),
-                    result.stdout.clone(),
-                    result.stderr.clone(),
-                ));
+                // Only an open task can still be accepted, and equal verdicts sign equal output
+                // hashes: one output per distinct verdict is all acceptance can need.
+                if self.scheduler.is_open(task) {
+                    let seen = self.outputs.entry(task).or_default();
+                    if !seen.iter().any(|(other, _, _)| *other == verdict) {
+                        seen.push((
+                            verdict.clone(),
+                            result.stdout.clone(),
+                            result.stderr.clone(),
+                        ));
+                    }
+                }
                 let decisions = self.scheduler.on_receipt(task, worker, verdict.clone());
                 let kind = match decisions.first() {
                     Some(Decision::Discarded { task: t, worker: w })
