@@ -52,8 +52,8 @@ impl DemoResult {
 /// Runs the demo; progress goes to stderr.
 pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
     anyhow::ensure!(
-        options.workers >= 2,
-        "the demo needs at least 2 workers (--workers)"
+        (2..=MAX_LOCAL_WORKERS).contains(&options.workers),
+        "the demo needs 2 to {MAX_LOCAL_WORKERS} workers (--workers), one per loopback address"
     );
     anyhow::ensure!(
         options.liars + 2 <= options.workers,
@@ -135,17 +135,10 @@ async fn start_workers(
         worker_options.policy.cores = 1;
         worker_options.seeds = gossip_seed.into_iter().collect();
         worker_options.lie_rate = if lies { 1.0 } else { 0.0 };
-        let mut host = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + index as u8));
-        let worker = match start_on(worker_options.clone(), host).await {
-            Ok(worker) => worker,
-            // Some systems (macOS) answer only on 127.0.0.1: the workers then share a host.
-            Err(_) if index > 0 => {
-                distinct_hosts = false;
-                host = IpAddr::V4(Ipv4Addr::LOCALHOST);
-                start_on(worker_options, host).await?
-            }
-            Err(error) => return Err(error.into()),
-        };
+        // Bound on the worker's own host by `start_local_worker`.
+        worker_options.gossip = Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0));
+        let worker = start_local_worker(worker_options, index, stopped.clone()).await?;
+        distinct_hosts &= worker.own_host;
         gossip_seed = gossip_seed.or(worker.gossip_addr);
         grpc_seed = grpc_seed.or(Some(worker.addr.to_string()));
         eprintln!(
@@ -161,13 +154,57 @@ async fn start_workers(
         if lies {
             liars.push(worker.public_key);
         }
-        let mut stopped = stopped.clone();
-        tokio::spawn(worker.serve(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
     }
     let seed = grpc_seed.expect("at least two workers started");
     Ok((seed, distinct_hosts, liars))
+}
+
+/// Workers [`start_local_worker`] can give a loopback address of their own: 127.0.0.1 ..= .254.
+pub const MAX_LOCAL_WORKERS: usize = 254;
+
+/// A worker [`start_local_worker`] started in this process.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalWorker {
+    pub addr: SocketAddr,
+    pub gossip_addr: Option<SocketAddr>,
+    pub public_key: PublicKey,
+    /// Whether it has a loopback address of its own, so that it counts as a distinct host.
+    pub own_host: bool,
+}
+
+/// Starts worker number `index` (below [`MAX_LOCAL_WORKERS`]) in this process on 127.0.0.(index
+/// + 1), its own host to the scheduler, or on 127.0.0.1 where the system answers only there
+/// (macOS); gossip too when `options.gossip` is set. It serves until `stopped` turns true.
+/// `peergrid demo` and the grid bench start their workers here.
+pub async fn start_local_worker(
+    options: WorkerOptions,
+    index: usize,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<LocalWorker> {
+    anyhow::ensure!(
+        index < MAX_LOCAL_WORKERS,
+        "worker {index}: at most {MAX_LOCAL_WORKERS} local workers, one per loopback address"
+    );
+    let own = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + index as u8));
+    let (worker, own_host) = match start_on(options.clone(), own).await {
+        Ok(worker) => (worker, true),
+        Err(_) if index > 0 => (start_on(options, Ipv4Addr::LOCALHOST.into()).await?, false),
+        Err(error) => {
+            return Err(
+                anyhow::Error::new(error).context(format!("cannot start a worker on {own}"))
+            );
+        }
+    };
+    let started = LocalWorker {
+        addr: worker.addr,
+        gossip_addr: worker.gossip_addr,
+        public_key: worker.public_key,
+        own_host,
+    };
+    tokio::spawn(worker.serve(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    Ok(started)
 }
 
 async fn start_on(
@@ -175,7 +212,9 @@ async fn start_on(
     host: IpAddr,
 ) -> Result<Worker, peergrid_worker::daemon::StartError> {
     options.listen = SocketAddr::new(host, 0);
-    options.gossip = Some(SocketAddr::new(host, 0));
+    if options.gossip.is_some() {
+        options.gossip = Some(SocketAddr::new(host, 0));
+    }
     Worker::start(options).await
 }
 
@@ -186,10 +225,31 @@ fn write_job(dir: &Path, options: &DemoOptions, distinct_hosts: bool) -> anyhow:
         .with_context(|| format!("cannot write {}", module.display()))?;
     let job_file = dir.join("pi-demo.toml");
     let text = format!(
-        r#"# Written by `peergrid demo`: a Monte Carlo estimate of pi, {tasks} tasks of {samples} samples,
-# each task seeded by its number. Submit it yourself with
-#   peergrid submit {job} --key {key} --seed <a worker's address>
-name = "pi-demo"
+        "# Written by `peergrid demo`: a Monte Carlo estimate of pi, {tasks} tasks of {samples} \
+         samples,\n# each task seeded by its number. Submit it yourself with\n\
+         #   peergrid submit {job} --key {key} --seed <a worker's address>\n{body}",
+        tasks = options.tasks,
+        samples = options.samples_per_task,
+        job = job_file.display(),
+        key = dir.join("demo.key").display(),
+        body = pi_sweep_job(
+            "pi-demo",
+            &options.samples_per_task.to_string(),
+            options.tasks,
+            distinct_hosts
+        ),
+    );
+    std::fs::write(&job_file, text)
+        .with_context(|| format!("cannot write {}", job_file.display()))?;
+    Ok(job_file)
+}
+
+/// The text of a job file running `pi.wasm` (beside it) as a sweep i = 1 ..= `last`, each task
+/// with args `[samples_template, "{i}"]` ("{i}" in the template is substituted too), on 2 workers
+/// that must agree. The demo's job; the end-to-end tests' jobs too.
+pub fn pi_sweep_job(name: &str, samples_template: &str, last: u64, distinct_hosts: bool) -> String {
+    format!(
+        r#"name = "{name}"
 module = "pi.wasm"
 replication = 2
 quorum = 2
@@ -201,17 +261,10 @@ memory_mb = 64
 timeout_s = 120
 
 [sweep]
-args = ["{samples}", "{{i}}"]
-range = [1, {tasks}]
-"#,
-        tasks = options.tasks,
-        samples = options.samples_per_task,
-        job = job_file.display(),
-        key = dir.join("demo.key").display(),
-    );
-    std::fs::write(&job_file, text)
-        .with_context(|| format!("cannot write {}", job_file.display()))?;
-    Ok(job_file)
+args = ["{samples_template}", "{{i}}"]
+range = [1, {last}]
+"#
+    )
 }
 
 fn load_or_create_key(path: &Path) -> anyhow::Result<Identity> {
@@ -227,4 +280,55 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<Identity> {
 fn parse_pi(stdout: &[u8]) -> Option<(u64, u64)> {
     let value: serde_json::Value = serde_json::from_slice(stdout).ok()?;
     Some((value["samples"].as_u64()?, value["inside"].as_u64()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(workers: usize, liars: usize, state: &Path) -> DemoOptions {
+        DemoOptions {
+            workers,
+            liars,
+            tasks: 3,
+            samples_per_task: 1000,
+            state: state.to_owned(),
+            plain_progress: true,
+        }
+    }
+
+    #[test]
+    fn the_written_job_is_a_valid_sweep_seeded_by_task_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let job_file = write_job(dir.path(), &options(3, 0, dir.path()), false).unwrap();
+        let spec = crate::job::load(&job_file).unwrap();
+        assert_eq!(spec.name, "pi-demo");
+        assert_eq!(spec.module, dir.path().join("pi.wasm"));
+        assert!(!spec.distinct_hosts);
+        let args: Vec<_> = spec.tasks.iter().map(|task| task.args.clone()).collect();
+        assert_eq!(args, [["1000", "1"], ["1000", "2"], ["1000", "3"]]);
+        assert_eq!(
+            std::fs::read(&spec.module).unwrap(),
+            peergrid_tasks::PI_WASM
+        );
+    }
+
+    #[tokio::test]
+    async fn worker_counts_outside_the_loopback_addresses_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (workers, liars) in [(1, 0), (MAX_LOCAL_WORKERS + 1, 0), (3, 2)] {
+            let refused = run(options(workers, liars, dir.path())).await.unwrap_err();
+            assert!(refused.to_string().contains("--workers"), "{refused}");
+        }
+        let (_stop, stopped) = watch::channel(false);
+        let options = WorkerOptions::new(dir.path().join("worker"));
+        let refused = start_local_worker(options, MAX_LOCAL_WORKERS, stopped)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("at most 254"), "{refused}");
+        assert!(
+            !dir.path().join("demo").exists(),
+            "nothing is written first"
+        );
+    }
 }
