@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use peergrid_submitter::program::ProgramRequest;
-use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
+use peergrid_submitter::program::{PreparedProgram, ProgramRequest};
+use peergrid_worker::sandbox::{Execution, Sandbox, SandboxOptions};
 
 use crate::{KeyPair, WorkerConfig, WorkerProcess, results_lines};
 
@@ -90,10 +90,9 @@ range = [1, {last}]
     )
 }
 
-/// The output hash `peergrid run` gives for `pi ARGS`, by the same code path (program → sandbox
-/// spec with the program digest as random seed), for every argument list.
-pub fn local_hashes(module: &Path, arg_lists: &[Vec<String>]) -> Vec<String> {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+/// A quiet local sandbox with no disk cache, as `peergrid run` has, and its scratch directory
+/// (keep it alive as long as the sandbox): the reference that remote results are checked against.
+pub fn local_sandbox() -> (Sandbox, tempfile::TempDir) {
     let scratch = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(SandboxOptions {
         threads: 2,
@@ -101,6 +100,21 @@ pub fn local_hashes(module: &Path, arg_lists: &[Vec<String>]) -> Vec<String> {
         fingerprint_tag: None,
     })
     .unwrap();
+    (sandbox, scratch)
+}
+
+/// Runs `program` in `sandbox`, as `peergrid run` does.
+pub async fn local_run(sandbox: &Sandbox, program: &PreparedProgram) -> Execution {
+    sandbox
+        .run_module(program.module.clone(), program.spec.clone())
+        .await
+}
+
+/// The output hash `peergrid run` gives for `pi ARGS`, by the same code path (program → sandbox
+/// spec with the program digest as random seed), for every argument list.
+pub fn local_hashes(module: &Path, arg_lists: &[Vec<String>]) -> Vec<String> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (sandbox, _scratch) = local_sandbox();
     runtime.block_on(async {
         let mut hashes = Vec::new();
         for args in arg_lists {
@@ -117,9 +131,7 @@ pub fn local_hashes(module: &Path, arg_lists: &[Vec<String>]) -> Vec<String> {
             }
             .prepare()
             .unwrap();
-            let execution = sandbox
-                .run_module(program.module.clone(), program.spec)
-                .await;
+            let execution = local_run(&sandbox, &program).await;
             hashes.push(peergrid_proto::ContentHash::of(&execution.stdout).to_hex());
         }
         hashes

@@ -8,12 +8,13 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use peergrid_e2e::jobs::{local_run, local_sandbox};
 use peergrid_e2e::{KeyPair, WorkerConfig, WorkerProcess, grpc_client, guest};
 use peergrid_proto::signing::task_digest;
 use peergrid_proto::{ContentHash, PublicKey, pb};
 use peergrid_submitter::client::{CheckedResult, check_result};
 use peergrid_submitter::program::{PreparedProgram, ProgramRequest};
-use peergrid_worker::sandbox::{Execution, Outcome, Sandbox, SandboxOptions, TrapKind};
+use peergrid_worker::sandbox::{Outcome, TrapKind};
 
 /// Tasks the worker runs at once (`--cores`). The machine has two cores: four slots make the
 /// guests share them, which is the point.
@@ -303,13 +304,6 @@ async fn run_on_worker(worker: &WorkerProcess, key: &KeyPair, cases: &[Case]) ->
     done.into_iter().map(|answer| answer.unwrap()).collect()
 }
 
-/// Runs `program` in a local sandbox, as `peergrid run` does.
-async fn local_run(sandbox: &Sandbox, program: &PreparedProgram) -> Execution {
-    sandbox
-        .run_module(program.module.clone(), program.spec.clone())
-        .await
-}
-
 #[test]
 fn all_hostile_guests_at_once_leave_honest_results_exact_memory_bounded_and_nothing_leaked() {
     let dir = tempfile::tempdir().unwrap();
@@ -353,13 +347,7 @@ fn all_hostile_guests_at_once_leave_honest_results_exact_memory_bounded_and_noth
 
     // Each result is what the program gives alone on a quiet local sandbox (the timeout aside,
     // which is the one nondeterministic outcome), and each hostile guest ends its own way.
-    let scratch = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::new(SandboxOptions {
-        threads: 2,
-        scratch_dir: scratch.path().to_owned(),
-        fingerprint_tag: None,
-    })
-    .unwrap();
+    let (sandbox, _scratch) = local_sandbox();
     for (case, answer) in cases.iter().zip(&answers) {
         let remote = &answer.result;
         match &case.expect {
