@@ -10,6 +10,8 @@ use peergrid_worker::sandbox::{
     CompileSource, Execution, ModuleCacheDir, Outcome, Sandbox, SandboxOptions, TaskSpec,
 };
 
+mod common;
+
 const KEY: [u8; 32] = [7; 32];
 
 /// A sandbox with its disk cache in `dir` under `key`: a worker (re)started on that data dir.
@@ -130,13 +132,7 @@ fn a_truncated_or_foreign_file_is_refused() {
 
 #[test]
 fn without_a_cache_dir_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::new(SandboxOptions {
-        threads: 1,
-        scratch_dir: dir.path().join("scratch"),
-        fingerprint_tag: None,
-    })
-    .unwrap();
+    let (sandbox, dir) = common::sandbox(1);
     let (source, execution) = load_and_run(&sandbox, "hello", &[]);
     assert_eq!(source, CompileSource::Compiled);
     assert_eq!(execution.outcome, Outcome::Exited(0));

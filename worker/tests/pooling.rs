@@ -3,17 +3,13 @@
 
 use bytes::Bytes;
 use peergrid_worker::limits;
-use peergrid_worker::sandbox::{Outcome, Sandbox, SandboxOptions, TaskSpec};
+use peergrid_worker::sandbox::{Outcome, TaskSpec};
+
+mod common;
 
 #[test]
 fn more_tasks_than_pool_slots_all_finish_with_equal_results() {
-    let scratch = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::new(SandboxOptions {
-        threads: 1,
-        scratch_dir: scratch.path().to_owned(),
-        fingerprint_tag: None,
-    })
-    .unwrap();
+    let (sandbox, _scratch) = common::sandbox(1);
     let tasks = 3 * limits::pool_slots(1);
     let wasm = Bytes::from(peergrid_tasks::wasm_bytes("pi"));
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -5,19 +5,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use peergrid_worker::sandbox::{
-    Execution, Limits, Outcome, Sandbox, SandboxOptions, TaskSpec, TrapKind,
-};
+use peergrid_worker::sandbox::{Execution, Limits, Outcome, Sandbox, TaskSpec, TrapKind};
+
+mod common;
 
 fn sandbox() -> (Sandbox, tempfile::TempDir) {
-    let scratch = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::new(SandboxOptions {
-        threads: 2,
-        scratch_dir: scratch.path().to_owned(),
-        fingerprint_tag: None,
-    })
-    .unwrap();
-    (sandbox, scratch)
+    common::sandbox(2)
 }
 
 /// Runs `guest` with `args` under `limits` and a fixed seed.
