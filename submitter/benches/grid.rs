@@ -15,7 +15,7 @@
 //!   core), replication 2, over all slots; reports wall time against the ideal
 //!   (sum of the copies' wall times as the workers reported them ÷ slots).
 //!
-//! The grid: `--workers` (2) in-process workers (`peergrid_worker::daemon::Worker`, as
+//! The grid: `--workers` (2) in-process workers (started by `demo::start_local_worker`, as
 //! `peergrid demo` starts them) on 127.0.0.1, 127.0.0.2, … with `--slots` (1) slots each, so that
 //! 2 workers × 1 slot use the 2 cores of the reference machine and the submitter shares them.
 //! The grid is started once per mode and warmed up with a one-task job (the workers compile the
@@ -23,14 +23,14 @@
 //! job in one redb store, timed as `run_session` (restore, dispatch, verification, commits,
 //! result files). `--json` prints one JSON line per mode instead of the table.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use anyhow::{Context, bail, ensure};
 use peergrid_proto::Identity;
+use peergrid_submitter::demo::start_local_worker;
 use peergrid_submitter::store::Store;
 use peergrid_submitter::submit::{self, Source, Summary};
-use peergrid_worker::daemon::{Worker, WorkerOptions};
+use peergrid_worker::daemon::WorkerOptions;
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -114,16 +114,14 @@ impl Grid {
             let mut worker_options = WorkerOptions::new(dir.path().join(format!("worker-{index}")));
             worker_options.trust = vec![identity.public_key()];
             worker_options.policy.cores = options.slots;
-            let host = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + index as u8));
-            worker_options.listen = SocketAddr::new(host, 0);
-            let worker = Worker::start(worker_options)
-                .await
-                .with_context(|| format!("cannot start worker {index} on {host}"))?;
+            let worker = start_local_worker(worker_options, index, stopped.clone()).await?;
+            // Replication 2 on distinct hosts needs each worker on its own address.
+            ensure!(
+                worker.own_host,
+                "worker {index} could not have its own loopback address (127.0.0.{})",
+                index + 1
+            );
             addrs.push(worker.addr.to_string());
-            let mut stopped = stopped.clone();
-            tokio::spawn(worker.serve(async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            }));
         }
         let store = Store::open(&dir.path().join("state"))?;
         Ok(Self {
