@@ -218,3 +218,15 @@ pub const MAX_CONCURRENT_UPLOADS: usize = 16;
 /// Longest one `PutBlob` upload may take (256 MiB at about 150 KB/s). Reached:
 /// `DEADLINE_EXCEEDED`, and the partial file is removed.
 pub const UPLOAD_MAX_DURATION: Duration = Duration::from_secs(30 * 60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_slots_are_threads_plus_headroom_up_to_the_cap() {
+        assert_eq!(pool_slots(1), 1 + POOL_HEADROOM_SLOTS);
+        assert_eq!(pool_slots(MAX_POOL_SLOTS), MAX_POOL_SLOTS);
+        assert_eq!(pool_slots(usize::MAX), MAX_POOL_SLOTS);
+    }
+}
