@@ -130,13 +130,17 @@ impl DiskCache {
         temp.as_file().sync_data()?;
         temp.persist(self.dir.join(&name))
             .map_err(|error| error.error)?;
-        self.evict();
+        self.evict(
+            limits::MODULE_DISK_CACHE_ENTRIES,
+            limits::MODULE_DISK_CACHE_BYTES,
+        );
         Ok(())
     }
 
-    /// Deletes least recently used artifacts until [`limits::MODULE_DISK_CACHE_ENTRIES`] and
-    /// [`limits::MODULE_DISK_CACHE_BYTES`] hold.
-    fn evict(&self) {
+    /// Deletes least recently used artifacts until at most `entries_max` of at most `bytes_max`
+    /// together are left ([`limits::MODULE_DISK_CACHE_ENTRIES`] and
+    /// [`limits::MODULE_DISK_CACHE_BYTES`]).
+    fn evict(&self, entries_max: usize, bytes_max: u64) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
@@ -152,9 +156,7 @@ impl DiskCache {
         let mut count = files.len();
         let mut bytes: u64 = files.iter().map(|(_, len, _)| len).sum();
         for (_, len, path) in files {
-            if count <= limits::MODULE_DISK_CACHE_ENTRIES
-                && bytes <= limits::MODULE_DISK_CACHE_BYTES
-            {
+            if count <= entries_max && bytes <= bytes_max {
                 break;
             }
             if fs::remove_file(&path).is_ok() {
@@ -162,5 +164,54 @@ impl DiskCache {
                 bytes -= len;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cache(dir: &std::path::Path) -> DiskCache {
+        let options = ModuleCacheDir {
+            dir: dir.to_owned(),
+            mac_key: [1; 32],
+        };
+        DiskCache::open(&options, "engine".to_owned()).unwrap()
+    }
+
+    /// Writes an artifact of `len` payload bytes for `module`, last used `age_s` seconds ago.
+    fn put(cache: &DiskCache, module: &ContentHash, len: usize, age_s: u64) {
+        cache.write(module, &vec![0; len]).unwrap();
+        let file = fs::File::options()
+            .append(true)
+            .open(cache.dir.join(cache.name(module)))
+            .unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+            .unwrap();
+    }
+
+    fn cached(cache: &DiskCache, module: &ContentHash) -> bool {
+        cache.dir.join(cache.name(module)).exists()
+    }
+
+    #[test]
+    fn eviction_drops_the_least_recently_used_until_both_bounds_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let [a, b, c] = [b"a", b"b", b"c"].map(|name| ContentHash::of(name));
+        put(&cache, &a, 100, 30);
+        put(&cache, &b, 100, 20);
+        put(&cache, &c, 100, 10);
+        // Reading `a` makes it the most recently used.
+        assert!(matches!(cache.read(&a), Lookup::Hit(bytes) if bytes.len() == 100));
+
+        cache.evict(2, u64::MAX);
+        assert!(cached(&cache, &a) && !cached(&cache, &b) && cached(&cache, &c));
+
+        let one_file = (HEADER_BYTES + 100) as u64;
+        cache.evict(usize::MAX, one_file);
+        assert!(cached(&cache, &a) && !cached(&cache, &c));
     }
 }
