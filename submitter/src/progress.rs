@@ -8,6 +8,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::limits;
 
+/// How often the bar redraws: its message, formatted more often, would never be seen.
+const BAR_TICK: Duration = Duration::from_millis(200);
+
 /// What the job has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -38,7 +41,8 @@ pub struct Progress {
     started: Instant,
     /// Settled when the session started: the rate counts only this session's work.
     settled_at_start: u64,
-    last_line: Option<Instant>,
+    /// When the bar's message or the last plain line was made.
+    last_shown: Option<Instant>,
     counts: Counts,
 }
 
@@ -56,36 +60,49 @@ impl Progress {
                 .progress_chars("█▉▊▋▌▍▎▏ "),
             );
             bar.set_position(counts.settled());
-            bar.enable_steady_tick(Duration::from_millis(200));
+            bar.enable_steady_tick(BAR_TICK);
             bar
         });
         Self {
             bar,
             started: Instant::now(),
             settled_at_start: counts.settled(),
-            last_line: None,
+            last_shown: None,
             counts,
         }
     }
 
-    /// Shows new counts: at once on the bar, at most every few seconds as a line.
+    /// Shows new counts: the bar's position at once and its message once per redraw, a line
+    /// at most every few seconds. Called on every event of the session, so cheap when not due.
     pub fn update(&mut self, counts: Counts) {
         self.counts = counts;
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(counts.settled());
-                bar.set_message(self.rate_and_details());
-            }
-            None => {
-                let due = self
-                    .last_line
-                    .is_none_or(|last| last.elapsed() >= limits::PLAIN_PROGRESS_INTERVAL);
-                if due {
-                    self.last_line = Some(Instant::now());
-                    eprintln!("peergrid: {}", self.line());
-                }
-            }
+        if let Some(bar) = &self.bar {
+            bar.set_position(counts.settled());
         }
+        let interval = match self.bar {
+            Some(_) => BAR_TICK,
+            None => limits::PLAIN_PROGRESS_INTERVAL,
+        };
+        if !self.due(interval) {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.set_message(self.rate_and_details()),
+            None => eprintln!("peergrid: {}", self.line()),
+        }
+    }
+
+    /// Whether `interval` has passed since the last message or line; if so, it starts again.
+    fn due(&mut self, interval: Duration) -> bool {
+        let now = Instant::now();
+        if self
+            .last_shown
+            .is_some_and(|last| now.duration_since(last) < interval)
+        {
+            return false;
+        }
+        self.last_shown = Some(now);
+        true
     }
 
     /// A message above the bar (or a plain line).
@@ -130,5 +147,18 @@ impl Progress {
             "?".to_owned()
         };
         format!("{rate:.1} tasks/s · ETA {eta} · {}", counts.details())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_due_at_first_then_once_per_interval() {
+        let mut progress = Progress::new(Counts::default(), true);
+        assert!(progress.due(Duration::from_secs(3600)));
+        assert!(!progress.due(Duration::from_secs(3600)));
+        assert!(progress.due(Duration::ZERO));
     }
 }
