@@ -13,7 +13,8 @@ use crate::store::{JobRecord, Store};
 /// The file with one JSON object per task.
 pub const RESULTS_FILE: &str = "results.jsonl";
 
-/// Writes one accepted task's output files.
+/// Writes one accepted task's output files: stdout last, so that a stdout file of the right size
+/// means both are written ([`Existing::Keep`] relies on it after a crash).
 pub fn write_output(
     out_dir: &Path,
     task_id: &str,
@@ -21,11 +22,10 @@ pub fn write_output(
     stderr: &[u8],
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(out_dir)?;
-    write_atomically(&out_dir.join(format!("{task_id}.stdout")), stdout)?;
     if !stderr.is_empty() {
         write_atomically(&out_dir.join(format!("{task_id}.stderr")), stderr)?;
     }
-    Ok(())
+    write_atomically(&out_dir.join(format!("{task_id}.stdout")), stdout)
 }
 
 /// What [`export`] does with output files that already exist.
