@@ -16,7 +16,7 @@ use crate::admission::{self, AdmittedTask, Refusal, TrustPolicy};
 use crate::blobs::{BlobStore, PutError};
 use crate::membership::{Gossip, PeerState};
 use crate::policy::{DonorPolicy, DonorState};
-use crate::sandbox::{CompiledModule, Execution, InputSpec, Outcome, Sandbox};
+use crate::sandbox::{CompiledModule, Execution, InputSpec, ModuleError, Outcome, Sandbox};
 use crate::{limits, receipt};
 
 /// Everything the service needs; cheap to clone.
@@ -343,10 +343,16 @@ impl WorkerService {
         let sandbox = self.inner.sandbox.clone();
         let blobs = self.inner.blobs.clone();
         tokio::task::spawn_blocking(move || {
-            let wasm = blobs
-                .read(&hash)
-                .map_err(|error| format!("cannot read module {hash}: {error}"))?;
-            sandbox.compile(hash, &wasm).map_err(|error| error.0)
+            // The blob is read only if the module is not in the disk cache.
+            let read_wasm = || {
+                blobs
+                    .read(&hash)
+                    .map_err(|error| ModuleError(format!("cannot read module {hash}: {error}")))
+            };
+            let (module, _source) = sandbox
+                .load_with(hash, read_wasm)
+                .map_err(|error| error.0)?;
+            Ok(module)
         })
         .await
         .unwrap_or_else(|error| Err(format!("compiler panic: {error}")))

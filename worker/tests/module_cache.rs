@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use peergrid_proto::ContentHash;
 use peergrid_worker::sandbox::{
-    CompileSource, Execution, ModuleCacheDir, Outcome, Sandbox, SandboxOptions, TaskSpec,
+    CompileSource, Execution, ModuleCacheDir, ModuleError, Outcome, Sandbox, SandboxOptions,
+    TaskSpec,
 };
 
 mod common;
@@ -137,4 +138,18 @@ fn without_a_cache_dir_nothing_is_written() {
     assert_eq!(source, CompileSource::Compiled);
     assert_eq!(execution.outcome, Outcome::Exited(0));
     assert!(!dir.path().join("compiled").exists());
+}
+
+#[test]
+fn a_module_in_the_disk_cache_is_loaded_without_reading_its_wasm() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = peergrid_tasks::wasm_bytes("hello");
+    let hash = ContentHash::of(&wasm);
+    let (_, source) = start(dir.path(), KEY)
+        .load_with(hash, || Ok::<_, ModuleError>(&wasm))
+        .unwrap();
+    assert_eq!(source, CompileSource::Compiled);
+    let unreadable = || Err::<Vec<u8>, _>(ModuleError("the blob must not be read".into()));
+    let (_, source) = start(dir.path(), KEY).load_with(hash, unreadable).unwrap();
+    assert_eq!(source, CompileSource::Disk);
 }

@@ -336,13 +336,23 @@ impl Sandbox {
         hash: ContentHash,
         wasm: &[u8],
     ) -> Result<(CompiledModule, CompileSource), ModuleError> {
+        self.load_with(hash, || Ok(wasm))
+    }
+
+    /// Like [`Self::load`], reading the module's bytes with `read_wasm` only when it has to be
+    /// compiled: not when it is in memory or in the disk cache.
+    pub fn load_with<W: AsRef<[u8]>>(
+        &self,
+        hash: ContentHash,
+        read_wasm: impl FnOnce() -> Result<W, ModuleError>,
+    ) -> Result<(CompiledModule, CompileSource), ModuleError> {
         if let Some(module) = self.cached(&hash) {
             return Ok((module, CompileSource::Memory));
         }
         let (module, source) = match self.load_from_disk(&hash) {
             Some(module) => (module, CompileSource::Disk),
             None => {
-                let module = Module::new(&self.inner.engine, wasm).map_err(|error| {
+                let module = Module::new(&self.inner.engine, read_wasm()?).map_err(|error| {
                     ModuleError(format!("invalid module: {}", error_chain(&error)))
                 })?;
                 self.store_on_disk(&hash, &module);
