@@ -299,6 +299,30 @@ pub fn unix_now_s() -> u64 {
         .as_secs()
 }
 
+/// A signed task for a module the worker already has, built by hand as another client would:
+/// `module_hash ARGS`, expiring at `expires_at_unix_s`.
+pub fn hand_signed_task(
+    identity: &peergrid_proto::Identity,
+    module_hash: peergrid_proto::ContentHash,
+    args: &[&str],
+    expires_at_unix_s: u64,
+) -> peergrid_proto::pb::SignedTask {
+    use prost::Message;
+    let program = peergrid_proto::pb::Program {
+        module_hash: module_hash.to_vec().into(),
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        ..Default::default()
+    };
+    let manifest = peergrid_proto::pb::TaskManifest {
+        program: program.encode_to_vec().into(),
+        expires_at_unix_s,
+        job_id: "e2e".into(),
+        task_id: "t".into(),
+        ..Default::default()
+    };
+    peergrid_proto::signing::sign_task(identity, &manifest)
+}
+
 /// A job directory: the `pi` module copied in and a job file beside it.
 pub fn write_job(dir: &Path, file_name: &str, body: &str) -> PathBuf {
     std::fs::create_dir_all(dir).expect("job dir can be created");

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use peergrid_e2e::{
-    CliOutput, KeyPair, WorkerConfig, WorkerProcess, grpc_client, guest, peergrid, unix_now_s,
+    CliOutput, KeyPair, WorkerConfig, WorkerProcess, grpc_client, guest, hand_signed_task,
+    peergrid, unix_now_s,
 };
-use peergrid_proto::signing::{sign_task, verify_receipt};
-use peergrid_proto::{ContentHash, Identity, pb};
-use prost::Message;
+use peergrid_proto::signing::verify_receipt;
+use peergrid_proto::{ContentHash, pb};
 
 /// `peergrid exec` on `worker`.
 fn exec(
@@ -44,28 +44,6 @@ fn start_worker(dir: &Path, name: &str, trusted: &KeyPair) -> WorkerProcess {
             ..Default::default()
         },
     )
-}
-
-/// A signed task for a module the worker already has, built by hand as another client would.
-fn task(
-    identity: &Identity,
-    module_hash: ContentHash,
-    args: &[&str],
-    expires_at_unix_s: u64,
-) -> pb::SignedTask {
-    let program = pb::Program {
-        module_hash: module_hash.to_vec().into(),
-        args: args.iter().map(|arg| arg.to_string()).collect(),
-        ..Default::default()
-    };
-    let manifest = pb::TaskManifest {
-        program: program.encode_to_vec().into(),
-        expires_at_unix_s,
-        job_id: "e2e".into(),
-        task_id: "t".into(),
-        ..Default::default()
-    };
-    sign_task(identity, &manifest)
 }
 
 #[test]
@@ -157,15 +135,16 @@ async fn bad_tasks_are_refused_with_their_own_codes_and_the_worker_keeps_serving
         Err(status) => status.code(),
     };
 
-    let mut tampered = task(&identity, hello, &["a"], later);
+    let mut tampered = hand_signed_task(&identity, hello, &["a"], later);
     let mut bytes = tampered.manifest.to_vec();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
     tampered.manifest = bytes.into();
-    let untrusted = task(&stranger.identity(), hello, &[], later);
-    let unknown_module = task(&identity, ContentHash::of(b"no such module"), &[], later);
-    let expired = task(&identity, hello, &[], unix_now_s() - 10);
-    let mut malformed = task(&identity, hello, &[], later);
+    let untrusted = hand_signed_task(&stranger.identity(), hello, &[], later);
+    let unknown_module =
+        hand_signed_task(&identity, ContentHash::of(b"no such module"), &[], later);
+    let expired = hand_signed_task(&identity, hello, &[], unix_now_s() - 10);
+    let mut malformed = hand_signed_task(&identity, hello, &[], later);
     malformed.signature = Bytes::from_static(&[0; 12]);
 
     let cases = [
@@ -206,7 +185,7 @@ async fn bad_tasks_are_refused_with_their_own_codes_and_the_worker_keeps_serving
 
     // The worker still serves a valid task.
     let valid = client
-        .run(task(&identity, hello, &[], later))
+        .run(hand_signed_task(&identity, hello, &[], later))
         .await
         .unwrap()
         .into_inner();
@@ -228,11 +207,11 @@ async fn a_stream_answers_each_request_by_id_refusals_included() {
     let requests = vec![
         pb::ExecuteRequest {
             request_id: 10,
-            task: Some(task(&identity, echo, &["ten"], later)),
+            task: Some(hand_signed_task(&identity, echo, &["ten"], later)),
         },
         pb::ExecuteRequest {
             request_id: 11,
-            task: Some(task(&identity, echo, &[], 5)),
+            task: Some(hand_signed_task(&identity, echo, &[], 5)),
         },
     ];
     let mut client = grpc_client(&worker.addr).await;

@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use peergrid_e2e::{KeyPair, WorkerConfig, WorkerProcess, grpc_client, guest, unix_now_s};
-use peergrid_proto::signing::sign_task;
+use peergrid_e2e::{
+    KeyPair, WorkerConfig, WorkerProcess, grpc_client, guest, hand_signed_task, unix_now_s,
+};
 use peergrid_proto::{ContentHash, pb};
 use peergrid_worker::limits;
-use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -233,7 +233,12 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
     resting_sender
         .send(pb::ExecuteRequest {
             request_id: 1,
-            task: Some(echo_task(&key, echo, "after-resting")),
+            task: Some(hand_signed_task(
+                &key.identity(),
+                echo,
+                &["after-resting"],
+                unix_now_s() + 300,
+            )),
         })
         .await
         .unwrap();
@@ -276,22 +281,6 @@ async fn serves(worker: &WorkerProcess, key: &KeyPair, word: &str) {
         "{}",
         output.stderr
     );
-}
-
-fn echo_task(key: &KeyPair, module: ContentHash, word: &str) -> pb::SignedTask {
-    let program = pb::Program {
-        module_hash: module.to_vec().into(),
-        args: vec![word.to_owned()],
-        ..Default::default()
-    };
-    let manifest = pb::TaskManifest {
-        program: program.encode_to_vec().into(),
-        expires_at_unix_s: unix_now_s() + 300,
-        job_id: "hostile-network".into(),
-        task_id: word.into(),
-        ..Default::default()
-    };
-    sign_task(&key.identity(), &manifest)
 }
 
 async fn missing(
