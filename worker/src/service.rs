@@ -554,3 +554,75 @@ fn unix_now_s() -> u64 {
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sandbox::SandboxOptions;
+
+    fn service(dir: &std::path::Path, cores: u32) -> WorkerService {
+        let sandbox = Sandbox::new(SandboxOptions {
+            threads: 1,
+            scratch_dir: dir.join("scratch"),
+            fingerprint_tag: None,
+        })
+        .unwrap();
+        let policy = DonorPolicy {
+            cores,
+            memory_bytes: 1024 * MIB,
+            idle_only: false,
+            busy_threshold_pct: 50.0,
+            sample_interval: Duration::from_secs(1),
+        };
+        WorkerService::new(
+            Identity::from_seed([5; 32]),
+            sandbox,
+            BlobStore::open(dir).unwrap(),
+            TrustPolicy::anyone(),
+            &policy,
+            Arc::new(DonorState::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn tasks_wait_for_a_slot_up_to_the_queue_bound_then_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path(), 2);
+        let slots: Vec<_> = take_free_slots(&service, 2).await;
+        let queued = 2 * limits::QUEUED_TASKS_PER_SLOT as usize;
+        let waiting: Vec<_> = (0..queued)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move { service.wait_for_slot().await.map(drop) })
+            })
+            .collect();
+        while service.inner.queue.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = tokio::time::timeout(Duration::from_secs(5), service.wait_for_slot())
+            .await
+            .expect("refused at once, not queued")
+            .err()
+            .expect("the queue is full");
+        assert_eq!(refused.code, Code::ResourceExhausted);
+
+        drop(slots);
+        for waiter in waiting {
+            assert!(
+                waiter.await.unwrap().is_ok(),
+                "every queued task gets a slot"
+            );
+        }
+        assert_eq!(service.inner.queue.available_permits(), queued);
+    }
+
+    async fn take_free_slots(service: &WorkerService, n: usize) -> Vec<OwnedSemaphorePermit> {
+        let mut slots = Vec::new();
+        for _ in 0..n {
+            slots.push(service.wait_for_slot().await.ok().expect("a free slot"));
+        }
+        slots
+    }
+}
