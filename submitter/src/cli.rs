@@ -508,3 +508,33 @@ async fn exec(
     let result = worker.run(signed).await?;
     Ok(Report::from(result).print(task.json)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_exit_code_says_finished_inconclusive_or_interrupted() {
+        let summary = |finished: bool, inconclusive: u64| Summary {
+            job_id: "j".into(),
+            tasks: 2,
+            accepted: 2 - inconclusive,
+            inconclusive,
+            copies: 4,
+            disagreements: 0,
+            excluded: Vec::new(),
+            wall_time: Duration::ZERO,
+            fuel: 0,
+            copy_wall_time: Duration::ZERO,
+            out_dir: PathBuf::from("out"),
+            finished,
+        };
+        assert_eq!(print_summary(&summary(true, 0)), 0);
+        assert_eq!(
+            print_summary(&summary(true, 1)),
+            exit_code::JOB_INCONCLUSIVE
+        );
+        // Interrupted comes first: the job is not finished, and `peergrid resume` continues it.
+        assert_eq!(print_summary(&summary(false, 1)), exit_code::INTERRUPTED);
+    }
+}
