@@ -124,10 +124,11 @@ pub enum Decision {
     Discarded { task: TaskIndex, worker: WorkerId },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Status {
     Open,
-    Accepted,
+    /// With the accepted verdict, which later receipts are compared with.
+    Accepted(Verdict),
     Inconclusive,
 }
 
@@ -137,8 +138,6 @@ struct TaskState {
     receipts: Vec<(WorkerId, Verdict)>,
     in_flight: Vec<WorkerId>,
     lost: u32,
-    /// The accepted verdict, once there is one.
-    accepted: Option<Verdict>,
     /// In the retry queue already.
     queued: bool,
     /// The runtime fingerprint of the task's first copy: every later copy must match it, even
@@ -200,7 +199,6 @@ impl Scheduler {
             receipts: Vec::new(),
             in_flight: Vec::new(),
             lost: 0,
-            accepted: None,
             queued: false,
             fingerprint: None,
         };
@@ -255,12 +253,10 @@ impl Scheduler {
         if state.status == Status::Open {
             self.open -= 1;
         }
-        state.status = if accepted.is_some() {
-            Status::Accepted
-        } else {
-            Status::Inconclusive
+        state.status = match accepted {
+            Some(verdict) => Status::Accepted(verdict),
+            None => Status::Inconclusive,
         };
-        state.accepted = accepted;
     }
 
     /// Restores receipts of unsettled tasks and exclusions from an earlier session.
@@ -390,17 +386,16 @@ impl Scheduler {
         let mut decisions = Vec::new();
         self.end_flight(task, worker);
         self.workers[worker.0 as usize].busy_streak = 0;
-        let status = self.tasks[task as usize].status;
         if self.workers[worker.0 as usize].excluded {
             decisions.push(Decision::Discarded { task, worker });
-            if status == Status::Open {
+            if self.is_open(task) {
                 self.queue(task);
             }
             return decisions;
         }
-        match status {
-            Status::Accepted => {
-                let agrees = self.tasks[task as usize].accepted.as_ref() == Some(&verdict);
+        match &self.tasks[task as usize].status {
+            Status::Accepted(accepted) => {
+                let agrees = *accepted == verdict;
                 let compared = (!verdict.is_timeout()).then_some(agrees);
                 decisions.push(Decision::Late {
                     task,
@@ -579,9 +574,7 @@ impl Scheduler {
                 disagreeing: disagreeing.clone(),
                 copies: received,
             });
-            let state = &mut self.tasks[task as usize];
-            state.status = Status::Accepted;
-            state.accepted = Some(verdict);
+            self.tasks[task as usize].status = Status::Accepted(verdict);
             self.open -= 1;
             for worker in disagreeing {
                 decisions.push(Decision::Excluded { worker, task });
