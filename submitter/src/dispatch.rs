@@ -267,3 +267,42 @@ fn refusal_answer(code: Code, message: String) -> Answer {
         code => Answer::Refused { code, message },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_split_into_retry_elsewhere_lost_and_never_again() {
+        // A full worker or a missing blob: the copy goes elsewhere, the worker is kept.
+        for code in [Code::ResourceExhausted, Code::FailedPrecondition] {
+            assert!(
+                matches!(refusal_answer(code, "x".into()), Answer::Busy(_)),
+                "{code:?}"
+            );
+        }
+        // A preempted or crashed run: the copy is lost and counts toward the loss limit.
+        for code in [
+            Code::Aborted,
+            Code::Unavailable,
+            Code::Cancelled,
+            Code::Internal,
+        ] {
+            assert!(
+                matches!(refusal_answer(code, "x".into()), Answer::Lost(_)),
+                "{code:?}"
+            );
+        }
+        // Untrusted key, limits above the ceilings, expired: the worker is excluded from the job.
+        for code in [
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+            Code::DeadlineExceeded,
+        ] {
+            assert!(
+                matches!(refusal_answer(code, "x".into()), Answer::Refused { code: c, .. } if c == code),
+                "{code:?}"
+            );
+        }
+    }
+}

@@ -782,6 +782,44 @@ mod tests {
     }
 
     #[test]
+    fn reputation_deltas_add_up_across_batches_and_exclusions_stay_in_their_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for id in ["sweep-1", "sweep-10"] {
+            store.create_job(&job(id), &[task("a")]).unwrap();
+        }
+        let mut first = Batch::default();
+        first.reputation("w1").agreements += 2;
+        first.reputation("w1").lost += 1;
+        first.excluded.push(("w2".into(), "lied".into()));
+        store.write("sweep-1", &first).unwrap();
+        let mut second = Batch::default();
+        second.reputation("w1").agreements += 1;
+        second.reputation("w1").bad_receipts += 1;
+        second.excluded.push(("w3".into(), "refused".into()));
+        store.write("sweep-10", &second).unwrap();
+        assert_eq!(
+            store.reputation().unwrap()["w1"],
+            Reputation {
+                agreements: 3,
+                disagreements: 0,
+                lost: 1,
+                bad_receipts: 1,
+            },
+            "deltas are added to the stored counters, not written over them"
+        );
+        // "sweep-1" is a prefix of "sweep-10": neither job sees the other's exclusions.
+        assert_eq!(
+            store.excluded("sweep-1").unwrap(),
+            vec![("w2".to_owned(), "lied".to_owned())]
+        );
+        assert_eq!(
+            store.excluded("sweep-10").unwrap(),
+            vec![("w3".to_owned(), "refused".to_owned())]
+        );
+    }
+
+    #[test]
     fn jobs_are_found_by_id_prefix_and_unknown_ones_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -1158,3 +1158,18 @@ fn unix_now_s() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_of_an_address_drops_only_the_port() {
+        // Distinct-host placement compares these, so two ports of one machine must match.
+        assert_eq!(host_of("127.0.0.1:7001"), host_of("127.0.0.1:7002"));
+        assert_eq!(host_of("127.0.0.1:7001"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7001"), "::1");
+        assert_eq!(host_of("worker.example.org:7001"), "worker.example.org");
+        assert_ne!(host_of("a.example.org:1"), host_of("b.example.org:1"));
+    }
+}
