@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::future::poll_fn;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,7 +53,7 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
         },
     );
     let addr = worker.addr.clone();
-    let pid = worker_pid(&worker.data_dir);
+    let pid = worker.pid();
     let incoming_dir = worker.data_dir.join("blobs/incoming");
     serves(&worker, &key, "before").await;
 
@@ -463,24 +462,6 @@ async fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> b
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The pid of the worker serving from `data_dir`, found by its command line.
-fn worker_pid(data_dir: &Path) -> u32 {
-    let wanted = data_dir.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let mut args = cmdline.split(|byte| *byte == 0);
-            args.next()
-                .is_some_and(|program| program.ends_with(b"peergrid-worker"))
-                && args.any(|arg| arg == wanted)
-        })
-        .expect("the worker's process is found by its data directory")
 }
 
 /// Open file descriptors of process `pid`.
