@@ -544,10 +544,11 @@ impl Store {
             }
             let mut reputation = txn.open_table(REPUTATION)?;
             for (worker, delta) in &batch.reputation {
-                let mut counts: Reputation = reputation
-                    .get(worker.as_str())?
-                    .and_then(|value| serde_json::from_slice(value.value()).ok())
-                    .unwrap_or_default();
+                let mut counts: Reputation = match reputation.get(worker.as_str())? {
+                    Some(value) => serde_json::from_slice(value.value())
+                        .map_err(|error| undecodable("reputation", error))?,
+                    None => Reputation::default(),
+                };
                 counts.agreements += delta.agreements;
                 counts.disagreements += delta.disagreements;
                 counts.lost += delta.lost;
@@ -556,9 +557,13 @@ impl Store {
             }
             if let Some(finished) = batch.finished_unix_ms {
                 let mut jobs = txn.open_table(JOBS)?;
-                let job = jobs
-                    .get(job_id)?
-                    .and_then(|value| serde_json::from_slice::<JobRecord>(value.value()).ok());
+                let job = match jobs.get(job_id)? {
+                    Some(value) => Some(
+                        serde_json::from_slice::<JobRecord>(value.value())
+                            .map_err(|error| undecodable("jobs", error))?,
+                    ),
+                    None => None,
+                };
                 if let Some(mut job) = job {
                     job.finished_unix_ms = Some(finished);
                     jobs.insert(job_id, to_json(&job).as_slice())?;
@@ -666,6 +671,14 @@ fn open_error(dir: &Path, error: redb::DatabaseError) -> StoreError {
             source: other.into(),
         },
     }
+}
+
+/// A record that does not decode inside a write: the batch is refused rather than the record
+/// silently replaced (a reputation reset to zero would forgive a caught liar).
+fn undecodable(table: &str, error: serde_json::Error) -> redb::Error {
+    redb::Error::Corrupted(format!(
+        "a record of table {table} does not decode ({error}); the store was written by an incompatible version"
+    ))
 }
 
 fn to_json(value: &impl Serialize) -> Vec<u8> {
@@ -778,6 +791,27 @@ mod tests {
             store.find_job("sweep").unwrap().sessions,
             1,
             "found by name"
+        );
+    }
+
+    #[test]
+    fn a_reputation_record_that_does_not_decode_refuses_the_batch_instead_of_resetting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_job(&job("j"), &[task("a")]).unwrap();
+        store
+            .write_txn(|txn| {
+                txn.open_table(REPUTATION)?
+                    .insert("liar", b"not json".as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        let mut batch = Batch::default();
+        batch.reputation("liar").agreements += 1;
+        let error = store.write("j", &batch).unwrap_err().to_string();
+        assert!(
+            error.contains("reputation") && error.contains("does not decode"),
+            "{error}"
         );
     }
 
