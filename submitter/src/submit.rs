@@ -980,7 +980,7 @@ impl<'a> Session<'a> {
             Decision::Excluded { worker, task } => {
                 // The scheduler has excluded it already; this records why.
                 let why = format!(
-                    "its receipt for task {} contradicts the accepted result",
+                    "sent a receipt for task {} that contradicts the accepted result",
                     self.tasks[task as usize].id
                 );
                 self.record_exclusion(worker, why, batch, notes);
