@@ -36,10 +36,9 @@ pub fn grid(
             }
         }
         let config = WorkerConfig {
-            trust: vec![&key.public_hex],
             extra_args: args,
             host: Some(host),
-            ..Default::default()
+            ..WorkerConfig::trusting(key)
         };
         workers.push(WorkerProcess::start(&dir.join(format!("w{index}")), config));
     }

@@ -164,6 +164,17 @@ pub struct WorkerConfig<'a> {
     pub port: u16,
 }
 
+impl<'a> WorkerConfig<'a> {
+    /// A worker that trusts `key` alone, defaults otherwise: what most tests start. Add to it
+    /// with `WorkerConfig { extra_args, ..WorkerConfig::trusting(&key) }`.
+    pub fn trusting(key: &'a KeyPair) -> Self {
+        Self {
+            trust: vec![&key.public_hex],
+            ..Default::default()
+        }
+    }
+}
+
 impl WorkerProcess {
     /// Starts a worker on a free loopback port and waits for its ready line.
     pub fn start(data_dir: &Path, config: WorkerConfig<'_>) -> Self {

@@ -48,11 +48,10 @@ fn start(slot: &Slot, key: &KeyPair, seeds: &[String]) -> WorkerProcess {
     WorkerProcess::start(
         &slot.data_dir,
         WorkerConfig {
-            trust: vec![&key.public_hex],
             extra_args: args,
             host: Some(&slot.host),
             port: slot.port,
-            ..Default::default()
+            ..WorkerConfig::trusting(key)
         },
     )
 }

@@ -39,9 +39,8 @@ fn start_worker(dir: &Path, name: &str, trusted: &KeyPair) -> WorkerProcess {
     WorkerProcess::start(
         &dir.join(name),
         WorkerConfig {
-            trust: vec![&trusted.public_hex],
             extra_args: vec!["--slots", "2"],
-            ..Default::default()
+            ..WorkerConfig::trusting(trusted)
         },
     )
 }
@@ -292,9 +291,8 @@ fn escape_gets_nothing_of_the_host() {
     let worker = WorkerProcess::start(
         &dir.path().join("w"),
         WorkerConfig {
-            trust: vec![&key.public_hex],
             env: vec![("PEERGRID_TEST_CANARY", canary)],
-            ..Default::default()
+            ..WorkerConfig::trusting(&key)
         },
     );
     let input = dir.path().join("data.txt");
@@ -541,9 +539,8 @@ fn a_lying_worker_signs_wrong_outputs_that_only_comparison_can_catch() {
     let liar = WorkerProcess::start(
         &dir.path().join("liar"),
         WorkerConfig {
-            trust: vec![&key.public_hex],
             extra_args: vec!["--lie-rate", "1.0"],
-            ..Default::default()
+            ..WorkerConfig::trusting(&key)
         },
     );
     let honest = start_worker(dir.path(), "honest", &key);

@@ -312,9 +312,8 @@ fn all_hostile_guests_at_once_leave_honest_results_exact_memory_bounded_and_noth
     let mut worker = WorkerProcess::start(
         &dir.path().join("w"),
         WorkerConfig {
-            trust: vec![&key.public_hex],
             extra_args: vec!["--cores", &cores, "--memory-mb", &memory],
-            ..Default::default()
+            ..WorkerConfig::trusting(&key)
         },
     );
     let idle_kib = peak_rss_kib(worker.pid());

@@ -47,9 +47,8 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
     let mut worker = WorkerProcess::start(
         &dir.path().join("worker"),
         WorkerConfig {
-            trust: vec![&key.public_hex],
             extra_args: vec!["--slots", "2"],
-            ..Default::default()
+            ..WorkerConfig::trusting(&key)
         },
     );
     let addr = worker.addr.clone();

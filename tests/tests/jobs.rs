@@ -305,13 +305,7 @@ fn copies_of_a_task_never_go_to_workers_with_different_runtimes() {
 fn bad_job_files_missing_modules_and_unreachable_peers_fail_in_one_line_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
-    let worker = WorkerProcess::start(
-        &dir.path().join("w"),
-        WorkerConfig {
-            trust: vec![&key.public_hex],
-            ..Default::default()
-        },
-    );
+    let worker = WorkerProcess::start(&dir.path().join("w"), WorkerConfig::trusting(&key));
     let state = dir.path().join("state");
     let jobs = dir.path().join("jobs");
     let submit = |job: &Path, peer: &str| {
@@ -362,13 +356,7 @@ fn a_grid_that_refuses_the_key_fails_at_once_saying_how_to_fix_it() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
     let stranger = KeyPair::generate(dir.path(), "stranger.key");
-    let worker = WorkerProcess::start(
-        &dir.path().join("w"),
-        WorkerConfig {
-            trust: vec![&stranger.public_hex],
-            ..Default::default()
-        },
-    );
+    let worker = WorkerProcess::start(&dir.path().join("w"), WorkerConfig::trusting(&stranger));
     let job = write_job(
         &dir.path().join("job"),
         "refused.toml",

@@ -35,13 +35,7 @@ fn a_worker_refuses_a_secret_key_that_others_can_read_and_says_how_to_fix_it() {
     let data = dir.path().join("w");
     let key = KeyPair::generate(dir.path(), "submitter.key");
     // First start creates the identity key, private.
-    let first = WorkerProcess::start(
-        &data,
-        WorkerConfig {
-            trust: vec![&key.public_hex],
-            ..Default::default()
-        },
-    );
+    let first = WorkerProcess::start(&data, WorkerConfig::trusting(&key));
     let first_key = first.key_hex.clone();
     drop(first);
     let identity = data.join("identity.key");
@@ -60,13 +54,7 @@ fn a_worker_refuses_a_secret_key_that_others_can_read_and_says_how_to_fix_it() {
 
     // After the fix, the worker starts with the same identity.
     chmod(&identity, 0o600);
-    let again = WorkerProcess::start(
-        &data,
-        WorkerConfig {
-            trust: vec![&key.public_hex],
-            ..Default::default()
-        },
-    );
+    let again = WorkerProcess::start(&data, WorkerConfig::trusting(&key));
     assert_eq!(again.key_hex, first_key, "the key is kept, not replaced");
 }
 
@@ -74,13 +62,7 @@ fn a_worker_refuses_a_secret_key_that_others_can_read_and_says_how_to_fix_it() {
 fn a_submitter_refuses_a_secret_key_that_others_can_read() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "submitter.key");
-    let worker = WorkerProcess::start(
-        &dir.path().join("w"),
-        WorkerConfig {
-            trust: vec![&key.public_hex],
-            ..Default::default()
-        },
-    );
+    let worker = WorkerProcess::start(&dir.path().join("w"), WorkerConfig::trusting(&key));
     chmod(&key.path, 0o644);
     let refused = exec(&worker.addr, &key, "hello", &[], &[]);
     refused.assert_one_line_error(&format!("chmod 600 {}", key.path.display()));
@@ -97,10 +79,7 @@ fn untrusted_keys_are_refused_by_default_and_run_only_with_trust_any_key() {
 
     let default = WorkerProcess::start(
         &dir.path().join("default"),
-        WorkerConfig {
-            trust: vec![&trusted.public_hex],
-            ..Default::default()
-        },
+        WorkerConfig::trusting(&trusted),
     );
     let refused = exec(&default.addr, &stranger, "hello", &[], &[]);
     refused.assert_one_line_error("PERMISSION_DENIED");

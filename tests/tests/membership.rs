@@ -28,9 +28,8 @@ fn gossiping_worker(
     WorkerProcess::start(
         &dir.join(name),
         WorkerConfig {
-            trust: vec![&key.public_hex],
             extra_args,
-            ..Default::default()
+            ..WorkerConfig::trusting(key)
         },
     )
 }
@@ -129,7 +128,6 @@ fn an_idle_only_worker_gives_the_machine_back_when_the_owner_is_busy() {
     let donor = WorkerProcess::start(
         &dir.path().join("donor"),
         WorkerConfig {
-            trust: vec![&key.public_hex],
             extra_args: vec![
                 "--cores",
                 "1",
@@ -143,7 +141,7 @@ fn an_idle_only_worker_gives_the_machine_back_when_the_owner_is_busy() {
                 "--sample-interval-ms",
                 "50",
             ],
-            ..Default::default()
+            ..WorkerConfig::trusting(&key)
         },
     );
     let donor_gossip = donor.gossip_addr.clone().unwrap();
