@@ -140,6 +140,7 @@ pub fn local_hashes(module: &Path, arg_lists: &[Vec<String>]) -> Vec<String> {
 /// Checks every line of results.jsonl against a local run, and returns the lines by task id.
 pub fn check_against_local(out: &Path, module: &Path) -> HashMap<String, serde_json::Value> {
     let lines = results_lines(&out.join("results.jsonl"));
+    assert!(!lines.is_empty(), "no results in {}", out.display());
     let args: Vec<Vec<String>> = lines
         .iter()
         .map(|line| {

@@ -449,5 +449,6 @@ fn ctrl_c_stops_a_job_resumably_and_results_can_be_written_anywhere() {
     )
     .wait(JOB_TIMEOUT);
     assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
-    check_against_local(&out, &job.with_file_name("pi.wasm"));
+    let lines = check_against_local(&out, &job.with_file_name("pi.wasm"));
+    assert_eq!(lines.len(), 120);
 }
