@@ -381,9 +381,9 @@ impl SubmitProcess {
     /// Waits for the process to exit (at most `within`) and returns what it printed.
     pub fn wait(mut self, within: Duration) -> CliOutput {
         let started = std::time::Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait works") {
-                break status;
+        loop {
+            if let Some(output) = self.try_finish() {
+                return output;
             }
             if started.elapsed() > within {
                 let _ = self.child.kill();
@@ -393,11 +393,6 @@ impl SubmitProcess {
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
-        };
-        CliOutput {
-            code: status.code(),
-            stdout: std::fs::read(&self.stdout_path).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
         }
     }
 
