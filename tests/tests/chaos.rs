@@ -22,14 +22,22 @@ use peergrid_e2e::{
 };
 
 const WORKERS: usize = 5;
-/// How often a worker is killed (and the last one killed restarted).
+/// A worker is killed (and whoever is down restarted) at least this often…
 const KILL_EVERY: Duration = Duration::from_secs(2);
+/// …and also each time another 1/KILL_STEPS of the job is accepted, so that a fast run sees as
+/// many kills as a slow one.
+const KILL_STEPS: u64 = 10;
+/// Kills every run goes through, whatever the machine's speed.
+const MIN_KILLS: u32 = 5;
 
+/// The value of `name` if set; a value that does not parse is an error, not the default.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid value")),
+        Err(_) => default,
+    }
 }
 
 /// Where a worker lives, so that it restarts at the same addresses with the same identity.
@@ -158,6 +166,8 @@ fn a_job_survives_workers_killed_every_few_seconds_and_a_submitter_crash() {
     let mut killed_submitter_at = None;
     let started = Instant::now();
     let mut next_kill = Instant::now() + KILL_EVERY;
+    let kill_step = (u64::from(tasks) / KILL_STEPS).max(1);
+    let mut next_kill_at_accepted = kill_step;
     let output = loop {
         if let Some(process) = resumed.as_mut()
             && let Some(output) = process.try_finish()
@@ -172,14 +182,14 @@ fn a_job_survives_workers_killed_every_few_seconds_and_a_submitter_crash() {
                 output.code, output.stderr
             );
         }
+        let accepted_now = accepted_so_far(&state);
         assert!(
             started.elapsed() < bound,
-            "the job did not finish within {bound:?}; {} of {tasks} accepted",
-            accepted_so_far(&state)
+            "the job did not finish within {bound:?}; {accepted_now} of {tasks} accepted"
         );
 
         // The submitter crashes once, a third of the way through, and is resumed.
-        if submitter.is_some() && accepted_so_far(&state) >= u64::from(tasks / 3) {
+        if submitter.is_some() && accepted_now >= u64::from(tasks / 3) {
             submitter.take().unwrap().kill();
             let durable = accepted(&state, "chaos");
             observe(&mut seen, durable.clone());
@@ -195,9 +205,11 @@ fn a_job_survives_workers_killed_every_few_seconds_and_a_submitter_crash() {
             ));
         }
 
-        // Every few seconds: restart whoever is down, then kill a random worker.
-        if Instant::now() >= next_kill {
-            next_kill += KILL_EVERY;
+        // Every few seconds, or every step of progress: restart whoever is down, then kill a
+        // random worker.
+        if Instant::now() >= next_kill || accepted_now >= next_kill_at_accepted {
+            next_kill = Instant::now() + KILL_EVERY;
+            next_kill_at_accepted = accepted_now + kill_step;
             for (index, worker) in workers.iter_mut().enumerate() {
                 if worker.is_none() {
                     *worker = Some(start(&slots[index], &key, &seeds));
@@ -209,7 +221,7 @@ fn a_job_survives_workers_killed_every_few_seconds_and_a_submitter_crash() {
             kills += 1;
         }
 
-        if accepted_so_far(&state) > 0 {
+        if accepted_now > 0 {
             observe(&mut seen, accepted(&state, "chaos"));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -228,7 +240,7 @@ fn a_job_survives_workers_killed_every_few_seconds_and_a_submitter_crash() {
         elapsed.as_secs_f64()
     );
     assert!(
-        kills >= 3,
+        kills >= MIN_KILLS,
         "the job must run through several kills to show anything: {kills}"
     );
 
