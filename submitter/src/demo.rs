@@ -69,7 +69,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
     std::fs::create_dir_all(&demo_dir)
         .with_context(|| format!("cannot create {}", demo_dir.display()))?;
     let key_file = demo_dir.join("demo.key");
-    let submitter = load_or_create_key(&key_file)?;
+    let submitter = Identity::load_or_create(&key_file)?;
     let scratch = tempfile::tempdir().context("cannot create the workers' data directories")?;
     let (stop, stopped) = watch::channel(false);
 
@@ -265,15 +265,6 @@ args = ["{samples_template}", "{{i}}"]
 range = [1, {last}]
 "#
     )
-}
-
-fn load_or_create_key(path: &Path) -> anyhow::Result<Identity> {
-    if path.exists() {
-        return Ok(Identity::load(path)?);
-    }
-    let identity = Identity::generate();
-    identity.save(path)?;
-    Ok(identity)
 }
 
 /// Reads `{"samples":N,"inside":M,"pi":E}`.

@@ -72,21 +72,9 @@ pub fn submit_args(
     args
 }
 
+/// A `pi` sweep job, i = 1 ..= `last`, on 2 agreeing workers on distinct hosts: the demo's job.
 pub fn sweep_job(name: &str, samples_template: &str, last: u32) -> String {
-    format!(
-        r#"name = "{name}"
-module = "pi.wasm"
-replication = 2
-quorum = 2
-[limits]
-fuel = 100_000_000_000
-memory_mb = 64
-timeout_s = 120
-[sweep]
-args = ["{samples_template}", "{{i}}"]
-range = [1, {last}]
-"#
-    )
+    peergrid_submitter::demo::pi_sweep_job(name, samples_template, last.into(), true)
 }
 
 /// A quiet local sandbox with no disk cache, as `peergrid run` has, and its scratch directory
