@@ -21,8 +21,15 @@ fi
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-grid=$(cargo bench --quiet -p peergrid-submitter --bench grid -- \
-    --mode trivial --tasks "$tasks" --runs "$runs" --json 2>/dev/null | grep '"mode":"trivial"')
+# The bench's progress lines go to a log, shown in full if the bench fails.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! grid=$(cargo bench --quiet -p peergrid-submitter --bench grid -- \
+    --mode trivial --tasks "$tasks" --runs "$runs" --json 2>"$log" | grep '"mode":"trivial"'); then
+    echo "the peergrid grid bench failed:" >&2
+    cat "$log" >&2
+    exit 1
+fi
 python=$("$venv/bin/python" bench/compare/trivial_tasks.py --tasks "$tasks" --runs "$runs" --json)
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 

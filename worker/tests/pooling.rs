@@ -40,3 +40,99 @@ fn more_tasks_than_pool_slots_all_finish_with_equal_results() {
         assert_eq!(execution.fuel_used, first.fuel_used);
     }
 }
+
+/// A reused pool slot starts zeroed, whichever way it was reset: each task first checks that
+/// every byte of its 1.5 MiB of memory is zero (it traps otherwise), then fills it. The dirtied
+/// memory is larger than the keep-resident budget, so a reset zeroes part of it in place and
+/// gives the rest back to the kernel; part of it is grown memory, beyond the initial size.
+#[test]
+fn a_reused_slot_never_shows_the_previous_tasks_memory() {
+    let (sandbox, _scratch) = common::sandbox(1);
+    let pages = 24;
+    assert!(pages * 65536 > limits::POOL_MEMORY_KEEP_RESIDENT_BYTES as u32);
+    let wasm = Bytes::from(check_then_fill(pages));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for run in 0..3 * limits::pool_slots(1) {
+        let execution = runtime.block_on(sandbox.run_module(wasm.clone(), TaskSpec::default()));
+        assert_eq!(execution.outcome, Outcome::Exited(0), "run {run}");
+    }
+}
+
+/// `_start`: grow memory from 1 to `pages` pages, trap unless every word is zero, then write a
+/// non-zero word everywhere.
+fn check_then_fill(pages: u32) -> Vec<u8> {
+    use wasm_encoder::{
+        BlockType, CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction,
+        MemArg, MemorySection, MemoryType, Module, TypeSection, ValType,
+    };
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    let mut funcs = FunctionSection::new();
+    funcs.function(0);
+    let mut memories = MemorySection::new();
+    memories.memory(MemoryType {
+        minimum: 1,
+        maximum: Some(u64::from(pages)),
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    let mut exports = ExportSection::new();
+    exports.export("_start", ExportKind::Func, 0);
+    exports.export("memory", ExportKind::Memory, 0);
+    let word = MemArg {
+        offset: 0,
+        align: 2,
+        memory_index: 0,
+    };
+    let end = (pages * 65536) as i32;
+    // Locals: 0 = address, 1 = OR of every word read.
+    let mut start = Function::new([(2, ValType::I32)]);
+    start
+        .instruction(&Instruction::I32Const(pages as i32 - 1))
+        .instruction(&Instruction::MemoryGrow(0))
+        .instruction(&Instruction::Drop)
+        .instruction(&Instruction::Loop(BlockType::Empty))
+        .instruction(&Instruction::LocalGet(1))
+        .instruction(&Instruction::LocalGet(0))
+        .instruction(&Instruction::I32Load(word))
+        .instruction(&Instruction::I32Or)
+        .instruction(&Instruction::LocalSet(1))
+        .instruction(&Instruction::LocalGet(0))
+        .instruction(&Instruction::I32Const(4))
+        .instruction(&Instruction::I32Add)
+        .instruction(&Instruction::LocalTee(0))
+        .instruction(&Instruction::I32Const(end))
+        .instruction(&Instruction::I32LtU)
+        .instruction(&Instruction::BrIf(0))
+        .instruction(&Instruction::End)
+        .instruction(&Instruction::LocalGet(1))
+        .instruction(&Instruction::If(BlockType::Empty))
+        .instruction(&Instruction::Unreachable)
+        .instruction(&Instruction::End)
+        .instruction(&Instruction::I32Const(0))
+        .instruction(&Instruction::LocalSet(0))
+        .instruction(&Instruction::Loop(BlockType::Empty))
+        .instruction(&Instruction::LocalGet(0))
+        .instruction(&Instruction::I32Const(0x5eed))
+        .instruction(&Instruction::I32Store(word))
+        .instruction(&Instruction::LocalGet(0))
+        .instruction(&Instruction::I32Const(4))
+        .instruction(&Instruction::I32Add)
+        .instruction(&Instruction::LocalTee(0))
+        .instruction(&Instruction::I32Const(end))
+        .instruction(&Instruction::I32LtU)
+        .instruction(&Instruction::BrIf(0))
+        .instruction(&Instruction::End)
+        .instruction(&Instruction::End);
+    let mut code = CodeSection::new();
+    code.function(&start);
+    let mut module = Module::new();
+    module
+        .section(&types)
+        .section(&funcs)
+        .section(&memories)
+        .section(&exports)
+        .section(&code);
+    module.finish()
+}

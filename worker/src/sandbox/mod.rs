@@ -680,7 +680,12 @@ fn pooling_config(slots: usize) -> PoolingAllocationConfig {
         .table_elements(limits::MAX_TABLE_ELEMENTS)
         .max_core_instance_size(limits::MAX_INSTANCE_STATE_BYTES)
         .linear_memory_keep_resident(limits::POOL_MEMORY_KEEP_RESIDENT_BYTES)
-        .async_stack_keep_resident(limits::POOL_STACK_KEEP_RESIDENT_BYTES);
+        .table_keep_resident(limits::POOL_TABLE_KEEP_RESIDENT_BYTES)
+        .async_stack_keep_resident(limits::POOL_STACK_KEEP_RESIDENT_BYTES)
+        // Linux ≥ 6.7: find the pages a task dirtied and zero only those, so a task whose
+        // working set fits the keep-resident budget needs no `madvise` (no TLB shootdown across
+        // cores) and its successor no page faults. Elsewhere the first bytes are zeroed instead.
+        .pagemap_scan(wasmtime::Enabled::Auto);
     pool
 }
 
