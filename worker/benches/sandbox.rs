@@ -75,7 +75,26 @@ fn trivial_task(criterion: &mut Criterion) {
     let check = runtime.block_on(sandbox.run(&module, spec(&[])));
     assert_eq!(check.outcome, Outcome::Exited(0));
     let mut group = criterion.benchmark_group("trivial_task");
-    group.bench_function("hello: instantiate + run + teardown (Sandbox::run)", |b| {
+    // As a busy worker runs its queue: task after task on the sandbox's thread.
+    group.bench_function("hello: instantiate + run + teardown, back to back", |b| {
+        b.iter_custom(|iterations| {
+            let sandbox2 = sandbox.clone();
+            let module = module.clone();
+            runtime
+                .block_on(sandbox.spawn(async move {
+                    let started = std::time::Instant::now();
+                    for _ in 0..iterations {
+                        let execution = sandbox2.run(&module, spec(&[])).await;
+                        assert_eq!(execution.stdout.as_ref(), b"hello from peergrid\n");
+                    }
+                    started.elapsed()
+                }))
+                .unwrap()
+        })
+    });
+    // One task from another runtime: the same plus a hop to the sandbox's thread and back
+    // (two wake-ups of a parked thread).
+    group.bench_function("hello: the same, one task from another runtime", |b| {
         b.iter(|| runtime.block_on(sandbox.run(&module, spec(&[]))))
     });
     group.finish();

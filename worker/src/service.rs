@@ -2,6 +2,7 @@
 //! tasks (see [`crate::admission`]), holds a slot for each running one, runs it in the sandbox and
 //! answers with a signed receipt.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -164,27 +165,47 @@ impl WorkerService {
                     "the donor's machine is busy (idle-only mode); retry later or elsewhere",
                 ));
             }
-            let slot = tokio::select! {
-                slot = self.wait_for_slot() => slot?,
-                _ = preemption.changed() => {
-                    return Err(Refusal::new(
-                        Code::ResourceExhausted,
-                        "the donor's machine became busy while the task waited for a slot; retry later or elsewhere",
-                    ));
+            // The wait for a slot and the run both happen on the sandbox's threads: a task that
+            // ends wakes the next one there, instead of waking this runtime to start it.
+            let started = Arc::new(AtomicBool::new(false));
+            let work = {
+                let service = self.clone();
+                let task = task.clone();
+                let started = started.clone();
+                async move {
+                    let slot = service.wait_for_slot().await?;
+                    let memory = service.take_memory(task.spec.limits.memory_bytes)?;
+                    started.store(true, Ordering::Relaxed);
+                    let execution = service.execute(task).await;
+                    drop((slot, memory));
+                    Ok::<_, Refusal>(execution)
                 }
+                .in_current_span()
             };
-            let memory = self.take_memory(task.spec.limits.memory_bytes)?;
             let mut execution = tokio::select! {
-                execution = self.execute(task.clone()) => execution,
+                done = inner.sandbox.spawn(work) => match done {
+                    Ok(result) => result?,
+                    // A bug in peergrid, not the guest's doing: the task is lost, the worker
+                    // keeps serving.
+                    Err(error) => {
+                        return Err(Refusal::new(Code::Internal, format!("host panic: {error}")));
+                    }
+                },
                 _ = preemption.changed() => {
-                    info!("preempted: the donor needs the machine");
-                    return Err(Refusal::new(
-                        Code::Aborted,
-                        "preempted: the donor's machine became busy; run the task elsewhere",
-                    ));
+                    return Err(if started.load(Ordering::Relaxed) {
+                        info!("preempted: the donor needs the machine");
+                        Refusal::new(
+                            Code::Aborted,
+                            "preempted: the donor's machine became busy; run the task elsewhere",
+                        )
+                    } else {
+                        Refusal::new(
+                            Code::ResourceExhausted,
+                            "the donor's machine became busy while the task waited for a slot; retry later or elsewhere",
+                        )
+                    });
                 }
             };
-            drop((slot, memory));
             if self.lies_about(&task.digest) {
                 warn!("testing aid --lie-rate: answering with a wrong output");
                 lie(&mut execution);

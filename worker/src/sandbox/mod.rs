@@ -13,6 +13,7 @@ pub mod guest_env;
 use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -412,18 +413,18 @@ impl Sandbox {
     }
 
     /// Runs a task to completion on the sandbox's own threads. Never fails: every ending is an
-    /// [`Outcome`].
+    /// [`Outcome`]. Called from a future already on those threads (see [`Sandbox::spawn`]), the
+    /// task runs in place; otherwise it hops there and back.
     pub async fn run(&self, module: &CompiledModule, spec: TaskSpec) -> Execution {
+        if self.inner.executor.is_current() {
+            return self.run_here(module, spec).await;
+        }
         let sandbox = self.clone();
         let module = module.clone();
-        let mut task = AbortOnDrop(
-            self.inner
-                .executor
-                .spawn(async move { sandbox.run_here(&module, spec).await }),
-        );
-        // If the caller stops waiting (a preempted task, a client gone), the guest is stopped at
-        // its next fuel yield instead of running on unobserved.
-        match (&mut task.0).await {
+        match self
+            .spawn(async move { sandbox.run_here(&module, spec).await })
+            .await
+        {
             Ok(execution) => execution,
             // A panic here is a bug in peergrid, not the guest's doing; report it as a trap so
             // the worker keeps serving.
@@ -431,6 +432,22 @@ impl Sandbox {
                 "host panic: {error}"
             )))),
         }
+    }
+
+    /// Runs `future` on the sandbox's threads and waits for it. If the caller stops waiting (a
+    /// preempted task, a client gone), the future is dropped there, and a guest it runs is
+    /// stopped at its next fuel yield instead of running on unobserved.
+    ///
+    /// The worker waits for a slot inside such a future, so when a task ends, the next one
+    /// (woken on the same thread by the slot it frees) starts at once, with no wake-up of a
+    /// parked thread in between: on a 2-core VM each such wake-up costs about 15 µs.
+    pub async fn spawn<F>(&self, future: F) -> Result<F::Output, tokio::task::JoinError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let mut task = AbortOnDrop(self.inner.executor.spawn(future));
+        (&mut task.0).await
     }
 
     /// Compiles (or takes from the cache) and runs `wasm` in one step: the `peergrid run` path.
@@ -841,19 +858,36 @@ impl<T> Drop for AbortOnDrop<T> {
 /// the caller's runtime, and sleeping host calls and timeouts still work.
 struct Executor {
     runtime: Option<tokio::runtime::Runtime>,
+    /// Tells this executor's threads from any other's (there is one per sandbox).
+    id: usize,
+}
+
+static NEXT_EXECUTOR_ID: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// The id of the executor this thread belongs to; 0 outside every executor.
+    static CURRENT_EXECUTOR: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Executor {
     fn new(threads: usize) -> Self {
+        let id = NEXT_EXECUTOR_ID.fetch_add(1, Ordering::Relaxed);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("peergrid-sandbox")
+            .on_thread_start(move || CURRENT_EXECUTOR.set(id))
             .enable_all()
             .build()
             .expect("a tokio runtime can always be built with valid options");
         Self {
             runtime: Some(runtime),
+            id,
         }
+    }
+
+    /// Whether the calling thread is one of this executor's.
+    fn is_current(&self) -> bool {
+        CURRENT_EXECUTOR.get() == self.id
     }
 
     fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
