@@ -46,5 +46,9 @@ pub const RESULT_QUEUE: usize = 4096;
 /// commit: one fsync for many results, each still durable before it is reported).
 pub const RESULT_BATCH: usize = 1024;
 
+/// Accepted tasks whose output files wait to be written by the writer thread. Reached (the file
+/// system is slower than the grid): the session waits for the writer before it reports more.
+pub const OUTPUT_WRITER_QUEUE: usize = 4096;
+
 /// Interval between plain progress lines when stderr is not a terminal.
 pub const PLAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);

@@ -4,10 +4,14 @@
 //! (`peergrid results JOB --out DIR`).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use bytes::Bytes;
 
 use serde_json::json;
 
+use crate::limits;
 use crate::store::{JobRecord, Store};
 
 /// The file with one JSON object per task.
@@ -26,6 +30,77 @@ pub fn write_output(
         write_atomically(&out_dir.join(format!("{task_id}.stderr")), stderr)?;
     }
     write_atomically(&out_dir.join(format!("{task_id}.stdout")), stdout)
+}
+
+/// Writes accepted tasks' output files on a thread of its own, so that file creation (slow on a
+/// network home directory, or on an ext4 without journal that has just deleted many files) never
+/// holds up the session's dispatch and verification. The files are a view of the store: a task
+/// whose file is not written yet when the session stops is written by [`export`] at its end.
+/// Bounded: the session waits when [`limits::OUTPUT_WRITER_QUEUE`] tasks wait to be written.
+pub struct OutputWriter {
+    sender: Option<mpsc::SyncSender<(String, Bytes, Bytes)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl OutputWriter {
+    /// Starts the writer for `out_dir`; `job_id` names the job in failure notes.
+    pub fn start(out_dir: PathBuf, job_id: String) -> Self {
+        let (sender, receiver) =
+            mpsc::sync_channel::<(String, Bytes, Bytes)>(limits::OUTPUT_WRITER_QUEUE);
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let reported = failures.clone();
+        let thread = std::thread::Builder::new()
+            .name("peergrid-results".into())
+            .spawn(move || {
+                for (task_id, stdout, stderr) in receiver {
+                    if let Err(error) = write_output(&out_dir, &task_id, &stdout, &stderr) {
+                        reported.lock().expect("never poisoned").push(format!(
+                            "cannot write the output of task {task_id} to {} ({error}); it is stored, `peergrid results {job_id}` writes it again",
+                            out_dir.display()
+                        ));
+                    }
+                }
+            })
+            .expect("a thread can be started");
+        Self {
+            sender: Some(sender),
+            thread: Some(thread),
+            failures,
+        }
+    }
+
+    /// Queues one accepted task's files; call only once its result is committed to the store.
+    pub fn write(&self, task_id: String, stdout: Bytes, stderr: Bytes) {
+        if let Some(sender) = &self.sender {
+            // The thread only ends when the sender is dropped (in `finish`).
+            let _ = sender.send((task_id, stdout, stderr));
+        }
+    }
+
+    /// The failures since the last call, as notes for the user.
+    pub fn failures(&self) -> Vec<String> {
+        std::mem::take(&mut *self.failures.lock().expect("never poisoned"))
+    }
+
+    /// Writes what is queued, stops the thread, and returns the failures not yet taken.
+    pub fn finish(mut self) -> Vec<String> {
+        self.stop();
+        self.failures()
+    }
+
+    fn stop(&mut self) {
+        drop(self.sender.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for OutputWriter {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// What [`export`] does with output files that already exist.
@@ -122,4 +197,52 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.persist(path).map_err(|error| error.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_writes_every_queued_output_before_finish_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = OutputWriter::start(dir.path().join("out"), "job-1".into());
+        for index in 0..100 {
+            let stderr = if index % 2 == 0 { "" } else { "warning\n" };
+            writer.write(
+                format!("t{index}"),
+                Bytes::from(format!("out {index}\n")),
+                Bytes::from(stderr),
+            );
+        }
+        assert!(writer.finish().is_empty());
+        for index in 0..100 {
+            let out = std::fs::read_to_string(dir.path().join(format!("out/t{index}.stdout")));
+            assert_eq!(out.unwrap(), format!("out {index}\n"));
+            let err = dir.path().join(format!("out/t{index}.stderr"));
+            assert_eq!(
+                err.exists(),
+                index % 2 == 1,
+                "stderr only when there is one"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_with_the_way_to_write_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // The output directory cannot be created: a file stands in its way.
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").unwrap();
+        let writer = OutputWriter::start(blocker.join("out"), "job-7".into());
+        writer.write("t1".into(), Bytes::from("x"), Bytes::new());
+        let failures = writer.finish();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains("task t1"), "{}", failures[0]);
+        assert!(
+            failures[0].contains("`peergrid results job-7` writes it again"),
+            "{}",
+            failures[0]
+        );
+    }
 }

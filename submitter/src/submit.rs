@@ -237,6 +237,10 @@ pub async fn run_session(
         }
         session.run(source, &mut progress).await
     };
+    // Every queued output file is written before `export` looks for missing ones.
+    for failure in session.writer.finish() {
+        progress.note(&failure);
+    }
     progress.finish();
     let finished = match outcome {
         Ok(finished) => finished,
@@ -367,6 +371,8 @@ struct Session<'a> {
     copy_wall_time: Duration,
     events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
     control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
+    /// Writes accepted outputs' files once they are committed.
+    writer: results::OutputWriter,
 }
 
 impl<'a> Session<'a> {
@@ -432,6 +438,7 @@ impl<'a> Session<'a> {
             copy_wall_time: Duration::ZERO,
             events: mpsc::channel(limits::RESULT_QUEUE),
             control: mpsc::channel(64),
+            writer: results::OutputWriter::start(job.out_dir.clone(), job.id.clone()),
         };
         session.counts.total = job.task_count as u64;
         for (task, settled) in store.settled(&job.id)? {
@@ -793,14 +800,11 @@ impl<'a> Session<'a> {
             progress.note(&note);
         }
         for (task, stdout, stderr) in accepted {
-            let id = &self.tasks[task as usize].id;
-            if let Err(error) = results::write_output(&self.job.out_dir, id, &stdout, &stderr) {
-                progress.note(&format!(
-                    "cannot write the output of task {id} to {} ({error}); it is stored, `peergrid results {}` writes it again",
-                    self.job.out_dir.display(),
-                    self.job.id
-                ));
-            }
+            let id = self.tasks[task as usize].id.clone();
+            self.writer.write(id, stdout, stderr);
+        }
+        for failure in self.writer.failures() {
+            progress.note(&failure);
         }
         Ok(())
     }
