@@ -11,8 +11,8 @@
 //! - **trivial**: `--tasks` copies of the `hello` guest (print one line), replication 2; reports
 //!   accepted tasks/s and copies/s, the median of `--runs` runs, with the per-copy sandbox time
 //!   the workers reported, to show where the time goes.
-//! - **cpu**: `--cpu-tasks` `pi` tasks of `--cpu-samples` samples (about 100 ms each on a current
-//!   core), replication 2, over all slots; reports wall time against the ideal
+//! - **cpu**: `--cpu-tasks` `pi` tasks of `--cpu-samples` samples (27 M: about 100 ms each in
+//!   release on the reference machine), replication 2, over all slots; reports wall time against the ideal
 //!   (sum of the copies' wall times as the workers reported them ÷ slots).
 //!
 //! The grid: `--workers` (2) in-process workers (started by `demo::start_local_worker`, as
@@ -53,7 +53,7 @@ fn parse() -> anyhow::Result<Options> {
         workers: 2,
         slots: 1,
         cpu_tasks: 40,
-        cpu_samples: 8_000_000,
+        cpu_samples: 27_000_000,
         json: false,
     };
     let mut args = std::env::args().skip(1);
