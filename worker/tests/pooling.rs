@@ -86,45 +86,50 @@ fn check_then_fill(pages: u32) -> Vec<u8> {
         memory_index: 0,
     };
     let end = (pages * 65536) as i32;
-    // Locals: 0 = address, 1 = OR of every word read.
+    // Locals: 0 = address, 1 = OR of every word read. `body` runs with the address on the stack.
+    let every_word = |start: &mut Function, body: &[Instruction]| {
+        start
+            .instruction(&Instruction::I32Const(0))
+            .instruction(&Instruction::LocalSet(0))
+            .instruction(&Instruction::Loop(BlockType::Empty))
+            .instruction(&Instruction::LocalGet(0));
+        for instruction in body {
+            start.instruction(instruction);
+        }
+        start
+            .instruction(&Instruction::LocalGet(0))
+            .instruction(&Instruction::I32Const(4))
+            .instruction(&Instruction::I32Add)
+            .instruction(&Instruction::LocalTee(0))
+            .instruction(&Instruction::I32Const(end))
+            .instruction(&Instruction::I32LtU)
+            .instruction(&Instruction::BrIf(0))
+            .instruction(&Instruction::End);
+    };
     let mut start = Function::new([(2, ValType::I32)]);
     start
         .instruction(&Instruction::I32Const(pages as i32 - 1))
         .instruction(&Instruction::MemoryGrow(0))
-        .instruction(&Instruction::Drop)
-        .instruction(&Instruction::Loop(BlockType::Empty))
-        .instruction(&Instruction::LocalGet(1))
-        .instruction(&Instruction::LocalGet(0))
-        .instruction(&Instruction::I32Load(word))
-        .instruction(&Instruction::I32Or)
-        .instruction(&Instruction::LocalSet(1))
-        .instruction(&Instruction::LocalGet(0))
-        .instruction(&Instruction::I32Const(4))
-        .instruction(&Instruction::I32Add)
-        .instruction(&Instruction::LocalTee(0))
-        .instruction(&Instruction::I32Const(end))
-        .instruction(&Instruction::I32LtU)
-        .instruction(&Instruction::BrIf(0))
-        .instruction(&Instruction::End)
+        .instruction(&Instruction::Drop);
+    every_word(
+        &mut start,
+        &[
+            Instruction::I32Load(word),
+            Instruction::LocalGet(1),
+            Instruction::I32Or,
+            Instruction::LocalSet(1),
+        ],
+    );
+    start
         .instruction(&Instruction::LocalGet(1))
         .instruction(&Instruction::If(BlockType::Empty))
         .instruction(&Instruction::Unreachable)
-        .instruction(&Instruction::End)
-        .instruction(&Instruction::I32Const(0))
-        .instruction(&Instruction::LocalSet(0))
-        .instruction(&Instruction::Loop(BlockType::Empty))
-        .instruction(&Instruction::LocalGet(0))
-        .instruction(&Instruction::I32Const(0x5eed))
-        .instruction(&Instruction::I32Store(word))
-        .instruction(&Instruction::LocalGet(0))
-        .instruction(&Instruction::I32Const(4))
-        .instruction(&Instruction::I32Add)
-        .instruction(&Instruction::LocalTee(0))
-        .instruction(&Instruction::I32Const(end))
-        .instruction(&Instruction::I32LtU)
-        .instruction(&Instruction::BrIf(0))
-        .instruction(&Instruction::End)
         .instruction(&Instruction::End);
+    every_word(
+        &mut start,
+        &[Instruction::I32Const(0x5eed), Instruction::I32Store(word)],
+    );
+    start.instruction(&Instruction::End);
     let mut code = CodeSection::new();
     code.function(&start);
     let mut module = Module::new();
