@@ -46,9 +46,10 @@ pub const RESULT_QUEUE: usize = 4096;
 /// commit: one fsync for many results, each still durable before it is reported).
 pub const RESULT_BATCH: usize = 1024;
 
-/// Accepted tasks whose output files wait to be written by the writer thread. Reached (the file
-/// system is slower than the grid): the session waits for the writer before it reports more.
-pub const OUTPUT_WRITER_QUEUE: usize = 4096;
+/// Bytes of accepted output (stdout + stderr) waiting to be written to files by the writer
+/// thread. Reached (the file system is slower than the grid): the session waits for the writer
+/// before it reports more; one output larger than this is let through alone.
+pub const OUTPUT_WRITER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Interval between plain progress lines when stderr is not a terminal.
 pub const PLAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use bytes::Bytes;
 
@@ -36,20 +36,27 @@ pub fn write_output(
 /// network home directory, or on an ext4 without journal that has just deleted many files) never
 /// holds up the session's dispatch and verification. The files are a view of the store: a task
 /// whose file is not written yet when the session stops is written by [`export`] at its end.
-/// Bounded: the session waits when [`limits::OUTPUT_WRITER_QUEUE`] tasks wait to be written.
+/// Bounded in bytes: the session waits while [`limits::OUTPUT_WRITER_QUEUE_BYTES`] of output wait
+/// to be written (one output of any size is always let through).
 pub struct OutputWriter {
-    sender: Option<mpsc::SyncSender<(String, Bytes, Bytes)>>,
+    sender: Option<mpsc::Sender<(String, Bytes, Bytes)>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    queued: Arc<(Mutex<usize>, Condvar)>,
+    bound: usize,
     failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl OutputWriter {
     /// Starts the writer for `out_dir`; `job_id` names the job in failure notes.
     pub fn start(out_dir: PathBuf, job_id: String) -> Self {
-        let (sender, receiver) =
-            mpsc::sync_channel::<(String, Bytes, Bytes)>(limits::OUTPUT_WRITER_QUEUE);
+        Self::with_bound(out_dir, job_id, limits::OUTPUT_WRITER_QUEUE_BYTES)
+    }
+
+    fn with_bound(out_dir: PathBuf, job_id: String, bound: usize) -> Self {
+        let (sender, receiver) = mpsc::channel::<(String, Bytes, Bytes)>();
+        let queued = Arc::new((Mutex::new(0), Condvar::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let reported = failures.clone();
+        let (written, reported) = (queued.clone(), failures.clone());
         let thread = std::thread::Builder::new()
             .name("peergrid-results".into())
             .spawn(move || {
@@ -60,22 +67,37 @@ impl OutputWriter {
                             out_dir.display()
                         ));
                     }
+                    let (bytes, drained) = &*written;
+                    *bytes.lock().expect("never poisoned") -= stdout.len() + stderr.len();
+                    drained.notify_all();
                 }
             })
             .expect("a thread can be started");
         Self {
             sender: Some(sender),
             thread: Some(thread),
+            queued,
+            bound,
             failures,
         }
     }
 
     /// Queues one accepted task's files; call only once its result is committed to the store.
+    /// Waits while the queue holds its byte bound.
     pub fn write(&self, task_id: String, stdout: Bytes, stderr: Bytes) {
-        if let Some(sender) = &self.sender {
-            // The thread only ends when the sender is dropped (in `finish`).
-            let _ = sender.send((task_id, stdout, stderr));
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        let size = stdout.len() + stderr.len();
+        let (bytes, drained) = &*self.queued;
+        let mut queued = bytes.lock().expect("never poisoned");
+        while *queued > 0 && *queued + size > self.bound {
+            queued = drained.wait(queued).expect("never poisoned");
         }
+        *queued += size;
+        drop(queued);
+        // The thread only ends when the sender is dropped (in `finish`).
+        let _ = sender.send((task_id, stdout, stderr));
     }
 
     /// The failures since the last call, as notes for the user.
@@ -226,6 +248,31 @@ mod tests {
                 "stderr only when there is one"
             );
         }
+    }
+
+    #[test]
+    fn outputs_beyond_the_byte_bound_wait_their_turn_and_all_get_written() {
+        let dir = tempfile::tempdir().unwrap();
+        // 10 bytes at most in the queue: each 8-byte output waits for the one before, and a
+        // 20-byte one goes through alone.
+        let writer = OutputWriter::with_bound(dir.path().to_owned(), "job-2".into(), 10);
+        for index in 0..20 {
+            writer.write(format!("t{index}"), Bytes::from("12345678"), Bytes::new());
+        }
+        writer.write("big".into(), Bytes::from("x".repeat(20)), Bytes::new());
+        assert!(
+            *writer.queued.0.lock().unwrap() <= 20,
+            "the bound or one output at most"
+        );
+        assert!(writer.finish().is_empty());
+        for index in 0..20 {
+            let out = std::fs::read(dir.path().join(format!("t{index}.stdout"))).unwrap();
+            assert_eq!(out, b"12345678");
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join("big.stdout")).unwrap().len(),
+            20
+        );
     }
 
     #[test]

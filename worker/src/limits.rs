@@ -137,12 +137,15 @@ pub const fn pool_slots(threads: usize) -> usize {
 pub const MAX_INSTANCE_STATE_BYTES: usize = 1024 * 1024;
 /// Bytes of a released slot's linear memory, tables and async stack zeroed by `memset` instead
 /// of being given back to the kernel (`madvise`). On Linux ≥ 6.7 wasmtime asks the kernel which
-/// pages the task dirtied (`PAGEMAP_SCAN`) and zeroes only those, up to this budget: a task whose
+/// pages the task dirtied (`PAGEMAP_SCAN`) and zeroes only those, up to the budget: a task whose
 /// working set fits needs no `madvise` at all, so no TLB shootdown across cores, and the next
 /// task on the slot takes no page faults. Measured on `hello` (17 pages, a few dirtied): 85 µs →
-/// 69 µs per trivial task (without the scan, zeroing the first 1 MiB cost more than the faults it
-/// saved, hence the earlier 64 KiB). Bounds what an idle worker keeps resident: slots × (these).
-pub const POOL_MEMORY_KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
+/// 69 µs per trivial task. Without the scan (older kernels, other systems) the first bytes are
+/// zeroed whether dirtied or not, and 1 MiB of that cost more than the faults it saved (47–54 µs
+/// against 31–40 µs with 64 KiB), so the budget is chosen by what the kernel offers. Bounds what
+/// an idle worker keeps resident: slots × (these).
+pub const POOL_MEMORY_KEEP_RESIDENT_BYTES_WITH_SCAN: usize = 1024 * 1024;
+pub const POOL_MEMORY_KEEP_RESIDENT_BYTES_WITHOUT_SCAN: usize = 64 * 1024;
 pub const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
 pub const POOL_STACK_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
 
