@@ -2,7 +2,6 @@
 //! tasks (see [`crate::admission`]), holds a slot for each running one, runs it in the sandbox and
 //! answers with a signed receipt.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -167,46 +166,42 @@ impl WorkerService {
             }
             // The wait for a slot and the run both happen on the sandbox's threads: a task that
             // ends wakes the next one there, instead of waking this runtime to start it.
-            let started = Arc::new(AtomicBool::new(false));
-            let work = {
-                let service = self.clone();
-                let task = task.clone();
-                let started = started.clone();
-                async move {
-                    let slot = service.wait_for_slot().await?;
-                    let memory = service.take_memory(task.spec.limits.memory_bytes)?;
-                    started.store(true, Ordering::Relaxed);
-                    let execution = service.execute(task).await;
-                    drop((slot, memory));
-                    Ok::<_, Refusal>(execution)
-                }
-                .in_current_span()
-            };
-            let mut execution = tokio::select! {
-                done = inner.sandbox.spawn(work) => match done {
-                    Ok(result) => result?,
-                    // A bug in peergrid, not the guest's doing: the task is lost, the worker
-                    // keeps serving.
-                    Err(error) => {
-                        return Err(Refusal::new(Code::Internal, format!("host panic: {error}")));
-                    }
-                },
-                _ = preemption.changed() => {
-                    return Err(if started.load(Ordering::Relaxed) {
-                        info!("preempted: the donor needs the machine");
-                        Refusal::new(
-                            Code::Aborted,
-                            "preempted: the donor's machine became busy; run the task elsewhere",
-                        )
-                    } else {
-                        Refusal::new(
+            let digest = task.digest;
+            let service = self.clone();
+            let work = async move {
+                let slot = tokio::select! {
+                    slot = service.wait_for_slot() => slot?,
+                    _ = preemption.changed() => {
+                        return Err(Refusal::new(
                             Code::ResourceExhausted,
                             "the donor's machine became busy while the task waited for a slot; retry later or elsewhere",
-                        )
-                    });
+                        ));
+                    }
+                };
+                let memory = service.take_memory(task.spec.limits.memory_bytes)?;
+                let execution = tokio::select! {
+                    execution = service.execute(task) => execution,
+                    _ = preemption.changed() => {
+                        info!("preempted: the donor needs the machine");
+                        return Err(Refusal::new(
+                            Code::Aborted,
+                            "preempted: the donor's machine became busy; run the task elsewhere",
+                        ));
+                    }
+                };
+                drop((slot, memory));
+                Ok(execution)
+            }
+            .in_current_span();
+            let mut execution = match inner.sandbox.spawn(work).await {
+                Ok(result) => result?,
+                // A bug in peergrid, not the guest's doing: the task is lost, the worker keeps
+                // serving.
+                Err(error) => {
+                    return Err(Refusal::new(Code::Internal, format!("host panic: {error}")));
                 }
             };
-            if self.lies_about(&task.digest) {
+            if self.lies_about(&digest) {
                 warn!("testing aid --lie-rate: answering with a wrong output");
                 lie(&mut execution);
             }
@@ -219,7 +214,7 @@ impl WorkerService {
             let receipt = receipt::sign(
                 &inner.identity,
                 inner.sandbox.fingerprint(),
-                task.digest,
+                digest,
                 &execution,
             );
             Ok(pb::TaskResult {
@@ -637,6 +632,49 @@ mod tests {
             );
         }
         assert_eq!(service.inner.queue.available_permits(), queued);
+    }
+
+    #[tokio::test]
+    async fn a_task_waiting_for_a_slot_when_the_donor_gets_busy_is_refused_as_busy() {
+        use peergrid_proto::signing::sign_task;
+        use prost::Message;
+
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path(), 1);
+        let module = b"not run: the task never gets a slot";
+        let hash = ContentHash::of(module);
+        let mut upload = service
+            .inner
+            .blobs
+            .begin(hash, module.len() as u64)
+            .unwrap();
+        upload.write(module).unwrap();
+        upload.finish().unwrap();
+        let program = pb::Program {
+            module_hash: hash.to_vec().into(),
+            ..Default::default()
+        };
+        let manifest = pb::TaskManifest {
+            program: program.encode_to_vec().into(),
+            expires_at_unix_s: unix_now_s() + 600,
+            ..Default::default()
+        };
+        let signed = sign_task(&Identity::from_seed([6; 32]), &manifest);
+
+        let slot = take_free_slots(&service, 1).await;
+        let waiting = tokio::spawn({
+            let service = service.clone();
+            async move { service.run_task(signed).await }
+        });
+        // The task is queued once it holds a place in the queue.
+        while service.inner.queue.available_permits() == limits::QUEUED_TASKS_PER_SLOT as usize {
+            tokio::task::yield_now().await;
+        }
+        service.inner.donor.set_busy(true);
+        let refused = waiting.await.unwrap().err().expect("refused, never run");
+        assert_eq!(refused.code, Code::ResourceExhausted, "{}", refused.message);
+        assert!(refused.message.contains("while the task waited for a slot"));
+        drop(slot);
     }
 
     async fn take_free_slots(service: &WorkerService, n: usize) -> Vec<OwnedSemaphorePermit> {
