@@ -173,14 +173,9 @@ impl Connection {
                 }
             };
             if let Err(error) = self.client.ensure_blobs(&blobs).await {
-                let unreachable = matches!(error, ClientError::Unreachable { .. });
-                self.answer(dispatch.task, Answer::Lost(error.to_string()))
-                    .await;
-                return if unreachable {
-                    Err(error.to_string())
-                } else {
-                    Ok(())
-                };
+                let (answer, ends_connection) = upload_failure(error);
+                self.answer(dispatch.task, answer).await;
+                return ends_connection.map_or(Ok(()), Err);
             }
             self.present.extend(missing);
         }
@@ -257,6 +252,24 @@ impl Connection {
     }
 }
 
+/// What a failed upload of a copy's input blobs means for the copy, and the reason the
+/// connection ends, if it does. A refused upload means what the same refusal of the task would:
+/// too many uploads at once is a busy worker, a blob above its limit a worker that cannot take
+/// this job's tasks.
+fn upload_failure(error: ClientError) -> (Answer, Option<String>) {
+    match error {
+        ClientError::Refused { code, message, .. } => (
+            refusal_answer(code, format!("refused an input upload: {message}")),
+            None,
+        ),
+        ClientError::Unreachable { .. } => {
+            let reason = error.to_string();
+            (Answer::Lost(reason.clone()), Some(reason))
+        }
+        ClientError::BadReceipt { .. } => (Answer::Lost(error.to_string()), None),
+    }
+}
+
 /// What a refusal means for the copy.
 fn refusal_answer(code: Code, message: String) -> Answer {
     match code {
@@ -273,6 +286,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refused_upload_counts_as_the_same_refusal_of_the_task_and_keeps_the_connection() {
+        let refused = |code| ClientError::Refused {
+            addr: "w".into(),
+            code,
+            message: "no".into(),
+        };
+        let (answer, ends) = upload_failure(refused(Code::ResourceExhausted));
+        assert!(matches!(answer, Answer::Busy(_)) && ends.is_none());
+        let (answer, ends) = upload_failure(refused(Code::InvalidArgument));
+        assert!(
+            matches!(
+                answer,
+                Answer::Refused {
+                    code: Code::InvalidArgument,
+                    ..
+                }
+            ) && ends.is_none()
+        );
+        let (answer, ends) = upload_failure(ClientError::Unreachable {
+            addr: "w".into(),
+            reason: "reset".into(),
+        });
+        assert!(matches!(answer, Answer::Lost(_)) && ends.is_some());
+    }
+
+    #[test]
     fn refusals_split_into_retry_elsewhere_lost_and_never_again() {
         // A full worker or a missing blob: the copy goes elsewhere, the worker is kept.
         for code in [Code::ResourceExhausted, Code::FailedPrecondition] {
@@ -287,6 +326,7 @@ mod tests {
             Code::Unavailable,
             Code::Cancelled,
             Code::Internal,
+            Code::Unknown,
         ] {
             assert!(
                 matches!(refusal_answer(code, "x".into()), Answer::Lost(_)),
