@@ -420,6 +420,10 @@ async fn resume(
         let summary =
             crate::submit::run_session(&store, &job, &identity, &source, workers, plain).await?;
         worst = worst.max(print_summary(&summary));
+        if !summary.finished {
+            // Interrupted (Ctrl-C): the user wants to stop, not to go on to the next job.
+            break;
+        }
     }
     Ok(worst)
 }
