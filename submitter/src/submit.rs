@@ -124,20 +124,32 @@ pub fn create_job(
 ) -> Result<JobRecord, SubmitError> {
     let module = read_module(&spec.module)?;
     let module_hash = store.put_blob(&module)?;
+    // A sweep gives every task the same files: each is read and stored once.
+    let mut stored: HashMap<PathBuf, (ContentHash, u64)> = HashMap::new();
+    let mut store_file =
+        |what: &'static str, path: &Path| -> Result<(ContentHash, u64), SubmitError> {
+            if let Some(known) = stored.get(path) {
+                return Ok(*known);
+            }
+            let bytes = read(what, path)?;
+            let known = (store.put_blob(&bytes)?, bytes.len() as u64);
+            stored.insert(path.to_owned(), known);
+            Ok(known)
+        };
     let mut tasks = Vec::with_capacity(spec.tasks.len());
     for task in &spec.tasks {
         let stdin = match &task.stdin {
             TaskStdin::None => None,
             TaskStdin::Text(text) => Some(store.put_blob(text.as_bytes())?),
-            TaskStdin::File(path) => Some(store.put_blob(&read("stdin file", path)?)?),
+            TaskStdin::File(path) => Some(store_file("stdin file", path)?.0),
         };
         let mut files = Vec::with_capacity(task.files.len());
         for path in &task.files {
-            let bytes = read("input file", path)?;
+            let (hash, size) = store_file("input file", path)?;
             files.push(FileRecord {
                 name: file_name(path),
-                hash: store.put_blob(&bytes)?.to_hex(),
-                size: bytes.len() as u64,
+                hash: hash.to_hex(),
+                size,
             });
         }
         tasks.push(TaskRecord {
@@ -385,20 +397,26 @@ impl<'a> Session<'a> {
         let number = store.begin_session(&job.id)?;
         let tasks = store.tasks(&job.id)?;
         // A job whose inputs vanished from the state directory stops here, naming the blob,
-        // rather than losing copies one by one.
+        // rather than losing copies one by one. Each blob is checked once, however many tasks
+        // share it.
+        let mut checked: HashMap<String, ContentHash> = HashMap::new();
+        let mut require = |hash: &str| -> Result<ContentHash, crate::store::StoreError> {
+            if let Some(known) = checked.get(hash) {
+                return Ok(*known);
+            }
+            let known = store.require_blob(hash)?;
+            checked.insert(hash.to_owned(), known);
+            Ok(known)
+        };
         let inputs = tasks
             .iter()
             .map(|task| {
                 Ok(TaskInputs {
-                    stdin: task
-                        .stdin_hash
-                        .as_deref()
-                        .map(|hash| store.require_blob(hash))
-                        .transpose()?,
+                    stdin: task.stdin_hash.as_deref().map(&mut require).transpose()?,
                     files: task
                         .files
                         .iter()
-                        .map(|file| store.require_blob(&file.hash))
+                        .map(|file| require(&file.hash))
                         .collect::<Result<_, _>>()?,
                 })
             })
