@@ -49,10 +49,21 @@ pub struct OutputWriter {
 impl OutputWriter {
     /// Starts the writer for `out_dir`; `job_id` names the job in failure notes.
     pub fn start(out_dir: PathBuf, job_id: String) -> Self {
-        Self::with_bound(out_dir, job_id, limits::OUTPUT_WRITER_QUEUE_BYTES)
+        Self::with(
+            out_dir,
+            job_id,
+            limits::OUTPUT_WRITER_QUEUE_BYTES,
+            write_output,
+        )
     }
 
-    fn with_bound(out_dir: PathBuf, job_id: String, bound: usize) -> Self {
+    /// The writer with its bound and its way of writing one task's files given.
+    fn with(
+        out_dir: PathBuf,
+        job_id: String,
+        bound: usize,
+        write_output: impl Fn(&Path, &str, &[u8], &[u8]) -> std::io::Result<()> + Send + 'static,
+    ) -> Self {
         let (sender, receiver) = mpsc::channel::<(String, Bytes, Bytes)>();
         let queued = Arc::new((Mutex::new(0), Condvar::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
@@ -223,6 +234,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -251,24 +264,56 @@ mod tests {
     }
 
     #[test]
-    fn outputs_beyond_the_byte_bound_wait_their_turn_and_all_get_written() {
+    fn a_write_beyond_the_byte_bound_waits_for_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        // 10 bytes at most in the queue: each 8-byte output waits for the one before, and a
-        // 20-byte one goes through alone.
-        let writer = OutputWriter::with_bound(dir.path().to_owned(), "job-2".into(), 10);
-        for index in 0..20 {
-            writer.write(format!("t{index}"), Bytes::from("12345678"), Bytes::new());
-        }
-        writer.write("big".into(), Bytes::from("x".repeat(20)), Bytes::new());
+        // The writer thread writes only when the test lets it.
+        let (open, gate) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let writer = Arc::new(OutputWriter::with(
+            dir.path().to_owned(),
+            "job-2".into(),
+            10,
+            move |out_dir, task_id, stdout, stderr| {
+                // Open once the test is over, whatever its end.
+                let _ = gate.lock().unwrap().recv();
+                write_output(out_dir, task_id, stdout, stderr)
+            },
+        ));
+        // Declared after the writer, so dropped before it if an assertion fails.
+        let open = open;
+        // 8 bytes fit the 10-byte bound; 8 more do not until the first 8 are written.
+        writer.write("t1".into(), Bytes::from("12345678"), Bytes::new());
+        let (done, finished) = mpsc::channel();
+        let second = std::thread::spawn({
+            let writer = writer.clone();
+            move || {
+                writer.write("t2".into(), Bytes::from("abcdefgh"), Bytes::new());
+                done.send(()).unwrap();
+            }
+        });
         assert!(
-            *writer.queued.0.lock().unwrap() <= 20,
-            "the bound or one output at most"
+            finished.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the second write went past the bound"
         );
+        open.send(()).unwrap();
+        finished
+            .recv()
+            .expect("let through once the first is written");
+        second.join().unwrap();
+        // One output larger than the bound goes through alone, once t2 is written.
+        open.send(()).unwrap();
+        writer.write("big".into(), Bytes::from("x".repeat(20)), Bytes::new());
+        open.send(()).unwrap();
+        let writer = Arc::into_inner(writer).unwrap();
         assert!(writer.finish().is_empty());
-        for index in 0..20 {
-            let out = std::fs::read(dir.path().join(format!("t{index}.stdout"))).unwrap();
-            assert_eq!(out, b"12345678");
-        }
+        assert_eq!(
+            std::fs::read(dir.path().join("t1.stdout")).unwrap(),
+            b"12345678"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("t2.stdout")).unwrap(),
+            b"abcdefgh"
+        );
         assert_eq!(
             std::fs::read(dir.path().join("big.stdout")).unwrap().len(),
             20
