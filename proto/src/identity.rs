@@ -243,6 +243,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn derived_keys_depend_on_the_context_and_the_secret_and_never_are_the_seed() {
+        let one = Identity::from_seed([1; 32]);
+        let key = one.derive_key("peergrid/module-cache/v1");
+        assert_eq!(
+            key,
+            Identity::from_seed([1; 32]).derive_key("peergrid/module-cache/v1")
+        );
+        assert_ne!(key, one.derive_key("peergrid/other/v1"));
+        assert_ne!(
+            key,
+            Identity::from_seed([2; 32]).derive_key("peergrid/module-cache/v1")
+        );
+        assert_ne!(key, [1; 32]);
+        assert_ne!(&key[..], one.public_key().to_bytes().as_slice());
+    }
+
+    #[test]
     fn key_file_round_trip_is_private_and_refuses_open_modes() {
         let dir = tempfile_dir();
         let path = dir.join("key");
