@@ -149,6 +149,24 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
     assert!(missing(&mut client, announced).await);
     serves(&worker, &key, "after-lying-uploads").await;
 
+    // A blob query past its bound is refused whole; one at the bound is answered.
+    let query = |count: usize| pb::MissingBlobsRequest {
+        hashes: (0..count)
+            .map(|index| ContentHash::of(&index.to_le_bytes()).to_vec().into())
+            .collect(),
+    };
+    let status = client
+        .missing_blobs(query(limits::MAX_HASHES_PER_QUERY + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let answered = client
+        .missing_blobs(query(limits::MAX_HASHES_PER_QUERY))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answered.missing.len(), limits::MAX_HASHES_PER_QUERY);
+
     // A flood of silent connections from one address: past the per-address cap they are closed
     // at once, the rest when the handshake deadline passes, and another client is served
     // meanwhile.
