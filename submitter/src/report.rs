@@ -105,6 +105,10 @@ impl From<CheckedResult> for Report {
     }
 }
 
+/// The JSON name of [`Outcome::TimedOut`], which quorum rules single out (see
+/// `schedule::Verdict::is_timeout`).
+pub const TIMED_OUT: &str = "timed_out";
+
 /// The outcome's JSON name, exit code and trap kind or reason.
 pub fn outcome_parts(outcome: &Outcome) -> (&'static str, Option<i32>, Option<String>) {
     match outcome {
@@ -112,7 +116,7 @@ pub fn outcome_parts(outcome: &Outcome) -> (&'static str, Option<i32>, Option<St
         Outcome::Trapped(kind) => ("trapped", None, Some(kind.name().to_owned())),
         Outcome::OutOfFuel => ("out_of_fuel", None, None),
         Outcome::MemoryLimit => ("memory_limit", None, None),
-        Outcome::TimedOut => ("timed_out", None, None),
+        Outcome::TimedOut => (TIMED_OUT, None, None),
         Outcome::OutputLimit => ("output_limit", None, None),
         Outcome::InvalidModule(reason) => ("invalid_module", None, Some(reason.clone())),
     }

@@ -51,7 +51,7 @@ pub struct Verdict {
 impl Verdict {
     /// A timed-out run says nothing about the program, only about the worker's clock.
     pub fn is_timeout(&self) -> bool {
-        self.outcome == "timed_out"
+        self.outcome == crate::report::TIMED_OUT
     }
 }
 
@@ -672,6 +672,22 @@ pub struct Reputation {
     pub lost: u64,
     /// Receipts that failed verification (bad signature, wrong task, output not matching).
     pub bad_receipts: u64,
+}
+
+/// Adds a job's deltas: every counter (a new one cannot be forgotten, the pattern is total).
+impl std::ops::AddAssign for Reputation {
+    fn add_assign(&mut self, delta: Self) {
+        let Self {
+            agreements,
+            disagreements,
+            lost,
+            bad_receipts,
+        } = delta;
+        self.agreements += agreements;
+        self.disagreements += disagreements;
+        self.lost += lost;
+        self.bad_receipts += bad_receipts;
+    }
 }
 
 impl Reputation {

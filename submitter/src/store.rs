@@ -549,10 +549,7 @@ impl Store {
                         .map_err(|error| undecodable("reputation", error))?,
                     None => Reputation::default(),
                 };
-                counts.agreements += delta.agreements;
-                counts.disagreements += delta.disagreements;
-                counts.lost += delta.lost;
-                counts.bad_receipts += delta.bad_receipts;
+                counts += *delta;
                 reputation.insert(worker.as_str(), to_json(&counts).as_slice())?;
             }
             if let Some(finished) = batch.finished_unix_ms {
