@@ -145,7 +145,15 @@ impl Grid {
         let spec = peergrid_submitter::job::load(&job_file)?;
         let source = Source::Peers(self.addrs.clone());
         let workers = submit::reach(&source).await?;
-        let job = submit::create_job(&self.store, &spec, &job_file, &self.key_file, &source, None)?;
+        let job = submit::create_job(
+            &self.store,
+            &spec,
+            &job_file,
+            &self.key_file,
+            &source,
+            None,
+            &[],
+        )?;
         let summary =
             submit::run_session(&self.store, &job, &self.identity, &source, workers, true).await?;
         ensure!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use peergrid_proto::{Identity, pb};
+use peergrid_proto::{Identity, PublicKey, pb};
 use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
 
 use crate::client::WorkerClient;
@@ -76,6 +76,10 @@ enum Command {
         /// Where to write the results [default: <job file dir>/<job id>-results].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A worker key (hex) you vouch for, such as your own machine's: established from the
+        /// start, its receipts verify others' and tasks it signs are not audited. Repeatable.
+        #[arg(long = "trusted", value_name = "KEY")]
+        trusted: Vec<PublicKey>,
         /// Plain progress lines even on a terminal.
         #[arg(long)]
         plain: bool,
@@ -93,6 +97,9 @@ enum Command {
         workers: OptionalWorkerArgs,
         #[command(flatten)]
         state: StateArgs,
+        /// A worker key (hex) to vouch for from now on, besides those given at submit.
+        #[arg(long = "trusted", value_name = "KEY")]
+        trusted: Vec<PublicKey>,
         /// Plain progress lines even on a terminal.
         #[arg(long)]
         plain: bool,
@@ -307,21 +314,23 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             workers,
             state,
             out,
+            trusted,
             plain,
         } => {
             let source =
                 source_of(workers.peers, workers.seeds).expect("clap requires --peer or --seed");
-            submit(&job, &key, source, &state.dir(), out, plain).await
+            submit(&job, &key, source, &state.dir(), out, &trusted, plain).await
         }
         Command::Resume {
             job,
             key,
             workers,
             state,
+            trusted,
             plain,
         } => {
             let source = source_of(workers.peers, workers.seeds);
-            resume(job.as_deref(), key, source, &state.dir(), plain).await
+            resume(job.as_deref(), key, source, &state.dir(), &trusted, plain).await
         }
         Command::Status { job, json, state } => {
             crate::status::show(&state.dir(), job.as_deref(), json)
@@ -374,6 +383,7 @@ async fn submit(
     source: Source,
     state: &std::path::Path,
     out: Option<PathBuf>,
+    trusted: &[PublicKey],
     plain: bool,
 ) -> anyhow::Result<u8> {
     let spec = crate::job::load(job_file)?;
@@ -381,7 +391,7 @@ async fn submit(
     // Before anything is stored: an unreachable grid leaves the store as it was.
     let workers = crate::submit::reach(&source).await?;
     let store = Store::open(state)?;
-    let job = crate::submit::create_job(&store, &spec, job_file, key, &source, out)?;
+    let job = crate::submit::create_job(&store, &spec, job_file, key, &source, out, trusted)?;
     let summary =
         crate::submit::run_session(&store, &job, &identity, &source, workers, plain).await?;
     Ok(print_summary(&summary))
@@ -392,6 +402,7 @@ async fn resume(
     key: Option<PathBuf>,
     source: Option<Source>,
     state: &std::path::Path,
+    trusted: &[PublicKey],
     plain: bool,
 ) -> anyhow::Result<u8> {
     let store = Store::open(state)?;
@@ -408,7 +419,10 @@ async fn resume(
         return Ok(0);
     }
     let mut worst = 0;
-    for job in jobs {
+    for mut job in jobs {
+        if !trusted.is_empty() {
+            job = store.add_trusted(&job.id, trusted)?;
+        }
         let key_file = key.clone().unwrap_or_else(|| job.key_file.clone());
         let identity = Identity::load(&key_file)?;
         let source = source.clone().unwrap_or_else(|| Source::from_job(&job));
@@ -445,7 +459,7 @@ fn results(state: &std::path::Path, query: &str, out: Option<PathBuf>) -> anyhow
 /// Prints the end-of-session summary and returns the exit code it deserves.
 fn print_summary(summary: &Summary) -> u8 {
     println!(
-        "job {}: {} of {} tasks accepted, {} inconclusive · {} copies · {} disagreements · {} workers excluded · {:.1} s · {} fuel",
+        "job {}: {} of {} tasks accepted, {} inconclusive · {} copies · {} disagreements · {} workers excluded · {} audited ({:.1} s of this machine's CPU) · {} reopened · {:.1} s · {} fuel",
         summary.job_id,
         summary.accepted,
         summary.tasks,
@@ -453,6 +467,9 @@ fn print_summary(summary: &Summary) -> u8 {
         summary.copies,
         summary.disagreements,
         summary.excluded.len(),
+        summary.audits,
+        summary.audit_time.as_secs_f64(),
+        summary.reopened,
         summary.wall_time.as_secs_f64(),
         summary.fuel
     );
@@ -527,6 +544,9 @@ mod tests {
             copies: 4,
             disagreements: 0,
             excluded: Vec::new(),
+            audits: 0,
+            audit_time: Duration::ZERO,
+            reopened: 0,
             wall_time: Duration::ZERO,
             fuel: 0,
             copy_wall_time: Duration::ZERO,

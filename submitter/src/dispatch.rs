@@ -39,8 +39,11 @@ pub enum Answer {
     BadReceipt(String),
     /// The worker was full, its owner busy, or it lacked a blob: retry, elsewhere if need be.
     Busy(String),
-    /// The worker crashed, hung up, or preempted the task.
+    /// The worker crashed, hung up, or the path to it broke: nobody to blame.
     Lost(String),
+    /// The worker answered that it gave the copy up (`ABORTED`: preempted by its owner, or a
+    /// free-rider): reassigned, and a strike if another worker delivers the task.
+    Aborted(String),
     /// The worker will not run this job's tasks (untrusted key, limits above its ceilings,
     /// expired by its clock, malformed): no point sending it more.
     Refused { code: Code, message: String },
@@ -274,7 +277,8 @@ fn upload_failure(error: ClientError) -> (Answer, Option<String>) {
 fn refusal_answer(code: Code, message: String) -> Answer {
     match code {
         Code::ResourceExhausted | Code::FailedPrecondition => Answer::Busy(message),
-        Code::Aborted | Code::Unavailable | Code::Cancelled | Code::Internal | Code::Unknown => {
+        Code::Aborted => Answer::Aborted(message),
+        Code::Unavailable | Code::Cancelled | Code::Internal | Code::Unknown => {
             Answer::Lost(message)
         }
         code => Answer::Refused { code, message },
@@ -320,9 +324,13 @@ mod tests {
                 "{code:?}"
             );
         }
-        // A preempted or crashed run: the copy is lost and counts toward the loss limit.
+        // A copy the worker gave up: reassigned, and a strike if another worker delivers it.
+        assert!(matches!(
+            refusal_answer(Code::Aborted, "x".into()),
+            Answer::Aborted(_)
+        ));
+        // A crashed run or a broken path: the copy is lost and counts toward the loss limit.
         for code in [
-            Code::Aborted,
             Code::Unavailable,
             Code::Cancelled,
             Code::Internal,

@@ -8,6 +8,9 @@
 //! quorum = 2               # equal receipts needed (default 2; may exceed replication)
 //! max_replicas = 5         # most copies of a task ever sent (default 5, at most 16)
 //! distinct_hosts = true    # copies of a task go to distinct hosts (default true)
+//! distinct_networks = true # and distinct /24 (IPv4) or /48 (IPv6) networks (default: as
+//!                          # distinct_hosts; false for a grid on one LAN)
+//! audit_rate = 0.03        # share of accepted tasks the submitter re-runs itself (default 0.03)
 //! env = { MODE = "fast" }  # for every task; a task's own env wins per name
 //! [limits]                 # each optional; absent means the worker's default
 //! fuel = 10_000_000_000
@@ -47,7 +50,7 @@ const DEFAULT_QUORUM: u32 = 2;
 const DEFAULT_MAX_REPLICAS: u32 = 5;
 
 /// A job file, checked: every task is valid as far as can be told without reading files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
     pub name: String,
     /// The module, resolved against the job file's directory (not checked to exist).
@@ -57,6 +60,9 @@ pub struct JobSpec {
     pub quorum: u32,
     pub max_replicas: u32,
     pub distinct_hosts: bool,
+    pub distinct_networks: bool,
+    /// Share of accepted tasks (with an established signer) the submitter re-runs itself.
+    pub audit_rate: f64,
     /// The [[task]] tables in file order, then the sweep by ascending i.
     pub tasks: Vec<JobTask>,
 }
@@ -159,6 +165,10 @@ pub fn parse(text: &str, path: &Path) -> Result<JobSpec, JobFileError> {
         quorum,
         max_replicas,
         distinct_hosts: raw.distinct_hosts.unwrap_or(true),
+        distinct_networks: raw
+            .distinct_networks
+            .unwrap_or(raw.distinct_hosts.unwrap_or(true)),
+        audit_rate: check_audit_rate(&doc, raw.audit_rate.as_ref())?,
         tasks: build_tasks(&doc, &raw.task, raw.sweep.as_ref(), &job_env)?,
     })
 }
@@ -178,6 +188,8 @@ struct RawJob {
     quorum: Option<Spanned<u32>>,
     max_replicas: Option<Spanned<u32>>,
     distinct_hosts: Option<bool>,
+    distinct_networks: Option<bool>,
+    audit_rate: Option<Spanned<f64>>,
     env: Option<RawEnv>,
     limits: Option<RawLimits>,
     #[serde(default)]
@@ -222,6 +234,8 @@ const JOB_FIELDS: &[&str] = &[
     "quorum",
     "max_replicas",
     "distinct_hosts",
+    "distinct_networks",
+    "audit_rate",
     "env",
     "limits",
     "task",
@@ -240,6 +254,8 @@ fn example(field: &str) -> &'static str {
         "quorum" => "quorum = 2",
         "max_replicas" => "max_replicas = 5",
         "distinct_hosts" => "distinct_hosts = true",
+        "distinct_networks" => "distinct_networks = false",
+        "audit_rate" => "audit_rate = 0.03",
         "env" | "task.env" => r#"env = { MODE = "fast" }"#,
         "limits" => "limits = { fuel = 10_000_000_000, memory_mb = 64, timeout_s = 60 }",
         "limits.fuel" => "fuel = 10_000_000_000",
@@ -499,6 +515,22 @@ fn check_replicas(doc: &Doc, raw: &RawJob) -> Result<(u32, u32, u32), JobFileErr
     )?;
     let quorum = check_copies(doc, "quorum", raw.quorum.as_ref(), DEFAULT_QUORUM, &max)?;
     Ok((replication, quorum, max.value))
+}
+
+/// The share of accepted tasks audited, in 0 ..= 1 (default [`DEFAULT_AUDIT_RATE`]).
+fn check_audit_rate(doc: &Doc, given: Option<&Spanned<f64>>) -> Result<f64, JobFileError> {
+    let Some(given) = given else {
+        return Ok(crate::limits::DEFAULT_AUDIT_RATE);
+    };
+    let rate = *given.get_ref();
+    if (0.0..=1.0).contains(&rate) {
+        return Ok(rate);
+    }
+    let problem = format!(
+        "must be a share between 0 and 1 (0.03 re-runs 3% of accepted tasks on this machine), e.g. {}",
+        example("audit_rate")
+    );
+    Err(doc.invalid(Some(given.span()), "audit_rate", problem))
 }
 
 /// `max_replicas` as checked; no span when it is the default.
@@ -1110,6 +1142,24 @@ range = [1, 200]          # i = 1 ..= 200
     }
 
     #[test]
+    fn the_audit_rate_is_a_share_and_a_lan_relaxes_networks_with_hosts() {
+        check(
+            &with_head("audit_rate = 1.5\n[[task]]\n"),
+            "job.toml:3: audit_rate: must be a share between 0 and 1 (0.03 re-runs 3% of accepted tasks on this machine), e.g. audit_rate = 0.03",
+        );
+        check(
+            &with_head("audit_rate = -0.1\n[[task]]\n"),
+            "job.toml:3: audit_rate: must be a share between 0 and 1 (0.03 re-runs 3% of accepted tasks on this machine), e.g. audit_rate = 0.03",
+        );
+        let job = ok(&with_head(
+            "audit_rate = 0.5\ndistinct_hosts = false\n[[task]]\n",
+        ));
+        assert_eq!((job.audit_rate, job.distinct_networks), (0.5, false));
+        let job = ok(&with_head("distinct_networks = false\n[[task]]\n"));
+        assert_eq!((job.distinct_hosts, job.distinct_networks), (true, false));
+    }
+
+    #[test]
     fn limits_convert_to_wire_units() {
         let wire = ok(EXAMPLE).limits.to_wire();
         assert_eq!(wire.fuel, 10_000_000_000);
@@ -1126,8 +1176,13 @@ range = [1, 200]          # i = 1 ..= 200
             job.quorum,
             job.max_replicas,
             job.distinct_hosts,
+            job.distinct_networks,
+            job.audit_rate,
         );
-        assert_eq!(counts, (2, 2, 5, true));
+        assert_eq!(
+            counts,
+            (2, 2, 5, true, true, crate::limits::DEFAULT_AUDIT_RATE)
+        );
         assert_eq!(job.limits, JobLimits::default());
         assert_eq!(job.limits.to_wire(), pb::TaskLimits::default());
         let task = JobTask {
@@ -1247,7 +1302,7 @@ env = { SEED = "{i}{i}", MODE = "sweep" }
         check(
             "name = \"j\"\nmodul = \"m.wasm\"\n",
             "job.toml:2: unknown field \"modul\"; expected one of name, module, replication, quorum, \
-             max_replicas, distinct_hosts, env, limits, task, sweep (e.g. module = \"pi.wasm\")",
+             max_replicas, distinct_hosts, distinct_networks, audit_rate, env, limits, task, sweep (e.g. module = \"pi.wasm\")",
         );
         check(
             &with_head("[limits]\nfeul = 1\n"),

@@ -53,3 +53,28 @@ pub const OUTPUT_WRITER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Interval between plain progress lines when stderr is not a terminal.
 pub const PLAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Copies in flight a worker may hold before it has delivered anything this session; each
+/// receipt it delivers (not a timeout) raises the cap by one, up to what it claims. What a worker
+/// claims about its capacity is a hint: ARCHITECTURE.md, "Trust model".
+pub const INITIAL_COPIES_IN_FLIGHT: u32 = 2;
+
+/// Verified results (by an audit, or agreement with an established worker) after which a key
+/// leaves probation.
+pub const ESTABLISHED_AFTER_VERIFIED: u64 = 10;
+
+/// Share of tasks accepted only by probationary workers that the submitter re-runs itself
+/// (or the job's `audit_rate`, if higher).
+pub const PROBATION_AUDIT_RATE: f64 = 0.25;
+
+/// The default `audit_rate`: share of tasks accepted with an established signer that the
+/// submitter re-runs itself.
+pub const DEFAULT_AUDIT_RATE: f64 = 0.03;
+
+/// Strikes (a timeout or abort on a task another worker delivered) after which a worker that
+/// delivered fewer receipts than that is dropped from the job as a free-rider.
+pub const FREE_RIDER_STRIKES: u32 = 3;
+
+/// Audits the submitter runs at once (each on one thread of its own sandbox). More wait in a
+/// queue; the session ends only when every audit is done.
+pub const AUDIT_THREADS: usize = 1;

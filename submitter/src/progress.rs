@@ -20,6 +20,10 @@ pub struct Counts {
     pub running: u64,
     pub disagreements: u64,
     pub workers: u64,
+    /// Accepted tasks the submitter re-ran itself, this session.
+    pub audits: u64,
+    /// Accepted tasks opened again because a worker that signed them was proven a liar.
+    pub reopened: u64,
 }
 
 impl Counts {
@@ -28,10 +32,14 @@ impl Counts {
     }
 
     fn details(&self) -> String {
-        format!(
-            "{} running on {} workers · {} disagreements · {} inconclusive",
-            self.running, self.workers, self.disagreements, self.inconclusive
-        )
+        let mut details = format!(
+            "{} running on {} workers · {} disagreements · {} inconclusive · {} audited",
+            self.running, self.workers, self.disagreements, self.inconclusive, self.audits
+        );
+        if self.reopened > 0 {
+            details.push_str(&format!(" · {} reopened", self.reopened));
+        }
+        details
     }
 }
 

@@ -32,6 +32,24 @@ pub fn write_output(
     write_atomically(&out_dir.join(format!("{task_id}.stdout")), stdout)
 }
 
+/// One job for the writer thread, done in the order queued.
+enum Output {
+    Write(String, Bytes, Bytes),
+    /// A reopened task: its files are no longer an accepted answer.
+    Remove(String),
+}
+
+/// Removes a reopened task's output files (absent ones are fine).
+pub fn remove_output(out_dir: &Path, task_id: &str) -> std::io::Result<()> {
+    for suffix in ["stdout", "stderr"] {
+        match std::fs::remove_file(out_dir.join(format!("{task_id}.{suffix}"))) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Writes accepted tasks' output files on a thread of its own, so that file creation (slow on a
 /// network home directory, or on an ext4 without journal that has just deleted many files) never
 /// holds up the session's dispatch and verification. The files are a view of the store: a task
@@ -39,7 +57,7 @@ pub fn write_output(
 /// Bounded in bytes: the session waits while [`limits::OUTPUT_WRITER_QUEUE_BYTES`] of output wait
 /// to be written (one output of any size is always let through).
 pub struct OutputWriter {
-    sender: Option<mpsc::Sender<(String, Bytes, Bytes)>>,
+    sender: Option<mpsc::Sender<Output>>,
     thread: Option<std::thread::JoinHandle<()>>,
     queued: Arc<(Mutex<usize>, Condvar)>,
     bound: usize,
@@ -64,14 +82,26 @@ impl OutputWriter {
         bound: usize,
         write_output: impl Fn(&Path, &str, &[u8], &[u8]) -> std::io::Result<()> + Send + 'static,
     ) -> Self {
-        let (sender, receiver) = mpsc::channel::<(String, Bytes, Bytes)>();
+        let (sender, receiver) = mpsc::channel::<Output>();
         let queued = Arc::new((Mutex::new(0), Condvar::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let (written, reported) = (queued.clone(), failures.clone());
         let thread = std::thread::Builder::new()
             .name("peergrid-results".into())
             .spawn(move || {
-                for (task_id, stdout, stderr) in receiver {
+                for output in receiver {
+                    let (task_id, stdout, stderr) = match output {
+                        Output::Write(task_id, stdout, stderr) => (task_id, stdout, stderr),
+                        Output::Remove(task_id) => {
+                            if let Err(error) = remove_output(&out_dir, &task_id) {
+                                reported.lock().expect("never poisoned").push(format!(
+                                    "task {task_id} is reopened, but its old output in {} cannot be removed ({error}): do not use it",
+                                    out_dir.display()
+                                ));
+                            }
+                            continue;
+                        }
+                    };
                     if let Err(error) = write_output(&out_dir, &task_id, &stdout, &stderr) {
                         reported.lock().expect("never poisoned").push(format!(
                             "cannot write the output of task {task_id} to {} ({error}); it is stored, `peergrid results {job_id}` writes it again",
@@ -108,7 +138,15 @@ impl OutputWriter {
         *queued += size;
         drop(queued);
         // The thread only ends when the sender is dropped (in `finish`).
-        let _ = sender.send((task_id, stdout, stderr));
+        let _ = sender.send(Output::Write(task_id, stdout, stderr));
+    }
+
+    /// Queues the removal of a reopened task's files, after any write queued before it; call
+    /// only once the reopening is committed.
+    pub fn remove(&self, task_id: String) {
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(Output::Remove(task_id));
+        }
     }
 
     /// The failures since the last call, as notes for the user.
@@ -158,6 +196,15 @@ pub fn export(
     let tasks = store.tasks(&job.id).map_err(to_io)?;
     let settled: std::collections::HashMap<u32, _> =
         store.settled(&job.id).map_err(to_io)?.into_iter().collect();
+    let mut reopened: std::collections::HashMap<u32, Vec<serde_json::Value>> =
+        std::collections::HashMap::new();
+    for ((task, _), record) in store.reopened(&job.id).map_err(to_io)? {
+        reopened.entry(task).or_default().push(json!({
+            "old_output_hash": record.old.accepted.as_ref().map(|v| v.output_hash.clone()),
+            "old_agreeing": record.old.agreeing,
+            "reason": record.reason,
+        }));
+    }
     std::fs::create_dir_all(out_dir)?;
     let mut lines = Vec::new();
     let mut accepted = 0;
@@ -171,7 +218,8 @@ pub fn export(
                     let stdout_path = out_dir.join(format!("{}.stdout", task.id));
                     let written = std::fs::metadata(&stdout_path)
                         .is_ok_and(|meta| meta.len() == stdout.len() as u64);
-                    if existing == Existing::Rewrite || !written {
+                    // A reopened task's old file may have the new one's size: always rewritten.
+                    if existing == Existing::Rewrite || !written || reopened.contains_key(&index) {
                         write_output(out_dir, &task.id, &stdout, &stderr)?;
                     }
                     json!({
@@ -185,6 +233,7 @@ pub fn export(
                         "agreeing": record.agreeing,
                         "disagreeing": record.disagreeing,
                         "copies": record.copies,
+                        "audit": record.audit,
                     })
                 }
                 None => json!({
@@ -200,18 +249,28 @@ pub fn export(
                     "copies": record.copies,
                 }),
             },
-            None => json!({
-                "task": task.id,
-                "args": task.args,
-                "outcome": "pending",
-                "exit_code": null,
-                "output_hash": null,
-                "fuel": null,
-                "agreeing": [],
-                "disagreeing": [],
-                "copies": 0,
-            }),
+            None => {
+                if reopened.contains_key(&index) {
+                    // Reopened and not settled again: no file may show the old answer.
+                    remove_output(out_dir, &task.id)?;
+                }
+                json!({
+                    "task": task.id,
+                    "args": task.args,
+                    "outcome": "pending",
+                    "exit_code": null,
+                    "output_hash": null,
+                    "fuel": null,
+                    "agreeing": [],
+                    "disagreeing": [],
+                    "copies": 0,
+                })
+            }
         };
+        let mut line = line;
+        if let Some(history) = reopened.remove(&index) {
+            line["reopened"] = serde_json::Value::Array(history);
+        }
         lines.push(line);
     }
     let mut text = Vec::new();

@@ -1,27 +1,43 @@
 //! The quorum scheduler: which copy of which task goes to which worker, when a task is accepted,
-//! and which workers are excluded. A state machine without I/O and without a clock: the driver
-//! feeds it events (a receipt, a lost copy, a worker coming or going) with the time, and it
-//! answers with assignments and [`Decision`]s. That keeps every rule of DESIGN.md §5 testable
-//! in microseconds, and replayable.
+//! which accepted tasks are audited, and which workers are proven liars or dropped. A state
+//! machine without I/O and without a clock: the driver feeds it events (a receipt, a lost copy, a
+//! worker coming or going, the submitter's own run of an audited task) with the time, and it
+//! answers with assignments and [`Decision`]s. Randomness comes from a seed the driver gives, so
+//! every run of it can be replayed. ARCHITECTURE.md, "Trust model", states the rules and why:
 //!
-//! The rules:
-//! - A task starts with `replication` copies (or `quorum`, if larger) on distinct workers, on
-//!   distinct hosts when the job asks for it, and all on one runtime fingerprint: the first copy
-//!   pins the task's fingerprint.
-//! - A task is accepted when `quorum` receipts agree on its [`Verdict`]. Until then, every
-//!   disagreement adds a copy on a fresh worker, up to `max_replicas` receipts; past that, or
-//!   when no quorum can be reached any more, the task is inconclusive.
-//! - A worker whose receipt contradicts an accepted verdict is excluded for the rest of the job;
-//!   its receipts on unsettled tasks are discarded and replaced.
-//! - A timed-out copy is not a basis for agreement (wall time is not deterministic): it counts
-//!   toward `max_replicas` but agrees and disagrees with nothing.
-//! - A copy lost to a crash, an unreachable worker or a preemption is not a disagreement: it is
-//!   reassigned, up to [`limits::MAX_LOST_COPIES_PER_TASK`]. A worker that is merely busy is
-//!   backed off and the copy reassigned without counting.
+//! - **Placement the workers cannot steer.** Each copy goes to a worker drawn at random among
+//!   the eligible ones: not holding a copy of the task, on another host and (by default) another
+//!   network prefix than the task's other copies, on the task's runtime fingerprint, with room.
+//!   Room is what the worker claims, capped by what it has delivered this session
+//!   ([`limits::INITIAL_COPIES_IN_FLIGHT`] plus one per receipt). Nothing a worker says about
+//!   itself ranks it.
+//! - **Probation.** A worker is established once [`limits::ESTABLISHED_AFTER_VERIFIED`] of its
+//!   results were verified (by an audit, or by agreeing with an established worker), trusted
+//!   when the submitter vouches for it (`--trusted`). A task's first copy goes to an
+//!   established or trusted worker whenever one is eligible.
+//! - **Acceptance.** `quorum` agreeing receipts (same outcome, outputs, fuel and signed runtime
+//!   fingerprint) accept a task. A receipt whose signed fingerprint is not the task's is not
+//!   counted. Disagreement adds copies up to `max_replicas`; timed-out copies never agree.
+//! - **Audits.** An accepted task is re-run by the submitter itself when its receipts disagreed
+//!   (always), or at random: never when a trusted worker signed it, at `audit_rate` when an
+//!   established one did, at [`limits::PROBATION_AUDIT_RATE`] (or `audit_rate` if higher) when
+//!   only probationary workers did. The draw happens after acceptance, so no worker can know.
+//! - **Proof and reopening.** Every worker whose receipt differs from the submitter's own run is
+//!   a proven liar: excluded, and every accepted task it signed is reopened and settled again
+//!   without it. Nobody is excluded for disagreeing before an audit says who lied.
+//! - **Free-riders.** A copy that timed out or was aborted by a worker while another worker
+//!   delivered a receipt for the same task is a strike; the worker is backed off after each
+//!   failure and dropped from the job after [`limits::FREE_RIDER_STRIKES`] strikes that
+//!   outnumber its receipts. A worker that failed a task is not given it again while another
+//!   worker can take it.
+//! - A copy lost to a crash or an unreachable worker is not a strike: it is reassigned, up to
+//!   [`limits::MAX_LOST_COPIES_PER_TASK`]. A worker that is merely busy is backed off.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::limits;
@@ -33,7 +49,7 @@ pub type TaskIndex = u32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u32);
 
-/// What copies must agree on: everything a receipt says about the run, byte for byte.
+/// What copies must agree on: everything a signed receipt says about the run, byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Verdict {
     /// `exited`, `trapped`, `out_of_fuel`, `memory_limit`, `timed_out`, `output_limit`,
@@ -46,6 +62,10 @@ pub struct Verdict {
     pub output_hash: String,
     pub stderr_hash: String,
     pub fuel: u64,
+    /// The runtime fingerprint inside the signed receipt (what `Info` claims does not count).
+    /// Empty only in stores written before it was kept; filled from the copy on restore.
+    #[serde(default)]
+    pub fingerprint: String,
 }
 
 impl Verdict {
@@ -55,25 +75,53 @@ impl Verdict {
     }
 }
 
-/// The job's redundancy rules (from the job file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The job's redundancy and audit rules (from the job file).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Redundancy {
     pub replication: u32,
     pub quorum: u32,
     pub max_replicas: u32,
     pub distinct_hosts: bool,
+    /// Copies of a task on distinct network prefixes (/24 IPv4, /48 IPv6) too.
+    pub distinct_networks: bool,
+    /// Share of accepted tasks with an established signer that the submitter re-runs itself.
+    pub audit_rate: f64,
 }
 
-/// What the scheduler knows of a worker when it is offered.
+impl Redundancy {
+    /// The audit rate of a task accepted only by probationary workers.
+    pub fn probation_audit_rate(&self) -> f64 {
+        self.audit_rate.max(limits::PROBATION_AUDIT_RATE)
+    }
+}
+
+/// How far the submitter trusts a worker: only what it verified itself counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Standing {
+    /// A key with fewer than [`limits::ESTABLISHED_AFTER_VERIFIED`] verified results.
+    Probation,
+    /// Enough of its results were verified, and none was ever proven wrong.
+    Established,
+    /// The submitter vouches for it (`--trusted`): its own machines.
+    Trusted,
+}
+
+/// What the scheduler knows of a worker when it is offered. `fingerprint` and `claimed_copies`
+/// are the worker's own claims (its `Info`); the rest are the submitter's facts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerOffer {
     /// The host part of its address: copies of one task go to distinct hosts.
     pub host: String,
+    /// Its network prefix: copies of one task go to distinct networks unless the job relaxes it.
+    pub network: String,
+    /// Claimed until its first receipt; then the fingerprint it signed.
     pub fingerprint: String,
-    /// Tasks it runs at once (it refuses more).
-    pub slots: u32,
-    /// Higher is preferred; from the reputation kept across jobs.
-    pub reputation: f64,
+    /// Copies it claims to hold at once; capped by what it delivers.
+    pub claimed_copies: u32,
+    /// Vouched for by the submitter (`--trusted`).
+    pub trusted: bool,
+    /// Its results verified in earlier jobs (from the store's reputation).
+    pub verified: u64,
 }
 
 /// A copy to send: task `task` to worker `worker`.
@@ -88,8 +136,35 @@ pub struct Assignment {
 pub enum Loss {
     /// The worker was full or its owner busy (`RESOURCE_EXHAUSTED`): try elsewhere, back off.
     Busy,
-    /// The worker crashed, hung up or was unreachable, or preempted the task: reassign.
+    /// The worker crashed, hung up or was unreachable: reassign, nobody to blame.
     Lost,
+    /// The worker answered that it gave the copy up (`ABORTED`): reassign, and a strike when
+    /// another worker delivers the same task.
+    Aborted,
+}
+
+/// What the submitter's own run of an audited task gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuditResult {
+    /// The verdict of the submitter's run, on the task's runtime fingerprint.
+    Ran(Verdict),
+    /// The audit could not be run or proves nothing (another runtime, a timeout): why.
+    Unavailable(String),
+}
+
+/// Where an accepted task stands with audits. Stored with the settled task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditMark {
+    /// Not drawn for an audit.
+    #[default]
+    None,
+    /// Drawn, or disputed: the submitter's own run is due.
+    Pending,
+    /// The submitter's own run gave the accepted verdict.
+    Passed,
+    /// The audit could not be run (another runtime than the submitter's, or a timeout).
+    Unavailable,
 }
 
 /// What the driver must record and report, in order.
@@ -104,16 +179,40 @@ pub enum Decision {
         disagreeing: Vec<WorkerId>,
         copies: u32,
     },
+    /// The submitter must run `task` itself and report with [`Scheduler::on_audit`].
+    Audit { task: TaskIndex },
+    /// The audit of `task` could not prove anything.
+    AuditUnavailable { task: TaskIndex, reason: String },
+    /// The audit of `task` gave the accepted verdict.
+    AuditPassed { task: TaskIndex },
+    /// A receipt for `task` differs from another one: one of them is a lie (or a determinism
+    /// bug); counted as it happens, resolved by an audit.
+    Disagreement { task: TaskIndex, worker: WorkerId },
     /// No quorum can form; `copies` is every receipt the task received.
     Inconclusive {
         task: TaskIndex,
         reason: String,
         copies: u32,
     },
-    /// The worker contradicted the accepted verdict of `task`: excluded for the rest of the job.
-    Excluded { worker: WorkerId, task: TaskIndex },
+    /// `worker` signed a verdict for `task` that the submitter's own run contradicts: it is
+    /// excluded for good, and every task it helped accept is reopened.
+    ProvenLiar { worker: WorkerId, task: TaskIndex },
+    /// An accepted task is open again because `liar` signed its verdict; `old` was the answer.
+    Reopened {
+        task: TaskIndex,
+        old: Verdict,
+        liar: WorkerId,
+    },
+    /// A result of `worker` was verified (an audit, or agreement with an established worker).
+    Verified { task: TaskIndex, worker: WorkerId },
+    /// A free-rider: dropped from the rest of the job (not a liar).
+    Dropped {
+        worker: WorkerId,
+        strikes: u32,
+        delivered: u32,
+    },
     /// A receipt for a task already settled: compared with the accepted verdict for reputation
-    /// only (the accepted result never changes once reported).
+    /// only; a contradiction is resolved by an audit.
     Late {
         task: TaskIndex,
         worker: WorkerId,
@@ -122,12 +221,18 @@ pub enum Decision {
     },
     /// A receipt from an excluded worker, set aside and replaced.
     Discarded { task: TaskIndex, worker: WorkerId },
+    /// A receipt signed on another runtime than the task's: not counted, the copy reassigned.
+    WrongRuntime {
+        task: TaskIndex,
+        worker: WorkerId,
+        signed: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Status {
     Open,
-    /// With the accepted verdict, which later receipts are compared with.
+    /// With the accepted verdict, which later receipts and audits are compared with.
     Accepted(Verdict),
     Inconclusive,
 }
@@ -135,20 +240,42 @@ enum Status {
 #[derive(Debug, Clone)]
 struct TaskState {
     status: Status,
+    /// Every counted receipt: while open, the votes; once accepted, also the late ones, so an
+    /// audit can tell who signed what.
     receipts: Vec<(WorkerId, Verdict)>,
+    /// Receipts of the task before it was reopened: no longer votes, still evidence for an
+    /// audit that was due.
+    history: Vec<(WorkerId, Verdict)>,
     in_flight: Vec<WorkerId>,
+    /// Workers whose copy timed out or was aborted, and whether that is a strike yet (another
+    /// worker delivered this task).
+    failed: Vec<(WorkerId, bool)>,
     lost: u32,
     /// In the retry queue already.
     queued: bool,
-    /// The runtime fingerprint of the task's first copy: every later copy must match it, even
-    /// if that worker comes back with another runtime.
+    /// The runtime fingerprint of the task's first copy: every later copy must match it.
     fingerprint: Option<String>,
+    audit: AuditMark,
 }
 
 impl TaskState {
     /// Whether any copy was ever started (so the fresh order is done with it).
     fn has_history(&self) -> bool {
-        !self.receipts.is_empty() || !self.in_flight.is_empty() || self.lost > 0
+        !self.receipts.is_empty()
+            || !self.in_flight.is_empty()
+            || !self.failed.is_empty()
+            || self.lost > 0
+    }
+
+    fn holds(&self, worker: WorkerId) -> bool {
+        self.receipts.iter().any(|(holder, _)| *holder == worker)
+            || self.in_flight.contains(&worker)
+    }
+
+    fn delivered(&self) -> bool {
+        self.receipts
+            .iter()
+            .any(|(_, verdict)| !verdict.is_timeout())
     }
 }
 
@@ -157,17 +284,50 @@ struct WorkerState {
     offer: WorkerOffer,
     available: bool,
     excluded: bool,
+    liar: bool,
     in_flight: u32,
+    /// Receipts (not timeouts) this session: what its claimed capacity is capped by.
+    delivered: u32,
+    /// Results verified, in earlier jobs and this one.
+    verified: u64,
     busy_streak: u32,
+    /// Timeouts and aborts in a row, for the back-off.
+    fail_streak: u32,
+    /// Failures on tasks another worker delivered.
+    strikes: u32,
     backoff_until: Option<Instant>,
 }
 
 impl WorkerState {
+    fn standing(&self) -> Standing {
+        if self.offer.trusted {
+            Standing::Trusted
+        } else if self.verified >= limits::ESTABLISHED_AFTER_VERIFIED && !self.liar {
+            Standing::Established
+        } else {
+            Standing::Probation
+        }
+    }
+
+    /// Copies it may hold: its claim, capped by what it has delivered.
+    fn capacity(&self) -> u32 {
+        self.offer
+            .claimed_copies
+            .min(limits::INITIAL_COPIES_IN_FLIGHT.saturating_add(self.delivered))
+    }
+
     fn spare(&self, now: Instant) -> u32 {
         if !self.available || self.excluded || self.backoff_until.is_some_and(|until| now < until) {
             return 0;
         }
-        self.offer.slots.saturating_sub(self.in_flight)
+        self.capacity().saturating_sub(self.in_flight)
+    }
+
+    fn back_off(&mut self, streak: u32, now: Instant) {
+        let backoff = limits::BUSY_BACKOFF_BASE
+            .saturating_mul(1 << streak.min(6))
+            .min(limits::BUSY_BACKOFF_MAX);
+        self.backoff_until = Some(now + backoff);
     }
 }
 
@@ -182,6 +342,8 @@ pub struct Scheduler {
     /// Every task below this index has been given its first copies.
     next_fresh: TaskIndex,
     open: u32,
+    audits_pending: u32,
+    rng: Xoshiro256PlusPlus,
 }
 
 /// A receipt loaded from the store when a job resumes.
@@ -193,14 +355,19 @@ pub struct PastReceipt {
 }
 
 impl Scheduler {
-    pub fn new(rules: Redundancy, task_count: u32) -> Self {
+    /// A scheduler for `task_count` tasks whose random draws (placement, audits) come from
+    /// `seed`: the driver seeds it from the OS, a simulation from its own seed.
+    pub fn new(rules: Redundancy, task_count: u32, seed: u64) -> Self {
         let task = TaskState {
             status: Status::Open,
             receipts: Vec::new(),
+            history: Vec::new(),
             in_flight: Vec::new(),
+            failed: Vec::new(),
             lost: 0,
             queued: false,
             fingerprint: None,
+            audit: AuditMark::None,
         };
         Self {
             rules,
@@ -209,6 +376,8 @@ impl Scheduler {
             retry: VecDeque::new(),
             next_fresh: 0,
             open: task_count,
+            audits_pending: 0,
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
         }
     }
 
@@ -217,19 +386,26 @@ impl Scheduler {
     pub fn add_worker(&mut self, offer: WorkerOffer, available: bool) -> WorkerId {
         let id = WorkerId(self.workers.len() as u32);
         self.workers.push(WorkerState {
+            verified: offer.verified,
             offer,
             available,
             excluded: false,
+            liar: false,
             in_flight: 0,
+            delivered: 0,
             busy_streak: 0,
+            fail_streak: 0,
+            strikes: 0,
             backoff_until: None,
         });
         id
     }
 
-    /// The worker is reachable again, maybe with new slots or a new fingerprint.
+    /// The worker is reachable again, maybe with new claims. What the submitter learned of it
+    /// (verified results, the fingerprint it signed) is kept.
     pub fn worker_up(&mut self, worker: WorkerId, offer: WorkerOffer) {
         let state = &mut self.workers[worker.0 as usize];
+        state.verified = state.verified.max(offer.verified);
         state.offer = offer;
         state.available = true;
     }
@@ -239,7 +415,7 @@ impl Scheduler {
         self.workers[worker.0 as usize].available = false;
     }
 
-    /// Excludes a worker from the rest of the job without a contradiction (it sent a receipt
+    /// Excludes a worker from the rest of the job without a proof of a lie (it sent a receipt
     /// that did not verify, or refuses this job's tasks outright).
     pub fn exclude(&mut self, worker: WorkerId) -> Vec<Decision> {
         let mut decisions = Vec::new();
@@ -247,19 +423,37 @@ impl Scheduler {
         decisions
     }
 
-    /// Marks a task settled in an earlier session.
-    pub fn restore_settled(&mut self, task: TaskIndex, accepted: Option<Verdict>) {
+    /// Marks a worker proven a liar in an earlier session or job: excluded; the tasks it
+    /// signed were reopened when it was proven.
+    pub fn restore_liar(&mut self, worker: WorkerId) {
+        let state = &mut self.workers[worker.0 as usize];
+        state.liar = true;
+        state.excluded = true;
+    }
+
+    /// Marks a task settled in an earlier session, with its audit state.
+    pub fn restore_settled(
+        &mut self,
+        task: TaskIndex,
+        accepted: Option<Verdict>,
+        audit: AuditMark,
+    ) {
         let state = &mut self.tasks[task as usize];
         if state.status == Status::Open {
             self.open -= 1;
         }
+        if audit == AuditMark::Pending && accepted.is_some() {
+            self.audits_pending += 1;
+        }
+        state.audit = audit;
         state.status = match accepted {
             Some(verdict) => Status::Accepted(verdict),
             None => Status::Inconclusive,
         };
     }
 
-    /// Restores receipts of unsettled tasks and exclusions from an earlier session.
+    /// Restores receipts (of settled tasks too, so that a liar proven later reopens what it
+    /// signed), exclusions and lost counts from an earlier session.
     pub fn restore(
         &mut self,
         receipts: Vec<PastReceipt>,
@@ -272,12 +466,13 @@ impl Scheduler {
         for past in receipts {
             let state = &mut self.tasks[past.task as usize];
             let worker = &self.workers[past.worker.0 as usize];
-            if state.status == Status::Open && !worker.excluded {
-                state
-                    .fingerprint
-                    .get_or_insert_with(|| worker.offer.fingerprint.clone());
-                state.receipts.push((past.worker, past.verdict));
+            if state.status == Status::Open && worker.excluded {
+                continue;
             }
+            state
+                .fingerprint
+                .get_or_insert_with(|| past.verdict.fingerprint.clone());
+            state.receipts.push((past.worker, past.verdict));
         }
         for &(task, count) in lost {
             self.tasks[task as usize].lost = count;
@@ -291,8 +486,29 @@ impl Scheduler {
         }
     }
 
+    /// Accepted tasks whose audit is due (after a restore: the driver runs them again).
+    pub fn pending_audits(&self) -> Vec<TaskIndex> {
+        (0..self.tasks.len() as TaskIndex)
+            .filter(|task| {
+                let state = &self.tasks[*task as usize];
+                state.audit == AuditMark::Pending && matches!(state.status, Status::Accepted(_))
+            })
+            .collect()
+    }
+
+    /// Every task settled and every audit done.
     pub fn is_finished(&self) -> bool {
-        self.open == 0
+        self.open == 0 && self.audits_pending == 0
+    }
+
+    /// Tasks not settled (reopened ones included).
+    pub fn open_tasks(&self) -> u32 {
+        self.open
+    }
+
+    /// Audits asked for and not yet reported.
+    pub fn audits_pending(&self) -> u32 {
+        self.audits_pending
     }
 
     /// Copies running now.
@@ -305,8 +521,29 @@ impl Scheduler {
         self.tasks[task as usize].status == Status::Open
     }
 
+    /// The verdict `task` was accepted with, if it is accepted.
+    pub fn accepted(&self, task: TaskIndex) -> Option<&Verdict> {
+        match &self.tasks[task as usize].status {
+            Status::Accepted(verdict) => Some(verdict),
+            _ => None,
+        }
+    }
+
+    /// The runtime fingerprint the task's receipts are pinned to.
+    pub fn fingerprint(&self, task: TaskIndex) -> Option<&str> {
+        self.tasks[task as usize].fingerprint.as_deref()
+    }
+
     pub fn is_excluded(&self, worker: WorkerId) -> bool {
         self.workers[worker.0 as usize].excluded
+    }
+
+    pub fn is_liar(&self, worker: WorkerId) -> bool {
+        self.workers[worker.0 as usize].liar
+    }
+
+    pub fn standing(&self, worker: WorkerId) -> Standing {
+        self.workers[worker.0 as usize].standing()
     }
 
     /// Workers that could take a copy now, ignoring which tasks they already hold.
@@ -331,6 +568,85 @@ impl Scheduler {
             .filter_map(|worker| worker.backoff_until)
             .filter(|until| *until > now)
             .min()
+    }
+
+    /// Why no open task can get the copy it needs, for the stall message: the first open task
+    /// without copies in flight, and what rules out each usable worker for it.
+    pub fn stall_reason(&self, now: Instant) -> String {
+        let usable = self.usable_workers();
+        if usable == 0 {
+            return "no usable worker: all are down, unreachable or excluded".to_owned();
+        }
+        let Some(task) = (0..self.tasks.len() as TaskIndex).find(|task| {
+            let state = &self.tasks[*task as usize];
+            state.status == Status::Open && state.in_flight.is_empty()
+        }) else {
+            return format!(
+                "{usable} usable workers, but every open task waits for copies in flight"
+            );
+        };
+        let state = &self.tasks[task as usize];
+        let (mut held, mut host, mut network, mut runtime, mut room) = (0, 0, 0, 0, 0);
+        let pinned = state
+            .fingerprint
+            .as_deref()
+            .filter(|_| !state.receipts.is_empty());
+        for (index, worker) in self.workers.iter().enumerate() {
+            if !worker.available || worker.excluded {
+                continue;
+            }
+            let id = WorkerId(index as u32);
+            if state.holds(id) {
+                held += 1;
+            } else if self.rules.distinct_hosts
+                && self.task_hosts(task).any(|h| h == worker.offer.host)
+            {
+                host += 1;
+            } else if self.rules.distinct_networks
+                && self.task_networks(task).any(|n| n == worker.offer.network)
+            {
+                network += 1;
+            } else if pinned.is_some_and(|fingerprint| fingerprint != worker.offer.fingerprint) {
+                runtime += 1;
+            } else if worker.spare(now) == 0 {
+                room += 1;
+            }
+        }
+        let disagreeing = {
+            let mut verdicts: Vec<&Verdict> = Vec::new();
+            for (_, verdict) in state.receipts.iter().filter(|(_, v)| !v.is_timeout()) {
+                if !verdicts.contains(&verdict) {
+                    verdicts.push(verdict);
+                }
+            }
+            verdicts.len()
+        };
+        let mut causes = Vec::new();
+        if disagreeing > 1 {
+            causes.push(format!(
+                "its {} receipts disagree ({disagreeing} different answers)",
+                state.receipts.len()
+            ));
+        }
+        for (count, why) in [
+            (held, "already hold a copy of it"),
+            (host, "share a host with one of its copies (distinct_hosts)"),
+            (
+                network,
+                "share a network prefix with one of its copies (distinct_networks = false relaxes it)",
+            ),
+            (runtime, "run another runtime than its receipts"),
+            (room, "are full or backed off"),
+        ] {
+            if count > 0 {
+                causes.push(format!("{count} {why}"));
+            }
+        }
+        format!(
+            "{usable} usable workers, but task #{task} needs {} more copies and no worker may take one: {}",
+            self.wanted(task).max(1),
+            causes.join("; ")
+        )
     }
 
     /// Fills spare worker capacity: first tasks that need more copies, then fresh tasks in order.
@@ -382,29 +698,63 @@ impl Scheduler {
         task: TaskIndex,
         worker: WorkerId,
         verdict: Verdict,
+        now: Instant,
     ) -> Vec<Decision> {
         let mut decisions = Vec::new();
         self.end_flight(task, worker);
-        self.workers[worker.0 as usize].busy_streak = 0;
-        if self.workers[worker.0 as usize].excluded {
+        let worker_state = &mut self.workers[worker.0 as usize];
+        worker_state.busy_streak = 0;
+        if worker_state.excluded {
             decisions.push(Decision::Discarded { task, worker });
             if self.is_open(task) {
                 self.queue(task);
             }
             return decisions;
         }
+        // What the worker signed is what it runs, whatever its `Info` said.
+        worker_state.offer.fingerprint = verdict.fingerprint.clone();
+        if self.tasks[task as usize]
+            .fingerprint
+            .as_ref()
+            .is_some_and(|pinned| *pinned != verdict.fingerprint)
+        {
+            decisions.push(Decision::WrongRuntime {
+                task,
+                worker,
+                signed: verdict.fingerprint,
+            });
+            if self.is_open(task) {
+                self.queue(task);
+            }
+            return decisions;
+        }
+        if verdict.is_timeout() {
+            self.on_failure(task, worker, now, &mut decisions);
+        } else {
+            let state = &mut self.workers[worker.0 as usize];
+            state.delivered += 1;
+            state.fail_streak = 0;
+            self.confirm_strikes(task, &mut decisions);
+        }
         match &self.tasks[task as usize].status {
             Status::Accepted(accepted) => {
                 let agrees = *accepted == verdict;
                 let compared = (!verdict.is_timeout()).then_some(agrees);
+                let audit = self.tasks[task as usize].audit;
+                self.tasks[task as usize].receipts.push((worker, verdict));
                 decisions.push(Decision::Late {
                     task,
                     worker,
                     agrees: compared,
                 });
                 if compared == Some(false) {
-                    decisions.push(Decision::Excluded { worker, task });
-                    self.exclude_inner(worker, &mut decisions);
+                    decisions.push(Decision::Disagreement { task, worker });
+                    match audit {
+                        // The submitter's own run already confirmed the verdict: proof.
+                        AuditMark::Passed => self.prove_liar(worker, task, &mut decisions),
+                        AuditMark::None => self.request_audit(task, &mut decisions),
+                        AuditMark::Pending | AuditMark::Unavailable => {}
+                    }
                 }
             }
             Status::Inconclusive => decisions.push(Decision::Late {
@@ -413,7 +763,16 @@ impl Scheduler {
                 agrees: None,
             }),
             Status::Open => {
-                self.tasks[task as usize].receipts.push((worker, verdict));
+                let state = &mut self.tasks[task as usize];
+                if !verdict.is_timeout()
+                    && state
+                        .receipts
+                        .iter()
+                        .any(|(_, other)| !other.is_timeout() && *other != verdict)
+                {
+                    decisions.push(Decision::Disagreement { task, worker });
+                }
+                state.receipts.push((worker, verdict));
                 self.settle(task, &mut decisions);
             }
         }
@@ -430,16 +789,18 @@ impl Scheduler {
     ) -> Vec<Decision> {
         let mut decisions = Vec::new();
         self.end_flight(task, worker);
-        let worker_state = &mut self.workers[worker.0 as usize];
         match loss {
             Loss::Busy => {
-                worker_state.busy_streak += 1;
-                let backoff = limits::BUSY_BACKOFF_BASE
-                    .saturating_mul(1 << worker_state.busy_streak.min(6))
-                    .min(limits::BUSY_BACKOFF_MAX);
-                worker_state.backoff_until = Some(now + backoff);
+                let state = &mut self.workers[worker.0 as usize];
+                state.busy_streak += 1;
+                let streak = state.busy_streak;
+                state.back_off(streak, now);
             }
             Loss::Lost => self.tasks[task as usize].lost += 1,
+            Loss::Aborted => {
+                self.tasks[task as usize].lost += 1;
+                self.on_failure(task, worker, now, &mut decisions);
+            }
         }
         let state = &self.tasks[task as usize];
         if state.status != Status::Open {
@@ -453,6 +814,50 @@ impl Scheduler {
             self.conclude(task, reason, &mut decisions);
         } else {
             self.queue(task);
+        }
+        decisions
+    }
+
+    /// The submitter's own run of `task` (asked for by [`Decision::Audit`]) gave `result`.
+    /// Whoever signed another verdict is a proven liar, whatever the task's status now.
+    pub fn on_audit(&mut self, task: TaskIndex, result: AuditResult) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        let state = &mut self.tasks[task as usize];
+        if state.audit != AuditMark::Pending {
+            return decisions;
+        }
+        self.audits_pending -= 1;
+        let truth = match result {
+            AuditResult::Unavailable(reason) => {
+                state.audit = AuditMark::Unavailable;
+                decisions.push(Decision::AuditUnavailable { task, reason });
+                return decisions;
+            }
+            AuditResult::Ran(truth) => truth,
+        };
+        let passed = matches!(&state.status, Status::Accepted(accepted) if *accepted == truth);
+        state.audit = if passed {
+            AuditMark::Passed
+        } else {
+            AuditMark::None
+        };
+        if passed {
+            decisions.push(Decision::AuditPassed { task });
+        }
+        let mut signers: Vec<(WorkerId, bool)> = state
+            .receipts
+            .iter()
+            .chain(&state.history)
+            .filter(|(_, verdict)| !verdict.is_timeout())
+            .map(|(worker, verdict)| (*worker, *verdict == truth))
+            .collect();
+        signers.dedup();
+        for (worker, right) in signers {
+            if right {
+                self.verify(task, worker, &mut decisions);
+            } else {
+                self.prove_liar(worker, task, &mut decisions);
+            }
         }
         decisions
     }
@@ -476,51 +881,89 @@ impl Scheduler {
         target.saturating_sub(held)
     }
 
-    /// Workers that may take a copy of `task` now, best first.
-    fn eligible(&self, task: TaskIndex, now: Instant) -> Vec<WorkerId> {
+    fn task_hosts(&self, task: TaskIndex) -> impl Iterator<Item = &str> {
         let state = &self.tasks[task as usize];
-        let holders: Vec<WorkerId> = state
+        state
             .receipts
             .iter()
             .map(|(worker, _)| *worker)
             .chain(state.in_flight.iter().copied())
-            .collect();
-        let hosts: HashSet<&str> = holders
-            .iter()
             .map(|worker| self.workers[worker.0 as usize].offer.host.as_str())
-            .collect();
+    }
+
+    fn task_networks(&self, task: TaskIndex) -> impl Iterator<Item = &str> {
+        let state = &self.tasks[task as usize];
+        state
+            .receipts
+            .iter()
+            .map(|(worker, _)| *worker)
+            .chain(state.in_flight.iter().copied())
+            .map(|worker| self.workers[worker.0 as usize].offer.network.as_str())
+    }
+
+    /// Workers that may take a copy of `task` now. Workers that failed it come only when no
+    /// other worker can take it.
+    fn eligible(&self, task: TaskIndex, now: Instant) -> Vec<WorkerId> {
+        let state = &self.tasks[task as usize];
+        let hosts: Vec<&str> = self.task_hosts(task).collect();
+        let networks: Vec<&str> = self.task_networks(task).collect();
         // Copies in flight or answered keep the pin; a task whose every copy was lost is free.
-        let pinned = state.fingerprint.as_deref().filter(|_| !holders.is_empty());
-        let mut candidates: Vec<WorkerId> = (0..self.workers.len() as u32)
+        let pinned = state
+            .fingerprint
+            .as_deref()
+            .filter(|_| !state.receipts.is_empty() || !state.in_flight.is_empty());
+        let mut failed_too = Vec::new();
+        let candidates: Vec<WorkerId> = (0..self.workers.len() as u32)
             .map(WorkerId)
             .filter(|id| {
                 let worker = &self.workers[id.0 as usize];
-                worker.spare(now) > 0
-                    && !holders.contains(id)
-                    && !(self.rules.distinct_hosts && hosts.contains(worker.offer.host.as_str()))
-                    && pinned.is_none_or(|fingerprint| fingerprint == worker.offer.fingerprint)
+                let ok = worker.spare(now) > 0
+                    && !state.holds(*id)
+                    && !(self.rules.distinct_hosts && hosts.contains(&worker.offer.host.as_str()))
+                    && !(self.rules.distinct_networks
+                        && networks.contains(&worker.offer.network.as_str()))
+                    && pinned.is_none_or(|fingerprint| fingerprint == worker.offer.fingerprint);
+                if ok && state.failed.iter().any(|(failed, _)| failed == id) {
+                    failed_too.push(*id);
+                    return false;
+                }
+                ok
             })
             .collect();
-        candidates.sort_by(|a, b| {
-            let (a_state, b_state) = (&self.workers[a.0 as usize], &self.workers[b.0 as usize]);
-            b_state
-                .offer
-                .reputation
-                .total_cmp(&a_state.offer.reputation)
-                .then(b_state.spare(now).cmp(&a_state.spare(now)))
-                .then(a.cmp(b))
-        });
-        candidates
+        if candidates.is_empty() {
+            failed_too
+        } else {
+            candidates
+        }
     }
 
     /// Starts as many wanted copies of `task` as eligible workers allow; returns how many.
     fn place(&mut self, task: TaskIndex, now: Instant, out: &mut Vec<Assignment>) -> u32 {
         let mut placed = 0;
         while self.wanted(task) > 0 {
-            // Recomputed after each placement: a placed copy pins the host and fingerprint.
-            let Some(&worker) = self.eligible(task, now).first() else {
+            // Recomputed after each placement: a placed copy pins the host, network and runtime.
+            let mut candidates = self.eligible(task, now);
+            if candidates.is_empty() {
                 break;
-            };
+            }
+            let state = &self.tasks[task as usize];
+            let has_established = state
+                .receipts
+                .iter()
+                .map(|(worker, _)| *worker)
+                .chain(state.in_flight.iter().copied())
+                .any(|worker| self.workers[worker.0 as usize].standing() >= Standing::Established);
+            if !has_established {
+                let established: Vec<WorkerId> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|id| self.workers[id.0 as usize].standing() >= Standing::Established)
+                    .collect();
+                if !established.is_empty() {
+                    candidates = established;
+                }
+            }
+            let worker = candidates[self.rng.random_range(0..candidates.len())];
             let fingerprint = self.workers[worker.0 as usize].offer.fingerprint.clone();
             let state = &mut self.tasks[task as usize];
             if state.receipts.is_empty() && state.in_flight.is_empty() {
@@ -551,6 +994,59 @@ impl Scheduler {
         }
     }
 
+    /// A copy of `task` timed out or was aborted by `worker`: back it off, and count a strike
+    /// if another worker delivered the task.
+    fn on_failure(
+        &mut self,
+        task: TaskIndex,
+        worker: WorkerId,
+        now: Instant,
+        decisions: &mut Vec<Decision>,
+    ) {
+        let state = &mut self.workers[worker.0 as usize];
+        state.fail_streak += 1;
+        let streak = state.fail_streak;
+        state.back_off(streak, now);
+        let task_state = &mut self.tasks[task as usize];
+        if !task_state
+            .failed
+            .iter()
+            .any(|(failed, _)| *failed == worker)
+        {
+            task_state.failed.push((worker, false));
+        }
+        let delivered = task_state.delivered() || matches!(task_state.status, Status::Accepted(_));
+        if delivered {
+            self.confirm_strikes(task, decisions);
+        }
+    }
+
+    /// Another worker delivered `task`: every failure on it becomes a strike.
+    fn confirm_strikes(&mut self, task: TaskIndex, decisions: &mut Vec<Decision>) {
+        let mut struck = Vec::new();
+        for (worker, confirmed) in &mut self.tasks[task as usize].failed {
+            if !*confirmed {
+                *confirmed = true;
+                struck.push(*worker);
+            }
+        }
+        for worker in struck {
+            let state = &mut self.workers[worker.0 as usize];
+            state.strikes += 1;
+            if !state.excluded
+                && state.strikes >= limits::FREE_RIDER_STRIKES
+                && state.strikes > state.delivered
+            {
+                decisions.push(Decision::Dropped {
+                    worker,
+                    strikes: state.strikes,
+                    delivered: state.delivered,
+                });
+                self.exclude_inner(worker, decisions);
+            }
+        }
+    }
+
     /// Accepts `task` if a quorum agrees, concludes it if none can, or asks for more copies.
     fn settle(&mut self, task: TaskIndex, decisions: &mut Vec<Decision>) {
         let rules = self.rules;
@@ -561,25 +1057,7 @@ impl Scheduler {
             None => (None, Vec::new()),
         };
         if let Some(verdict) = verdict.filter(|_| agreeing.len() as u32 >= rules.quorum) {
-            let disagreeing: Vec<WorkerId> = state
-                .receipts
-                .iter()
-                .filter(|(_, other)| *other != verdict && !other.is_timeout())
-                .map(|(worker, _)| *worker)
-                .collect();
-            decisions.push(Decision::Accepted {
-                task,
-                verdict: verdict.clone(),
-                agreeing,
-                disagreeing: disagreeing.clone(),
-                copies: received,
-            });
-            self.tasks[task as usize].status = Status::Accepted(verdict);
-            self.open -= 1;
-            for worker in disagreeing {
-                decisions.push(Decision::Excluded { worker, task });
-                self.exclude_inner(worker, decisions);
-            }
+            self.accept(task, verdict, agreeing, decisions);
             return;
         }
         let can_still_come = rules.max_replicas.saturating_sub(received);
@@ -600,6 +1078,109 @@ impl Scheduler {
         } else {
             self.queue(task);
         }
+    }
+
+    fn accept(
+        &mut self,
+        task: TaskIndex,
+        verdict: Verdict,
+        agreeing: Vec<WorkerId>,
+        decisions: &mut Vec<Decision>,
+    ) {
+        let state = &self.tasks[task as usize];
+        let disagreeing: Vec<WorkerId> = state
+            .receipts
+            .iter()
+            .filter(|(_, other)| *other != verdict && !other.is_timeout())
+            .map(|(worker, _)| *worker)
+            .collect();
+        let best = agreeing
+            .iter()
+            .map(|worker| self.workers[worker.0 as usize].standing())
+            .max()
+            .unwrap_or(Standing::Probation);
+        decisions.push(Decision::Accepted {
+            task,
+            verdict: verdict.clone(),
+            agreeing: agreeing.clone(),
+            disagreeing: disagreeing.clone(),
+            copies: state.receipts.len() as u32,
+        });
+        self.tasks[task as usize].status = Status::Accepted(verdict);
+        self.open -= 1;
+        // Agreeing with an established or trusted worker verifies a result.
+        if best >= Standing::Established {
+            for worker in &agreeing {
+                self.verify(task, *worker, decisions);
+            }
+        }
+        let rate = match best {
+            Standing::Trusted => 0.0,
+            Standing::Established => self.rules.audit_rate,
+            Standing::Probation => self.rules.probation_audit_rate(),
+        };
+        // A dispute is always resolved by the submitter's own run; the draw happens after
+        // acceptance, so no worker can know whether its task will be checked.
+        let drawn = self.rng.random::<f64>() < rate;
+        if !disagreeing.is_empty() || drawn {
+            self.request_audit(task, decisions);
+        }
+    }
+
+    fn request_audit(&mut self, task: TaskIndex, decisions: &mut Vec<Decision>) {
+        let state = &mut self.tasks[task as usize];
+        if state.audit == AuditMark::Pending {
+            return;
+        }
+        state.audit = AuditMark::Pending;
+        self.audits_pending += 1;
+        decisions.push(Decision::Audit { task });
+    }
+
+    fn verify(&mut self, task: TaskIndex, worker: WorkerId, decisions: &mut Vec<Decision>) {
+        self.workers[worker.0 as usize].verified += 1;
+        decisions.push(Decision::Verified { task, worker });
+    }
+
+    /// `worker` signed a wrong verdict for `task`: excluded for good, and every task it helped
+    /// accept is reopened without it.
+    fn prove_liar(&mut self, worker: WorkerId, task: TaskIndex, decisions: &mut Vec<Decision>) {
+        if self.workers[worker.0 as usize].liar {
+            return;
+        }
+        self.workers[worker.0 as usize].liar = true;
+        decisions.push(Decision::ProvenLiar { worker, task });
+        self.exclude_inner(worker, decisions);
+        let signed: Vec<TaskIndex> = (0..self.tasks.len() as TaskIndex)
+            .filter(|index| match &self.tasks[*index as usize].status {
+                Status::Accepted(accepted) => self.tasks[*index as usize]
+                    .receipts
+                    .iter()
+                    .any(|(holder, verdict)| *holder == worker && verdict == accepted),
+                _ => false,
+            })
+            .collect();
+        for index in signed {
+            self.reopen(index, worker, decisions);
+        }
+    }
+
+    /// Opens an accepted task again. It is settled from scratch by fresh copies: the receipts
+    /// it had (a liar's among them) stay only as evidence for an audit.
+    fn reopen(&mut self, task: TaskIndex, liar: WorkerId, decisions: &mut Vec<Decision>) {
+        let state = &mut self.tasks[task as usize];
+        let Status::Accepted(old) = std::mem::replace(&mut state.status, Status::Open) else {
+            return;
+        };
+        let receipts = std::mem::take(&mut state.receipts);
+        state.history.extend(receipts);
+        // A pending audit stays due: its run still tells who lied, whatever the task's status.
+        if state.audit != AuditMark::Pending {
+            state.audit = AuditMark::None;
+        }
+        self.open += 1;
+        decisions.push(Decision::Reopened { task, old, liar });
+        self.queue(task);
     }
 
     fn conclude(&mut self, task: TaskIndex, reason: String, decisions: &mut Vec<Decision>) {
@@ -641,7 +1222,6 @@ impl Scheduler {
         }
     }
 }
-
 /// The largest group of agreeing receipts (timed-out ones never agree), earliest first on ties.
 fn best_group(receipts: &[(WorkerId, Verdict)]) -> Option<(&Verdict, Vec<WorkerId>)> {
     let mut groups: Vec<(&Verdict, Vec<WorkerId>)> = Vec::new();
@@ -667,11 +1247,16 @@ fn best_group(receipts: &[(WorkerId, Verdict)]) -> Option<(&Verdict, Vec<WorkerI
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reputation {
     pub agreements: u64,
+    /// Receipts proven wrong by the submitter's own run (a disagreement alone proves nothing).
     pub disagreements: u64,
     /// Copies lost to crashes, hang-ups and preemptions: not dishonest, but unreliable.
     pub lost: u64,
     /// Receipts that failed verification (bad signature, wrong task, output not matching).
     pub bad_receipts: u64,
+    /// Results verified by an audit or by agreeing with an established worker: what lifts a
+    /// key out of probation.
+    #[serde(default)]
+    pub verified: u64,
 }
 
 /// Adds a job's deltas: every counter (a new one cannot be forgotten, the pattern is total).
@@ -682,11 +1267,13 @@ impl std::ops::AddAssign for Reputation {
             disagreements,
             lost,
             bad_receipts,
+            verified,
         } = delta;
         self.agreements += agreements;
         self.disagreements += disagreements;
         self.lost += lost;
         self.bad_receipts += bad_receipts;
+        self.verified += verified;
     }
 }
 
@@ -714,6 +1301,8 @@ mod tests {
             quorum,
             max_replicas,
             distinct_hosts: true,
+            distinct_networks: true,
+            audit_rate: 0.0,
         }
     }
 
@@ -725,6 +1314,7 @@ mod tests {
             output_hash: output.into(),
             stderr_hash: "e".into(),
             fuel: 100,
+            fingerprint: "fp".into(),
         }
     }
 
@@ -737,18 +1327,25 @@ mod tests {
         }
     }
 
-    fn offer(host: &str) -> WorkerOffer {
+    /// A worker alone on its host and network, claiming `slots` copies.
+    fn offer_with(host: &str, slots: u32, verified: u64, trusted: bool) -> WorkerOffer {
         WorkerOffer {
             host: host.into(),
+            network: format!("net-{host}"),
             fingerprint: "fp".into(),
-            slots: 1,
-            reputation: 0.5,
+            claimed_copies: slots,
+            trusted,
+            verified,
         }
+    }
+
+    fn offer(host: &str) -> WorkerOffer {
+        offer_with(host, 1, 0, false)
     }
 
     /// A scheduler with one worker per host name given.
     fn grid(rules: Redundancy, tasks: u32, hosts: &[&str]) -> (Scheduler, Vec<WorkerId>) {
-        let mut scheduler = Scheduler::new(rules, tasks);
+        let mut scheduler = Scheduler::new(rules, tasks, 7);
         let workers = hosts
             .iter()
             .map(|host| scheduler.add_worker(offer(host), true))
@@ -764,6 +1361,64 @@ mod tests {
             .collect()
     }
 
+    /// Runs the job to the end: `answer` gives each copy's verdict, audits are answered with
+    /// `truth`. Returns every decision, in order.
+    fn drive(
+        s: &mut Scheduler,
+        mut answer: impl FnMut(TaskIndex, WorkerId) -> Verdict,
+        truth: impl Fn(TaskIndex) -> Verdict,
+    ) -> Vec<Decision> {
+        let now = Instant::now();
+        let mut all = Vec::new();
+        for _ in 0..100_000 {
+            if s.is_finished() {
+                return all;
+            }
+            let assignments = s.assign(now);
+            let mut audits = Vec::new();
+            for a in &assignments {
+                let decisions = s.on_receipt(a.task, a.worker, answer(a.task, a.worker), now);
+                audits.extend(decisions.iter().filter_map(|d| match d {
+                    Decision::Audit { task } => Some(*task),
+                    _ => None,
+                }));
+                all.extend(decisions);
+            }
+            // The submitter runs the task on the task's own runtime.
+            let run = |s: &Scheduler, task: TaskIndex| {
+                AuditResult::Ran(Verdict {
+                    fingerprint: s.fingerprint(task).unwrap_or("fp").to_owned(),
+                    ..truth(task)
+                })
+            };
+            for task in audits {
+                let result = run(s, task);
+                all.extend(s.on_audit(task, result));
+            }
+            // Audits asked for by an audit's own consequences (reopened tasks settled again).
+            loop {
+                let pending = s.pending_audits();
+                if pending.is_empty() {
+                    break;
+                }
+                for task in pending {
+                    let result = run(s, task);
+                    all.extend(s.on_audit(task, result));
+                }
+            }
+            assert!(
+                !assignments.is_empty() || s.is_finished(),
+                "the job must progress: {}",
+                s.stall_reason(now)
+            );
+        }
+        panic!("the job did not finish");
+    }
+
+    fn count(decisions: &[Decision], what: impl Fn(&Decision) -> bool) -> usize {
+        decisions.iter().filter(|d| what(d)).count()
+    }
+
     #[test]
     fn two_agreeing_copies_on_distinct_workers_accept_a_task() {
         let (mut s, w) = grid(rules(2, 2, 5), 1, &["a", "b", "c"]);
@@ -773,8 +1428,8 @@ mod tests {
         let holders = workers_of(&first, 0);
         assert_ne!(holders[0], holders[1]);
         assert!(holders.iter().all(|holder| w.contains(holder)));
-        assert!(s.on_receipt(0, holders[0], verdict("x")).is_empty());
-        let decisions = s.on_receipt(0, holders[1], verdict("x"));
+        assert!(s.on_receipt(0, holders[0], verdict("x"), now).is_empty());
+        let decisions = s.on_receipt(0, holders[1], verdict("x"), now);
         assert!(
             matches!(&decisions[..], [Decision::Accepted { task: 0, copies: 2, disagreeing, .. }] if disagreeing.is_empty())
         );
@@ -782,54 +1437,431 @@ mod tests {
     }
 
     #[test]
-    fn a_liar_is_outvoted_by_an_extra_copy_and_excluded() {
-        let (mut s, w) = grid(rules(2, 2, 5), 1, &["a", "b", "c"]);
+    fn placement_is_random_among_eligible_workers_and_ignores_claimed_slots() {
+        // One worker claims 1,000 copies, three claim 2: the claim buys it no more than what it
+        // has delivered, and which workers get a task is drawn, not ranked.
+        let mut s = Scheduler::new(rules(2, 2, 5), 400, 11);
+        let greedy = s.add_worker(offer_with("g", 1000, 0, false), true);
+        let others: Vec<WorkerId> = ["a", "b", "c"]
+            .iter()
+            .map(|h| s.add_worker(offer_with(h, 2, 0, false), true))
+            .collect();
         let now = Instant::now();
         let first = s.assign(now);
-        // Ties in rank are broken by id: a and b.
-        assert_eq!(workers_of(&first, 0), vec![w[0], w[1]]);
-        s.on_receipt(0, w[0], verdict("truth"));
-        s.on_receipt(0, w[1], verdict("lie"));
-        let extra = s.assign(now);
-        assert_eq!(
-            workers_of(&extra, 0),
-            vec![w[2]],
-            "one more copy, on the fresh worker"
-        );
-        let decisions = s.on_receipt(0, w[2], verdict("truth"));
+        let greedy_first = first.iter().filter(|a| a.worker == greedy).count() as u32;
         assert!(
-            matches!(&decisions[0], Decision::Accepted { verdict: v, agreeing, disagreeing, copies: 3, .. }
-            if v.output_hash == "truth" && agreeing == &vec![w[0], w[2]] && disagreeing == &vec![w[1]])
+            greedy_first <= limits::INITIAL_COPIES_IN_FLIGHT,
+            "a new worker holds at most {} copies whatever it claims, got {greedy_first}",
+            limits::INITIAL_COPIES_IN_FLIGHT
         );
-        assert!(decisions.contains(&Decision::Excluded {
-            worker: w[1],
-            task: 0
-        }));
-        assert!(s.is_excluded(w[1]));
-        assert_eq!(s.usable_workers(), 2, "the liar gets no more work");
+        for a in first {
+            s.on_receipt(a.task, a.worker, verdict(&a.task.to_string()), now);
+        }
+        let mut copies: HashMap<WorkerId, u32> = HashMap::new();
+        drive(
+            &mut s,
+            |task, worker| {
+                *copies.entry(worker).or_default() += 1;
+                verdict(&task.to_string())
+            },
+            |task| verdict(&task.to_string()),
+        );
+        for worker in others {
+            assert!(copies[&worker] > 50, "{copies:?}");
+        }
     }
 
     #[test]
-    fn receipts_of_an_excluded_worker_on_open_tasks_are_discarded_and_replaced() {
-        let (mut s, w) = grid(rules(2, 2, 5), 2, &["a", "b", "c", "d"]);
+    fn copies_of_a_task_never_share_a_host_a_network_or_mix_fingerprints() {
+        let mut s = Scheduler::new(rules(2, 2, 5), 60, 3);
+        let mut workers = HashMap::new();
+        for (host, network, fingerprint) in [
+            ("a1", "n1", "fp1"),
+            ("a2", "n1", "fp1"),
+            ("b", "n2", "fp2"),
+            ("c", "n3", "fp1"),
+            ("d", "n4", "fp2"),
+            ("d", "n4", "fp2"),
+        ] {
+            let id = s.add_worker(
+                WorkerOffer {
+                    host: host.into(),
+                    network: network.into(),
+                    fingerprint: fingerprint.into(),
+                    claimed_copies: 3,
+                    trusted: false,
+                    verified: 0,
+                },
+                true,
+            );
+            workers.insert(id, (host, network, fingerprint));
+        }
+        let mut per_task: HashMap<TaskIndex, Vec<WorkerId>> = HashMap::new();
+        drive(
+            &mut s,
+            |task, worker| {
+                per_task.entry(task).or_default().push(worker);
+                Verdict {
+                    fingerprint: workers[&worker].2.into(),
+                    ..verdict(&format!("out-{task}"))
+                }
+            },
+            |task| verdict(&format!("out-{task}")),
+        );
+        for (task, holders) in per_task {
+            let (h0, n0, f0) = workers[&holders[0]];
+            let (h1, n1, f1) = workers[&holders[1]];
+            assert_ne!(h0, h1, "task {task}");
+            assert_ne!(n0, n1, "task {task}");
+            assert_eq!(f0, f1, "task {task}");
+        }
+    }
+
+    #[test]
+    fn a_lan_job_may_share_a_network_but_not_a_host() {
+        let mut relaxed = rules(2, 2, 5);
+        relaxed.distinct_networks = false;
+        let mut s = Scheduler::new(relaxed, 1, 1);
+        for host in ["a", "b"] {
+            s.add_worker(
+                WorkerOffer {
+                    network: "lan".into(),
+                    ..offer(host)
+                },
+                true,
+            );
+        }
+        assert_eq!(s.assign(Instant::now()).len(), 2);
+        let mut strict = Scheduler::new(rules(2, 2, 5), 1, 1);
+        for host in ["a", "b"] {
+            strict.add_worker(
+                WorkerOffer {
+                    network: "lan".into(),
+                    ..offer(host)
+                },
+                true,
+            );
+        }
+        // One copy starts; the second has nowhere to go, and the stall message says why.
+        let now = Instant::now();
+        let first = strict.assign(now);
+        assert_eq!(first.len(), 1);
+        strict.on_receipt(0, first[0].worker, verdict("x"), now);
+        assert!(strict.assign(now).is_empty());
+        assert!(
+            strict
+                .stall_reason(Instant::now())
+                .contains("share a network prefix"),
+            "{}",
+            strict.stall_reason(Instant::now())
+        );
+    }
+
+    #[test]
+    fn a_receipt_signed_on_another_runtime_is_not_counted() {
+        let (mut s, _) = grid(rules(2, 2, 5), 1, &["a", "b", "c"]);
         let now = Instant::now();
         let first = s.assign(now);
-        assert_eq!(workers_of(&first, 0), vec![w[0], w[1]]);
-        assert_eq!(workers_of(&first, 1), vec![w[2], w[3]]);
-        s.on_receipt(1, w[3], verdict("lie-1"));
-        s.on_receipt(0, w[0], verdict("t0"));
-        s.on_receipt(0, w[1], verdict("t0"));
-        // w[3] now contradicts on task 1 once c answers; make task 1 settle against it.
-        s.on_receipt(1, w[2], verdict("t1"));
-        let more = s.assign(now);
-        let extra = workers_of(&more, 1);
-        assert_eq!(extra.len(), 1);
-        let decisions = s.on_receipt(1, extra[0], verdict("t1"));
-        assert!(decisions.contains(&Decision::Excluded {
-            worker: w[3],
-            task: 1
+        let holders = workers_of(&first, 0);
+        s.on_receipt(0, holders[0], verdict("x"), now);
+        let other_runtime = Verdict {
+            fingerprint: "fp-other".into(),
+            ..verdict("x")
+        };
+        let decisions = s.on_receipt(0, holders[1], other_runtime, now);
+        assert!(
+            matches!(&decisions[..], [Decision::WrongRuntime { signed, .. }] if signed == "fp-other")
+        );
+        assert!(s.is_open(0));
+        // The copy goes to the third worker; the one that signed another runtime is not asked.
+        let again = s.assign(now);
+        assert_eq!(again.len(), 1);
+        assert!(!holders.contains(&again[0].worker));
+    }
+
+    #[test]
+    fn the_first_copy_goes_to_an_established_worker_and_agreeing_with_it_verifies() {
+        // Drawn among five, the veteran would come first about once in five seeds.
+        for seed in 0..20 {
+            let mut s = Scheduler::new(rules(2, 2, 5), 1, seed);
+            let veteran = s.add_worker(
+                offer_with("v", 1, limits::ESTABLISHED_AFTER_VERIFIED, false),
+                true,
+            );
+            for host in ["a", "b", "c", "d"] {
+                s.add_worker(offer(host), true);
+            }
+            let assigned = s.assign(Instant::now());
+            assert_eq!(assigned[0].worker, veteran, "seed {seed}");
+            assert_eq!(s.standing(veteran), Standing::Established);
+        }
+        // A newcomer that agrees with the veteran often enough is established too.
+        let mut s = Scheduler::new(rules(2, 2, 5), limits::ESTABLISHED_AFTER_VERIFIED as u32, 1);
+        let veteran = s.add_worker(
+            offer_with("v", 1, limits::ESTABLISHED_AFTER_VERIFIED, false),
+            true,
+        );
+        let newcomer = s.add_worker(offer("n"), true);
+        assert_eq!(s.standing(newcomer), Standing::Probation);
+        let decisions = drive(&mut s, |_, _| verdict("x"), |_| verdict("x"));
+        assert!(decisions.contains(&Decision::Verified {
+            task: 0,
+            worker: newcomer
         }));
+        assert_eq!(s.standing(newcomer), Standing::Established);
+        assert_eq!(s.standing(veteran), Standing::Established);
+    }
+
+    #[test]
+    fn probationary_quorums_are_audited_far_more_than_established_or_trusted_ones() {
+        // (audits among the first 40 tasks, audits over all 1,000)
+        let audited = |verified: u64, trusted: bool| {
+            let mut rules = rules(2, 2, 5);
+            rules.audit_rate = 0.03;
+            let mut s = Scheduler::new(rules, 1000, 9);
+            for host in ["a", "b"] {
+                s.add_worker(offer_with(host, 1, verified, trusted), true);
+            }
+            let decisions = drive(&mut s, |_, _| verdict("x"), |_| verdict("x"));
+            let audits: Vec<TaskIndex> = decisions
+                .iter()
+                .filter_map(|d| match d {
+                    Decision::Audit { task } => Some(*task),
+                    _ => None,
+                })
+                .collect();
+            (
+                audits.iter().filter(|task| **task < 40).count(),
+                audits.len(),
+            )
+        };
+        // Fresh keys: a quarter of their tasks until their audits (each verifies both) make them
+        // established, then the job's 3%.
+        let (early, total) = audited(0, false);
+        assert!(early >= 6, "{early} of the first 40 tasks audited");
+        assert!((20..70).contains(&total), "{total}");
+        let (early, total) = audited(limits::ESTABLISHED_AFTER_VERIFIED, false);
+        assert!(early <= 4, "{early} of the first 40 tasks audited");
+        assert!((10..60).contains(&total), "{total}");
+        assert_eq!(audited(0, true), (0, 0));
+    }
+
+    #[test]
+    fn a_disputed_task_is_audited_and_only_the_liar_is_excluded() {
+        let (mut s, w) = grid(rules(2, 2, 5), 1, &["a", "b", "c"]);
+        let decisions = drive(
+            &mut s,
+            |_, worker| verdict(if worker == w[1] { "lie" } else { "truth" }),
+            |_| verdict("truth"),
+        );
+        let w1_held = decisions
+            .iter()
+            .any(|d| matches!(d, Decision::Disagreement { .. }));
+        if w1_held {
+            assert!(decisions.contains(&Decision::ProvenLiar {
+                worker: w[1],
+                task: 0
+            }));
+            assert!(s.is_excluded(w[1]));
+        }
+        assert!(!s.is_excluded(w[0]) && !s.is_excluded(w[2]));
+        assert_eq!(s.accepted(0).unwrap().output_hash, "truth");
+    }
+
+    #[test]
+    fn an_outvoted_honest_worker_is_vindicated_and_the_colluders_proven() {
+        // Two colluders outvote one honest worker: the dispute's audit proves both colluders
+        // (everyone who signed the wrong answer), reopens the task and every task they accepted
+        // together, and those settle on the truth; the honest worker is never excluded.
+        let mut s = Scheduler::new(rules(2, 2, 5), 30, 13);
+        let honest: Vec<WorkerId> = ["h1", "h2", "h3"]
+            .iter()
+            .map(|h| s.add_worker(offer_with(h, 1, 0, false), true))
+            .collect();
+        let colluders = [
+            s.add_worker(offer_with("c1", 4, 0, false), true),
+            s.add_worker(offer_with("c2", 4, 0, false), true),
+        ];
+        let decisions = drive(
+            &mut s,
+            |task, worker| {
+                if colluders.contains(&worker) {
+                    verdict(&format!("lie-{task}"))
+                } else {
+                    verdict(&format!("truth-{task}"))
+                }
+            },
+            |task| verdict(&format!("truth-{task}")),
+        );
+        // Colluders alone cannot settle all 30 tasks: whether or not an audit drew one of their
+        // pairs, the honest worker's dispute proves them.
+        assert!(s.is_liar(colluders[0]) && s.is_liar(colluders[1]));
+        assert!(honest.iter().all(|id| !s.is_excluded(*id)));
+        for task in 0..30 {
+            let accepted = s.accepted(task).map(|v| v.output_hash.clone());
+            assert_eq!(accepted, Some(format!("truth-{task}")), "task {task}");
+        }
+        assert!(count(&decisions, |d| matches!(d, Decision::Reopened { .. })) > 0);
+    }
+
+    #[test]
+    fn a_late_receipt_contradicting_an_audited_verdict_proves_a_lie() {
+        let mut r = rules(2, 2, 5);
+        r.audit_rate = 1.0;
+        let mut s = Scheduler::new(r, 1, 1);
+        let w: Vec<WorkerId> = ["a", "b", "c"]
+            .iter()
+            .map(|h| {
+                s.add_worker(
+                    offer_with(h, 1, limits::ESTABLISHED_AFTER_VERIFIED, false),
+                    true,
+                )
+            })
+            .collect();
+        let now = Instant::now();
+        let first = s.assign(now);
+        let holders = workers_of(&first, 0);
+        s.on_receipt(0, holders[0], verdict("x"), now);
+        let decisions = s.on_receipt(0, holders[1], verdict("x"), now);
+        assert!(decisions.contains(&Decision::Audit { task: 0 }));
+        let audit = s.on_audit(0, AuditResult::Ran(verdict("x")));
+        assert!(audit.contains(&Decision::AuditPassed { task: 0 }));
+        let third = *w.iter().find(|id| !holders.contains(id)).unwrap();
+        let late = s.on_receipt(0, third, verdict("y"), now);
+        assert!(
+            late.contains(&Decision::ProvenLiar {
+                worker: third,
+                task: 0
+            }),
+            "{late:?}"
+        );
+        assert_eq!(
+            s.accepted(0).unwrap().output_hash,
+            "x",
+            "a proven liar reopens only what it signed"
+        );
+    }
+
+    #[test]
+    fn a_failed_audit_reopens_the_task_and_it_settles_without_the_liars() {
+        let mut r = rules(2, 2, 5);
+        r.audit_rate = 1.0;
+        let (mut s, w) = {
+            let mut s = Scheduler::new(r, 1, 2);
+            let w: Vec<WorkerId> = ["a", "b", "c", "d"]
+                .iter()
+                .map(|h| s.add_worker(offer(h), true))
+                .collect();
+            (s, w)
+        };
+        let now = Instant::now();
+        let first = s.assign(now);
+        let liars = workers_of(&first, 0);
+        s.on_receipt(0, liars[0], verdict("wrong"), now);
+        s.on_receipt(0, liars[1], verdict("wrong"), now);
+        let decisions = s.on_audit(0, AuditResult::Ran(verdict("right")));
+        assert!(decisions.contains(&Decision::ProvenLiar {
+            worker: liars[0],
+            task: 0
+        }));
+        assert!(decisions.contains(&Decision::ProvenLiar {
+            worker: liars[1],
+            task: 0
+        }));
+        assert!(matches!(
+            decisions.iter().find(|d| matches!(d, Decision::Reopened { .. })),
+            Some(Decision::Reopened { task: 0, old, .. }) if old.output_hash == "wrong"
+        ));
+        assert!(s.is_open(0) && !s.is_finished());
+        let again = s.assign(now);
+        let fresh = workers_of(&again, 0);
+        assert_eq!(fresh.len(), 2);
+        assert!(fresh.iter().all(|id| !liars.contains(id) && w.contains(id)));
+        s.on_receipt(0, fresh[0], verdict("right"), now);
+        s.on_receipt(0, fresh[1], verdict("right"), now);
+        for task in s.pending_audits() {
+            s.on_audit(task, AuditResult::Ran(verdict("right")));
+        }
+        assert_eq!(s.accepted(0).unwrap().output_hash, "right");
         assert!(s.is_finished());
+    }
+
+    #[test]
+    fn an_audit_that_cannot_run_proves_nothing() {
+        let mut r = rules(2, 2, 5);
+        r.audit_rate = 1.0;
+        let (mut s, _) = {
+            let mut s = Scheduler::new(r, 1, 2);
+            let w: Vec<WorkerId> = ["a", "b"]
+                .iter()
+                .map(|h| s.add_worker(offer(h), true))
+                .collect();
+            (s, w)
+        };
+        let now = Instant::now();
+        for a in s.assign(now) {
+            s.on_receipt(a.task, a.worker, verdict("x"), now);
+        }
+        assert!(!s.is_finished(), "an audit is due");
+        let decisions = s.on_audit(0, AuditResult::Unavailable("another runtime".into()));
+        assert!(matches!(
+            &decisions[..],
+            [Decision::AuditUnavailable { .. }]
+        ));
+        assert!(s.is_finished());
+        assert_eq!(s.accepted(0).unwrap().output_hash, "x");
+    }
+
+    #[test]
+    fn free_riders_are_dropped_after_a_bounded_number_of_strikes_and_no_task_is_lost() {
+        // Three honest workers, one answering TIMED_OUT at once, one aborting everything.
+        let mut s = Scheduler::new(rules(2, 2, 5), 100, 21);
+        let honest: Vec<WorkerId> = ["a", "b", "c"]
+            .iter()
+            .map(|h| s.add_worker(offer_with(h, 2, 0, false), true))
+            .collect();
+        let timing_out = s.add_worker(offer_with("t", 16, 0, false), true);
+        let aborting = s.add_worker(offer_with("x", 16, 0, false), true);
+        let mut sent: HashMap<WorkerId, u32> = HashMap::new();
+        let mut decisions = Vec::new();
+        let mut now = Instant::now();
+        for _ in 0..10_000 {
+            if s.is_finished() {
+                break;
+            }
+            for a in s.assign(now) {
+                *sent.entry(a.worker).or_default() += 1;
+                let d = if a.worker == aborting {
+                    s.on_loss(a.task, a.worker, Loss::Aborted, now)
+                } else if a.worker == timing_out {
+                    s.on_receipt(a.task, a.worker, timeout(), now)
+                } else {
+                    s.on_receipt(a.task, a.worker, verdict(&a.task.to_string()), now)
+                };
+                decisions.extend(d);
+            }
+            for task in s.pending_audits() {
+                decisions.extend(s.on_audit(task, AuditResult::Ran(verdict(&task.to_string()))));
+            }
+            now += limits::BUSY_BACKOFF_BASE;
+        }
+        assert!(s.is_finished());
+        assert_eq!(
+            count(&decisions, |d| matches!(d, Decision::Inconclusive { .. })),
+            0
+        );
+        for free_rider in [timing_out, aborting] {
+            assert!(s.is_excluded(free_rider) && !s.is_liar(free_rider));
+            assert!(
+                sent[&free_rider] <= limits::FREE_RIDER_STRIKES + limits::INITIAL_COPIES_IN_FLIGHT,
+                "{} copies went to a free-rider",
+                sent[&free_rider]
+            );
+        }
+        assert!(honest.iter().all(|id| !s.is_excluded(*id)));
+        for task in 0..100 {
+            assert_eq!(s.accepted(task).unwrap().output_hash, task.to_string());
+        }
     }
 
     #[test]
@@ -843,8 +1875,12 @@ mod tests {
                 break;
             }
             for a in assignments {
-                let decisions = s.on_receipt(a.task, a.worker, verdict(answers.next().unwrap()));
-                if let Some(Decision::Inconclusive { reason, copies, .. }) = decisions.first() {
+                let decisions =
+                    s.on_receipt(a.task, a.worker, verdict(answers.next().unwrap()), now);
+                if let Some(Decision::Inconclusive { reason, copies, .. }) = decisions
+                    .iter()
+                    .find(|d| matches!(d, Decision::Inconclusive { .. }))
+                {
                     assert!(reason.contains("max_replicas (3)"), "{reason}");
                     assert_eq!(*copies, 3);
                 }
@@ -855,67 +1891,27 @@ mod tests {
     }
 
     #[test]
-    fn copies_of_a_task_never_share_a_host_or_mix_fingerprints() {
-        let mut s = Scheduler::new(rules(2, 2, 5), 50);
-        let mut hosts = HashMap::new();
-        for (host, fingerprint) in [
-            ("a", "fp1"),
-            ("a", "fp1"),
-            ("b", "fp2"),
-            ("c", "fp1"),
-            ("d", "fp2"),
-        ] {
-            let id = s.add_worker(
-                WorkerOffer {
-                    host: host.into(),
-                    fingerprint: fingerprint.into(),
-                    slots: 3,
-                    reputation: 0.5,
-                },
-                true,
-            );
-            hosts.insert(id, (host, fingerprint));
-        }
-        let now = Instant::now();
-        let mut per_task: HashMap<TaskIndex, Vec<WorkerId>> = HashMap::new();
-        while !s.is_finished() {
-            let assignments = s.assign(now);
-            assert!(!assignments.is_empty(), "the job must progress");
-            for a in assignments {
-                per_task.entry(a.task).or_default().push(a.worker);
-                s.on_receipt(a.task, a.worker, verdict(&format!("out-{}", a.task)));
-            }
-        }
-        for (task, workers) in per_task {
-            let (h0, f0) = hosts[&workers[0]];
-            let (h1, f1) = hosts[&workers[1]];
-            assert_ne!(h0, h1, "task {task}");
-            assert_eq!(f0, f1, "task {task}");
-        }
-    }
-
-    #[test]
     fn a_lost_copy_is_reassigned_without_blame_and_a_busy_worker_backs_off() {
         let (mut s, w) = grid(rules(2, 2, 5), 1, &["a", "b", "c"]);
         let now = Instant::now();
-        let first = s.assign(now);
-        assert_eq!(workers_of(&first, 0), vec![w[0], w[1]]);
-        assert!(s.on_loss(0, w[0], Loss::Lost, now).is_empty());
-        s.worker_down(w[0]);
+        let first = workers_of(&s.assign(now), 0);
+        let spare = *w.iter().find(|id| !first.contains(id)).unwrap();
+        assert!(s.on_loss(0, first[0], Loss::Lost, now).is_empty());
+        s.worker_down(first[0]);
         let again = s.assign(now);
-        assert_eq!(workers_of(&again, 0), vec![w[2]]);
-        s.on_loss(0, w[2], Loss::Busy, now);
+        assert_eq!(workers_of(&again, 0), vec![spare]);
+        s.on_loss(0, spare, Loss::Busy, now);
         assert!(
             s.assign(now).is_empty(),
-            "c is backed off, a is down, b holds a copy"
+            "the spare is backed off, the first is down, the second holds a copy"
         );
         assert!(s.next_backoff_end(now).is_some());
         let later = now + limits::BUSY_BACKOFF_MAX;
-        assert_eq!(workers_of(&s.assign(later), 0), vec![w[2]]);
-        s.on_receipt(0, w[1], verdict("x"));
-        let decisions = s.on_receipt(0, w[2], verdict("x"));
+        assert_eq!(workers_of(&s.assign(later), 0), vec![spare]);
+        s.on_receipt(0, first[1], verdict("x"), now);
+        let decisions = s.on_receipt(0, spare, verdict("x"), now);
         assert!(matches!(decisions[0], Decision::Accepted { .. }));
-        assert!(!s.is_excluded(w[0]));
+        assert!(!s.is_excluded(first[0]));
     }
 
     #[test]
@@ -924,7 +1920,7 @@ mod tests {
         let now = Instant::now();
         let mut decisions = Vec::new();
         for a in s.assign(now) {
-            decisions.extend(s.on_receipt(a.task, a.worker, timeout()));
+            decisions.extend(s.on_receipt(a.task, a.worker, timeout(), now));
         }
         // Two timeouts leave one copy to come: no quorum of 2 is possible any more.
         assert!(
@@ -951,7 +1947,7 @@ mod tests {
     #[test]
     fn a_resumed_receipt_counts_toward_quorum() {
         let (mut s, w) = grid(rules(2, 2, 5), 2, &["a", "b", "c"]);
-        s.restore_settled(1, Some(verdict("done")));
+        s.restore_settled(1, Some(verdict("done")), AuditMark::None);
         s.restore(
             vec![PastReceipt {
                 task: 0,
@@ -966,8 +1962,22 @@ mod tests {
         // Task 0 needs one more copy, not on a; task 1 is settled and gets none.
         assert_eq!(assigned.len(), 1, "{assigned:?}");
         assert_ne!(assigned[0].worker, w[0]);
-        let decisions = s.on_receipt(0, assigned[0].worker, verdict("x"));
+        let decisions = s.on_receipt(0, assigned[0].worker, verdict("x"), now);
         assert!(matches!(decisions[0], Decision::Accepted { copies: 2, .. }));
+        for task in s.pending_audits() {
+            s.on_audit(task, AuditResult::Ran(verdict("x")));
+        }
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn a_resumed_pending_audit_is_due_again() {
+        let (mut s, _) = grid(rules(2, 2, 5), 2, &["a", "b"]);
+        s.restore_settled(0, Some(verdict("x")), AuditMark::Pending);
+        s.restore_settled(1, Some(verdict("y")), AuditMark::Passed);
+        assert_eq!(s.pending_audits(), vec![0]);
+        assert!(!s.is_finished());
+        s.on_audit(0, AuditResult::Ran(verdict("x")));
         assert!(s.is_finished());
     }
 
@@ -994,23 +2004,28 @@ mod tests {
         );
         s.worker_down(w[2]);
         let assigned = s.assign(Instant::now());
-        assert_eq!(workers_of(&assigned, 1), vec![w[0], w[1]], "{assigned:?}");
+        let mut holders = workers_of(&assigned, 1);
+        holders.sort();
+        assert_eq!(holders, vec![w[0], w[1]], "{assigned:?}");
         assert!(workers_of(&assigned, 0).is_empty());
+        assert!(s.stall_reason(Instant::now()).contains("disagree"));
     }
 
     #[test]
     fn a_task_keeps_the_runtime_of_its_first_copy_when_that_worker_changes() {
-        let mut s = Scheduler::new(rules(2, 2, 5), 1);
+        let mut s = Scheduler::new(rules(2, 2, 5), 1, 1);
         let fp = |fingerprint: &str, host: &str| WorkerOffer {
-            host: host.into(),
             fingerprint: fingerprint.into(),
-            slots: 1,
-            reputation: 0.5,
+            ..offer(host)
         };
         let a = s.add_worker(fp("fp1", "a"), true);
         let now = Instant::now();
         assert_eq!(workers_of(&s.assign(now), 0), vec![a]);
-        s.on_receipt(0, a, verdict("x"));
+        let fp1 = |output: &str| Verdict {
+            fingerprint: "fp1".into(),
+            ..verdict(output)
+        };
+        s.on_receipt(0, a, fp1("x"), now);
         // a comes back upgraded; only fp2 workers are free besides it.
         s.worker_up(a, fp("fp2", "a"));
         let b = s.add_worker(fp("fp2", "b"), true);
@@ -1029,10 +2044,10 @@ mod tests {
         let now = Instant::now();
         let assigned = s.assign(now);
         assert_eq!(assigned.len(), 3);
-        s.on_receipt(0, assigned[0].worker, timeout());
-        let decisions = s.on_receipt(0, assigned[1].worker, timeout());
+        s.on_receipt(0, assigned[0].worker, timeout(), now);
+        let decisions = s.on_receipt(0, assigned[1].worker, timeout(), now);
         assert!(matches!(decisions[..], [Decision::Inconclusive { .. }]));
-        let late = s.on_receipt(0, assigned[2].worker, verdict("x"));
+        let late = s.on_receipt(0, assigned[2].worker, verdict("x"), now);
         assert_eq!(
             late,
             vec![Decision::Late {

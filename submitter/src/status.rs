@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 
+use crate::schedule::AuditMark;
 use crate::store::{CopyKind, JobRecord, Store};
 
 /// Bad receipts listed one per line by the plain-text detail; `--json` has them all.
@@ -88,6 +89,11 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
         copies.entry(task).or_default().push(copy);
     }
     let excluded = store.excluded(&job.id)?;
+    let mut reopened: HashMap<u32, Vec<crate::store::ReopenRecord>> = HashMap::new();
+    for ((task, _), record) in store.reopened(&job.id)? {
+        reopened.entry(task).or_default().push(record);
+    }
+    let audit_count = |mark: AuditMark| settled.values().filter(|s| s.audit == mark).count();
     let accepted = settled.values().filter(|s| s.accepted.is_some()).count();
     let inconclusive = settled.len() - accepted;
     if as_json {
@@ -128,6 +134,12 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
                         .map(|verdict| &verdict.output_hash),
                     "agreeing": record.map(|r| &r.agreeing),
                     "disagreeing": record.map(|r| &r.disagreeing),
+                    "audit": record.map(|r| r.audit),
+                    "reopened": reopened.get(&index).map(|history| history.iter().map(|old| json!({
+                        "old_output_hash": old.old.accepted.as_ref().map(|v| &v.output_hash),
+                        "old_agreeing": old.old.agreeing,
+                        "reason": old.reason,
+                    })).collect::<Vec<_>>()).unwrap_or_default(),
                     "copies": task_copies,
                 })
             })
@@ -142,6 +154,12 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
             "inconclusive": inconclusive,
             "finished": job.finished_unix_ms.is_some(),
             "sessions": job.sessions,
+            "audits": json!({
+                "passed": audit_count(AuditMark::Passed),
+                "pending": audit_count(AuditMark::Pending),
+                "unavailable": audit_count(AuditMark::Unavailable),
+            }),
+            "reopened": reopened.len(),
             "excluded": excluded.iter().map(|(worker, reason)| json!({"worker": worker, "reason": reason})).collect::<Vec<_>>(),
             "tasks": tasks,
         });
@@ -171,10 +189,10 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
         job.replication,
         job.quorum,
         job.max_replicas,
-        if job.distinct_hosts {
-            "distinct hosts"
-        } else {
-            "hosts may repeat"
+        match (job.distinct_hosts, job.distinct_networks) {
+            (true, true) => "distinct hosts and networks",
+            (true, false) => "distinct hosts",
+            _ => "hosts may repeat",
         }
     );
     println!(
@@ -186,8 +204,38 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
         count(CopyKind::BadReceipt),
         count(CopyKind::Discarded)
     );
+    println!(
+        "audits (the submitter's own runs): {} passed · {} pending · {} could not prove anything · audit_rate {}",
+        audit_count(AuditMark::Passed),
+        audit_count(AuditMark::Pending),
+        audit_count(AuditMark::Unavailable),
+        job.audit_rate
+    );
     for (worker, reason) in &excluded {
         println!("excluded {}: {reason}", crate::submit::short_key(worker));
+    }
+    let mut reopened_tasks: Vec<_> = reopened.iter().collect();
+    reopened_tasks.sort_by_key(|(task, _)| **task);
+    for (task, history) in reopened_tasks {
+        let now = match settled.get(task).and_then(|s| s.accepted.as_ref()) {
+            Some(verdict) => format!(
+                "now accepted with output {}",
+                crate::submit::short_key(&verdict.output_hash)
+            ),
+            None if settled.contains_key(task) => "now inconclusive".to_owned(),
+            None => "open again".to_owned(),
+        };
+        for old in history {
+            println!(
+                "reopened task {}: was output {} ({}); {now}",
+                tasks.get(*task as usize).map_or("?", |t| t.id.as_str()),
+                old.old
+                    .accepted
+                    .as_ref()
+                    .map_or("?", |v| crate::submit::short_key(&v.output_hash)),
+                old.reason
+            );
+        }
     }
     let mut bad: Vec<_> = copies
         .iter()

@@ -22,7 +22,7 @@ use redb::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::{Reputation, Verdict};
+use crate::schedule::{AuditMark, Reputation, Verdict};
 
 /// Job id → [`JobRecord`].
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
@@ -39,11 +39,19 @@ const STDERR: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("stderr
 const EXCLUDED: TableDefinition<(&str, &str), &str> = TableDefinition::new("excluded");
 /// Worker key hex → [`Reputation`], across jobs.
 const REPUTATION: TableDefinition<&str, &[u8]> = TableDefinition::new("reputation");
+/// (job id, task index, n) → [`ReopenRecord`]: the answers a task had before it was reopened.
+const REOPENED: TableDefinition<(&str, u32, u32), &[u8]> = TableDefinition::new("reopened");
+/// Worker key hex → [`LiarRecord`]: keys proven to have signed a wrong result, in any job.
+const LIARS: TableDefinition<&str, &[u8]> = TableDefinition::new("liars");
 
 /// The database file inside the state directory.
 const DB_FILE: &str = "peergrid.redb";
 
 /// A job as submitted: everything `resume` needs besides the blobs.
+fn default_audit_rate() -> f64 {
+    crate::limits::DEFAULT_AUDIT_RATE
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
@@ -60,6 +68,14 @@ pub struct JobRecord {
     pub quorum: u32,
     pub max_replicas: u32,
     pub distinct_hosts: bool,
+    /// Absent in jobs stored before network prefixes were compared: they keep host-only rules.
+    #[serde(default)]
+    pub distinct_networks: bool,
+    #[serde(default = "default_audit_rate")]
+    pub audit_rate: f64,
+    /// Worker keys (hex) the submitter vouches for (`--trusted`), for every session.
+    #[serde(default)]
+    pub trusted: Vec<String>,
     pub task_count: u32,
     /// Where the workers are: static addresses, or seeds to ask for the membership.
     pub peers: Vec<String>,
@@ -131,14 +147,51 @@ pub struct SettledRecord {
     pub copies: u32,
     pub session: u32,
     pub at_unix_ms: u64,
+    /// Whether the submitter re-ran it, and with what result.
+    #[serde(default)]
+    pub audit: AuditMark,
+}
+
+/// An answer a task had before it was reopened, and why it was reopened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReopenRecord {
+    pub old: SettledRecord,
+    pub reason: String,
+    pub at_unix_ms: u64,
+}
+
+/// A key proven to have signed a wrong result: never used again by this submitter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiarRecord {
+    pub job: String,
+    pub task: String,
+    pub reason: String,
+    pub at_unix_ms: u64,
+}
+
+/// One change to a task's result, applied in order within a batch.
+#[derive(Debug, Clone)]
+pub enum ResultChange {
+    /// Settled, with stdout and stderr when accepted.
+    Settled {
+        task: u32,
+        record: SettledRecord,
+        output: Option<(bytes::Bytes, bytes::Bytes)>,
+    },
+    /// Open again: the settled record moves to the reopened history, its output is dropped.
+    Reopened { task: u32, reason: String },
+    /// The audit of an accepted task moved on.
+    Audited { task: u32, audit: AuditMark },
 }
 
 /// Everything one batch of results changes, written in one transaction.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub copies: Vec<(u32, u32, CopyRecord)>,
-    /// Settled tasks, with stdout and stderr for accepted ones.
-    pub settled: Vec<(u32, SettledRecord, Option<(bytes::Bytes, bytes::Bytes)>)>,
+    /// Settled, reopened and audited tasks, in the order it happened.
+    pub results: Vec<ResultChange>,
+    /// Keys proven liars: recorded for good, and the results they signed in other jobs reopened.
+    pub liars: Vec<(String, LiarRecord)>,
     /// (worker key hex, reason).
     pub excluded: Vec<(String, String)>,
     /// Added to each worker's counters.
@@ -149,7 +202,8 @@ pub struct Batch {
 impl Batch {
     pub fn is_empty(&self) -> bool {
         self.copies.is_empty()
-            && self.settled.is_empty()
+            && self.results.is_empty()
+            && self.liars.is_empty()
             && self.excluded.is_empty()
             && self.reputation.is_empty()
             && self.finished_unix_ms.is_none()
@@ -253,6 +307,8 @@ impl Store {
             txn.open_table(STDERR)?;
             txn.open_table(EXCLUDED)?;
             txn.open_table(REPUTATION)?;
+            txn.open_table(REOPENED)?;
+            txn.open_table(LIARS)?;
             Ok(())
         })?;
         Ok(store)
@@ -410,6 +466,27 @@ impl Store {
         })
     }
 
+    /// Adds worker keys the submitter vouches for to a job; returns the job as stored.
+    pub fn add_trusted(
+        &self,
+        job_id: &str,
+        keys: &[peergrid_proto::PublicKey],
+    ) -> Result<JobRecord, StoreError> {
+        let mut job = self.find_job(job_id)?;
+        for key in keys {
+            let hex = key.to_hex();
+            if !job.trusted.contains(&hex) {
+                job.trusted.push(hex);
+            }
+        }
+        self.write_txn(|txn| {
+            txn.open_table(JOBS)?
+                .insert(job.id.as_str(), to_json(&job).as_slice())?;
+            Ok(())
+        })?;
+        Ok(job)
+    }
+
     /// Counts one more session of the job and returns its number.
     pub fn begin_session(&self, job_id: &str) -> Result<u32, StoreError> {
         let mut job = self.find_job(job_id)?;
@@ -521,8 +598,11 @@ impl Store {
             .collect()
     }
 
-    /// Writes one batch in one transaction; when this returns, the batch is durable.
-    pub fn write(&self, job_id: &str, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes one batch in one transaction; when this returns, the batch is durable. Returns
+    /// the other jobs whose results were reopened because a key of `batch.liars` signed them,
+    /// with how many each.
+    pub fn write(&self, job_id: &str, batch: &Batch) -> Result<Vec<(String, u32)>, StoreError> {
+        let mut elsewhere = Vec::new();
         self.write_txn(|txn| {
             let mut copies = txn.open_table(COPIES)?;
             for (task, copy, record) in &batch.copies {
@@ -531,11 +611,93 @@ impl Store {
             let mut settled = txn.open_table(SETTLED)?;
             let mut stdout = txn.open_table(STDOUT)?;
             let mut stderr = txn.open_table(STDERR)?;
-            for (task, record, output) in &batch.settled {
-                settled.insert((job_id, *task), to_json(record).as_slice())?;
-                if let Some((out, err)) = output {
-                    stdout.insert((job_id, *task), out.as_ref())?;
-                    stderr.insert((job_id, *task), err.as_ref())?;
+            let mut reopened = txn.open_table(REOPENED)?;
+            for change in &batch.results {
+                match change {
+                    ResultChange::Settled {
+                        task,
+                        record,
+                        output,
+                    } => {
+                        settled.insert((job_id, *task), to_json(record).as_slice())?;
+                        if let Some((out, err)) = output {
+                            stdout.insert((job_id, *task), out.as_ref())?;
+                            stderr.insert((job_id, *task), err.as_ref())?;
+                        }
+                    }
+                    ResultChange::Reopened { task, reason } => {
+                        reopen_row(
+                            (&mut settled, &mut stdout, &mut stderr, &mut reopened),
+                            job_id,
+                            *task,
+                            reason,
+                        )?;
+                    }
+                    ResultChange::Audited { task, audit } => {
+                        let record = settled
+                            .get((job_id, *task))?
+                            .map(|value| serde_json::from_slice::<SettledRecord>(value.value()))
+                            .transpose()
+                            .map_err(|error| undecodable("settled", error))?;
+                        if let Some(mut record) = record {
+                            record.audit = *audit;
+                            settled.insert((job_id, *task), to_json(&record).as_slice())?;
+                        }
+                    }
+                }
+            }
+            if !batch.liars.is_empty() {
+                let mut liars = txn.open_table(LIARS)?;
+                for (key, record) in &batch.liars {
+                    liars.insert(key.as_str(), to_json(record).as_slice())?;
+                }
+                // What the liars signed in other jobs is reopened; this job's driver has done
+                // its own (its scheduler knows which tasks they signed).
+                let mut signed: Vec<(String, u32)> = Vec::new();
+                for row in settled.iter()? {
+                    let (key, value) = row?;
+                    let (job, task) = key.value();
+                    if job == job_id {
+                        continue;
+                    }
+                    let record: SettledRecord = serde_json::from_slice(value.value())
+                        .map_err(|error| undecodable("settled", error))?;
+                    if record.accepted.is_some()
+                        && batch
+                            .liars
+                            .iter()
+                            .any(|(liar, _)| record.agreeing.contains(liar))
+                    {
+                        signed.push((job.to_owned(), task));
+                    }
+                }
+                let mut jobs = txn.open_table(JOBS)?;
+                for (job, task) in &signed {
+                    let reason = format!(
+                        "a worker that signed it ({}) was proven to have signed a wrong result in job {job_id}",
+                        batch.liars.iter().map(|(key, _)| &key[..12.min(key.len())]).collect::<Vec<_>>().join(", ")
+                    );
+                    reopen_row(
+                        (&mut settled, &mut stdout, &mut stderr, &mut reopened),
+                        job,
+                        *task,
+                        &reason,
+                    )?;
+                    match elsewhere.iter_mut().find(|(other, _): &&mut (String, u32)| other == job) {
+                        Some((_, count)) => *count += 1,
+                        None => elsewhere.push((job.clone(), 1)),
+                    }
+                }
+                for (job, _) in &elsewhere {
+                    let record = jobs
+                        .get(job.as_str())?
+                        .map(|value| serde_json::from_slice::<JobRecord>(value.value()))
+                        .transpose()
+                        .map_err(|error| undecodable("jobs", error))?;
+                    if let Some(mut record) = record {
+                        record.finished_unix_ms = None;
+                        jobs.insert(job.as_str(), to_json(&record).as_slice())?;
+                    }
                 }
             }
             let mut excluded = txn.open_table(EXCLUDED)?;
@@ -567,7 +729,50 @@ impl Store {
                 }
             }
             Ok(())
-        })
+        })?;
+        Ok(elsewhere)
+    }
+
+    /// The answers tasks of the job had before they were reopened: ((task, n), record).
+    pub fn reopened(&self, job_id: &str) -> Result<Vec<((u32, u32), ReopenRecord)>, StoreError> {
+        let rows: Vec<((u32, u32), Vec<u8>)> = self.read(|txn| {
+            // A store last written by an older version has no such table: nothing was reopened.
+            let table = match txn.open_table(REOPENED) {
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                table => table?,
+            };
+            table
+                .range((job_id, 0, 0)..=(job_id, u32::MAX, u32::MAX))?
+                .map(|row| {
+                    row.map(|(key, value)| {
+                        let (_, task, n) = key.value();
+                        ((task, n), value.value().to_vec())
+                    })
+                })
+                .map(|row| row.map_err(redb::Error::from))
+                .collect()
+        })?;
+        rows.into_iter()
+            .map(|(key, bytes)| Ok((key, self.decode("reopened", &bytes)?)))
+            .collect()
+    }
+
+    /// Keys proven to have signed a wrong result, in any job.
+    pub fn liars(&self) -> Result<HashMap<String, LiarRecord>, StoreError> {
+        let rows: Vec<(String, Vec<u8>)> = self.read(|txn| {
+            let table = match txn.open_table(LIARS) {
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                table => table?,
+            };
+            table
+                .iter()?
+                .map(|row| row.map(|(key, value)| (key.value().to_owned(), value.value().to_vec())))
+                .map(|row| row.map_err(redb::Error::from))
+                .collect()
+        })?;
+        rows.into_iter()
+            .map(|(key, bytes)| Ok((key, self.decode("liars", &bytes)?)))
+            .collect()
     }
 
     fn write_txn(
@@ -670,6 +875,39 @@ fn open_error(dir: &Path, error: redb::DatabaseError) -> StoreError {
     }
 }
 
+type ResultTables<'a, 'txn> = (
+    &'a mut redb::Table<'txn, (&'static str, u32), &'static [u8]>,
+    &'a mut redb::Table<'txn, (&'static str, u32), &'static [u8]>,
+    &'a mut redb::Table<'txn, (&'static str, u32), &'static [u8]>,
+    &'a mut redb::Table<'txn, (&'static str, u32, u32), &'static [u8]>,
+);
+
+/// Moves a settled task's record to its reopened history and drops its output.
+fn reopen_row(
+    (settled, stdout, stderr, reopened): ResultTables<'_, '_>,
+    job_id: &str,
+    task: u32,
+    reason: &str,
+) -> Result<(), redb::Error> {
+    let Some(old) = settled.remove((job_id, task))? else {
+        return Ok(());
+    };
+    let old: SettledRecord =
+        serde_json::from_slice(old.value()).map_err(|error| undecodable("settled", error))?;
+    stdout.remove((job_id, task))?;
+    stderr.remove((job_id, task))?;
+    let n = reopened
+        .range((job_id, task, 0)..=(job_id, task, u32::MAX))?
+        .count() as u32;
+    let record = ReopenRecord {
+        old,
+        reason: reason.to_owned(),
+        at_unix_ms: unix_now_ms(),
+    };
+    reopened.insert((job_id, task, n), to_json(&record).as_slice())?;
+    Ok(())
+}
+
 /// A record that does not decode inside a write: the batch is refused rather than the record
 /// silently replaced (a reputation reset to zero would forgive a caught liar).
 fn undecodable(table: &str, error: serde_json::Error) -> redb::Error {
@@ -708,6 +946,9 @@ mod tests {
             quorum: 2,
             max_replicas: 5,
             distinct_hosts: true,
+            distinct_networks: true,
+            audit_rate: 0.03,
+            trusted: vec![],
             task_count: 2,
             peers: vec![],
             seeds: vec!["127.0.0.1:1".into()],
@@ -735,7 +976,81 @@ mod tests {
             output_hash: "ab".into(),
             stderr_hash: "cd".into(),
             fuel: 7,
+            fingerprint: "fp".into(),
         }
+    }
+
+    fn accepted_by(agreeing: &[&str]) -> SettledRecord {
+        SettledRecord {
+            accepted: Some(verdict()),
+            reason: None,
+            agreeing: agreeing.iter().map(|key| key.to_string()).collect(),
+            disagreeing: vec![],
+            copies: 2,
+            session: 1,
+            at_unix_ms: 1,
+            audit: AuditMark::None,
+        }
+    }
+
+    fn settle(task: u32, record: SettledRecord, output: &'static [u8]) -> ResultChange {
+        ResultChange::Settled {
+            task,
+            record,
+            output: Some((bytes::Bytes::from_static(output), bytes::Bytes::new())),
+        }
+    }
+
+    #[test]
+    fn a_proven_liar_reopens_what_it_signed_in_every_other_job_and_its_history_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for id in ["old", "new"] {
+            store.create_job(&job(id), &[task("a"), task("b")]).unwrap();
+        }
+        let mut old = Batch::default();
+        old.results
+            .push(settle(0, accepted_by(&["liar", "w2"]), b"wrong"));
+        old.results
+            .push(settle(1, accepted_by(&["w2", "w3"]), b"right"));
+        old.finished_unix_ms = Some(5);
+        store.write("old", &old).unwrap();
+        let mut new = Batch::default();
+        new.results
+            .push(settle(0, accepted_by(&["liar", "w3"]), b"wrong"));
+        new.results.push(ResultChange::Reopened {
+            task: 0,
+            reason: "audit".into(),
+        });
+        new.liars.push((
+            "liar".into(),
+            LiarRecord {
+                job: "new".into(),
+                task: "a".into(),
+                reason: "audit".into(),
+                at_unix_ms: 1,
+            },
+        ));
+        let elsewhere = store.write("new", &new).unwrap();
+        assert_eq!(elsewhere, vec![("old".to_owned(), 1)]);
+        // The job that reported it did its own reopening; the other one is reopened by the store.
+        assert!(store.settled("new").unwrap().is_empty());
+        let old_settled = store.settled("old").unwrap();
+        assert_eq!(old_settled.len(), 1);
+        assert_eq!(old_settled[0].0, 1, "a task the liar did not sign stays");
+        assert!(store.output("old", 0).unwrap().0.is_empty());
+        let history = store.reopened("old").unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].0, (0, 0));
+        assert!(
+            history[0].1.reason.contains("proven"),
+            "{}",
+            history[0].1.reason
+        );
+        assert_eq!(history[0].1.old.agreeing, vec!["liar", "w2"]);
+        assert_eq!(store.find_job("old").unwrap().finished_unix_ms, None);
+        assert!(store.liars().unwrap().contains_key("liar"));
+        assert_eq!(store.reopened("new").unwrap()[0].1.reason, "audit");
     }
 
     #[test]
@@ -748,19 +1063,13 @@ mod tests {
                 .unwrap();
             assert_eq!(store.begin_session("sweep-1").unwrap(), 1);
             let mut batch = Batch::default();
-            batch.settled.push((
-                1,
-                SettledRecord {
-                    accepted: Some(verdict()),
-                    reason: None,
-                    agreeing: vec!["w1".into(), "w2".into()],
-                    disagreeing: vec![],
-                    copies: 2,
-                    session: 1,
-                    at_unix_ms: 1,
-                },
-                Some((bytes::Bytes::from_static(b"out"), bytes::Bytes::new())),
-            ));
+            batch
+                .results
+                .push(settle(1, accepted_by(&["w1", "w2"]), b"out"));
+            batch.results.push(ResultChange::Audited {
+                task: 1,
+                audit: AuditMark::Passed,
+            });
             batch.reputation("w1").agreements += 1;
             batch.excluded.push(("w3".into(), "lied".into()));
             store.write("sweep-1", &batch).unwrap();
@@ -778,6 +1087,7 @@ mod tests {
         let settled = store.settled("sweep-1").unwrap();
         assert_eq!(settled[0].0, 1);
         assert_eq!(settled[0].1.accepted, Some(verdict()));
+        assert_eq!(settled[0].1.audit, AuditMark::Passed);
         assert_eq!(store.output("sweep-1", 1).unwrap().0, b"out");
         assert_eq!(store.reputation().unwrap()["w1"].agreements, 1);
         assert_eq!(
@@ -836,6 +1146,7 @@ mod tests {
                 disagreements: 0,
                 lost: 1,
                 bad_receipts: 1,
+                verified: 0,
             },
             "deltas are added to the stored counters, not written over them"
         );

@@ -24,13 +24,15 @@ use crate::program::{encode_program, read, read_module, sign_program};
 use crate::progress::{Counts, Progress};
 use crate::report::outcome_parts;
 use crate::schedule::{
-    Decision, Loss, PastReceipt, Redundancy, Scheduler, TaskIndex, Verdict, WorkerId, WorkerOffer,
+    AuditMark, AuditResult, Decision, Loss, PastReceipt, Redundancy, Scheduler, TaskIndex, Verdict,
+    WorkerId, WorkerOffer,
 };
 use crate::store::{
-    Batch, CopyKind, CopyRecord, FileRecord, JobRecord, SettledRecord, Store, TaskRecord,
-    unix_now_ms,
+    Batch, CopyKind, CopyRecord, FileRecord, JobRecord, LiarRecord, ResultChange, SettledRecord,
+    Store, TaskRecord, unix_now_ms,
 };
 use crate::{limits, results};
+use peergrid_worker::sandbox::{InputSpec, Sandbox, SandboxOptions, TaskSpec};
 
 /// Where the job finds workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,9 @@ pub enum SubmitError {
     Store(#[from] crate::store::StoreError),
     #[error("no worker reachable: {0}")]
     NoWorkers(String),
+    /// The local sandbox that audits run in could not start.
+    #[error("cannot start the sandbox for audits: {0}")]
+    Sandbox(String),
     #[error(
         "job {job}: no progress for {patience_s} s ({reason}); {settled} of {total} tasks are settled and stored. Run `peergrid resume {job}` when workers are back"
     )]
@@ -98,8 +103,13 @@ pub struct Summary {
     pub inconclusive: u64,
     /// Copies with a verified receipt, over every session.
     pub copies: u64,
-    /// Receipts that contradicted an accepted result.
+    /// Receipts that differed from another receipt of the same task, over every session.
     pub disagreements: u64,
+    /// Accepted tasks the submitter re-ran itself this session, and the time those runs took.
+    pub audits: u64,
+    pub audit_time: Duration,
+    /// Tasks of this job that were accepted, then reopened (over every session).
+    pub reopened: u64,
     /// Workers excluded from the job: (key hex, reason).
     pub excluded: Vec<(String, String)>,
     pub wall_time: Duration,
@@ -121,6 +131,7 @@ pub fn create_job(
     key_file: &Path,
     source: &Source,
     out_dir: Option<PathBuf>,
+    trusted: &[PublicKey],
 ) -> Result<JobRecord, SubmitError> {
     let module = read_module(&spec.module)?;
     let module_hash = store.put_blob(&module)?;
@@ -181,6 +192,9 @@ pub fn create_job(
         quorum: spec.quorum,
         max_replicas: spec.max_replicas,
         distinct_hosts: spec.distinct_hosts,
+        distinct_networks: spec.distinct_networks,
+        audit_rate: spec.audit_rate,
+        trusted: trusted.iter().map(|key| key.to_hex()).collect(),
         task_count: tasks.len() as u32,
         peers,
         seeds,
@@ -275,6 +289,8 @@ pub async fn run_session(
     })?;
     let mut summary = summarize(store, job, started.elapsed(), finished)?;
     summary.copy_wall_time = session.copy_wall_time;
+    summary.audits = session.counts.audits;
+    summary.audit_time = session.audit_time;
     Ok(summary)
 }
 
@@ -316,6 +332,17 @@ pub fn summarize(
             .sum::<u64>()
             + late_disagreements,
         excluded: store.excluded(&job.id)?,
+        audits: 0,
+        audit_time: Duration::ZERO,
+        reopened: {
+            let mut tasks: Vec<u32> = store
+                .reopened(&job.id)?
+                .into_iter()
+                .map(|((task, _), _)| task)
+                .collect();
+            tasks.dedup();
+            tasks.len() as u64
+        },
         wall_time,
         fuel: accepted.iter().map(|verdict| verdict.fuel).sum(),
         copy_wall_time: Duration::ZERO,
@@ -331,6 +358,7 @@ struct WorkerMeta {
     key_hex: String,
     addr: String,
     host: String,
+    /// The fingerprint its `Info` claims (a receipt's signed one is what counts).
     fingerprint: String,
 }
 
@@ -354,6 +382,8 @@ struct SignedCopy {
 enum Control {
     Connected(String, Result<WorkerClient, ClientError>),
     Membership(Vec<String>),
+    /// The submitter's own run of an audited task, and how long it took.
+    Audited(TaskIndex, AuditResult, Duration),
 }
 
 struct Session<'a> {
@@ -367,7 +397,18 @@ struct Session<'a> {
     scheduler: Scheduler,
     workers: Vec<WorkerMeta>,
     by_key: HashMap<PublicKey, WorkerId>,
-    reputation: HashMap<String, f64>,
+    /// Results verified in earlier jobs, by key hex: what lifts a key out of probation.
+    verified: HashMap<String, u64>,
+    /// Keys the submitter vouches for (`--trusted`).
+    trusted: HashSet<String>,
+    /// Keys proven to have signed a wrong result, in any job: never used again.
+    liars: HashSet<String>,
+    /// The sandbox audits run in (`peergrid run`'s), made at the first audit.
+    auditor: Option<Auditor>,
+    /// Time the submitter's own audit runs took, this session.
+    audit_time: Duration,
+    /// Workers already named for signing on another runtime than a task's (noted once each).
+    wrong_runtime_noted: HashSet<WorkerId>,
     connections: HashMap<WorkerId, mpsc::Sender<Dispatch>>,
     connecting: HashSet<String>,
     /// Signed manifests with their digests and expiry, reused for every copy until close to
@@ -428,25 +469,41 @@ impl<'a> Session<'a> {
             quorum: job.quorum,
             max_replicas: job.max_replicas,
             distinct_hosts: job.distinct_hosts,
+            distinct_networks: false,
+            audit_rate: 0.0,
         };
-        let reputation = store
+        let verified = store
             .reputation()?
             .into_iter()
-            .map(|(key, counts)| (key, counts.score()))
+            .map(|(key, counts)| (key, counts.verified))
             .collect();
+        let rules = Redundancy {
+            distinct_networks: job.distinct_networks,
+            audit_rate: job.audit_rate,
+            ..rules
+        };
+        let seed = {
+            use rand_core::RngCore;
+            rand_core::OsRng.next_u64()
+        };
         let mut session = Self {
             store,
             job,
             identity,
             number,
-            scheduler: Scheduler::new(rules, tasks.len() as u32),
+            scheduler: Scheduler::new(rules, tasks.len() as u32, seed),
             next_copy: vec![0; tasks.len()],
             tasks,
             inputs,
             module,
             workers: Vec::new(),
             by_key: HashMap::new(),
-            reputation,
+            verified,
+            trusted: job.trusted.iter().cloned().collect(),
+            liars: store.liars()?.into_keys().collect(),
+            auditor: None,
+            audit_time: Duration::ZERO,
+            wrong_runtime_noted: HashSet::new(),
             connections: HashMap::new(),
             connecting: HashSet::new(),
             signed: HashMap::new(),
@@ -465,16 +522,23 @@ impl<'a> Session<'a> {
                 None => session.counts.inconclusive += 1,
             }
             session.counts.disagreements += settled.disagreeing.len() as u64;
-            session.scheduler.restore_settled(task, settled.accepted);
+            session
+                .scheduler
+                .restore_settled(task, settled.accepted, settled.audit);
         }
         let mut receipts = Vec::new();
         let mut lost: HashMap<TaskIndex, u32> = HashMap::new();
         for ((task, copy), record) in store.copies(&job.id)? {
             session.next_copy[task as usize] = session.next_copy[task as usize].max(copy + 1);
             match record.kind {
-                CopyKind::Receipt => {
+                // Late receipts too: an audit of a settled task tells who signed what.
+                CopyKind::Receipt | CopyKind::Late => {
                     let worker = session.known_worker(&record);
-                    if let (Some(worker), Some(verdict)) = (worker, record.verdict) {
+                    if let (Some(worker), Some(mut verdict)) = (worker, record.verdict.clone()) {
+                        // Stores from before the signed fingerprint was kept in the verdict.
+                        if verdict.fingerprint.is_empty() {
+                            verdict.fingerprint = record.fingerprint.clone();
+                        }
                         receipts.push(PastReceipt {
                             task,
                             worker,
@@ -500,6 +564,15 @@ impl<'a> Session<'a> {
             .collect();
         let lost: Vec<(TaskIndex, u32)> = lost.into_iter().collect();
         session.scheduler.restore(receipts, &excluded, &lost);
+        let liars: Vec<WorkerId> = session
+            .by_key
+            .iter()
+            .filter(|(key, _)| session.liars.contains(&key.to_hex()))
+            .map(|(_, id)| *id)
+            .collect();
+        for liar in liars {
+            session.scheduler.restore_liar(liar);
+        }
         Ok(session)
     }
 
@@ -523,9 +596,11 @@ impl<'a> Session<'a> {
     fn register(&mut self, meta: WorkerMeta, slots: u32, available: bool) -> WorkerId {
         let offer = WorkerOffer {
             host: meta.host.clone(),
+            network: network_of(&meta.host),
             fingerprint: meta.fingerprint.clone(),
-            slots,
-            reputation: self.reputation.get(&meta.key_hex).copied().unwrap_or(0.5),
+            claimed_copies: slots,
+            trusted: self.trusted.contains(&meta.key_hex),
+            verified: self.verified.get(&meta.key_hex).copied().unwrap_or(0),
         };
         match self.by_key.get(&meta.key) {
             Some(&id) => {
@@ -558,6 +633,10 @@ impl<'a> Session<'a> {
         // queue (see `limits::COPIES_IN_FLIGHT_PER_SLOT`).
         let capacity = info.slots.saturating_mul(limits::COPIES_IN_FLIGHT_PER_SLOT);
         let id = self.register(meta, capacity, true);
+        if self.liars.contains(&info.key.to_hex()) {
+            self.scheduler.restore_liar(id);
+            return;
+        }
         if self.excluded_keys.contains(&info.key.to_hex()) {
             self.scheduler.exclude(id);
             return;
@@ -599,7 +678,7 @@ impl<'a> Session<'a> {
             if self.scheduler.in_flight() == 0 && self.scheduler.all_excluded() {
                 return Err(self.all_excluded()?);
             }
-            if self.scheduler.in_flight() > 0 {
+            if self.scheduler.in_flight() > 0 || self.scheduler.audits_pending() > 0 {
                 idle_since = None;
             } else if idle_since.get_or_insert(now).elapsed() >= limits::NO_WORKER_PATIENCE {
                 return Err(self.stalled());
@@ -621,6 +700,10 @@ impl<'a> Session<'a> {
                             }
                         }
                         Control::Membership(addrs) => self.reconnect(addrs),
+                        Control::Audited(task, result, took) => {
+                            self.audit_time += took;
+                            self.handle_audit(task, result, progress)?;
+                        }
                     }
                 }
                 _ = refresh.tick() => self.refresh(source),
@@ -650,20 +733,7 @@ impl<'a> Session<'a> {
     }
 
     fn stalled(&self) -> SubmitError {
-        let usable = self.scheduler.usable_workers();
-        let reason = if usable == 0 {
-            "no usable worker: all are down, unreachable or excluded".to_owned()
-        } else {
-            format!(
-                "{usable} usable workers, but the open tasks need {} copies on distinct workers{} with one runtime",
-                self.job.replication.max(self.job.quorum),
-                if self.job.distinct_hosts {
-                    " and hosts"
-                } else {
-                    ""
-                }
-            )
-        };
+        let reason = self.scheduler.stall_reason(Instant::now());
         SubmitError::Stalled {
             job: self.job.id.clone(),
             reason,
@@ -771,13 +841,7 @@ impl<'a> Session<'a> {
             })
             .collect();
         let program = encode_program(self.module.0, &record.args, &record.env, stdin, files);
-        let limits = pb::TaskLimits {
-            fuel: self.job.fuel,
-            memory_bytes: self.job.memory_bytes,
-            timeout_ms: self.job.timeout_ms,
-            stdout_max_bytes: 0,
-            stderr_max_bytes: 0,
-        };
+        let limits = self.wire_limits();
         let expires = now_s + limits::TASK_TTL.as_secs();
         let signed = sign_program(
             self.identity,
@@ -799,41 +863,172 @@ impl<'a> Session<'a> {
     /// Handles `first` and whatever else is already waiting, commits, then reports.
     fn handle_batch(&mut self, first: Event, progress: &mut Progress) -> Result<(), SubmitError> {
         let mut batch = Batch::default();
-        let mut accepted = Vec::new();
-        let mut notes = Vec::new();
+        let mut after = AfterCommit::default();
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(event) = next.take() {
-            self.handle(event, &mut batch, &mut accepted, &mut notes);
+            self.handle(event, &mut batch, &mut after);
             handled += 1;
             if handled < limits::RESULT_BATCH {
                 next = self.events.1.try_recv().ok();
             }
         }
+        self.commit(batch, after, progress)
+    }
+
+    /// The submitter's own run of `task` came back: the scheduler judges, then commit.
+    fn handle_audit(
+        &mut self,
+        task: TaskIndex,
+        result: AuditResult,
+        progress: &mut Progress,
+    ) -> Result<(), SubmitError> {
+        self.counts.audits += 1;
+        let mut batch = Batch::default();
+        let mut after = AfterCommit::default();
+        for decision in self.scheduler.on_audit(task, result) {
+            self.apply(decision, &mut batch, &mut after);
+        }
+        self.commit(batch, after, progress)
+    }
+
+    /// Writes `batch` in one transaction, and only then reports it: notes, result files, and
+    /// the audits it asked for.
+    fn commit(
+        &mut self,
+        batch: Batch,
+        after: AfterCommit,
+        progress: &mut Progress,
+    ) -> Result<(), SubmitError> {
         if !batch.is_empty() {
             // Durable before reported.
-            self.store.write(&self.job.id, &batch)?;
+            let elsewhere = self.store.write(&self.job.id, &batch)?;
+            for (job, count) in elsewhere {
+                progress.note(&format!(
+                    "{count} accepted results of job {job} were signed by a worker now proven a liar: they are reopened; run `peergrid resume {job}` to settle them again"
+                ));
+            }
         }
-        for note in notes {
+        for note in after.notes {
             progress.note(&note);
         }
-        for (task, stdout, stderr) in accepted {
+        for (task, output) in after.outputs {
             let id = self.tasks[task as usize].id.clone();
-            self.writer.write(id, stdout, stderr);
+            match output {
+                Some((stdout, stderr)) => self.writer.write(id, stdout, stderr),
+                None => self.writer.remove(id),
+            }
         }
         for failure in self.writer.failures() {
             progress.note(&failure);
         }
+        for task in after.audits {
+            self.start_audit(task)?;
+        }
         Ok(())
     }
 
-    fn handle(
-        &mut self,
-        event: Event,
-        batch: &mut Batch,
-        accepted: &mut Vec<(TaskIndex, Bytes, Bytes)>,
-        notes: &mut Vec<String>,
-    ) {
+    /// Runs `task` in the submitter's own sandbox, in the background; the verdict comes back
+    /// as [`Control::Audited`]. An audit is only proof on the task's own runtime.
+    fn start_audit(&mut self, task: TaskIndex) -> Result<(), SubmitError> {
+        if self.auditor.is_none() {
+            self.auditor = Some(Auditor::start()?);
+        }
+        let auditor = self.auditor.as_ref().expect("just made");
+        let control = self.control.0.clone();
+        let own = auditor.sandbox.fingerprint().to_owned();
+        let pinned = self
+            .scheduler
+            .fingerprint(task)
+            .unwrap_or_default()
+            .to_owned();
+        if pinned != own {
+            let reason =
+                format!("its receipts were signed on runtime {pinned}, this submitter runs {own}");
+            tokio::spawn(async move {
+                let _ = control
+                    .send(Control::Audited(
+                        task,
+                        AuditResult::Unavailable(reason),
+                        Duration::ZERO,
+                    ))
+                    .await;
+            });
+            return Ok(());
+        }
+        let spec = self.audit_spec(task)?;
+        let module = self.module.1.clone();
+        let sandbox = auditor.sandbox.clone();
+        let permits = auditor.permits.clone();
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let started = Instant::now();
+            let execution = sandbox.run_module(module, spec).await;
+            let took = started.elapsed();
+            let result = audit_result(&execution, sandbox.fingerprint());
+            let _ = control.send(Control::Audited(task, result, took)).await;
+        });
+        Ok(())
+    }
+
+    /// What the guest of `task` sees, for the submitter's own run: the same program the
+    /// workers were sent (inputs from the store's blobs, the same random seed and limits).
+    fn audit_spec(&self, task: TaskIndex) -> Result<TaskSpec, SubmitError> {
+        let record = &self.tasks[task as usize];
+        let inputs = &self.inputs[task as usize];
+        let stdin = match inputs.stdin {
+            Some(hash) => self.store.blob(&hash)?,
+            None => Bytes::new(),
+        };
+        let files = record
+            .files
+            .iter()
+            .zip(&inputs.files)
+            .map(|(file, hash)| pb::InputFile {
+                name: file.name.clone(),
+                hash: hash.to_vec().into(),
+                size: file.size,
+            })
+            .collect();
+        let program = encode_program(
+            self.module.0,
+            &record.args,
+            &record.env,
+            stdin.clone(),
+            files,
+        );
+        let blobs = self.store.blob_store();
+        let limits = peergrid_worker::admission::resolve_limits(Some(&self.wire_limits()))
+            .map_err(|refusal| SubmitError::Sandbox(refusal.message))?;
+        Ok(TaskSpec {
+            args: record.args.clone(),
+            env: record.env.clone(),
+            stdin,
+            inputs: record
+                .files
+                .iter()
+                .zip(&inputs.files)
+                .map(|(file, hash)| InputSpec {
+                    name: file.name.clone(),
+                    source: blobs.path(hash),
+                })
+                .collect(),
+            limits,
+            random_seed: *ContentHash::of(&program).as_bytes(),
+        })
+    }
+
+    fn wire_limits(&self) -> pb::TaskLimits {
+        pb::TaskLimits {
+            fuel: self.job.fuel,
+            memory_bytes: self.job.memory_bytes,
+            timeout_ms: self.job.timeout_ms,
+            stdout_max_bytes: 0,
+            stderr_max_bytes: 0,
+        }
+    }
+
+    fn handle(&mut self, event: Event, batch: &mut Batch, after: &mut AfterCommit) {
         let (worker, task, answer) = match event {
             Event::Down { worker, reason } => {
                 // A newer connection to the same worker may already have replaced this one.
@@ -847,7 +1042,7 @@ impl<'a> Session<'a> {
                 self.scheduler.worker_down(worker);
                 self.connections.remove(&worker);
                 let meta = &self.workers[worker.0 as usize];
-                notes.push(format!(
+                after.notes.push(format!(
                     "worker {} at {} is gone: {reason}",
                     short_key(&meta.key_hex),
                     meta.addr
@@ -878,14 +1073,19 @@ impl<'a> Session<'a> {
                         ));
                     }
                 }
-                let decisions = self.scheduler.on_receipt(task, worker, verdict.clone());
+                let decisions = self
+                    .scheduler
+                    .on_receipt(task, worker, verdict.clone(), now);
                 let kind = match decisions.first() {
                     Some(Decision::Discarded { task: t, worker: w })
                         if *t == task && *w == worker =>
                     {
                         CopyKind::Discarded
                     }
-                    Some(Decision::Late { .. }) => CopyKind::Late,
+                    Some(Decision::WrongRuntime { .. }) => CopyKind::Discarded,
+                    _ if decisions.iter().any(|d| matches!(d, Decision::Late { .. })) => {
+                        CopyKind::Late
+                    }
                     _ => CopyKind::Receipt,
                 };
                 let copy = self.copy_record(worker, kind, Some(verdict), None, Some(&result));
@@ -903,11 +1103,17 @@ impl<'a> Session<'a> {
                 );
                 self.record_copy(batch, task, copy);
                 let why = format!("sent a receipt that does not verify: {reason}");
-                let mut decisions = self.exclude(worker, why, batch, notes);
+                let mut decisions = self.exclude(worker, why, batch, &mut after.notes);
                 decisions.extend(self.scheduler.on_loss(task, worker, Loss::Busy, now));
                 decisions
             }
             Answer::Busy(_) => self.scheduler.on_loss(task, worker, Loss::Busy, now),
+            Answer::Aborted(reason) => {
+                batch.reputation(&key).lost += 1;
+                let copy = self.copy_record(worker, CopyKind::Lost, None, Some(reason), None);
+                self.record_copy(batch, task, copy);
+                self.scheduler.on_loss(task, worker, Loss::Aborted, now)
+            }
             Answer::Lost(reason) => {
                 batch.reputation(&key).lost += 1;
                 let copy = self.copy_record(worker, CopyKind::Lost, None, Some(reason), None);
@@ -919,13 +1125,13 @@ impl<'a> Session<'a> {
                     "refuses this job's tasks ({}): {message}",
                     peergrid_proto::status_code_name(code)
                 );
-                let mut decisions = self.exclude(worker, why, batch, notes);
+                let mut decisions = self.exclude(worker, why, batch, &mut after.notes);
                 decisions.extend(self.scheduler.on_loss(task, worker, Loss::Busy, now));
                 decisions
             }
         };
         for decision in decisions {
-            self.apply(decision, batch, accepted, notes);
+            self.apply(decision, batch, after);
         }
         if !self.scheduler.is_open(task) {
             // Settled (now or before): no output of this task is needed any more.
@@ -933,13 +1139,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn apply(
-        &mut self,
-        decision: Decision,
-        batch: &mut Batch,
-        accepted: &mut Vec<(TaskIndex, Bytes, Bytes)>,
-        notes: &mut Vec<String>,
-    ) {
+    fn apply(&mut self, decision: Decision, batch: &mut Batch, after: &mut AfterCommit) {
         match decision {
             Decision::Accepted {
                 task,
@@ -956,11 +1156,7 @@ impl<'a> Session<'a> {
                 for worker in &agreeing {
                     batch.reputation(&self.key_hex(*worker)).agreements += 1;
                 }
-                for worker in &disagreeing {
-                    batch.reputation(&self.key_hex(*worker)).disagreements += 1;
-                }
                 self.counts.accepted += 1;
-                self.counts.disagreements += disagreeing.len() as u64;
                 self.signed.remove(&task);
                 let record = SettledRecord {
                     accepted: Some(verdict),
@@ -970,11 +1166,14 @@ impl<'a> Session<'a> {
                     copies,
                     session: self.number,
                     at_unix_ms: unix_now_ms(),
+                    audit: AuditMark::None,
                 };
-                batch
-                    .settled
-                    .push((task, record, Some((stdout.clone(), stderr.clone()))));
-                accepted.push((task, stdout, stderr));
+                batch.results.push(ResultChange::Settled {
+                    task,
+                    record,
+                    output: Some((stdout.clone(), stderr.clone())),
+                });
+                after.outputs.push((task, Some((stdout, stderr))));
             }
             Decision::Inconclusive {
                 task,
@@ -984,7 +1183,7 @@ impl<'a> Session<'a> {
                 self.outputs.remove(&task);
                 self.signed.remove(&task);
                 self.counts.inconclusive += 1;
-                notes.push(format!(
+                after.notes.push(format!(
                     "task {} is inconclusive: {reason}",
                     self.tasks[task as usize].id
                 ));
@@ -996,23 +1195,99 @@ impl<'a> Session<'a> {
                     copies,
                     session: self.number,
                     at_unix_ms: unix_now_ms(),
+                    audit: AuditMark::None,
                 };
-                batch.settled.push((task, record, None));
+                batch.results.push(ResultChange::Settled {
+                    task,
+                    record,
+                    output: None,
+                });
             }
-            Decision::Excluded { worker, task } => {
-                // The scheduler has excluded it already; this records why.
-                let why = format!(
-                    "sent a receipt for task {} that contradicts the accepted result",
+            Decision::Audit { task } => {
+                batch.results.push(ResultChange::Audited {
+                    task,
+                    audit: AuditMark::Pending,
+                });
+                after.audits.push(task);
+            }
+            Decision::AuditPassed { task } => batch.results.push(ResultChange::Audited {
+                task,
+                audit: AuditMark::Passed,
+            }),
+            Decision::AuditUnavailable { task, reason } => {
+                after.notes.push(format!(
+                    "task {}: the audit proves nothing ({reason}); its accepted result stands on its quorum",
                     self.tasks[task as usize].id
+                ));
+                batch.results.push(ResultChange::Audited {
+                    task,
+                    audit: AuditMark::Unavailable,
+                });
+            }
+            Decision::Disagreement { .. } => self.counts.disagreements += 1,
+            Decision::Verified { worker, .. } => {
+                batch.reputation(&self.key_hex(worker)).verified += 1;
+            }
+            Decision::ProvenLiar { worker, task } => {
+                let key = self.key_hex(worker);
+                let task_id = self.tasks[task as usize].id.clone();
+                let why = format!(
+                    "signed a wrong result for task {task_id}: the submitter's own run of it differs"
                 );
-                self.record_exclusion(worker, why, batch, notes);
+                batch.reputation(&key).disagreements += 1;
+                batch.liars.push((
+                    key.clone(),
+                    LiarRecord {
+                        job: self.job.id.clone(),
+                        task: task_id,
+                        reason: why.clone(),
+                        at_unix_ms: unix_now_ms(),
+                    },
+                ));
+                self.liars.insert(key);
+                self.record_exclusion(worker, why, batch, &mut after.notes);
+            }
+            Decision::Reopened { task, old, liar } => {
+                let task_id = self.tasks[task as usize].id.clone();
+                let reason = format!(
+                    "worker {} signed its accepted answer (output {}) and was proven to have signed a wrong result",
+                    short_key(&self.key_hex(liar)),
+                    short_key(&old.output_hash)
+                );
+                after
+                    .notes
+                    .push(format!("task {task_id} is reopened: {reason}"));
+                self.counts.accepted = self.counts.accepted.saturating_sub(1);
+                self.counts.reopened += 1;
+                batch.results.push(ResultChange::Reopened { task, reason });
+                after.outputs.push((task, None));
+            }
+            Decision::Dropped {
+                worker,
+                strikes,
+                delivered,
+            } => {
+                let why = format!(
+                    "is dropped as a free-rider: {strikes} of its copies timed out or were aborted on tasks other workers delivered, against {delivered} receipts"
+                );
+                self.record_exclusion(worker, why, batch, &mut after.notes);
+            }
+            Decision::WrongRuntime {
+                task,
+                worker,
+                signed,
+            } => {
+                if self.wrong_runtime_noted.insert(worker) {
+                    after.notes.push(format!(
+                        "worker {} signed a receipt for task {} on runtime {signed}, not the task's: not counted",
+                        short_key(&self.key_hex(worker)),
+                        self.tasks[task as usize].id
+                    ));
+                }
             }
             Decision::Late { worker, agrees, .. } => {
-                let counts = batch.reputation(&self.key_hex(worker));
-                match agrees {
-                    Some(true) => counts.agreements += 1,
-                    Some(false) => counts.disagreements += 1,
-                    None => {}
+                if agrees == Some(true) {
+                    batch.reputation(&self.key_hex(worker)).agreements += 1;
                 }
             }
             Decision::Discarded { .. } => {}
@@ -1094,6 +1369,63 @@ impl<'a> Session<'a> {
     }
 }
 
+/// What a batch of events leaves to do once it is committed, in order.
+#[derive(Default)]
+struct AfterCommit {
+    notes: Vec<String>,
+    /// Result files to write (`Some`) or to remove, for a reopened task (`None`).
+    outputs: Vec<(TaskIndex, Option<(Bytes, Bytes)>)>,
+    /// Accepted tasks to re-run on this machine.
+    audits: Vec<TaskIndex>,
+}
+
+/// The submitter's own sandbox, the one `peergrid run` uses, for audits: at most
+/// [`limits::AUDIT_THREADS`] run at once, the rest wait for a permit.
+struct Auditor {
+    sandbox: Sandbox,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Input files are copied here per run; removed with the session.
+    _scratch: tempfile::TempDir,
+}
+
+impl Auditor {
+    fn start() -> Result<Self, SubmitError> {
+        let scratch = tempfile::tempdir()
+            .map_err(|error| SubmitError::Sandbox(format!("no scratch directory: {error}")))?;
+        let sandbox = Sandbox::new(SandboxOptions {
+            threads: limits::AUDIT_THREADS,
+            scratch_dir: scratch.path().to_owned(),
+            fingerprint_tag: None,
+        })
+        .map_err(|error| SubmitError::Sandbox(error.to_string()))?;
+        Ok(Self {
+            sandbox,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limits::AUDIT_THREADS)),
+            _scratch: scratch,
+        })
+    }
+}
+
+/// The verdict of the submitter's own run, as a receipt would state it. A run that hit the
+/// wall clock proves nothing (wall time is the one non-deterministic outcome).
+fn audit_result(execution: &peergrid_worker::sandbox::Execution, fingerprint: &str) -> AuditResult {
+    let (outcome, exit_code, detail) = outcome_parts(&execution.outcome);
+    if outcome == crate::report::TIMED_OUT {
+        return AuditResult::Unavailable(
+            "the submitter's own run hit the wall-clock limit".to_owned(),
+        );
+    }
+    AuditResult::Ran(Verdict {
+        outcome: outcome.to_owned(),
+        exit_code,
+        detail,
+        output_hash: execution.stdout_hash().to_hex(),
+        stderr_hash: ContentHash::of(&execution.stderr).to_hex(),
+        fuel: execution.fuel_used,
+        fingerprint: fingerprint.to_owned(),
+    })
+}
+
 /// The first 12 hex digits of a worker key, as tables and messages show it (as `PublicKey::short`).
 pub fn short_key(hex: &str) -> &str {
     &hex[..hex.len().min(12)]
@@ -1144,6 +1476,23 @@ pub fn verdict_of(result: &CheckedResult) -> Verdict {
         output_hash: result.receipt.stdout_hash.to_hex(),
         stderr_hash: result.receipt.stderr_hash.to_hex(),
         fuel: result.receipt.receipt.fuel_used,
+        fingerprint: result.receipt.receipt.runtime_fingerprint.clone(),
+    }
+}
+
+/// The network prefix of a host, for placement: the /24 of an IPv4 address, the /48 of an
+/// IPv6 one (a home or a small site), the name itself for a host name (it cannot be told).
+pub fn network_of(host: &str) -> String {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+        Err(_) => host.to_owned(),
     }
 }
 
@@ -1184,6 +1533,19 @@ fn unix_now_s() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_network_of_a_host_is_its_24_or_48_prefix() {
+        assert_eq!(network_of("192.0.2.7"), network_of("192.0.2.200"));
+        assert_ne!(network_of("192.0.2.7"), network_of("192.0.3.7"));
+        assert_eq!(network_of("127.0.5.1"), "127.0.5.0/24");
+        assert_eq!(
+            network_of("2001:db8:1:2::1"),
+            network_of("2001:db8:1:ffff::9")
+        );
+        assert_ne!(network_of("2001:db8:1::1"), network_of("2001:db8:2::1"));
+        assert_eq!(network_of("worker.example.org"), "worker.example.org");
+    }
 
     #[test]
     fn the_host_of_an_address_drops_only_the_port() {
