@@ -6,6 +6,7 @@
 //! which makes cargo build their binaries before any test runs.
 
 pub mod jobs;
+pub mod rogue;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,298 @@
+//! A dishonest worker process for the end-to-end tests: [`RogueProcess`] starts
+//! `src/bin/rogue_worker.rs` with a [`Strategy`] (lie, lie with a partner, time out, abort,
+//! refuse, replay), waits for its ready line, and kills it when dropped, like
+//! [`crate::WorkerProcess`]. The rogue serves the `Worker` service with its own key, so the real
+//! submitter uses it exactly as it uses a worker.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::bin;
+
+/// How long a rogue may take to print its ready line (a bound for a loaded machine).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a rogue answers tasks (see `rogue_worker`'s module docs for the exact behaviour).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// A normal worker: the baseline.
+    Honest,
+    /// Every answer is `group`'s shared lie, signed by the rogue's own key.
+    Lie { group: String },
+    /// `group`'s lie only when another member registered the same task in `dir` within the
+    /// pair window; honest otherwise.
+    LieWhenPaired {
+        group: String,
+        dir: PathBuf,
+        pair_window: Duration,
+    },
+    /// A signed TIMED_OUT receipt (fuel 0) for every task, at once.
+    Timeout,
+    /// ABORTED for every task, never a receipt.
+    Abort,
+    /// RESOURCE_EXHAUSTED for every task; `Info` reads 0 free slots.
+    Refuse,
+    /// Its first receipt answers every later task with another digest.
+    ReplayOwn,
+    /// Each task runs on the honest worker at `from`, whose genuine receipt comes back.
+    ReplayOther { from: String },
+}
+
+impl Strategy {
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--strategy".to_owned()];
+        match self {
+            Self::Honest => args.push("honest".into()),
+            Self::Lie { group } => args.extend(["lie".into(), "--group".into(), group.clone()]),
+            Self::LieWhenPaired {
+                group,
+                dir,
+                pair_window,
+            } => args.extend([
+                "lie-when-paired".into(),
+                "--group".into(),
+                group.clone(),
+                "--group-dir".into(),
+                dir.display().to_string(),
+                "--pair-window-ms".into(),
+                pair_window.as_millis().to_string(),
+            ]),
+            Self::Timeout => args.push("timeout".into()),
+            Self::Abort => args.push("abort".into()),
+            Self::Refuse => args.push("refuse".into()),
+            Self::ReplayOwn => args.push("replay-own".into()),
+            Self::ReplayOther { from } => {
+                args.extend(["replay-other".into(), "--from".into(), from.clone()])
+            }
+        }
+        args
+    }
+}
+
+/// How to start a rogue.
+#[derive(Debug, Clone)]
+pub struct RogueConfig<'a> {
+    pub strategy: Strategy,
+    /// Submitter keys (hex) whose tasks it takes; empty with `trust_any_key` unset refuses all.
+    pub trust: Vec<&'a str>,
+    pub trust_any_key: bool,
+    /// The loopback address to listen on (127.0.0.1 unless a test wants distinct hosts).
+    pub host: Option<&'a str>,
+    /// The port to listen on (0, a free one, unless a test restarts it where it was).
+    pub port: u16,
+    /// Slots it really has (`--cores`, 1 by default).
+    pub cores: Option<u32>,
+    /// `--claim-slots N`: what `Info`, `Peers` and gossip announce instead of the truth.
+    pub claim_slots: Option<u32>,
+    /// `--instant`: lies are answered at once, without running the task.
+    pub instant: bool,
+    /// More flags, e.g. `--gossip HOST:0 --seed ADDR`.
+    pub extra_args: Vec<&'a str>,
+}
+
+impl<'a> RogueConfig<'a> {
+    /// A rogue with `strategy` that trusts `key_hex` alone, defaults otherwise.
+    pub fn new(strategy: Strategy, key_hex: &'a str) -> Self {
+        Self {
+            strategy,
+            trust: vec![key_hex],
+            trust_any_key: false,
+            host: None,
+            port: 0,
+            cores: None,
+            claim_slots: None,
+            instant: false,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// One task answered, from the rogue's `answered DIGEST KIND TASK_ID` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RogueAnswer {
+    /// The task digest, 64 hex characters.
+    pub digest: String,
+    /// `honest`, `lie`, `timeout`, `replay`, `forward`, or `refused:CODE`.
+    pub kind: String,
+    pub task_id: String,
+}
+
+/// A running `rogue_worker`. Killed (like a crash) when dropped.
+pub struct RogueProcess {
+    child: Child,
+    pub addr: String,
+    pub key_hex: String,
+    pub fingerprint: String,
+    /// The UDP gossip address, when it gossips.
+    pub gossip_addr: Option<String>,
+    pub data_dir: PathBuf,
+    stderr_path: PathBuf,
+    /// Lines printed after the ready line, as the reader thread passes them on.
+    lines: Mutex<mpsc::Receiver<String>>,
+    /// Answers read so far.
+    answers: Mutex<Vec<RogueAnswer>>,
+}
+
+impl RogueProcess {
+    /// Starts a rogue on a free loopback port and waits for its ready line.
+    pub fn start(data_dir: &Path, config: RogueConfig<'_>) -> Self {
+        std::fs::create_dir_all(data_dir).expect("data dir can be created");
+        let stderr_path = data_dir.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr log can be created");
+        let mut command = Command::new(bin("rogue_worker"));
+        command
+            .arg("--listen")
+            .arg(format!(
+                "{}:{}",
+                config.host.unwrap_or("127.0.0.1"),
+                config.port
+            ))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(config.strategy.args());
+        for key in &config.trust {
+            command.arg("--trust").arg(key);
+        }
+        if config.trust_any_key {
+            command.arg("--trust-any-key");
+        }
+        if let Some(cores) = config.cores {
+            command.arg("--cores").arg(cores.to_string());
+        }
+        if let Some(claimed) = config.claim_slots {
+            command.arg("--claim-slots").arg(claimed.to_string());
+        }
+        if config.instant {
+            command.arg("--instant");
+        }
+        command
+            .args(&config.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = command.spawn().expect("rogue_worker starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let line = match lines.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "rogue_worker did not become ready; its stderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        };
+        // "rogue_worker ready: listening on ADDR key HEX runtime FP slots N gossip ADDR|off
+        // strategy S"
+        let field = |name: &str| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words
+                .iter()
+                .position(|word| *word == name)
+                .unwrap_or_else(|| panic!("ready line has no {name}: {line:?}"));
+            words[at + 1].to_owned()
+        };
+        Self {
+            addr: field("on"),
+            key_hex: field("key"),
+            fingerprint: field("runtime"),
+            gossip_addr: Some(field("gossip")).filter(|addr| addr != "off"),
+            data_dir: data_dir.to_owned(),
+            stderr_path,
+            child,
+            lines: Mutex::new(lines),
+            answers: Mutex::default(),
+        }
+    }
+
+    /// Every answer it has printed so far.
+    pub fn answers(&self) -> Vec<RogueAnswer> {
+        self.collect(Duration::ZERO, |_| true)
+    }
+
+    /// Waits (at most `within`) until it has printed `count` answers, and returns them all;
+    /// panics if it has not.
+    pub fn wait_for_answers(&self, count: usize, within: Duration) -> Vec<RogueAnswer> {
+        let answers = self.collect(within, |answers| answers.len() >= count);
+        assert!(
+            answers.len() >= count,
+            "rogue printed {} answers within {within:?}, expected {count}: {answers:?}",
+            answers.len()
+        );
+        answers
+    }
+
+    /// Reads lines until `enough` holds or `within` has passed.
+    fn collect(
+        &self,
+        within: Duration,
+        enough: impl Fn(&[RogueAnswer]) -> bool,
+    ) -> Vec<RogueAnswer> {
+        let deadline = Instant::now() + within;
+        let lines = self.lines.lock().expect("no panics while held");
+        let mut answers = self.answers.lock().expect("no panics while held");
+        loop {
+            while let Ok(line) = lines.try_recv() {
+                answers.extend(parse_answer(&line));
+            }
+            if enough(&answers) {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => answers.extend(parse_answer(&line)),
+                Err(_) => break,
+            }
+        }
+        answers.clone()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What it logged on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for RogueProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn parse_answer(line: &str) -> Option<RogueAnswer> {
+    let mut words = line.strip_prefix("answered ")?.splitn(3, ' ');
+    Some(RogueAnswer {
+        digest: words.next()?.to_owned(),
+        kind: words.next()?.to_owned(),
+        task_id: words.next().unwrap_or_default().to_owned(),
+    })
+}
