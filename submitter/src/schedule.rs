@@ -331,6 +331,49 @@ impl WorkerState {
     }
 }
 
+/// A set of workers to draw from in O(1): members in a vector, each one's place in it.
+#[derive(Debug, Clone, Default)]
+struct Pool {
+    members: Vec<WorkerId>,
+    position: Vec<Option<u32>>,
+}
+
+impl Pool {
+    fn set(&mut self, worker: WorkerId, present: bool) {
+        let index = worker.0 as usize;
+        if self.position.len() <= index {
+            self.position.resize(index + 1, None);
+        }
+        match (self.position[index], present) {
+            (None, true) => {
+                self.position[index] = Some(self.members.len() as u32);
+                self.members.push(worker);
+            }
+            (Some(at), false) => {
+                self.members.swap_remove(at as usize);
+                if let Some(moved) = self.members.get(at as usize) {
+                    self.position[moved.0 as usize] = Some(at);
+                }
+                self.position[index] = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Random draws before a placement scans the whole pool: with most of a pool eligible, a draw
+/// almost always hits; when few are (a busy grid, a task with many copies), the scan finds them.
+const DRAWS_BEFORE_SCAN: usize = 24;
+
+/// Whether a worker may take a copy of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    Yes,
+    /// Eligible, but it failed this task before: only if nobody else is.
+    Failed,
+    No,
+}
+
 /// The scheduler of one job.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -343,7 +386,19 @@ pub struct Scheduler {
     next_fresh: TaskIndex,
     open: u32,
     audits_pending: u32,
+    in_flight: u32,
+    /// Workers available, not excluded and below their capacity (backed-off ones included:
+    /// they are skipped when drawn), and those of them established or trusted.
+    roomy: Pool,
+    roomy_established: Pool,
     rng: Xoshiro256PlusPlus,
+}
+
+/// What a task's copies already take, for [`Scheduler::fit`].
+struct Taken<'a> {
+    hosts: Vec<&'a str>,
+    networks: Vec<&'a str>,
+    pinned: Option<&'a str>,
 }
 
 /// A receipt loaded from the store when a job resumes.
@@ -377,6 +432,9 @@ impl Scheduler {
             next_fresh: 0,
             open: task_count,
             audits_pending: 0,
+            in_flight: 0,
+            roomy: Pool::default(),
+            roomy_established: Pool::default(),
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
         }
     }
@@ -398,7 +456,18 @@ impl Scheduler {
             strikes: 0,
             backoff_until: None,
         });
+        self.refresh(id);
         id
+    }
+
+    /// Puts `worker` in or out of the pools placement draws from, after anything that changes
+    /// its room or standing.
+    fn refresh(&mut self, worker: WorkerId) {
+        let state = &self.workers[worker.0 as usize];
+        let roomy = state.available && !state.excluded && state.in_flight < state.capacity();
+        let established = roomy && state.standing() >= Standing::Established;
+        self.roomy.set(worker, roomy);
+        self.roomy_established.set(worker, established);
     }
 
     /// The worker is reachable again, maybe with new claims. What the submitter learned of it
@@ -408,11 +477,13 @@ impl Scheduler {
         state.verified = state.verified.max(offer.verified);
         state.offer = offer;
         state.available = true;
+        self.refresh(worker);
     }
 
     /// The worker's connection is gone; its copies in flight are reported lost separately.
     pub fn worker_down(&mut self, worker: WorkerId) {
         self.workers[worker.0 as usize].available = false;
+        self.refresh(worker);
     }
 
     /// Excludes a worker from the rest of the job without a proof of a lie (it sent a receipt
@@ -429,6 +500,7 @@ impl Scheduler {
         let state = &mut self.workers[worker.0 as usize];
         state.liar = true;
         state.excluded = true;
+        self.refresh(worker);
     }
 
     /// Marks a task settled in an earlier session, with its audit state.
@@ -462,6 +534,7 @@ impl Scheduler {
     ) {
         for worker in excluded {
             self.workers[worker.0 as usize].excluded = true;
+            self.refresh(*worker);
         }
         for past in receipts {
             let state = &mut self.tasks[past.task as usize];
@@ -513,7 +586,7 @@ impl Scheduler {
 
     /// Copies running now.
     pub fn in_flight(&self) -> u32 {
-        self.workers.iter().map(|worker| worker.in_flight).sum()
+        self.in_flight
     }
 
     /// Whether `task` is still unsettled.
@@ -652,7 +725,12 @@ impl Scheduler {
     /// Fills spare worker capacity: first tasks that need more copies, then fresh tasks in order.
     pub fn assign(&mut self, now: Instant) -> Vec<Assignment> {
         let mut out = Vec::new();
-        let mut spare: u32 = self.workers.iter().map(|worker| worker.spare(now)).sum();
+        let mut spare: u32 = self
+            .roomy
+            .members
+            .iter()
+            .map(|id| self.workers[id.0 as usize].spare(now))
+            .sum();
         for _ in 0..self.retry.len() {
             if spare == 0 {
                 break;
@@ -661,7 +739,7 @@ impl Scheduler {
                 break;
             };
             self.tasks[task as usize].queued = false;
-            spare -= self.place(task, now, &mut out);
+            spare = spare.saturating_sub(self.place(task, now, &mut out));
             if self.wanted(task) > 0 {
                 self.queue(task);
             }
@@ -677,13 +755,20 @@ impl Scheduler {
             // A fresh task may start with fewer copies than it wants (so no slot idles), but
             // only a bounded number of tasks wait half-started: when workers cannot ever give a
             // task its copies (too few hosts), the job stalls early instead of starting them all.
-            let eligible = self.eligible(task, now).len();
-            let half_started_ok = self.retry.len() < self.workers.len();
-            if eligible == 0 || (eligible < self.wanted(task) as usize && !half_started_ok) {
+            let wanted = self.wanted(task);
+            let start = out.len();
+            let placed = self.place(task, now, &mut out);
+            if placed == 0 {
+                break;
+            }
+            if placed < wanted && self.retry.len() >= self.workers.len() {
+                for undo in out.drain(start..) {
+                    self.end_flight(undo.task, undo.worker);
+                }
                 break;
             }
             self.next_fresh += 1;
-            spare -= self.place(task, now, &mut out);
+            spare = spare.saturating_sub(placed);
             // Eligible workers may share a host or runtime: what could not start waits its turn.
             if self.wanted(task) > 0 {
                 self.queue(task);
@@ -734,6 +819,7 @@ impl Scheduler {
             let state = &mut self.workers[worker.0 as usize];
             state.delivered += 1;
             state.fail_streak = 0;
+            self.refresh(worker);
             self.confirm_strikes(task, &mut decisions);
         }
         match &self.tasks[task as usize].status {
@@ -901,51 +987,92 @@ impl Scheduler {
             .map(|worker| self.workers[worker.0 as usize].offer.network.as_str())
     }
 
-    /// Workers that may take a copy of `task` now. Workers that failed it come only when no
-    /// other worker can take it.
-    fn eligible(&self, task: TaskIndex, now: Instant) -> Vec<WorkerId> {
+    /// Whether `worker` may take a copy of `task` now, given the hosts, networks and runtime
+    /// of the task's copies.
+    fn fit(&self, task: TaskIndex, worker: WorkerId, now: Instant, taken: &Taken<'_>) -> Fit {
         let state = &self.tasks[task as usize];
-        let hosts: Vec<&str> = self.task_hosts(task).collect();
-        let networks: Vec<&str> = self.task_networks(task).collect();
-        // Copies in flight or answered keep the pin; a task whose every copy was lost is free.
-        let pinned = state
-            .fingerprint
-            .as_deref()
-            .filter(|_| !state.receipts.is_empty() || !state.in_flight.is_empty());
-        let mut failed_too = Vec::new();
-        let candidates: Vec<WorkerId> = (0..self.workers.len() as u32)
-            .map(WorkerId)
-            .filter(|id| {
-                let worker = &self.workers[id.0 as usize];
-                let ok = worker.spare(now) > 0
-                    && !state.holds(*id)
-                    && !(self.rules.distinct_hosts && hosts.contains(&worker.offer.host.as_str()))
-                    && !(self.rules.distinct_networks
-                        && networks.contains(&worker.offer.network.as_str()))
-                    && pinned.is_none_or(|fingerprint| fingerprint == worker.offer.fingerprint);
-                if ok && state.failed.iter().any(|(failed, _)| failed == id) {
-                    failed_too.push(*id);
-                    return false;
-                }
-                ok
-            })
-            .collect();
-        if candidates.is_empty() {
-            failed_too
+        let candidate = &self.workers[worker.0 as usize];
+        let ok = candidate.spare(now) > 0
+            && !state.holds(worker)
+            && !(self.rules.distinct_hosts && taken.hosts.contains(&candidate.offer.host.as_str()))
+            && !(self.rules.distinct_networks
+                && taken.networks.contains(&candidate.offer.network.as_str()))
+            && taken
+                .pinned
+                .is_none_or(|fingerprint| fingerprint == candidate.offer.fingerprint);
+        if !ok {
+            Fit::No
+        } else if state.failed.iter().any(|(failed, _)| *failed == worker) {
+            Fit::Failed
         } else {
-            candidates
+            Fit::Yes
         }
     }
 
-    /// Starts as many wanted copies of `task` as eligible workers allow; returns how many.
+    /// What the copies of `task` already take: hosts, networks, and the pinned runtime (copies
+    /// in flight or answered keep the pin; a task whose every copy was lost is free).
+    fn taken(&self, task: TaskIndex) -> Taken<'_> {
+        let state = &self.tasks[task as usize];
+        Taken {
+            hosts: self.task_hosts(task).collect(),
+            networks: self.task_networks(task).collect(),
+            pinned: state
+                .fingerprint
+                .as_deref()
+                .filter(|_| !state.receipts.is_empty() || !state.in_flight.is_empty()),
+        }
+    }
+
+    /// Draws a worker uniformly among those that may take a copy of `task` (from the
+    /// established ones only, if asked); workers that failed the task only when nobody else
+    /// may. `None` when nobody may.
+    fn draw(&mut self, task: TaskIndex, now: Instant, established_only: bool) -> Option<WorkerId> {
+        let size = if established_only {
+            self.roomy_established.members.len()
+        } else {
+            self.roomy.members.len()
+        };
+        if size == 0 {
+            return None;
+        }
+        // Rejection sampling: uniform among the eligible, in O(1) while most are.
+        let mut draws = [0usize; DRAWS_BEFORE_SCAN];
+        for draw in &mut draws {
+            *draw = self.rng.random_range(0..size);
+        }
+        let taken = self.taken(task);
+        let pool = if established_only {
+            &self.roomy_established
+        } else {
+            &self.roomy
+        };
+        if let Some(hit) = draws
+            .iter()
+            .map(|at| pool.members[*at])
+            .find(|id| self.fit(task, *id, now, &taken) == Fit::Yes)
+        {
+            return Some(hit);
+        }
+        let mut yes = Vec::new();
+        let mut failed = Vec::new();
+        for id in &pool.members {
+            match self.fit(task, *id, now, &taken) {
+                Fit::Yes => yes.push(*id),
+                Fit::Failed => failed.push(*id),
+                Fit::No => {}
+            }
+        }
+        drop(taken);
+        let from = if yes.is_empty() { failed } else { yes };
+        (!from.is_empty()).then(|| from[self.rng.random_range(0..from.len())])
+    }
+
+    /// Starts as many wanted copies of `task` as eligible workers allow; returns how many. A
+    /// task without an established or trusted copy gets one when such a worker may take it.
     fn place(&mut self, task: TaskIndex, now: Instant, out: &mut Vec<Assignment>) -> u32 {
         let mut placed = 0;
         while self.wanted(task) > 0 {
-            // Recomputed after each placement: a placed copy pins the host, network and runtime.
-            let mut candidates = self.eligible(task, now);
-            if candidates.is_empty() {
-                break;
-            }
+            // Drawn again after each placement: a placed copy takes a host, a network, a runtime.
             let state = &self.tasks[task as usize];
             let has_established = state
                 .receipts
@@ -953,17 +1080,15 @@ impl Scheduler {
                 .map(|(worker, _)| *worker)
                 .chain(state.in_flight.iter().copied())
                 .any(|worker| self.workers[worker.0 as usize].standing() >= Standing::Established);
-            if !has_established {
-                let established: Vec<WorkerId> = candidates
-                    .iter()
-                    .copied()
-                    .filter(|id| self.workers[id.0 as usize].standing() >= Standing::Established)
-                    .collect();
-                if !established.is_empty() {
-                    candidates = established;
-                }
-            }
-            let worker = candidates[self.rng.random_range(0..candidates.len())];
+            let drawn = match has_established {
+                false => self
+                    .draw(task, now, true)
+                    .or_else(|| self.draw(task, now, false)),
+                true => self.draw(task, now, false),
+            };
+            let Some(worker) = drawn else {
+                break;
+            };
             let fingerprint = self.workers[worker.0 as usize].offer.fingerprint.clone();
             let state = &mut self.tasks[task as usize];
             if state.receipts.is_empty() && state.in_flight.is_empty() {
@@ -971,6 +1096,8 @@ impl Scheduler {
             }
             state.in_flight.push(worker);
             self.workers[worker.0 as usize].in_flight += 1;
+            self.in_flight += 1;
+            self.refresh(worker);
             out.push(Assignment { task, worker });
             placed += 1;
         }
@@ -981,8 +1108,10 @@ impl Scheduler {
         let state = &mut self.tasks[task as usize];
         if let Some(at) = state.in_flight.iter().position(|held| *held == worker) {
             state.in_flight.swap_remove(at);
-            let worker = &mut self.workers[worker.0 as usize];
-            worker.in_flight = worker.in_flight.saturating_sub(1);
+            let state = &mut self.workers[worker.0 as usize];
+            state.in_flight = state.in_flight.saturating_sub(1);
+            self.in_flight -= 1;
+            self.refresh(worker);
         }
     }
 
@@ -1119,10 +1248,16 @@ impl Scheduler {
             Standing::Established => self.rules.audit_rate,
             Standing::Probation => self.rules.probation_audit_rate(),
         };
-        // A dispute is always resolved by the submitter's own run; the draw happens after
-        // acceptance, so no worker can know whether its task will be checked.
+        // A dispute is always resolved by the submitter's own run, and so is a reopened task
+        // whose earlier signers said something else: that audit proves them, and reopens what
+        // they signed in turn, so a proof spreads along a collusion's co-signed lies. The draw
+        // happens after acceptance, so no worker can know whether its task will be checked.
+        let disputed_before = self.tasks[task as usize]
+            .history
+            .iter()
+            .any(|(_, old)| !old.is_timeout() && old != verdict_now(&self.tasks[task as usize]));
         let drawn = self.rng.random::<f64>() < rate;
-        if !disagreeing.is_empty() || drawn {
+        if !disagreeing.is_empty() || disputed_before || drawn {
             self.request_audit(task, decisions);
         }
     }
@@ -1139,6 +1274,7 @@ impl Scheduler {
 
     fn verify(&mut self, task: TaskIndex, worker: WorkerId, decisions: &mut Vec<Decision>) {
         self.workers[worker.0 as usize].verified += 1;
+        self.refresh(worker);
         decisions.push(Decision::Verified { task, worker });
     }
 
@@ -1202,6 +1338,7 @@ impl Scheduler {
         if std::mem::replace(&mut self.workers[worker.0 as usize].excluded, true) {
             return;
         }
+        self.refresh(worker);
         let mut requeue = Vec::new();
         for (index, state) in self.tasks.iter_mut().enumerate() {
             if state.status != Status::Open {
@@ -1222,6 +1359,14 @@ impl Scheduler {
         }
     }
 }
+/// The verdict a task is accepted with (only called on accepted tasks).
+fn verdict_now(state: &TaskState) -> &Verdict {
+    match &state.status {
+        Status::Accepted(verdict) => verdict,
+        _ => unreachable!("called only once the task is accepted"),
+    }
+}
+
 /// The largest group of agreeing receipts (timed-out ones never agree), earliest first on ties.
 fn best_group(receipts: &[(WorkerId, Verdict)]) -> Option<(&Verdict, Vec<WorkerId>)> {
     let mut groups: Vec<(&Verdict, Vec<WorkerId>)> = Vec::new();

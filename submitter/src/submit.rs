@@ -663,6 +663,10 @@ impl<'a> Session<'a> {
         let mut refresh = tokio::time::interval(limits::MEMBERSHIP_REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_since: Option<Instant> = None;
+        // Audits an earlier session asked for and did not see back are due again.
+        for task in self.scheduler.pending_audits() {
+            self.start_audit(task)?;
+        }
         let interrupted = tokio::signal::ctrl_c();
         tokio::pin!(interrupted);
         loop {
