@@ -8,7 +8,8 @@
 //! for tests, benchmarks and examples.
 //!
 //! Honest guests compute something checkable (`hello`, `echo`, `pi`, `primes`, `mandelbrot`,
-//! `hashchain`, `wordcount`); hostile guests ([`HOSTILE`]) really misbehave (spin, allocate,
+//! `hashchain`, `wordcount`, and `lsinput`, which prints everything WASI says about `/input`:
+//! listing order, inode numbers, link counts, times); hostile guests ([`HOSTILE`]) really misbehave (spin, allocate,
 //! recurse, flood, sleep, trap, exit non-zero, try to escape, probe for nondeterminism, snoop
 //! for other tasks' data) so the sandbox's limits, isolation and determinism can be tested
 //! against them.
@@ -24,6 +25,7 @@ pub const GUESTS: &[&str] = &[
     "mandelbrot",
     "hashchain",
     "wordcount",
+    "lsinput",
     "spin",
     "membomb",
     "recurse",

@@ -9,8 +9,9 @@
 
 mod disk_cache;
 pub mod guest_env;
+pub mod input_view;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,10 +32,12 @@ use crate::limits;
 use disk_cache::{DiskCache, Lookup};
 pub use disk_cache::{MODULE_CACHE_KEY_CONTEXT, ModuleCacheDir};
 use guest_env::{CappedPipe, FixedMonotonicClock, FixedWallClock, SeededRandom};
+use input_view::{HostIdentity, InputView};
 
 /// Bumped whenever a sandbox setting that can change a result changes (clocks, random streams,
-/// stack size, argv): peers with different versions must not be compared.
-const SANDBOX_VERSION: u32 = 1;
+/// stack size, argv, `/input` metadata): peers with different versions must not be compared.
+/// v2: `/input` shows fixed metadata and sorted listings ([`input_view`]).
+const SANDBOX_VERSION: u32 = 2;
 
 /// argv[0] of every task: the module's name on the submitter's disk must not change the output.
 pub const ARGV0: &str = "task";
@@ -251,6 +254,8 @@ struct Inner {
 struct TaskState {
     wasi: WasiP1Ctx,
     limiter: TaskLimiter,
+    /// What the guest is shown of `/input`'s metadata; `None` when the task has no input files.
+    input_view: Option<InputView>,
 }
 
 impl Sandbox {
@@ -288,6 +293,7 @@ impl Sandbox {
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut TaskState| {
             &mut state.wasi
         })
+        .and_then(|()| input_view::shadow_metadata_calls(&mut linker))
         .map_err(|error| ModuleError(format!("cannot link WASI: {error}")))?;
         std::fs::create_dir_all(&options.scratch_dir).map_err(|error| {
             ModuleError(format!(
@@ -484,8 +490,9 @@ impl Sandbox {
         let stdout = CappedPipe::new(cap_to_usize(spec.limits.stdout_max_bytes));
         let stderr = CappedPipe::new(cap_to_usize(spec.limits.stderr_max_bytes));
         // Held until the task ends: the guest's /input lives here.
-        let scratch = match self.prepare_inputs(&spec.inputs) {
-            Ok(scratch) => scratch,
+        let (scratch, input_view) = match self.prepare_inputs(&spec.inputs) {
+            Ok(Some((scratch, view))) => (Some(scratch), Some(view)),
+            Ok(None) => (None, None),
             Err(error) => {
                 return Execution::without_running(Outcome::Trapped(TrapKind::Other(format!(
                     "host could not prepare input files: {error}"
@@ -506,6 +513,7 @@ impl Sandbox {
                 memory_max_bytes: cap_to_usize(spec.limits.memory_bytes),
                 hit: false,
             },
+            input_view,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -548,21 +556,55 @@ impl Sandbox {
         }
     }
 
-    /// Links every input file into a fresh scratch directory (copying across file systems).
-    fn prepare_inputs(&self, inputs: &[InputSpec]) -> std::io::Result<Option<tempfile::TempDir>> {
+    /// Links every input file into a fresh scratch directory, and makes the view the guest gets
+    /// of its metadata. A file is copied instead when linking fails (across file systems), when
+    /// the link would be a symbolic link (`link` does not follow one), or when another input of
+    /// the task is the same host file: each input must have an inode of its own, so that the
+    /// view tells them apart the same way on every host (see [`input_view`]).
+    fn prepare_inputs(
+        &self,
+        inputs: &[InputSpec],
+    ) -> std::io::Result<Option<(tempfile::TempDir, InputView)>> {
         if inputs.is_empty() {
             return Ok(None);
         }
         let dir = tempfile::Builder::new()
             .prefix("task-")
             .tempdir_in(&self.inner.scratch_dir)?;
+        let root = HostIdentity::of(&std::fs::metadata(dir.path())?);
+        let mut files: Vec<(String, HostIdentity)> = Vec::with_capacity(inputs.len());
+        let mut identities = HashSet::with_capacity(inputs.len());
         for input in inputs {
-            let target = dir.path().join(&input.name);
-            if std::fs::hard_link(&input.source, &target).is_err() {
-                std::fs::copy(&input.source, &target)?;
+            if !is_one_component(&input.name) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("input file name {:?} is not a single file name", input.name),
+                ));
             }
+            let target = dir.path().join(&input.name);
+            let identity = match std::fs::hard_link(&input.source, &target) {
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("input file name {:?} appears twice", input.name),
+                    ));
+                }
+                Err(_) => copy_input(&input.source, &target)?,
+                Ok(()) => {
+                    let metadata = std::fs::symlink_metadata(&target)?;
+                    let identity = HostIdentity::of(&metadata);
+                    if metadata.is_file() && !identities.contains(&identity) {
+                        identity
+                    } else {
+                        std::fs::remove_file(&target)?;
+                        copy_input(&input.source, &target)?
+                    }
+                }
+            };
+            identities.insert(identity);
+            files.push((input.name.clone(), identity));
         }
-        Ok(Some(dir))
+        Ok(Some((dir, InputView::new(root, files))))
     }
 
     fn lock_modules(&self) -> std::sync::MutexGuard<'_, ModuleCache> {
@@ -753,6 +795,18 @@ fn fingerprint(engine: &Engine) -> String {
         std::env::consts::OS,
         &digest.to_hex()[..16]
     )
+}
+
+/// Copies an input file's contents (following a symbolic link) to `target`, a new inode.
+fn copy_input(source: &Path, target: &Path) -> std::io::Result<HostIdentity> {
+    std::fs::copy(source, target)?;
+    Ok(HostIdentity::of(&std::fs::symlink_metadata(target)?))
+}
+
+/// A name that stays directly under `/input`, so that `/input` is flat (admission refuses
+/// other names before a task gets here; `peergrid run` takes them from file names).
+fn is_one_component(name: &str) -> bool {
+    !(name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']))
 }
 
 fn cap_to_usize(bytes: u64) -> usize {
