@@ -59,13 +59,15 @@ pub const PLAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 /// claims about its capacity is a hint: ARCHITECTURE.md, "Trust model".
 pub const INITIAL_COPIES_IN_FLIGHT: u32 = 2;
 
-/// Verified results (by an audit, or agreement with an established worker) after which a key
-/// leaves probation.
-pub const ESTABLISHED_AFTER_VERIFIED: u64 = 10;
+/// Results verified by the submitter's own audits (or by agreeing with a trusted worker) after
+/// which a key leaves probation. High on purpose: a key that lies only when its partners hold
+/// every copy of a task earns its standing with honest work, and its partnered lies are audited
+/// at the probation rate until then (ARCHITECTURE.md, "Trust model").
+pub const ESTABLISHED_AFTER_VERIFIED: u64 = 30;
 
 /// Share of tasks accepted only by probationary workers that the submitter re-runs itself
 /// (or the job's `audit_rate`, if higher).
-pub const PROBATION_AUDIT_RATE: f64 = 0.25;
+pub const PROBATION_AUDIT_RATE: f64 = 0.5;
 
 /// The default `audit_rate`: share of tasks accepted with an established signer that the
 /// submitter re-runs itself.

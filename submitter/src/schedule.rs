@@ -12,7 +12,7 @@
 //!   ([`limits::INITIAL_COPIES_IN_FLIGHT`] plus one per receipt). Nothing a worker says about
 //!   itself ranks it.
 //! - **Probation.** A worker is established once [`limits::ESTABLISHED_AFTER_VERIFIED`] of its
-//!   results were verified (by an audit, or by agreeing with an established worker), trusted
+//!   results were verified (by the submitter's own audit, or by agreeing with a trusted worker), trusted
 //!   when the submitter vouches for it (`--trusted`). A task's first copy goes to an
 //!   established or trusted worker whenever one is eligible.
 //! - **Acceptance.** `quorum` agreeing receipts (same outcome, outputs, fuel and signed runtime
@@ -1237,8 +1237,10 @@ impl Scheduler {
         });
         self.tasks[task as usize].status = Status::Accepted(verdict);
         self.open -= 1;
-        // Agreeing with an established or trusted worker verifies a result.
-        if best >= Standing::Established {
+        // Agreeing with a trusted worker verifies a result. Agreeing with an established one
+        // does not: trust earned by a key would then vouch for its Sybils, and a colluder that
+        // lies only with its partners would be established by its honest work alone, fast.
+        if best == Standing::Trusted {
             for worker in &agreeing {
                 self.verify(task, *worker, decisions);
             }
@@ -1576,8 +1578,11 @@ mod tests {
         assert!(s.on_receipt(0, holders[0], verdict("x"), now).is_empty());
         let decisions = s.on_receipt(0, holders[1], verdict("x"), now);
         assert!(
-            matches!(&decisions[..], [Decision::Accepted { task: 0, copies: 2, disagreeing, .. }] if disagreeing.is_empty())
+            matches!(&decisions[0], Decision::Accepted { task: 0, copies: 2, disagreeing, .. } if disagreeing.is_empty())
         );
+        for task in s.pending_audits() {
+            s.on_audit(task, AuditResult::Ran(verdict("x")));
+        }
         assert!(s.is_finished());
     }
 
@@ -1740,21 +1745,33 @@ mod tests {
             assert_eq!(assigned[0].worker, veteran, "seed {seed}");
             assert_eq!(s.standing(veteran), Standing::Established);
         }
-        // A newcomer that agrees with the veteran often enough is established too.
-        let mut s = Scheduler::new(rules(2, 2, 5), limits::ESTABLISHED_AFTER_VERIFIED as u32, 1);
-        let veteran = s.add_worker(
+        // Agreeing with an established worker verifies nothing (it would let an established
+        // colluder vouch for its partners); agreeing with a trusted one does.
+        let tasks = limits::ESTABLISHED_AFTER_VERIFIED as u32;
+        let mut r = rules(2, 2, 5);
+        r.audit_rate = 0.0;
+        let mut s = Scheduler::new(r, tasks, 1);
+        s.add_worker(
             offer_with("v", 1, limits::ESTABLISHED_AFTER_VERIFIED, false),
             true,
         );
         let newcomer = s.add_worker(offer("n"), true);
+        let decisions = drive(&mut s, |_, _| verdict("x"), |_| verdict("x"));
+        assert!(!decisions.contains(&Decision::Verified {
+            task: 0,
+            worker: newcomer
+        }));
         assert_eq!(s.standing(newcomer), Standing::Probation);
+        let mut s = Scheduler::new(r, tasks, 1);
+        let own = s.add_worker(offer_with("own", 1, 0, true), true);
+        let newcomer = s.add_worker(offer("n"), true);
         let decisions = drive(&mut s, |_, _| verdict("x"), |_| verdict("x"));
         assert!(decisions.contains(&Decision::Verified {
             task: 0,
             worker: newcomer
         }));
         assert_eq!(s.standing(newcomer), Standing::Established);
-        assert_eq!(s.standing(veteran), Standing::Established);
+        assert_eq!(s.standing(own), Standing::Trusted);
     }
 
     #[test]
@@ -1780,11 +1797,19 @@ mod tests {
                 audits.len(),
             )
         };
-        // Fresh keys: a quarter of their tasks until their audits (each verifies both) make them
-        // established, then the job's 3%.
+        // Fresh keys: PROBATION_AUDIT_RATE of their tasks until their audits (each verifies both)
+        // make them established, then the job's 3%.
         let (early, total) = audited(0, false);
-        assert!(early >= 6, "{early} of the first 40 tasks audited");
-        assert!((20..70).contains(&total), "{total}");
+        let expected_early = (40.0 * limits::PROBATION_AUDIT_RATE) as usize;
+        assert!(
+            early >= expected_early * 2 / 3,
+            "{early} of the first 40 tasks audited"
+        );
+        let expected = limits::ESTABLISHED_AFTER_VERIFIED as usize + 30;
+        assert!(
+            total.abs_diff(expected) < expected / 2,
+            "{total}, about {expected} expected"
+        );
         let (early, total) = audited(limits::ESTABLISHED_AFTER_VERIFIED, false);
         assert!(early <= 4, "{early} of the first 40 tasks audited");
         assert!((10..60).contains(&total), "{total}");
