@@ -1,0 +1,375 @@
+//! Verification against colluding, Sybil and free-riding workers (issue 12), with real processes
+//! on loopback: honest `peergrid-worker`s and `rogue_worker`s, each on a /24 of its own
+//! (127.0.N.1), run by the real `peergrid submit` with the job's default rules (distinct hosts
+//! and networks, the default audit rate). Every final result is checked against a local run.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, sweep_job};
+use peergrid_e2e::rogue::{RogueConfig, RogueProcess, Strategy};
+use peergrid_e2e::{KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, status, write_job};
+
+/// Honest workers on 127.0.11.1, 127.0.12.1, …: one network each.
+fn honest_workers(dir: &Path, key: &KeyPair, count: usize, extra: &[&str]) -> Vec<WorkerProcess> {
+    (0..count)
+        .map(|index| {
+            let host = format!("127.0.{}.1", 11 + index);
+            let mut args = vec!["--cores", "2"];
+            args.extend_from_slice(extra);
+            WorkerProcess::start(
+                &dir.join(format!("honest{index}")),
+                WorkerConfig {
+                    host: Some(&host),
+                    extra_args: args,
+                    ..WorkerConfig::trusting(key)
+                },
+            )
+        })
+        .collect()
+}
+
+/// Rogues on 127.0.21.1, 127.0.22.1, …: distinct networks too (the strongest collusion: the
+/// network rule alone does not keep them apart).
+fn rogues(
+    dir: &Path,
+    key: &KeyPair,
+    strategy: &Strategy,
+    count: usize,
+    claim_slots: Option<u32>,
+    instant: bool,
+) -> Vec<RogueProcess> {
+    (0..count)
+        .map(|index| {
+            let host = format!("127.0.{}.1", 21 + index);
+            RogueProcess::start(
+                &dir.join(format!("rogue{index}")),
+                RogueConfig {
+                    host: Some(&host),
+                    claim_slots,
+                    instant,
+                    ..RogueConfig::new(strategy.clone(), &key.public_hex)
+                },
+            )
+        })
+        .collect()
+}
+
+/// A pi sweep of `tasks` tasks under the default placement rules (the shared sweep relaxes
+/// networks, as every worker of the other tests shares 127.0.0.0/24).
+fn strict_sweep(dir: &Path, name: &str, tasks: u32) -> PathBuf {
+    let body = sweep_job(name, "{i}000", tasks)
+        .lines()
+        .filter(|line| !line.starts_with("distinct_networks"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!body.contains("distinct_networks"));
+    write_job(&dir.join("job"), &format!("{name}.toml"), &body)
+}
+
+fn submit(dir: &Path, job: &Path, key: &KeyPair, addrs: &[&str]) -> peergrid_e2e::CliOutput {
+    let mut args: Vec<String> = vec![
+        "submit".into(),
+        job.display().to_string(),
+        "--key".into(),
+        key.path.display().to_string(),
+    ];
+    for addr in addrs {
+        args.extend(["--peer".into(), (*addr).to_owned()]);
+    }
+    args.extend([
+        "--state".into(),
+        dir.join("state").display().to_string(),
+        "--out".into(),
+        dir.join("out").display().to_string(),
+        "--plain".into(),
+    ]);
+    SubmitProcess::start(dir, args).wait(JOB_TIMEOUT)
+}
+
+/// The keys `status` lists as excluded from `job`, with their reasons.
+fn excluded(state: &Path, job: &str) -> Vec<(String, String)> {
+    status(state, Some(job))["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["worker"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Runs a 300-task sweep on 4 honest workers and the `liars`; checks every final result against
+/// a local run and that exactly the liars were proven and excluded.
+fn sweep_survives(
+    dir: &Path,
+    key: &KeyPair,
+    name: &str,
+    honest: &[WorkerProcess],
+    liars: &[(String, String)],
+) {
+    let job = strict_sweep(dir, name, 300);
+    let mut addrs: Vec<&str> = honest.iter().map(|w| w.addr.as_str()).collect();
+    addrs.extend(liars.iter().map(|(addr, _)| addr.as_str()));
+    let output = submit(dir, &job, key, &addrs);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    let lines = check_against_local(&dir.join("out"), &job.with_file_name("pi.wasm"));
+    assert_eq!(lines.len(), 300, "0 wrong results among all 300");
+    let excluded = excluded(&dir.join("state"), name);
+    let excluded_keys: HashSet<&str> = excluded.iter().map(|(key, _)| key.as_str()).collect();
+    for (_, liar) in liars {
+        assert!(
+            excluded_keys.contains(liar.as_str()),
+            "liar {liar} not excluded: {excluded:?}"
+        );
+    }
+    for worker in honest {
+        assert!(
+            !excluded_keys.contains(worker.key_hex.as_str()),
+            "honest worker {} excluded: {excluded:?}",
+            worker.key_hex
+        );
+    }
+    for (key, reason) in &excluded {
+        assert!(reason.contains("wrong result"), "{key}: {reason}");
+    }
+    // The summary line counts the audits that did it.
+    let summary = output.stdout_text();
+    assert!(summary.contains("audited"), "{summary}");
+}
+
+#[test]
+fn colluders_claiming_16_slots_and_answering_at_once_are_proven_and_every_result_is_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let honest = honest_workers(dir.path(), &key, 4, &[]);
+    let lie = Strategy::Lie { group: "g".into() };
+    let colluders = rogues(dir.path(), &key, &lie, 2, Some(16), true);
+    let liars: Vec<(String, String)> = colluders
+        .iter()
+        .map(|r| (r.addr.clone(), r.key_hex.clone()))
+        .collect();
+    sweep_survives(dir.path(), &key, "collude", &honest, &liars);
+}
+
+#[test]
+fn colluders_that_lie_only_when_paired_are_proven_and_every_result_is_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let honest = honest_workers(dir.path(), &key, 4, &[]);
+    let group_dir = dir.path().join("group");
+    std::fs::create_dir_all(&group_dir).unwrap();
+    let paired = Strategy::LieWhenPaired {
+        group: "g".into(),
+        dir: group_dir,
+        pair_window: std::time::Duration::from_millis(200),
+    };
+    let colluders = rogues(dir.path(), &key, &paired, 2, Some(16), true);
+    let liars: Vec<(String, String)> = colluders
+        .iter()
+        .map(|r| (r.addr.clone(), r.key_hex.clone()))
+        .collect();
+    sweep_survives(dir.path(), &key, "paired", &honest, &liars);
+    // They did lie: the rogues' own logs say so, and those answers were all undone.
+    let lies: usize = colluders
+        .iter()
+        .map(|r| r.answers().iter().filter(|a| a.kind == "lie").count())
+        .sum();
+    assert!(
+        lies > 0,
+        "the colluders were never paired: the test proves nothing"
+    );
+}
+
+#[test]
+fn stock_workers_with_lie_rate_1_on_half_the_hosts_are_proven_and_every_result_is_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let honest = honest_workers(dir.path(), &key, 2, &[]);
+    let liars_processes: Vec<WorkerProcess> = (0..2)
+        .map(|index| {
+            let host = format!("127.0.{}.1", 31 + index);
+            WorkerProcess::start(
+                &dir.path().join(format!("liar{index}")),
+                WorkerConfig {
+                    host: Some(&host),
+                    extra_args: vec!["--cores", "8", "--lie-rate", "1"],
+                    ..WorkerConfig::trusting(&key)
+                },
+            )
+        })
+        .collect();
+    let liars: Vec<(String, String)> = liars_processes
+        .iter()
+        .map(|w| (w.addr.clone(), w.key_hex.clone()))
+        .collect();
+    sweep_survives(dir.path(), &key, "stock", &honest, &liars);
+}
+
+#[test]
+fn free_riders_are_dropped_within_a_bound_and_no_task_ends_inconclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let honest = honest_workers(dir.path(), &key, 3, &[]);
+    let timing_out = rogues(dir.path(), &key, &Strategy::Timeout, 1, Some(16), false);
+    let aborting = {
+        let host = "127.0.29.1";
+        RogueProcess::start(
+            &dir.path().join("aborting"),
+            RogueConfig {
+                host: Some(host),
+                claim_slots: Some(16),
+                ..RogueConfig::new(Strategy::Abort, &key.public_hex)
+            },
+        )
+    };
+    let job = strict_sweep(dir.path(), "riders", 100);
+    let mut addrs: Vec<&str> = honest.iter().map(|w| w.addr.as_str()).collect();
+    addrs.extend([timing_out[0].addr.as_str(), aborting.addr.as_str()]);
+    let output = submit(dir.path(), &job, &key, &addrs);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    let lines = check_against_local(&dir.path().join("out"), &job.with_file_name("pi.wasm"));
+    assert_eq!(lines.len(), 100);
+    assert!(
+        lines.values().all(|line| line["outcome"] == "exited"),
+        "0 inconclusive"
+    );
+    let state = dir.path().join("state");
+    let excluded = excluded(&state, "riders");
+    let job_status = status(&state, Some("riders"));
+    for rider in [&timing_out[0].key_hex, &aborting.key_hex] {
+        let (_, reason) = excluded
+            .iter()
+            .find(|(key, _)| key == rider)
+            .unwrap_or_else(|| panic!("free-rider {rider} not dropped: {excluded:?}"));
+        assert!(reason.contains("free-rider"), "{reason}");
+        // Copies it was sent, over the whole job: the bound the scheduler promises is
+        // FREE_RIDER_STRIKES strikes plus the copies it held when the last one landed
+        // (INITIAL_COPIES_IN_FLIGHT, as it never delivers).
+        let sent = job_status["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|task| task["copies"].as_array().unwrap().iter())
+            .filter(|copy| copy["worker"] == rider.as_str())
+            .count();
+        let bound = (peergrid_submitter::limits::FREE_RIDER_STRIKES
+            + peergrid_submitter::limits::INITIAL_COPIES_IN_FLIGHT) as usize;
+        assert!(
+            sent <= bound,
+            "{sent} copies went to free-rider {rider} (bound {bound})"
+        );
+    }
+    for worker in &honest {
+        assert!(!excluded.iter().any(|(key, _)| *key == worker.key_hex));
+    }
+}
+
+#[test]
+fn results_colluders_signed_before_they_were_caught_are_reopened_settled_again_and_reported() {
+    // Job 1 runs on the two colluders alone: their shared lie is accepted and written (unless
+    // an audit catches them already). Job 2 puts them beside honest workers, where their lies
+    // are disputed and proven; what they signed in job 1 is reopened, and `peergrid resume`
+    // settles it on honest workers. Either way, job 1 ends with every result right, and each
+    // reopened task names its old answer.
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let lie = Strategy::Lie { group: "g".into() };
+    let colluders = rogues(dir.path(), &key, &lie, 2, None, true);
+    let honest = honest_workers(dir.path(), &key, 3, &[]);
+    let state = dir.path().join("state");
+    let run = |name: &str, tasks: u32, addrs: &[&str]| {
+        let job = strict_sweep(dir.path(), name, tasks);
+        let mut args: Vec<String> = vec![
+            "submit".into(),
+            job.display().to_string(),
+            "--key".into(),
+            key.path.display().to_string(),
+        ];
+        for addr in addrs {
+            args.extend(["--peer".into(), (*addr).to_owned()]);
+        }
+        let out = dir.path().join(format!("{name}-out"));
+        args.extend([
+            "--state".into(),
+            state.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--plain".into(),
+        ]);
+        (
+            SubmitProcess::start(dir.path(), args).wait(JOB_TIMEOUT),
+            job,
+            out,
+        )
+    };
+    let colluder_addrs: Vec<&str> = colluders.iter().map(|r| r.addr.as_str()).collect();
+    // Job 1 ends either finished (nothing caught) or with every worker excluded (caught).
+    let (first, job1, out1) = run("early", 12, &colluder_addrs);
+    assert!(
+        first.code == Some(0) || first.stderr.contains("every worker is excluded"),
+        "{}",
+        first.stderr
+    );
+    let mut all: Vec<&str> = honest.iter().map(|w| w.addr.as_str()).collect();
+    all.extend(&colluder_addrs);
+    let (second, _, _) = run("later", 40, &all);
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    let honest_addrs: Vec<String> = honest.iter().map(|w| w.addr.clone()).collect();
+    let mut resume: Vec<String> = vec![
+        "resume".into(),
+        "early".into(),
+        "--state".into(),
+        state.display().to_string(),
+        "--plain".into(),
+    ];
+    for addr in &honest_addrs {
+        resume.extend(["--peer".into(), addr.clone()]);
+    }
+    let resumed = SubmitProcess::start(dir.path(), resume).wait(JOB_TIMEOUT);
+    assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
+    let lines = check_against_local(&out1, &job1.with_file_name("pi.wasm"));
+    assert_eq!(lines.len(), 12);
+    let reopened: Vec<_> = lines
+        .values()
+        .filter(|l| l.get("reopened").is_some())
+        .collect();
+    assert!(
+        !reopened.is_empty(),
+        "nothing the colluders signed was reopened"
+    );
+    for line in &reopened {
+        let history = line["reopened"].as_array().unwrap();
+        assert_ne!(history[0]["old_output_hash"], line["output_hash"], "{line}");
+        assert!(
+            history[0]["reason"].as_str().unwrap().contains("proven"),
+            "{line}"
+        );
+        let old_signers: Vec<&str> = history[0]["old_agreeing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        assert!(
+            colluders
+                .iter()
+                .any(|c| old_signers.contains(&c.key_hex.as_str()))
+        );
+    }
+    let job_status = status(&state, Some("early"));
+    assert!(job_status["reopened"].as_u64().unwrap() >= reopened.len() as u64);
+    for colluder in &colluders {
+        assert!(
+            !lines.values().any(|l| l["agreeing"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k == colluder.key_hex.as_str())),
+            "a proven liar still vouches for a result"
+        );
+    }
+}
