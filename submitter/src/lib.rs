@@ -31,6 +31,7 @@ pub mod progress;
 pub mod report;
 pub mod results;
 pub mod schedule;
+pub mod sim;
 pub mod status;
 pub mod store;
 pub mod submit;

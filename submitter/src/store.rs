@@ -117,6 +117,8 @@ pub enum CopyKind {
     Lost,
     /// A receipt that did not verify (bad signature, wrong signer, wrong task, output mismatch).
     BadReceipt,
+    /// A verified receipt of a task reopened since: evidence for an audit, no longer a vote.
+    Superseded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -627,7 +629,13 @@ impl Store {
                     }
                     ResultChange::Reopened { task, reason } => {
                         reopen_row(
-                            (&mut settled, &mut stdout, &mut stderr, &mut reopened),
+                            (
+                                &mut copies,
+                                &mut settled,
+                                &mut stdout,
+                                &mut stderr,
+                                &mut reopened,
+                            ),
                             job_id,
                             *task,
                             reason,
@@ -678,7 +686,13 @@ impl Store {
                         batch.liars.iter().map(|(key, _)| &key[..12.min(key.len())]).collect::<Vec<_>>().join(", ")
                     );
                     reopen_row(
-                        (&mut settled, &mut stdout, &mut stderr, &mut reopened),
+                        (
+                            &mut copies,
+                            &mut settled,
+                            &mut stdout,
+                            &mut stderr,
+                            &mut reopened,
+                        ),
                         job,
                         *task,
                         &reason,
@@ -876,15 +890,17 @@ fn open_error(dir: &Path, error: redb::DatabaseError) -> StoreError {
 }
 
 type ResultTables<'a, 'txn> = (
+    &'a mut redb::Table<'txn, (&'static str, u32, u32), &'static [u8]>,
     &'a mut redb::Table<'txn, (&'static str, u32), &'static [u8]>,
     &'a mut redb::Table<'txn, (&'static str, u32), &'static [u8]>,
     &'a mut redb::Table<'txn, (&'static str, u32), &'static [u8]>,
     &'a mut redb::Table<'txn, (&'static str, u32, u32), &'static [u8]>,
 );
 
-/// Moves a settled task's record to its reopened history and drops its output.
+/// Moves a settled task's record to its reopened history, drops its output, and marks its
+/// receipts superseded (they no longer vote; a resumed session keeps them as evidence).
 fn reopen_row(
-    (settled, stdout, stderr, reopened): ResultTables<'_, '_>,
+    (copies, settled, stdout, stderr, reopened): ResultTables<'_, '_>,
     job_id: &str,
     task: u32,
     reason: &str,
@@ -896,6 +912,19 @@ fn reopen_row(
         serde_json::from_slice(old.value()).map_err(|error| undecodable("settled", error))?;
     stdout.remove((job_id, task))?;
     stderr.remove((job_id, task))?;
+    let mut votes = Vec::new();
+    for row in copies.range((job_id, task, 0)..=(job_id, task, u32::MAX))? {
+        let (key, value) = row?;
+        let record: CopyRecord =
+            serde_json::from_slice(value.value()).map_err(|error| undecodable("copies", error))?;
+        if matches!(record.kind, CopyKind::Receipt | CopyKind::Late) {
+            votes.push((key.value().2, record));
+        }
+    }
+    for (copy, mut record) in votes {
+        record.kind = CopyKind::Superseded;
+        copies.insert((job_id, task, copy), to_json(&record).as_slice())?;
+    }
     let n = reopened
         .range((job_id, task, 0)..=(job_id, task, u32::MAX))?
         .count() as u32;

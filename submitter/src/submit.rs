@@ -531,8 +531,8 @@ impl<'a> Session<'a> {
         for ((task, copy), record) in store.copies(&job.id)? {
             session.next_copy[task as usize] = session.next_copy[task as usize].max(copy + 1);
             match record.kind {
-                // Late receipts too: an audit of a settled task tells who signed what.
-                CopyKind::Receipt | CopyKind::Late => {
+                // Late and superseded receipts too: an audit tells who signed what.
+                CopyKind::Receipt | CopyKind::Late | CopyKind::Superseded => {
                     let worker = session.known_worker(&record);
                     if let (Some(worker), Some(mut verdict)) = (worker, record.verdict.clone()) {
                         // Stores from before the signed fingerprint was kept in the verdict.
@@ -543,6 +543,7 @@ impl<'a> Session<'a> {
                             task,
                             worker,
                             verdict,
+                            superseded: record.kind == CopyKind::Superseded,
                         });
                     }
                 }
