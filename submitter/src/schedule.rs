@@ -299,6 +299,12 @@ struct WorkerState {
     fail_streak: u32,
     /// Failures on tasks another worker delivered.
     strikes: u32,
+    /// Failures not judged yet (their task is neither delivered by another worker nor
+    /// settled). Once failures (judged or not) reach [`limits::FREE_RIDER_STRIKES`] and
+    /// outnumber its receipts, the worker gets no new copy until they are judged: a free-rider
+    /// is sent at most `FREE_RIDER_STRIKES + INITIAL_COPIES_IN_FLIGHT - 1` copies however long
+    /// judging takes.
+    unjudged: u32,
     backoff_until: Option<Instant>,
 }
 
@@ -313,8 +319,13 @@ impl WorkerState {
         }
     }
 
-    /// Copies it may hold: its claim, capped by what it has delivered.
+    /// Copies it may hold: its claim, capped by what it has delivered; none while enough of its
+    /// failures wait to be judged.
     fn capacity(&self) -> u32 {
+        let failures = self.unjudged + self.strikes;
+        if failures >= limits::FREE_RIDER_STRIKES && failures > self.delivered {
+            return 0;
+        }
         self.offer
             .claimed_copies
             .min(limits::INITIAL_COPIES_IN_FLIGHT.saturating_add(self.agreed))
@@ -461,6 +472,7 @@ impl Scheduler {
             busy_streak: 0,
             fail_streak: 0,
             strikes: 0,
+            unjudged: 0,
             backoff_until: None,
         });
         self.refresh(id);
@@ -1161,7 +1173,10 @@ impl Scheduler {
             .any(|(failed, _)| *failed == worker)
         {
             task_state.failed.push((worker, false));
+            self.workers[worker.0 as usize].unjudged += 1;
+            self.refresh(worker);
         }
+        let task_state = &self.tasks[task as usize];
         let delivered = task_state.delivered() || matches!(task_state.status, Status::Accepted(_));
         if delivered {
             self.confirm_strikes(task, decisions);
@@ -1180,6 +1195,9 @@ impl Scheduler {
         for worker in struck {
             let state = &mut self.workers[worker.0 as usize];
             state.strikes += 1;
+            state.unjudged = state.unjudged.saturating_sub(1);
+            self.refresh(worker);
+            let state = &self.workers[worker.0 as usize];
             if !state.excluded
                 && state.strikes >= limits::FREE_RIDER_STRIKES
                 && state.strikes > state.delivered
@@ -1365,6 +1383,21 @@ impl Scheduler {
     }
 
     fn conclude(&mut self, task: TaskIndex, reason: String, decisions: &mut Vec<Decision>) {
+        // Nobody delivered it: its failures are no strikes, and no longer wait to be judged.
+        let unjudged: Vec<WorkerId> = self.tasks[task as usize]
+            .failed
+            .iter_mut()
+            .filter(|(_, judged)| !*judged)
+            .map(|(worker, judged)| {
+                *judged = true;
+                *worker
+            })
+            .collect();
+        for worker in unjudged {
+            let state = &mut self.workers[worker.0 as usize];
+            state.unjudged = state.unjudged.saturating_sub(1);
+            self.refresh(worker);
+        }
         let state = &mut self.tasks[task as usize];
         if state.status == Status::Open {
             state.status = Status::Inconclusive;
@@ -2078,7 +2111,7 @@ mod tests {
         for free_rider in [timing_out, aborting] {
             assert!(s.is_excluded(free_rider) && !s.is_liar(free_rider));
             assert!(
-                sent[&free_rider] <= limits::FREE_RIDER_STRIKES + limits::INITIAL_COPIES_IN_FLIGHT,
+                sent[&free_rider] < limits::FREE_RIDER_STRIKES + limits::INITIAL_COPIES_IN_FLIGHT,
                 "{} copies went to a free-rider",
                 sent[&free_rider]
             );
