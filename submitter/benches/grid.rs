@@ -215,13 +215,15 @@ async fn trivial(options: &Options) -> anyhow::Result<()> {
         sandbox_us.push(per_copy_us);
         if !options.json {
             eprintln!(
-                "grid trivial run {}: {} tasks in {:.3} s ({:.0} tasks/s, {:.0} copies/s, sandbox {:.0} µs/copy)",
+                "grid trivial run {}: {} tasks in {:.3} s ({:.0} tasks/s, {:.0} copies/s, sandbox {:.0} µs/copy; {} audits, {:.3} s of the submitter's CPU)",
                 run + 1,
                 options.tasks,
                 wall,
                 options.tasks as f64 / wall,
                 copies / wall,
                 per_copy_us,
+                summary.audits,
+                summary.audit_time.as_secs_f64(),
             );
         }
     }
@@ -279,14 +281,16 @@ async fn cpu(options: &Options) -> anyhow::Result<()> {
         lines.push((wall, ideal, work / copies));
         if !options.json {
             eprintln!(
-                "grid cpu run {}: wall {:.3} s, ideal {:.3} s ({:.1} ms per copy × {} copies ÷ {} slots): {:+.1}%",
+                "grid cpu run {}: wall {:.3} s, ideal {:.3} s ({:.1} ms per copy × {} copies ÷ {} slots): {:+.1}%; {} audits, {:.3} s of the submitter's CPU",
                 run + 1,
                 wall,
                 ideal,
                 work / copies * 1e3,
                 copies,
                 slots,
-                (wall / ideal - 1.0) * 100.0
+                (wall / ideal - 1.0) * 100.0,
+                summary.audits,
+                summary.audit_time.as_secs_f64(),
             );
         }
     }

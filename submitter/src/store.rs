@@ -136,6 +136,10 @@ pub struct CopyRecord {
     pub receipt_hex: Option<String>,
     pub signature_hex: Option<String>,
     pub at_unix_ms: u64,
+    /// Its verdict differed from another receipt of the task when it came (counted as a
+    /// disagreement, whoever turns out to have lied).
+    #[serde(default)]
+    pub disputed: bool,
 }
 
 /// A task's final state.

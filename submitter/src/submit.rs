@@ -326,11 +326,13 @@ pub fn summarize(
             .iter()
             .filter(|(_, copy)| copy.verdict.is_some())
             .count() as u64,
-        disagreements: settled
-            .values()
-            .map(|s| s.disagreeing.len() as u64)
-            .sum::<u64>()
-            + late_disagreements,
+        // Receipts that differed from another receipt of their task when they came, as the
+        // progress line counts them; stores from before that flag count contradictions of the
+        // accepted verdict instead.
+        disagreements: copies.iter().filter(|(_, copy)| copy.disputed).count().max(
+            settled.values().map(|s| s.disagreeing.len()).sum::<usize>()
+                + late_disagreements as usize,
+        ) as u64,
         excluded: store.excluded(&job.id)?,
         audits: 0,
         audit_time: Duration::ZERO,
@@ -521,7 +523,6 @@ impl<'a> Session<'a> {
                 Some(_) => session.counts.accepted += 1,
                 None => session.counts.inconclusive += 1,
             }
-            session.counts.disagreements += settled.disagreeing.len() as u64;
             session
                 .scheduler
                 .restore_settled(task, settled.accepted, settled.audit);
@@ -530,6 +531,7 @@ impl<'a> Session<'a> {
         let mut lost: HashMap<TaskIndex, u32> = HashMap::new();
         for ((task, copy), record) in store.copies(&job.id)? {
             session.next_copy[task as usize] = session.next_copy[task as usize].max(copy + 1);
+            session.counts.disagreements += u64::from(record.disputed);
             match record.kind {
                 // Late and superseded receipts too: an audit tells who signed what.
                 CopyKind::Receipt | CopyKind::Late | CopyKind::Superseded => {
@@ -1093,7 +1095,10 @@ impl<'a> Session<'a> {
                     }
                     _ => CopyKind::Receipt,
                 };
-                let copy = self.copy_record(worker, kind, Some(verdict), None, Some(&result));
+                let mut copy = self.copy_record(worker, kind, Some(verdict), None, Some(&result));
+                copy.disputed = decisions
+                    .iter()
+                    .any(|d| matches!(d, Decision::Disagreement { .. }));
                 self.record_copy(batch, task, copy);
                 decisions
             }
@@ -1355,6 +1360,7 @@ impl<'a> Session<'a> {
             receipt_hex: result.map(|r| hex::encode(&r.signed.receipt)),
             signature_hex: result.map(|r| hex::encode(&r.signed.signature)),
             at_unix_ms: unix_now_ms(),
+            disputed: false,
         }
     }
 
