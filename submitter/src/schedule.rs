@@ -479,6 +479,27 @@ impl Scheduler {
         id
     }
 
+    /// When nothing runs and every usable worker waits for its failures to be judged, nobody
+    /// will ever deliver the tasks they failed (a `timeout_s` too small for the task, say):
+    /// their unjudged failures are forgiven so those tasks can collect the timeouts that end
+    /// them, instead of the job waiting forever.
+    fn forgive_if_stuck(&mut self) {
+        if self.in_flight > 0 || self.open == 0 || !self.roomy.members.is_empty() {
+            return;
+        }
+        let suspended: Vec<WorkerId> = (0..self.workers.len() as u32)
+            .map(WorkerId)
+            .filter(|id| {
+                let worker = &self.workers[id.0 as usize];
+                worker.available && !worker.excluded && worker.unjudged > 0
+            })
+            .collect();
+        for worker in suspended {
+            self.workers[worker.0 as usize].unjudged = 0;
+            self.refresh(worker);
+        }
+    }
+
     /// Puts `worker` in or out of the pools placement draws from, after anything that changes
     /// its room or standing.
     fn refresh(&mut self, worker: WorkerId) {
@@ -573,23 +594,38 @@ impl Scheduler {
         for &(task, count) in lost {
             self.tasks[task as usize].lost = count;
         }
-        // Half-done tasks go first, ahead of the fresh order.
+        // Half-done tasks go first, ahead of the fresh order. One whose disagreeing receipts
+        // used up its copies was waiting for an audit: it is due again.
+        let max_replicas = self.rules.max_replicas;
         for (index, state) in self.tasks.iter_mut().enumerate() {
             if state.status == Status::Open && state.has_history() {
                 state.queued = true;
                 self.retry.push_back(index as TaskIndex);
+                if state.receipts.len() as u32 >= max_replicas
+                    && distinct_answers(&state.receipts) >= 2
+                    && state.audit == AuditMark::None
+                {
+                    state.audit = AuditMark::Pending;
+                    self.audits_pending += 1;
+                }
             }
         }
     }
 
-    /// Accepted tasks whose audit is due (after a restore: the driver runs them again).
+    /// Tasks whose audit is due (after a restore: the driver runs them again): accepted ones
+    /// drawn or disputed, and open ones whose disagreeing receipts used up their copies.
     pub fn pending_audits(&self) -> Vec<TaskIndex> {
         (0..self.tasks.len() as TaskIndex)
             .filter(|task| {
                 let state = &self.tasks[*task as usize];
-                state.audit == AuditMark::Pending && matches!(state.status, Status::Accepted(_))
+                state.audit == AuditMark::Pending && state.status != Status::Inconclusive
             })
             .collect()
+    }
+
+    /// Where `task` stands with audits now (what the store keeps with its settled record).
+    pub fn audit_mark(&self, task: TaskIndex) -> AuditMark {
+        self.tasks[task as usize].audit
     }
 
     /// Every task settled and every audit done.
@@ -748,6 +784,7 @@ impl Scheduler {
     /// Fills spare worker capacity: first tasks that need more copies, then fresh tasks in order.
     pub fn assign(&mut self, now: Instant) -> Vec<Assignment> {
         let mut out = Vec::new();
+        self.forgive_if_stuck();
         let mut spare: u32 = self
             .roomy
             .members
@@ -838,7 +875,15 @@ impl Scheduler {
             state.delivered += 1;
             state.fail_streak = 0;
             self.refresh(worker);
-            self.confirm_strikes(task, &mut decisions);
+            self.confirm_strikes(task, worker, &mut decisions);
+        }
+        // Its own failures may just have dropped it: its answer no longer counts.
+        if self.workers[worker.0 as usize].excluded {
+            decisions.push(Decision::Discarded { task, worker });
+            if self.is_open(task) {
+                self.queue(task);
+            }
+            return decisions;
         }
         match &self.tasks[task as usize].status {
             Status::Accepted(accepted) => {
@@ -872,15 +917,20 @@ impl Scheduler {
             }),
             Status::Open => {
                 let state = &mut self.tasks[task as usize];
-                if !verdict.is_timeout()
+                let disputed = !verdict.is_timeout()
                     && state
                         .receipts
                         .iter()
-                        .any(|(_, other)| !other.is_timeout() && *other != verdict)
-                {
-                    decisions.push(Decision::Disagreement { task, worker });
-                }
+                        .any(|(_, other)| !other.is_timeout() && *other != verdict);
                 state.receipts.push((worker, verdict));
+                if disputed {
+                    // One of them lied: this machine's own run says who at once, so a liar
+                    // stops taking copies as soon as it is proven (the task goes on meanwhile).
+                    decisions.push(Decision::Disagreement { task, worker });
+                    if self.tasks[task as usize].audit == AuditMark::None {
+                        self.request_audit(task, &mut decisions);
+                    }
+                }
                 self.settle(task, &mut decisions);
             }
         }
@@ -960,13 +1010,24 @@ impl Scheduler {
             .filter(|(_, verdict)| !verdict.is_timeout())
             .map(|(worker, verdict)| (*worker, *verdict == truth))
             .collect();
-        signers.dedup();
+        signers.sort_unstable_by_key(|(worker, right)| (*worker, *right));
+        signers.dedup_by_key(|(worker, _)| *worker);
+        let mut wrong_signer = None;
         for (worker, right) in signers {
             if right {
                 self.verify(task, worker, &mut decisions);
             } else {
+                wrong_signer.get_or_insert(worker);
                 self.prove_liar(worker, task, &mut decisions);
             }
+        }
+        // Its signers may all have been proven liars already (so proving them reopened
+        // nothing new): the wrong answer is reopened all the same.
+        if !passed
+            && matches!(self.tasks[task as usize].status, Status::Accepted(_))
+            && let Some(liar) = wrong_signer
+        {
+            self.reopen(task, liar, &mut decisions);
         }
         self.settle_after_audit(task, &mut decisions);
         decisions
@@ -1179,15 +1240,16 @@ impl Scheduler {
         let task_state = &self.tasks[task as usize];
         let delivered = task_state.delivered() || matches!(task_state.status, Status::Accepted(_));
         if delivered {
-            self.confirm_strikes(task, decisions);
+            self.confirm_strikes(task, worker, decisions);
         }
     }
 
     /// Another worker delivered `task`: every failure on it becomes a strike.
-    fn confirm_strikes(&mut self, task: TaskIndex, decisions: &mut Vec<Decision>) {
+    fn confirm_strikes(&mut self, task: TaskIndex, by: WorkerId, decisions: &mut Vec<Decision>) {
         let mut struck = Vec::new();
         for (worker, confirmed) in &mut self.tasks[task as usize].failed {
-            if !*confirmed {
+            // Its own later delivery does not make its earlier failure a strike.
+            if !*confirmed && *worker != by {
                 *confirmed = true;
                 struck.push(*worker);
             }
@@ -1315,12 +1377,12 @@ impl Scheduler {
         // whose earlier signers said something else: that audit proves them, and reopens what
         // they signed in turn, so a proof spreads along a collusion's co-signed lies. The draw
         // happens after acceptance, so no worker can know whether its task will be checked.
-        let disputed_before = self.tasks[task as usize]
-            .history
-            .iter()
-            .any(|(_, old)| !old.is_timeout() && old != verdict_now(&self.tasks[task as usize]));
+        // A reopened task is always audited when it settles again: its earlier signers include
+        // a proven liar, and whoever signed the same answer beside it (or a different one now)
+        // must be judged by this machine's own run.
+        let reopened = !self.tasks[task as usize].history.is_empty();
         let drawn = self.rng.random::<f64>() < rate;
-        if !disagreeing.is_empty() || disputed_before || drawn {
+        if !disagreeing.is_empty() || reopened || drawn {
             self.request_audit(task, decisions);
         }
     }
@@ -1446,14 +1508,6 @@ fn distinct_answers(receipts: &[(WorkerId, Verdict)]) -> usize {
         }
     }
     seen.len()
-}
-
-/// The verdict a task is accepted with (only called on accepted tasks).
-fn verdict_now(state: &TaskState) -> &Verdict {
-    match &state.status {
-        Status::Accepted(verdict) => verdict,
-        _ => unreachable!("called only once the task is accepted"),
-    }
 }
 
 /// The largest group of agreeing receipts (timed-out ones never agree), earliest first on ties.
@@ -1920,24 +1974,136 @@ mod tests {
 
     #[test]
     fn a_disputed_task_is_audited_and_only_the_liar_is_excluded() {
-        let (mut s, w) = grid(rules(2, 2, 5), 1, &["a", "b", "c"]);
-        let decisions = drive(
-            &mut s,
-            |_, worker| verdict(if worker == w[1] { "lie" } else { "truth" }),
-            |_| verdict("truth"),
+        // Two workers, so both hold the task; a third joins to settle it once the liar is out.
+        let (mut s, w) = grid(rules(2, 2, 5), 1, &["honest", "liar"]);
+        let now = Instant::now();
+        let answer = |worker: WorkerId| verdict(if worker == w[1] { "lie" } else { "truth" });
+        let first = next_copy(&mut s, 0, now);
+        s.on_receipt(0, first, answer(first), now);
+        let second = next_copy(&mut s, 0, now);
+        let decisions = s.on_receipt(0, second, answer(second), now);
+        assert!(decisions.contains(&Decision::Disagreement {
+            task: 0,
+            worker: second
+        }));
+        assert!(
+            decisions.contains(&Decision::Audit { task: 0 }),
+            "{decisions:?}"
         );
-        let w1_held = decisions
-            .iter()
-            .any(|d| matches!(d, Decision::Disagreement { .. }));
-        if w1_held {
-            assert!(decisions.contains(&Decision::ProvenLiar {
-                worker: w[1],
-                task: 0
-            }));
-            assert!(s.is_excluded(w[1]));
-        }
-        assert!(!s.is_excluded(w[0]) && !s.is_excluded(w[2]));
+        assert!(
+            !s.is_excluded(w[0]) && !s.is_excluded(w[1]),
+            "nobody before the audit"
+        );
+        let audit = s.on_audit(0, AuditResult::Ran(verdict("truth")));
+        assert!(audit.contains(&Decision::ProvenLiar {
+            worker: w[1],
+            task: 0
+        }));
+        assert!(audit.contains(&Decision::Verified {
+            task: 0,
+            worker: w[0]
+        }));
+        assert!(s.is_excluded(w[1]) && !s.is_excluded(w[0]));
+        let third = s.add_worker(offer("third"), true);
+        let (holder, decisions) = answer_next(&mut s, 0, verdict("truth"), now);
+        assert_eq!(holder, third);
+        assert!(matches!(decisions[0], Decision::Accepted { .. }));
         assert_eq!(s.accepted(0).unwrap().output_hash, "truth");
+    }
+
+    #[test]
+    fn a_resumed_task_whose_disagreement_used_up_its_copies_is_audited_again() {
+        let (mut s, w) = grid(rules(2, 2, 3), 1, &["a", "b", "c", "d"]);
+        let past = |worker: WorkerId, output: &str| PastReceipt {
+            task: 0,
+            worker,
+            verdict: verdict(output),
+            superseded: false,
+        };
+        s.restore(
+            vec![past(w[0], "x"), past(w[1], "y"), past(w[2], "z")],
+            &[],
+            &[],
+        );
+        assert_eq!(
+            s.pending_audits(),
+            vec![0],
+            "the audit it waited for is due"
+        );
+        assert!(!s.is_finished() && s.assign(Instant::now()).is_empty());
+        let decisions = s.on_audit(0, AuditResult::Ran(verdict("x")));
+        assert_eq!(
+            count(&decisions, |d| matches!(d, Decision::ProvenLiar { .. })),
+            2
+        );
+        let (worker, decisions) = answer_next(&mut s, 0, verdict("x"), Instant::now());
+        assert_eq!(worker, w[3]);
+        assert!(
+            matches!(decisions[0], Decision::Accepted { .. }),
+            "{decisions:?}"
+        );
+    }
+
+    #[test]
+    fn an_audit_pending_when_its_task_is_reopened_stays_due_and_judges_the_new_answer() {
+        // Tasks 0 and 1 are both accepted by colluders A and B, each drawn for an audit. Task
+        // 1's audit comes back first and proves both, which reopens task 0 while its own audit
+        // is still running; honest C and D settle task 0 again; then its first audit comes back.
+        let mut r = rules(2, 2, 5);
+        r.audit_rate = 1.0;
+        let mut s = Scheduler::new(r, 2, 4);
+        let colluders = [
+            s.add_worker(offer("a"), true),
+            s.add_worker(offer("b"), true),
+        ];
+        let now = Instant::now();
+        for _ in 0..2 {
+            for copy in s.assign(now) {
+                let lie = verdict(&format!("lie-{}", copy.task));
+                s.on_receipt(copy.task, copy.worker, lie, now);
+            }
+        }
+        assert_eq!(s.pending_audits(), vec![0, 1]);
+        let decisions = s.on_audit(1, AuditResult::Ran(verdict("truth-1")));
+        for liar in colluders {
+            assert!(s.is_liar(liar), "{decisions:?}");
+        }
+        assert!(
+            decisions
+                .iter()
+                .any(|d| matches!(d, Decision::Reopened { task: 0, .. }))
+        );
+        assert_eq!(s.audit_mark(0), AuditMark::Pending, "still due");
+        for host in ["c", "d"] {
+            s.add_worker(offer(host), true);
+        }
+        while s.open_tasks() > 0 {
+            for copy in s.assign(now) {
+                let truth = verdict(&format!("truth-{}", copy.task));
+                s.on_receipt(copy.task, copy.worker, truth, now);
+            }
+            for task in s.pending_audits().into_iter().filter(|task| *task == 1) {
+                s.on_audit(task, AuditResult::Ran(verdict("truth-1")));
+            }
+        }
+        assert_eq!(
+            s.audit_mark(0),
+            AuditMark::Pending,
+            "the re-accepted answer is audited"
+        );
+        assert!(!s.is_finished());
+        let decisions = s.on_audit(0, AuditResult::Ran(verdict("truth-0")));
+        assert!(
+            decisions.contains(&Decision::AuditPassed { task: 0 }),
+            "{decisions:?}"
+        );
+        assert!(s.is_finished());
+        for task in 0..2 {
+            assert_eq!(
+                s.accepted(task).unwrap().output_hash,
+                format!("truth-{task}")
+            );
+        }
     }
 
     #[test]
@@ -2128,12 +2294,13 @@ mod tests {
         let three_answers = || {
             let (mut s, _) = grid(rules(2, 2, 3), 1, &["a", "b", "c", "d", "e"]);
             answer_next(&mut s, 0, verdict("x"), now);
-            answer_next(&mut s, 0, verdict("y"), now);
-            let (_, decisions) = answer_next(&mut s, 0, verdict("z"), now);
+            let (_, decisions) = answer_next(&mut s, 0, verdict("y"), now);
+            // The dispute asks for an audit at once; the task goes on meanwhile.
             assert!(
                 decisions.contains(&Decision::Audit { task: 0 }),
                 "{decisions:?}"
             );
+            answer_next(&mut s, 0, verdict("z"), now);
             assert!(
                 s.is_open(0) && s.assign(now).is_empty(),
                 "waits for the audit"

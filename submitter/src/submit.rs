@@ -409,6 +409,9 @@ struct Session<'a> {
     auditor: Option<Auditor>,
     /// Time the submitter's own audit runs took, this session.
     audit_time: Duration,
+    /// Audits waiting to be run, and how many run now.
+    audit_queue: std::collections::VecDeque<TaskIndex>,
+    audits_running: usize,
     /// Workers already named for signing on another runtime than a task's (noted once each).
     wrong_runtime_noted: HashSet<WorkerId>,
     connections: HashMap<WorkerId, mpsc::Sender<Dispatch>>,
@@ -506,6 +509,8 @@ impl<'a> Session<'a> {
             auditor: None,
             audit_time: Duration::ZERO,
             wrong_runtime_noted: HashSet::new(),
+            audit_queue: std::collections::VecDeque::new(),
+            audits_running: 0,
             connections: HashMap::new(),
             connecting: HashSet::new(),
             signed: HashMap::new(),
@@ -518,18 +523,30 @@ impl<'a> Session<'a> {
             writer: results::OutputWriter::start(job.out_dir.clone(), job.id.clone()),
         };
         session.counts.total = job.task_count as u64;
+        let copies = store.copies(&job.id)?;
+        // Stores from before verdicts kept the signed fingerprint: the task's copies say it.
+        let fingerprints: HashMap<TaskIndex, &str> = copies
+            .iter()
+            .map(|((task, _), record)| (*task, record.fingerprint.as_str()))
+            .collect();
         for (task, settled) in store.settled(&job.id)? {
             match &settled.accepted {
                 Some(_) => session.counts.accepted += 1,
                 None => session.counts.inconclusive += 1,
             }
+            let accepted = settled.accepted.map(|mut verdict| {
+                if verdict.fingerprint.is_empty() {
+                    verdict.fingerprint = fingerprints.get(&task).copied().unwrap_or("").to_owned();
+                }
+                verdict
+            });
             session
                 .scheduler
-                .restore_settled(task, settled.accepted, settled.audit);
+                .restore_settled(task, accepted, settled.audit);
         }
         let mut receipts = Vec::new();
         let mut lost: HashMap<TaskIndex, u32> = HashMap::new();
-        for ((task, copy), record) in store.copies(&job.id)? {
+        for ((task, copy), record) in copies {
             session.next_copy[task as usize] = session.next_copy[task as usize].max(copy + 1);
             session.counts.disagreements += u64::from(record.disputed);
             match record.kind {
@@ -560,9 +577,12 @@ impl<'a> Session<'a> {
             .into_iter()
             .map(|(key, _)| key)
             .collect();
+        // Keys proven liars in any job are excluded here too, before their receipts on open
+        // tasks could count.
         let excluded: Vec<WorkerId> = session
             .excluded_keys
             .iter()
+            .chain(&session.liars)
             .filter_map(|key| session.by_key.get(&key.parse::<PublicKey>().ok()?).copied())
             .collect();
         let lost: Vec<(TaskIndex, u32)> = lost.into_iter().collect();
@@ -709,7 +729,9 @@ impl<'a> Session<'a> {
                         Control::Membership(addrs) => self.reconnect(addrs),
                         Control::Audited(task, result, took) => {
                             self.audit_time += took;
+                            self.audits_running -= 1;
                             self.handle_audit(task, result, progress)?;
+                            self.pump_audits()?;
                         }
                     }
                 }
@@ -831,23 +853,8 @@ impl<'a> Session<'a> {
                 return Ok(copy.clone());
             }
         }
+        let (program, _) = self.program(task)?;
         let record = &self.tasks[task as usize];
-        let inputs = &self.inputs[task as usize];
-        let stdin = match inputs.stdin {
-            Some(hash) => self.store.blob(&hash)?,
-            None => Bytes::new(),
-        };
-        let files = record
-            .files
-            .iter()
-            .zip(&inputs.files)
-            .map(|(file, hash)| pb::InputFile {
-                name: file.name.clone(),
-                hash: hash.to_vec().into(),
-                size: file.size,
-            })
-            .collect();
-        let program = encode_program(self.module.0, &record.args, &record.env, stdin, files);
         let limits = self.wire_limits();
         let expires = now_s + limits::TASK_TTL.as_secs();
         let signed = sign_program(
@@ -914,6 +921,21 @@ impl<'a> Session<'a> {
                 progress.note(&format!(
                     "{count} accepted results of job {job} were signed by a worker now proven a liar: they are reopened; run `peergrid resume {job}` to settle them again"
                 ));
+                // That job's files must not keep showing the answers: its results are written
+                // again from the store (reopened tasks pending, their files removed).
+                let rewritten = match self.store.find_job(&job) {
+                    Ok(other) => {
+                        results::export(self.store, &other, &other.out_dir, results::Existing::Keep)
+                            .map(|_| ())
+                            .map_err(|error| error.to_string())
+                    }
+                    Err(error) => Err(error.to_string()),
+                };
+                if let Err(error) = rewritten {
+                    progress.note(&format!(
+                        "cannot rewrite the results of job {job} ({error}): do not use its reopened tasks' files; `peergrid results {job}` writes them again"
+                    ));
+                }
             }
         }
         for note in after.notes {
@@ -935,9 +957,29 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Queues `task` for the submitter's own run. Audits wait here as task indices only, and
+    /// [`limits::AUDIT_THREADS`] at a time are prepared and run: what a long queue holds in
+    /// memory is its indices, not programs.
+    fn start_audit(&mut self, task: TaskIndex) -> Result<(), SubmitError> {
+        self.audit_queue.push_back(task);
+        self.pump_audits()
+    }
+
+    /// Starts queued audits while fewer than [`limits::AUDIT_THREADS`] run.
+    fn pump_audits(&mut self) -> Result<(), SubmitError> {
+        while self.audits_running < limits::AUDIT_THREADS {
+            let Some(task) = self.audit_queue.pop_front() else {
+                break;
+            };
+            self.audits_running += 1;
+            self.run_audit(task)?;
+        }
+        Ok(())
+    }
+
     /// Runs `task` in the submitter's own sandbox, in the background; the verdict comes back
     /// as [`Control::Audited`]. An audit is only proof on the task's own runtime.
-    fn start_audit(&mut self, task: TaskIndex) -> Result<(), SubmitError> {
+    fn run_audit(&mut self, task: TaskIndex) -> Result<(), SubmitError> {
         if self.auditor.is_none() {
             self.auditor = Some(Auditor::start()?);
         }
@@ -966,9 +1008,7 @@ impl<'a> Session<'a> {
         let spec = self.audit_spec(task)?;
         let module = self.module.1.clone();
         let sandbox = auditor.sandbox.clone();
-        let permits = auditor.permits.clone();
         tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await;
             let started = Instant::now();
             let execution = sandbox.run_module(module, spec).await;
             let took = started.elapsed();
@@ -981,6 +1021,33 @@ impl<'a> Session<'a> {
     /// What the guest of `task` sees, for the submitter's own run: the same program the
     /// workers were sent (inputs from the store's blobs, the same random seed and limits).
     fn audit_spec(&self, task: TaskIndex) -> Result<TaskSpec, SubmitError> {
+        let (program, stdin) = self.program(task)?;
+        let record = &self.tasks[task as usize];
+        let inputs = &self.inputs[task as usize];
+        let blobs = self.store.blob_store();
+        let limits = peergrid_worker::admission::resolve_limits(Some(&self.wire_limits()))
+            .map_err(|refusal| SubmitError::Sandbox(refusal.message))?;
+        Ok(TaskSpec {
+            args: record.args.clone(),
+            env: record.env.clone(),
+            stdin,
+            inputs: record
+                .files
+                .iter()
+                .zip(&inputs.files)
+                .map(|(file, hash)| InputSpec {
+                    name: file.name.clone(),
+                    source: blobs.path(hash),
+                })
+                .collect(),
+            limits,
+            random_seed: *ContentHash::of(&program).as_bytes(),
+        })
+    }
+
+    /// The encoded `Program` of `task` (what is signed, and whose digest seeds its randomness),
+    /// and its stdin: built once here for the workers' manifest and the submitter's own run.
+    fn program(&self, task: TaskIndex) -> Result<(Bytes, Bytes), SubmitError> {
         let record = &self.tasks[task as usize];
         let inputs = &self.inputs[task as usize];
         let stdin = match inputs.stdin {
@@ -1004,25 +1071,7 @@ impl<'a> Session<'a> {
             stdin.clone(),
             files,
         );
-        let blobs = self.store.blob_store();
-        let limits = peergrid_worker::admission::resolve_limits(Some(&self.wire_limits()))
-            .map_err(|refusal| SubmitError::Sandbox(refusal.message))?;
-        Ok(TaskSpec {
-            args: record.args.clone(),
-            env: record.env.clone(),
-            stdin,
-            inputs: record
-                .files
-                .iter()
-                .zip(&inputs.files)
-                .map(|(file, hash)| InputSpec {
-                    name: file.name.clone(),
-                    source: blobs.path(hash),
-                })
-                .collect(),
-            limits,
-            random_seed: *ContentHash::of(&program).as_bytes(),
-        })
+        Ok((program, stdin))
     }
 
     fn wire_limits(&self) -> pb::TaskLimits {
@@ -1176,7 +1225,8 @@ impl<'a> Session<'a> {
                     copies,
                     session: self.number,
                     at_unix_ms: unix_now_ms(),
-                    audit: AuditMark::None,
+                    // An audit may already be due (one drawn before the task was reopened).
+                    audit: self.scheduler.audit_mark(task),
                 };
                 batch.results.push(ResultChange::Settled {
                     task,
@@ -1390,11 +1440,10 @@ struct AfterCommit {
     audits: Vec<TaskIndex>,
 }
 
-/// The submitter's own sandbox, the one `peergrid run` uses, for audits: at most
-/// [`limits::AUDIT_THREADS`] run at once, the rest wait for a permit.
+/// The submitter's own sandbox, the one `peergrid run` uses, for audits (at most
+/// [`limits::AUDIT_THREADS`] at once: the session's `audit_queue`).
 struct Auditor {
     sandbox: Sandbox,
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
     /// Input files are copied here per run; removed with the session.
     _scratch: tempfile::TempDir,
 }
@@ -1411,7 +1460,6 @@ impl Auditor {
         .map_err(|error| SubmitError::Sandbox(error.to_string()))?;
         Ok(Self {
             sandbox,
-            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limits::AUDIT_THREADS)),
             _scratch: scratch,
         })
     }
