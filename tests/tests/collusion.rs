@@ -288,18 +288,19 @@ fn free_riders_are_dropped_within_a_bound_and_no_task_ends_inconclusive() {
 
 #[test]
 fn results_colluders_signed_before_they_were_caught_are_reopened_settled_again_and_reported() {
-    // Job 1 runs on the two colluders alone: their shared lie is accepted and written (unless
-    // an audit catches them already). Job 2 puts them beside honest workers, where their lies
-    // are disputed and proven; what they signed in job 1 is reopened, and `peergrid resume`
-    // settles it on honest workers. Either way, job 1 ends with every result right, and each
-    // reopened task names its old answer.
+    // Job 1 runs on the two colluders alone, which the user vouched for with --trusted (say
+    // two of their own machines, since compromised): no audit, so their shared lie is accepted
+    // and written. Job 2, without the vouching, puts them beside honest workers, where their
+    // lies are disputed and proven; what they signed in job 1 is reopened by the store, its
+    // result files are rewritten without the lies, and `peergrid resume` settles it on honest
+    // workers. Job 1 ends with every result right, and each reopened task names its old answer.
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
     let lie = Strategy::Lie { group: "g".into() };
     let colluders = rogues(dir.path(), &key, &lie, 2, None, true);
     let honest = honest_workers(dir.path(), &key, 3, &[]);
     let state = dir.path().join("state");
-    let run = |name: &str, tasks: u32, addrs: &[&str]| {
+    let run = |name: &str, tasks: u32, addrs: &[&str], trusted: &[&str]| {
         let job = strict_sweep(dir.path(), name, tasks);
         let mut args: Vec<String> = vec![
             "submit".into(),
@@ -309,6 +310,9 @@ fn results_colluders_signed_before_they_were_caught_are_reopened_settled_again_a
         ];
         for addr in addrs {
             args.extend(["--peer".into(), (*addr).to_owned()]);
+        }
+        for key in trusted {
+            args.extend(["--trusted".into(), (*key).to_owned()]);
         }
         let out = dir.path().join(format!("{name}-out"));
         args.extend([
@@ -325,16 +329,49 @@ fn results_colluders_signed_before_they_were_caught_are_reopened_settled_again_a
         )
     };
     let colluder_addrs: Vec<&str> = colluders.iter().map(|r| r.addr.as_str()).collect();
-    // Job 1 ends either finished (nothing caught) or with every worker excluded (caught).
-    let (first, job1, out1) = run("early", 12, &colluder_addrs);
+    let colluder_keys: Vec<&str> = colluders.iter().map(|r| r.key_hex.as_str()).collect();
+    let (first, job1, out1) = run("early", 12, &colluder_addrs, &colluder_keys);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let lied: Vec<serde_json::Value> = peergrid_e2e::results_lines(&out1.join("results.jsonl"));
+    assert_eq!(lied.len(), 12);
+    let hashes = peergrid_e2e::jobs::local_hashes(
+        &job1.with_file_name("pi.wasm"),
+        &lied
+            .iter()
+            .map(|line| {
+                line["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|arg| arg.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .collect::<Vec<_>>(),
+    );
     assert!(
-        first.code == Some(0) || first.stderr.contains("every worker is excluded"),
-        "{}",
-        first.stderr
+        lied.iter()
+            .zip(&hashes)
+            .all(|(line, right)| line["output_hash"] != right.as_str()),
+        "job 1 accepted the colluders' lies (the set-up this test needs)"
     );
     let mut all: Vec<&str> = honest.iter().map(|w| w.addr.as_str()).collect();
     all.extend(&colluder_addrs);
-    let (second, _, _) = run("later", 40, &all);
+    let (second, _, _) = run("later", 40, &all, &[]);
+    // Job 2's session rewrote job 1's files: no file there shows a lie any more.
+    let rewritten = peergrid_e2e::results_lines(&out1.join("results.jsonl"));
+    for (line, right) in rewritten.iter().zip(&hashes) {
+        assert!(
+            line["outcome"] == "pending" || line["output_hash"] == right.as_str(),
+            "{line}"
+        );
+        let task = line["task"].as_str().unwrap();
+        if line["outcome"] == "pending" {
+            assert!(
+                !out1.join(format!("{task}.stdout")).exists(),
+                "{task}.stdout kept"
+            );
+        }
+    }
     assert_eq!(second.code, Some(0), "{}", second.stderr);
     let honest_addrs: Vec<String> = honest.iter().map(|w| w.addr.clone()).collect();
     let mut resume: Vec<String> = vec![
@@ -362,8 +399,9 @@ fn results_colluders_signed_before_they_were_caught_are_reopened_settled_again_a
     for line in &reopened {
         let history = line["reopened"].as_array().unwrap();
         assert_ne!(history[0]["old_output_hash"], line["output_hash"], "{line}");
+        let reason = history[0]["reason"].as_str().unwrap();
         assert!(
-            history[0]["reason"].as_str().unwrap().contains("proven"),
+            reason.contains("proven") && reason.contains("in job later"),
             "{line}"
         );
         let old_signers: Vec<&str> = history[0]["old_agreeing"]
