@@ -180,7 +180,7 @@ fn sweep(name: &str, first_arg: &str, tasks: u64) -> String {
         format!("\"{first_arg}\", \"{{i}}\"")
     };
     format!(
-        "name = \"{name}\"\n[limits]\nfuel = 1_000_000_000_000\nmemory_mb = 64\ntimeout_s = 600\n\
+        "name = \"{name}\"\n# both workers are on this machine: one network\ndistinct_networks = false\n[limits]\nfuel = 1_000_000_000_000\nmemory_mb = 64\ntimeout_s = 600\n\
          [sweep]\nargs = [{args}]\nrange = [1, {tasks}]\n"
     )
 }
