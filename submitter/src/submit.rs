@@ -409,6 +409,9 @@ struct Session<'a> {
     auditor: Option<Auditor>,
     /// Time the submitter's own audit runs took, this session.
     audit_time: Duration,
+    /// What audits decided and is not committed yet (see `handle_audit`).
+    deferred: (Batch, AfterCommit),
+    has_deferred: bool,
     /// Audits waiting to be run, and how many run now.
     audit_queue: std::collections::VecDeque<TaskIndex>,
     audits_running: usize,
@@ -511,6 +514,8 @@ impl<'a> Session<'a> {
             wrong_runtime_noted: HashSet::new(),
             audit_queue: std::collections::VecDeque::new(),
             audits_running: 0,
+            deferred: Default::default(),
+            has_deferred: false,
             connections: HashMap::new(),
             connecting: HashSet::new(),
             signed: HashMap::new(),
@@ -693,6 +698,10 @@ impl<'a> Session<'a> {
         let interrupted = tokio::signal::ctrl_c();
         tokio::pin!(interrupted);
         loop {
+            // Audit decisions ride with the next batch of answers, unless none is waiting.
+            if self.events.1.is_empty() {
+                self.flush_deferred(progress)?;
+            }
             let now = Instant::now();
             for assignment in self.scheduler.assign(now) {
                 self.dispatch(assignment.task, assignment.worker, now)?;
@@ -700,14 +709,17 @@ impl<'a> Session<'a> {
             self.update_counts();
             progress.update(self.counts);
             if self.scheduler.is_finished() {
+                self.flush_deferred(progress)?;
                 return Ok(true);
             }
             if self.scheduler.in_flight() == 0 && self.scheduler.all_excluded() {
+                self.flush_deferred(progress)?;
                 return Err(self.all_excluded()?);
             }
             if self.scheduler.in_flight() > 0 || self.scheduler.audits_pending() > 0 {
                 idle_since = None;
             } else if idle_since.get_or_insert(now).elapsed() >= limits::NO_WORKER_PATIENCE {
+                self.flush_deferred(progress)?;
                 return Err(self.stalled());
             }
             let backoff = self.scheduler.next_backoff_end(now);
@@ -738,6 +750,7 @@ impl<'a> Session<'a> {
                 _ = refresh.tick() => self.refresh(source),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
                 _ = &mut interrupted => {
+                    self.flush_deferred(progress)?;
                     progress.note(&format!("interrupted; every settled task is stored. Continue with `peergrid resume {}`", self.job.id));
                     return Ok(false);
                 }
@@ -876,8 +889,8 @@ impl<'a> Session<'a> {
 
     /// Handles `first` and whatever else is already waiting, commits, then reports.
     fn handle_batch(&mut self, first: Event, progress: &mut Progress) -> Result<(), SubmitError> {
-        let mut batch = Batch::default();
-        let mut after = AfterCommit::default();
+        self.has_deferred = false;
+        let (mut batch, mut after) = std::mem::take(&mut self.deferred);
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(event) = next.take() {
@@ -898,11 +911,24 @@ impl<'a> Session<'a> {
         progress: &mut Progress,
     ) -> Result<(), SubmitError> {
         self.counts.audits += 1;
-        let mut batch = Batch::default();
-        let mut after = AfterCommit::default();
+        let (mut batch, mut after) = std::mem::take(&mut self.deferred);
         for decision in self.scheduler.on_audit(task, result) {
             self.apply(decision, &mut batch, &mut after);
         }
+        // Committed with the next batch of answers when answers are flowing (one fsync for
+        // both), or alone at once when none is waiting: see `run`.
+        self.deferred = (batch, after);
+        self.has_deferred = true;
+        let _ = progress;
+        Ok(())
+    }
+
+    /// Commits what audits decided since the last commit, if anything.
+    fn flush_deferred(&mut self, progress: &mut Progress) -> Result<(), SubmitError> {
+        if !std::mem::take(&mut self.has_deferred) {
+            return Ok(());
+        }
+        let (batch, after) = std::mem::take(&mut self.deferred);
         self.commit(batch, after, progress)
     }
 
@@ -981,7 +1007,7 @@ impl<'a> Session<'a> {
     /// as [`Control::Audited`]. An audit is only proof on the task's own runtime.
     fn run_audit(&mut self, task: TaskIndex) -> Result<(), SubmitError> {
         if self.auditor.is_none() {
-            self.auditor = Some(Auditor::start()?);
+            self.auditor = Some(Auditor::get()?);
         }
         let auditor = self.auditor.as_ref().expect("just made");
         let control = self.control.0.clone();
@@ -1441,14 +1467,30 @@ struct AfterCommit {
 }
 
 /// The submitter's own sandbox, the one `peergrid run` uses, for audits (at most
-/// [`limits::AUDIT_THREADS`] at once: the session's `audit_queue`).
+/// [`limits::AUDIT_THREADS`] at once: the session's `audit_queue`). One per process, made at
+/// the first audit: `resume` of many jobs, the demo and the bench run many sessions, and the
+/// sandbox keeps the modules it compiled.
+#[derive(Clone)]
 struct Auditor {
     sandbox: Sandbox,
-    /// Input files are copied here per run; removed with the session.
-    _scratch: tempfile::TempDir,
+    /// Input files are copied here per run; removed when the process ends.
+    _scratch: std::sync::Arc<tempfile::TempDir>,
 }
 
+static AUDITOR: std::sync::Mutex<Option<Auditor>> = std::sync::Mutex::new(None);
+
 impl Auditor {
+    /// The process's auditor, started if it is not yet.
+    fn get() -> Result<Self, SubmitError> {
+        let mut auditor = AUDITOR.lock().expect("never poisoned");
+        if let Some(auditor) = &*auditor {
+            return Ok(auditor.clone());
+        }
+        let started = Self::start()?;
+        *auditor = Some(started.clone());
+        Ok(started)
+    }
+
     fn start() -> Result<Self, SubmitError> {
         let scratch = tempfile::tempdir()
             .map_err(|error| SubmitError::Sandbox(format!("no scratch directory: {error}")))?;
@@ -1460,7 +1502,7 @@ impl Auditor {
         .map_err(|error| SubmitError::Sandbox(error.to_string()))?;
         Ok(Self {
             sandbox,
-            _scratch: scratch,
+            _scratch: std::sync::Arc::new(scratch),
         })
     }
 }
