@@ -200,7 +200,7 @@ pub fn export(
         std::collections::HashMap::new();
     for ((task, _), record) in store.reopened(&job.id).map_err(to_io)? {
         reopened.entry(task).or_default().push(json!({
-            "old_output_hash": record.old.accepted.as_ref().map(|v| v.output_hash.clone()),
+            "old_output_hash": record.old.accepted.as_ref().map(|v| v.output_hash.to_hex()),
             "old_agreeing": record.old.agreeing,
             "reason": record.reason,
         }));
@@ -222,13 +222,14 @@ pub fn export(
                     if existing == Existing::Rewrite || !written || reopened.contains_key(&index) {
                         write_output(out_dir, &task.id, &stdout, &stderr)?;
                     }
+                    let (outcome, exit_code, detail) = verdict.outcome_parts();
                     json!({
                         "task": task.id,
                         "args": task.args,
-                        "outcome": verdict.outcome,
-                        "exit_code": verdict.exit_code,
-                        "detail": verdict.detail,
-                        "output_hash": verdict.output_hash,
+                        "outcome": outcome,
+                        "exit_code": exit_code,
+                        "detail": detail,
+                        "output_hash": verdict.output_hash.to_hex(),
                         "fuel": verdict.fuel,
                         "agreeing": record.agreeing,
                         "disagreeing": record.disagreeing,

@@ -37,6 +37,8 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use peergrid_proto::ContentHash;
+use peergrid_worker::sandbox::{Outcome, TrapKind};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -50,29 +52,92 @@ pub type TaskIndex = u32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u32);
 
-/// What copies must agree on: everything a signed receipt says about the run, byte for byte.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What copies must agree on: everything a signed receipt says about the run, byte for byte,
+/// as typed values (converted once, at the edge where a receipt is verified). Stored as the
+/// same JSON as before it was typed ([`StoredVerdict`]), so older stores read unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "StoredVerdict", try_from = "StoredVerdict")]
 pub struct Verdict {
-    /// `exited`, `trapped`, `out_of_fuel`, `memory_limit`, `timed_out`, `output_limit`,
-    /// `invalid_module`: as `peergrid run --json` names them.
-    pub outcome: String,
-    pub exit_code: Option<i32>,
-    /// The trap kind, or why the module is invalid.
-    pub detail: Option<String>,
-    /// BLAKE3 of stdout and stderr, in hex.
-    pub output_hash: String,
-    pub stderr_hash: String,
+    /// How the run ended: exit code, trap kind, or why the module is invalid, included.
+    pub outcome: Outcome,
+    /// BLAKE3 of stdout and stderr.
+    pub output_hash: ContentHash,
+    pub stderr_hash: ContentHash,
     pub fuel: u64,
     /// The runtime fingerprint inside the signed receipt (what `Info` claims does not count).
     /// Empty only in stores written before it was kept; filled from the copy on restore.
-    #[serde(default)]
     pub fingerprint: String,
 }
 
 impl Verdict {
     /// A timed-out run says nothing about the program, only about the worker's clock.
     pub fn is_timeout(&self) -> bool {
-        self.outcome == crate::report::TIMED_OUT
+        self.outcome == Outcome::TimedOut
+    }
+
+    /// The outcome as `peergrid run --json` names it (`exited`, `trapped`, …), the exit code,
+    /// and the trap kind or why the module is invalid.
+    pub fn outcome_parts(&self) -> (&'static str, Option<i32>, Option<String>) {
+        crate::report::outcome_parts(&self.outcome)
+    }
+}
+
+/// A [`Verdict`] as the store keeps it: names and hex, readable with any JSON tool.
+#[derive(Serialize, Deserialize)]
+struct StoredVerdict {
+    outcome: String,
+    exit_code: Option<i32>,
+    detail: Option<String>,
+    output_hash: String,
+    stderr_hash: String,
+    fuel: u64,
+    #[serde(default)]
+    fingerprint: String,
+}
+
+impl From<Verdict> for StoredVerdict {
+    fn from(verdict: Verdict) -> Self {
+        let (outcome, exit_code, detail) = verdict.outcome_parts();
+        Self {
+            outcome: outcome.to_owned(),
+            exit_code,
+            detail,
+            output_hash: verdict.output_hash.to_hex(),
+            stderr_hash: verdict.stderr_hash.to_hex(),
+            fuel: verdict.fuel,
+            fingerprint: verdict.fingerprint,
+        }
+    }
+}
+
+impl TryFrom<StoredVerdict> for Verdict {
+    type Error = String;
+
+    fn try_from(stored: StoredVerdict) -> Result<Self, String> {
+        let hash = |hex: &str| {
+            hex::decode(hex)
+                .ok()
+                .and_then(|bytes| ContentHash::from_slice(&bytes).ok())
+                .ok_or_else(|| format!("{hex:?} is not a BLAKE3 hash in hex"))
+        };
+        let detail = || stored.detail.clone().unwrap_or_default();
+        let outcome = match stored.outcome.as_str() {
+            "exited" => Outcome::Exited(stored.exit_code.ok_or("exited without an exit code")?),
+            "trapped" => Outcome::Trapped(TrapKind::from_name(&detail())),
+            "out_of_fuel" => Outcome::OutOfFuel,
+            "memory_limit" => Outcome::MemoryLimit,
+            crate::report::TIMED_OUT => Outcome::TimedOut,
+            "output_limit" => Outcome::OutputLimit,
+            "invalid_module" => Outcome::InvalidModule(detail()),
+            other => return Err(format!("unknown outcome {other:?}")),
+        };
+        Ok(Self {
+            outcome,
+            output_hash: hash(&stored.output_hash)?,
+            stderr_hash: hash(&stored.stderr_hash)?,
+            fuel: stored.fuel,
+            fingerprint: stored.fingerprint,
+        })
     }
 }
 
@@ -1541,8 +1606,8 @@ pub struct Reputation {
     pub lost: u64,
     /// Receipts that failed verification (bad signature, wrong task, output not matching).
     pub bad_receipts: u64,
-    /// Results verified by an audit or by agreeing with an established worker: what lifts a
-    /// key out of probation.
+    /// Results verified by the submitter's own audits or by agreeing with a trusted worker: what
+    /// lifts a key out of probation.
     #[serde(default)]
     pub verified: u64,
 }
@@ -1594,13 +1659,16 @@ mod tests {
         }
     }
 
+    /// The hash of an output called `name` in these tests.
+    fn hash(name: &str) -> ContentHash {
+        ContentHash::of(name.as_bytes())
+    }
+
     fn verdict(output: &str) -> Verdict {
         Verdict {
-            outcome: "exited".into(),
-            exit_code: Some(0),
-            detail: None,
-            output_hash: output.into(),
-            stderr_hash: "e".into(),
+            outcome: Outcome::Exited(0),
+            output_hash: hash(output),
+            stderr_hash: hash("e"),
             fuel: 100,
             fingerprint: "fp".into(),
         }
@@ -1608,8 +1676,7 @@ mod tests {
 
     fn timeout() -> Verdict {
         Verdict {
-            outcome: "timed_out".into(),
-            exit_code: None,
+            outcome: Outcome::TimedOut,
             fuel: 0,
             ..verdict("")
         }
@@ -2008,7 +2075,7 @@ mod tests {
         let (holder, decisions) = answer_next(&mut s, 0, verdict("truth"), now);
         assert_eq!(holder, third);
         assert!(matches!(decisions[0], Decision::Accepted { .. }));
-        assert_eq!(s.accepted(0).unwrap().output_hash, "truth");
+        assert_eq!(s.accepted(0).unwrap().output_hash, hash("truth"));
     }
 
     #[test]
@@ -2101,7 +2168,7 @@ mod tests {
         for task in 0..2 {
             assert_eq!(
                 s.accepted(task).unwrap().output_hash,
-                format!("truth-{task}")
+                hash(&format!("truth-{task}"))
             );
         }
     }
@@ -2137,7 +2204,11 @@ mod tests {
         assert!(honest.iter().all(|id| !s.is_excluded(*id)));
         for task in 0..30 {
             let accepted = s.accepted(task).map(|v| v.output_hash.clone());
-            assert_eq!(accepted, Some(format!("truth-{task}")), "task {task}");
+            assert_eq!(
+                accepted,
+                Some(hash(&format!("truth-{task}"))),
+                "task {task}"
+            );
         }
         assert!(count(&decisions, |d| matches!(d, Decision::Reopened { .. })) > 0);
     }
@@ -2173,7 +2244,7 @@ mod tests {
         );
         assert_eq!(
             s.accepted(0).unwrap().output_hash,
-            "x",
+            hash("x"),
             "a proven liar reopens only what it signed"
         );
     }
@@ -2200,7 +2271,7 @@ mod tests {
         }
         assert!(matches!(
             decisions.iter().find(|d| matches!(d, Decision::Reopened { .. })),
-            Some(Decision::Reopened { task: 0, old, .. }) if old.output_hash == "wrong"
+            Some(Decision::Reopened { task: 0, old, .. }) if old.output_hash == hash("wrong")
         ));
         assert!(s.is_open(0) && !s.is_finished());
         let (third, _) = answer_next(&mut s, 0, verdict("right"), now);
@@ -2211,7 +2282,7 @@ mod tests {
         for task in s.pending_audits() {
             s.on_audit(task, AuditResult::Ran(verdict("right")));
         }
-        assert_eq!(s.accepted(0).unwrap().output_hash, "right");
+        assert_eq!(s.accepted(0).unwrap().output_hash, hash("right"));
         assert!(s.is_finished());
     }
 
@@ -2233,7 +2304,7 @@ mod tests {
             [Decision::AuditUnavailable { .. }]
         ));
         assert!(s.is_finished());
-        assert_eq!(s.accepted(0).unwrap().output_hash, "x");
+        assert_eq!(s.accepted(0).unwrap().output_hash, hash("x"));
     }
 
     #[test]
@@ -2284,7 +2355,10 @@ mod tests {
         }
         assert!(honest.iter().all(|id| !s.is_excluded(*id)));
         for task in 0..100 {
-            assert_eq!(s.accepted(task).unwrap().output_hash, task.to_string());
+            assert_eq!(
+                s.accepted(task).unwrap().output_hash,
+                hash(&task.to_string())
+            );
         }
     }
 
@@ -2500,6 +2574,35 @@ mod tests {
                 agrees: None
             }]
         );
+    }
+
+    #[test]
+    fn a_verdict_is_stored_as_the_json_older_stores_hold_and_read_back_typed() {
+        let trapped = Verdict {
+            outcome: Outcome::Trapped(TrapKind::StackOverflow),
+            ..verdict("x")
+        };
+        let json = serde_json::to_value(&trapped).unwrap();
+        assert_eq!(json["outcome"], "trapped");
+        assert_eq!(json["detail"], "stack_overflow");
+        assert_eq!(json["output_hash"], hash("x").to_hex());
+        let back: Verdict = serde_json::from_value(json).unwrap();
+        assert_eq!(back, trapped);
+        // A record written before verdicts carried the signed fingerprint.
+        let old = serde_json::json!({
+            "outcome": "exited", "exit_code": 7, "detail": null,
+            "output_hash": hash("y").to_hex(), "stderr_hash": hash("e").to_hex(), "fuel": 5
+        });
+        let old: Verdict = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            (old.outcome, old.fingerprint.as_str()),
+            (Outcome::Exited(7), "")
+        );
+        let bad = serde_json::json!({
+            "outcome": "exited", "exit_code": 0, "detail": null,
+            "output_hash": "zz", "stderr_hash": "", "fuel": 5
+        });
+        assert!(serde_json::from_value::<Verdict>(bad).is_err());
     }
 
     #[test]

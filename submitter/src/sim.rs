@@ -10,6 +10,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use peergrid_proto::ContentHash;
+use peergrid_worker::sandbox::Outcome;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -199,11 +201,9 @@ const FINGERPRINT: &str = "fp-sim";
 
 fn truth(task: TaskIndex) -> Verdict {
     Verdict {
-        outcome: "exited".into(),
-        exit_code: Some(0),
-        detail: None,
-        output_hash: format!("truth-{task}"),
-        stderr_hash: String::new(),
+        outcome: Outcome::Exited(0),
+        output_hash: ContentHash::of(format!("truth-{task}").as_bytes()),
+        stderr_hash: ContentHash::of(b""),
         fuel: 1_000 + u64::from(task),
         fingerprint: FINGERPRINT.into(),
     }
@@ -211,18 +211,16 @@ fn truth(task: TaskIndex) -> Verdict {
 
 fn lie(group: u32, task: TaskIndex) -> Verdict {
     Verdict {
-        output_hash: format!("lie-{group}-{task}"),
+        output_hash: ContentHash::of(format!("lie-{group}-{task}").as_bytes()),
         ..truth(task)
     }
 }
 
 fn timed_out() -> Verdict {
     Verdict {
-        outcome: crate::report::TIMED_OUT.into(),
-        exit_code: None,
-        detail: None,
-        output_hash: String::new(),
-        stderr_hash: String::new(),
+        outcome: Outcome::TimedOut,
+        output_hash: ContentHash::of(b""),
+        stderr_hash: ContentHash::of(b""),
         fuel: 0,
         fingerprint: FINGERPRINT.into(),
     }

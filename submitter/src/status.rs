@@ -119,7 +119,7 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
                             "fingerprint": copy.fingerprint,
                             "session": copy.session,
                             "kind": copy.kind,
-                            "output_hash": copy.verdict.as_ref().map(|v| &v.output_hash),
+                            "output_hash": copy.verdict.as_ref().map(|v| v.output_hash.to_hex()),
                             // Why a copy has no usable receipt (lost, bad receipt): what failed.
                             "reason": copy.reason,
                         })
@@ -131,12 +131,12 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
                     "settled_in_session": record.map(|r| r.session),
                     "output_hash": record
                         .and_then(|r| r.accepted.as_ref())
-                        .map(|verdict| &verdict.output_hash),
+                        .map(|verdict| verdict.output_hash.to_hex()),
                     "agreeing": record.map(|r| &r.agreeing),
                     "disagreeing": record.map(|r| &r.disagreeing),
                     "audit": record.map(|r| r.audit),
                     "reopened": reopened.get(&index).map(|history| history.iter().map(|old| json!({
-                        "old_output_hash": old.old.accepted.as_ref().map(|v| &v.output_hash),
+                        "old_output_hash": old.old.accepted.as_ref().map(|v| v.output_hash.to_hex()),
                         "old_agreeing": old.old.agreeing,
                         "reason": old.reason,
                     })).collect::<Vec<_>>()).unwrap_or_default(),
@@ -218,10 +218,7 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
     reopened_tasks.sort_by_key(|(task, _)| **task);
     for (task, history) in reopened_tasks {
         let now = match settled.get(task).and_then(|s| s.accepted.as_ref()) {
-            Some(verdict) => format!(
-                "now accepted with output {}",
-                crate::submit::short_key(&verdict.output_hash)
-            ),
+            Some(verdict) => format!("now accepted with output {}", verdict.output_hash.short()),
             None if settled.contains_key(task) => "now inconclusive".to_owned(),
             None => "open again".to_owned(),
         };
@@ -232,7 +229,7 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
                 old.old
                     .accepted
                     .as_ref()
-                    .map_or("?", |v| crate::submit::short_key(&v.output_hash)),
+                    .map_or_else(|| "?".to_owned(), |v| v.output_hash.short()),
                 old.reason
             );
         }

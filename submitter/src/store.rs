@@ -1003,11 +1003,9 @@ mod tests {
 
     fn verdict() -> Verdict {
         Verdict {
-            outcome: "exited".into(),
-            exit_code: Some(0),
-            detail: None,
-            output_hash: "ab".into(),
-            stderr_hash: "cd".into(),
+            outcome: peergrid_worker::sandbox::Outcome::Exited(0),
+            output_hash: peergrid_proto::ContentHash::of(b"ab"),
+            stderr_hash: peergrid_proto::ContentHash::of(b"cd"),
             fuel: 7,
             fingerprint: "fp".into(),
         }

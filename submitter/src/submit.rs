@@ -22,7 +22,6 @@ use crate::dispatch::{self, Answer, Dispatch, Event};
 use crate::job::{JobSpec, TaskStdin};
 use crate::program::{encode_program, read, read_module, sign_program};
 use crate::progress::{Counts, Progress};
-use crate::report::outcome_parts;
 use crate::schedule::{
     AuditMark, AuditResult, Decision, Loss, PastReceipt, Redundancy, Scheduler, TaskIndex, Verdict,
     WorkerId, WorkerOffer,
@@ -1338,7 +1337,7 @@ impl<'a> Session<'a> {
                 let reason = format!(
                     "worker {} signed its accepted answer (output {}) and was proven to have signed a wrong result",
                     short_key(&self.key_hex(liar)),
-                    short_key(&old.output_hash)
+                    old.output_hash.short()
                 );
                 after
                     .notes
@@ -1510,18 +1509,15 @@ impl Auditor {
 /// The verdict of the submitter's own run, as a receipt would state it. A run that hit the
 /// wall clock proves nothing (wall time is the one non-deterministic outcome).
 fn audit_result(execution: &peergrid_worker::sandbox::Execution, fingerprint: &str) -> AuditResult {
-    let (outcome, exit_code, detail) = outcome_parts(&execution.outcome);
-    if outcome == crate::report::TIMED_OUT {
+    if execution.outcome == peergrid_worker::sandbox::Outcome::TimedOut {
         return AuditResult::Unavailable(
             "the submitter's own run hit the wall-clock limit".to_owned(),
         );
     }
     AuditResult::Ran(Verdict {
-        outcome: outcome.to_owned(),
-        exit_code,
-        detail,
-        output_hash: execution.stdout_hash().to_hex(),
-        stderr_hash: ContentHash::of(&execution.stderr).to_hex(),
+        outcome: execution.outcome.clone(),
+        output_hash: execution.stdout_hash(),
+        stderr_hash: ContentHash::of(&execution.stderr),
         fuel: execution.fuel_used,
         fingerprint: fingerprint.to_owned(),
     })
@@ -1569,13 +1565,10 @@ async fn discover(source: &Source) -> Result<Vec<String>, String> {
 
 /// What copies must agree on, from a verified receipt.
 pub fn verdict_of(result: &CheckedResult) -> Verdict {
-    let (outcome, exit_code, detail) = outcome_parts(&result.outcome);
     Verdict {
-        outcome: outcome.to_owned(),
-        exit_code,
-        detail,
-        output_hash: result.receipt.stdout_hash.to_hex(),
-        stderr_hash: result.receipt.stderr_hash.to_hex(),
+        outcome: result.outcome.clone(),
+        output_hash: result.receipt.stdout_hash,
+        stderr_hash: result.receipt.stderr_hash,
         fuel: result.receipt.receipt.fuel_used,
         fingerprint: result.receipt.receipt.runtime_fingerprint.clone(),
     }
