@@ -21,6 +21,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod core;
 pub mod demo;
 pub mod dispatch;
 pub mod job;

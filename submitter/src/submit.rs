@@ -18,17 +18,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::client::{CheckedResult, ClientError, WorkerClient};
-use crate::dispatch::{self, Answer, Dispatch, Event};
+use crate::core::{Actions, Clock, JobCore, Stored, WorkerMeta};
+use crate::dispatch::{self, Dispatch, Event};
 use crate::job::{JobSpec, TaskStdin};
 use crate::program::{encode_program, read, read_module, sign_program};
 use crate::progress::{Counts, Progress};
-use crate::schedule::{
-    AuditMark, AuditResult, Decision, Loss, PastReceipt, Redundancy, Scheduler, TaskIndex, Verdict,
-    WorkerId, WorkerOffer,
-};
+use crate::schedule::{AuditResult, TaskIndex, Verdict, WorkerId};
 use crate::store::{
-    Batch, CopyKind, CopyRecord, FileRecord, JobRecord, LiarRecord, ResultChange, SettledRecord,
-    Store, TaskRecord, unix_now_ms,
+    Batch, CopyKind, FileRecord, JobRecord, SettledRecord, Store, TaskRecord, unix_now_ms,
 };
 use crate::{limits, results};
 use peergrid_worker::sandbox::{InputSpec, Sandbox, SandboxOptions, TaskSpec};
@@ -254,7 +251,7 @@ pub async fn run_session(
         job.quorum,
         job.out_dir.display()
     ));
-    let outcome = if session.scheduler.is_finished() {
+    let outcome = if session.core.scheduler().is_finished() {
         Ok(true)
     } else {
         for client in workers {
@@ -287,8 +284,8 @@ pub async fn run_session(
         }
     })?;
     let mut summary = summarize(store, job, started.elapsed(), finished)?;
-    summary.copy_wall_time = session.copy_wall_time;
-    summary.audits = session.counts.audits;
+    summary.copy_wall_time = session.core.copy_wall_time();
+    summary.audits = session.core.counts().audits;
     summary.audit_time = session.audit_time;
     Ok(summary)
 }
@@ -352,17 +349,6 @@ pub fn summarize(
     })
 }
 
-/// A worker as the job knows it.
-#[derive(Debug, Clone)]
-struct WorkerMeta {
-    key: PublicKey,
-    key_hex: String,
-    addr: String,
-    host: String,
-    /// The fingerprint its `Info` claims (a receipt's signed one is what counts).
-    fingerprint: String,
-}
-
 /// The blobs one task's program refers to, parsed and checked present once per session.
 #[derive(Debug, Clone)]
 struct TaskInputs {
@@ -395,40 +381,23 @@ struct Session<'a> {
     tasks: Vec<TaskRecord>,
     inputs: Vec<TaskInputs>,
     module: (ContentHash, Bytes),
-    scheduler: Scheduler,
-    workers: Vec<WorkerMeta>,
-    by_key: HashMap<PublicKey, WorkerId>,
-    /// Results verified in earlier jobs, by key hex: what lifts a key out of probation.
-    verified: HashMap<String, u64>,
-    /// Keys the submitter vouches for (`--trusted`).
-    trusted: HashSet<String>,
-    /// Keys proven to have signed a wrong result, in any job: never used again.
-    liars: HashSet<String>,
+    /// The rules: scheduler, workers, what each event means for the store.
+    core: JobCore,
     /// The sandbox audits run in (`peergrid run`'s), made at the first audit.
     auditor: Option<Auditor>,
     /// Time the submitter's own audit runs took, this session.
     audit_time: Duration,
     /// What audits decided and is not committed yet (see `handle_audit`).
-    deferred: (Batch, AfterCommit),
-    has_deferred: bool,
+    deferred: Actions,
     /// Audits waiting to be run, and how many run now.
     audit_queue: std::collections::VecDeque<TaskIndex>,
     audits_running: usize,
-    /// Workers already named for signing on another runtime than a task's (noted once each).
-    wrong_runtime_noted: HashSet<WorkerId>,
     connections: HashMap<WorkerId, mpsc::Sender<Dispatch>>,
     connecting: HashSet<String>,
     /// Signed manifests with their digests and expiry, reused for every copy until close to
     /// expiry.
     signed: HashMap<TaskIndex, SignedCopy>,
-    /// Outputs of receipts of unsettled tasks, one per distinct verdict, until one is accepted.
-    outputs: HashMap<TaskIndex, Vec<(Verdict, Bytes, Bytes)>>,
-    next_copy: Vec<u32>,
-    /// Workers excluded from this job (key hex), also in earlier sessions.
-    excluded_keys: HashSet<String>,
     counts: Counts,
-    /// Wall time the workers reported for this session's verified copies.
-    copy_wall_time: Duration,
     events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
     control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
     /// Writes accepted outputs' files once they are committed.
@@ -471,179 +440,42 @@ impl<'a> Session<'a> {
             .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
         let module_hash = store.require_blob(&job.module_hash)?;
         let module = (module_hash, store.blob(&module_hash)?);
-        let rules = Redundancy {
-            replication: job.replication,
-            quorum: job.quorum,
-            max_replicas: job.max_replicas,
-            distinct_hosts: job.distinct_hosts,
-            distinct_networks: false,
-            audit_rate: 0.0,
-        };
-        let verified = store
-            .reputation()?
-            .into_iter()
-            .map(|(key, counts)| (key, counts.verified))
-            .collect();
-        let rules = Redundancy {
-            distinct_networks: job.distinct_networks,
-            audit_rate: job.audit_rate,
-            ..rules
-        };
         let seed = {
             use rand_core::RngCore;
             rand_core::OsRng.next_u64()
         };
-        let mut session = Self {
+        let stored = Stored {
+            settled: store.settled(&job.id)?,
+            copies: store.copies(&job.id)?,
+            excluded: store.excluded(&job.id)?,
+            liars: store.liars()?.into_keys().collect(),
+            reputation: store.reputation()?,
+        };
+        let task_ids = tasks.iter().map(|task| task.id.clone()).collect();
+        let core = JobCore::restore(job, number, task_ids, stored, seed);
+        let session = Self {
             store,
             job,
             identity,
             number,
-            scheduler: Scheduler::new(rules, tasks.len() as u32, seed),
-            next_copy: vec![0; tasks.len()],
+            counts: core.counts(),
+            core,
             tasks,
             inputs,
             module,
-            workers: Vec::new(),
-            by_key: HashMap::new(),
-            verified,
-            trusted: job.trusted.iter().cloned().collect(),
-            liars: store.liars()?.into_keys().collect(),
             auditor: None,
             audit_time: Duration::ZERO,
-            wrong_runtime_noted: HashSet::new(),
             audit_queue: std::collections::VecDeque::new(),
             audits_running: 0,
-            deferred: Default::default(),
-            has_deferred: false,
+            deferred: Actions::default(),
             connections: HashMap::new(),
             connecting: HashSet::new(),
             signed: HashMap::new(),
-            outputs: HashMap::new(),
-            excluded_keys: HashSet::new(),
-            counts: Counts::default(),
-            copy_wall_time: Duration::ZERO,
             events: mpsc::channel(limits::RESULT_QUEUE),
             control: mpsc::channel(64),
             writer: results::OutputWriter::start(job.out_dir.clone(), job.id.clone()),
         };
-        session.counts.total = job.task_count as u64;
-        let copies = store.copies(&job.id)?;
-        // Stores from before verdicts kept the signed fingerprint: the task's copies say it.
-        let fingerprints: HashMap<TaskIndex, &str> = copies
-            .iter()
-            .map(|((task, _), record)| (*task, record.fingerprint.as_str()))
-            .collect();
-        for (task, settled) in store.settled(&job.id)? {
-            match &settled.accepted {
-                Some(_) => session.counts.accepted += 1,
-                None => session.counts.inconclusive += 1,
-            }
-            let accepted = settled.accepted.map(|mut verdict| {
-                if verdict.fingerprint.is_empty() {
-                    verdict.fingerprint = fingerprints.get(&task).copied().unwrap_or("").to_owned();
-                }
-                verdict
-            });
-            session
-                .scheduler
-                .restore_settled(task, accepted, settled.audit);
-        }
-        let mut receipts = Vec::new();
-        let mut lost: HashMap<TaskIndex, u32> = HashMap::new();
-        for ((task, copy), record) in copies {
-            session.next_copy[task as usize] = session.next_copy[task as usize].max(copy + 1);
-            session.counts.disagreements += u64::from(record.disputed);
-            match record.kind {
-                // Late and superseded receipts too: an audit tells who signed what.
-                CopyKind::Receipt | CopyKind::Late | CopyKind::Superseded => {
-                    let worker = session.known_worker(&record);
-                    if let (Some(worker), Some(mut verdict)) = (worker, record.verdict.clone()) {
-                        // Stores from before the signed fingerprint was kept in the verdict.
-                        if verdict.fingerprint.is_empty() {
-                            verdict.fingerprint = record.fingerprint.clone();
-                        }
-                        receipts.push(PastReceipt {
-                            task,
-                            worker,
-                            verdict,
-                            superseded: record.kind == CopyKind::Superseded,
-                        });
-                    }
-                }
-                CopyKind::Lost => *lost.entry(task).or_default() += 1,
-                _ => {}
-            }
-        }
-        // Exclusions hold for workers known from stored receipts now, and for the others when
-        // they connect.
-        session.excluded_keys = store
-            .excluded(&job.id)?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect();
-        // Keys proven liars in any job are excluded here too, before their receipts on open
-        // tasks could count.
-        let excluded: Vec<WorkerId> = session
-            .excluded_keys
-            .iter()
-            .chain(&session.liars)
-            .filter_map(|key| session.by_key.get(&key.parse::<PublicKey>().ok()?).copied())
-            .collect();
-        let lost: Vec<(TaskIndex, u32)> = lost.into_iter().collect();
-        session.scheduler.restore(receipts, &excluded, &lost);
-        let liars: Vec<WorkerId> = session
-            .by_key
-            .iter()
-            .filter(|(key, _)| session.liars.contains(&key.to_hex()))
-            .map(|(_, id)| *id)
-            .collect();
-        for liar in liars {
-            session.scheduler.restore_liar(liar);
-        }
         Ok(session)
-    }
-
-    /// The id of a worker known from a stored copy (registered unavailable until it connects).
-    fn known_worker(&mut self, record: &CopyRecord) -> Option<WorkerId> {
-        let key: PublicKey = record.worker.parse().ok()?;
-        Some(self.register(
-            WorkerMeta {
-                key,
-                key_hex: record.worker.clone(),
-                addr: record.addr.clone(),
-                host: record.host.clone(),
-                fingerprint: record.fingerprint.clone(),
-            },
-            0,
-            false,
-        ))
-    }
-
-    /// Registers a worker, or updates what is known of it; returns its id.
-    fn register(&mut self, meta: WorkerMeta, slots: u32, available: bool) -> WorkerId {
-        let offer = WorkerOffer {
-            host: meta.host.clone(),
-            network: network_of(&meta.host),
-            fingerprint: meta.fingerprint.clone(),
-            claimed_copies: slots,
-            trusted: self.trusted.contains(&meta.key_hex),
-            verified: self.verified.get(&meta.key_hex).copied().unwrap_or(0),
-        };
-        match self.by_key.get(&meta.key) {
-            Some(&id) => {
-                if available {
-                    self.scheduler.worker_up(id, offer);
-                    self.workers[id.0 as usize] = meta;
-                }
-                id
-            }
-            None => {
-                let id = self.scheduler.add_worker(offer, available);
-                self.by_key.insert(meta.key, id);
-                self.workers.push(meta);
-                id
-            }
-        }
     }
 
     /// Starts the connection to a worker that answered `Info`.
@@ -659,15 +491,9 @@ impl<'a> Session<'a> {
         // The scheduler's "slots" are the copies it keeps in flight: the worker's slots and its
         // queue (see `limits::COPIES_IN_FLIGHT_PER_SLOT`).
         let capacity = info.slots.saturating_mul(limits::COPIES_IN_FLIGHT_PER_SLOT);
-        let id = self.register(meta, capacity, true);
-        if self.liars.contains(&info.key.to_hex()) {
-            self.scheduler.restore_liar(id);
+        let Some(id) = self.core.connect(meta, capacity) else {
             return;
-        }
-        if self.excluded_keys.contains(&info.key.to_hex()) {
-            self.scheduler.exclude(id);
-            return;
-        }
+        };
         if self
             .connections
             .get(&id)
@@ -691,7 +517,7 @@ impl<'a> Session<'a> {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_since: Option<Instant> = None;
         // Audits an earlier session asked for and did not see back are due again.
-        for task in self.scheduler.pending_audits() {
+        for task in self.core.scheduler().pending_audits() {
             self.start_audit(task)?;
         }
         let interrupted = tokio::signal::ctrl_c();
@@ -702,26 +528,26 @@ impl<'a> Session<'a> {
                 self.flush_deferred(progress)?;
             }
             let now = Instant::now();
-            for assignment in self.scheduler.assign(now) {
+            for assignment in self.core.scheduler_mut().assign(now) {
                 self.dispatch(assignment.task, assignment.worker, now)?;
             }
             self.update_counts();
             progress.update(self.counts);
-            if self.scheduler.is_finished() {
+            if self.core.scheduler().is_finished() {
                 self.flush_deferred(progress)?;
                 return Ok(true);
             }
-            if self.scheduler.in_flight() == 0 && self.scheduler.all_excluded() {
+            if self.core.scheduler().in_flight() == 0 && self.core.scheduler().all_excluded() {
                 self.flush_deferred(progress)?;
                 return Err(self.all_excluded()?);
             }
-            if self.scheduler.in_flight() > 0 || self.scheduler.audits_pending() > 0 {
+            if self.core.scheduler().in_flight() > 0 || self.core.scheduler().audits_pending() > 0 {
                 idle_since = None;
             } else if idle_since.get_or_insert(now).elapsed() >= limits::NO_WORKER_PATIENCE {
                 self.flush_deferred(progress)?;
                 return Err(self.stalled());
             }
-            let backoff = self.scheduler.next_backoff_end(now);
+            let backoff = self.core.scheduler().next_backoff_end(now);
             let wake = backoff.unwrap_or(now + limits::MEMBERSHIP_REFRESH);
             tokio::select! {
                 event = self.events.1.recv() => {
@@ -774,7 +600,7 @@ impl<'a> Session<'a> {
     }
 
     fn stalled(&self) -> SubmitError {
-        let reason = self.scheduler.stall_reason(Instant::now());
+        let reason = self.core.scheduler().stall_reason(Instant::now());
         SubmitError::Stalled {
             job: self.job.id.clone(),
             reason,
@@ -801,7 +627,7 @@ impl<'a> Session<'a> {
             .connections
             .iter()
             .filter(|(_, sender)| !sender.is_closed())
-            .map(|(id, _)| self.workers[id.0 as usize].addr.as_str())
+            .map(|(id, _)| self.core.worker(*id).addr.as_str())
             .collect();
         let wanted: Vec<String> = addrs
             .into_iter()
@@ -849,12 +675,7 @@ impl<'a> Session<'a> {
     }
 
     fn not_sent(&mut self, task: TaskIndex, worker: WorkerId, gone: bool, now: Instant) {
-        if gone {
-            self.scheduler.worker_down(worker);
-        }
-        // No copy ran: nothing to record, the task goes back to the queue.
-        let decisions = self.scheduler.on_loss(task, worker, Loss::Busy, now);
-        debug_assert!(decisions.is_empty(), "a busy loss never settles a task");
+        self.core.not_sent(task, worker, gone, now);
     }
 
     /// The signed manifest of `task`, signed again when close to expiry.
@@ -888,18 +709,38 @@ impl<'a> Session<'a> {
 
     /// Handles `first` and whatever else is already waiting, commits, then reports.
     fn handle_batch(&mut self, first: Event, progress: &mut Progress) -> Result<(), SubmitError> {
-        self.has_deferred = false;
-        let (mut batch, mut after) = std::mem::take(&mut self.deferred);
+        let mut actions = std::mem::take(&mut self.deferred);
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(event) = next.take() {
-            self.handle(event, &mut batch, &mut after);
+            self.handle(event, &mut actions);
             handled += 1;
             if handled < limits::RESULT_BATCH {
                 next = self.events.1.try_recv().ok();
             }
         }
-        self.commit(batch, after, progress)
+        self.commit(actions, progress)
+    }
+
+    /// One event: a connection gone (unless a newer one replaced it), or a copy's answer.
+    fn handle(&mut self, event: Event, actions: &mut Actions) {
+        match event {
+            Event::Down { worker, reason } => {
+                let replaced = self
+                    .connections
+                    .get(&worker)
+                    .is_some_and(|sender| !sender.is_closed());
+                if !replaced {
+                    self.connections.remove(&worker);
+                    self.core.on_down(worker, &reason, actions);
+                }
+            }
+            Event::Answer {
+                worker,
+                task,
+                answer,
+            } => self.core.on_answer(worker, task, answer, clock(), actions),
+        }
     }
 
     /// The submitter's own run of `task` came back: the scheduler judges, then commit.
@@ -909,36 +750,37 @@ impl<'a> Session<'a> {
         result: AuditResult,
         progress: &mut Progress,
     ) -> Result<(), SubmitError> {
-        self.counts.audits += 1;
-        let (mut batch, mut after) = std::mem::take(&mut self.deferred);
-        for decision in self.scheduler.on_audit(task, result) {
-            self.apply(decision, &mut batch, &mut after);
-        }
         // Committed with the next batch of answers when answers are flowing (one fsync for
         // both), or alone at once when none is waiting: see `run`.
-        self.deferred = (batch, after);
-        self.has_deferred = true;
+        let mut actions = std::mem::take(&mut self.deferred);
+        self.core.on_audit(task, result, clock(), &mut actions);
+        self.deferred = actions;
         let _ = progress;
         Ok(())
     }
 
     /// Commits what audits decided since the last commit, if anything.
     fn flush_deferred(&mut self, progress: &mut Progress) -> Result<(), SubmitError> {
-        if !std::mem::take(&mut self.has_deferred) {
+        if self.deferred.is_empty() {
             return Ok(());
         }
-        let (batch, after) = std::mem::take(&mut self.deferred);
-        self.commit(batch, after, progress)
+        let actions = std::mem::take(&mut self.deferred);
+        self.commit(actions, progress)
     }
 
     /// Writes `batch` in one transaction, and only then reports it: notes, result files, and
     /// the audits it asked for.
-    fn commit(
-        &mut self,
-        batch: Batch,
-        after: AfterCommit,
-        progress: &mut Progress,
-    ) -> Result<(), SubmitError> {
+    fn commit(&mut self, actions: Actions, progress: &mut Progress) -> Result<(), SubmitError> {
+        let Actions {
+            batch,
+            notes,
+            outputs,
+            audits,
+            done,
+        } = actions;
+        for task in done {
+            self.signed.remove(&task);
+        }
         if !batch.is_empty() {
             // Durable before reported.
             let elsewhere = self.store.write(&self.job.id, &batch)?;
@@ -963,10 +805,10 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        for note in after.notes {
+        for note in notes {
             progress.note(&note);
         }
-        for (task, output) in after.outputs {
+        for (task, output) in outputs {
             let id = self.tasks[task as usize].id.clone();
             match output {
                 Some((stdout, stderr)) => self.writer.write(id, stdout, stderr),
@@ -976,7 +818,7 @@ impl<'a> Session<'a> {
         for failure in self.writer.failures() {
             progress.note(&failure);
         }
-        for task in after.audits {
+        for task in audits {
             self.start_audit(task)?;
         }
         Ok(())
@@ -1012,7 +854,8 @@ impl<'a> Session<'a> {
         let control = self.control.0.clone();
         let own = auditor.sandbox.fingerprint().to_owned();
         let pinned = self
-            .scheduler
+            .core
+            .scheduler()
             .fingerprint(task)
             .unwrap_or_default()
             .to_owned();
@@ -1109,360 +952,15 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn handle(&mut self, event: Event, batch: &mut Batch, after: &mut AfterCommit) {
-        let (worker, task, answer) = match event {
-            Event::Down { worker, reason } => {
-                // A newer connection to the same worker may already have replaced this one.
-                let replaced = self
-                    .connections
-                    .get(&worker)
-                    .is_some_and(|sender| !sender.is_closed());
-                if replaced {
-                    return;
-                }
-                self.scheduler.worker_down(worker);
-                self.connections.remove(&worker);
-                let meta = &self.workers[worker.0 as usize];
-                after.notes.push(format!(
-                    "worker {} at {} is gone: {reason}",
-                    short_key(&meta.key_hex),
-                    meta.addr
-                ));
-                return;
-            }
-            Event::Answer {
-                worker,
-                task,
-                answer,
-            } => (worker, task, answer),
-        };
-        let now = Instant::now();
-        let key = self.workers[worker.0 as usize].key_hex.clone();
-        let decisions = match answer {
-            Answer::Receipt(result) => {
-                self.copy_wall_time += result.wall_time;
-                let verdict = verdict_of(&result);
-                // Only an open task can still be accepted, and equal verdicts sign equal output
-                // hashes: one output per distinct verdict is all acceptance can need.
-                if self.scheduler.is_open(task) {
-                    let seen = self.outputs.entry(task).or_default();
-                    if !seen.iter().any(|(other, _, _)| *other == verdict) {
-                        seen.push((
-                            verdict.clone(),
-                            result.stdout.clone(),
-                            result.stderr.clone(),
-                        ));
-                    }
-                }
-                let decisions = self
-                    .scheduler
-                    .on_receipt(task, worker, verdict.clone(), now);
-                let kind = match decisions.first() {
-                    Some(Decision::Discarded { task: t, worker: w })
-                        if *t == task && *w == worker =>
-                    {
-                        CopyKind::Discarded
-                    }
-                    Some(Decision::WrongRuntime { .. }) => CopyKind::Discarded,
-                    _ if decisions.iter().any(|d| matches!(d, Decision::Late { .. })) => {
-                        CopyKind::Late
-                    }
-                    _ => CopyKind::Receipt,
-                };
-                let mut copy = self.copy_record(worker, kind, Some(verdict), None, Some(&result));
-                copy.disputed = decisions
-                    .iter()
-                    .any(|d| matches!(d, Decision::Disagreement { .. }));
-                self.record_copy(batch, task, copy);
-                decisions
-            }
-            Answer::BadReceipt(reason) => {
-                batch.reputation(&key).bad_receipts += 1;
-                let copy = self.copy_record(
-                    worker,
-                    CopyKind::BadReceipt,
-                    None,
-                    Some(reason.clone()),
-                    None,
-                );
-                self.record_copy(batch, task, copy);
-                let why = format!("sent a receipt that does not verify: {reason}");
-                let mut decisions = self.exclude(worker, why, batch, &mut after.notes);
-                decisions.extend(self.scheduler.on_loss(task, worker, Loss::Busy, now));
-                decisions
-            }
-            Answer::Busy(_) => self.scheduler.on_loss(task, worker, Loss::Busy, now),
-            Answer::Aborted(reason) => {
-                batch.reputation(&key).lost += 1;
-                let copy = self.copy_record(worker, CopyKind::Lost, None, Some(reason), None);
-                self.record_copy(batch, task, copy);
-                self.scheduler.on_loss(task, worker, Loss::Aborted, now)
-            }
-            Answer::Lost(reason) => {
-                batch.reputation(&key).lost += 1;
-                let copy = self.copy_record(worker, CopyKind::Lost, None, Some(reason), None);
-                self.record_copy(batch, task, copy);
-                self.scheduler.on_loss(task, worker, Loss::Lost, now)
-            }
-            Answer::Refused { code, message } => {
-                let why = format!(
-                    "refuses this job's tasks ({}): {message}",
-                    peergrid_proto::status_code_name(code)
-                );
-                let mut decisions = self.exclude(worker, why, batch, &mut after.notes);
-                decisions.extend(self.scheduler.on_loss(task, worker, Loss::Busy, now));
-                decisions
-            }
-        };
-        for decision in decisions {
-            self.apply(decision, batch, after);
-        }
-        if !self.scheduler.is_open(task) {
-            // Settled (now or before): no output of this task is needed any more.
-            self.outputs.remove(&task);
-        }
-    }
-
-    fn apply(&mut self, decision: Decision, batch: &mut Batch, after: &mut AfterCommit) {
-        match decision {
-            Decision::Accepted {
-                task,
-                verdict,
-                agreeing,
-                disagreeing,
-                copies,
-            } => {
-                let outputs = self.outputs.remove(&task).unwrap_or_default();
-                let (_, stdout, stderr) = outputs
-                    .into_iter()
-                    .find(|(seen, _, _)| *seen == verdict)
-                    .expect("the receipt that completes a quorum has just delivered its output");
-                for worker in &agreeing {
-                    batch.reputation(&self.key_hex(*worker)).agreements += 1;
-                }
-                self.counts.accepted += 1;
-                self.signed.remove(&task);
-                let record = SettledRecord {
-                    accepted: Some(verdict),
-                    reason: None,
-                    agreeing: agreeing.iter().map(|w| self.key_hex(*w)).collect(),
-                    disagreeing: disagreeing.iter().map(|w| self.key_hex(*w)).collect(),
-                    copies,
-                    session: self.number,
-                    at_unix_ms: unix_now_ms(),
-                    // An audit may already be due (one drawn before the task was reopened).
-                    audit: self.scheduler.audit_mark(task),
-                };
-                batch.results.push(ResultChange::Settled {
-                    task,
-                    record,
-                    output: Some((stdout.clone(), stderr.clone())),
-                });
-                after.outputs.push((task, Some((stdout, stderr))));
-            }
-            Decision::Inconclusive {
-                task,
-                reason,
-                copies,
-            } => {
-                self.outputs.remove(&task);
-                self.signed.remove(&task);
-                self.counts.inconclusive += 1;
-                after.notes.push(format!(
-                    "task {} is inconclusive: {reason}",
-                    self.tasks[task as usize].id
-                ));
-                let record = SettledRecord {
-                    accepted: None,
-                    reason: Some(reason),
-                    agreeing: Vec::new(),
-                    disagreeing: Vec::new(),
-                    copies,
-                    session: self.number,
-                    at_unix_ms: unix_now_ms(),
-                    audit: AuditMark::None,
-                };
-                batch.results.push(ResultChange::Settled {
-                    task,
-                    record,
-                    output: None,
-                });
-            }
-            Decision::Audit { task } => {
-                batch.results.push(ResultChange::Audited {
-                    task,
-                    audit: AuditMark::Pending,
-                });
-                after.audits.push(task);
-            }
-            Decision::AuditPassed { task } => batch.results.push(ResultChange::Audited {
-                task,
-                audit: AuditMark::Passed,
-            }),
-            Decision::AuditUnavailable { task, reason } => {
-                after.notes.push(format!(
-                    "task {}: the audit proves nothing ({reason}); its accepted result stands on its quorum",
-                    self.tasks[task as usize].id
-                ));
-                batch.results.push(ResultChange::Audited {
-                    task,
-                    audit: AuditMark::Unavailable,
-                });
-            }
-            Decision::Disagreement { .. } => self.counts.disagreements += 1,
-            Decision::Verified { worker, .. } => {
-                batch.reputation(&self.key_hex(worker)).verified += 1;
-            }
-            Decision::ProvenLiar { worker, task } => {
-                let key = self.key_hex(worker);
-                let task_id = self.tasks[task as usize].id.clone();
-                let why = format!(
-                    "signed a wrong result for task {task_id}: the submitter's own run of it differs"
-                );
-                batch.reputation(&key).disagreements += 1;
-                batch.liars.push((
-                    key.clone(),
-                    LiarRecord {
-                        job: self.job.id.clone(),
-                        task: task_id,
-                        reason: why.clone(),
-                        at_unix_ms: unix_now_ms(),
-                    },
-                ));
-                self.liars.insert(key);
-                self.record_exclusion(worker, why, batch, &mut after.notes);
-            }
-            Decision::Reopened { task, old, liar } => {
-                let task_id = self.tasks[task as usize].id.clone();
-                let reason = format!(
-                    "worker {} signed its accepted answer (output {}) and was proven to have signed a wrong result",
-                    short_key(&self.key_hex(liar)),
-                    old.output_hash.short()
-                );
-                after
-                    .notes
-                    .push(format!("task {task_id} is reopened: {reason}"));
-                self.counts.accepted = self.counts.accepted.saturating_sub(1);
-                self.counts.reopened += 1;
-                batch.results.push(ResultChange::Reopened { task, reason });
-                after.outputs.push((task, None));
-            }
-            Decision::Dropped {
-                worker,
-                strikes,
-                delivered,
-            } => {
-                let why = format!(
-                    "is dropped as a free-rider: {strikes} of its copies timed out or were aborted on tasks other workers delivered, against {delivered} receipts"
-                );
-                self.record_exclusion(worker, why, batch, &mut after.notes);
-            }
-            Decision::WrongRuntime {
-                task,
-                worker,
-                signed,
-            } => {
-                if self.wrong_runtime_noted.insert(worker) {
-                    after.notes.push(format!(
-                        "worker {} signed a receipt for task {} on runtime {signed}, not the task's: not counted",
-                        short_key(&self.key_hex(worker)),
-                        self.tasks[task as usize].id
-                    ));
-                }
-            }
-            Decision::Late { worker, agrees, .. } => {
-                if agrees == Some(true) {
-                    batch.reputation(&self.key_hex(worker)).agreements += 1;
-                }
-            }
-            Decision::Discarded { .. } => {}
-        }
-    }
-
-    /// Excludes `worker` from the rest of the job for a reason other than a contradiction.
-    fn exclude(
-        &mut self,
-        worker: WorkerId,
-        why: String,
-        batch: &mut Batch,
-        notes: &mut Vec<String>,
-    ) -> Vec<Decision> {
-        // The first reason stands: answers still in flight from an excluded worker (more bad
-        // receipts, say) neither repeat the note nor overwrite why it was excluded.
-        if self.scheduler.is_excluded(worker) {
-            return Vec::new();
-        }
-        self.record_exclusion(worker, why, batch, notes);
-        self.scheduler.exclude(worker)
-    }
-
-    /// Stores and reports why `worker` is excluded; it stays excluded if it reconnects.
-    fn record_exclusion(
-        &mut self,
-        worker: WorkerId,
-        why: String,
-        batch: &mut Batch,
-        notes: &mut Vec<String>,
-    ) {
-        let key = self.key_hex(worker);
-        notes.push(format!("worker {} excluded: it {why}", short_key(&key)));
-        batch.excluded.push((key.clone(), why));
-        self.excluded_keys.insert(key);
-    }
-
-    fn key_hex(&self, worker: WorkerId) -> String {
-        self.workers[worker.0 as usize].key_hex.clone()
-    }
-
-    fn copy_record(
-        &self,
-        worker: WorkerId,
-        kind: CopyKind,
-        verdict: Option<Verdict>,
-        reason: Option<String>,
-        result: Option<&CheckedResult>,
-    ) -> CopyRecord {
-        let meta = &self.workers[worker.0 as usize];
-        CopyRecord {
-            worker: meta.key_hex.clone(),
-            addr: meta.addr.clone(),
-            host: meta.host.clone(),
-            fingerprint: meta.fingerprint.clone(),
-            session: self.number,
-            kind,
-            verdict,
-            reason,
-            receipt_hex: result.map(|r| hex::encode(&r.signed.receipt)),
-            signature_hex: result.map(|r| hex::encode(&r.signed.signature)),
-            at_unix_ms: unix_now_ms(),
-            disputed: false,
-        }
-    }
-
-    fn record_copy(&mut self, batch: &mut Batch, task: TaskIndex, copy: CopyRecord) {
-        let number = self.next_copy[task as usize];
-        self.next_copy[task as usize] += 1;
-        batch.copies.push((task, number, copy));
-    }
-
     fn update_counts(&mut self) {
-        self.counts.running = self.scheduler.in_flight() as u64;
+        self.counts = self.core.counts();
+        self.counts.running = self.core.scheduler().in_flight() as u64;
         self.counts.workers = self
             .connections
             .iter()
-            .filter(|(id, sender)| !sender.is_closed() && !self.scheduler.is_excluded(**id))
+            .filter(|(id, sender)| !sender.is_closed() && !self.core.scheduler().is_excluded(**id))
             .count() as u64;
     }
-}
-
-/// What a batch of events leaves to do once it is committed, in order.
-#[derive(Default)]
-struct AfterCommit {
-    notes: Vec<String>,
-    /// Result files to write (`Some`) or to remove, for a reopened task (`None`).
-    outputs: Vec<(TaskIndex, Option<(Bytes, Bytes)>)>,
-    /// Accepted tasks to re-run on this machine.
-    audits: Vec<TaskIndex>,
 }
 
 /// The submitter's own sandbox, the one `peergrid run` uses, for audits (at most
@@ -1616,6 +1114,14 @@ fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     rand_core::OsRng.fill_bytes(&mut buffer);
     hex::encode(buffer)
+}
+
+/// The time now, for the job core.
+fn clock() -> Clock {
+    Clock {
+        now: Instant::now(),
+        unix_ms: unix_now_ms(),
+    }
 }
 
 fn unix_now_s() -> u64 {

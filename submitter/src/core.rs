@@ -1,0 +1,929 @@
+//! The job core: one session of a job as rules without I/O. It holds the [`Scheduler`], the
+//! workers the job knows and what the store said of them, and turns each event — a worker
+//! connecting or going, a copy's answer, the submitter's own run of an audited task — into
+//! [`Actions`]: the store batch to commit, and what to do once it is committed (notes for the
+//! user, result files to write or remove, audits to run, manifests no longer needed). The
+//! driver (`submit.rs`) owns the connections, signing, the store and the clock; it passes the
+//! time in. ARCHITECTURE.md, "Trust model", gives the rules.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use peergrid_proto::PublicKey;
+
+use crate::client::CheckedResult;
+use crate::dispatch::Answer;
+use crate::progress::Counts;
+use crate::schedule::{
+    AuditMark, AuditResult, Decision, Loss, PastReceipt, Redundancy, Reputation, Scheduler,
+    TaskIndex, Verdict, WorkerId, WorkerOffer,
+};
+use crate::store::{
+    Batch, CopyKind, CopyRecord, JobRecord, LiarRecord, ResultChange, SettledRecord,
+};
+use crate::submit::{network_of, short_key, verdict_of};
+
+/// A worker as the job knows it: its key, where it was reached, and what its `Info` claims.
+#[derive(Debug, Clone)]
+pub struct WorkerMeta {
+    pub key: PublicKey,
+    pub key_hex: String,
+    pub addr: String,
+    pub host: String,
+    /// The fingerprint its `Info` claims (a receipt's signed one is what counts).
+    pub fingerprint: String,
+}
+
+/// The time, passed in: the scheduler's clock and the wall clock records are stamped with.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub now: Instant,
+    pub unix_ms: u64,
+}
+
+/// What the store holds of a job, read by the driver when a session starts.
+#[derive(Debug, Default)]
+pub struct Stored {
+    pub settled: Vec<(u32, SettledRecord)>,
+    pub copies: Vec<((u32, u32), CopyRecord)>,
+    /// (worker key hex, why) excluded from this job.
+    pub excluded: Vec<(String, String)>,
+    /// Keys proven liars in any job.
+    pub liars: HashSet<String>,
+    pub reputation: HashMap<String, Reputation>,
+}
+
+/// What events leave to do: the batch to commit in one transaction, then, in order, what may
+/// be reported only once it is durable.
+#[derive(Debug, Default)]
+pub struct Actions {
+    pub batch: Batch,
+    pub notes: Vec<String>,
+    /// Result files to write (`Some`) or to remove, for a reopened task (`None`).
+    pub outputs: Vec<(TaskIndex, Option<(Bytes, Bytes)>)>,
+    /// Tasks to re-run on this machine.
+    pub audits: Vec<TaskIndex>,
+    /// Settled tasks: their signed manifests are no longer needed.
+    pub done: Vec<TaskIndex>,
+}
+
+impl Actions {
+    /// Nothing to commit or report.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+            && self.notes.is_empty()
+            && self.outputs.is_empty()
+            && self.audits.is_empty()
+            && self.done.is_empty()
+    }
+}
+
+/// One session of a job, without I/O.
+pub struct JobCore {
+    scheduler: Scheduler,
+    job_id: String,
+    /// The `submit`/`resume` run this is (1, 2, …).
+    session: u32,
+    task_ids: Vec<String>,
+    workers: Vec<WorkerMeta>,
+    by_key: HashMap<PublicKey, WorkerId>,
+    /// Results verified in earlier jobs, by key hex: what lifts a key out of probation.
+    verified: HashMap<String, u64>,
+    /// Keys the submitter vouches for (`--trusted`).
+    trusted: HashSet<String>,
+    /// Keys proven to have signed a wrong result, in any job: never used again.
+    liars: HashSet<String>,
+    /// Workers excluded from this job (key hex), also in earlier sessions.
+    excluded_keys: HashSet<String>,
+    /// Outputs of receipts of unsettled tasks, one per distinct verdict, until one is accepted.
+    outputs: HashMap<TaskIndex, Vec<(Verdict, Bytes, Bytes)>>,
+    next_copy: Vec<u32>,
+    /// Workers already named for signing on another runtime than a task's (noted once each).
+    wrong_runtime_noted: HashSet<WorkerId>,
+    counts: Counts,
+    /// Wall time the workers reported for this session's verified copies.
+    copy_wall_time: Duration,
+    /// The wall clock of the event being handled, for the records it writes.
+    unix_ms: u64,
+}
+
+impl JobCore {
+    /// The core of session `session` of `job`, rebuilt from what earlier sessions stored;
+    /// `seed` drives its random draws (placement, audits).
+    pub fn restore(
+        job: &JobRecord,
+        session: u32,
+        task_ids: Vec<String>,
+        stored: Stored,
+        seed: u64,
+    ) -> Self {
+        let rules = Redundancy {
+            replication: job.replication,
+            quorum: job.quorum,
+            max_replicas: job.max_replicas,
+            distinct_hosts: job.distinct_hosts,
+            distinct_networks: job.distinct_networks,
+            audit_rate: job.audit_rate,
+        };
+        let task_count = task_ids.len();
+        let mut core = Self {
+            scheduler: Scheduler::new(rules, task_count as u32, seed),
+            job_id: job.id.clone(),
+            session,
+            task_ids,
+            workers: Vec::new(),
+            by_key: HashMap::new(),
+            verified: stored
+                .reputation
+                .iter()
+                .map(|(key, counts)| (key.clone(), counts.verified))
+                .collect(),
+            trusted: job.trusted.iter().cloned().collect(),
+            liars: stored.liars,
+            excluded_keys: HashSet::new(),
+            outputs: HashMap::new(),
+            next_copy: vec![0; task_count],
+            wrong_runtime_noted: HashSet::new(),
+            counts: Counts::default(),
+            copy_wall_time: Duration::ZERO,
+            unix_ms: 0,
+        };
+        core.counts.total = job.task_count as u64;
+        let copies = stored.copies;
+        // Stores from before verdicts kept the signed fingerprint: the task's copies say it.
+        let fingerprints: HashMap<TaskIndex, &str> = copies
+            .iter()
+            .map(|((task, _), record)| (*task, record.fingerprint.as_str()))
+            .collect();
+        for (task, settled) in stored.settled {
+            match &settled.accepted {
+                Some(_) => core.counts.accepted += 1,
+                None => core.counts.inconclusive += 1,
+            }
+            let accepted = settled.accepted.map(|mut verdict| {
+                if verdict.fingerprint.is_empty() {
+                    verdict.fingerprint = fingerprints.get(&task).copied().unwrap_or("").to_owned();
+                }
+                verdict
+            });
+            core.scheduler
+                .restore_settled(task, accepted, settled.audit);
+        }
+        let mut receipts = Vec::new();
+        let mut lost: HashMap<TaskIndex, u32> = HashMap::new();
+        for ((task, copy), record) in copies {
+            core.next_copy[task as usize] = core.next_copy[task as usize].max(copy + 1);
+            core.counts.disagreements += u64::from(record.disputed);
+            match record.kind {
+                // Late and superseded receipts too: an audit tells who signed what.
+                CopyKind::Receipt | CopyKind::Late | CopyKind::Superseded => {
+                    let worker = core.known_worker(&record);
+                    if let (Some(worker), Some(mut verdict)) = (worker, record.verdict.clone()) {
+                        // Stores from before the signed fingerprint was kept in the verdict.
+                        if verdict.fingerprint.is_empty() {
+                            verdict.fingerprint = record.fingerprint.clone();
+                        }
+                        receipts.push(PastReceipt {
+                            task,
+                            worker,
+                            verdict,
+                            superseded: record.kind == CopyKind::Superseded,
+                        });
+                    }
+                }
+                CopyKind::Lost => *lost.entry(task).or_default() += 1,
+                _ => {}
+            }
+        }
+        // Exclusions hold for workers known from stored receipts now, and for the others when
+        // they connect.
+        core.excluded_keys = stored.excluded.into_iter().map(|(key, _)| key).collect();
+        // Keys proven liars in any job are excluded here too, before their receipts on open
+        // tasks could count.
+        let excluded: Vec<WorkerId> = core
+            .excluded_keys
+            .iter()
+            .chain(&core.liars)
+            .filter_map(|key| core.by_key.get(&key.parse::<PublicKey>().ok()?).copied())
+            .collect();
+        let lost: Vec<(TaskIndex, u32)> = lost.into_iter().collect();
+        core.scheduler.restore(receipts, &excluded, &lost);
+        let liars: Vec<WorkerId> = core
+            .by_key
+            .iter()
+            .filter(|(key, _)| core.liars.contains(&key.to_hex()))
+            .map(|(_, id)| *id)
+            .collect();
+        for liar in liars {
+            core.scheduler.restore_liar(liar);
+        }
+        core
+    }
+
+    /// A worker answered `Info`: registered (or updated) with `slots` copies it claims to hold;
+    /// the id to connect it under, or `None` when it must not be used (a proven liar, or
+    /// excluded from this job).
+    pub fn connect(&mut self, meta: WorkerMeta, slots: u32) -> Option<WorkerId> {
+        let key_hex = meta.key_hex.clone();
+        let id = self.register(meta, slots, true);
+        if self.liars.contains(&key_hex) {
+            self.scheduler.restore_liar(id);
+            return None;
+        }
+        if self.excluded_keys.contains(&key_hex) {
+            self.scheduler.exclude(id);
+            return None;
+        }
+        Some(id)
+    }
+
+    /// The submitter's own run of `task` (asked for in [`Actions::audits`]) came back.
+    pub fn on_audit(
+        &mut self,
+        task: TaskIndex,
+        result: AuditResult,
+        clock: Clock,
+        actions: &mut Actions,
+    ) {
+        self.unix_ms = clock.unix_ms;
+        self.counts.audits += 1;
+        for decision in self.scheduler.on_audit(task, result) {
+            self.apply(decision, actions);
+        }
+    }
+
+    /// A copy assigned to `worker` could not even be sent (its queue is full, or its connection
+    /// just ended): no copy ran, nothing to record, the task goes back to the queue.
+    pub fn not_sent(&mut self, task: TaskIndex, worker: WorkerId, gone: bool, now: Instant) {
+        if gone {
+            self.scheduler.worker_down(worker);
+        }
+        let decisions = self.scheduler.on_loss(task, worker, Loss::Busy, now);
+        debug_assert!(decisions.is_empty(), "a busy loss never settles a task");
+    }
+
+    /// The scheduler, to ask it what to assign and how the job stands.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn scheduler_mut(&mut self) -> &mut Scheduler {
+        &mut self.scheduler
+    }
+
+    /// The job's counts so far (running and workers are the driver's to fill in).
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    pub fn copy_wall_time(&self) -> Duration {
+        self.copy_wall_time
+    }
+
+    /// Where `worker` was last reached.
+    pub fn worker(&self, worker: WorkerId) -> &WorkerMeta {
+        &self.workers[worker.0 as usize]
+    }
+
+    /// The id of a worker known from a stored copy (registered unavailable until it connects).
+    fn known_worker(&mut self, record: &CopyRecord) -> Option<WorkerId> {
+        let key: PublicKey = record.worker.parse().ok()?;
+        Some(self.register(
+            WorkerMeta {
+                key,
+                key_hex: record.worker.clone(),
+                addr: record.addr.clone(),
+                host: record.host.clone(),
+                fingerprint: record.fingerprint.clone(),
+            },
+            0,
+            false,
+        ))
+    }
+
+    /// Registers a worker, or updates what is known of it; returns its id.
+    fn register(&mut self, meta: WorkerMeta, slots: u32, available: bool) -> WorkerId {
+        let offer = WorkerOffer {
+            host: meta.host.clone(),
+            network: network_of(&meta.host),
+            fingerprint: meta.fingerprint.clone(),
+            claimed_copies: slots,
+            trusted: self.trusted.contains(&meta.key_hex),
+            verified: self.verified.get(&meta.key_hex).copied().unwrap_or(0),
+        };
+        match self.by_key.get(&meta.key) {
+            Some(&id) => {
+                if available {
+                    self.scheduler.worker_up(id, offer);
+                    self.workers[id.0 as usize] = meta;
+                }
+                id
+            }
+            None => {
+                let id = self.scheduler.add_worker(offer, available);
+                self.by_key.insert(meta.key, id);
+                self.workers.push(meta);
+                id
+            }
+        }
+    }
+
+    /// The connection to `worker` ended (and no newer one replaced it): it takes no copies
+    /// until it connects again; its copies in flight come back as lost answers.
+    pub fn on_down(&mut self, worker: WorkerId, reason: &str, actions: &mut Actions) {
+        self.scheduler.worker_down(worker);
+        let meta = &self.workers[worker.0 as usize];
+        actions.notes.push(format!(
+            "worker {} at {} is gone: {reason}",
+            short_key(&meta.key_hex),
+            meta.addr
+        ));
+    }
+
+    /// A copy of `task` sent to `worker` came back with `answer`.
+    pub fn on_answer(
+        &mut self,
+        worker: WorkerId,
+        task: TaskIndex,
+        answer: Answer,
+        clock: Clock,
+        actions: &mut Actions,
+    ) {
+        let now = clock.now;
+        self.unix_ms = clock.unix_ms;
+        let batch = &mut actions.batch;
+        let key = self.workers[worker.0 as usize].key_hex.clone();
+        let decisions = match answer {
+            Answer::Receipt(result) => {
+                self.copy_wall_time += result.wall_time;
+                let verdict = verdict_of(&result);
+                // Only an open task can still be accepted, and equal verdicts sign equal output
+                // hashes: one output per distinct verdict is all acceptance can need.
+                if self.scheduler.is_open(task) {
+                    let seen = self.outputs.entry(task).or_default();
+                    if !seen.iter().any(|(other, _, _)| *other == verdict) {
+                        seen.push((
+                            verdict.clone(),
+                            result.stdout.clone(),
+                            result.stderr.clone(),
+                        ));
+                    }
+                }
+                let decisions = self
+                    .scheduler
+                    .on_receipt(task, worker, verdict.clone(), now);
+                let kind = match decisions.first() {
+                    Some(Decision::Discarded { task: t, worker: w })
+                        if *t == task && *w == worker =>
+                    {
+                        CopyKind::Discarded
+                    }
+                    Some(Decision::WrongRuntime { .. }) => CopyKind::Discarded,
+                    _ if decisions.iter().any(|d| matches!(d, Decision::Late { .. })) => {
+                        CopyKind::Late
+                    }
+                    _ => CopyKind::Receipt,
+                };
+                let mut copy = self.copy_record(worker, kind, Some(verdict), None, Some(&result));
+                copy.disputed = decisions
+                    .iter()
+                    .any(|d| matches!(d, Decision::Disagreement { .. }));
+                self.record_copy(batch, task, copy);
+                decisions
+            }
+            Answer::BadReceipt(reason) => {
+                batch.reputation(&key).bad_receipts += 1;
+                let copy = self.copy_record(
+                    worker,
+                    CopyKind::BadReceipt,
+                    None,
+                    Some(reason.clone()),
+                    None,
+                );
+                self.record_copy(batch, task, copy);
+                let why = format!("sent a receipt that does not verify: {reason}");
+                let mut decisions = self.exclude(worker, why, batch, &mut actions.notes);
+                decisions.extend(self.scheduler.on_loss(task, worker, Loss::Busy, now));
+                decisions
+            }
+            Answer::Busy(_) => self.scheduler.on_loss(task, worker, Loss::Busy, now),
+            Answer::Aborted(reason) => {
+                batch.reputation(&key).lost += 1;
+                let copy = self.copy_record(worker, CopyKind::Lost, None, Some(reason), None);
+                self.record_copy(batch, task, copy);
+                self.scheduler.on_loss(task, worker, Loss::Aborted, now)
+            }
+            Answer::Lost(reason) => {
+                batch.reputation(&key).lost += 1;
+                let copy = self.copy_record(worker, CopyKind::Lost, None, Some(reason), None);
+                self.record_copy(batch, task, copy);
+                self.scheduler.on_loss(task, worker, Loss::Lost, now)
+            }
+            Answer::Refused { code, message } => {
+                let why = format!(
+                    "refuses this job's tasks ({}): {message}",
+                    peergrid_proto::status_code_name(code)
+                );
+                let mut decisions = self.exclude(worker, why, batch, &mut actions.notes);
+                decisions.extend(self.scheduler.on_loss(task, worker, Loss::Busy, now));
+                decisions
+            }
+        };
+        for decision in decisions {
+            self.apply(decision, actions);
+        }
+        if !self.scheduler.is_open(task) {
+            // Settled (now or before): no output of this task is needed any more.
+            self.outputs.remove(&task);
+        }
+    }
+
+    /// What a decision means for the store and the user.
+    fn apply(&mut self, decision: Decision, actions: &mut Actions) {
+        let batch = &mut actions.batch;
+        match decision {
+            Decision::Accepted {
+                task,
+                verdict,
+                agreeing,
+                disagreeing,
+                copies,
+            } => {
+                let outputs = self.outputs.remove(&task).unwrap_or_default();
+                let (_, stdout, stderr) = outputs
+                    .into_iter()
+                    .find(|(seen, _, _)| *seen == verdict)
+                    .expect("the receipt that completes a quorum has just delivered its output");
+                for worker in &agreeing {
+                    batch.reputation(&self.key_hex(*worker)).agreements += 1;
+                }
+                self.counts.accepted += 1;
+                actions.done.push(task);
+                let record = SettledRecord {
+                    accepted: Some(verdict),
+                    reason: None,
+                    agreeing: agreeing.iter().map(|w| self.key_hex(*w)).collect(),
+                    disagreeing: disagreeing.iter().map(|w| self.key_hex(*w)).collect(),
+                    copies,
+                    session: self.session,
+                    at_unix_ms: self.unix_ms,
+                    // An audit may already be due (one drawn before the task was reopened).
+                    audit: self.scheduler.audit_mark(task),
+                };
+                batch.results.push(ResultChange::Settled {
+                    task,
+                    record,
+                    output: Some((stdout.clone(), stderr.clone())),
+                });
+                actions.outputs.push((task, Some((stdout, stderr))));
+            }
+            Decision::Inconclusive {
+                task,
+                reason,
+                copies,
+            } => {
+                self.outputs.remove(&task);
+                actions.done.push(task);
+                self.counts.inconclusive += 1;
+                actions.notes.push(format!(
+                    "task {} is inconclusive: {reason}",
+                    self.task_ids[task as usize]
+                ));
+                let record = SettledRecord {
+                    accepted: None,
+                    reason: Some(reason),
+                    agreeing: Vec::new(),
+                    disagreeing: Vec::new(),
+                    copies,
+                    session: self.session,
+                    at_unix_ms: self.unix_ms,
+                    audit: AuditMark::None,
+                };
+                batch.results.push(ResultChange::Settled {
+                    task,
+                    record,
+                    output: None,
+                });
+            }
+            Decision::Audit { task } => {
+                batch.results.push(ResultChange::Audited {
+                    task,
+                    audit: AuditMark::Pending,
+                });
+                actions.audits.push(task);
+            }
+            Decision::AuditPassed { task } => batch.results.push(ResultChange::Audited {
+                task,
+                audit: AuditMark::Passed,
+            }),
+            Decision::AuditUnavailable { task, reason } => {
+                actions.notes.push(format!(
+                    "task {}: the audit proves nothing ({reason}); its accepted result stands on its quorum",
+                    self.task_ids[task as usize]
+                ));
+                batch.results.push(ResultChange::Audited {
+                    task,
+                    audit: AuditMark::Unavailable,
+                });
+            }
+            Decision::Disagreement { .. } => self.counts.disagreements += 1,
+            Decision::Verified { worker, .. } => {
+                batch.reputation(&self.key_hex(worker)).verified += 1;
+            }
+            Decision::ProvenLiar { worker, task } => {
+                let key = self.key_hex(worker);
+                let task_id = self.task_ids[task as usize].clone();
+                let why = format!(
+                    "signed a wrong result for task {task_id}: the submitter's own run of it differs"
+                );
+                batch.reputation(&key).disagreements += 1;
+                batch.liars.push((
+                    key.clone(),
+                    LiarRecord {
+                        job: self.job_id.clone(),
+                        task: task_id,
+                        reason: why.clone(),
+                        at_unix_ms: self.unix_ms,
+                    },
+                ));
+                self.liars.insert(key);
+                self.record_exclusion(worker, why, &mut actions.batch, &mut actions.notes);
+            }
+            Decision::Reopened { task, old, liar } => {
+                let task_id = self.task_ids[task as usize].clone();
+                let reason = format!(
+                    "worker {} signed its accepted answer (output {}) and was proven to have signed a wrong result",
+                    short_key(&self.key_hex(liar)),
+                    old.output_hash.short()
+                );
+                actions
+                    .notes
+                    .push(format!("task {task_id} is reopened: {reason}"));
+                self.counts.accepted = self.counts.accepted.saturating_sub(1);
+                self.counts.reopened += 1;
+                batch.results.push(ResultChange::Reopened { task, reason });
+                actions.outputs.push((task, None));
+            }
+            Decision::Dropped {
+                worker,
+                strikes,
+                delivered,
+            } => {
+                let why = format!(
+                    "is dropped as a free-rider: {strikes} of its copies timed out or were aborted on tasks other workers delivered, against {delivered} receipts"
+                );
+                self.record_exclusion(worker, why, &mut actions.batch, &mut actions.notes);
+            }
+            Decision::WrongRuntime {
+                task,
+                worker,
+                signed,
+            } => {
+                if self.wrong_runtime_noted.insert(worker) {
+                    actions.notes.push(format!(
+                        "worker {} signed a receipt for task {} on runtime {signed}, not the task's: not counted",
+                        short_key(&self.key_hex(worker)),
+                        self.task_ids[task as usize]
+                    ));
+                }
+            }
+            Decision::Late { worker, agrees, .. } => {
+                if agrees == Some(true) {
+                    batch.reputation(&self.key_hex(worker)).agreements += 1;
+                }
+            }
+            Decision::Discarded { .. } => {}
+        }
+    }
+
+    /// Excludes `worker` from the rest of the job for a reason other than a contradiction.
+    fn exclude(
+        &mut self,
+        worker: WorkerId,
+        why: String,
+        batch: &mut Batch,
+        notes: &mut Vec<String>,
+    ) -> Vec<Decision> {
+        // The first reason stands: answers still in flight from an excluded worker (more bad
+        // receipts, say) neither repeat the note nor overwrite why it was excluded.
+        if self.scheduler.is_excluded(worker) {
+            return Vec::new();
+        }
+        self.record_exclusion(worker, why, batch, notes);
+        self.scheduler.exclude(worker)
+    }
+
+    /// Stores and reports why `worker` is excluded; it stays excluded if it reconnects.
+    fn record_exclusion(
+        &mut self,
+        worker: WorkerId,
+        why: String,
+        batch: &mut Batch,
+        notes: &mut Vec<String>,
+    ) {
+        let key = self.key_hex(worker);
+        notes.push(format!("worker {} excluded: it {why}", short_key(&key)));
+        batch.excluded.push((key.clone(), why));
+        self.excluded_keys.insert(key);
+    }
+
+    fn key_hex(&self, worker: WorkerId) -> String {
+        self.workers[worker.0 as usize].key_hex.clone()
+    }
+
+    fn copy_record(
+        &self,
+        worker: WorkerId,
+        kind: CopyKind,
+        verdict: Option<Verdict>,
+        reason: Option<String>,
+        result: Option<&CheckedResult>,
+    ) -> CopyRecord {
+        let meta = &self.workers[worker.0 as usize];
+        CopyRecord {
+            worker: meta.key_hex.clone(),
+            addr: meta.addr.clone(),
+            host: meta.host.clone(),
+            fingerprint: meta.fingerprint.clone(),
+            session: self.session,
+            kind,
+            verdict,
+            reason,
+            receipt_hex: result.map(|r| hex::encode(&r.signed.receipt)),
+            signature_hex: result.map(|r| hex::encode(&r.signed.signature)),
+            at_unix_ms: self.unix_ms,
+            disputed: false,
+        }
+    }
+
+    fn record_copy(&mut self, batch: &mut Batch, task: TaskIndex, copy: CopyRecord) {
+        let number = self.next_copy[task as usize];
+        self.next_copy[task as usize] += 1;
+        batch.copies.push((task, number, copy));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use peergrid_proto::{ContentHash, Identity, pb};
+    use peergrid_worker::sandbox::Outcome;
+
+    use super::*;
+    use crate::client::CheckedResult;
+    use crate::dispatch::Answer;
+    use crate::store::ResultChange;
+
+    fn job(tasks: u32, audit_rate: f64) -> JobRecord {
+        JobRecord {
+            id: "job-1".into(),
+            name: "job".into(),
+            job_file: PathBuf::from("job.toml"),
+            key_file: PathBuf::from("me.key"),
+            out_dir: PathBuf::from("out"),
+            module_hash: "00".into(),
+            fuel: 0,
+            memory_bytes: 0,
+            timeout_ms: 0,
+            replication: 2,
+            quorum: 2,
+            max_replicas: 5,
+            distinct_hosts: true,
+            distinct_networks: true,
+            audit_rate,
+            trusted: vec![],
+            task_count: tasks,
+            peers: vec![],
+            seeds: vec![],
+            created_unix_ms: 0,
+            sessions: 1,
+            finished_unix_ms: None,
+        }
+    }
+
+    fn core(tasks: u32, audit_rate: f64, stored: Stored) -> JobCore {
+        let ids = (0..tasks).map(|task| format!("t{task}")).collect();
+        JobCore::restore(&job(tasks, audit_rate), 1, ids, stored, 5)
+    }
+
+    /// A worker with a fresh key on a network of its own.
+    fn worker(index: u8) -> WorkerMeta {
+        let key = Identity::generate().public_key();
+        WorkerMeta {
+            key,
+            key_hex: key.to_hex(),
+            addr: format!("192.0.2.{index}:7000"),
+            host: format!("198.51.{index}.1"),
+            fingerprint: "fp".into(),
+        }
+    }
+
+    fn clock() -> Clock {
+        Clock {
+            now: Instant::now(),
+            unix_ms: 1_000,
+        }
+    }
+
+    /// A verified receipt from `meta` whose stdout is `stdout`.
+    fn delivered(meta: &WorkerMeta, stdout: &'static str) -> Answer {
+        let stdout = Bytes::from_static(stdout.as_bytes());
+        let receipt = pb::Receipt {
+            runtime_fingerprint: "fp".into(),
+            fuel_used: 7,
+            ..Default::default()
+        };
+        Answer::Receipt(Box::new(CheckedResult {
+            receipt: peergrid_proto::signing::VerifiedReceipt {
+                receipt,
+                task_digest: ContentHash::of(b"task"),
+                worker: meta.key,
+                stdout_hash: ContentHash::of(&stdout),
+                stderr_hash: ContentHash::of(b""),
+            },
+            signed: pb::SignedReceipt {
+                receipt: Bytes::from_static(b"receipt"),
+                signature: Bytes::from_static(b"signature"),
+            },
+            outcome: Outcome::Exited(0),
+            stdout,
+            stderr: Bytes::new(),
+            wall_time: Duration::from_millis(3),
+        }))
+    }
+
+    /// Sends the one copy of task 0 the next round assigns and answers it with `answer`.
+    fn answer_next(
+        core: &mut JobCore,
+        metas: &[WorkerMeta],
+        ids: &[WorkerId],
+        answer: impl Fn(&WorkerMeta) -> Answer,
+    ) -> (WorkerId, Actions) {
+        let assigned = core.scheduler_mut().assign(Instant::now());
+        assert_eq!(assigned.len(), 1, "{assigned:?}");
+        let to = assigned[0].worker;
+        let meta = &metas[ids.iter().position(|id| *id == to).unwrap()];
+        let mut actions = Actions::default();
+        core.on_answer(to, assigned[0].task, answer(meta), clock(), &mut actions);
+        (to, actions)
+    }
+
+    fn connect_all(core: &mut JobCore, metas: &[WorkerMeta]) -> Vec<WorkerId> {
+        metas
+            .iter()
+            .map(|meta| core.connect(meta.clone(), 2).expect("usable"))
+            .collect()
+    }
+
+    #[test]
+    fn agreeing_receipts_become_copy_records_a_settled_record_and_a_file_to_write() {
+        let mut core = core(1, 0.0, Stored::default());
+        let metas = [worker(1), worker(2)];
+        let ids = connect_all(&mut core, &metas);
+        let (_, first) = answer_next(&mut core, &metas, &ids, |m| delivered(m, "42"));
+        assert_eq!(first.batch.copies.len(), 1);
+        assert_eq!(first.batch.copies[0].2.kind, CopyKind::Receipt);
+        assert_eq!(
+            first.batch.copies[0].2.at_unix_ms, 1_000,
+            "stamped with the clock passed in"
+        );
+        assert!(first.batch.results.is_empty() && first.outputs.is_empty());
+        let (_, second) = answer_next(&mut core, &metas, &ids, |m| delivered(m, "42"));
+        let settled = second
+            .batch
+            .results
+            .iter()
+            .find_map(|change| match change {
+                ResultChange::Settled { record, output, .. } => Some((record, output)),
+                _ => None,
+            })
+            .expect("settled");
+        assert_eq!(settled.0.agreeing.len(), 2);
+        assert_eq!(settled.1.as_ref().unwrap().0, Bytes::from_static(b"42"));
+        assert!(matches!(&second.outputs[..], [(0, Some(_))]));
+        assert_eq!(second.done, vec![0]);
+        for meta in &metas {
+            assert_eq!(second.batch.reputation[&meta.key_hex].agreements, 1);
+        }
+        assert_eq!(core.counts().accepted, 1);
+    }
+
+    #[test]
+    fn a_bad_receipt_excludes_its_worker_for_the_job_even_when_it_reconnects() {
+        let mut core = core(1, 0.0, Stored::default());
+        let metas = [worker(1), worker(2), worker(3)];
+        let ids = connect_all(&mut core, &metas);
+        let (bad, actions) = answer_next(&mut core, &metas, &ids, |_| {
+            Answer::BadReceipt("signed by someone else".into())
+        });
+        let meta = &metas[ids.iter().position(|id| *id == bad).unwrap()];
+        assert_eq!(actions.batch.excluded.len(), 1);
+        assert_eq!(actions.batch.excluded[0].0, meta.key_hex);
+        assert!(
+            actions.batch.excluded[0]
+                .1
+                .contains("signed by someone else")
+        );
+        assert_eq!(actions.batch.reputation[&meta.key_hex].bad_receipts, 1);
+        assert_eq!(actions.batch.copies[0].2.kind, CopyKind::BadReceipt);
+        assert!(actions.notes.iter().any(|note| note.contains("excluded")));
+        assert!(
+            core.connect(meta.clone(), 2).is_none(),
+            "excluded for the job"
+        );
+    }
+
+    #[test]
+    fn a_failed_audit_records_the_liars_for_good_reopens_the_result_and_removes_its_file() {
+        // Fresh keys: their quorum is audited at the probation rate; 1.0 makes it certain.
+        let mut core = core(1, 1.0, Stored::default());
+        let metas = [worker(1), worker(2), worker(3), worker(4)];
+        let ids = connect_all(&mut core, &metas);
+        let (first, _) = answer_next(&mut core, &metas, &ids, |m| delivered(m, "wrong"));
+        let (second, accepted) = answer_next(&mut core, &metas, &ids, |m| delivered(m, "wrong"));
+        assert_eq!(accepted.audits, vec![0]);
+        let mut actions = Actions::default();
+        let truth = Verdict {
+            outcome: Outcome::Exited(0),
+            output_hash: ContentHash::of(b"right"),
+            stderr_hash: ContentHash::of(b""),
+            fuel: 7,
+            fingerprint: "fp".into(),
+        };
+        core.on_audit(0, AuditResult::Ran(truth), clock(), &mut actions);
+        let liars: HashSet<&str> = actions
+            .batch
+            .liars
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .collect();
+        for liar in [first, second] {
+            assert!(liars.contains(core.worker(liar).key_hex.as_str()));
+        }
+        assert!(
+            actions
+                .batch
+                .results
+                .iter()
+                .any(|change| matches!(change, ResultChange::Reopened { task: 0, .. }))
+        );
+        assert!(
+            matches!(&actions.outputs[..], [(0, None)]),
+            "its file is removed"
+        );
+        assert!(actions.notes.iter().any(|note| note.contains("reopened")));
+        assert_eq!(core.counts().reopened, 1);
+        assert_eq!(core.counts().accepted, 0);
+        let liar = &metas[ids.iter().position(|id| *id == first).unwrap()];
+        assert!(
+            core.connect(liar.clone(), 2).is_none(),
+            "a proven liar is never used again"
+        );
+    }
+
+    #[test]
+    fn a_liar_of_another_job_does_not_vote_on_a_resumed_task() {
+        let liar = worker(1);
+        let honest = worker(2);
+        let wrong = match delivered(&liar, "wrong") {
+            Answer::Receipt(result) => verdict_of(&result),
+            _ => unreachable!(),
+        };
+        let copy = CopyRecord {
+            worker: liar.key_hex.clone(),
+            addr: liar.addr.clone(),
+            host: liar.host.clone(),
+            fingerprint: "fp".into(),
+            session: 1,
+            kind: CopyKind::Receipt,
+            verdict: Some(wrong),
+            reason: None,
+            receipt_hex: None,
+            signature_hex: None,
+            at_unix_ms: 0,
+            disputed: false,
+        };
+        let stored = Stored {
+            copies: vec![((0, 0), copy)],
+            liars: [liar.key_hex.clone()].into_iter().collect(),
+            ..Stored::default()
+        };
+        let mut core = core(1, 0.0, stored);
+        assert!(core.connect(liar.clone(), 2).is_none());
+        let metas = [honest];
+        let ids = connect_all(&mut core, &metas);
+        // The same answer as the liar's stored receipt: with that receipt counted, a quorum.
+        let (_, actions) = answer_next(&mut core, &metas, &ids, |m| delivered(m, "wrong"));
+        assert!(
+            !actions
+                .batch
+                .results
+                .iter()
+                .any(|change| matches!(change, ResultChange::Settled { .. })),
+            "a proven liar's receipt voted"
+        );
+        assert!(core.scheduler().is_open(0));
+    }
+}
