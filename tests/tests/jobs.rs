@@ -431,7 +431,8 @@ fn ctrl_c_stops_a_job_resumably_and_results_can_be_written_anywhere() {
     let lines = results_lines(&partial.join("results.jsonl"));
     assert_eq!(lines.len(), 120);
     let pending = lines.iter().filter(|l| l["outcome"] == "pending").count();
-    assert!(pending > 0 && pending < 110, "{pending} pending");
+    // At least the 10 tasks seen accepted before the interrupt are in, and not all 120.
+    assert!(pending > 0 && pending <= 110, "{pending} pending");
     for line in lines.iter().filter(|l| l["outcome"] == "exited") {
         let task = line["task"].as_str().unwrap();
         assert!(partial.join(format!("{task}.stdout")).is_file(), "{task}");
