@@ -940,7 +940,7 @@ impl Scheduler {
             state.delivered += 1;
             state.fail_streak = 0;
             self.refresh(worker);
-            self.confirm_strikes(task, worker, &mut decisions);
+            self.confirm_strikes(task, Some(worker), &mut decisions);
         }
         // Its own failures may just have dropped it: its answer no longer counts.
         if self.workers[worker.0 as usize].excluded {
@@ -1292,29 +1292,29 @@ impl Scheduler {
         state.fail_streak += 1;
         let streak = state.fail_streak;
         state.back_off(streak, now);
-        let task_state = &mut self.tasks[task as usize];
-        if !task_state
-            .failed
-            .iter()
-            .any(|(failed, _)| *failed == worker)
-        {
-            task_state.failed.push((worker, false));
-            self.workers[worker.0 as usize].unjudged += 1;
-            self.refresh(worker);
-        }
+        // Every failure counts, a second one on the same task too (a worker that failed a task
+        // gets it again when nobody else has room).
+        self.tasks[task as usize].failed.push((worker, false));
+        self.workers[worker.0 as usize].unjudged += 1;
+        self.refresh(worker);
         let task_state = &self.tasks[task as usize];
         let delivered = task_state.delivered() || matches!(task_state.status, Status::Accepted(_));
         if delivered {
-            self.confirm_strikes(task, worker, decisions);
+            self.confirm_strikes(task, None, decisions);
         }
     }
 
     /// Another worker delivered `task`: every failure on it becomes a strike.
-    fn confirm_strikes(&mut self, task: TaskIndex, by: WorkerId, decisions: &mut Vec<Decision>) {
+    fn confirm_strikes(
+        &mut self,
+        task: TaskIndex,
+        by: Option<WorkerId>,
+        decisions: &mut Vec<Decision>,
+    ) {
         let mut struck = Vec::new();
         for (worker, confirmed) in &mut self.tasks[task as usize].failed {
             // Its own later delivery does not make its earlier failure a strike.
-            if !*confirmed && *worker != by {
+            if !*confirmed && Some(*worker) != by {
                 *confirmed = true;
                 struck.push(*worker);
             }
@@ -2320,9 +2320,16 @@ mod tests {
         let mut sent: HashMap<WorkerId, u32> = HashMap::new();
         let mut decisions = Vec::new();
         let mut now = Instant::now();
+        // Honest copies take a round, the riders answer at once: the riders are often the
+        // only ones with room, and get tasks they failed before.
+        let mut running: Vec<Assignment> = Vec::new();
         for _ in 0..10_000 {
             if s.is_finished() {
                 break;
+            }
+            for a in std::mem::take(&mut running) {
+                let truth = verdict(&a.task.to_string());
+                decisions.extend(s.on_receipt(a.task, a.worker, truth, now));
             }
             for a in s.assign(now) {
                 *sent.entry(a.worker).or_default() += 1;
@@ -2331,7 +2338,8 @@ mod tests {
                 } else if a.worker == timing_out {
                     s.on_receipt(a.task, a.worker, timeout(), now)
                 } else {
-                    s.on_receipt(a.task, a.worker, verdict(&a.task.to_string()), now)
+                    running.push(a);
+                    Vec::new()
                 };
                 decisions.extend(d);
             }
