@@ -266,19 +266,28 @@ fn free_riders_are_dropped_within_a_bound_and_no_task_ends_inconclusive() {
         // Copies it was sent, over the whole job: at most FREE_RIDER_STRIKES failures, plus the
         // copies it held when its failures reached that (INITIAL_COPIES_IN_FLIGHT - 1, as it
         // never delivers): once they do, it gets nothing until they are judged.
-        let sent = job_status["tasks"]
+        let copies: Vec<String> = job_status["tasks"]
             .as_array()
             .unwrap()
             .iter()
-            .flat_map(|task| task["copies"].as_array().unwrap().iter())
-            .filter(|copy| copy["worker"] == rider.as_str())
-            .count();
+            .flat_map(|task| {
+                let id = task["task"].as_str().unwrap().to_owned();
+                task["copies"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|copy| copy["worker"] == rider.as_str())
+                    .map(move |copy| format!("{id}: {} {}", copy["kind"], copy["reason"]))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let sent = copies.len();
         let bound = (peergrid_submitter::limits::FREE_RIDER_STRIKES
             + peergrid_submitter::limits::INITIAL_COPIES_IN_FLIGHT
             - 1) as usize;
         assert!(
             sent <= bound,
-            "{sent} copies went to free-rider {rider} (bound {bound})"
+            "{sent} copies went to free-rider {rider} (bound {bound}): {copies:?}"
         );
     }
     for worker in &honest {
