@@ -125,10 +125,8 @@ pub fn local_hashes(module: &Path, arg_lists: &[Vec<String>]) -> Vec<String> {
     })
 }
 
-/// Checks every line of results.jsonl against a local run, and returns the lines by task id.
-pub fn check_against_local(out: &Path, module: &Path) -> HashMap<String, serde_json::Value> {
-    let lines = results_lines(&out.join("results.jsonl"));
-    assert!(!lines.is_empty(), "no results in {}", out.display());
+/// The output hash `peergrid run` gives for the `args` of each results.jsonl line.
+pub fn local_hashes_of(module: &Path, lines: &[serde_json::Value]) -> Vec<String> {
     let args: Vec<Vec<String>> = lines
         .iter()
         .map(|line| {
@@ -140,7 +138,14 @@ pub fn check_against_local(out: &Path, module: &Path) -> HashMap<String, serde_j
                 .collect()
         })
         .collect();
-    let expected = local_hashes(module, &args);
+    local_hashes(module, &args)
+}
+
+/// Checks every line of results.jsonl against a local run, and returns the lines by task id.
+pub fn check_against_local(out: &Path, module: &Path) -> HashMap<String, serde_json::Value> {
+    let lines = results_lines(&out.join("results.jsonl"));
+    assert!(!lines.is_empty(), "no results in {}", out.display());
+    let expected = local_hashes_of(module, &lines);
     for (line, expected) in lines.iter().zip(&expected) {
         assert_eq!(line["outcome"], "exited", "{line}");
         assert_eq!(

@@ -343,20 +343,7 @@ fn results_colluders_signed_before_they_were_caught_are_reopened_settled_again_a
     assert_eq!(first.code, Some(0), "{}", first.stderr);
     let lied: Vec<serde_json::Value> = peergrid_e2e::results_lines(&out1.join("results.jsonl"));
     assert_eq!(lied.len(), 12);
-    let hashes = peergrid_e2e::jobs::local_hashes(
-        &job1.with_file_name("pi.wasm"),
-        &lied
-            .iter()
-            .map(|line| {
-                line["args"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|arg| arg.as_str().unwrap().to_owned())
-                    .collect()
-            })
-            .collect::<Vec<_>>(),
-    );
+    let hashes = peergrid_e2e::jobs::local_hashes_of(&job1.with_file_name("pi.wasm"), &lied);
     assert!(
         lied.iter()
             .zip(&hashes)
