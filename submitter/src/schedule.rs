@@ -1050,6 +1050,27 @@ impl Scheduler {
             return decisions;
         }
         self.audits_pending -= 1;
+        // How deep a guest may recurse depends on the host stack the sandbox runs on, which the
+        // runtime fingerprint does not pin (ARCHITECTURE.md, "Trust model"): a stack overflow
+        // on either side proves nothing.
+        let overflow =
+            |verdict: &Verdict| verdict.outcome == Outcome::Trapped(TrapKind::StackOverflow);
+        let result = match result {
+            AuditResult::Ran(truth)
+                if overflow(&truth)
+                    || state
+                        .receipts
+                        .iter()
+                        .chain(&state.history)
+                        .any(|(_, verdict)| overflow(verdict)) =>
+            {
+                AuditResult::Unavailable(
+                    "a stack overflow's depth is not comparable between this machine's sandbox and the workers'"
+                        .to_owned(),
+                )
+            }
+            other => other,
+        };
         let truth = match result {
             AuditResult::Unavailable(reason) => {
                 state.audit = AuditMark::Unavailable;
@@ -2284,6 +2305,34 @@ mod tests {
         }
         assert_eq!(s.accepted(0).unwrap().output_hash, hash("right"));
         assert!(s.is_finished());
+    }
+
+    #[test]
+    fn a_stack_overflow_on_either_side_of_an_audit_proves_nothing() {
+        let overflow = Verdict {
+            outcome: Outcome::Trapped(TrapKind::StackOverflow),
+            ..verdict("")
+        };
+        let mut r = rules(2, 2, 5);
+        r.audit_rate = 1.0;
+        let mut s = Scheduler::new(r, 1, 2);
+        for host in ["a", "b"] {
+            s.add_worker(offer(host), true);
+        }
+        let now = Instant::now();
+        answer_next(&mut s, 0, overflow.clone(), now);
+        answer_next(&mut s, 0, overflow.clone(), now);
+        // This machine's run overflowed at another depth (other fuel): no proof.
+        let deeper = Verdict {
+            fuel: 999,
+            ..overflow
+        };
+        let decisions = s.on_audit(0, AuditResult::Ran(deeper));
+        assert!(
+            matches!(&decisions[..], [Decision::AuditUnavailable { .. }]),
+            "{decisions:?}"
+        );
+        assert!(s.is_finished() && !s.is_liar(WorkerId(0)) && !s.is_liar(WorkerId(1)));
     }
 
     #[test]
