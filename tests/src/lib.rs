@@ -18,6 +18,50 @@ use std::time::Duration;
 /// a bound for a loaded CI machine, not an expected time).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Starts `command` (its stdout piped), waits for its first line (the ready line) for at most
+/// [`READY_TIMEOUT`], and returns the process, that line and the lines it prints after it. A
+/// process that prints nothing in time is killed, and the test fails with its stderr.
+pub(crate) fn spawn_until_ready(
+    mut command: Command,
+    what: &str,
+    stderr_path: &Path,
+) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|error| panic!("{what} does not start: {error}"));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    match lines.recv_timeout(READY_TIMEOUT) {
+        Ok(line) => (child, line, lines),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not become ready; its stderr:\n{}",
+                std::fs::read_to_string(stderr_path).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// The word after `name` in a ready line (`… listening on ADDR key HEX …`).
+pub(crate) fn ready_field(line: &str, name: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|word| *word == name)
+        .unwrap_or_else(|| panic!("ready line has no {name}: {line:?}"));
+    words[at + 1].to_owned()
+}
+
 /// Path of a binary built by this workspace.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
@@ -201,37 +245,9 @@ impl WorkerProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
-        let mut child = command.spawn().expect("peergrid-worker starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (lines, ready) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if lines.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let line = match ready.recv_timeout(READY_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "worker did not become ready; its stderr:\n{}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                );
-            }
-        };
+        let (child, line, _) = spawn_until_ready(command, "peergrid-worker", &stderr_path);
         // "peergrid-worker ready: listening on ADDR key HEX runtime FP slots N gossip ADDR|off"
-        let field = |name: &str| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = words
-                .iter()
-                .position(|word| *word == name)
-                .unwrap_or_else(|| panic!("ready line has no {name}: {line:?}"));
-            words[at + 1].to_owned()
-        };
+        let field = |name: &str| ready_field(&line, name);
         Self {
             addr: field("on"),
             key_hex: field("key"),

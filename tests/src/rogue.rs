@@ -4,16 +4,12 @@
 //! [`crate::WorkerProcess`]. The rogue serves the `Worker` service with its own key, so the real
 //! submitter uses it exactly as it uses a worker.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use crate::bin;
-
-/// How long a rogue may take to print its ready line (a bound for a loaded machine).
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::{bin, ready_field, spawn_until_ready};
 
 /// How a rogue answers tasks (see `rogue_worker`'s module docs for the exact behaviour).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,38 +169,10 @@ impl RogueProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
-        let mut child = command.spawn().expect("rogue_worker starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if sender.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let line = match lines.recv_timeout(READY_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "rogue_worker did not become ready; its stderr:\n{}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                );
-            }
-        };
+        let (child, line, lines) = spawn_until_ready(command, "rogue_worker", &stderr_path);
         // "rogue_worker ready: listening on ADDR key HEX runtime FP slots N gossip ADDR|off
         // strategy S"
-        let field = |name: &str| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = words
-                .iter()
-                .position(|word| *word == name)
-                .unwrap_or_else(|| panic!("ready line has no {name}: {line:?}"));
-            words[at + 1].to_owned()
-        };
+        let field = |name: &str| ready_field(&line, name);
         Self {
             addr: field("on"),
             key_hex: field("key"),
