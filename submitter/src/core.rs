@@ -354,6 +354,7 @@ impl JobCore {
         self.unix_ms = clock.unix_ms;
         let batch = &mut actions.batch;
         let key = self.workers[worker.0 as usize].key_hex.clone();
+        let aborted = matches!(answer, Answer::Aborted(_));
         let decisions = match answer {
             Answer::Receipt(result) => {
                 self.copy_wall_time += result.wall_time;
@@ -408,17 +409,13 @@ impl JobCore {
                 decisions
             }
             Answer::Busy(_) => self.scheduler.on_loss(task, worker, Loss::Busy, now),
-            Answer::Aborted(reason) => {
+            Answer::Aborted(reason) | Answer::Lost(reason) => {
+                // Stored alike; only the scheduler tells a free-rider's abort from a crash.
+                let loss = if aborted { Loss::Aborted } else { Loss::Lost };
                 batch.reputation(&key).lost += 1;
                 let copy = self.copy_record(worker, CopyKind::Lost, None, Some(reason), None);
                 self.record_copy(batch, task, copy);
-                self.scheduler.on_loss(task, worker, Loss::Aborted, now)
-            }
-            Answer::Lost(reason) => {
-                batch.reputation(&key).lost += 1;
-                let copy = self.copy_record(worker, CopyKind::Lost, None, Some(reason), None);
-                self.record_copy(batch, task, copy);
-                self.scheduler.on_loss(task, worker, Loss::Lost, now)
+                self.scheduler.on_loss(task, worker, loss, now)
             }
             Answer::Refused { code, message } => {
                 let why = format!(

@@ -518,21 +518,35 @@ impl Store {
 
     /// Every copy of the job: ((task, copy number), record), in task order.
     pub fn copies(&self, job_id: &str) -> Result<Vec<((u32, u32), CopyRecord)>, StoreError> {
+        self.task_rows(COPIES, "copies", job_id)
+    }
+
+    /// The rows of a (job, task, n) table for one job, decoded, in key order. A table a store
+    /// last written by an older version lacks reads as empty.
+    fn task_rows<T: DeserializeOwned>(
+        &self,
+        definition: TableDefinition<(&str, u32, u32), &[u8]>,
+        name: &'static str,
+        job_id: &str,
+    ) -> Result<Vec<((u32, u32), T)>, StoreError> {
         let rows: Vec<((u32, u32), Vec<u8>)> = self.read(|txn| {
-            let table = txn.open_table(COPIES)?;
+            let table = match txn.open_table(definition) {
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                table => table?,
+            };
             table
                 .range((job_id, 0, 0)..=(job_id, u32::MAX, u32::MAX))?
                 .map(|row| {
                     row.map(|(key, value)| {
-                        let (_, task, copy) = key.value();
-                        ((task, copy), value.value().to_vec())
+                        let (_, task, n) = key.value();
+                        ((task, n), value.value().to_vec())
                     })
                 })
                 .map(|row| row.map_err(redb::Error::from))
                 .collect()
         })?;
         rows.into_iter()
-            .map(|(key, bytes)| Ok((key, self.decode("copies", &bytes)?)))
+            .map(|(key, bytes)| Ok((key, self.decode(name, &bytes)?)))
             .collect()
     }
 
@@ -591,8 +605,21 @@ impl Store {
 
     /// Reputation of every worker ever seen, by key hex.
     pub fn reputation(&self) -> Result<HashMap<String, Reputation>, StoreError> {
+        self.keyed_rows(REPUTATION, "reputation")
+    }
+
+    /// Every row of a table keyed by worker key hex, decoded. A table a store last written by
+    /// an older version lacks reads as empty.
+    fn keyed_rows<T: DeserializeOwned>(
+        &self,
+        definition: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+    ) -> Result<HashMap<String, T>, StoreError> {
         let rows: Vec<(String, Vec<u8>)> = self.read(|txn| {
-            let table = txn.open_table(REPUTATION)?;
+            let table = match txn.open_table(definition) {
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                table => table?,
+            };
             table
                 .iter()?
                 .map(|row| row.map(|(key, value)| (key.value().to_owned(), value.value().to_vec())))
@@ -600,7 +627,7 @@ impl Store {
                 .collect()
         })?;
         rows.into_iter()
-            .map(|(key, bytes)| Ok((key, self.decode("reputation", &bytes)?)))
+            .map(|(key, bytes)| Ok((key, self.decode(name, &bytes)?)))
             .collect()
     }
 
@@ -753,44 +780,12 @@ impl Store {
 
     /// The answers tasks of the job had before they were reopened: ((task, n), record).
     pub fn reopened(&self, job_id: &str) -> Result<Vec<((u32, u32), ReopenRecord)>, StoreError> {
-        let rows: Vec<((u32, u32), Vec<u8>)> = self.read(|txn| {
-            // A store last written by an older version has no such table: nothing was reopened.
-            let table = match txn.open_table(REOPENED) {
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                table => table?,
-            };
-            table
-                .range((job_id, 0, 0)..=(job_id, u32::MAX, u32::MAX))?
-                .map(|row| {
-                    row.map(|(key, value)| {
-                        let (_, task, n) = key.value();
-                        ((task, n), value.value().to_vec())
-                    })
-                })
-                .map(|row| row.map_err(redb::Error::from))
-                .collect()
-        })?;
-        rows.into_iter()
-            .map(|(key, bytes)| Ok((key, self.decode("reopened", &bytes)?)))
-            .collect()
+        self.task_rows(REOPENED, "reopened", job_id)
     }
 
     /// Keys proven to have signed a wrong result, in any job.
     pub fn liars(&self) -> Result<HashMap<String, LiarRecord>, StoreError> {
-        let rows: Vec<(String, Vec<u8>)> = self.read(|txn| {
-            let table = match txn.open_table(LIARS) {
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                table => table?,
-            };
-            table
-                .iter()?
-                .map(|row| row.map(|(key, value)| (key.value().to_owned(), value.value().to_vec())))
-                .map(|row| row.map_err(redb::Error::from))
-                .collect()
-        })?;
-        rows.into_iter()
-            .map(|(key, bytes)| Ok((key, self.decode("liars", &bytes)?)))
-            .collect()
+        self.keyed_rows(LIARS, "liars")
     }
 
     fn write_txn(
