@@ -31,3 +31,30 @@ fn keygen_writes_a_private_key_and_prints_the_public_one() {
         public
     );
 }
+
+#[test]
+fn a_trusted_key_that_is_not_a_public_key_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["not-hex", "abcd", &"0".repeat(63)] {
+        let output = Command::new(env!("CARGO_BIN_EXE_peergrid"))
+            .args([
+                "submit",
+                "job.toml",
+                "--key",
+                "me.key",
+                "--peer",
+                "127.0.0.1:9",
+            ])
+            .args(["--trusted", bad, "--state"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "clap's usage error");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains("--trusted"), "{stderr}");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "nothing stored"
+        );
+    }
+}
