@@ -11,17 +11,15 @@ use peergrid_e2e::rogue::{RogueConfig, RogueProcess, Strategy};
 use peergrid_e2e::{KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, status, write_job};
 
 /// Honest workers on 127.0.11.1, 127.0.12.1, …: one network each.
-fn honest_workers(dir: &Path, key: &KeyPair, count: usize, extra: &[&str]) -> Vec<WorkerProcess> {
+fn honest_workers(dir: &Path, key: &KeyPair, count: usize) -> Vec<WorkerProcess> {
     (0..count)
         .map(|index| {
             let host = format!("127.0.{}.1", 11 + index);
-            let mut args = vec!["--cores", "2"];
-            args.extend_from_slice(extra);
             WorkerProcess::start(
                 &dir.join(format!("honest{index}")),
                 WorkerConfig {
                     host: Some(&host),
-                    extra_args: args,
+                    extra_args: vec!["--cores", "2"],
                     ..WorkerConfig::trusting(key)
                 },
             )
@@ -29,21 +27,21 @@ fn honest_workers(dir: &Path, key: &KeyPair, count: usize, extra: &[&str]) -> Ve
         .collect()
 }
 
-/// Rogues on 127.0.21.1, 127.0.22.1, …: distinct networks too (the strongest collusion: the
-/// network rule alone does not keep them apart).
+/// Rogues on 127.0.N.1, 127.0.N+1.1, … from `first_network` N: distinct networks too (the
+/// strongest collusion: the network rule alone does not keep them apart).
 fn rogues(
     dir: &Path,
     key: &KeyPair,
     strategy: &Strategy,
-    count: usize,
+    (first_network, count): (usize, usize),
     claim_slots: Option<u32>,
     instant: bool,
 ) -> Vec<RogueProcess> {
-    (0..count)
-        .map(|index| {
-            let host = format!("127.0.{}.1", 21 + index);
+    (first_network..first_network + count)
+        .map(|network| {
+            let host = format!("127.0.{network}.1");
             RogueProcess::start(
-                &dir.join(format!("rogue{index}")),
+                &dir.join(format!("rogue{network}")),
                 RogueConfig {
                     host: Some(&host),
                     claim_slots,
@@ -72,7 +70,16 @@ fn strict_sweep_of(dir: &Path, name: &str, samples: &str, tasks: u32) -> PathBuf
     write_job(&dir.join("job"), &format!("{name}.toml"), &body)
 }
 
-fn submit(dir: &Path, job: &Path, key: &KeyPair, addrs: &[&str]) -> peergrid_e2e::CliOutput {
+/// `peergrid submit JOB` on the workers at `addrs`, vouching for `trusted`, with its state in
+/// `<dir>/state` and its results in `out`.
+fn submit(
+    dir: &Path,
+    job: &Path,
+    key: &KeyPair,
+    addrs: &[&str],
+    trusted: &[&str],
+    out: &Path,
+) -> peergrid_e2e::CliOutput {
     let mut args: Vec<String> = vec![
         "submit".into(),
         job.display().to_string(),
@@ -82,14 +89,40 @@ fn submit(dir: &Path, job: &Path, key: &KeyPair, addrs: &[&str]) -> peergrid_e2e
     for addr in addrs {
         args.extend(["--peer".into(), (*addr).to_owned()]);
     }
+    for key in trusted {
+        args.extend(["--trusted".into(), (*key).to_owned()]);
+    }
     args.extend([
         "--state".into(),
         dir.join("state").display().to_string(),
         "--out".into(),
-        dir.join("out").display().to_string(),
+        out.display().to_string(),
         "--plain".into(),
     ]);
     SubmitProcess::start(dir, args).wait(JOB_TIMEOUT)
+}
+
+/// Runs the strict sweep `name` (`tasks` tasks of `samples`) on `addrs`; checks that it
+/// finished and that every result equals a local run. Returns its output and its lines.
+fn sweep(
+    dir: &Path,
+    key: &KeyPair,
+    (name, samples, tasks): (&str, &str, u32),
+    addrs: &[&str],
+) -> (
+    peergrid_e2e::CliOutput,
+    std::collections::HashMap<String, serde_json::Value>,
+) {
+    let job = strict_sweep_of(dir, name, samples, tasks);
+    let output = submit(dir, &job, key, addrs, &[], &dir.join("out"));
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    let lines = check_against_local(&dir.join("out"), &job.with_file_name("pi.wasm"));
+    assert_eq!(
+        lines.len(),
+        tasks as usize,
+        "0 wrong results among all {tasks}"
+    );
+    (output, lines)
 }
 
 /// The keys `status` lists as excluded from `job`, with their reasons.
@@ -116,13 +149,9 @@ fn sweep_survives(
     honest: &[WorkerProcess],
     liars: &[(String, String)],
 ) {
-    let job = strict_sweep(dir, name, 300);
     let mut addrs: Vec<&str> = honest.iter().map(|w| w.addr.as_str()).collect();
     addrs.extend(liars.iter().map(|(addr, _)| addr.as_str()));
-    let output = submit(dir, &job, key, &addrs);
-    assert_eq!(output.code, Some(0), "{}", output.stderr);
-    let lines = check_against_local(&dir.join("out"), &job.with_file_name("pi.wasm"));
-    assert_eq!(lines.len(), 300, "0 wrong results among all 300");
+    let (output, _) = sweep(dir, key, (name, "{i}000", 300), &addrs);
     let excluded = excluded(&dir.join("state"), name);
     let excluded_keys: HashSet<&str> = excluded.iter().map(|(key, _)| key.as_str()).collect();
     for (_, liar) in liars {
@@ -150,9 +179,9 @@ fn sweep_survives(
 fn colluders_claiming_16_slots_and_answering_at_once_are_proven_and_every_result_is_right() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
-    let honest = honest_workers(dir.path(), &key, 4, &[]);
+    let honest = honest_workers(dir.path(), &key, 4);
     let lie = Strategy::Lie { group: "g".into() };
-    let colluders = rogues(dir.path(), &key, &lie, 2, Some(16), true);
+    let colluders = rogues(dir.path(), &key, &lie, (21, 2), Some(16), true);
     let liars: Vec<(String, String)> = colluders
         .iter()
         .map(|r| (r.addr.clone(), r.key_hex.clone()))
@@ -164,7 +193,7 @@ fn colluders_claiming_16_slots_and_answering_at_once_are_proven_and_every_result
 fn colluders_that_would_lie_only_when_paired_never_find_a_partner_and_every_result_is_right() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
-    let honest = honest_workers(dir.path(), &key, 4, &[]);
+    let honest = honest_workers(dir.path(), &key, 4);
     let group_dir = dir.path().join("group");
     std::fs::create_dir_all(&group_dir).unwrap();
     let paired = Strategy::LieWhenPaired {
@@ -172,14 +201,10 @@ fn colluders_that_would_lie_only_when_paired_never_find_a_partner_and_every_resu
         dir: group_dir,
         pair_window: std::time::Duration::from_millis(200),
     };
-    let colluders = rogues(dir.path(), &key, &paired, 2, Some(16), true);
-    let job = strict_sweep(dir.path(), "paired", 300);
+    let colluders = rogues(dir.path(), &key, &paired, (21, 2), Some(16), true);
     let mut addrs: Vec<&str> = honest.iter().map(|w| w.addr.as_str()).collect();
     addrs.extend(colluders.iter().map(|r| r.addr.as_str()));
-    let output = submit(dir.path(), &job, &key, &addrs);
-    assert_eq!(output.code, Some(0), "{}", output.stderr);
-    let lines = check_against_local(&dir.path().join("out"), &job.with_file_name("pi.wasm"));
-    assert_eq!(lines.len(), 300, "0 wrong results among all 300");
+    sweep(dir.path(), &key, ("paired", "{i}000", 300), &addrs);
     // They held copies of the same tasks, one after the other, but never at once: the next copy
     // of a task is sent only when the last one has answered, so they never found a partner
     // while they could still choose their answer, and never lied. Nobody is excluded: an
@@ -203,7 +228,7 @@ fn colluders_that_would_lie_only_when_paired_never_find_a_partner_and_every_resu
 fn stock_workers_with_lie_rate_1_on_half_the_hosts_are_proven_and_every_result_is_right() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
-    let honest = honest_workers(dir.path(), &key, 2, &[]);
+    let honest = honest_workers(dir.path(), &key, 2);
     let liars_processes: Vec<WorkerProcess> = (0..2)
         .map(|index| {
             let host = format!("127.0.{}.1", 31 + index);
@@ -228,28 +253,22 @@ fn stock_workers_with_lie_rate_1_on_half_the_hosts_are_proven_and_every_result_i
 fn free_riders_are_dropped_within_a_bound_and_no_task_ends_inconclusive() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
-    let honest = honest_workers(dir.path(), &key, 3, &[]);
-    let timing_out = rogues(dir.path(), &key, &Strategy::Timeout, 1, Some(16), false);
-    let aborting = {
-        let host = "127.0.29.1";
-        RogueProcess::start(
-            &dir.path().join("aborting"),
-            RogueConfig {
-                host: Some(host),
-                claim_slots: Some(16),
-                ..RogueConfig::new(Strategy::Abort, &key.public_hex)
-            },
-        )
-    };
+    let honest = honest_workers(dir.path(), &key, 3);
+    let timing_out = rogues(
+        dir.path(),
+        &key,
+        &Strategy::Timeout,
+        (21, 1),
+        Some(16),
+        false,
+    );
+    let aborting = rogues(dir.path(), &key, &Strategy::Abort, (29, 1), Some(16), false);
+    let riders = [&timing_out[0], &aborting[0]];
+    let mut addrs: Vec<&str> = honest.iter().map(|w| w.addr.as_str()).collect();
+    addrs.extend(riders.iter().map(|rider| rider.addr.as_str()));
     // Long enough (~0.1–1 s tasks) that the riders are offered copies again after each
     // back-off, before the honest workers finish the job without them.
-    let job = strict_sweep_of(dir.path(), "riders", "{i}00000", 100);
-    let mut addrs: Vec<&str> = honest.iter().map(|w| w.addr.as_str()).collect();
-    addrs.extend([timing_out[0].addr.as_str(), aborting.addr.as_str()]);
-    let output = submit(dir.path(), &job, &key, &addrs);
-    assert_eq!(output.code, Some(0), "{}", output.stderr);
-    let lines = check_against_local(&dir.path().join("out"), &job.with_file_name("pi.wasm"));
-    assert_eq!(lines.len(), 100);
+    let (_, lines) = sweep(dir.path(), &key, ("riders", "{i}00000", 100), &addrs);
     assert!(
         lines.values().all(|line| line["outcome"] == "exited"),
         "0 inconclusive"
@@ -257,7 +276,7 @@ fn free_riders_are_dropped_within_a_bound_and_no_task_ends_inconclusive() {
     let state = dir.path().join("state");
     let excluded = excluded(&state, "riders");
     let job_status = status(&state, Some("riders"));
-    for rider in [&timing_out[0].key_hex, &aborting.key_hex] {
+    for rider in riders.map(|rider| &rider.key_hex) {
         let (_, reason) = excluded
             .iter()
             .find(|(key, _)| key == rider)
@@ -306,33 +325,14 @@ fn results_colluders_signed_before_they_were_caught_are_reopened_settled_again_a
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
     let lie = Strategy::Lie { group: "g".into() };
-    let colluders = rogues(dir.path(), &key, &lie, 2, None, true);
-    let honest = honest_workers(dir.path(), &key, 3, &[]);
+    let colluders = rogues(dir.path(), &key, &lie, (21, 2), None, true);
+    let honest = honest_workers(dir.path(), &key, 3);
     let state = dir.path().join("state");
     let run = |name: &str, tasks: u32, addrs: &[&str], trusted: &[&str]| {
         let job = strict_sweep(dir.path(), name, tasks);
-        let mut args: Vec<String> = vec![
-            "submit".into(),
-            job.display().to_string(),
-            "--key".into(),
-            key.path.display().to_string(),
-        ];
-        for addr in addrs {
-            args.extend(["--peer".into(), (*addr).to_owned()]);
-        }
-        for key in trusted {
-            args.extend(["--trusted".into(), (*key).to_owned()]);
-        }
         let out = dir.path().join(format!("{name}-out"));
-        args.extend([
-            "--state".into(),
-            state.display().to_string(),
-            "--out".into(),
-            out.display().to_string(),
-            "--plain".into(),
-        ]);
         (
-            SubmitProcess::start(dir.path(), args).wait(JOB_TIMEOUT),
+            submit(dir.path(), &job, &key, addrs, trusted, &out),
             job,
             out,
         )
