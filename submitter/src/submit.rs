@@ -241,7 +241,7 @@ pub async fn run_session(
 ) -> Result<Summary, SubmitError> {
     let started = Instant::now();
     let mut session = Session::restore(store, job, identity)?;
-    let mut progress = Progress::new(session.counts, plain_progress);
+    let mut progress = Progress::new(session.counts(), plain_progress);
     progress.note(&format!(
         "job {} (session {}): {} tasks, replication {}, quorum {}, results in {}",
         job.id,
@@ -397,7 +397,6 @@ struct Session<'a> {
     /// Signed manifests with their digests and expiry, reused for every copy until close to
     /// expiry.
     signed: HashMap<TaskIndex, SignedCopy>,
-    counts: Counts,
     events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
     control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
     /// Writes accepted outputs' files once they are committed.
@@ -458,7 +457,6 @@ impl<'a> Session<'a> {
             job,
             identity,
             number,
-            counts: core.counts(),
             core,
             tasks,
             inputs,
@@ -531,8 +529,7 @@ impl<'a> Session<'a> {
             for assignment in self.core.scheduler_mut().assign(now) {
                 self.dispatch(assignment.task, assignment.worker, now)?;
             }
-            self.update_counts();
-            progress.update(self.counts);
+            progress.update(self.counts());
             if self.core.scheduler().is_finished() {
                 self.flush_deferred(progress)?;
                 return Ok(true);
@@ -594,8 +591,8 @@ impl<'a> Session<'a> {
         Ok(SubmitError::AllExcluded {
             job: self.job.id.clone(),
             reasons,
-            settled: self.counts.accepted + self.counts.inconclusive,
-            total: self.counts.total,
+            settled: self.counts().accepted + self.counts().inconclusive,
+            total: self.counts().total,
         })
     }
 
@@ -605,8 +602,8 @@ impl<'a> Session<'a> {
             job: self.job.id.clone(),
             reason,
             patience_s: limits::NO_WORKER_PATIENCE.as_secs(),
-            settled: self.counts.accepted + self.counts.inconclusive,
-            total: self.counts.total,
+            settled: self.counts().accepted + self.counts().inconclusive,
+            total: self.counts().total,
         }
     }
 
@@ -952,14 +949,16 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn update_counts(&mut self) {
-        self.counts = self.core.counts();
-        self.counts.running = self.core.scheduler().in_flight() as u64;
-        self.counts.workers = self
+    /// The job's counts now: the core's, with what runs and on how many connected workers.
+    fn counts(&self) -> Counts {
+        let mut counts = self.core.counts();
+        counts.running = self.core.scheduler().in_flight() as u64;
+        counts.workers = self
             .connections
             .iter()
             .filter(|(id, sender)| !sender.is_closed() && !self.core.scheduler().is_excluded(**id))
             .count() as u64;
+        counts
     }
 }
 
