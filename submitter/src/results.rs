@@ -39,6 +39,15 @@ enum Output {
     Remove(String),
 }
 
+/// One earlier answer of a reopened task, as `results.jsonl` and `status --json` show it.
+pub fn reopened_json(record: &crate::store::ReopenRecord) -> serde_json::Value {
+    json!({
+        "old_output_hash": record.old.accepted.as_ref().map(|v| v.output_hash.to_hex()),
+        "old_agreeing": record.old.agreeing,
+        "reason": record.reason,
+    })
+}
+
 /// Removes a reopened task's output files (absent ones are fine).
 pub fn remove_output(out_dir: &Path, task_id: &str) -> std::io::Result<()> {
     for suffix in ["stdout", "stderr"] {
@@ -199,11 +208,10 @@ pub fn export(
     let mut reopened: std::collections::HashMap<u32, Vec<serde_json::Value>> =
         std::collections::HashMap::new();
     for ((task, _), record) in store.reopened(&job.id).map_err(to_io)? {
-        reopened.entry(task).or_default().push(json!({
-            "old_output_hash": record.old.accepted.as_ref().map(|v| v.output_hash.to_hex()),
-            "old_agreeing": record.old.agreeing,
-            "reason": record.reason,
-        }));
+        reopened
+            .entry(task)
+            .or_default()
+            .push(reopened_json(&record));
     }
     std::fs::create_dir_all(out_dir)?;
     let mut lines = Vec::new();
@@ -297,6 +305,23 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_removal_comes_after_the_write_queued_before_it_and_spares_other_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let writer = OutputWriter::start(out.clone(), "job-1".into());
+        for task in ["reopened", "kept"] {
+            writer.write(task.into(), Bytes::from("old\n"), Bytes::from("warning\n"));
+        }
+        writer.remove("reopened".into());
+        writer.remove("never-written".into());
+        assert!(writer.finish().is_empty(), "an absent file is no failure");
+        for suffix in ["stdout", "stderr"] {
+            assert!(!out.join(format!("reopened.{suffix}")).exists());
+            assert!(out.join(format!("kept.{suffix}")).exists());
+        }
+    }
 
     #[test]
     fn the_writer_writes_every_queued_output_before_finish_returns() {

@@ -135,11 +135,7 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
                     "agreeing": record.map(|r| &r.agreeing),
                     "disagreeing": record.map(|r| &r.disagreeing),
                     "audit": record.map(|r| r.audit),
-                    "reopened": reopened.get(&index).map(|history| history.iter().map(|old| json!({
-                        "old_output_hash": old.old.accepted.as_ref().map(|v| v.output_hash.to_hex()),
-                        "old_agreeing": old.old.agreeing,
-                        "reason": old.reason,
-                    })).collect::<Vec<_>>()).unwrap_or_default(),
+                    "reopened": reopened.get(&index).map(|history| history.iter().map(crate::results::reopened_json).collect::<Vec<_>>()).unwrap_or_default(),
                     "copies": task_copies,
                 })
             })
