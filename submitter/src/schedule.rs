@@ -784,10 +784,7 @@ impl Scheduler {
         };
         let state = &self.tasks[task as usize];
         let (mut held, mut host, mut network, mut runtime, mut room) = (0, 0, 0, 0, 0);
-        let pinned = state
-            .fingerprint
-            .as_deref()
-            .filter(|_| !state.receipts.is_empty());
+        let taken = self.taken(task);
         for (index, worker) in self.workers.iter().enumerate() {
             if !worker.available || worker.excluded {
                 continue;
@@ -795,29 +792,23 @@ impl Scheduler {
             let id = WorkerId(index as u32);
             if state.holds(id) {
                 held += 1;
-            } else if self.rules.distinct_hosts
-                && self.task_hosts(task).any(|h| h == worker.offer.host)
+            } else if self.rules.distinct_hosts && taken.hosts.contains(&worker.offer.host.as_str())
             {
                 host += 1;
             } else if self.rules.distinct_networks
-                && self.task_networks(task).any(|n| n == worker.offer.network)
+                && taken.networks.contains(&worker.offer.network.as_str())
             {
                 network += 1;
-            } else if pinned.is_some_and(|fingerprint| fingerprint != worker.offer.fingerprint) {
+            } else if taken
+                .pinned
+                .is_some_and(|fingerprint| fingerprint != worker.offer.fingerprint)
+            {
                 runtime += 1;
             } else if worker.spare(now) == 0 {
                 room += 1;
             }
         }
-        let disagreeing = {
-            let mut verdicts: Vec<&Verdict> = Vec::new();
-            for (_, verdict) in state.receipts.iter().filter(|(_, v)| !v.is_timeout()) {
-                if !verdicts.contains(&verdict) {
-                    verdicts.push(verdict);
-                }
-            }
-            verdicts.len()
-        };
+        let disagreeing = distinct_answers(&state.receipts);
         let mut causes = Vec::new();
         if disagreeing > 1 {
             causes.push(format!(
@@ -1144,24 +1135,14 @@ impl Scheduler {
         target.saturating_sub(held).min(1)
     }
 
-    fn task_hosts(&self, task: TaskIndex) -> impl Iterator<Item = &str> {
+    /// Workers holding a copy of `task`: answered (counted) or in flight.
+    fn holders(&self, task: TaskIndex) -> impl Iterator<Item = WorkerId> + '_ {
         let state = &self.tasks[task as usize];
         state
             .receipts
             .iter()
             .map(|(worker, _)| *worker)
             .chain(state.in_flight.iter().copied())
-            .map(|worker| self.workers[worker.0 as usize].offer.host.as_str())
-    }
-
-    fn task_networks(&self, task: TaskIndex) -> impl Iterator<Item = &str> {
-        let state = &self.tasks[task as usize];
-        state
-            .receipts
-            .iter()
-            .map(|(worker, _)| *worker)
-            .chain(state.in_flight.iter().copied())
-            .map(|worker| self.workers[worker.0 as usize].offer.network.as_str())
     }
 
     /// Whether `worker` may take a copy of `task` now, given the hosts, networks and runtime
@@ -1191,8 +1172,14 @@ impl Scheduler {
     fn taken(&self, task: TaskIndex) -> Taken<'_> {
         let state = &self.tasks[task as usize];
         Taken {
-            hosts: self.task_hosts(task).collect(),
-            networks: self.task_networks(task).collect(),
+            hosts: self
+                .holders(task)
+                .map(|worker| self.workers[worker.0 as usize].offer.host.as_str())
+                .collect(),
+            networks: self
+                .holders(task)
+                .map(|worker| self.workers[worker.0 as usize].offer.network.as_str())
+                .collect(),
             pinned: state
                 .fingerprint
                 .as_deref()
@@ -1250,12 +1237,8 @@ impl Scheduler {
         let mut placed = 0;
         while self.wanted(task) > 0 {
             // Drawn again after each placement: a placed copy takes a host, a network, a runtime.
-            let state = &self.tasks[task as usize];
-            let has_established = state
-                .receipts
-                .iter()
-                .map(|(worker, _)| *worker)
-                .chain(state.in_flight.iter().copied())
+            let has_established = self
+                .holders(task)
                 .any(|worker| self.workers[worker.0 as usize].standing() >= Standing::Established);
             let drawn = match has_established {
                 false => self
