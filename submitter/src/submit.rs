@@ -564,7 +564,7 @@ impl<'a> Session<'a> {
                         Control::Audited(task, result, took) => {
                             self.audit_time += took;
                             self.audits_running -= 1;
-                            self.handle_audit(task, result, progress)?;
+                            self.handle_audit(task, result);
                             self.pump_audits()?;
                         }
                     }
@@ -740,20 +740,13 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The submitter's own run of `task` came back: the scheduler judges, then commit.
-    fn handle_audit(
-        &mut self,
-        task: TaskIndex,
-        result: AuditResult,
-        progress: &mut Progress,
-    ) -> Result<(), SubmitError> {
+    /// The submitter's own run of `task` came back: the core judges; the commit follows (see `run`).
+    fn handle_audit(&mut self, task: TaskIndex, result: AuditResult) {
         // Committed with the next batch of answers when answers are flowing (one fsync for
         // both), or alone at once when none is waiting: see `run`.
         let mut actions = std::mem::take(&mut self.deferred);
         self.core.on_audit(task, result, clock(), &mut actions);
         self.deferred = actions;
-        let _ = progress;
-        Ok(())
     }
 
     /// Commits what audits decided since the last commit, if anything.
