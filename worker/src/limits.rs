@@ -114,6 +114,13 @@ pub const MODULE_DISK_CACHE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 // fixed number of tasks that can hold an instance at once; the gain is that instantiating reuses
 // a warm slot (no mmap/munmap per task, copy-on-write memory images kept mapped).
 
+/// Times an instantiation that found every pool slot taken is retried, and the pause between:
+/// the semaphore in front of the pool guarantees a free slot, but wasmtime may briefly hold a
+/// released one in a decommit queue that another thread flushes and takes first. Past the
+/// retries (100 ms), the task ends `invalid_module` ("cannot instantiate").
+pub const POOL_SHORTAGE_RETRIES: u32 = 50;
+pub const POOL_SHORTAGE_RETRY_DELAY: Duration = Duration::from_millis(2);
+
 /// Extra pool slots beyond one per sandbox thread. Tasks interleave on a thread (a guest yields
 /// every [`FUEL_YIELD_INTERVAL`]) and a cancelled task frees its slot only when its executor
 /// thread gets to drop it, so a few more than one per thread can be alive at once.

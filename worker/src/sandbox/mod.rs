@@ -623,11 +623,24 @@ async fn instantiate_and_call(
     // Instantiation (data segments, start function) gets its own allowance: its cost differs
     // between platforms, so the task's fuel is set only once it is done (DESIGN.md §3).
     store.set_fuel(fuel).map_err(RunError::Host)?;
-    let instance = module
-        .pre
-        .instantiate_async(&mut *store)
-        .await
-        .map_err(RunError::Instantiate)?;
+    // The pool-slot semaphore guarantees a slot is free, but wasmtime may still hold the one a
+    // finished task released in a decommit queue that another thread flushes and takes first:
+    // a transient shortage, not the task's doing, which must never become its outcome (an
+    // honest worker would sign `invalid_module` where every other run exits). Retried, bounded.
+    let mut retries = 0;
+    let instance = loop {
+        match module.pre.instantiate_async(&mut *store).await {
+            Ok(instance) => break instance,
+            Err(error)
+                if error.is::<wasmtime::PoolConcurrencyLimitError>()
+                    && retries < limits::POOL_SHORTAGE_RETRIES =>
+            {
+                retries += 1;
+                tokio::time::sleep(limits::POOL_SHORTAGE_RETRY_DELAY).await;
+            }
+            Err(error) => return Err(RunError::Instantiate(error)),
+        }
+    };
     store.set_fuel(fuel).map_err(RunError::Host)?;
     store
         .fuel_async_yield_interval(Some(limits::FUEL_YIELD_INTERVAL))
