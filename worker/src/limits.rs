@@ -115,8 +115,8 @@ pub const MODULE_DISK_CACHE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 // a warm slot (no mmap/munmap per task, copy-on-write memory images kept mapped).
 
 /// Times an instantiation that found every pool slot taken is retried, and the pause between:
-/// the semaphore in front of the pool guarantees a free slot, but wasmtime may briefly hold a
-/// released one in a decommit queue that another thread flushes and takes first. Past the
+/// the semaphore in front of the pool guarantees a free slot, but wasmtime's slot allocator is
+/// sharded and misses a slot freed in a shard it already probed. Past the
 /// retries (100 ms), the task ends `invalid_module` ("cannot instantiate").
 pub const POOL_SHORTAGE_RETRIES: u32 = 50;
 pub const POOL_SHORTAGE_RETRY_DELAY: Duration = Duration::from_millis(2);

@@ -66,7 +66,7 @@ impl HostIdentity {
 }
 
 /// What the guest is shown of one task's `/input`, made with the directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct InputView {
     /// File names in byte order; the `i`-th has inode `ROOT_INODE + 1 + i`.
     names: Vec<String>,

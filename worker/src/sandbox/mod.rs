@@ -499,39 +499,35 @@ impl Sandbox {
                 ))));
             }
         };
-        let wasi = match wasi_context(&spec, &stdout, &stderr, scratch.as_ref().map(|d| d.path())) {
-            Ok(wasi) => wasi,
-            Err(error) => {
+        let input_dir = scratch.as_ref().map(|dir| dir.path());
+        let new_store = || -> wasmtime::Result<Store<TaskState>> {
+            let state = TaskState {
+                wasi: wasi_context(&spec, &stdout, &stderr, input_dir)?,
+                limiter: TaskLimiter {
+                    memory_max_bytes: cap_to_usize(spec.limits.memory_bytes),
+                    hit: false,
+                },
+                input_view: input_view.clone(),
+            };
+            let mut store = Store::new(&self.inner.engine, state);
+            store.limiter(|state| &mut state.limiter);
+            Ok(store)
+        };
+        let fuel = spec.limits.fuel;
+        let run = async move {
+            let (store, result) = instantiate_and_call(new_store, module, fuel).await?;
+            let fuel_left = store.get_fuel().unwrap_or(0);
+            let memory_limit_hit = store.data().limiter.hit;
+            Ok::<_, wasmtime::Error>((result, fuel.saturating_sub(fuel_left), memory_limit_hit))
+        };
+        let (outcome, fuel_used) = match tokio::time::timeout(spec.limits.timeout, run).await {
+            Err(_elapsed) => (Outcome::TimedOut, 0),
+            Ok(Err(error)) => {
                 return Execution::without_running(Outcome::Trapped(TrapKind::Other(format!(
                     "host could not open input directory: {error}"
                 ))));
             }
-        };
-        let state = TaskState {
-            wasi,
-            limiter: TaskLimiter {
-                memory_max_bytes: cap_to_usize(spec.limits.memory_bytes),
-                hit: false,
-            },
-            input_view,
-        };
-        let mut store = Store::new(&self.inner.engine, state);
-        store.limiter(|state| &mut state.limiter);
-
-        let limits = spec.limits.clone();
-        let run = async move {
-            let result = instantiate_and_call(&mut store, module, limits.fuel).await;
-            let fuel_left = store.get_fuel().unwrap_or(0);
-            let memory_limit_hit = store.data().limiter.hit;
-            (
-                result,
-                limits.fuel.saturating_sub(fuel_left),
-                memory_limit_hit,
-            )
-        };
-        let (outcome, fuel_used) = match tokio::time::timeout(spec.limits.timeout, run).await {
-            Err(_elapsed) => (Outcome::TimedOut, 0),
-            Ok((result, fuel_used, memory_limit_hit)) => {
+            Ok(Ok((result, fuel_used, memory_limit_hit))) => {
                 let outcome = classify(result, memory_limit_hit);
                 // Fuel is meaningful only once the guest started running.
                 let fuel_used = match outcome {
@@ -615,32 +611,51 @@ impl Sandbox {
     }
 }
 
+/// Instantiates the module in a store from `new_store` and runs `_start`; returns the store
+/// with the run's result. Fails only when a store cannot be made (its WASI context).
 async fn instantiate_and_call(
-    store: &mut Store<TaskState>,
+    new_store: impl Fn() -> wasmtime::Result<Store<TaskState>>,
     module: &CompiledModule,
     fuel: u64,
-) -> Result<(), RunError> {
-    // Instantiation (data segments, start function) gets its own allowance: its cost differs
-    // between platforms, so the task's fuel is set only once it is done (DESIGN.md §3).
-    store.set_fuel(fuel).map_err(RunError::Host)?;
-    // The pool-slot semaphore guarantees a slot is free, but wasmtime may still hold the one a
-    // finished task released in a decommit queue that another thread flushes and takes first:
-    // a transient shortage, not the task's doing, which must never become its outcome (an
-    // honest worker would sign `invalid_module` where every other run exits). Retried, bounded.
+) -> wasmtime::Result<(Store<TaskState>, Result<(), RunError>)> {
+    // The pool-slot semaphore guarantees a slot is free, but wasmtime's slot allocator is
+    // sharded: it probes one shard after another, and a slot freed in a shard it already probed
+    // while another task takes the free one in the next is missed. A transient shortage, not the
+    // task's doing, which must never become its outcome (an honest worker would sign
+    // `invalid_module` where every other run exits). Retried, bounded, each time in a new store:
+    // a failed instantiation still counts against the store's own instance limit.
     let mut retries = 0;
-    let instance = loop {
-        match module.pre.instantiate_async(&mut *store).await {
-            Ok(instance) => break instance,
+    loop {
+        let mut store = new_store()?;
+        // Instantiation (data segments, start function) gets its own allowance: its cost
+        // differs between platforms, so the task's fuel is set only once it is done
+        // (DESIGN.md §3).
+        if let Err(error) = store.set_fuel(fuel) {
+            return Ok((store, Err(RunError::Host(error))));
+        }
+        match module.pre.instantiate_async(&mut store).await {
+            Ok(instance) => {
+                let result = call_start(&mut store, instance, fuel).await;
+                return Ok((store, result));
+            }
             Err(error)
                 if error.is::<wasmtime::PoolConcurrencyLimitError>()
                     && retries < limits::POOL_SHORTAGE_RETRIES =>
             {
                 retries += 1;
+                drop(store);
                 tokio::time::sleep(limits::POOL_SHORTAGE_RETRY_DELAY).await;
             }
-            Err(error) => return Err(RunError::Instantiate(error)),
+            Err(error) => return Ok((store, Err(RunError::Instantiate(error)))),
         }
-    };
+    }
+}
+
+async fn call_start(
+    store: &mut Store<TaskState>,
+    instance: wasmtime::Instance,
+    fuel: u64,
+) -> Result<(), RunError> {
     store.set_fuel(fuel).map_err(RunError::Host)?;
     store
         .fuel_async_yield_interval(Some(limits::FUEL_YIELD_INTERVAL))
