@@ -141,6 +141,12 @@ impl Identity {
         blake3::derive_key(context, self.key.as_bytes())
     }
 
+    /// The same key as iroh's endpoint key: the key every connection of this peer proves
+    /// (see [`crate::transport`]).
+    pub fn transport_key(&self) -> iroh::SecretKey {
+        iroh::SecretKey::from_bytes(&self.key.to_bytes())
+    }
+
     /// Signs `message` (the caller prepends the domain string; see [`crate::signing`]).
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.key.sign(message).to_bytes()

@@ -6,6 +6,7 @@
 //! - [`hash`]: [`ContentHash`], BLAKE3 content addresses.
 //! - [`identity`]: [`Identity`] (an Ed25519 signing key) and [`PublicKey`], plus key files.
 //! - [`signing`]: sign and verify tasks and receipts over the exact bytes that travel.
+//! - [`transport`]: how peers connect (iroh QUIC, keys proven by TLS) and carry gRPC.
 //!
 //! This crate is the only one that knows protobuf; the worker and the submitter convert at their
 //! edges into their own domain types.
@@ -13,6 +14,7 @@
 pub mod hash;
 pub mod identity;
 pub mod signing;
+pub mod transport;
 
 /// Generated protobuf messages and tonic client/server code for `peergrid.v1`.
 pub mod pb {

@@ -144,7 +144,8 @@ impl Grid {
         )?;
         let spec = peergrid_submitter::job::load(&job_file)?;
         let source = Source::Peers(self.addrs.clone());
-        let workers = submit::reach(&source).await?;
+        let dialer = peergrid_submitter::client::Dialer::new(&self.identity).await?;
+        let workers = submit::reach(&dialer, &source).await?;
         let job = submit::create_job(
             &self.store,
             &spec,
@@ -154,8 +155,16 @@ impl Grid {
             None,
             &[],
         )?;
-        let summary =
-            submit::run_session(&self.store, &job, &self.identity, &source, workers, true).await?;
+        let summary = submit::run_session(
+            &self.store,
+            &job,
+            &self.identity,
+            &dialer,
+            &source,
+            workers,
+            true,
+        )
+        .await?;
         ensure!(
             summary.finished && summary.accepted == tasks,
             "the job ended with {} of {tasks} tasks accepted",

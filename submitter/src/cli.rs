@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use peergrid_proto::{Identity, PublicKey, pb};
 use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
 
-use crate::client::WorkerClient;
+use crate::client::{Dialer, WorkerClient};
 use crate::program::ProgramRequest;
 use crate::report::{Report, exit_code};
 use crate::store::Store;
@@ -51,9 +51,13 @@ enum Command {
     /// runtime, state (alive / suspect / down), when it was last heard from, and the reputation
     /// your past jobs gave it.
     Peers {
-        /// gRPC address (host:port) of any worker.
+        /// Address of any worker, KEY@IP:PORT (a worker prints its own when ready).
         #[arg(long)]
         seed: String,
+        /// Secret key file to connect with: a worker answers only keys it trusts (its --trust),
+        /// unless it runs with --trust-any-key [default: a fresh key, for such workers].
+        #[arg(long)]
+        key: Option<PathBuf>,
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
@@ -307,7 +311,21 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             .await
         }
         Command::Keygen { out } => keygen(out),
-        Command::Peers { seed, json, state } => crate::peers::show(&seed, json, &state.dir()).await,
+        Command::Peers {
+            seed,
+            key,
+            json,
+            state,
+        } => {
+            let identity = match key {
+                Some(key) => Identity::load(&key)?,
+                None => Identity::generate(),
+            };
+            let dialer = Dialer::new(&identity).await?;
+            let shown = crate::peers::show(&dialer, &seed, json, &state.dir()).await;
+            dialer.close().await;
+            shown
+        }
         Command::Submit {
             job,
             key,
@@ -388,13 +406,20 @@ async fn submit(
 ) -> anyhow::Result<u8> {
     let spec = crate::job::load(job_file)?;
     let identity = Identity::load(key)?;
-    // Before anything is stored: an unreachable grid leaves the store as it was.
-    let workers = crate::submit::reach(&source).await?;
-    let store = Store::open(state)?;
-    let job = crate::submit::create_job(&store, &spec, job_file, key, &source, out, trusted)?;
-    let summary =
-        crate::submit::run_session(&store, &job, &identity, &source, workers, plain).await?;
-    Ok(print_summary(&summary))
+    let dialer = Dialer::new(&identity).await?;
+    let session = async {
+        // Before anything is stored: an unreachable grid leaves the store as it was.
+        let workers = crate::submit::reach(&dialer, &source).await?;
+        let store = Store::open(state)?;
+        let job = crate::submit::create_job(&store, &spec, job_file, key, &source, out, trusted)?;
+        let summary =
+            crate::submit::run_session(&store, &job, &identity, &dialer, &source, workers, plain)
+                .await?;
+        anyhow::Ok(print_summary(&summary))
+    };
+    let result = session.await;
+    dialer.close().await;
+    result
 }
 
 async fn resume(
@@ -425,14 +450,20 @@ async fn resume(
         }
         let key_file = key.clone().unwrap_or_else(|| job.key_file.clone());
         let identity = Identity::load(&key_file)?;
+        let dialer = Dialer::new(&identity).await?;
         let source = source.clone().unwrap_or_else(|| Source::from_job(&job));
-        // A finished job (resumed by name) only writes its results again: no worker needed.
-        let workers = match job.finished_unix_ms {
-            Some(_) => Vec::new(),
-            None => crate::submit::reach(&source).await?,
+        let session = async {
+            // A finished job (resumed by name) only writes its results again: no worker needed.
+            let workers = match job.finished_unix_ms {
+                Some(_) => Vec::new(),
+                None => crate::submit::reach(&dialer, &source).await?,
+            };
+            crate::submit::run_session(&store, &job, &identity, &dialer, &source, workers, plain)
+                .await
         };
-        let summary =
-            crate::submit::run_session(&store, &job, &identity, &source, workers, plain).await?;
+        let summary = session.await;
+        dialer.close().await;
+        let summary = summary?;
         worst = worst.max(print_summary(&summary));
         if !summary.finished {
             // Interrupted (Ctrl-C): the user wants to stop, not to go on to the next job.
@@ -523,11 +554,16 @@ async fn exec(
 ) -> anyhow::Result<u8> {
     let program = task.request().prepare()?;
     let identity = Identity::load(key)?;
-    let mut worker = WorkerClient::connect(peer).await?;
-    worker.ensure_blobs(&program.all_blobs()).await?;
-    let signed = program.sign(&identity, "exec", "exec", ttl);
-    let result = worker.run(signed).await?;
-    Ok(Report::from(result).print(task.json)?)
+    let dialer = Dialer::new(&identity).await?;
+    let run = async {
+        let mut worker = WorkerClient::connect(&dialer, peer).await?;
+        worker.ensure_blobs(&program.all_blobs()).await?;
+        let signed = program.sign(&identity, "exec", "exec", ttl);
+        anyhow::Ok(worker.run(signed).await?)
+    };
+    let result = run.await;
+    dialer.close().await;
+    Ok(Report::from(result?).print(task.json)?)
 }
 
 #[cfg(test)]

@@ -5,17 +5,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use peergrid_proto::signing::{VerifiedReceipt, task_digest, verify_receipt};
-use peergrid_proto::{ContentHash, PublicKey, pb, status_code_name};
+use peergrid_proto::transport::{self, PeerAddr};
+use peergrid_proto::{ContentHash, Identity, PublicKey, pb, status_code_name};
 use peergrid_worker::receipt::outcome_from_wire;
 use peergrid_worker::sandbox::Outcome;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-/// How long to wait for a TCP connection to a worker.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 pings to a connected worker, and how long one may go unanswered before the
 /// connection counts as dead.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a failed first call waits to learn whether the worker closed the connection on
+/// purpose (a refused key), to say so instead of a bare transport error.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 
 /// A worker as its `Info` describes it.
 #[derive(Debug, Clone)]
@@ -25,6 +27,30 @@ pub struct WorkerInfo {
     pub slots: u32,
     pub free_slots: u32,
     pub version: String,
+}
+
+/// This submitter's QUIC endpoint: every connection it makes proves the key its tasks are
+/// signed with (ARCHITECTURE.md, "Transport"). One per process; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    endpoint: iroh::Endpoint,
+    key: PublicKey,
+}
+
+impl Dialer {
+    /// An endpoint for `identity` on a free UDP port of every interface.
+    pub async fn new(identity: &Identity) -> Result<Self, transport::TransportError> {
+        let any: std::net::SocketAddr = "0.0.0.0:0".parse().expect("valid");
+        Ok(Self {
+            endpoint: transport::bind_endpoint(identity, any, Vec::new()).await?,
+            key: identity.public_key(),
+        })
+    }
+
+    /// Closes every connection, telling the peers (call before the process ends).
+    pub async fn close(&self) {
+        self.endpoint.close().await;
+    }
 }
 
 /// A connected worker.
@@ -64,34 +90,69 @@ pub struct CheckedResult {
 }
 
 impl WorkerClient {
-    /// Connects to `addr` (`host:port`) and asks who it is.
-    pub async fn connect(addr: &str) -> Result<Self, ClientError> {
+    /// Connects to `addr` (`KEY@IP:PORT`), which must prove KEY, and asks who it is.
+    pub async fn connect(dialer: &Dialer, addr: &str) -> Result<Self, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             addr: addr.to_owned(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|error| unreachable(format!("not a host:port address ({error})")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            // A worker that vanishes without a reset (a laptop asleep, a dropped network) must
-            // end its stream, so its copies are reassigned instead of awaited forever.
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
+        let peer: PeerAddr = addr
+            .parse()
+            .map_err(|error: transport::PeerAddrError| unreachable(error.to_string()))?;
+        let watch = transport::ConnectionWatch::default();
+        let first_call = async {
+            let channel = transport::grpc_channel(
+                &dialer.endpoint,
+                &peer,
+                |endpoint| {
+                    // A worker that vanishes without a goodbye (a laptop asleep, a dropped
+                    // network) must end its stream, so its copies are reassigned instead of
+                    // awaited forever.
+                    endpoint
+                        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                        .keep_alive_while_idle(true)
+                },
+                &watch,
+            )
             .await
-            .map_err(|error| unreachable(error_chain(&error)))?;
-        let mut grpc = pb::worker_client::WorkerClient::new(channel)
-            .max_decoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES);
-        let info = grpc
-            .info(pb::InfoRequest {})
-            .await
-            .map_err(|status| unreachable(status.message().to_owned()))?
-            .into_inner();
+            .map_err(|error| error_chain(&error))?;
+            let mut grpc = pb::worker_client::WorkerClient::new(channel)
+                .max_decoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES);
+            let info = grpc
+                .info(pb::InfoRequest {})
+                .await
+                .map_err(|status| status.message().to_owned())?;
+            Ok::<_, String>((grpc, info.into_inner()))
+        };
+        let (grpc, info) = match first_call.await {
+            Ok(answered) => answered,
+            Err(reason) => {
+                return Err(match watch.closed_by_peer(REFUSAL_WAIT).await {
+                    Some((transport::REFUSED_CALLER_CODE, _)) => ClientError::Refused {
+                        addr: addr.to_owned(),
+                        code: tonic::Code::PermissionDenied,
+                        message: format!(
+                            "it does not run tasks signed by key {} and closed the connection (start it with --trust {}, or --trust-any-key to run tasks from any key)",
+                            dialer.key.short(),
+                            dialer.key
+                        ),
+                    },
+                    Some((_, why)) => unreachable(format!("it closed the connection: {why}")),
+                    None => unreachable(reason),
+                });
+            }
+        };
         let key = PublicKey::from_slice(&info.worker_key)
             .map_err(|error| unreachable(format!("its Info has a bad key: {error}")))?;
+        if key != peer.key {
+            return Err(unreachable(format!(
+                "its Info claims key {} but its connection proved {}",
+                key.short(),
+                peer.key.short()
+            )));
+        }
         Ok(Self {
             addr: addr.to_owned(),
             grpc,

@@ -79,17 +79,26 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
     let spec = crate::job::load(&job_file)?;
     let store = Store::open(&options.state)?;
     let source = Source::Seeds(vec![seed]);
-    let workers = crate::submit::reach(&source).await?;
-    let job = crate::submit::create_job(&store, &spec, &job_file, &key_file, &source, None, &[])?;
-    let summary = crate::submit::run_session(
-        &store,
-        &job,
-        &submitter,
-        &source,
-        workers,
-        options.plain_progress,
-    )
-    .await?;
+    let dialer = crate::client::Dialer::new(&submitter).await?;
+    let session = async {
+        let workers = crate::submit::reach(&dialer, &source).await?;
+        let job =
+            crate::submit::create_job(&store, &spec, &job_file, &key_file, &source, None, &[])?;
+        let summary = crate::submit::run_session(
+            &store,
+            &job,
+            &submitter,
+            &dialer,
+            &source,
+            workers,
+            options.plain_progress,
+        )
+        .await?;
+        anyhow::Ok((job, summary))
+    };
+    let session = session.await;
+    dialer.close().await;
+    let (job, summary) = session?;
     let _ = stop.send(true);
 
     let liar_keys: Vec<String> = liars.iter().map(PublicKey::to_hex).collect();
@@ -165,7 +174,8 @@ pub const MAX_LOCAL_WORKERS: usize = 254;
 /// A worker [`start_local_worker`] started in this process.
 #[derive(Debug, Clone, Copy)]
 pub struct LocalWorker {
-    pub addr: SocketAddr,
+    /// How to dial it (`KEY@IP:PORT`).
+    pub addr: peergrid_proto::transport::PeerAddr,
     pub gossip_addr: Option<SocketAddr>,
     pub public_key: PublicKey,
     /// Whether it has a loopback address of its own, so that it counts as a distinct host.
@@ -196,7 +206,7 @@ pub async fn start_local_worker(
         }
     };
     let started = LocalWorker {
-        addr: worker.addr,
+        addr: worker.peer_addr,
         gossip_addr: worker.gossip_addr,
         public_key: worker.public_key,
         own_host,

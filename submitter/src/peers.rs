@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use peergrid_proto::{PublicKey, pb};
 use serde_json::json;
 
-use crate::client::WorkerClient;
+use crate::client::{Dialer, WorkerClient};
 use crate::schedule::Reputation;
 
 /// One peer as the CLI shows it.
@@ -74,16 +74,21 @@ impl PeerRow {
 }
 
 /// The peers `seed` knows, itself first.
-pub async fn fetch(seed: &str) -> anyhow::Result<Vec<PeerRow>> {
-    let mut client = WorkerClient::connect(seed).await?;
+pub async fn fetch(dialer: &Dialer, seed: &str) -> anyhow::Result<Vec<PeerRow>> {
+    let mut client = WorkerClient::connect(dialer, seed).await?;
     let peers = client.peers().await?;
     Ok(peers.into_iter().map(PeerRow::from_wire).collect())
 }
 
 /// Prints the table (or JSON) and returns the exit code. Reputation comes from the job store in
 /// `state`, when there is one.
-pub async fn show(seed: &str, as_json: bool, state: &std::path::Path) -> anyhow::Result<u8> {
-    let mut rows = fetch(seed).await?;
+pub async fn show(
+    dialer: &Dialer,
+    seed: &str,
+    as_json: bool,
+    state: &std::path::Path,
+) -> anyhow::Result<u8> {
+    let mut rows = fetch(dialer, seed).await?;
     let reputation = crate::store::Store::open_for_reading(state)
         .and_then(|store| store.reputation())
         .unwrap_or_default();

@@ -17,7 +17,7 @@ use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::client::{CheckedResult, ClientError, WorkerClient};
+use crate::client::{CheckedResult, ClientError, Dialer, WorkerClient};
 use crate::core::{Actions, Clock, JobCore, Stored, WorkerMeta};
 use crate::dispatch::{self, Dispatch, Event};
 use crate::job::{JobSpec, TaskStdin};
@@ -205,11 +205,14 @@ pub fn create_job(
 /// Finds the workers `source` leads to and connects to all of them at once; fails, naming every
 /// address tried, when none answers. `submit` calls it before storing anything, so an
 /// unreachable grid leaves the store as it was.
-pub async fn reach(source: &Source) -> Result<Vec<WorkerClient>, SubmitError> {
-    let addrs = discover(source).await.map_err(SubmitError::NoWorkers)?;
+pub async fn reach(dialer: &Dialer, source: &Source) -> Result<Vec<WorkerClient>, SubmitError> {
+    let addrs = discover(dialer, source)
+        .await
+        .map_err(SubmitError::NoWorkers)?;
     let mut attempts = JoinSet::new();
     for addr in addrs {
-        attempts.spawn(async move { WorkerClient::connect(&addr).await });
+        let dialer = dialer.clone();
+        attempts.spawn(async move { WorkerClient::connect(&dialer, &addr).await });
     }
     let mut clients = Vec::new();
     let mut failures = Vec::new();
@@ -235,12 +238,13 @@ pub async fn run_session(
     store: &Store,
     job: &JobRecord,
     identity: &Identity,
+    dialer: &Dialer,
     source: &Source,
     workers: Vec<WorkerClient>,
     plain_progress: bool,
 ) -> Result<Summary, SubmitError> {
     let started = Instant::now();
-    let mut session = Session::restore(store, job, identity)?;
+    let mut session = Session::restore(store, job, identity, dialer.clone())?;
     let mut progress = Progress::new(session.counts(), plain_progress);
     progress.note(&format!(
         "job {} (session {}): {} tasks, replication {}, quorum {}, results in {}",
@@ -377,6 +381,8 @@ struct Session<'a> {
     store: &'a Store,
     job: &'a JobRecord,
     identity: &'a Identity,
+    /// Dials workers with the key `identity` signs with.
+    dialer: Dialer,
     number: u32,
     tasks: Vec<TaskRecord>,
     inputs: Vec<TaskInputs>,
@@ -409,6 +415,7 @@ impl<'a> Session<'a> {
         store: &'a Store,
         job: &'a JobRecord,
         identity: &'a Identity,
+        dialer: Dialer,
     ) -> Result<Self, SubmitError> {
         let number = store.begin_session(&job.id)?;
         let tasks = store.tasks(&job.id)?;
@@ -456,6 +463,7 @@ impl<'a> Session<'a> {
             store,
             job,
             identity,
+            dialer,
             number,
             core,
             tasks,
@@ -611,8 +619,9 @@ impl<'a> Session<'a> {
     fn refresh(&mut self, source: &Source) {
         let source = source.clone();
         let control = self.control.0.clone();
+        let dialer = self.dialer.clone();
         tokio::spawn(async move {
-            if let Ok(addrs) = discover(&source).await {
+            if let Ok(addrs) = discover(&dialer, &source).await {
                 let _ = control.send(Control::Membership(addrs)).await;
             }
         });
@@ -633,8 +642,9 @@ impl<'a> Session<'a> {
         for addr in wanted {
             self.connecting.insert(addr.clone());
             let control = self.control.0.clone();
+            let dialer = self.dialer.clone();
             tokio::spawn(async move {
-                let result = WorkerClient::connect(&addr).await;
+                let result = WorkerClient::connect(&dialer, &addr).await;
                 let _ = control.send(Control::Connected(addr, result)).await;
             });
         }
@@ -1020,14 +1030,14 @@ pub fn short_key(hex: &str) -> &str {
 
 /// The gRPC addresses of the workers `source` names: the static list, or the alive peers a seed
 /// knows (the first seed that answers).
-async fn discover(source: &Source) -> Result<Vec<String>, String> {
+async fn discover(dialer: &Dialer, source: &Source) -> Result<Vec<String>, String> {
     match source {
         Source::Peers(peers) => Ok(peers.clone()),
         Source::Seeds(seeds) => {
             let mut failures = Vec::new();
             for seed in seeds {
                 let view = async {
-                    let mut client = WorkerClient::connect(seed).await?;
+                    let mut client = WorkerClient::connect(dialer, seed).await?;
                     client.peers().await
                 };
                 match view.await {
@@ -1038,8 +1048,11 @@ async fn discover(source: &Source) -> Result<Vec<String>, String> {
                             .map(|peer| {
                                 if peer.is_self {
                                     seed.clone()
+                                } else if peer.grpc_addr.is_empty() {
+                                    String::new()
                                 } else {
-                                    peer.grpc_addr
+                                    // Dialing proves the key, whoever gossiped it.
+                                    format!("{}@{}", hex::encode(&peer.worker_key), peer.grpc_addr)
                                 }
                             })
                             .filter(|addr| !addr.is_empty())

@@ -287,13 +287,50 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// A direct gRPC client, for what the CLI never sends (tampered, expired or forged tasks).
+/// A direct gRPC client, for what the CLI never sends (tampered, expired or forged tasks),
+/// connected as `key` (the worker must trust it, or it closes the connection).
 pub async fn grpc_client(
     addr: &str,
+    key: &KeyPair,
 ) -> peergrid_proto::pb::worker_client::WorkerClient<tonic::transport::Channel> {
-    peergrid_proto::pb::worker_client::WorkerClient::connect(format!("http://{addr}"))
+    let channel = grpc_channel(addr, &key.identity())
         .await
-        .expect("worker accepts connections")
+        .expect("worker accepts connections");
+    peergrid_proto::pb::worker_client::WorkerClient::new(channel)
+        .max_decoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
+}
+
+/// A raw stream to the worker at `addr` (`KEY@IP:PORT`), from a fresh endpoint of `identity`
+/// (kept alive with it): what a hostile client writes HTTP/2 bytes on by hand.
+pub async fn raw_stream(
+    addr: &str,
+    identity: &peergrid_proto::Identity,
+) -> (iroh::Endpoint, peergrid_proto::transport::QuicStream) {
+    use peergrid_proto::transport;
+    let peer: transport::PeerAddr = addr.parse().expect("a KEY@IP:PORT address");
+    let endpoint =
+        transport::bind_endpoint(identity, "127.0.0.1:0".parse().expect("valid"), Vec::new())
+            .await
+            .expect("a loopback endpoint binds");
+    let stream = transport::dial_grpc(&endpoint, &peer)
+        .await
+        .expect("the worker accepts connections");
+    (endpoint, stream)
+}
+
+/// A gRPC channel to `addr` (`KEY@IP:PORT`) from a fresh endpoint of `identity`.
+pub async fn grpc_channel(
+    addr: &str,
+    identity: &peergrid_proto::Identity,
+) -> Result<tonic::transport::Channel, peergrid_proto::transport::TransportError> {
+    use peergrid_proto::transport;
+    let peer: transport::PeerAddr = addr.parse().expect("a KEY@IP:PORT address");
+    let endpoint =
+        transport::bind_endpoint(identity, "127.0.0.1:0".parse().expect("valid"), Vec::new())
+            .await?;
+    let watch = transport::ConnectionWatch::default();
+    transport::grpc_channel(&endpoint, &peer, |endpoint| endpoint, &watch).await
 }
 
 /// Polls `condition` every 50 ms until it holds or `within` has passed; returns how long it

@@ -128,7 +128,7 @@ async fn bad_tasks_are_refused_with_their_own_codes_and_the_worker_keeps_serving
     let identity = key.identity();
     let hello = ContentHash::of(&std::fs::read(guest("hello")).unwrap());
     let later = unix_now_s() + 300;
-    let mut client = grpc_client(&worker.addr).await;
+    let mut client = grpc_client(&worker.addr, &key).await;
     let code_of = |result: Result<tonic::Response<pb::TaskResult>, tonic::Status>| match result {
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),
@@ -213,7 +213,7 @@ async fn a_stream_answers_each_request_by_id_refusals_included() {
             task: Some(hand_signed_task(&identity, echo, &[], 5)),
         },
     ];
-    let mut client = grpc_client(&worker.addr).await;
+    let mut client = grpc_client(&worker.addr, &key).await;
     let mut stream = client
         .execute(tokio_stream::iter(requests))
         .await

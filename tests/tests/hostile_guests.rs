@@ -225,7 +225,7 @@ async fn run_on_worker(worker: &WorkerProcess, key: &KeyPair, cases: &[Case]) ->
     let worker_key = PublicKey::from_slice(&hex::decode(&worker.key_hex).unwrap()).unwrap();
     // flood's answer carries 4 MiB of stdout: the wire contract's message size, not tonic's
     // default.
-    let mut client = grpc_client(&worker.addr)
+    let mut client = grpc_client(&worker.addr, &key)
         .await
         .max_decoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES);
     let mut uploaded = std::collections::HashSet::new();

@@ -1,9 +1,10 @@
-//! End-to-end: a worker fed bad input over the network — garbage bytes, truncated, oversized and
-//! undecodable gRPC messages, uploads whose bytes do not match their hash, calls that stall
-//! half-way, a peer that goes silent after the handshake, and a flood of connections — answers
-//! each with its documented status or closes the connection within its documented bound
-//! (`peergrid_worker::limits`), frees what the attacker held, and keeps serving valid tasks to
-//! others throughout.
+//! End-to-end: a worker fed bad input over the network — a caller whose key it does not trust,
+//! garbage bytes, truncated, oversized and undecodable gRPC messages, uploads whose bytes do not
+//! match their hash, calls that stall half-way, a peer that goes silent after the handshake, and
+//! a flood of connections — answers each with its documented status or closes the connection
+//! within its documented bound (`peergrid_worker::limits`), frees what the attacker held, and
+//! keeps serving valid tasks to others throughout. Every attack but the stranger's comes from a
+//! key the worker trusts: the worst case, past the transport's authentication.
 
 use std::convert::Infallible;
 use std::future::poll_fn;
@@ -16,10 +17,11 @@ use bytes::Bytes;
 use peergrid_e2e::{
     KeyPair, WorkerConfig, WorkerProcess, grpc_client, guest, hand_signed_task, unix_now_s,
 };
+use peergrid_proto::transport::{self, GRPC_ALPN, PeerAddr, QuicStream};
 use peergrid_proto::{ContentHash, pb};
+use peergrid_worker::daemon::connections::{IDLE_CODE, REFUSED_CALLER_CODE};
 use peergrid_worker::limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -57,15 +59,23 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
     serves(&worker, &key, "before").await;
 
     // The slow attacks run in the background while the quick ones go one by one.
-    let silent_after_handshake = tokio::spawn(silent_after_handshake(addr.clone()));
+    let silent_after_handshake = tokio::spawn(silent_after_handshake(addr.clone(), key.clone()));
     let stalled_upload_content = b"the bytes of a blob whose upload stalls half-way".to_vec();
-    let stalled_upload = tokio::spawn(stalled_upload(addr.clone(), stalled_upload_content.clone()));
-    let stalled_run = tokio::spawn(stalled_inside_a_message(addr.clone(), "Run"));
-    let stalled_execute = tokio::spawn(stalled_inside_a_message(addr.clone(), "Execute"));
+    let stalled_upload = tokio::spawn(stalled_upload(
+        addr.clone(),
+        key.clone(),
+        stalled_upload_content.clone(),
+    ));
+    let stalled_run = tokio::spawn(stalled_inside_a_message(addr.clone(), key.clone(), "Run"));
+    let stalled_execute = tokio::spawn(stalled_inside_a_message(
+        addr.clone(),
+        key.clone(),
+        "Execute",
+    ));
     // An Execute stream that is opened now and rests: a submitter's session does that between
     // tasks, and it must not be taken for a stall.
     let (resting_sender, resting_requests) = mpsc::channel(1);
-    let mut resting_client = grpc_client(&addr).await;
+    let mut resting_client = grpc_client(&addr, &key).await;
     let mut resting_answers = resting_client
         .execute(ReceiverStream::new(resting_requests))
         .await
@@ -77,24 +87,31 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
     })
     .await;
 
-    // Garbage on a bare connection: closed by the HTTP/2 handshake at once.
+    // A stranger (a key the worker does not trust): disconnected right after the handshake,
+    // before it can open a stream.
+    let stranger = peergrid_proto::Identity::generate();
+    let refused = stranger_is_disconnected(&addr, &stranger).await;
+    println!("a stranger's connection: closed after {refused:?}");
+    serves(&worker, &key, "after-stranger").await;
+
+    // Garbage on a bare stream: closed by the HTTP/2 handshake at once.
     let garbage = pseudo_random_bytes(0x5eed_cafe, 256);
     println!("garbage seed 0x5eedcafe");
-    let took = closed_after_sending(&addr, &garbage, PROMPTLY).await;
+    let took = closed_after_sending(&addr, &key, &garbage, PROMPTLY).await;
     println!("random garbage: closed after {took:?}");
     serves(&worker, &key, "after-garbage").await;
     let http1 = b"GET / HTTP/1.1\r\nHost: worker\r\nConnection: keep-alive\r\n\r\n";
-    let took = closed_after_sending(&addr, http1, PROMPTLY).await;
+    let took = closed_after_sending(&addr, &key, http1, PROMPTLY).await;
     println!("HTTP/1.1 request: closed after {took:?}");
     serves(&worker, &key, "after-http1").await;
     let junk_frames = [PREFACE, &[0xff; 64]].concat();
-    let took = closed_after_sending(&addr, &junk_frames, PROMPTLY).await;
+    let took = closed_after_sending(&addr, &key, &junk_frames, PROMPTLY).await;
     println!("preface then junk frames: closed after {took:?}");
     serves(&worker, &key, "after-junk-frames").await;
 
     // Bad gRPC messages: the documented statuses.
     let truncated = [grpc_prefix(1000), vec![7; 10]].concat();
-    let status = raw_call(&addr, "Run", Some(truncated)).await;
+    let status = raw_call(&addr, &key, "Run", Some(truncated)).await;
     assert_eq!(status.code(), Code::Internal, "truncated: {status:?}");
     serves(&worker, &key, "after-truncated").await;
     let oversized = [
@@ -102,11 +119,11 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
         vec![7; 1024],
     ]
     .concat();
-    let status = raw_call(&addr, "Run", Some(oversized)).await;
+    let status = raw_call(&addr, &key, "Run", Some(oversized)).await;
     assert_eq!(status.code(), Code::OutOfRange, "oversized: {status:?}");
     serves(&worker, &key, "after-oversized").await;
     let undecodable = [grpc_prefix(16), vec![0xff; 16]].concat();
-    let status = raw_call(&addr, "Run", Some(undecodable)).await;
+    let status = raw_call(&addr, &key, "Run", Some(undecodable)).await;
     assert_eq!(status.code(), Code::Internal, "undecodable: {status:?}");
     serves(&worker, &key, "after-undecodable").await;
     let mut big_metadata = tonic::Request::new(pb::InfoRequest {});
@@ -116,7 +133,7 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
             .parse()
             .unwrap(),
     );
-    let mut client = grpc_client(&addr).await;
+    let mut client = grpc_client(&addr, &key).await;
     // hyper answers HTTP 431 without a grpc-status, which tonic clients report as UNKNOWN.
     let refused = client.info(big_metadata).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unknown, "{refused:?}");
@@ -167,47 +184,66 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
         .into_inner();
     assert_eq!(answered.missing.len(), limits::MAX_HASHES_PER_QUERY);
 
-    // A flood of silent connections from one address: past the per-address cap they are closed
-    // at once, the rest when the handshake deadline passes, and another client is served
-    // meanwhile.
+    // A flood of silent connections from one address: past the per-address cap they are refused
+    // at once, the rest closed when they have opened no stream within the handshake deadline,
+    // and another client is served meanwhile.
     let baseline_fds = fd_count(pid);
     let flood_started = Instant::now();
-    let closed = Arc::new(AtomicUsize::new(0));
+    let flooder =
+        transport::bind_endpoint(&key.identity(), "127.0.0.2:0".parse().unwrap(), Vec::new())
+            .await
+            .unwrap();
+    let target: PeerAddr = addr.parse().unwrap();
+    let (refused, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut held = Vec::new();
     for _ in 0..FLOOD {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
-        let closed = closed.clone();
-        tokio::spawn(async move {
-            read_until_closed(stream).await;
-            closed.fetch_add(1, Ordering::SeqCst);
-        });
+        let connecting = flooder.connect(
+            iroh::EndpointAddr::from_parts(
+                transport::endpoint_id(&target.key),
+                [iroh::TransportAddr::Ip(target.addr)],
+            ),
+            GRPC_ALPN,
+        );
+        match tokio::time::timeout(PROMPTLY, connecting).await {
+            Ok(Ok(connection)) => {
+                let closed = closed.clone();
+                held.push(tokio::spawn(async move {
+                    let reason = connection.closed().await;
+                    closed.fetch_add(1, Ordering::SeqCst);
+                    reason
+                }));
+            }
+            Ok(Err(_refused)) => {
+                refused.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(_) => panic!("a connection attempt was left unanswered past {PROMPTLY:?}"),
+        }
     }
-    let over_cap = FLOOD - limits::MAX_CONNECTIONS_PER_IP;
-    wait_for(
-        "the connections over the per-address cap to be closed",
-        PROMPTLY,
-        || closed.load(Ordering::SeqCst) >= over_cap,
-    )
-    .await;
     assert!(
         flood_started.elapsed() < limits::HANDSHAKE_TIMEOUT,
         "the machine is too slow to tell the cap from the handshake deadline"
     );
-    assert_eq!(closed.load(Ordering::SeqCst), over_cap, "held: the cap");
+    let over_cap = FLOOD - limits::MAX_CONNECTIONS_PER_IP;
+    assert_eq!(refused.load(Ordering::SeqCst), over_cap, "refused: the cap");
+    assert_eq!(closed.load(Ordering::SeqCst), 0, "held: the cap");
     let held_fds = fd_count(pid);
     println!("flood held: worker fds {held_fds} (baseline {baseline_fds})");
     assert!(
-        held_fds <= baseline_fds + limits::MAX_CONNECTIONS_PER_IP + FD_SLACK,
+        held_fds <= baseline_fds + FD_SLACK,
         "{held_fds} descriptors while the flood is held, baseline {baseline_fds}"
     );
     serves(&worker, &key, "during-flood").await;
-    wait_for(
-        "the silent connections to be closed at the handshake deadline",
-        limits::HANDSHAKE_TIMEOUT + MARGIN,
-        || closed.load(Ordering::SeqCst) == FLOOD,
-    )
-    .await;
+    for connection in held {
+        let reason = tokio::time::timeout(2 * limits::HANDSHAKE_TIMEOUT + MARGIN, connection)
+            .await
+            .expect("a silent connection is closed by the worker")
+            .unwrap();
+        assert!(
+            matches!(&reason, iroh::endpoint::ConnectionError::ApplicationClosed(close)
+                if close.error_code == iroh::endpoint::VarInt::from_u32(IDLE_CODE)),
+            "{reason:?}"
+        );
+    }
     println!("flood: all closed after {:?}", flood_started.elapsed());
     wait_for(
         "the worker's descriptors to come back to their baseline",
@@ -313,21 +349,55 @@ async fn missing(
     !response.missing.is_empty()
 }
 
-/// Connects, sends `bytes`, and returns how long the worker took to close the connection,
-/// which must be within `bound`.
-async fn closed_after_sending(addr: &str, bytes: &[u8], bound: Duration) -> Duration {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+/// Connects as `stranger`, a key the worker does not trust: the connection is closed with the
+/// refusal code, before any stream, promptly. Returns how long that took.
+async fn stranger_is_disconnected(addr: &str, stranger: &peergrid_proto::Identity) -> Duration {
+    let target: PeerAddr = addr.parse().unwrap();
+    let endpoint = transport::bind_endpoint(stranger, "127.0.0.1:0".parse().unwrap(), Vec::new())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let connection = endpoint
+        .connect(
+            iroh::EndpointAddr::from_parts(
+                transport::endpoint_id(&target.key),
+                [iroh::TransportAddr::Ip(target.addr)],
+            ),
+            GRPC_ALPN,
+        )
+        .await
+        .expect("the handshake itself completes: the worker learns the key from it");
+    let reason = tokio::time::timeout(PROMPTLY, connection.closed())
+        .await
+        .expect("a stranger is disconnected promptly");
+    assert!(
+        matches!(&reason, iroh::endpoint::ConnectionError::ApplicationClosed(close)
+            if close.error_code == iroh::endpoint::VarInt::from_u64(REFUSED_CALLER_CODE).unwrap()),
+        "{reason:?}"
+    );
+    started.elapsed()
+}
+
+/// Opens a stream, sends `bytes`, and returns how long the worker took to close it, which must
+/// be within `bound`.
+async fn closed_after_sending(
+    addr: &str,
+    key: &KeyPair,
+    bytes: &[u8],
+    bound: Duration,
+) -> Duration {
+    let (_endpoint, mut stream) = peergrid_e2e::raw_stream(addr, &key.identity()).await;
     let started = Instant::now();
     // The worker may close before reading all of it: a failed write is a close too.
     let _ = stream.write_all(bytes).await;
     tokio::time::timeout(bound, read_until_closed(stream))
         .await
-        .unwrap_or_else(|_| panic!("the worker kept the connection open past {bound:?}"));
+        .unwrap_or_else(|_| panic!("the worker kept the stream open past {bound:?}"));
     started.elapsed()
 }
 
-/// Reads (and drops) whatever the worker sends until it closes the connection.
-async fn read_until_closed(mut stream: TcpStream) {
+/// Reads (and drops) whatever the worker sends until it closes the stream.
+async fn read_until_closed(mut stream: QuicStream) {
     let mut buffer = [0; 4096];
     while let Ok(read) = stream.read(&mut buffer).await {
         if read == 0 {
@@ -336,10 +406,10 @@ async fn read_until_closed(mut stream: TcpStream) {
     }
 }
 
-/// A connection that does the HTTP/2 handshake and then goes silent (answers no ping): closed
-/// by keepalive. Returns when it was closed.
-async fn silent_after_handshake(addr: String) -> Duration {
-    let mut stream = TcpStream::connect(&addr).await.unwrap();
+/// A stream that does the HTTP/2 handshake and then goes silent (answers no ping): closed by
+/// keepalive. Returns when it was closed.
+async fn silent_after_handshake(addr: String, key: KeyPair) -> Duration {
+    let (_endpoint, mut stream) = peergrid_e2e::raw_stream(&addr, &key.identity()).await;
     let started = Instant::now();
     stream
         .write_all(&[PREFACE, EMPTY_SETTINGS].concat())
@@ -348,9 +418,9 @@ async fn silent_after_handshake(addr: String) -> Duration {
     let bound = limits::HTTP2_KEEPALIVE_INTERVAL + limits::HTTP2_KEEPALIVE_TIMEOUT + MARGIN;
     tokio::time::timeout(bound, read_until_closed(stream))
         .await
-        .unwrap_or_else(|_| panic!("a silent peer kept its connection past {bound:?}"));
+        .unwrap_or_else(|_| panic!("a silent peer kept its stream past {bound:?}"));
     let took = started.elapsed();
-    // Only keepalive may close it: the handshake deadline is for connections without one.
+    // Only keepalive may close it: the handshake deadline is for streams without one.
     assert!(
         took >= limits::HTTP2_KEEPALIVE_INTERVAL - Duration::from_secs(1),
         "closed after {took:?}, before any keepalive ping was due"
@@ -360,7 +430,7 @@ async fn silent_after_handshake(addr: String) -> Duration {
 
 /// A `PutBlob` that sends its first chunk and goes silent: cut off with `DEADLINE_EXCEEDED`
 /// within the stall bound. Returns how long that took and the blob's hash.
-async fn stalled_upload(addr: String, content: Vec<u8>) -> (Duration, ContentHash) {
+async fn stalled_upload(addr: String, key: KeyPair, content: Vec<u8>) -> (Duration, ContentHash) {
     let hash = ContentHash::of(&content);
     let (sender, chunks) = mpsc::channel(1);
     sender
@@ -371,7 +441,7 @@ async fn stalled_upload(addr: String, content: Vec<u8>) -> (Duration, ContentHas
         })
         .await
         .unwrap();
-    let mut client = grpc_client(&addr).await;
+    let mut client = grpc_client(&addr, &key).await;
     let started = Instant::now();
     let bound = limits::REQUEST_STALL_TIMEOUT + MARGIN;
     let result = tokio::time::timeout(bound, client.put_blob(ReceiverStream::new(chunks)))
@@ -385,7 +455,7 @@ async fn stalled_upload(addr: String, content: Vec<u8>) -> (Duration, ContentHas
 
 /// A call to `method` that sends 10 bytes of a 1000-byte message and goes silent: cut off with
 /// `DEADLINE_EXCEEDED` within the stall bound. Returns how long that took.
-async fn stalled_inside_a_message(addr: String, method: &'static str) -> Duration {
+async fn stalled_inside_a_message(addr: String, key: KeyPair, method: &'static str) -> Duration {
     let (sender, body) = mpsc::channel(1);
     sender
         .send(Bytes::from([grpc_prefix(1000), vec![7; 10]].concat()))
@@ -393,7 +463,7 @@ async fn stalled_inside_a_message(addr: String, method: &'static str) -> Duratio
         .unwrap();
     let started = Instant::now();
     let bound = limits::REQUEST_STALL_TIMEOUT + MARGIN;
-    let status = tokio::time::timeout(bound, raw_call_streaming(&addr, method, body))
+    let status = tokio::time::timeout(bound, raw_call_streaming(&addr, &key, method, body))
         .await
         .unwrap_or_else(|_| panic!("a stalled {method} was kept past {bound:?}"));
     assert_eq!(
@@ -417,31 +487,30 @@ fn grpc_prefix(length: u32) -> Vec<u8> {
 
 /// Calls `method` with `body` as the raw request body (the whole of it, then the end of the
 /// stream) and returns the status the worker ends the call with.
-async fn raw_call(addr: &str, method: &str, body: Option<Vec<u8>>) -> tonic::Status {
+async fn raw_call(addr: &str, key: &KeyPair, method: &str, body: Option<Vec<u8>>) -> tonic::Status {
     let (sender, receiver) = mpsc::channel(1);
     if let Some(body) = body {
         sender.send(Bytes::from(body)).await.unwrap();
     }
     drop(sender);
-    raw_call_streaming(addr, method, receiver).await
+    raw_call_streaming(addr, key, method, receiver).await
 }
 
 /// Calls `method` with a raw request body made of what `body` yields, ended when it closes, and
 /// returns the status the worker ends the call with (from its headers or trailers).
 async fn raw_call_streaming(
     addr: &str,
+    key: &KeyPair,
     method: &str,
     body: mpsc::Receiver<Bytes>,
 ) -> tonic::Status {
-    let mut channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
+    let mut channel = peergrid_e2e::grpc_channel(addr, &key.identity())
         .await
         .expect("the worker accepts connections");
     let frames = ReceiverStream::new(body).map(Ok::<_, Infallible>);
     let request = http::Request::builder()
         .method("POST")
-        .uri(format!("http://{addr}/peergrid.v1.Worker/{method}"))
+        .uri(format!("http://peergrid.peer/peergrid.v1.Worker/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(tonic::body::Body::new(AxumBody::from_stream(frames)))

@@ -17,7 +17,7 @@ use peergrid_e2e::{
 };
 use peergrid_proto::signing::task_digest;
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
-use peergrid_submitter::client::{CheckedResult, WorkerClient, check_result};
+use peergrid_submitter::client::{CheckedResult, Dialer, WorkerClient, check_result};
 use peergrid_submitter::program::{encode_program, sign_program};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -85,13 +85,18 @@ struct Peer {
 impl Peer {
     /// Connects to `addr` and uploads `module` if it lacks it (through `MissingBlobs` and
     /// `PutBlob`, as the submitter does).
-    async fn connect(addr: &str, module: &(ContentHash, Bytes)) -> Self {
-        let mut client = WorkerClient::connect(addr).await.expect("reachable");
+    async fn connect(addr: &str, key: &KeyPair, module: &(ContentHash, Bytes)) -> Self {
+        let dialer = Dialer::new(&key.identity())
+            .await
+            .expect("an endpoint binds");
+        let mut client = WorkerClient::connect(&dialer, addr)
+            .await
+            .expect("reachable");
         client
             .ensure_blobs(std::slice::from_ref(module))
             .await
             .expect("the module uploads");
-        let mut grpc = grpc_client(addr).await;
+        let mut grpc = grpc_client(addr, key).await;
         let info = grpc.info(pb::InfoRequest {}).await.unwrap().into_inner();
         Self {
             grpc,
@@ -239,11 +244,11 @@ async fn lie_group_members_sign_the_same_wrong_answer_which_no_honest_worker_giv
         .map(|word| echo(&identity, echo_module.0, word))
         .collect();
     let task_refs: Vec<_> = tasks.iter().collect();
-    let honest = Peer::connect(&honest.addr, &echo_module).await;
+    let honest = Peer::connect(&honest.addr, &key, &echo_module).await;
     let (first_peer, second_peer, other_peer) = (
-        Peer::connect(&first.addr, &echo_module).await,
-        Peer::connect(&second.addr, &echo_module).await,
-        Peer::connect(&other_group.addr, &echo_module).await,
+        Peer::connect(&first.addr, &key, &echo_module).await,
+        Peer::connect(&second.addr, &key, &echo_module).await,
+        Peer::connect(&other_group.addr, &key, &echo_module).await,
     );
     assert_eq!(first_peer.key.to_hex(), first.key_hex);
     // One member answers on a pipelined stream, the others one call at a time.
@@ -305,11 +310,11 @@ async fn instant_liars_agree_at_once_without_running_the_task() {
     // Run for real, this task would spin for minutes.
     let endless = task(&key.identity(), spin.0, &[], endless_limits());
     let started = Instant::now();
-    let from_first = Peer::connect(&first.addr, &spin)
+    let from_first = Peer::connect(&first.addr, &key, &spin)
         .await
         .checked(&endless)
         .await;
-    let from_second = Peer::connect(&second.addr, &spin)
+    let from_second = Peer::connect(&second.addr, &key, &spin)
         .await
         .checked(&endless)
         .await;
@@ -344,9 +349,9 @@ async fn a_paired_liar_lies_only_when_a_partner_holds_the_same_task_and_is_hones
         RogueConfig::new(paired.clone(), &key.public_hex),
     );
     let second = rogue(dir.path(), "p2", RogueConfig::new(paired, &key.public_hex));
-    let honest = Peer::connect(&honest.addr, &echo_module).await;
-    let first_peer = Peer::connect(&first.addr, &echo_module).await;
-    let second_peer = Peer::connect(&second.addr, &echo_module).await;
+    let honest = Peer::connect(&honest.addr, &key, &echo_module).await;
+    let first_peer = Peer::connect(&first.addr, &key, &echo_module).await;
+    let second_peer = Peer::connect(&second.addr, &key, &echo_module).await;
 
     let alone = echo(&identity, echo_module.0, "alone");
     let together = echo(&identity, echo_module.0, "together");
@@ -415,7 +420,7 @@ async fn timeout_answers_at_once_with_a_signed_timed_out_receipt_and_no_fuel() {
         "slow",
         RogueConfig::new(Strategy::Timeout, &key.public_hex),
     );
-    let peer = Peer::connect(&rogue.addr, &spin).await;
+    let peer = Peer::connect(&rogue.addr, &key, &spin).await;
     let endless = task(&key.identity(), spin.0, &[], endless_limits());
     let again = task(&key.identity(), spin.0, &["again"], endless_limits());
     let started = Instant::now();
@@ -455,7 +460,7 @@ async fn abort_answers_aborted_and_refuse_resource_exhausted_never_a_receipt() {
     let task = echo(&key.identity(), echo_module.0, "never");
     let untrusted = echo(&stranger.identity(), echo_module.0, "stranger");
     for (rogue, code) in [(&abort, Code::Aborted), (&refuse, Code::ResourceExhausted)] {
-        let peer = Peer::connect(&rogue.addr, &echo_module).await;
+        let peer = Peer::connect(&rogue.addr, &key, &echo_module).await;
         let status = peer.run(&task.0).await.expect_err("never a receipt");
         assert_eq!(status.code(), code, "{status:?}");
         match peer.execute(&[&task.0]).await.remove(0) {
@@ -496,7 +501,7 @@ async fn replay_own_answers_with_its_earlier_receipt_which_the_submitter_refuses
         "replay",
         RogueConfig::new(Strategy::ReplayOwn, &key.public_hex),
     );
-    let peer = Peer::connect(&rogue.addr, &echo_module).await;
+    let peer = Peer::connect(&rogue.addr, &key, &echo_module).await;
     let first = echo(&identity, echo_module.0, "first");
     let second = echo(&identity, echo_module.0, "second");
 
@@ -521,36 +526,51 @@ async fn replay_own_answers_with_its_earlier_receipt_which_the_submitter_refuses
     assert_eq!(kinds, ["honest", "replay", "honest"]);
 }
 
+/// A worker that forwards a task it was sent to another worker, to answer with that worker's
+/// genuine receipt, gets nothing: its connection proves its own key, not the key that signed
+/// the task, and a worker runs only tasks signed by the key its caller proved. Even a worker
+/// that runs tasks from any key refuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_other_answers_with_an_honest_workers_genuine_receipt_which_the_submitter_refuses() {
+async fn replay_other_forwards_a_task_to_another_worker_which_refuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
     let echo_module = module("echo");
-    let honest = honest_worker(dir.path(), &key);
+    let open = WorkerProcess::start(
+        &dir.path().join("open"),
+        WorkerConfig {
+            extra_args: vec!["--trust-any-key"],
+            ..Default::default()
+        },
+    );
     let rogue = rogue(
         dir.path(),
         "thief",
         RogueConfig::new(
             Strategy::ReplayOther {
-                from: honest.addr.clone(),
+                from: open.addr.clone(),
             },
             &key.public_hex,
         ),
     );
-    let peer = Peer::connect(&rogue.addr, &echo_module).await;
+    let peer = Peer::connect(&rogue.addr, &key, &echo_module).await;
     assert_eq!(peer.key.to_hex(), rogue.key_hex, "it presents its own key");
     let task = echo(&key.identity(), echo_module.0, "borrowed");
-    let result = peer.run(&task.0).await.expect("a result");
-    let refused = check_result(result.clone(), &peer.key, task.1)
-        .expect_err("a receipt signed by another worker is refused");
+    let refused = peer.run(&task.0).await.expect_err("no result to borrow");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(
-        refused.contains(&format!("signed by {}", &honest.key_hex[..12])),
-        "{refused}"
+        refused.message().contains(&format!(
+            "signed by {} but this connection proved key {}",
+            &key.public_hex[..12],
+            &rogue.key_hex[..12]
+        )),
+        "{refused:?}"
     );
-    let honest_key = PublicKey::from_slice(&hex::decode(&honest.key_hex).unwrap()).unwrap();
-    let genuine = check_result(result, &honest_key, task.1).expect("genuine for its signer");
+    assert!(open.stderr().contains("task refused"), "{}", open.stderr());
+
+    // The same task from its own signer runs there: the refusal was about who sent it.
+    let direct = Peer::connect(&open.addr, &key, &echo_module).await;
+    let genuine = direct.checked(&task).await;
     assert_eq!(genuine.stdout, "borrowed\n");
-    assert_eq!(kinds(&rogue, 1)[&task.1.to_hex()], "forward");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,7 +586,7 @@ async fn claimed_slots_show_in_info_and_peers_whatever_the_worker_has() {
             ..RogueConfig::new(Strategy::Honest, &key.public_hex)
         },
     );
-    let mut client = grpc_client(&rogue.addr).await;
+    let mut client = grpc_client(&rogue.addr, &key).await;
     let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
     assert_eq!((info.slots, info.free_slots), (16, 16));
     assert_eq!(hex::encode(&info.worker_key), rogue.key_hex);
@@ -602,7 +622,7 @@ fn an_honest_rogue_serves_the_real_cli_and_a_job_like_a_worker() {
             ..RogueConfig::new(Strategy::Honest, &key.public_hex)
         },
     );
-    assert!(rogue.addr.starts_with("127.0.5.1:"), "{}", rogue.addr);
+    assert!(rogue.addr.contains("@127.0.5.1:"), "{}", rogue.addr);
 
     let output = exec(&rogue.addr, &key, "echo", &[], &["hi"]);
     assert_eq!(output.code, Some(0), "{}", output.stderr);

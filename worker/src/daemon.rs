@@ -1,13 +1,16 @@
 //! Starting and stopping a worker: identity, storage, sandbox and gRPC server, wired together.
-//! [`connections`] and [`request_guard`] hold the network bounds tonic and hyper do not have.
+//! The server listens on a QUIC endpoint keyed by the worker's identity (see
+//! `peergrid_proto::transport`); [`connections`] and [`request_guard`] hold the network bounds
+//! iroh, tonic and hyper do not have.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use iroh::Endpoint;
+use peergrid_proto::transport::{self, GRPC_ALPN, PeerAddr};
 use peergrid_proto::{Identity, KeyFileError, PublicKey};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod connections;
@@ -26,6 +29,7 @@ use request_guard::RequestGuards;
 /// How to run a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
+    /// UDP address of the QUIC endpoint every peer connects to.
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub trust: Vec<PublicKey>,
@@ -94,11 +98,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Key(#[from] KeyFileError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] transport::TransportError),
     #[error("cannot start the sandbox: {0}")]
     Sandbox(String),
     #[error("gRPC server failed: {0}")]
@@ -118,11 +119,14 @@ pub enum StartError {
 
 /// A worker that is listening; [`Worker::serve`] runs it until shutdown.
 pub struct Worker {
-    listener: TcpListener,
+    endpoint: Endpoint,
     service: WorkerService,
     /// Stops gossip and the load sampler (also when dropped).
     stop: watch::Sender<bool>,
+    /// The bound UDP address of the QUIC endpoint.
     pub addr: SocketAddr,
+    /// How peers dial this worker: its key and its (advertised) address.
+    pub peer_addr: PeerAddr,
     pub gossip_addr: Option<SocketAddr>,
     pub public_key: PublicKey,
     pub fingerprint: String,
@@ -152,17 +156,9 @@ impl Worker {
             }),
         )
         .map_err(|error| StartError::Sandbox(error.0))?;
-        let listener =
-            TcpListener::bind(options.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: options.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: options.listen,
-            source,
-        })?;
+        let endpoint =
+            transport::bind_endpoint(&identity, options.listen, vec![GRPC_ALPN.to_vec()]).await?;
+        let addr = transport::bound_addr(&endpoint).unwrap_or(options.listen);
         let public_key = identity.public_key();
         let fingerprint = sandbox.fingerprint().to_owned();
         let donor = Arc::new(DonorState::default());
@@ -242,11 +238,18 @@ impl Worker {
                 Some(local)
             }
         };
+        let peer_addr = PeerAddr {
+            key: public_key,
+            addr: options
+                .advertise
+                .map_or(addr, |ip| SocketAddr::new(ip, addr.port())),
+        };
         Ok(Self {
-            listener,
+            endpoint,
             service,
             stop,
             addr,
+            peer_addr,
             gossip_addr,
             public_key,
             fingerprint,
@@ -269,22 +272,39 @@ impl Worker {
             .await;
         let gossip = self.service.gossip().cloned();
         let guards = RequestGuards::standard();
-        let incoming = connections::incoming(self.listener, ConnectionLimits::standard());
-        tonic::transport::Server::builder()
-            .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
-            .http2_keepalive_interval(Some(limits::HTTP2_KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(limits::HTTP2_KEEPALIVE_TIMEOUT))
-            .http2_max_pending_accept_reset_streams(Some(limits::HTTP2_MAX_PENDING_RESET_STREAMS))
-            .http2_max_local_error_reset_streams(Some(limits::HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS))
-            .http2_max_header_list_size(limits::HTTP2_MAX_HEADER_LIST_BYTES)
+        let trust = self.service.trust().clone();
+        let incoming = connections::incoming(
+            self.endpoint.clone(),
+            ConnectionLimits::standard(),
+            admission(trust),
+        );
+        grpc_server()
             .add_service(guards.wrap(health_service))
             .add_service(guards.wrap(self.service.into_server()))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         let _ = self.stop.send(true);
+        self.endpoint.close().await;
         if let Some(gossip) = gossip {
             gossip.stopped(std::time::Duration::from_secs(1)).await;
         }
         Ok(())
     }
+}
+
+/// A gRPC server with the worker's HTTP/2 bounds (see [`limits`]), to serve on
+/// [`connections::incoming`].
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(limits::HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits::HTTP2_KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(limits::HTTP2_MAX_PENDING_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(limits::HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_max_header_list_size(limits::HTTP2_MAX_HEADER_LIST_BYTES)
+}
+
+/// Who may connect: the callers whose tasks `trust` runs (ARCHITECTURE.md, "Transport").
+pub fn admission(trust: TrustPolicy) -> connections::Admission {
+    Arc::new(move |caller: &PublicKey| trust.trusts(caller))
 }

@@ -12,10 +12,10 @@
 //!
 //! | Bound | Value | Reached |
 //! |---|---|---|
-//! | [`MAX_CONNECTIONS`] | 512 | a new connection is closed as soon as it is accepted |
+//! | [`MAX_CONNECTIONS`] | 512 QUIC connections | a new connection is refused before its handshake |
 //! | [`MAX_CONNECTIONS_PER_IP`] | 64 per IPv4 address or IPv6 /64 | same, for that address only |
-//! | [`HANDSHAKE_TIMEOUT`] | 10 s to send the 24-byte HTTP/2 preface | connection closed |
-//! | [`ACCEPT_ERROR_BACKOFF`] | 100 ms | accepting pauses after e.g. `EMFILE` instead of spinning |
+//! | (trust policy) | the caller's proven key must be trusted | closed with code 1 after the handshake |
+//! | [`HANDSHAKE_TIMEOUT`] | 10 s for the TLS handshake, 10 s per stream for the HTTP/2 preface, 10 s with no stream open | connection (or stream) closed |
 //! | [`HTTP2_KEEPALIVE_INTERVAL`] + [`HTTP2_KEEPALIVE_TIMEOUT`] | ping after 20 s of silence, 10 s to answer | connection closed, its calls cancelled |
 //! | [`MAX_STREAMS_PER_CONNECTION`] | 64 calls at once | the client waits (HTTP/2 flow), or the stream is refused |
 //! | [`HTTP2_MAX_PENDING_RESET_STREAMS`] | 20 | `GOAWAY` (HTTP/2 "rapid reset") |
@@ -172,25 +172,22 @@ pub const EXECUTE_STREAM_BUFFER: usize = 256;
 // deadline and the request stall timeout are the worker's own (`daemon::connections`,
 // `daemon::request_guard`), as neither has them.
 
-/// Connections served at once, from all peers together. Reached: a new connection is closed as
-/// soon as it is accepted, until one ends. Each is a file descriptor: keep this well below the
-/// process's open-file limit (`ulimit -n`, often 1024), which blobs and the sandbox share.
+/// QUIC connections served at once, from all peers together. Reached: a new connection is
+/// refused before its handshake, until one ends. A QUIC connection holds no descriptor (all share
+/// the endpoint's socket), only memory and a place under this cap.
 pub const MAX_CONNECTIONS: usize = 512;
 /// Connections served at once from one IPv4 address or one IPv6 /64 (what one host usually
-/// holds). Reached: new connections from there are closed at once; other peers are unaffected,
+/// holds). Reached: new connections from there are refused at once; other peers are unaffected,
 /// so one flooding host cannot lock the others out. A submitter needs one connection per worker.
 pub const MAX_CONNECTIONS_PER_IP: usize = 64;
-/// Time a new connection has to send the HTTP/2 client preface. Reached: it is closed. Garbage
-/// (anything but the preface) is closed at once by the HTTP/2 handshake itself; this is for
-/// peers that send nothing, or too little. Once the preface is in, keepalive takes over.
+/// Time a new connection has for its TLS handshake, each stream for sending the HTTP/2 client
+/// preface, and a connection for keeping a stream open. Reached: closed. Garbage (anything but
+/// the preface) is closed at once by the HTTP/2 handshake itself; this is for peers that send
+/// nothing, or too little. Once the preface is in, keepalive takes over.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Length of the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), which must
 /// arrive within [`HANDSHAKE_TIMEOUT`].
 pub const HTTP2_PREFACE_BYTES: usize = 24;
-/// Pause of the accept loop after an error that is not about one connection (out of file
-/// descriptors or memory), so that it does not spin; new connections wait in the kernel's
-/// backlog meanwhile.
-pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// HTTP/2 keepalive: after this long without a frame from the peer, the worker pings it...
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);

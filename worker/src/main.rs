@@ -23,8 +23,9 @@ struct Args {
     /// TOML file with any of the settings below.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address to serve gRPC on (port 0 picks a free port; the chosen one is printed)
-    /// [default: 127.0.0.1:7070].
+    /// UDP address of the worker's QUIC endpoint, where peers connect, encrypted and
+    /// authenticated by their keys (port 0 picks a free port; the worker prints its address,
+    /// KEY@IP:PORT, when ready) [default: 127.0.0.1:7070].
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Directory for the worker's identity key (created on first start, mode 0600), stored
@@ -32,7 +33,7 @@ struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Public key (64 hex characters) of a submitter whose tasks this worker runs. Repeat for
-    /// several. Tasks signed by any other key are refused with PERMISSION_DENIED.
+    /// several. A caller whose connection proves any other key is disconnected at once.
     #[arg(long = "trust", value_name = "PUBKEY_HEX")]
     trust: Vec<String>,
     /// Run tasks signed by ANY key, not only --trust keys: anyone who can reach this worker can
@@ -158,7 +159,7 @@ async fn run(options: peergrid_worker::daemon::WorkerOptions) -> ExitCode {
         .map_or("off".to_owned(), |addr| addr.to_string());
     println!(
         "peergrid-worker ready: listening on {} key {} runtime {} slots {cores} gossip {gossip}",
-        worker.addr, worker.public_key, worker.fingerprint
+        worker.peer_addr, worker.public_key, worker.fingerprint
     );
     match worker.serve(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

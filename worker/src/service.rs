@@ -5,7 +5,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use peergrid_proto::{ContentHash, Identity, pb};
+use peergrid_proto::transport::PeerKey;
+use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -115,6 +116,11 @@ impl WorkerService {
     }
 
     /// The running membership, if any.
+    /// Whose tasks this worker runs; also who may connect to it.
+    pub fn trust(&self) -> &TrustPolicy {
+        &self.inner.trust
+    }
+
     pub fn gossip(&self) -> Option<&Gossip> {
         self.inner.gossip.get()
     }
@@ -132,9 +138,24 @@ impl WorkerService {
     }
 
     /// Admits, runs and signs one task; every refusal is a [`Refusal`].
-    async fn run_task(&self, signed: pb::SignedTask) -> Result<pb::TaskResult, Refusal> {
+    /// `caller` is the key the connection proved: a peer runs only its own tasks here.
+    async fn run_task(
+        &self,
+        signed: pb::SignedTask,
+        caller: PublicKey,
+    ) -> Result<pb::TaskResult, Refusal> {
         let inner = &self.inner;
         let task = admission::admit(&signed, &inner.trust, unix_now_s())?;
+        if task.submitter != caller {
+            return Err(Refusal::new(
+                Code::PermissionDenied,
+                format!(
+                    "the task is signed by {} but this connection proved key {}: a peer sends only tasks it signed itself",
+                    task.submitter.short(),
+                    caller.short()
+                ),
+            ));
+        }
         let span = info_span!(
             "task",
             digest = %task.digest.short(),
@@ -438,7 +459,8 @@ impl pb::worker_server::Worker for WorkerService {
         &self,
         request: Request<pb::SignedTask>,
     ) -> Result<Response<pb::TaskResult>, Status> {
-        match self.run_task(request.into_inner()).await {
+        let caller = caller_key(&request)?;
+        match self.run_task(request.into_inner(), caller).await {
             Ok(result) => Ok(Response::new(result)),
             Err(refusal) => {
                 warn!(code = ?refusal.code, "task refused: {}", refusal.message);
@@ -502,6 +524,7 @@ impl pb::worker_server::Worker for WorkerService {
         &self,
         request: Request<Streaming<pb::ExecuteRequest>>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
+        let caller = caller_key(&request)?;
         let mut requests = request.into_inner();
         let (answers, receiver) = mpsc::channel(limits::EXECUTE_STREAM_BUFFER);
         let service = self.clone();
@@ -522,7 +545,7 @@ impl pb::worker_server::Worker for WorkerService {
                             Code::InvalidArgument,
                             "request without a task",
                         )),
-                        Some(task) => service.run_task(task).await,
+                        Some(task) => service.run_task(task, caller).await,
                     };
                     let answer = match answer {
                         Ok(result) => pb::execute_response::Answer::Result(result),
@@ -545,6 +568,15 @@ impl pb::worker_server::Worker for WorkerService {
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
+}
+
+/// The key the caller's connection proved (see `peergrid_proto::transport`).
+fn caller_key<T>(request: &Request<T>) -> Result<PublicKey, Status> {
+    request
+        .extensions()
+        .get::<PeerKey>()
+        .map(|key| key.0)
+        .ok_or_else(|| Status::unauthenticated("the connection proved no key"))
 }
 
 /// Corrupts an execution's output the way a cheater would: plausibly, by one bit.
@@ -664,7 +696,8 @@ mod tests {
         let slot = take_free_slots(&service, 1).await;
         let waiting = tokio::spawn({
             let service = service.clone();
-            async move { service.run_task(signed).await }
+            let caller = Identity::from_seed([6; 32]).public_key();
+            async move { service.run_task(signed, caller).await }
         });
         // The task is queued once it holds a place in the queue.
         while service.inner.queue.available_permits() == limits::QUEUED_TASKS_PER_SLOT as usize {

@@ -60,11 +60,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use peergrid_proto::signing::{task_digest, verify_receipt};
+use peergrid_proto::transport::{self, GRPC_ALPN, PeerAddr, PeerKey};
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb, status_code_name};
+use peergrid_submitter::client::Dialer;
 use peergrid_worker::admission::{self, AdmittedTask, TrustPolicy};
 use peergrid_worker::blobs::BlobStore;
-use peergrid_worker::daemon::connections::{self, ConnectionLimits};
 use peergrid_worker::daemon::request_guard::RequestGuards;
+use peergrid_worker::daemon::{
+    self,
+    connections::{self, ConnectionLimits},
+};
 use peergrid_worker::limits;
 use peergrid_worker::membership::{Gossip, MembershipConfig, PeerIdentity};
 use peergrid_worker::policy::{DonorPolicy, DonorState};
@@ -419,6 +424,8 @@ struct Inner {
     /// `replay-other`: the honest worker's address, and the connection once made.
     from: Option<String>,
     upstream: OnceCell<peergrid_submitter::client::WorkerClient>,
+    /// Dials `from` with this worker's own key.
+    dialer: Dialer,
 }
 
 /// What an answer was, for the log line.
@@ -516,7 +523,13 @@ impl Rogue {
 
     /// The worker library's answer, as `peergrid-worker` gives it.
     async fn honest(&self, task: pb::SignedTask) -> Result<(pb::TaskResult, Kind), Status> {
-        let result = self.inner.honest.run(Request::new(task)).await?;
+        // As if over the submitter's own connection: the transport already proved who called.
+        let signer = peergrid_proto::signing::verify_task(&task)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?
+            .submitter;
+        let mut request = Request::new(task);
+        request.extensions_mut().insert(PeerKey(signer));
+        let result = self.inner.honest.run(request).await?;
         Ok((result.into_inner(), "honest"))
     }
 
@@ -613,7 +626,7 @@ impl Rogue {
         let mut upstream = self
             .inner
             .upstream
-            .get_or_try_init(|| WorkerClient::connect(from))
+            .get_or_try_init(|| WorkerClient::connect(&self.inner.dialer, from))
             .await
             .map_err(unavailable)?
             .clone();
@@ -815,12 +828,13 @@ fn trust_policy(args: &Args) -> TrustPolicy {
 async fn main() {
     let args = parse_args();
     let (identity, blobs, honest) = open(&args);
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let endpoint = transport::bind_endpoint(&identity, args.listen, vec![GRPC_ALPN.to_vec()])
         .await
-        .unwrap_or_else(|error| fail(&format!("cannot listen on {}: {error}", args.listen)));
-    let addr = listener
-        .local_addr()
-        .expect("a bound listener has an address");
+        .unwrap_or_else(|error| fail(&error.to_string()));
+    let addr = transport::bound_addr(&endpoint).unwrap_or(args.listen);
+    let dialer = Dialer::new(&identity)
+        .await
+        .unwrap_or_else(|error| fail(&error.to_string()));
     let public_key = identity.public_key();
     let fingerprint = honest
         .info(Request::new(pb::InfoRequest {}))
@@ -846,6 +860,7 @@ async fn main() {
             first_result: Mutex::new(None),
             from: args.from.clone(),
             upstream: OnceCell::new(),
+            dialer,
         }),
     };
     let slots = args.claim_slots.unwrap_or(args.cores);
@@ -888,19 +903,21 @@ async fn main() {
         .max_encoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES);
     // The worker's network bounds (see `daemon::Worker::serve`).
     let guards = RequestGuards::standard();
-    let incoming = connections::incoming(listener, ConnectionLimits::standard());
+    let incoming = connections::incoming(
+        endpoint,
+        ConnectionLimits::standard(),
+        daemon::admission(trust_policy(&args)),
+    );
+    let peer_addr = PeerAddr {
+        key: public_key,
+        addr,
+    };
     say(&format!(
-        "rogue_worker ready: listening on {addr} key {public_key} runtime {fingerprint} slots \
+        "rogue_worker ready: listening on {peer_addr} key {public_key} runtime {fingerprint} slots \
          {slots} gossip {gossip_addr} strategy {}",
         args.strategy.name()
     ));
-    if let Err(error) = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
-        .http2_keepalive_interval(Some(limits::HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(limits::HTTP2_KEEPALIVE_TIMEOUT))
-        .http2_max_pending_accept_reset_streams(Some(limits::HTTP2_MAX_PENDING_RESET_STREAMS))
-        .http2_max_local_error_reset_streams(Some(limits::HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS))
-        .http2_max_header_list_size(limits::HTTP2_MAX_HEADER_LIST_BYTES)
+    if let Err(error) = daemon::grpc_server()
         .add_service(guards.wrap(server))
         .serve_with_incoming(incoming)
         .await

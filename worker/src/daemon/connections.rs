@@ -1,10 +1,16 @@
-//! Accepting TCP connections within bounds: at most [`limits::MAX_CONNECTIONS`] at once and
-//! [`limits::MAX_CONNECTIONS_PER_IP`] from one address; a connection that has not sent the
-//! HTTP/2 preface within [`limits::HANDSHAKE_TIMEOUT`] is closed.
+//! Accepting peers' QUIC connections within bounds (see [`limits`]):
 //!
-//! Written here because neither tonic nor hyper has them: tonic serves every connection it is
-//! given, and hyper's keepalive only starts once the HTTP/2 handshake is done, so a peer that
-//! connects and sends nothing would hold its descriptor for ever.
+//! - at most [`limits::MAX_CONNECTIONS`] at once and [`limits::MAX_CONNECTIONS_PER_IP`] from
+//!   one address: a connection over a cap is refused before its handshake costs anything;
+//! - the TLS handshake must end within [`limits::HANDSHAKE_TIMEOUT`];
+//! - a caller whose proven key the worker's [`Admission`] refuses is closed right after the
+//!   handshake, before it can open a stream, upload, queue or hold anything;
+//! - each stream (one HTTP/2 connection) must send the HTTP/2 preface within
+//!   [`limits::HANDSHAKE_TIMEOUT`], and a connection has at most
+//!   [`peergrid_proto::transport::MAX_STREAMS_PER_QUIC_CONNECTION`] streams open.
+//!
+//! Written here because tonic serves every stream it is given, and hyper's keepalive only starts
+//! once the HTTP/2 handshake is done.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,65 +19,140 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use iroh::Endpoint;
+use iroh::endpoint::{Connection as QuicConnection, IncomingAddr, VarInt};
+use peergrid_proto::PublicKey;
+use peergrid_proto::transport::{PeerKey, QuicStream, public_key};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
-use tracing::{debug, warn};
+use tonic::transport::server::Connected;
+use tracing::debug;
 
 use crate::limits;
 
-/// Accepts connections on `listener` for as long as the returned stream is read, each within
-/// the bounds of `limits`. Connections over a cap are closed as soon as they are accepted.
+/// Which callers may hold a connection: the worker's trust policy (ARCHITECTURE.md,
+/// "Transport").
+pub type Admission = Arc<dyn Fn(&PublicKey) -> bool + Send + Sync>;
+
+pub use peergrid_proto::transport::REFUSED_CALLER_CODE;
+/// The reason a refused caller's connection is closed with.
+pub const REFUSED_CALLER_REASON: &[u8] =
+    b"peergrid: this worker does not run tasks signed by your key";
+/// The code and reason a connection left without a stream is closed with.
+pub const IDLE_CODE: u32 = 2;
+pub const IDLE_REASON: &[u8] = b"peergrid: no stream opened";
+
+/// Accepts connections on `endpoint` for as long as the returned stream is read, each within
+/// the bounds of `limits`; yields one item per HTTP/2 stream of an admitted caller.
 pub fn incoming(
-    listener: TcpListener,
+    endpoint: Endpoint,
     limits: Arc<ConnectionLimits>,
+    admission: Admission,
 ) -> ReceiverStream<io::Result<Connection>> {
-    let (connections, incoming) = mpsc::channel(1);
-    tokio::spawn(accept_loop(listener, limits, connections));
+    let (streams, incoming) = mpsc::channel(1);
+    tokio::spawn(accept_loop(endpoint, limits, admission, streams));
     ReceiverStream::new(incoming)
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    endpoint: Endpoint,
     limits: Arc<ConnectionLimits>,
-    connections: mpsc::Sender<io::Result<Connection>>,
+    admission: Admission,
+    streams: mpsc::Sender<io::Result<Connection>>,
 ) {
     loop {
-        let accepted = tokio::select! {
-            // The server stopped reading: drop the listener at once, so that new clients are
-            // refused by the kernel rather than left waiting in its backlog.
-            () = connections.closed() => return,
-            accepted = listener.accept() => accepted,
+        let incoming = tokio::select! {
+            () = streams.closed() => return,
+            incoming = endpoint.accept() => incoming,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) if is_about_one_connection(&error) => continue,
-            Err(error) => {
-                warn!(
-                    %error,
-                    "cannot accept connections; retrying in {:?}",
-                    limits::ACCEPT_ERROR_BACKOFF
-                );
-                tokio::time::sleep(limits::ACCEPT_ERROR_BACKOFF).await;
+        let Some(incoming) = incoming else {
+            return;
+        };
+        let ip = match incoming.remote_addr() {
+            IncomingAddr::Ip(addr) => addr.ip(),
+            // Relayed and custom transports come later (they have no IP to count by).
+            other => {
+                debug!(?other, "connection refused: not a direct IP connection");
+                incoming.refuse();
                 continue;
             }
         };
-        let slot = match limits.admit(peer.ip()) {
-            Ok(slot) => slot,
+        let slot = match limits.admit(ip) {
+            Ok(slot) => Arc::new(slot),
             Err(refused) => {
-                // Dropping the stream closes it. Debug only: a flood would fill the log.
-                debug!(%peer, "connection closed: {refused}");
+                // Debug only: a flood would fill the log.
+                debug!(%ip, "connection refused: {refused}");
+                incoming.refuse();
                 continue;
             }
         };
-        if let Err(error) = stream.set_nodelay(true) {
-            debug!(%peer, %error, "cannot set TCP_NODELAY");
-        }
-        if connections
-            .send(Ok(Connection::new(stream, slot)))
+        let admission = admission.clone();
+        let streams = streams.clone();
+        tokio::spawn(async move {
+            let handshake = async { incoming.accept().ok()?.await.ok() };
+            let connection = match tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake).await
+            {
+                Ok(Some(connection)) => connection,
+                Ok(None) => return,
+                Err(_) => {
+                    debug!(%ip, "connection dropped: no handshake within {:?}", limits::HANDSHAKE_TIMEOUT);
+                    return;
+                }
+            };
+            let caller = public_key(&connection.remote_id());
+            if !admission(&caller) {
+                debug!(%ip, caller = %caller.short(), "caller refused: key not admitted");
+                connection.close(
+                    VarInt::from_u64(REFUSED_CALLER_CODE).expect("a small code"),
+                    REFUSED_CALLER_REASON,
+                );
+                return;
+            }
+            serve_streams(connection, slot, streams).await;
+        });
+    }
+}
+
+/// Hands each stream the caller opens to the server, until the connection ends. A connection
+/// with no stream open through a whole [`limits::HANDSHAKE_TIMEOUT`] is closed: a QUIC
+/// connection costs no descriptor, but it holds a place under the caps.
+async fn serve_streams(
+    connection: QuicConnection,
+    slot: Arc<Slot>,
+    streams: mpsc::Sender<io::Result<Connection>>,
+) {
+    // One clone per stream the server holds: a count of 1 means none is open.
+    let open = Arc::new(());
+    let mut opened_lately = false;
+    let mut idle_check = tokio::time::interval(limits::HANDSHAKE_TIMEOUT);
+    idle_check.tick().await;
+    loop {
+        let (send, recv) = tokio::select! {
+            () = streams.closed() => return,
+            _ = idle_check.tick() => {
+                if !opened_lately && Arc::strong_count(&open) == 1 {
+                    debug!("connection closed: no stream open for {:?}", limits::HANDSHAKE_TIMEOUT);
+                    connection.close(VarInt::from_u32(IDLE_CODE), IDLE_REASON);
+                    return;
+                }
+                opened_lately = false;
+                continue;
+            }
+            accepted = connection.accept_bi() => match accepted {
+                Ok(pair) => pair,
+                Err(_closed) => return,
+            },
+        };
+        opened_lately = true;
+        let stream = QuicStream::new(connection.clone(), send, recv);
+        let held = Held {
+            _slot: slot.clone(),
+            _open: open.clone(),
+        };
+        if streams
+            .send(Ok(Connection::new(stream, held)))
             .await
             .is_err()
         {
@@ -80,17 +161,11 @@ async fn accept_loop(
     }
 }
 
-/// Errors of `accept` that concern only the connection being accepted (it was reset before we
-/// took it); anything else (out of descriptors, of memory) concerns the whole listener.
-fn is_about_one_connection(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
+/// What a stream holds while it is open: its connection's place under the caps, and its count
+/// among the connection's open streams.
+struct Held {
+    _slot: Arc<Slot>,
+    _open: Arc<()>,
 }
 
 /// What one cap counts: an IPv4 address, or an IPv6 /64 (a single host is commonly given a
@@ -191,24 +266,24 @@ impl Drop for Slot {
     }
 }
 
-/// An accepted connection: holds its [`Slot`] until closed, and fails its reads once
+/// An accepted stream: holds its connection's [`Slot`] until closed, and fails its reads once
 /// [`limits::HANDSHAKE_TIMEOUT`] has passed without the HTTP/2 preface having arrived, which
 /// makes hyper close it.
 pub struct Connection {
-    stream: TcpStream,
+    stream: QuicStream,
     /// Until the preface is in: when it is due.
     handshake_deadline: Option<Pin<Box<Sleep>>>,
     preface_bytes_left: usize,
-    _slot: Slot,
+    _held: Held,
 }
 
 impl Connection {
-    fn new(stream: TcpStream, slot: Slot) -> Self {
+    fn new(stream: QuicStream, held: Held) -> Self {
         Self {
             stream,
             handshake_deadline: Some(Box::pin(tokio::time::sleep(limits::HANDSHAKE_TIMEOUT))),
             preface_bytes_left: limits::HTTP2_PREFACE_BYTES,
-            _slot: slot,
+            _held: held,
         }
     }
 }
@@ -248,18 +323,6 @@ impl AsyncWrite for Connection {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
@@ -270,9 +333,9 @@ impl AsyncWrite for Connection {
 }
 
 impl Connected for Connection {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerKey;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> PeerKey {
         self.stream.connect_info()
     }
 }

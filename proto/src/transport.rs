@@ -1,0 +1,412 @@
+//! How peers reach each other: QUIC (iroh) with TLS 1.3 and raw Ed25519 public keys, so that
+//! every connection is encrypted and proves both ends' identity keys (ARCHITECTURE.md,
+//! "Transport").
+//!
+//! - A peer's iroh endpoint id *is* its peergrid [`PublicKey`]: the key a worker's connection
+//!   proves is the key that signs its receipts, and a submitter's is the key that signs its tasks.
+//! - gRPC is carried unchanged: one HTTP/2 connection per QUIC bidirectional stream, opened by
+//!   the client, on a connection with ALPN [`GRPC_ALPN`].
+//! - A [`PeerAddr`] (`KEY@IP:PORT`) names a peer: without the key there is nothing to prove.
+//!
+//! Defaults depend on no outside service: no relays and no address lookup unless configured.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use iroh::endpoint::{Connection, QuicTransportConfig, RecvStream, SendStream, presets};
+use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, TransportAddr};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+use crate::{Identity, PublicKey};
+
+/// The ALPN of a connection that carries gRPC (HTTP/2 per bidirectional stream).
+pub const GRPC_ALPN: &[u8] = b"peergrid/grpc/1";
+
+/// The QUIC application error code a worker closes a connection with when its trust policy
+/// does not admit the key the caller proved.
+pub const REFUSED_CALLER_CODE: u64 = 1;
+
+/// Most bidirectional streams (HTTP/2 connections) a peer may have open on one QUIC connection
+/// to a worker; a client opens one per channel. Reached: QUIC flow control makes the peer wait.
+pub const MAX_STREAMS_PER_QUIC_CONNECTION: u32 = 4;
+/// A QUIC connection that hears nothing (not even a keepalive) for this long is closed.
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an otherwise idle connection sends a QUIC keepalive.
+pub const QUIC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long dialing a peer (QUIC and TLS handshake) may take before it counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A peer as another peer dials it: the key its connection must prove and where to send the
+/// first packets. Written `KEY@IP:PORT` (the key as 64 hex digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr {
+    pub key: PublicKey,
+    pub addr: SocketAddr,
+}
+
+/// Why a peer address does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{text:?} is not a peer address: expected KEY@IP:PORT, the key as 64 hex digits (a worker prints its own when ready){reason}"
+)]
+pub struct PeerAddrError {
+    text: String,
+    reason: String,
+}
+
+impl FromStr for PeerAddr {
+    type Err = PeerAddrError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = |reason: String| PeerAddrError {
+            text: text.to_owned(),
+            reason,
+        };
+        let (key, addr) = text.split_once('@').ok_or_else(|| error(String::new()))?;
+        let key = key
+            .parse::<PublicKey>()
+            .map_err(|problem| error(format!(": {problem}")))?;
+        let addr = addr
+            .parse::<SocketAddr>()
+            .map_err(|problem| error(format!(": {addr:?}: {problem}")))?;
+        Ok(Self { key, addr })
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.key.to_hex(), self.addr)
+    }
+}
+
+impl PeerAddr {
+    fn endpoint_addr(&self) -> EndpointAddr {
+        EndpointAddr::from_parts(endpoint_id(&self.key), [TransportAddr::Ip(self.addr)])
+    }
+}
+
+/// The iroh endpoint id of a peergrid key (the same 32 bytes).
+pub fn endpoint_id(key: &PublicKey) -> EndpointId {
+    EndpointId::from_bytes(&key.to_bytes()).expect("a peergrid public key is a valid Ed25519 key")
+}
+
+/// The peergrid key of an iroh endpoint id.
+pub fn public_key(id: &EndpointId) -> PublicKey {
+    PublicKey::from_slice(id.as_bytes()).expect("an endpoint id is a valid Ed25519 key")
+}
+
+/// Why an endpoint could not start, or a peer could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    #[error("cannot bind the QUIC endpoint on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("cannot reach peer {peer}: {reason}")]
+    Unreachable { peer: String, reason: String },
+}
+
+/// This peer's endpoint: its identity key, one UDP socket on `bind`, the ALPNs it accepts
+/// (none for a peer that only dials), no relays and no address lookup.
+pub async fn bind_endpoint(
+    identity: &Identity,
+    bind: SocketAddr,
+    alpns: Vec<Vec<u8>>,
+) -> Result<Endpoint, TransportError> {
+    let error = |reason: String| TransportError::Bind { addr: bind, reason };
+    Endpoint::builder(presets::Minimal)
+        .secret_key(identity.transport_key())
+        .relay_mode(RelayMode::Disabled)
+        .clear_ip_transports()
+        .bind_addr(bind)
+        .map_err(|problem| error(problem.to_string()))?
+        .alpns(alpns)
+        .transport_config(transport_config())
+        .bind()
+        .await
+        .map_err(|problem| error(problem.to_string()))
+}
+
+fn transport_config() -> QuicTransportConfig {
+    QuicTransportConfig::builder()
+        .max_concurrent_bidi_streams(MAX_STREAMS_PER_QUIC_CONNECTION.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(
+            QUIC_IDLE_TIMEOUT
+                .try_into()
+                .expect("the idle timeout fits QUIC's range"),
+        ))
+        .keep_alive_interval(QUIC_KEEPALIVE_INTERVAL)
+        .build()
+}
+
+/// The local UDP address an endpoint is bound to (the first, it binds one).
+pub fn bound_addr(endpoint: &Endpoint) -> Option<SocketAddr> {
+    endpoint.bound_sockets().into_iter().next()
+}
+
+/// Dials `peer` for gRPC and opens its stream: the connection is encrypted and the peer has
+/// proven `peer.key`, or this fails.
+pub async fn dial_grpc(endpoint: &Endpoint, peer: &PeerAddr) -> Result<QuicStream, TransportError> {
+    let unreachable = |reason: String| TransportError::Unreachable {
+        peer: peer.to_string(),
+        reason,
+    };
+    let connecting = async {
+        let connection = endpoint
+            .connect(peer.endpoint_addr(), GRPC_ALPN)
+            .await
+            .map_err(|problem| unreachable(error_chain(&problem)))?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|problem| unreachable(error_chain(&problem)))?;
+        Ok(QuicStream::new(connection, send, recv))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| unreachable(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
+}
+
+/// A tonic channel to `peer` over this endpoint; every (re)connection dials and proves
+/// `peer.key` again. `configure` sets the HTTP/2 options (keepalive, window sizes). The
+/// `watch` learns each connection, to tell why the peer closed it when a call fails.
+pub async fn grpc_channel(
+    endpoint: &Endpoint,
+    peer: &PeerAddr,
+    configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+    watch: &ConnectionWatch,
+) -> Result<tonic::transport::Channel, TransportError> {
+    let watch = watch.clone();
+    let dialer = Arc::new((endpoint.clone(), *peer, watch.clone()));
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let dialer = dialer.clone();
+        async move {
+            let (endpoint, peer, watch) = &*dialer;
+            let stream = dial_grpc(endpoint, peer)
+                .await
+                .map_err(|error| io::Error::new(io::ErrorKind::ConnectionRefused, error))?;
+            *watch.last.lock().expect("never poisoned") = Some(stream.connection().clone());
+            Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    // The URI only names the HTTP/2 authority; the connector decides where bytes go.
+    configure(tonic::transport::Endpoint::from_static(
+        "http://peergrid.peer",
+    ))
+    .connect_with_connector(connector)
+    .await
+    .map_err(|error| TransportError::Unreachable {
+        peer: peer.to_string(),
+        reason: error_chain(&error),
+    })
+}
+
+/// The last connection a [`grpc_channel`] made, to read why the peer closed it.
+#[derive(Clone, Default)]
+pub struct ConnectionWatch {
+    last: Arc<std::sync::Mutex<Option<Connection>>>,
+}
+
+impl ConnectionWatch {
+    /// The code and reason the peer closed the last connection with, if it closed it on
+    /// purpose within `within` (a refusal arrives right after the handshake).
+    pub async fn closed_by_peer(&self, within: Duration) -> Option<(u64, String)> {
+        let connection = self.last.lock().expect("never poisoned").clone()?;
+        match tokio::time::timeout(within, connection.closed()).await {
+            Ok(iroh::endpoint::ConnectionError::ApplicationClosed(close)) => Some((
+                close.error_code.into_inner(),
+                String::from_utf8_lossy(&close.reason).into_owned(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The key the peer at the other end of a stream proved, as the server sees it in every
+/// request's extensions (`request.extensions().get::<PeerKey>()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerKey(pub PublicKey);
+
+/// One bidirectional QUIC stream, read and written as a byte stream (it keeps its connection
+/// open while it lives).
+pub struct QuicStream {
+    send: SendStream,
+    recv: RecvStream,
+    connection: Connection,
+}
+
+impl QuicStream {
+    pub fn new(connection: Connection, send: SendStream, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            connection,
+        }
+    }
+
+    /// The key the other end proved.
+    pub fn peer_key(&self) -> PublicKey {
+        public_key(&self.connection.remote_id())
+    }
+
+    /// The connection the stream belongs to.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.get_mut().send), cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.get_mut().send), cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.get_mut().send), cx)
+    }
+}
+
+impl Connected for QuicStream {
+    type ConnectInfo = PeerKey;
+
+    fn connect_info(&self) -> PeerKey {
+        PeerKey(self.peer_key())
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_address_is_key_at_socket_address_and_prints_as_it_parses() {
+        let key = Identity::from_seed([7; 32]).public_key();
+        let text = format!("{}@127.0.0.1:7070", key.to_hex());
+        let addr: PeerAddr = text.parse().unwrap();
+        assert_eq!(addr.key, key);
+        assert_eq!(addr.addr, "127.0.0.1:7070".parse().unwrap());
+        assert_eq!(addr.to_string(), text);
+        let v6 = format!("{}@[::1]:9", key.to_hex());
+        assert_eq!(v6.parse::<PeerAddr>().unwrap().to_string(), v6);
+
+        for bad in [
+            "127.0.0.1:7070".to_owned(),
+            format!("{}@nowhere", key.to_hex()),
+            "abcd@127.0.0.1:1".to_owned(),
+        ] {
+            let error = bad.parse::<PeerAddr>().unwrap_err().to_string();
+            assert!(error.contains("KEY@IP:PORT"), "{error}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_id_is_the_same_key() {
+        let key = Identity::from_seed([9; 32]).public_key();
+        assert_eq!(endpoint_id(&key).as_bytes(), &key.to_bytes());
+        assert_eq!(public_key(&endpoint_id(&key)), key);
+        assert_eq!(
+            Identity::from_seed([9; 32]).transport_key().public(),
+            endpoint_id(&key)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_proves_both_keys_and_a_wrong_key_is_never_reached() {
+        let server_id = Identity::from_seed([1; 32]);
+        let client_id = Identity::from_seed([2; 32]);
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = bind_endpoint(&server_id, loopback, vec![GRPC_ALPN.to_vec()])
+            .await
+            .unwrap();
+        let client = bind_endpoint(&client_id, loopback, Vec::new())
+            .await
+            .unwrap();
+        let at = bound_addr(&server).unwrap();
+        let (accepted, mut first) = tokio::sync::mpsc::channel(1);
+        let server_loop = tokio::spawn({
+            let server = server.clone();
+            async move {
+                while let Some(incoming) = server.accept().await {
+                    let Ok(connection) = incoming.await else {
+                        continue;
+                    };
+                    let (send, mut recv) = connection.accept_bi().await.unwrap();
+                    let mut bytes = [0; 5];
+                    tokio::io::AsyncReadExt::read_exact(&mut recv, &mut bytes)
+                        .await
+                        .unwrap();
+                    let stream = QuicStream::new(connection, send, recv);
+                    accepted.send((stream.peer_key(), bytes)).await.unwrap();
+                }
+            }
+        });
+        let mut stream = dial_grpc(
+            &client,
+            &PeerAddr {
+                key: server_id.public_key(),
+                addr: at,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(stream.peer_key(), server_id.public_key());
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"hello")
+            .await
+            .unwrap();
+        let (seen, bytes) = first.recv().await.unwrap();
+        assert_eq!(seen, client_id.public_key());
+        assert_eq!(&bytes, b"hello");
+
+        // The same address under another key: the handshake fails, nothing is carried.
+        let impostor = PeerAddr {
+            key: Identity::from_seed([3; 32]).public_key(),
+            addr: at,
+        };
+        let error = dial_grpc(&client, &impostor)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("cannot reach peer"), "{error}");
+        assert!(first.try_recv().is_err());
+        server_loop.abort();
+    }
+}
