@@ -28,6 +28,7 @@ use std::path::Path;
 use anyhow::{Context, bail, ensure};
 use peergrid_proto::Identity;
 use peergrid_submitter::demo::start_local_worker;
+use peergrid_submitter::inputs::{CheckedInputs, PathPolicy};
 use peergrid_submitter::store::Store;
 use peergrid_submitter::submit::{self, Source, Summary};
 use peergrid_worker::daemon::WorkerOptions;
@@ -143,13 +144,15 @@ impl Grid {
             format!("module = {module:?}\nreplication = 2\nquorum = 2\n{body}"),
         )?;
         let spec = peergrid_submitter::job::load(&job_file)?;
+        // The module is the built guest, outside the bench's job directory.
+        let inputs = CheckedInputs::check(&spec, &job_file, PathPolicy::Anywhere)?;
         let source = Source::Peers(self.addrs.clone());
         let dialer = peergrid_submitter::client::Dialer::new(&self.identity).await?;
         let workers = submit::reach(&dialer, &source).await?;
         let job = submit::create_job(
             &self.store,
             &spec,
-            &job_file,
+            &inputs,
             &self.key_file,
             &source,
             None,

@@ -10,6 +10,7 @@ use peergrid_proto::{Identity, PublicKey, pb};
 use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
 
 use crate::client::{Dialer, WorkerClient};
+use crate::inputs::{CheckedInputs, PathPolicy};
 use crate::program::ProgramRequest;
 use crate::report::{Report, exit_code};
 use crate::store::Store;
@@ -87,6 +88,11 @@ enum Command {
         /// Plain progress lines even on a terminal.
         #[arg(long)]
         plain: bool,
+        /// Let the job file name files outside its own directory (absolute paths, `..`, symbolic
+        /// links leading out). Without it such a job is refused before anything is read or any
+        /// worker contacted, so a job file from elsewhere cannot make you send, say, your key.
+        #[arg(long)]
+        allow_paths_outside_job_dir: bool,
     },
     /// Finish interrupted jobs: every unfinished job in the state dir, or JOB. Settled tasks are
     /// never run again.
@@ -334,10 +340,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             out,
             trusted,
             plain,
+            allow_paths_outside_job_dir,
         } => {
             let source =
                 source_of(workers.peers, workers.seeds).expect("clap requires --peer or --seed");
-            submit(&job, &key, source, &state.dir(), out, &trusted, plain).await
+            let paths = if allow_paths_outside_job_dir {
+                PathPolicy::Anywhere
+            } else {
+                PathPolicy::JobDirOnly
+            };
+            let options = SubmitOptions {
+                out,
+                trusted,
+                plain,
+                paths,
+            };
+            submit(&job, &key, source, &state.dir(), options).await
         }
         Command::Resume {
             job,
@@ -395,26 +413,53 @@ async fn demo(options: crate::demo::DemoOptions) -> anyhow::Result<u8> {
     Ok(code)
 }
 
+/// `submit`'s flags beyond where the job, key, workers and store are.
+struct SubmitOptions {
+    out: Option<PathBuf>,
+    trusted: Vec<PublicKey>,
+    plain: bool,
+    paths: PathPolicy,
+}
+
 async fn submit(
     job_file: &std::path::Path,
     key: &std::path::Path,
     source: Source,
     state: &std::path::Path,
-    out: Option<PathBuf>,
-    trusted: &[PublicKey],
-    plain: bool,
+    options: SubmitOptions,
 ) -> anyhow::Result<u8> {
     let spec = crate::job::load(job_file)?;
+    // Before any worker is contacted: a refused file never leaves, nor does anything else.
+    let inputs = CheckedInputs::check(&spec, job_file, options.paths)?;
+    for warning in spec.warnings() {
+        eprintln!("peergrid: warning: {}: {warning}", job_file.display());
+    }
     let identity = Identity::load(key)?;
     let dialer = Dialer::new(&identity).await?;
     let session = async {
         // Before anything is stored: an unreachable grid leaves the store as it was.
         let workers = crate::submit::reach(&dialer, &source).await?;
+        eprintln!("peergrid: {}", inputs.sending());
         let store = Store::open(state)?;
-        let job = crate::submit::create_job(&store, &spec, job_file, key, &source, out, trusted)?;
-        let summary =
-            crate::submit::run_session(&store, &job, &identity, &dialer, &source, workers, plain)
-                .await?;
+        let job = crate::submit::create_job(
+            &store,
+            &spec,
+            &inputs,
+            key,
+            &source,
+            options.out,
+            &options.trusted,
+        )?;
+        let summary = crate::submit::run_session(
+            &store,
+            &job,
+            &identity,
+            &dialer,
+            &source,
+            workers,
+            options.plain,
+        )
+        .await?;
         anyhow::Ok(print_summary(&summary))
     };
     let result = session.await;

@@ -14,6 +14,7 @@ use peergrid_proto::{Identity, PublicKey};
 use peergrid_worker::daemon::{Worker, WorkerOptions};
 use tokio::sync::watch;
 
+use crate::inputs::{CheckedInputs, PathPolicy};
 use crate::store::Store;
 use crate::submit::{Source, Summary};
 
@@ -77,13 +78,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
         start_workers(&options, &submitter.public_key(), scratch.path(), stopped).await?;
     let job_file = write_job(&demo_dir, &options, distinct_hosts)?;
     let spec = crate::job::load(&job_file)?;
+    let inputs = CheckedInputs::check(&spec, &job_file, PathPolicy::JobDirOnly)?;
     let store = Store::open(&options.state)?;
     let source = Source::Seeds(vec![seed]);
     let dialer = crate::client::Dialer::new(&submitter).await?;
     let session = async {
         let workers = crate::submit::reach(&dialer, &source).await?;
         let job =
-            crate::submit::create_job(&store, &spec, &job_file, &key_file, &source, None, &[])?;
+            crate::submit::create_job(&store, &spec, &inputs, &key_file, &source, None, &[])?;
         let summary = crate::submit::run_session(
             &store,
             &job,

@@ -1,9 +1,12 @@
 //! Job files: one TOML file describing many tasks of one module, read into a validated
 //! [`JobSpec`]. A mistake is refused on one line naming file, line, field and a valid example.
+//! Parsing touches no file but the job file: what the files it names may be (inside the job
+//! file's directory, regular, under the size caps) is checked by [`crate::inputs`].
 //!
 //! ```toml
 //! name = "pi-sweep"        # required: 1 to 64 of [A-Za-z0-9._-], not starting with '.' or '-'
-//! module = "pi.wasm"       # required; every path is relative to the job file's directory
+//! module = "pi.wasm"       # required; every path is relative to the job file's directory,
+//!                          # and must lead to a file inside it
 //! replication = 2          # copies of each task sent at first (default 2)
 //! quorum = 2               # equal receipts needed (default 2; may exceed replication)
 //! max_replicas = 5         # most copies of a task ever sent (default 5, at most 16)
@@ -50,6 +53,7 @@ const DEFAULT_QUORUM: u32 = 2;
 const DEFAULT_MAX_REPLICAS: u32 = 5;
 
 /// A job file, checked: every task is valid as far as can be told without reading files.
+/// The files it names are checked and read by [`crate::inputs`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
     pub name: String,
@@ -65,6 +69,32 @@ pub struct JobSpec {
     pub audit_rate: f64,
     /// The [[task]] tables in file order, then the sweep by ascending i.
     pub tasks: Vec<JobTask>,
+    /// Every file the job file names (module, `stdin_file`s, `files`), once per mention, in
+    /// file order: what [`crate::inputs`] checks before anything is read.
+    pub paths: Vec<NamedPath>,
+}
+
+/// A file named in a job file, with where: errors about it point at the line that named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPath {
+    pub role: FileRole,
+    /// The field that names it, e.g. `task.files`.
+    pub field: &'static str,
+    /// 1-based line of the value in the job file.
+    pub line: usize,
+    /// As written in the job file.
+    pub given: String,
+    /// Joined to the job file's directory, as in [`JobSpec`] and [`JobTask`]; not
+    /// canonicalised (parsing touches no file).
+    pub path: PathBuf,
+}
+
+/// What a named file is to the job; each has its own size cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileRole {
+    Module,
+    StdinFile,
+    InputFile,
 }
 
 /// Limits of every task of a job; `None` leaves the choice to the worker.
@@ -132,6 +162,42 @@ impl JobLimits {
     }
 }
 
+impl JobSpec {
+    /// What the user should know before the job runs, one line each: today only that
+    /// `quorum = 1` accepts one worker's word.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.quorum != 1 {
+            return Vec::new();
+        }
+        // The rates the scheduler audits at (schedule.rs, `accept`): audits are the only check
+        // left when no second receipt is needed.
+        let probation = self.audit_rate.max(crate::limits::PROBATION_AUDIT_RATE);
+        vec![format!(
+            "quorum = 1: each task is accepted on one worker's receipt, unchecked by any other \
+             worker; only audits check it (this machine re-runs {} of the tasks accepted from \
+             keys on probation, {} (audit_rate) of those from established keys, none from \
+             --trusted keys); quorum = 2 needs two workers to agree",
+            percent(probation),
+            percent(self.audit_rate)
+        )]
+    }
+}
+
+/// A share as a percentage with at most two decimals: 0.03 → "3%", 0.005 → "0.5%".
+fn percent(share: f64) -> String {
+    let text = format!("{:.2}", share * 100.0);
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
+/// The directory a job file's relative paths are resolved against: the file's own, or `.` for
+/// a bare file name.
+pub fn job_dir(job_file: &Path) -> PathBuf {
+    match job_file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Reads and parses the job file at `path`.
 ///
 /// # Errors
@@ -170,7 +236,45 @@ pub fn parse(text: &str, path: &Path) -> Result<JobSpec, JobFileError> {
             .unwrap_or(raw.distinct_hosts.unwrap_or(true)),
         audit_rate: check_audit_rate(&doc, raw.audit_rate.as_ref())?,
         tasks: build_tasks(&doc, &raw.task, raw.sweep.as_ref(), &job_env)?,
+        paths: named_paths(&doc, &raw),
     })
+}
+
+/// Every path value of a valid job, in file order. Taken from the raw file rather than the
+/// tasks: a sweep's files are one mention, however many tasks share them.
+fn named_paths(doc: &Doc, raw: &RawJob) -> Vec<NamedPath> {
+    let mut paths = Vec::new();
+    let mut add = |role, field, value: &Spanned<String>| {
+        paths.push(NamedPath {
+            role,
+            field,
+            line: line_of(doc.text, value.span().start),
+            given: value.get_ref().clone(),
+            path: doc.resolve(value.get_ref()),
+        });
+    };
+    if let Some(module) = &raw.module {
+        add(FileRole::Module, "module", module);
+    }
+    for table in &raw.task {
+        let table = table.get_ref();
+        if let Some(file) = &table.stdin_file {
+            add(FileRole::StdinFile, "task.stdin_file", file);
+        }
+        for file in table.files.iter().flat_map(|files| files.get_ref()) {
+            add(FileRole::InputFile, "task.files", file);
+        }
+    }
+    let sweep_files = raw
+        .sweep
+        .iter()
+        .filter_map(|sweep| sweep.get_ref().files.as_ref());
+    for file in sweep_files.flat_map(|files| files.get_ref()) {
+        add(FileRole::InputFile, "sweep.files", file);
+    }
+    // [sweep] may come before the [[task]] tables.
+    paths.sort_by_key(|path| path.line);
+    paths
 }
 
 // The file as serde sees it. Everything is optional so that a missing field gets our own
@@ -298,11 +402,11 @@ struct Doc<'a> {
 
 impl<'a> Doc<'a> {
     fn new(text: &'a str, path: &'a Path) -> Self {
-        let base = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        Doc { path, text, base }
+        Doc {
+            path,
+            text,
+            base: job_dir(path),
+        }
     }
 
     fn resolve(&self, value: &str) -> PathBuf {
@@ -426,7 +530,13 @@ fn find_in_value(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Str
     inside || value.span().contains(&offset)
 }
 
-fn render_invalid(path: &Path, line: Option<usize>, field: Option<&str>, problem: &str) -> String {
+/// `job.toml:4: task.files: problem`, on one line: how every error about a job file reads.
+pub(crate) fn render_invalid(
+    path: &Path,
+    line: Option<usize>,
+    field: Option<&str>,
+    problem: &str,
+) -> String {
     let mut text = path.display().to_string();
     if let Some(line) = line {
         text.push_str(&format!(":{line}"));
@@ -1599,6 +1709,101 @@ env = { SEED = "{i}{i}", MODE = "sweep" }
         check(
             HEAD,
             "job.toml: no tasks; add a [sweep] with args = [\"{i}000\"] and range = [1, 200] or a [[task]] with args = [\"1000\", \"7\"]",
+        );
+    }
+
+    #[test]
+    fn every_named_file_is_listed_once_per_mention_with_its_field_and_line() {
+        // What the input checks go through: a sweep's files are one mention, not one per task,
+        // and [sweep] written before [[task]] keeps its place.
+        let job = ok(r#"name = "j"
+module = "../m.wasm"
+[sweep]
+args = ["{i}"]
+range = [1, 500]
+files = ["/etc/passwd"]
+[[task]]
+stdin_file = "in.txt"
+files = ["a.txt", "sub/b.txt"]
+"#);
+        let listed: Vec<(FileRole, &str, usize, &str, &Path)> = job
+            .paths
+            .iter()
+            .map(|p| (p.role, p.field, p.line, p.given.as_str(), p.path.as_path()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (
+                    FileRole::Module,
+                    "module",
+                    2,
+                    "../m.wasm",
+                    Path::new("/jobs/../m.wasm")
+                ),
+                (
+                    FileRole::InputFile,
+                    "sweep.files",
+                    6,
+                    "/etc/passwd",
+                    Path::new("/etc/passwd")
+                ),
+                (
+                    FileRole::StdinFile,
+                    "task.stdin_file",
+                    8,
+                    "in.txt",
+                    Path::new("/jobs/in.txt")
+                ),
+                (
+                    FileRole::InputFile,
+                    "task.files",
+                    9,
+                    "a.txt",
+                    Path::new("/jobs/a.txt")
+                ),
+                (
+                    FileRole::InputFile,
+                    "task.files",
+                    9,
+                    "sub/b.txt",
+                    Path::new("/jobs/sub/b.txt")
+                ),
+            ]
+        );
+        // Each listed path is the one the tasks hold.
+        assert_eq!(job.tasks.len(), 501);
+        assert_eq!(job.tasks[0].stdin, TaskStdin::File("/jobs/in.txt".into()));
+        assert_eq!(job.tasks[1].files, [PathBuf::from("/etc/passwd")]);
+    }
+
+    #[test]
+    fn quorum_1_is_warned_about_with_the_audit_rates_that_still_apply() {
+        assert_eq!(
+            ok(&with_head("[[task]]\n")).warnings(),
+            Vec::<String>::new()
+        );
+        let warnings = ok(&with_head(
+            "replication = 1\nquorum = 1\naudit_rate = 0.005\n[[task]]\n",
+        ))
+        .warnings();
+        assert_eq!(
+            warnings,
+            [
+                "quorum = 1: each task is accepted on one worker's receipt, unchecked by any other \
+              worker; only audits check it (this machine re-runs 50% of the tasks accepted from \
+              keys on probation, 0.5% (audit_rate) of those from established keys, none from \
+              --trusted keys); quorum = 2 needs two workers to agree"
+            ]
+        );
+        // An audit rate above the probation rate applies to keys on probation too.
+        let warnings = ok(&with_head("quorum = 1\naudit_rate = 0.8\n[[task]]\n")).warnings();
+        assert!(
+            warnings[0].contains(
+                "re-runs 80% of the tasks accepted from keys on probation, 80% (audit_rate)"
+            ),
+            "{}",
+            warnings[0]
         );
     }
 

@@ -3,6 +3,8 @@
 //! - [`program`]: a module and its inputs on disk → the signed program a worker runs, and the
 //!   identical local sandbox task.
 //! - [`job`]: a job file (TOML) → a validated [`job::JobSpec`]: its tasks and their replication.
+//! - [`inputs`]: the files a job file names, checked (inside its directory, regular, under the
+//!   size caps) before anything is read or sent, then read bounded.
 //! - [`client`]: a gRPC client for one worker that checks every receipt.
 //! - [`schedule`]: the quorum scheduler, a state machine without I/O: who runs which copy,
 //!   when a task is accepted or inconclusive, who is excluded.
@@ -24,6 +26,7 @@ pub mod client;
 pub mod core;
 pub mod demo;
 pub mod dispatch;
+pub mod inputs;
 pub mod job;
 pub mod limits;
 pub mod peers;

@@ -80,3 +80,17 @@ pub const FREE_RIDER_STRIKES: u32 = 3;
 /// Audits the submitter runs at once (each on one thread of its own sandbox). More wait in a
 /// queue; the session ends only when every audit is done.
 pub const AUDIT_THREADS: usize = 1;
+
+/// Largest module or input file a job file may name, in bytes: the largest blob a worker stores
+/// (`peergrid_worker::limits::MAX_BLOB_BYTES`, 256 MiB), so a file no worker would take is
+/// refused here rather than by every worker. A `stdin_file` is capped by the worker's
+/// `MAX_STDIN_BYTES` (4 MiB) instead, as stdin travels inside the signed manifest. Above: the
+/// job is refused at `submit` from the file's size, before anything is read or any worker
+/// contacted; a file that grows past it before it is read is refused then (`crate::inputs`).
+pub const MAX_INPUT_FILE_BYTES: u64 = peergrid_worker::limits::MAX_BLOB_BYTES;
+
+/// Most bytes of files one job sends: its module, input files and stdin files, each distinct
+/// file counted once. Any worker that runs the job's tasks may be asked to store all of them,
+/// and a donor lends cycles, not a disk. Above: the job is refused at `submit` from the files'
+/// sizes, before anything is read or any worker contacted.
+pub const MAX_JOB_INPUT_BYTES: u64 = 1024 * 1024 * 1024;

@@ -194,13 +194,17 @@ pub fn sign_program(
 
 /// Reads a WebAssembly module, refusing a file that is not one.
 pub fn read_module(path: &Path) -> Result<Bytes, ProgramError> {
-    let module = Bytes::from(read("module", path)?);
-    if !module.starts_with(WASM_MAGIC) {
+    wasm_module(path, read("module", path)?)
+}
+
+/// The bytes read from `path` as a WebAssembly module, refused if they are not one.
+pub fn wasm_module(path: &Path, bytes: Vec<u8>) -> Result<Bytes, ProgramError> {
+    if !bytes.starts_with(WASM_MAGIC) {
         return Err(ProgramError::NotWasm {
             path: path.to_owned(),
         });
     }
-    Ok(module)
+    Ok(Bytes::from(bytes))
 }
 
 /// Reads a file the user named; the error says which (`what`) and where.

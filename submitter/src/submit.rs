@@ -20,8 +20,9 @@ use tokio::task::JoinSet;
 use crate::client::{CheckedResult, ClientError, Dialer, WorkerClient};
 use crate::core::{Actions, Clock, JobCore, Stored, WorkerMeta};
 use crate::dispatch::{self, Dispatch, Event};
+use crate::inputs::CheckedInputs;
 use crate::job::{JobSpec, TaskStdin};
-use crate::program::{encode_program, read, read_module, sign_program};
+use crate::program::{encode_program, sign_program, wasm_module};
 use crate::progress::{Counts, Progress};
 use crate::schedule::{AuditResult, TaskIndex, Verdict, WorkerId};
 use crate::store::{
@@ -57,6 +58,9 @@ pub enum SubmitError {
     /// The module or an input file is missing, unreadable or not what it should be.
     #[error(transparent)]
     Input(#[from] crate::program::ProgramError),
+    /// A file the job file names changed since it was checked, or cannot be read.
+    #[error(transparent)]
+    JobFile(#[from] crate::inputs::InputError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("no worker reachable: {0}")]
@@ -119,40 +123,40 @@ pub struct Summary {
     pub finished: bool,
 }
 
-/// Reads the module and inputs of `spec`, stores them, and records the job.
+/// Reads the module and inputs of `spec` (as `inputs` checked them), stores them, and records
+/// the job, from the job file `inputs` were checked for.
 pub fn create_job(
     store: &Store,
     spec: &JobSpec,
-    job_file: &Path,
+    inputs: &CheckedInputs,
     key_file: &Path,
     source: &Source,
     out_dir: Option<PathBuf>,
     trusted: &[PublicKey],
 ) -> Result<JobRecord, SubmitError> {
-    let module = read_module(&spec.module)?;
+    let module = wasm_module(&spec.module, inputs.read(&spec.module)?)?;
     let module_hash = store.put_blob(&module)?;
     // A sweep gives every task the same files: each is read and stored once.
     let mut stored: HashMap<PathBuf, (ContentHash, u64)> = HashMap::new();
-    let mut store_file =
-        |what: &'static str, path: &Path| -> Result<(ContentHash, u64), SubmitError> {
-            if let Some(known) = stored.get(path) {
-                return Ok(*known);
-            }
-            let bytes = read(what, path)?;
-            let known = (store.put_blob(&bytes)?, bytes.len() as u64);
-            stored.insert(path.to_owned(), known);
-            Ok(known)
-        };
+    let mut store_file = |path: &Path| -> Result<(ContentHash, u64), SubmitError> {
+        if let Some(known) = stored.get(path) {
+            return Ok(*known);
+        }
+        let bytes = inputs.read(path)?;
+        let known = (store.put_blob(&bytes)?, bytes.len() as u64);
+        stored.insert(path.to_owned(), known);
+        Ok(known)
+    };
     let mut tasks = Vec::with_capacity(spec.tasks.len());
     for task in &spec.tasks {
         let stdin = match &task.stdin {
             TaskStdin::None => None,
             TaskStdin::Text(text) => Some(store.put_blob(text.as_bytes())?),
-            TaskStdin::File(path) => Some(store_file("stdin file", path)?.0),
+            TaskStdin::File(path) => Some(store_file(path)?.0),
         };
         let mut files = Vec::with_capacity(task.files.len());
         for path in &task.files {
-            let (hash, size) = store_file("input file", path)?;
+            let (hash, size) = store_file(path)?;
             files.push(FileRecord {
                 name: file_name(path),
                 hash: hash.to_hex(),
@@ -168,6 +172,7 @@ pub fn create_job(
         });
     }
     let id = format!("{}-{}", spec.name, random_hex(4));
+    let job_file = inputs.job_file();
     let job_dir = job_file.parent().unwrap_or(Path::new("."));
     let limits = spec.limits.to_wire();
     let (peers, seeds) = match source {
