@@ -625,30 +625,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_waiting_for_a_slot_when_the_donor_gets_busy_is_refused_as_busy() {
-        use peergrid_proto::signing::sign_task;
-        use prost::Message;
-
         let dir = tempfile::tempdir().unwrap();
         let service = service(dir.path(), 1);
-        let module = b"not run: the task never gets a slot";
-        let hash = ContentHash::of(module);
-        let mut upload = service
-            .inner
-            .blobs
-            .begin(hash, module.len() as u64)
-            .unwrap();
-        upload.write(module).unwrap();
-        upload.finish().unwrap();
-        let program = pb::Program {
+        let hash = store_blob(&service, b"not run: the task never gets a slot");
+        let signed = signed_task(pb::Program {
             module_hash: hash.to_vec().into(),
             ..Default::default()
-        };
-        let manifest = pb::TaskManifest {
-            program: program.encode_to_vec().into(),
-            expires_at_unix_s: unix_now_s() + 600,
-            ..Default::default()
-        };
-        let signed = sign_task(&Identity::from_seed([6; 32]), &manifest);
+        });
 
         let slot = take_free_slots(&service, 1).await;
         let waiting = tokio::spawn({
@@ -668,33 +651,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_missing_blobs_is_refused_with_their_hashes_listed() {
-        use peergrid_proto::signing::sign_task;
-        use prost::Message;
-
         let dir = tempfile::tempdir().unwrap();
         let service = service(dir.path(), 1);
-        let input = b"an input the worker holds";
-        let held = ContentHash::of(input);
-        let mut upload = service.inner.blobs.begin(held, input.len() as u64).unwrap();
-        upload.write(input).unwrap();
-        upload.finish().unwrap();
+        let held = store_blob(&service, b"an input the worker holds");
         let [module, absent] = [b"module".as_slice(), b"absent"].map(ContentHash::of);
         let file = |name: &str, hash: ContentHash| pb::InputFile {
             name: name.into(),
             hash: hash.to_vec().into(),
             size: 0,
         };
-        let program = pb::Program {
+        let signed = signed_task(pb::Program {
             module_hash: module.to_vec().into(),
             files: vec![file("held", held), file("absent", absent)],
             ..Default::default()
-        };
-        let manifest = pb::TaskManifest {
-            program: program.encode_to_vec().into(),
-            expires_at_unix_s: unix_now_s() + 600,
-            ..Default::default()
-        };
-        let signed = sign_task(&Identity::from_seed([6; 32]), &manifest);
+        });
 
         let refused = service.run_task(signed).await.expect_err("refused");
         assert_eq!(
@@ -707,6 +677,26 @@ mod tests {
         let wire = refused.to_wire();
         assert_eq!(wire.code, Code::FailedPrecondition as i32);
         assert_eq!(wire.missing_blobs, vec![module.to_vec(), absent.to_vec()]);
+    }
+
+    /// Puts `bytes` in the service's blob store; returns their hash.
+    fn store_blob(service: &WorkerService, bytes: &[u8]) -> ContentHash {
+        let hash = ContentHash::of(bytes);
+        let mut upload = service.inner.blobs.begin(hash, bytes.len() as u64).unwrap();
+        upload.write(bytes).unwrap();
+        upload.finish().unwrap();
+        hash
+    }
+
+    /// `program` as a task signed by a fixed key, expiring in ten minutes.
+    fn signed_task(program: pb::Program) -> pb::SignedTask {
+        use prost::Message;
+        let manifest = pb::TaskManifest {
+            program: program.encode_to_vec().into(),
+            expires_at_unix_s: unix_now_s() + 600,
+            ..Default::default()
+        };
+        peergrid_proto::signing::sign_task(&Identity::from_seed([6; 32]), &manifest)
     }
 
     async fn take_free_slots(service: &WorkerService, n: usize) -> Vec<OwnedSemaphorePermit> {
