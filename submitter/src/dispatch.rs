@@ -231,8 +231,8 @@ impl Connection {
                 let code = Code::from_i32(refusal.code);
                 if code == Code::FailedPrecondition {
                     // The worker lost a blob we thought it had: upload again before the retry.
-                    for hash in &blobs {
-                        self.present.remove(hash);
+                    for hash in blobs_lost(&refusal.missing_blobs, &blobs) {
+                        self.present.remove(&hash);
                     }
                 }
                 refusal_answer(code, refusal.message)
@@ -270,6 +270,20 @@ fn upload_failure(error: ClientError) -> (Answer, Option<String>) {
             (Answer::Lost(reason.clone()), Some(reason))
         }
         ClientError::BadReceipt { .. } => (Answer::Lost(error.to_string()), None),
+    }
+}
+
+/// The blobs a worker refusing a task with `FAILED_PRECONDITION` lacks: those it lists, or,
+/// when it lists none or a malformed hash (a worker that predates the list), every input blob of
+/// the task (`task_blobs`), so that each is checked with `MissingBlobs` before the retry.
+fn blobs_lost(listed: &[Bytes], task_blobs: &[ContentHash]) -> Vec<ContentHash> {
+    let parsed: Option<Vec<ContentHash>> = listed
+        .iter()
+        .map(|hash| ContentHash::from_slice(hash).ok())
+        .collect();
+    match parsed {
+        Some(hashes) if !hashes.is_empty() => hashes,
+        _ => task_blobs.to_vec(),
     }
 }
 
@@ -313,6 +327,18 @@ mod tests {
             reason: "reset".into(),
         });
         assert!(matches!(answer, Answer::Lost(_)) && ends.is_some());
+    }
+
+    #[test]
+    fn a_missing_blob_refusal_forgets_the_blobs_it_lists_or_else_all_the_tasks() {
+        let [a, b, c] = [b"a", b"b", b"c"].map(|bytes| ContentHash::of(bytes));
+        let wire = |hashes: &[ContentHash]| -> Vec<Bytes> {
+            hashes.iter().map(|hash| hash.to_vec().into()).collect()
+        };
+        assert_eq!(blobs_lost(&wire(&[b]), &[a, b, c]), vec![b]);
+        assert_eq!(blobs_lost(&[], &[a, b, c]), vec![a, b, c]);
+        let malformed = vec![Bytes::from_static(b"short")];
+        assert_eq!(blobs_lost(&malformed, &[a, c]), vec![a, c]);
     }
 
     #[test]

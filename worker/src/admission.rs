@@ -64,6 +64,9 @@ pub struct AdmittedTask {
 pub struct Refusal {
     pub code: Code,
     pub message: String,
+    /// The blobs the task needs and the worker lacks (`FAILED_PRECONDITION` only; empty
+    /// otherwise), so a client can upload them without parsing the message.
+    pub missing_blobs: Vec<ContentHash>,
 }
 
 impl Refusal {
@@ -71,6 +74,35 @@ impl Refusal {
         Self {
             code,
             message: message.into(),
+            missing_blobs: Vec::new(),
+        }
+    }
+
+    /// `FAILED_PRECONDITION`: the task needs `missing` (module first, then inputs), which this
+    /// worker does not hold.
+    pub fn missing_blobs(missing: Vec<ContentHash>) -> Self {
+        let list = missing
+            .iter()
+            .map(ContentHash::to_hex)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            code: Code::FailedPrecondition,
+            message: format!("missing blobs, upload them with PutBlob and retry: {list}"),
+            missing_blobs: missing,
+        }
+    }
+
+    /// The refusal as an `Execute` answer carries it.
+    pub fn to_wire(&self) -> pb::TaskRefusal {
+        pb::TaskRefusal {
+            code: self.code as i32,
+            message: self.message.clone(),
+            missing_blobs: self
+                .missing_blobs
+                .iter()
+                .map(|hash| hash.to_vec().into())
+                .collect(),
         }
     }
 }

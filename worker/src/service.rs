@@ -166,15 +166,7 @@ impl WorkerService {
         async move {
             let missing = self.missing_blobs(&task);
             if !missing.is_empty() {
-                let list = missing
-                    .iter()
-                    .map(|h| h.to_hex())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(Refusal::new(
-                    Code::FailedPrecondition,
-                    format!("missing blobs, upload them with PutBlob and retry: {list}"),
-                ));
+                return Err(Refusal::missing_blobs(missing));
             }
             // Subscribed before the busy check, so a preemption that lands between the two is
             // still seen.
@@ -551,10 +543,7 @@ impl pb::worker_server::Worker for WorkerService {
                         Ok(result) => pb::execute_response::Answer::Result(result),
                         Err(refusal) => {
                             warn!(code = ?refusal.code, "task refused: {}", refusal.message);
-                            pb::execute_response::Answer::Refused(pb::TaskRefusal {
-                                code: refusal.code as i32,
-                                message: refusal.message,
-                            })
+                            pb::execute_response::Answer::Refused(refusal.to_wire())
                         }
                     };
                     let response = pb::ExecuteResponse {
@@ -668,30 +657,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_waiting_for_a_slot_when_the_donor_gets_busy_is_refused_as_busy() {
-        use peergrid_proto::signing::sign_task;
-        use prost::Message;
-
         let dir = tempfile::tempdir().unwrap();
         let service = service(dir.path(), 1);
-        let module = b"not run: the task never gets a slot";
-        let hash = ContentHash::of(module);
-        let mut upload = service
-            .inner
-            .blobs
-            .begin(hash, module.len() as u64)
-            .unwrap();
-        upload.write(module).unwrap();
-        upload.finish().unwrap();
-        let program = pb::Program {
+        let hash = store_blob(&service, b"not run: the task never gets a slot");
+        let signed = signed_task(pb::Program {
             module_hash: hash.to_vec().into(),
             ..Default::default()
-        };
-        let manifest = pb::TaskManifest {
-            program: program.encode_to_vec().into(),
-            expires_at_unix_s: unix_now_s() + 600,
-            ..Default::default()
-        };
-        let signed = sign_task(&Identity::from_seed([6; 32]), &manifest);
+        });
 
         let slot = take_free_slots(&service, 1).await;
         let waiting = tokio::spawn({
@@ -708,6 +680,56 @@ mod tests {
         assert_eq!(refused.code, Code::ResourceExhausted, "{}", refused.message);
         assert!(refused.message.contains("while the task waited for a slot"));
         drop(slot);
+    }
+
+    #[tokio::test]
+    async fn a_task_missing_blobs_is_refused_with_their_hashes_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path(), 1);
+        let held = store_blob(&service, b"an input the worker holds");
+        let [module, absent] = [b"module".as_slice(), b"absent"].map(ContentHash::of);
+        let file = |name: &str, hash: ContentHash| pb::InputFile {
+            name: name.into(),
+            hash: hash.to_vec().into(),
+            size: 0,
+        };
+        let signed = signed_task(pb::Program {
+            module_hash: module.to_vec().into(),
+            files: vec![file("held", held), file("absent", absent)],
+            ..Default::default()
+        });
+
+        let refused = service.run_task(signed).await.expect_err("refused");
+        assert_eq!(
+            refused.code,
+            Code::FailedPrecondition,
+            "{}",
+            refused.message
+        );
+        assert_eq!(refused.missing_blobs, vec![module, absent]);
+        let wire = refused.to_wire();
+        assert_eq!(wire.code, Code::FailedPrecondition as i32);
+        assert_eq!(wire.missing_blobs, vec![module.to_vec(), absent.to_vec()]);
+    }
+
+    /// Puts `bytes` in the service's blob store; returns their hash.
+    fn store_blob(service: &WorkerService, bytes: &[u8]) -> ContentHash {
+        let hash = ContentHash::of(bytes);
+        let mut upload = service.inner.blobs.begin(hash, bytes.len() as u64).unwrap();
+        upload.write(bytes).unwrap();
+        upload.finish().unwrap();
+        hash
+    }
+
+    /// `program` as a task signed by a fixed key, expiring in ten minutes.
+    fn signed_task(program: pb::Program) -> pb::SignedTask {
+        use prost::Message;
+        let manifest = pb::TaskManifest {
+            program: program.encode_to_vec().into(),
+            expires_at_unix_s: unix_now_s() + 600,
+            ..Default::default()
+        };
+        peergrid_proto::signing::sign_task(&Identity::from_seed([6; 32]), &manifest)
     }
 
     async fn take_free_slots(service: &WorkerService, n: usize) -> Vec<OwnedSemaphorePermit> {

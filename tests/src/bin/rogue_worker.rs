@@ -745,9 +745,12 @@ impl pb::worker_server::Worker for Rogue {
                     };
                     let answer = match answer {
                         Ok(result) => pb::execute_response::Answer::Result(result),
+                        // A unary status has no missing-blob list: the submitter then uploads
+                        // every blob the task needs that the worker lacks, as for an older worker.
                         Err(status) => pb::execute_response::Answer::Refused(pb::TaskRefusal {
                             code: status.code() as i32,
                             message: status.message().to_owned(),
+                            missing_blobs: Vec::new(),
                         }),
                     };
                     let response = pb::ExecuteResponse {
