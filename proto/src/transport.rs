@@ -152,30 +152,60 @@ pub fn bound_addr(endpoint: &Endpoint) -> Option<SocketAddr> {
 }
 
 /// Dials `peer` for gRPC and opens its stream: the connection is encrypted and the peer has
-/// proven `peer.key`, or this fails.
-pub async fn dial_grpc(endpoint: &Endpoint, peer: &PeerAddr) -> Result<QuicStream, TransportError> {
-    let unreachable = |reason: String| TransportError::Unreachable {
-        peer: peer.to_string(),
-        reason,
+/// proven `peer.key`, or this fails. `watch` learns the connection, or why the peer closed it.
+pub async fn dial_grpc(
+    endpoint: &Endpoint,
+    peer: &PeerAddr,
+    watch: &ConnectionWatch,
+) -> Result<QuicStream, TransportError> {
+    let unreachable = |problem: &(dyn std::error::Error + 'static)| {
+        if let Some(close) = application_close(problem) {
+            *watch.refusal.lock().expect("never poisoned") = Some(close);
+        }
+        TransportError::Unreachable {
+            peer: peer.to_string(),
+            reason: error_chain(problem),
+        }
     };
     let connecting = async {
         let connection = endpoint
             .connect(peer.endpoint_addr(), GRPC_ALPN)
             .await
-            .map_err(|problem| unreachable(error_chain(&problem)))?;
+            .map_err(|problem| unreachable(&problem))?;
+        *watch.last.lock().expect("never poisoned") = Some(connection.clone());
         let (send, recv) = connection
             .open_bi()
             .await
-            .map_err(|problem| unreachable(error_chain(&problem)))?;
+            .map_err(|problem| unreachable(&problem))?;
         Ok(QuicStream::new(connection, send, recv))
     };
     tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|_| unreachable(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|_| TransportError::Unreachable {
+            peer: peer.to_string(),
+            reason: format!("no handshake within {CONNECT_TIMEOUT:?}"),
+        })?
+}
+
+/// The code and reason of a connection the peer closed on purpose, found in `error`'s chain.
+fn application_close(error: &(dyn std::error::Error + 'static)) -> Option<(u64, String)> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(iroh::endpoint::ConnectionError::ApplicationClosed(close)) =
+            error.downcast_ref::<iroh::endpoint::ConnectionError>()
+        {
+            return Some((
+                close.error_code.into_inner(),
+                String::from_utf8_lossy(&close.reason).into_owned(),
+            ));
+        }
+        next = error.source();
+    }
+    None
 }
 
 /// A tonic channel to `peer` over this endpoint; every (re)connection dials and proves
-/// `peer.key` again. `configure` sets the HTTP/2 options (keepalive, window sizes). The
+/// `peer.key` again. `configure` sets the HTTP/2 options (keepalive, window sizes).
 /// `watch` learns each connection, to tell why the peer closed it when a call fails.
 pub async fn grpc_channel(
     endpoint: &Endpoint,
@@ -183,16 +213,14 @@ pub async fn grpc_channel(
     configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
     watch: &ConnectionWatch,
 ) -> Result<tonic::transport::Channel, TransportError> {
-    let watch = watch.clone();
     let dialer = Arc::new((endpoint.clone(), *peer, watch.clone()));
     let connector = tower::service_fn(move |_: tonic::transport::Uri| {
         let dialer = dialer.clone();
         async move {
             let (endpoint, peer, watch) = &*dialer;
-            let stream = dial_grpc(endpoint, peer)
+            let stream = dial_grpc(endpoint, peer, watch)
                 .await
                 .map_err(|error| io::Error::new(io::ErrorKind::ConnectionRefused, error))?;
-            *watch.last.lock().expect("never poisoned") = Some(stream.connection().clone());
             Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
@@ -208,23 +236,25 @@ pub async fn grpc_channel(
     })
 }
 
-/// The last connection a [`grpc_channel`] made, to read why the peer closed it.
+/// What a [`grpc_channel`] learned of its last connection, to tell why the peer closed it.
 #[derive(Clone, Default)]
 pub struct ConnectionWatch {
     last: Arc<std::sync::Mutex<Option<Connection>>>,
+    refusal: Arc<std::sync::Mutex<Option<(u64, String)>>>,
 }
 
 impl ConnectionWatch {
     /// The code and reason the peer closed the last connection with, if it closed it on
-    /// purpose within `within` (a refusal arrives right after the handshake).
+    /// purpose, waiting at most `within` for the close to arrive (a refusal comes right after
+    /// the handshake).
     pub async fn closed_by_peer(&self, within: Duration) -> Option<(u64, String)> {
+        if let Some(refusal) = self.refusal.lock().expect("never poisoned").clone() {
+            return Some(refusal);
+        }
         let connection = self.last.lock().expect("never poisoned").clone()?;
         match tokio::time::timeout(within, connection.closed()).await {
-            Ok(iroh::endpoint::ConnectionError::ApplicationClosed(close)) => Some((
-                close.error_code.into_inner(),
-                String::from_utf8_lossy(&close.reason).into_owned(),
-            )),
-            _ => None,
+            Ok(closed) => application_close(&closed),
+            Err(_) => None,
         }
     }
 }
@@ -384,6 +414,7 @@ mod tests {
                 key: server_id.public_key(),
                 addr: at,
             },
+            &ConnectionWatch::default(),
         )
         .await
         .unwrap();
@@ -400,7 +431,7 @@ mod tests {
             key: Identity::from_seed([3; 32]).public_key(),
             addr: at,
         };
-        let error = dial_grpc(&client, &impostor)
+        let error = dial_grpc(&client, &impostor, &ConnectionWatch::default())
             .await
             .err()
             .unwrap()

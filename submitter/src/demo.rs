@@ -84,8 +84,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
     let dialer = crate::client::Dialer::new(&submitter).await?;
     let session = async {
         let workers = crate::submit::reach(&dialer, &source).await?;
-        let job =
-            crate::submit::create_job(&store, &spec, &inputs, &key_file, &source, None, &[])?;
+        let job = crate::submit::create_job(&store, &spec, &inputs, &key_file, &source, None, &[])?;
         let summary = crate::submit::run_session(
             &store,
             &job,

@@ -313,7 +313,7 @@ pub async fn raw_stream(
         transport::bind_endpoint(identity, "127.0.0.1:0".parse().expect("valid"), Vec::new())
             .await
             .expect("a loopback endpoint binds");
-    let stream = transport::dial_grpc(&endpoint, &peer)
+    let stream = transport::dial_grpc(&endpoint, &peer, &transport::ConnectionWatch::default())
         .await
         .expect("the worker accepts connections");
     (endpoint, stream)
@@ -349,9 +349,10 @@ pub fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> b
     }
 }
 
-/// `peergrid peers --seed ADDR --json`, parsed.
-pub fn peers(grpc_addr: &str) -> Vec<serde_json::Value> {
-    let output = peergrid(["peers", "--seed", grpc_addr, "--json"]);
+/// `peergrid peers --seed ADDR --key KEY --json`, parsed.
+pub fn peers(grpc_addr: &str, key: &KeyPair) -> Vec<serde_json::Value> {
+    let key_path = key.path.to_str().expect("a UTF-8 temporary path");
+    let output = peergrid(["peers", "--seed", grpc_addr, "--key", key_path, "--json"]);
     assert_eq!(output.code, Some(0), "peers failed: {}", output.stderr);
     serde_json::from_slice(&output.stdout).expect("peers --json prints a JSON array")
 }

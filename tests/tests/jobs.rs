@@ -118,6 +118,8 @@ fn a_lying_worker_is_outvoted_excluded_and_ranked_down() {
         "peers".as_ref(),
         "--seed".as_ref(),
         workers[0].addr.as_ref(),
+        "--key".as_ref(),
+        key.path.as_os_str(),
         "--json".as_ref(),
         "--state".as_ref(),
         state.as_os_str(),

@@ -59,7 +59,7 @@ fn five_workers_find_each_other_detect_a_crash_and_take_a_restart_back() {
     // Every worker sees all five alive (itself included).
     let everyone_sees_everyone = |workers: &[WorkerProcess]| {
         workers.iter().all(|worker| {
-            let view = peers(&worker.addr);
+            let view = peers(&worker.addr, &key);
             view.len() == 5 && view.iter().all(|peer| peer["state"] == "alive")
         })
     };
@@ -67,7 +67,14 @@ fn five_workers_find_each_other_detect_a_crash_and_take_a_restart_back() {
         everyone_sees_everyone(&workers)
     });
     eprintln!("five workers converged in {took:?}");
-    let table = peergrid(["peers", "--seed", &workers[0].addr]).stdout_text();
+    let table = peergrid([
+        "peers",
+        "--seed",
+        &workers[0].addr,
+        "--key",
+        key.path.to_str().unwrap(),
+    ])
+    .stdout_text();
     for worker in &workers {
         assert!(table.contains(&worker.addr), "{table}");
     }
@@ -76,9 +83,10 @@ fn five_workers_find_each_other_detect_a_crash_and_take_a_restart_back() {
     // kill -9 one: the others mark it down within the documented time.
     let victim_gossip = workers[3].gossip_addr.clone().unwrap();
     let victim_key = workers[3].key_hex.clone();
-    let old_incarnation = row(&peers(&workers[0].addr), &victim_gossip).unwrap()["incarnation"]
-        .as_u64()
-        .unwrap();
+    let old_incarnation =
+        row(&peers(&workers[0].addr, &key), &victim_gossip).unwrap()["incarnation"]
+            .as_u64()
+            .unwrap();
     workers[3].kill();
     let survivors = [0, 1, 2, 4];
     let took = wait_until(
@@ -86,7 +94,7 @@ fn five_workers_find_each_other_detect_a_crash_and_take_a_restart_back() {
         DOWN_WITHIN,
         || {
             survivors.iter().all(|index| {
-                row(&peers(&workers[*index].addr), &victim_gossip)
+                row(&peers(&workers[*index].addr, &key), &victim_gossip)
                     .is_some_and(|peer| peer["state"] == "down")
             })
         },
@@ -106,7 +114,7 @@ fn five_workers_find_each_other_detect_a_crash_and_take_a_restart_back() {
         CONVERGE_WITHIN,
         || {
             workers.iter().all(|worker| {
-                row(&peers(&worker.addr), &victim_gossip).is_some_and(|peer| {
+                row(&peers(&worker.addr, &key), &victim_gossip).is_some_and(|peer| {
                     peer["state"] == "alive"
                         && peer["incarnation"].as_u64().unwrap() > old_incarnation
                 })
@@ -153,7 +161,7 @@ fn an_idle_only_worker_gives_the_machine_back_when_the_owner_is_busy() {
         Some(&donor_gossip),
     );
     let free_slots = |viewer: &WorkerProcess| {
-        row(&peers(&viewer.addr), &donor_gossip).and_then(|peer| peer["free_slots"].as_u64())
+        row(&peers(&viewer.addr, &key), &donor_gossip).and_then(|peer| peer["free_slots"].as_u64())
     };
     wait_until(
         "the observer sees the donor's free slot",

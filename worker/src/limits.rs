@@ -164,9 +164,14 @@ pub const POOL_STACK_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
 /// reservation); if the donor's machine becomes busy meanwhile it is refused, not run.
 pub const QUEUED_TASKS_PER_SLOT: u32 = 8;
 
-/// Requests buffered per `Execute` stream before the worker stops reading from it
-/// (backpressure on the client), and answers buffered before a slow reader stalls its tasks.
+/// Requests held per `Execute` stream, from being read until their answer is taken to be sent.
+/// Reached: the worker stops reading the stream (HTTP/2 flow control then holds the client), so
+/// a client that sends without reading its answers stalls only itself.
 pub const EXECUTE_STREAM_BUFFER: usize = 256;
+/// `Execute` requests held over all streams together. Reached: a request is answered at once
+/// with `RESOURCE_EXHAUSTED` (retryable), so no number of streams makes the worker hold more.
+/// Each holds its decoded request, then its answer (at most `MAX_MESSAGE_BYTES` each).
+pub const MAX_EXECUTE_PENDING: usize = 4096;
 
 // The network. tonic and hyper provide the HTTP/2 settings; the connection caps, the handshake
 // deadline and the request stall timeout are the worker's own (`daemon::connections`,

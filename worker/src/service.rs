@@ -40,6 +40,9 @@ struct Inner {
     memory_mib_total: u64,
     /// Uploads in progress ([`limits::MAX_CONCURRENT_UPLOADS`]).
     uploads: Arc<Semaphore>,
+    /// `Execute` requests held, from reading to their answer being taken to be sent, over all
+    /// streams ([`limits::MAX_EXECUTE_PENDING`]).
+    execute_pending: Arc<Semaphore>,
     donor: Arc<DonorState>,
     /// Testing aid: the fraction of tasks answered with a wrong output (see [`Self::lie`]).
     lie_rate: f64,
@@ -74,6 +77,7 @@ impl WorkerService {
                 memory_mib: Arc::new(Semaphore::new(memory_mib_total as usize)),
                 memory_mib_total,
                 uploads: Arc::new(Semaphore::new(limits::MAX_CONCURRENT_UPLOADS)),
+                execute_pending: Arc::new(Semaphore::new(limits::MAX_EXECUTE_PENDING)),
                 donor,
                 lie_rate: 0.0,
                 gossip: OnceLock::new(),
@@ -510,8 +514,13 @@ impl pb::worker_server::Worker for WorkerService {
         Ok(Response::new(pb::PeersResponse { peers }))
     }
 
-    type ExecuteStream = ReceiverStream<Result<pb::ExecuteResponse, Status>>;
+    type ExecuteStream = ExecuteAnswers;
 
+    /// Each request is answered on its own, in whatever order answers are ready. What a stream
+    /// holds is bounded: the worker reads a request only while the stream has fewer than
+    /// [`limits::EXECUTE_STREAM_BUFFER`] unanswered or unsent ones (a client that sends without
+    /// reading its answers stalls itself), and past [`limits::MAX_EXECUTE_PENDING`] requests
+    /// held over all streams a request is refused with `RESOURCE_EXHAUSTED` at once.
     async fn execute(
         &self,
         request: Request<Streaming<pb::ExecuteRequest>>,
@@ -520,24 +529,42 @@ impl pb::worker_server::Worker for WorkerService {
         let mut requests = request.into_inner();
         let (answers, receiver) = mpsc::channel(limits::EXECUTE_STREAM_BUFFER);
         let service = self.clone();
+        let stream_pending = Arc::new(Semaphore::new(limits::EXECUTE_STREAM_BUFFER));
         tokio::spawn(async move {
-            while let Some(request) = requests.next().await {
-                let request = match request {
-                    Ok(request) => request,
-                    Err(status) => {
-                        let _ = answers.send(Err(status)).await;
+            loop {
+                let Ok(own) = stream_pending.clone().acquire_owned().await else {
+                    return;
+                };
+                let request = match requests.next().await {
+                    None => return,
+                    Some(Ok(request)) => request,
+                    Some(Err(status)) => {
+                        let _ = answers.send((Err(status), Held::default())).await;
                         return;
                     }
                 };
+                let shared = service
+                    .inner
+                    .execute_pending
+                    .clone()
+                    .try_acquire_owned()
+                    .ok();
                 let service = service.clone();
                 let answers = answers.clone();
                 tokio::spawn(async move {
-                    let answer = match request.task {
-                        None => Err(Refusal::new(
+                    let answer = match (request.task, &shared) {
+                        (None, _) => Err(Refusal::new(
                             Code::InvalidArgument,
                             "request without a task",
                         )),
-                        Some(task) => service.run_task(task, caller).await,
+                        (Some(_), None) => Err(Refusal::new(
+                            Code::ResourceExhausted,
+                            format!(
+                                "{} Execute requests are held on this worker, the most it holds; retry later",
+                                limits::MAX_EXECUTE_PENDING
+                            ),
+                        )),
+                        (Some(task), Some(_)) => service.run_task(task, caller).await,
                     };
                     let answer = match answer {
                         Ok(result) => pb::execute_response::Answer::Result(result),
@@ -550,13 +577,31 @@ impl pb::worker_server::Worker for WorkerService {
                         request_id: request.request_id,
                         answer: Some(answer),
                     };
+                    let held = Held {
+                        _own: Some(own),
+                        _shared: shared,
+                    };
                     // The client hung up: nothing is waiting for this answer.
-                    let _ = answers.send(Ok(response)).await;
+                    let _ = answers.send((Ok(response), held)).await;
                 });
             }
         });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(receiver).map(|(answer, _held)| answer),
+        )))
     }
+}
+
+/// The answers of one `Execute` stream, in the order they are ready.
+pub type ExecuteAnswers =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExecuteResponse, Status>> + Send>>;
+
+/// A request's places in its stream's and the worker's bounds, given back when its answer is
+/// taken to be sent.
+#[derive(Default)]
+struct Held {
+    _own: Option<OwnedSemaphorePermit>,
+    _shared: Option<OwnedSemaphorePermit>,
 }
 
 /// The key the caller's connection proved (see `peergrid_proto::transport`).
@@ -668,8 +713,7 @@ mod tests {
         let slot = take_free_slots(&service, 1).await;
         let waiting = tokio::spawn({
             let service = service.clone();
-            let caller = Identity::from_seed([6; 32]).public_key();
-            async move { service.run_task(signed, caller).await }
+            async move { service.run_task(signed, signer()).await }
         });
         // The task is queued once it holds a place in the queue.
         while service.inner.queue.available_permits() == limits::QUEUED_TASKS_PER_SLOT as usize {
@@ -699,7 +743,10 @@ mod tests {
             ..Default::default()
         });
 
-        let refused = service.run_task(signed).await.expect_err("refused");
+        let refused = service
+            .run_task(signed, signer())
+            .await
+            .expect_err("refused");
         assert_eq!(
             refused.code,
             Code::FailedPrecondition,
@@ -730,6 +777,11 @@ mod tests {
             ..Default::default()
         };
         peergrid_proto::signing::sign_task(&Identity::from_seed([6; 32]), &manifest)
+    }
+
+    /// The key [`signed_task`] signs with, as its caller's connection would prove it.
+    fn signer() -> PublicKey {
+        Identity::from_seed([6; 32]).public_key()
     }
 
     async fn take_free_slots(service: &WorkerService, n: usize) -> Vec<OwnedSemaphorePermit> {
