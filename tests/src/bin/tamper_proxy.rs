@@ -1,203 +1,108 @@
-//! `tamper_proxy`: a hostile network path for the end-to-end tests. It serves the `Worker` gRPC
-//! service, forwards every call to a real upstream worker, and alters receipts in flight, so a
-//! test can check that the submitter refuses what it must not believe.
+//! `tamper_proxy`: a hostile network path for the end-to-end tests, as a process of its own. It
+//! relays the UDP datagrams (QUIC packets) between clients and one real worker, and can alter or
+//! record them, so a test can check what an attacker on the path gets out of the encrypted
+//! transport: nothing it can change without being noticed, nothing it can read.
 //!
 //! ```text
-//! tamper_proxy --listen HOST:0 --upstream ADDR (--flip KIND [--every N] | --swap-to ADDR)
+//! tamper_proxy --listen HOST:0 --upstream KEY@IP:PORT [--flip-every N] [--record FILE]
 //! ```
-//! - `--flip stdout|receipt|signature`: every N-th task result (N = `--every`, default 1)
-//!   is altered by one bit: in the stdout delivered, in the stdout hash inside the signed
-//!   receipt bytes (re-encoded), or in the signature. The other answers pass untouched.
-//! - `--swap-to ADDR`: `Info` still comes from the upstream worker A (so the submitter believes it
-//!   talks to A), but blobs and tasks go to another real worker B, whose genuinely signed receipt
-//!   comes back: a receipt signed by a worker the task was never sent to.
+//! - Each client source address gets an upstream socket of its own (on the listen IP, a free
+//!   port; on the unspecified address if the worker's IP is of the other family), as a NAT would
+//!   give it, so the worker sees one peer per client.
+//! - The proxy is on the path only while the client cannot reach the worker another way: iroh
+//!   learns the worker's own address inside the encrypted connection and opens a direct path to
+//!   it when it can. The tests put the worker on `[::1]`, which `peergrid`'s IPv4 endpoint cannot
+//!   reach, and the proxy on 127.0.0.x.
+//! - `--flip-every N`: the N-th, 2N-th, … datagram in each direction (counted over all clients)
+//!   has its middle byte xor 0x01, and the proxy prints `altered datagram COUNT DIRECTION`
+//!   (DIRECTION is `to-upstream` or `to-client`).
+//! - `--record FILE`: the payload of every datagram forwarded, both directions, as forwarded, is
+//!   appended to FILE.
 //!
-//! Prints `tamper_proxy ready: listening on ADDR` once it accepts connections, then one line per
-//! altered answer: `tampered task TASK_ID KIND` (KIND is the flip kind or `swap`), so a test
-//! knows exactly which tasks it must never see accepted on the strength of this path.
-//! Exit codes: 0 never (it runs until killed), 2 for bad arguments, 1 if it cannot listen.
+//! Prints `tamper_proxy ready: listening on KEY@IP:PORT` once bound: the upstream worker's key
+//! at the proxy's address, which is what a client dials to reach that worker through the proxy.
+//! Nothing else is printed per datagram but the altered lines. Exit codes: 0 never (it runs until
+//! killed), 2 for bad arguments, 1 if it cannot bind or record.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use peergrid_proto::pb;
-use peergrid_proto::pb::worker_client::WorkerClient;
-use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::{Channel, Endpoint, Server};
-use tonic::{Request, Response, Status, Streaming};
+use peergrid_proto::transport::PeerAddr;
+use tokio::net::UdpSocket;
 
-/// Answers buffered per direction of one `Execute` stream (the worker's own buffer size).
-const STREAM_BUFFER: usize = 256;
+/// Most clients relayed at once. Reached: a datagram from a new client is dropped until a
+/// mapping has been idle long enough to go.
+const MAX_MAPPINGS: usize = 64;
+/// A client mapping that forwards nothing either way for this long is dropped (its upstream
+/// socket closed); the client's next datagram opens a new one.
+const MAPPING_IDLE: Duration = Duration::from_secs(60);
+/// The largest UDP payload; a receive buffer of this size never truncates a datagram.
+const MAX_DATAGRAM_BYTES: usize = 65_535;
 
-/// How a result is altered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flip {
-    /// One bit of the stdout delivered beside the receipt.
-    Stdout,
-    /// One bit of the stdout hash inside the receipt, re-encoded: the signed bytes change.
-    Receipt,
-    /// One bit of the signature.
-    Signature,
+/// Which way a datagram travels.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    ToUpstream,
+    ToClient,
 }
 
-impl Flip {
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "stdout" => Some(Self::Stdout),
-            "receipt" => Some(Self::Receipt),
-            "signature" => Some(Self::Signature),
-            _ => None,
-        }
-    }
-
+impl Direction {
     fn name(self) -> &'static str {
         match self {
-            Self::Stdout => "stdout",
-            Self::Receipt => "receipt",
-            Self::Signature => "signature",
+            Self::ToUpstream => "to-upstream",
+            Self::ToClient => "to-client",
         }
     }
-
-    fn apply(self, result: &mut pb::TaskResult) {
-        match self {
-            Self::Stdout => result.stdout = flipped(&result.stdout),
-            Self::Receipt => {
-                if let Some(signed) = &mut result.receipt {
-                    // A receipt that does not decode is refused too, but less interestingly.
-                    if let Ok(mut receipt) = pb::Receipt::decode(signed.receipt.clone()) {
-                        receipt.stdout_hash = flipped(&receipt.stdout_hash);
-                        signed.receipt = receipt.encode_to_vec().into();
-                    } else {
-                        signed.receipt = flipped(&signed.receipt);
-                    }
-                }
-            }
-            Self::Signature => {
-                if let Some(signed) = &mut result.receipt {
-                    signed.signature = flipped(&signed.signature);
-                }
-            }
-        }
-    }
-}
-
-/// `bytes` with the low bit of its first byte flipped (one byte added if empty).
-fn flipped(bytes: &bytes::Bytes) -> bytes::Bytes {
-    let mut bytes = bytes.to_vec();
-    match bytes.first_mut() {
-        Some(byte) => *byte ^= 0x01,
-        None => bytes.push(b'!'),
-    }
-    bytes.into()
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Mode {
-    Flip { kind: Flip, every: u64 },
-    Swap,
 }
 
 struct Args {
     listen: SocketAddr,
-    upstream: String,
-    swap_to: Option<String>,
-    mode: Mode,
+    upstream: PeerAddr,
+    flip_every: Option<u64>,
+    record: Option<PathBuf>,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "tamper_proxy: {problem}\nusage: tamper_proxy --listen HOST:PORT --upstream ADDR \
-         (--flip stdout|receipt|signature [--every N] | --swap-to ADDR)"
+        "tamper_proxy: {problem}\nusage: tamper_proxy --listen HOST:PORT --upstream KEY@IP:PORT \
+         [--flip-every N] [--record FILE]"
     );
     std::process::exit(2);
 }
 
 fn parse_args() -> Args {
-    let mut listen = None;
-    let mut upstream = None;
-    let mut swap_to = None;
-    let mut flip = None;
-    let mut every = 1;
+    let (mut listen, mut upstream, mut flip_every, mut record) = (None, None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args
             .next()
             .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let bad = |problem: &dyn std::fmt::Display| -> ! {
+            usage(&format!("bad {flag} {value:?}: {problem}"))
+        };
         match flag.as_str() {
-            "--listen" => {
-                listen = Some(
-                    value
-                        .parse()
-                        .unwrap_or_else(|_| usage(&format!("bad --listen {value}"))),
-                )
-            }
-            "--upstream" => upstream = Some(value),
-            "--swap-to" => swap_to = Some(value),
-            "--flip" => {
-                flip = Some(
-                    Flip::parse(&value).unwrap_or_else(|| usage(&format!("bad --flip {value}"))),
-                )
-            }
-            "--every" => {
-                every = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .unwrap_or_else(|| usage(&format!("bad --every {value}")))
-            }
+            "--listen" => listen = Some(value.parse().unwrap_or_else(|e| bad(&e))),
+            "--upstream" => upstream = Some(value.parse().unwrap_or_else(|e| bad(&e))),
+            "--flip-every" => match value.parse::<u64>() {
+                Ok(0) => bad(&"must be at least 1"),
+                Ok(every) => flip_every = Some(every),
+                Err(e) => bad(&e),
+            },
+            "--record" => record = Some(PathBuf::from(value)),
             other => usage(&format!("unknown flag {other}")),
         }
     }
-    let mode = match (flip, &swap_to) {
-        (Some(kind), None) => Mode::Flip { kind, every },
-        (None, Some(_)) => Mode::Swap,
-        _ => usage("give exactly one of --flip and --swap-to"),
-    };
     Args {
         listen: listen.unwrap_or_else(|| usage("--listen is required")),
         upstream: upstream.unwrap_or_else(|| usage("--upstream is required")),
-        swap_to,
-        mode,
-    }
-}
-
-fn client(addr: &str) -> WorkerClient<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|_| usage(&format!("bad address {addr}")))
-        .connect_lazy();
-    WorkerClient::new(channel)
-        .max_decoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
-}
-
-#[derive(Clone)]
-struct Proxy {
-    /// Whom `Info` and `Peers` ask: the worker the submitter believes it talks to.
-    identity: WorkerClient<Channel>,
-    /// Whom blobs and tasks go to: the same worker, or another one in swap mode.
-    runner: WorkerClient<Channel>,
-    mode: Mode,
-    /// Task results seen, across streams (for `--every`).
-    results: Arc<AtomicU64>,
-}
-
-impl Proxy {
-    /// Alters `result` if the mode says so; returns the kind of alteration.
-    fn tamper(&self, result: &mut pb::TaskResult) -> Option<&'static str> {
-        let seen = self.results.fetch_add(1, Ordering::SeqCst) + 1;
-        match self.mode {
-            Mode::Swap => Some("swap"),
-            Mode::Flip { kind, every } if seen.is_multiple_of(every) => {
-                kind.apply(result);
-                Some(kind.name())
-            }
-            Mode::Flip { .. } => None,
-        }
+        flip_every,
+        record,
     }
 }
 
@@ -208,165 +113,164 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-#[tonic::async_trait]
-impl pb::worker_server::Worker for Proxy {
-    async fn info(
-        &self,
-        request: Request<pb::InfoRequest>,
-    ) -> Result<Response<pb::NodeInfo>, Status> {
-        self.identity.clone().info(request.into_inner()).await
-    }
-
-    async fn missing_blobs(
-        &self,
-        request: Request<pb::MissingBlobsRequest>,
-    ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
-        self.runner
-            .clone()
-            .missing_blobs(request.into_inner())
-            .await
-    }
-
-    async fn put_blob(
-        &self,
-        request: Request<Streaming<pb::BlobChunk>>,
-    ) -> Result<Response<pb::PutBlobResponse>, Status> {
-        let mut chunks = request.into_inner();
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(async move {
-            while let Ok(Some(chunk)) = chunks.message().await {
-                if sender.send(chunk).await.is_err() {
-                    return;
-                }
-            }
-        });
-        self.runner
-            .clone()
-            .put_blob(ReceiverStream::new(receiver))
-            .await
-    }
-
-    async fn run(
-        &self,
-        request: Request<pb::SignedTask>,
-    ) -> Result<Response<pb::TaskResult>, Status> {
-        let task_id = task_id(&request.get_ref().manifest);
-        let mut result = self.runner.clone().run(request.into_inner()).await?;
-        if let Some(kind) = self.tamper(result.get_mut()) {
-            say(&format!("tampered task {task_id} {kind}"));
-        }
-        Ok(result)
-    }
-
-    type ExecuteStream = ReceiverStream<Result<pb::ExecuteResponse, Status>>;
-
-    async fn execute(
-        &self,
-        request: Request<Streaming<pb::ExecuteRequest>>,
-    ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let mut incoming = request.into_inner();
-        // Request id → task id, to name the tasks whose answers were altered.
-        let names: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
-        let (upstream_requests, upstream_receiver) = mpsc::channel(STREAM_BUFFER);
-        let forwarded = names.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(request)) = incoming.message().await {
-                let task_id = request
-                    .task
-                    .as_ref()
-                    .map(|task| task_id(&task.manifest))
-                    .unwrap_or_default();
-                forwarded
-                    .lock()
-                    .expect("no panics while held")
-                    .insert(request.request_id, task_id);
-                if upstream_requests.send(request).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let mut answers = self
-            .runner
-            .clone()
-            .execute(ReceiverStream::new(upstream_receiver))
-            .await?
-            .into_inner();
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        let proxy = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let mut response = match answers.message().await {
-                    Ok(Some(response)) => response,
-                    Ok(None) => return,
-                    Err(status) => {
-                        let _ = sender.send(Err(status)).await;
-                        return;
-                    }
-                };
-                let task_id = names
-                    .lock()
-                    .expect("no panics while held")
-                    .remove(&response.request_id)
-                    .unwrap_or_default();
-                if let Some(pb::execute_response::Answer::Result(result)) = &mut response.answer
-                    && let Some(kind) = proxy.tamper(result)
-                {
-                    say(&format!("tampered task {task_id} {kind}"));
-                }
-                if sender.send(Ok(response)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(receiver)))
-    }
-
-    async fn peers(
-        &self,
-        request: Request<pb::PeersRequest>,
-    ) -> Result<Response<pb::PeersResponse>, Status> {
-        self.identity.clone().peers(request.into_inner()).await
-    }
+fn fail(problem: &str) -> ! {
+    eprintln!("tamper_proxy: {problem}");
+    std::process::exit(1);
 }
 
-/// The task id inside a manifest, or `?` if it does not decode (the worker will refuse it).
-fn task_id(manifest: &bytes::Bytes) -> String {
-    pb::TaskManifest::decode(manifest.clone())
-        .map(|manifest| manifest.task_id)
-        .unwrap_or_else(|_| "?".to_owned())
+/// One client's path to the upstream worker.
+struct Mapping {
+    /// Connected to the upstream worker; what it receives goes back to the client.
+    socket: UdpSocket,
+    /// When a datagram last went either way, in ms since the relay started.
+    last_active_ms: AtomicU64,
+}
+
+struct Relay {
+    /// Where clients send; replies to them leave from here too.
+    listen: UdpSocket,
+    upstream: SocketAddr,
+    flip_every: Option<u64>,
+    record: Option<Mutex<File>>,
+    /// Datagrams forwarded so far, per [`Direction`].
+    forwarded: [AtomicU64; 2],
+    mappings: Mutex<HashMap<SocketAddr, Arc<Mapping>>>,
+    started: Instant,
+}
+
+impl Relay {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Counts `datagram`, alters it if it is the N-th, and records it: after this it is what
+    /// gets forwarded.
+    fn pass(&self, direction: Direction, mapping: &Mapping, datagram: &mut [u8]) {
+        mapping
+            .last_active_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        let count = self.forwarded[direction as usize].fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(every) = self.flip_every
+            && count.is_multiple_of(every)
+            && !datagram.is_empty()
+        {
+            datagram[datagram.len() / 2] ^= 0x01;
+            say(&format!("altered datagram {count} {}", direction.name()));
+        }
+        if let Some(record) = &self.record {
+            let mut file = record.lock().expect("no panics while held");
+            if let Err(error) = file.write_all(datagram) {
+                fail(&format!("cannot record: {error}"));
+            }
+        }
+    }
+
+    /// The mapping of `client`, opened if it is new; `None` if [`MAX_MAPPINGS`] are open.
+    fn mapping(self: &Arc<Self>, client: SocketAddr) -> Option<Arc<Mapping>> {
+        let mut mappings = self.mappings.lock().expect("no panics while held");
+        if let Some(mapping) = mappings.get(&client) {
+            return Some(mapping.clone());
+        }
+        if mappings.len() >= MAX_MAPPINGS {
+            return None;
+        }
+        let socket = std::net::UdpSocket::bind((self.upstream_bind_ip(), 0))
+            .and_then(|socket| socket.connect(self.upstream).map(|()| socket))
+            .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+            .and_then(UdpSocket::from_std)
+            .unwrap_or_else(|error| fail(&format!("cannot open an upstream socket: {error}")));
+        let mapping = Arc::new(Mapping {
+            socket,
+            last_active_ms: AtomicU64::new(self.now_ms()),
+        });
+        mappings.insert(client, mapping.clone());
+        tokio::spawn(self.clone().to_client(client, mapping.clone()));
+        Some(mapping)
+    }
+
+    /// Where upstream sockets are bound: the listen IP, or the unspecified address of the
+    /// upstream's family when the two differ (an IPv4 proxy in front of an IPv6 worker).
+    fn upstream_bind_ip(&self) -> IpAddr {
+        let listen = self.listen.local_addr().expect("a bound socket").ip();
+        match (listen, self.upstream.ip()) {
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => listen,
+            (_, IpAddr::V4(_)) => Ipv4Addr::UNSPECIFIED.into(),
+            (_, IpAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),
+        }
+    }
+
+    /// Forwards what clients send to the upstream worker, each through its own mapping.
+    async fn to_upstream(self: Arc<Self>) {
+        let mut buffer = vec![0; MAX_DATAGRAM_BYTES];
+        loop {
+            // An error here is an ICMP report about an earlier datagram: nothing to do.
+            let Ok((len, client)) = self.listen.recv_from(&mut buffer).await else {
+                continue;
+            };
+            let Some(mapping) = self.mapping(client) else {
+                continue;
+            };
+            let datagram = &mut buffer[..len];
+            self.pass(Direction::ToUpstream, &mapping, datagram);
+            let _ = mapping.socket.send(datagram).await;
+        }
+    }
+
+    /// Forwards what the upstream worker sends on `mapping` back to `client`, until the mapping
+    /// has been idle for [`MAPPING_IDLE`].
+    async fn to_client(self: Arc<Self>, client: SocketAddr, mapping: Arc<Mapping>) {
+        let mut buffer = vec![0; MAX_DATAGRAM_BYTES];
+        loop {
+            let idle_ms = self
+                .now_ms()
+                .saturating_sub(mapping.last_active_ms.load(Ordering::Relaxed));
+            let Some(left) = MAPPING_IDLE.checked_sub(Duration::from_millis(idle_ms)) else {
+                break;
+            };
+            let Ok(received) = tokio::time::timeout(left, mapping.socket.recv(&mut buffer)).await
+            else {
+                continue; // idle on this side: look again at when the mapping was last active
+            };
+            // An error is an ICMP report (the worker is gone): its next datagram may still come.
+            let Ok(len) = received else { continue };
+            let datagram = &mut buffer[..len];
+            self.pass(Direction::ToClient, &mapping, datagram);
+            let _ = self.listen.send_to(datagram, client).await;
+        }
+        self.mappings
+            .lock()
+            .expect("no panics while held")
+            .remove(&client);
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let args = parse_args();
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!("tamper_proxy: cannot listen on {}: {error}", args.listen);
-            std::process::exit(1);
-        }
-    };
-    let addr = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    let identity = client(&args.upstream);
-    let runner = args.swap_to.as_deref().map_or(identity.clone(), client);
-    let proxy = Proxy {
-        identity,
-        runner,
-        mode: args.mode,
-        results: Arc::default(),
-    };
-    let service = pb::worker_server::WorkerServer::new(proxy)
-        .max_decoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES);
-    say(&format!("tamper_proxy ready: listening on {addr}"));
-    if let Err(error) = Server::builder()
-        .add_service(service)
-        .serve_with_incoming(TcpListenerStream::new(listener))
+    let listen = UdpSocket::bind(args.listen)
         .await
-    {
-        eprintln!("tamper_proxy: server failed: {error}");
-        std::process::exit(1);
-    }
+        .unwrap_or_else(|error| fail(&format!("cannot bind {}: {error}", args.listen)));
+    let record = args.record.map(|path| {
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|error| fail(&format!("cannot open {}: {error}", path.display())));
+        Mutex::new(file)
+    });
+    let proxy_addr = PeerAddr {
+        key: args.upstream.key,
+        addr: listen.local_addr().expect("a bound socket has an address"),
+    };
+    let relay = Arc::new(Relay {
+        listen,
+        upstream: args.upstream.addr,
+        flip_every: args.flip_every,
+        record,
+        forwarded: Default::default(),
+        mappings: Mutex::default(),
+        started: Instant::now(),
+    });
+    say(&format!("tamper_proxy ready: listening on {proxy_addr}"));
+    relay.to_upstream().await;
 }
