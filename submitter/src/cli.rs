@@ -278,8 +278,11 @@ pub fn main() -> ExitCode {
         Command::Demo { .. } => "error",
         _ => "warn",
     };
-    let logging = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // QUIC's own path bookkeeping warns about events that cost nothing (a path closed after its
+    // peer died); the CLI reports what matters to the user itself.
+    let logging = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},noq_proto=error"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(logging)
         .with_writer(std::io::stderr)

@@ -383,8 +383,15 @@ fn a_grid_that_refuses_the_key_fails_at_once_saying_how_to_fix_it() {
     assert!(
         error.contains("PERMISSION_DENIED")
             && error.contains("--trust")
-            && error.contains("peergrid resume"),
+            && error.contains(&key.public_hex),
         "{error}"
+    );
+    // The worker refused the connection, before anything was stored: nothing to resume.
+    let status = peergrid(["status".as_ref(), "--state".as_ref(), state.as_os_str()]);
+    assert!(
+        !status.stdout_text().contains("refused"),
+        "{}",
+        status.stdout_text()
     );
     // Not after the stall patience: as soon as the only worker said no.
     assert!(
