@@ -30,6 +30,13 @@ pub use signing::{VerifiedReceipt, VerifiedTask, VerifyError};
 /// stderr at their largest caps plus the receipt (see `TaskLimits` ceilings in the worker).
 pub const MAX_MESSAGE_BYTES: usize = 24 * 1024 * 1024;
 
+/// Longest text a receipt carries in `trap` (a trap's name or message, why a module is invalid)
+/// or `runtime_fingerprint`, in bytes; workers cut longer texts to it (ending them with "…").
+pub const MAX_RECEIPT_TEXT_BYTES: usize = 1024;
+/// Largest encoded `Receipt`, in bytes: its hashes, key and numbers take under 200. A receipt
+/// over it is refused unread (a bad receipt), so no peer's receipt grows a store.
+pub const MAX_RECEIPT_BYTES: usize = 4096;
+
 /// Largest data chunk in one `BlobChunk`, in bytes.
 pub const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
 

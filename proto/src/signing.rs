@@ -141,6 +141,16 @@ pub fn sign_receipt(identity: &Identity, receipt: &pb::Receipt) -> pb::SignedRec
 /// that this key is the worker it sent the task to and that the digest is its task's.
 pub fn verify_receipt(signed: &pb::SignedReceipt) -> Result<VerifiedReceipt, VerifyError> {
     check_signature_length("receipt", &signed.signature)?;
+    if signed.receipt.len() > crate::MAX_RECEIPT_BYTES {
+        return Err(VerifyError::malformed(
+            "receipt",
+            format!(
+                "{} bytes, at most {} allowed",
+                signed.receipt.len(),
+                crate::MAX_RECEIPT_BYTES
+            ),
+        ));
+    }
     // The key is inside the signed bytes, so decode first; nothing decoded is trusted until the
     // signature over the received bytes verifies below.
     let receipt = pb::Receipt::decode(signed.receipt.clone())
@@ -155,6 +165,21 @@ pub fn verify_receipt(signed: &pb::SignedReceipt) -> Result<VerifiedReceipt, Ver
             what: "receipt",
             signer: worker.short(),
         });
+    }
+    for (what, text) in [
+        ("receipt trap", &receipt.trap),
+        ("receipt runtime fingerprint", &receipt.runtime_fingerprint),
+    ] {
+        if text.len() > crate::MAX_RECEIPT_TEXT_BYTES {
+            return Err(VerifyError::malformed(
+                what,
+                format!(
+                    "{} bytes, at most {} allowed",
+                    text.len(),
+                    crate::MAX_RECEIPT_TEXT_BYTES
+                ),
+            ));
+        }
     }
     let hash = |what, bytes: &Bytes| {
         ContentHash::from_slice(bytes).map_err(|error| VerifyError::malformed(what, error))
@@ -258,6 +283,34 @@ mod tests {
         assert!(verify_receipt(&cross).unwrap_err().is_bad_signature());
         let signed = sign_receipt(&worker, &receipt);
         assert_eq!(verify_receipt(&signed).unwrap().worker, worker.public_key());
+    }
+
+    #[test]
+    fn a_receipt_over_its_size_or_text_caps_is_refused_though_signed() {
+        let worker = Identity::from_seed([4; 32]);
+        let receipt = |trap: String| pb::Receipt {
+            task_digest: Bytes::from_static(&[1; 32]),
+            worker_key: Bytes::copy_from_slice(&worker.public_key().to_bytes()),
+            runtime_fingerprint: "fp".into(),
+            trap,
+            stdout_hash: Bytes::from_static(&[2; 32]),
+            stderr_hash: Bytes::from_static(&[3; 32]),
+            ..Default::default()
+        };
+        let at_cap = sign_receipt(&worker, &receipt("t".repeat(crate::MAX_RECEIPT_TEXT_BYTES)));
+        assert!(verify_receipt(&at_cap).is_ok());
+        let over_text = sign_receipt(
+            &worker,
+            &receipt("t".repeat(crate::MAX_RECEIPT_TEXT_BYTES + 1)),
+        );
+        let error = verify_receipt(&over_text).unwrap_err().to_string();
+        assert!(
+            error.contains("trap") && error.contains("at most 1024"),
+            "{error}"
+        );
+        let huge = sign_receipt(&worker, &receipt("t".repeat(11 * 1024 * 1024)));
+        let error = verify_receipt(&huge).unwrap_err().to_string();
+        assert!(error.contains("at most 4096"), "{error}");
     }
 
     #[test]

@@ -33,8 +33,10 @@ pub enum Strategy {
     Refuse,
     /// Its first receipt answers every later task with another digest.
     ReplayOwn,
-    /// Each task runs on the honest worker at `from`, whose genuine receipt comes back.
+    /// Each task is forwarded to the worker at `from`, to answer with its genuine receipt.
     ReplayOther { from: String },
+    /// A receipt signed by hand with an 11 MiB trap message.
+    HugeTrap,
 }
 
 impl Strategy {
@@ -63,6 +65,7 @@ impl Strategy {
             Self::ReplayOther { from } => {
                 args.extend(["replay-other".into(), "--from".into(), from.clone()])
             }
+            Self::HugeTrap => args.push("huge-trap".into()),
         }
         args
     }

@@ -425,3 +425,66 @@ fn results_colluders_signed_before_they_were_caught_are_reopened_settled_again_a
         );
     }
 }
+
+/// A worker whose signed receipts carry an 11 MiB trap message (6 such receipts once grew a
+/// job's store to 671 MB): each is refused unread past `MAX_RECEIPT_BYTES` and recorded as a
+/// bad receipt with that reason, the worker is excluded from the job, every task is still right,
+/// and the store stays small.
+#[test]
+fn receipts_with_an_11_mib_field_are_refused_and_the_store_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let honest = honest_workers(dir.path(), &key, 2);
+    let bloated = rogues(dir.path(), &key, &Strategy::HugeTrap, (31, 1), None, false);
+    let mut addrs: Vec<&str> = honest.iter().map(|w| w.addr.as_str()).collect();
+    addrs.push(bloated[0].addr.as_str());
+    sweep(dir.path(), &key, ("bloat", "{i}000", 40), &addrs);
+    let state = dir.path().join("state");
+    let job_status = status(&state, Some("bloat"));
+    let refused: Vec<String> = job_status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|task| task["copies"].as_array().unwrap().clone())
+        .filter(|copy| copy["worker"] == bloated[0].key_hex.as_str())
+        .map(|copy| format!("{} {}", copy["kind"], copy["reason"]))
+        .collect();
+    assert!(!refused.is_empty(), "the bloated worker got no copy");
+    for copy in &refused {
+        assert!(
+            copy.contains("bad_receipt") && copy.contains("at most 4096"),
+            "{copy}"
+        );
+    }
+    let (_, reason) = excluded(&state, "bloat")
+        .into_iter()
+        .find(|(worker, _)| *worker == bloated[0].key_hex)
+        .expect("the bloated worker is excluded from the job");
+    assert!(reason.contains("at most 4096"), "{reason}");
+    let store_bytes: u64 = walk_bytes(&state);
+    println!(
+        "{} copies refused; store {} KiB",
+        refused.len(),
+        store_bytes / 1024
+    );
+    assert!(
+        store_bytes < 16 * 1024 * 1024,
+        "the store holds {store_bytes} bytes"
+    );
+}
+
+/// Bytes of the regular files under `dir`.
+fn walk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let metadata = entry.metadata().unwrap();
+            if metadata.is_dir() {
+                walk_bytes(&entry.path())
+            } else {
+                metadata.len()
+            }
+        })
+        .sum()
+}

@@ -312,7 +312,7 @@ impl WorkerService {
         match self.module(task.module_hash).await {
             Ok(module) => self.inner.sandbox.run(&module, task.spec).await,
             Err(reason) => Execution {
-                outcome: Outcome::InvalidModule(reason),
+                outcome: Outcome::InvalidModule(reason).capped(),
                 stdout: Default::default(),
                 stderr: Default::default(),
                 fuel_used: 0,

@@ -36,7 +36,10 @@
 //!   answered honestly.
 //! - `replay-other` (`--from ADDR`): every admitted task (and the blobs it needs) is sent to the
 //!   honest worker at ADDR, whose genuine receipt, signed by that worker's key, comes back as
-//!   this worker's answer. ADDR must trust the submitter.
+//!   this worker's answer. ADDR must trust the submitter. (Since the transport proves keys,
+//!   ADDR refuses it: the forwarder's connection does not prove the task's signer.)
+//! - `huge-trap`: every admitted task is answered with a receipt signed by hand whose trap
+//!   message is 11 MiB, which the worker library never signs (it caps its texts).
 //!
 //! `--claim-slots N`: `Info`, `Peers` and gossip announce N slots, all free, whatever the worker
 //! really has (`--cores`, default 1). `--gossip`/`--seed` join a membership like the worker's.
@@ -103,10 +106,11 @@ enum Strategy {
     Refuse,
     ReplayOwn,
     ReplayOther,
+    HugeTrap,
 }
 
 impl Strategy {
-    const ALL: [(&'static str, Strategy); 8] = [
+    const ALL: [(&'static str, Strategy); 9] = [
         ("honest", Self::Honest),
         ("lie", Self::Lie),
         ("lie-when-paired", Self::LieWhenPaired),
@@ -115,6 +119,7 @@ impl Strategy {
         ("refuse", Self::Refuse),
         ("replay-own", Self::ReplayOwn),
         ("replay-other", Self::ReplayOther),
+        ("huge-trap", Self::HugeTrap),
     ];
 
     fn parse(text: &str) -> Option<Self> {
@@ -428,6 +433,9 @@ struct Inner {
     dialer: Dialer,
 }
 
+/// The trap message `--strategy huge-trap` signs: 11 MiB, as in the report of issue 13.
+const HUGE_TRAP_BYTES: usize = 11 * 1024 * 1024;
+
 /// What an answer was, for the log line.
 type Kind = &'static str;
 
@@ -517,6 +525,31 @@ impl Rogue {
             Strategy::ReplayOther => {
                 let admitted = self.admit(&task)?;
                 self.forward(&admitted, task).await
+            }
+            Strategy::HugeTrap => {
+                // A receipt the worker library would never sign: an 11 MiB trap message,
+                // signed by hand with this worker's key.
+                let admitted = self.admit(&task)?;
+                let empty = ContentHash::of(b"");
+                let receipt = pb::Receipt {
+                    task_digest: admitted.digest.to_vec().into(),
+                    worker_key: inner.identity.public_key().to_bytes().to_vec().into(),
+                    runtime_fingerprint: inner.fingerprint.clone(),
+                    outcome: pb::Outcome::Trapped as i32,
+                    exit_code: 0,
+                    trap: format!("host: {}", "x".repeat(HUGE_TRAP_BYTES)),
+                    stdout_hash: empty.to_vec().into(),
+                    stderr_hash: empty.to_vec().into(),
+                    fuel_used: 1,
+                };
+                let signed = peergrid_proto::signing::sign_receipt(&inner.identity, &receipt);
+                Ok((
+                    pb::TaskResult {
+                        receipt: Some(signed),
+                        ..Default::default()
+                    },
+                    "huge-trap",
+                ))
             }
         }
     }

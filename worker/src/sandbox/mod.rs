@@ -37,7 +37,8 @@ use input_view::{HostIdentity, InputView};
 /// Bumped whenever a sandbox setting that can change a result changes (clocks, random streams,
 /// stack size, argv, `/input` metadata): peers with different versions must not be compared.
 /// v2: `/input` shows fixed metadata and sorted listings ([`input_view`]).
-const SANDBOX_VERSION: u32 = 2;
+/// v3: trap and invalid-module texts are capped ([`Outcome::capped`]).
+const SANDBOX_VERSION: u32 = 3;
 
 /// argv[0] of every task: the module's name on the submitter's disk must not change the output.
 pub const ARGV0: &str = "task";
@@ -76,6 +77,38 @@ pub enum TrapKind {
     BadConversionToInteger,
     /// A trap this version does not name, or a host function that failed.
     Other(String),
+}
+
+impl Outcome {
+    /// The outcome with its text (a host trap's message, why a module is invalid) cut to
+    /// `peergrid_proto::MAX_RECEIPT_TEXT_BYTES`, as every receipt carries it: the same cut on
+    /// every peer, so a long message never costs agreement, and receipts stay small.
+    pub fn capped(self) -> Self {
+        match self {
+            Outcome::InvalidModule(reason) => Outcome::InvalidModule(capped_text(reason)),
+            Outcome::Trapped(TrapKind::Other(message)) => {
+                Outcome::Trapped(TrapKind::Other(capped_text(message)))
+            }
+            other => other,
+        }
+    }
+}
+
+/// `text` cut at the last character boundary that leaves room for "…" within
+/// `peergrid_proto::MAX_RECEIPT_TEXT_BYTES`, with "…" appended; unchanged when it fits.
+fn capped_text(mut text: String) -> String {
+    const ELLIPSIS: &str = "…";
+    let max = peergrid_proto::MAX_RECEIPT_TEXT_BYTES;
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max - ELLIPSIS.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(ELLIPSIS);
+    text
 }
 
 impl TrapKind {
@@ -182,7 +215,7 @@ pub struct Execution {
 impl Execution {
     fn without_running(outcome: Outcome) -> Self {
         Self {
-            outcome,
+            outcome: outcome.capped(),
             stdout: Bytes::new(),
             stderr: Bytes::new(),
             fuel_used: 0,
@@ -544,7 +577,7 @@ impl Sandbox {
         };
         drop(scratch);
         Execution {
-            outcome,
+            outcome: outcome.capped(),
             stdout: stdout.contents(),
             stderr: stderr.contents(),
             fuel_used,
@@ -1004,5 +1037,34 @@ impl Drop for Executor {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_outcome_text_is_cut_the_same_way_everywhere_and_a_short_one_kept() {
+        let max = peergrid_proto::MAX_RECEIPT_TEXT_BYTES;
+        let short = Outcome::InvalidModule("bad magic".into());
+        assert_eq!(short.clone().capped(), short);
+        let exact = "é".repeat(max / 2);
+        assert_eq!(
+            Outcome::InvalidModule(exact.clone()).capped(),
+            Outcome::InvalidModule(exact)
+        );
+        let long = format!("host: {}", "é".repeat(11 * 1024 * 1024));
+        let Outcome::Trapped(TrapKind::Other(cut)) =
+            Outcome::Trapped(TrapKind::Other(long.clone())).capped()
+        else {
+            panic!("still a host trap");
+        };
+        assert!(cut.len() <= max && cut.len() > max - 8, "{}", cut.len());
+        assert!(cut.ends_with('…') && long.starts_with(cut.trim_end_matches('…')));
+        assert_eq!(
+            Outcome::Trapped(TrapKind::Other(long)).capped(),
+            Outcome::Trapped(TrapKind::Other(cut))
+        );
     }
 }
