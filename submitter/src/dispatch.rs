@@ -7,6 +7,7 @@
 //! ends, every copy it still held, sent or queued, is answered as lost, so no copy is forgotten.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use peergrid_proto::{ContentHash, pb};
@@ -49,6 +50,14 @@ pub enum Answer {
     Refused { code: Code, message: String },
 }
 
+/// Sleeps until `due`, or for ever when there is nothing due.
+async fn sleep_until_or_never(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What a connection tells the driver.
 #[derive(Debug)]
 pub enum Event {
@@ -63,12 +72,15 @@ pub enum Event {
 
 /// Starts the connection task for `worker`; copies are sent to it through the returned sender.
 /// `module` is uploaded (if missing) before the first copy.
+/// `task_timeout` is the tasks' wall-clock backstop, which bounds how long the worker may take to
+/// answer a copy (see [`Connection::deadline`]).
 pub fn spawn(
     worker: WorkerId,
     client: WorkerClient,
     module: (ContentHash, Bytes),
     blobs: BlobStore,
     events: mpsc::Sender<Event>,
+    task_timeout: Duration,
 ) -> mpsc::Sender<Dispatch> {
     let (sender, receiver) = mpsc::channel(limits::DISPATCH_QUEUE);
     let connection = Connection {
@@ -79,6 +91,7 @@ pub fn spawn(
         present: HashSet::new(),
         in_flight: HashMap::new(),
         next_request: 0,
+        task_timeout,
     };
     tokio::spawn(connection.run(module, receiver));
     sender
@@ -91,9 +104,20 @@ struct Connection {
     events: mpsc::Sender<Event>,
     /// Blobs the worker is known to hold.
     present: HashSet<ContentHash>,
-    /// Request id → (task, digest of the manifest sent, its blobs).
-    in_flight: HashMap<u64, (TaskIndex, ContentHash, Vec<ContentHash>)>,
+    /// Request id → the copy sent.
+    in_flight: HashMap<u64, InFlight>,
     next_request: u64,
+    task_timeout: Duration,
+}
+
+/// A copy sent and not answered yet.
+struct InFlight {
+    task: TaskIndex,
+    /// Digest of the manifest sent.
+    digest: ContentHash,
+    blobs: Vec<ContentHash>,
+    /// When the worker must have answered it (see [`Connection::deadline`]).
+    due: Instant,
 }
 
 impl Connection {
@@ -101,11 +125,7 @@ impl Connection {
         let reason = self.serve(module, &mut dispatches).await;
         debug!(worker = self.worker.0, %reason, "connection ends");
         // Nothing is left behind: sent copies and queued ones are answered as lost.
-        let held: Vec<TaskIndex> = self
-            .in_flight
-            .drain()
-            .map(|(_, (task, _, _))| task)
-            .collect();
+        let held: Vec<TaskIndex> = self.in_flight.drain().map(|(_, copy)| copy.task).collect();
         dispatches.close();
         let queued = std::iter::from_fn(|| dispatches.try_recv().ok()).map(|d| d.task);
         for task in held.into_iter().chain(queued.collect::<Vec<_>>()) {
@@ -136,7 +156,9 @@ impl Connection {
             Err(error) => return error.to_string(),
         };
         loop {
+            let next_due = self.in_flight.values().map(|copy| copy.due).min();
             tokio::select! {
+                () = sleep_until_or_never(next_due) => self.give_up_overdue().await,
                 dispatch = dispatches.recv() => {
                     let Some(dispatch) = dispatch else {
                         return "the job is done with this worker".to_owned();
@@ -184,8 +206,16 @@ impl Connection {
         }
         let request_id = self.next_request;
         self.next_request += 1;
-        self.in_flight
-            .insert(request_id, (dispatch.task, dispatch.digest, dispatch.blobs));
+        let due = Instant::now() + self.deadline(self.in_flight.len() + 1);
+        self.in_flight.insert(
+            request_id,
+            InFlight {
+                task: dispatch.task,
+                digest: dispatch.digest,
+                blobs: dispatch.blobs,
+                due,
+            },
+        );
         let request = pb::ExecuteRequest {
             request_id,
             task: Some(dispatch.signed),
@@ -194,6 +224,37 @@ impl Connection {
             .send(request)
             .await
             .map_err(|_| "the request stream closed".to_owned())
+    }
+
+    /// How long a copy sent while `held` copies (itself included) are at the worker may go
+    /// unanswered: an honest worker runs them `slots` at a time (as its `Info` says; the
+    /// scheduler never sends more than its room), each ending within the task timeout, so it
+    /// answers within ceil(held / slots) timeouts, plus [`limits::COPY_ANSWER_MARGIN`].
+    fn deadline(&self, held: usize) -> Duration {
+        let slots = self.client.info().slots.max(1) as usize;
+        let rounds = held.div_ceil(slots) as u32;
+        (self.task_timeout + limits::COPY_ANSWER_MARGIN) * rounds
+    }
+
+    /// Copies past their deadline are given up as if the worker had aborted them: reassigned,
+    /// and a strike against a worker that holds copies without answering.
+    async fn give_up_overdue(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, copy)| copy.due <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            let copy = self.in_flight.remove(&id).expect("listed above");
+            let reason = format!(
+                "no answer within its deadline (task timeout {:?} plus {:?} per round of the worker's slots)",
+                self.task_timeout,
+                limits::COPY_ANSWER_MARGIN
+            );
+            self.answer(copy.task, Answer::Aborted(reason)).await;
+        }
     }
 
     /// The input blobs to upload, from the job store.
@@ -212,7 +273,13 @@ impl Connection {
     }
 
     async fn receive(&mut self, response: pb::ExecuteResponse) {
-        let Some((task, digest, blobs)) = self.in_flight.remove(&response.request_id) else {
+        let Some(InFlight {
+            task,
+            digest,
+            blobs,
+            ..
+        }) = self.in_flight.remove(&response.request_id)
+        else {
             warn!(
                 worker = self.worker.0,
                 id = response.request_id,

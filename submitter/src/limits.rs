@@ -15,9 +15,15 @@ pub const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(3);
 
 /// How long a signed task stays valid. Copies sent later than `TASK_RESIGN_MARGIN` before expiry
 /// are signed again (a new manifest with a new expiry; the program, and so the result, is the
-/// same).
-pub const TASK_TTL: Duration = Duration::from_secs(6 * 60 * 60);
-pub const TASK_RESIGN_MARGIN: Duration = Duration::from_secs(30 * 60);
+/// same). Short, so that a captured task is worth little for long (a worker checks expiry when
+/// it admits a task, so a long task may run past it).
+pub const TASK_TTL: Duration = Duration::from_secs(20 * 60);
+pub const TASK_RESIGN_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// Added to the task timeout for each round of a worker's slots a copy may wait through, to
+/// make its answer deadline (transfer, queueing, signing). Past it the copy is given up as
+/// aborted: reassigned, and a strike against the worker.
+pub const COPY_ANSWER_MARGIN: Duration = Duration::from_secs(10);
 
 /// How often the submitter asks a seed for the grid's membership, to find new workers and
 /// reconnect to restarted ones.

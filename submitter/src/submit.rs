@@ -518,6 +518,7 @@ impl<'a> Session<'a> {
             self.module.clone(),
             self.store.blob_store(),
             self.events.0.clone(),
+            self.task_timeout(),
         );
         self.connections.insert(id, sender);
     }
@@ -691,6 +692,14 @@ impl<'a> Session<'a> {
     }
 
     /// The signed manifest of `task`, signed again when close to expiry.
+    /// The tasks' wall-clock backstop: the job's, or the worker's default when it sets none.
+    fn task_timeout(&self) -> Duration {
+        match self.job.timeout_ms {
+            0 => peergrid_worker::limits::DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
     fn signed_task(&mut self, task: TaskIndex) -> Result<SignedCopy, SubmitError> {
         let now_s = unix_now_s();
         if let Some(copy) = self.signed.get(&task) {

@@ -37,6 +37,8 @@ pub enum Strategy {
     ReplayOther { from: String },
     /// A receipt signed by hand with an 11 MiB trap message.
     HugeTrap,
+    /// Every task held, never answered.
+    Silent,
 }
 
 impl Strategy {
@@ -66,6 +68,7 @@ impl Strategy {
                 args.extend(["replay-other".into(), "--from".into(), from.clone()])
             }
             Self::HugeTrap => args.push("huge-trap".into()),
+            Self::Silent => args.push("silent".into()),
         }
         args
     }

@@ -488,3 +488,43 @@ fn walk_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// A worker that takes copies and never answers, on a connection that stays alive, holds each
+/// only until its deadline (the task timeout plus `COPY_ANSWER_MARGIN` per round of its slots):
+/// then the copy is given up as aborted and goes elsewhere, and every task is still right.
+#[test]
+fn copies_held_without_an_answer_are_given_up_at_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let honest = honest_workers(dir.path(), &key, 2);
+    let silent = rogues(dir.path(), &key, &Strategy::Silent, (33, 1), None, false);
+    let mut addrs: Vec<&str> = honest.iter().map(|w| w.addr.as_str()).collect();
+    addrs.push(silent[0].addr.as_str());
+    let job = strict_sweep_of(dir.path(), "silence", "{i}000", 20);
+    // A 2 s backstop: a deadline of 12 s per round of the silent worker's slots.
+    let body = std::fs::read_to_string(&job).unwrap();
+    assert!(body.contains("timeout_s = 120"), "{body}");
+    std::fs::write(&job, body.replace("timeout_s = 120", "timeout_s = 2")).unwrap();
+    let started = std::time::Instant::now();
+    let output = submit(dir.path(), &job, &key, &addrs, &[], &dir.path().join("out"));
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    let lines = check_against_local(&dir.path().join("out"), &job.with_file_name("pi.wasm"));
+    assert_eq!(lines.len(), 20);
+    let held: Vec<String> = status(&dir.path().join("state"), Some("silence"))["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|task| task["copies"].as_array().unwrap().clone())
+        .filter(|copy| copy["worker"] == silent[0].key_hex.as_str())
+        .map(|copy| format!("{} {}", copy["kind"], copy["reason"]))
+        .collect();
+    println!(
+        "{} copies held by the silent worker; job took {:?}",
+        held.len(),
+        started.elapsed()
+    );
+    assert!(!held.is_empty(), "the silent worker got no copy");
+    for copy in &held {
+        assert!(copy.contains("no answer within its deadline"), "{copy}");
+    }
+}

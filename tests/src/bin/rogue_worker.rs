@@ -38,6 +38,7 @@
 //!   honest worker at ADDR, whose genuine receipt, signed by that worker's key, comes back as
 //!   this worker's answer. ADDR must trust the submitter. (Since the transport proves keys,
 //!   ADDR refuses it: the forwarder's connection does not prove the task's signer.)
+//! - `silent`: every admitted task is held without an answer, for ever, on a live connection.
 //! - `huge-trap`: every admitted task is answered with a receipt signed by hand whose trap
 //!   message is 11 MiB, which the worker library never signs (it caps its texts).
 //!
@@ -107,10 +108,11 @@ enum Strategy {
     ReplayOwn,
     ReplayOther,
     HugeTrap,
+    Silent,
 }
 
 impl Strategy {
-    const ALL: [(&'static str, Strategy); 9] = [
+    const ALL: [(&'static str, Strategy); 10] = [
         ("honest", Self::Honest),
         ("lie", Self::Lie),
         ("lie-when-paired", Self::LieWhenPaired),
@@ -120,6 +122,7 @@ impl Strategy {
         ("replay-own", Self::ReplayOwn),
         ("replay-other", Self::ReplayOther),
         ("huge-trap", Self::HugeTrap),
+        ("silent", Self::Silent),
     ];
 
     fn parse(text: &str) -> Option<Self> {
@@ -525,6 +528,11 @@ impl Rogue {
             Strategy::ReplayOther => {
                 let admitted = self.admit(&task)?;
                 self.forward(&admitted, task).await
+            }
+            Strategy::Silent => {
+                // Takes the copy and never answers, on a connection that stays alive.
+                self.admit(&task)?;
+                std::future::pending().await
             }
             Strategy::HugeTrap => {
                 // A receipt the worker library would never sign: an 11 MiB trap message,
