@@ -349,6 +349,27 @@ pub fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> b
     }
 }
 
+/// `peergrid peers --seed ADDR --key KEY --json --state STATE`, parsed: the view with the
+/// reputation the jobs in `state` gave each peer.
+pub fn peers_with_reputation(
+    grpc_addr: &str,
+    key: &KeyPair,
+    state: &Path,
+) -> Vec<serde_json::Value> {
+    let output = peergrid([
+        "peers".as_ref(),
+        "--seed".as_ref(),
+        grpc_addr.as_ref(),
+        "--key".as_ref(),
+        key.path.as_os_str(),
+        "--json".as_ref(),
+        "--state".as_ref(),
+        state.as_os_str(),
+    ]);
+    assert_eq!(output.code, Some(0), "peers failed: {}", output.stderr);
+    serde_json::from_slice(&output.stdout).expect("peers --json prints a JSON array")
+}
+
 /// `peergrid peers --seed ADDR --key KEY --json`, parsed.
 pub fn peers(grpc_addr: &str, key: &KeyPair) -> Vec<serde_json::Value> {
     let key_path = key.path.to_str().expect("a UTF-8 temporary path");

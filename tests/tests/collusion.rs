@@ -125,6 +125,18 @@ fn sweep(
     (output, lines)
 }
 
+/// The copies of `job` that went to `worker`, as "KIND REASON" (task order).
+fn copies_of(state: &Path, job: &str, worker: &str) -> Vec<String> {
+    status(state, Some(job))["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|task| task["copies"].as_array().unwrap().clone())
+        .filter(|copy| copy["worker"] == worker)
+        .map(|copy| format!("{} {}", copy["kind"], copy["reason"]))
+        .collect()
+}
+
 /// The keys `status` lists as excluded from `job`, with their reasons.
 fn excluded(state: &Path, job: &str) -> Vec<(String, String)> {
     status(state, Some(job))["excluded"]
@@ -440,15 +452,7 @@ fn receipts_with_an_11_mib_field_are_refused_and_the_store_stays_small() {
     addrs.push(bloated[0].addr.as_str());
     sweep(dir.path(), &key, ("bloat", "{i}000", 40), &addrs);
     let state = dir.path().join("state");
-    let job_status = status(&state, Some("bloat"));
-    let refused: Vec<String> = job_status["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|task| task["copies"].as_array().unwrap().clone())
-        .filter(|copy| copy["worker"] == bloated[0].key_hex.as_str())
-        .map(|copy| format!("{} {}", copy["kind"], copy["reason"]))
-        .collect();
+    let refused = copies_of(&state, "bloat", &bloated[0].key_hex);
     assert!(!refused.is_empty(), "the bloated worker got no copy");
     for copy in &refused {
         assert!(
@@ -510,14 +514,7 @@ fn copies_held_without_an_answer_are_given_up_at_their_deadline() {
     assert_eq!(output.code, Some(0), "{}", output.stderr);
     let lines = check_against_local(&dir.path().join("out"), &job.with_file_name("pi.wasm"));
     assert_eq!(lines.len(), 20);
-    let held: Vec<String> = status(&dir.path().join("state"), Some("silence"))["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|task| task["copies"].as_array().unwrap().clone())
-        .filter(|copy| copy["worker"] == silent[0].key_hex.as_str())
-        .map(|copy| format!("{} {}", copy["kind"], copy["reason"]))
-        .collect();
+    let held = copies_of(&dir.path().join("state"), "silence", &silent[0].key_hex);
     println!(
         "{} copies held by the silent worker; job took {:?}",
         held.len(),

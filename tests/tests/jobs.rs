@@ -8,8 +8,8 @@ use std::path::Path;
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, grid, submit_args, sweep_job};
 use peergrid_e2e::{
-    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, accepted_so_far, peergrid, results_lines,
-    status, wait_until, write_job,
+    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, accepted_so_far, peergrid,
+    peers_with_reputation, results_lines, status, wait_until, write_job,
 };
 
 #[test]
@@ -114,18 +114,7 @@ fn a_lying_worker_is_outvoted_excluded_and_ranked_down() {
         .collect();
     assert_eq!(excluded, vec![liar.as_str()]);
     // …and ranked below every honest worker afterwards.
-    let peers = peergrid([
-        "peers".as_ref(),
-        "--seed".as_ref(),
-        workers[0].addr.as_ref(),
-        "--key".as_ref(),
-        key.path.as_os_str(),
-        "--json".as_ref(),
-        "--state".as_ref(),
-        state.as_os_str(),
-    ]);
-    assert_eq!(peers.code, Some(0), "{}", peers.stderr);
-    let peers: Vec<serde_json::Value> = serde_json::from_slice(&peers.stdout).unwrap();
+    let peers = peers_with_reputation(&workers[0].addr, &key, &state);
     let score = |key: &str| {
         peers
             .iter()

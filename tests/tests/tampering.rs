@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, grid, submit_args, sweep_job};
 use peergrid_e2e::{
-    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, exec, guest, peergrid, status, write_job,
+    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, exec, guest, peers_with_reputation,
+    status, write_job,
 };
 
 /// How long the proxy may take to print its ready line.
@@ -210,18 +211,7 @@ fn an_altering_proxy_gets_no_changed_byte_past_either_side_and_no_honest_worker_
         (&proxied, proxy.addr.as_str()),
     ];
     for (worker, addr) in dialed {
-        let peers = peergrid([
-            "peers".as_ref(),
-            "--seed".as_ref(),
-            addr.as_ref(),
-            "--key".as_ref(),
-            key.path.as_os_str(),
-            "--json".as_ref(),
-            "--state".as_ref(),
-            state.as_os_str(),
-        ]);
-        assert_eq!(peers.code, Some(0), "{}", peers.stderr);
-        let peers: Vec<serde_json::Value> = serde_json::from_slice(&peers.stdout).unwrap();
+        let peers = peers_with_reputation(addr, &key, &state);
         let row = &peers[0];
         assert_eq!(row["peer"], worker.key_hex.as_str(), "{row}");
         let reputation = &row["reputation"];
