@@ -36,10 +36,13 @@ pub const REFUSED_CALLER_CODE: u64 = 1;
 /// Most bidirectional streams (HTTP/2 connections) a peer may have open on one QUIC connection
 /// to a worker; a client opens one per channel. Reached: QUIC flow control makes the peer wait.
 pub const MAX_STREAMS_PER_QUIC_CONNECTION: u32 = 4;
-/// A QUIC connection that hears nothing (not even a keepalive) for this long is closed.
-pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often an otherwise idle connection sends a QUIC keepalive.
-pub const QUIC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A QUIC connection that hears nothing (not even a keepalive) for this long is closed. This is
+/// how a peer that died without a word (`kill -9`, a laptop asleep) is noticed, since QUIC has
+/// no reset like TCP's: its copies are reassigned after at most this long. Five keepalives fit
+/// in it, so a lossy path is not taken for a dead one.
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an otherwise idle connection sends a QUIC keepalive (a few bytes).
+pub const QUIC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long dialing a peer (QUIC and TLS handshake) may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
