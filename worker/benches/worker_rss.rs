@@ -97,9 +97,22 @@ fn main() {
 /// Uploads `hello` and runs it `tasks` times over one pipelined stream; every answer must be a
 /// successful result. Returns the time the stream took.
 async fn drive(addr: &str, tasks: u64) -> Duration {
-    let mut client = pb::worker_client::WorkerClient::connect(format!("http://{addr}"))
+    use peergrid_proto::transport::{self, ConnectionWatch, PeerAddr};
+    // The caller's connection must prove the key its tasks are signed with.
+    let identity = Identity::generate();
+    let endpoint = transport::bind_endpoint(&identity, "127.0.0.1:0".parse().unwrap(), Vec::new())
         .await
-        .expect("worker accepts connections");
+        .expect("a loopback endpoint binds");
+    let peer: PeerAddr = addr.parse().expect("the ready line gives KEY@IP:PORT");
+    let channel = transport::grpc_channel(
+        &endpoint,
+        &peer,
+        |endpoint| endpoint,
+        &ConnectionWatch::default(),
+    )
+    .await
+    .expect("worker accepts connections");
+    let mut client = pb::worker_client::WorkerClient::new(channel);
     let wasm = peergrid_tasks::wasm_bytes("hello");
     let hash = ContentHash::of(&wasm);
     let chunk = pb::BlobChunk {
@@ -111,7 +124,6 @@ async fn drive(addr: &str, tasks: u64) -> Duration {
         .put_blob(tokio_stream::iter([chunk]))
         .await
         .expect("upload");
-    let identity = Identity::generate();
     let program = pb::Program {
         module_hash: hash.to_vec().into(),
         ..Default::default()
@@ -170,7 +182,9 @@ async fn drive(addr: &str, tasks: u64) -> Duration {
     }
     drop(sender);
     assert_eq!(ok, tasks);
-    started.elapsed()
+    let took = started.elapsed();
+    endpoint.close().await;
+    took
 }
 
 /// Tasks sent ahead of their answers.
