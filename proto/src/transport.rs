@@ -90,7 +90,8 @@ impl fmt::Display for PeerAddr {
 }
 
 impl PeerAddr {
-    fn endpoint_addr(&self) -> EndpointAddr {
+    /// Where iroh dials: this key, at this address only.
+    pub fn endpoint_addr(&self) -> EndpointAddr {
         EndpointAddr::from_parts(endpoint_id(&self.key), [TransportAddr::Ip(self.addr)])
     }
 }

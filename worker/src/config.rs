@@ -23,8 +23,9 @@ pub struct Settings {
     pub idle_only: Option<bool>,
     pub busy_threshold: Option<f32>,
     pub sample_interval_ms: Option<u64>,
-    pub gossip: Option<SocketAddr>,
-    pub seeds: Option<Vec<SocketAddr>>,
+    pub gossip: Option<bool>,
+    /// Each `KEY@IP:PORT`.
+    pub seeds: Option<Vec<String>>,
     pub advertise: Option<std::net::IpAddr>,
     pub owner_load_file: Option<PathBuf>,
     pub lie_rate: Option<f64>,
@@ -46,6 +47,8 @@ pub enum ConfigError {
     NoDataDir,
     #[error("trust key {key:?}: {reason}")]
     BadTrustKey { key: String, reason: String },
+    #[error("seed: {0}")]
+    BadSeed(#[from] peergrid_proto::transport::PeerAddrError),
     #[error("{setting} = {value} is out of range: {expected}")]
     OutOfRange {
         setting: &'static str,
@@ -147,8 +150,10 @@ impl Settings {
             }
             policy.sample_interval = Duration::from_millis(interval);
         }
-        options.gossip = self.gossip;
-        options.seeds = self.seeds.unwrap_or_default();
+        options.gossip = self.gossip.unwrap_or(false);
+        for seed in self.seeds.unwrap_or_default() {
+            options.seeds.push(seed.parse()?);
+        }
         options.advertise = self.advertise;
         if let Some(rate) = self.lie_rate {
             if !(0.0..=1.0).contains(&rate) {

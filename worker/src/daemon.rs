@@ -19,7 +19,7 @@ pub mod request_guard;
 use crate::admission::TrustPolicy;
 use crate::blobs::BlobStore;
 use crate::limits;
-use crate::membership::{Gossip, MembershipConfig, PeerIdentity};
+use crate::membership::{GOSSIP_ALPN, Gossip, MembershipConfig, PeerIdentity};
 use crate::policy::{self, DonorPolicy, DonorState, FileLoad, LoadSource, SysinfoLoad};
 use crate::sandbox::{MODULE_CACHE_KEY_CONTEXT, ModuleCacheDir, Sandbox, SandboxOptions};
 use crate::service::WorkerService;
@@ -36,12 +36,13 @@ pub struct WorkerOptions {
     /// Run tasks signed by any key, not only those in `trust` (`--trust-any-key`).
     pub trust_any_key: bool,
     pub policy: DonorPolicy,
-    /// UDP address to gossip on; `None` runs the worker alone (reachable by address only).
-    pub gossip: Option<SocketAddr>,
-    /// Gossip addresses of workers to join through.
-    pub seeds: Vec<SocketAddr>,
+    /// Take part in the membership (gossip rides the worker's endpoint); without it, and
+    /// without seeds, the worker runs alone (reachable by address only).
+    pub gossip: bool,
+    /// Workers to join through, each as `KEY@IP:PORT`.
+    pub seeds: Vec<PeerAddr>,
     /// The IP peers reach this worker at, when it listens on an unspecified address (0.0.0.0 or
-    /// ::); the ports are the bound ones.
+    /// ::); the port is the bound one.
     pub advertise: Option<std::net::IpAddr>,
     pub membership: MembershipConfig,
     /// Where the owner's load is read from.
@@ -76,7 +77,7 @@ impl WorkerOptions {
                 busy_threshold_pct: 50.0,
                 sample_interval: std::time::Duration::from_secs(1),
             },
-            gossip: None,
+            gossip: false,
             seeds: Vec::new(),
             advertise: None,
             membership: MembershipConfig::default(),
@@ -104,11 +105,8 @@ pub enum StartError {
     Sandbox(String),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("cannot gossip on {addr}: {source}")]
-    Gossip {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("cannot sign this worker's member record: {0}")]
+    Record(#[from] crate::membership::identity::RecordError),
     #[error("cannot read the machine's load: {0}")]
     Load(String),
     #[error(
@@ -127,7 +125,8 @@ pub struct Worker {
     pub addr: SocketAddr,
     /// How peers dial this worker: its key and its (advertised) address.
     pub peer_addr: PeerAddr,
-    pub gossip_addr: Option<SocketAddr>,
+    /// Whether it takes part in the membership.
+    pub gossips: bool,
     pub public_key: PublicKey,
     pub fingerprint: String,
 }
@@ -157,7 +156,8 @@ impl Worker {
         )
         .map_err(|error| StartError::Sandbox(error.0))?;
         let endpoint =
-            transport::bind_endpoint(&identity, options.listen, vec![GRPC_ALPN.to_vec()]).await?;
+            transport::bind_endpoint(&identity, options.listen, vec![GRPC_ALPN.to_vec(), GOSSIP_ALPN.to_vec()])
+                .await?;
         let addr = transport::bound_addr(&endpoint).unwrap_or(options.listen);
         let public_key = identity.public_key();
         let fingerprint = sandbox.fingerprint().to_owned();
@@ -191,66 +191,46 @@ impl Worker {
             };
             policy::spawn_sampler(options.policy.clone(), source, donor, stopped.clone());
         }
-        let gossip_addr = match options.gossip {
-            None => None,
-            Some(bind) => {
-                let advertised = |bound: SocketAddr| -> Result<SocketAddr, StartError> {
-                    match options.advertise {
-                        Some(ip) => Ok(SocketAddr::new(ip, bound.port())),
-                        None if bound.ip().is_unspecified() => {
-                            Err(StartError::NoAdvertise { addr: bound })
-                        }
-                        None => Ok(bound),
-                    }
-                };
-                let grpc_addr = advertised(addr)?;
-                if options.advertise.is_none() && bind.ip().is_unspecified() {
-                    return Err(StartError::NoAdvertise { addr: bind });
-                }
-                let advertise = options.advertise;
-                let me = PeerIdentity {
-                    gossip_addr: bind,
-                    grpc_addr,
-                    worker_key: public_key.to_bytes(),
-                    fingerprint: fingerprint.clone(),
-                    cores,
-                    incarnation: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(1, |now| now.as_millis() as u64),
-                };
-                let slots = service.clone();
-                let gossip = Gossip::start(
-                    bind,
-                    move |local: SocketAddr| PeerIdentity {
-                        gossip_addr: advertise
-                            .map_or(local, |ip| SocketAddr::new(ip, local.port())),
-                        ..me
-                    },
-                    options.membership.clone(),
-                    options.seeds.clone(),
-                    move || slots.free_slots(),
-                    stopped,
-                )
-                .await
-                .map_err(|source| StartError::Gossip { addr: bind, source })?;
-                let local = gossip.local_addr;
-                service.set_gossip(gossip);
-                Some(local)
-            }
-        };
         let peer_addr = PeerAddr {
             key: public_key,
-            addr: options
-                .advertise
-                .map_or(addr, |ip| SocketAddr::new(ip, addr.port())),
+            addr: match options.advertise {
+                Some(ip) => SocketAddr::new(ip, addr.port()),
+                None => addr,
+            },
         };
+        let gossips = options.gossip || !options.seeds.is_empty();
+        if gossips {
+            if peer_addr.addr.ip().is_unspecified() {
+                return Err(StartError::NoAdvertise { addr });
+            }
+            let me = PeerIdentity::signed(
+                &service.identity(),
+                peer_addr.addr,
+                fingerprint.clone(),
+                cores,
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(1, |now| now.as_millis() as u64),
+            )?;
+            let slots = service.clone();
+            let gossip = Gossip::start(
+                endpoint.clone(),
+                me,
+                service.identity(),
+                options.membership.clone(),
+                options.seeds.clone(),
+                move || slots.free_slots(),
+                stopped,
+            );
+            service.set_gossip(gossip);
+        }
         Ok(Self {
             endpoint,
             service,
             stop,
             addr,
             peer_addr,
-            gossip_addr,
+            gossips,
             public_key,
             fingerprint,
         })
@@ -277,6 +257,7 @@ impl Worker {
             self.endpoint.clone(),
             ConnectionLimits::standard(),
             admission(trust),
+            gossip.clone(),
         );
         grpc_server()
             .add_service(guards.wrap(health_service))

@@ -58,14 +58,15 @@ struct Args {
     /// How often the load is sampled, in milliseconds [default: 1000].
     #[arg(long)]
     sample_interval_ms: Option<u64>,
-    /// UDP address to gossip on (port 0 picks a free port). Without it the worker runs alone.
-    #[arg(long, value_name = "ADDR")]
-    gossip: Option<SocketAddr>,
-    /// Gossip address of a worker to join through. Repeat for several.
-    #[arg(long = "seed", value_name = "ADDR")]
-    seeds: Vec<SocketAddr>,
-    /// IP address other machines reach this worker at; needed when --listen or --gossip is
-    /// 0.0.0.0 or :: (the bound ports are kept).
+    /// Take part in the grid's membership (gossip, over the --listen endpoint). Implied by
+    /// --seed. Without either the worker runs alone, reachable by its address only.
+    #[arg(long)]
+    gossip: bool,
+    /// A worker to join through, as KEY@IP:PORT (what it prints when ready). Repeat for several.
+    #[arg(long = "seed", value_name = "KEY@IP:PORT")]
+    seeds: Vec<peergrid_proto::transport::PeerAddr>,
+    /// IP address other machines reach this worker at; needed when --listen is 0.0.0.0 or ::
+    /// and the worker gossips (the bound port is kept).
     #[arg(long, value_name = "IP")]
     advertise: Option<std::net::IpAddr>,
     /// Testing aid: read the owner's CPU use (a percentage) from this file instead of sampling
@@ -98,8 +99,9 @@ impl Args {
             idle_only: self.idle_only.then_some(true),
             busy_threshold: self.busy_threshold,
             sample_interval_ms: self.sample_interval_ms,
-            gossip: self.gossip,
-            seeds: (!self.seeds.is_empty()).then_some(self.seeds),
+            gossip: self.gossip.then_some(true),
+            seeds: (!self.seeds.is_empty())
+                .then(|| self.seeds.iter().map(ToString::to_string).collect()),
             advertise: self.advertise,
             owner_load_file: self.owner_load_file,
             lie_rate: self.lie_rate,
@@ -154,9 +156,7 @@ async fn run(options: peergrid_worker::daemon::WorkerOptions) -> ExitCode {
         }
     };
     // One line on stdout when ready: scripts and tests wait for it instead of sleeping.
-    let gossip = worker
-        .gossip_addr
-        .map_or("off".to_owned(), |addr| addr.to_string());
+    let gossip = if worker.gossips { "on" } else { "off" };
     println!(
         "peergrid-worker ready: listening on {} key {} runtime {} slots {cores} gossip {gossip}",
         worker.peer_addr, worker.public_key, worker.fingerprint

@@ -27,7 +27,7 @@ pub struct WorkerService {
 }
 
 struct Inner {
-    identity: Identity,
+    identity: Arc<Identity>,
     sandbox: Sandbox,
     blobs: BlobStore,
     trust: TrustPolicy,
@@ -65,7 +65,7 @@ impl WorkerService {
         let memory_mib_total = (policy.memory_bytes / MIB).clamp(1, Semaphore::MAX_PERMITS as u64);
         Self {
             inner: Arc::new(Inner {
-                identity,
+                identity: Arc::new(identity),
                 sandbox,
                 blobs,
                 trust,
@@ -123,6 +123,11 @@ impl WorkerService {
     /// Whose tasks this worker runs; also who may connect to it.
     pub fn trust(&self) -> &TrustPolicy {
         &self.inner.trust
+    }
+
+    /// The worker's signing key (it also signs its member record).
+    pub fn identity(&self) -> Arc<Identity> {
+        self.inner.identity.clone()
     }
 
     pub fn gossip(&self) -> Option<&Gossip> {
@@ -477,8 +482,7 @@ impl pb::worker_server::Worker for WorkerService {
                     let identity = &peer.view.identity;
                     pb::PeerInfo {
                         worker_key: identity.worker_key.to_vec().into(),
-                        grpc_addr: identity.grpc_addr.to_string(),
-                        gossip_addr: identity.gossip_addr.to_string(),
+                        grpc_addr: identity.addr.to_string(),
                         cores: identity.cores,
                         free_slots: if peer.view.is_self {
                             Some(self.free_slots())
@@ -501,7 +505,6 @@ impl pb::worker_server::Worker for WorkerService {
             None => vec![pb::PeerInfo {
                 worker_key: self.inner.identity.public_key().to_bytes().to_vec().into(),
                 grpc_addr: String::new(),
-                gossip_addr: String::new(),
                 cores: self.inner.slot_count,
                 free_slots: Some(self.free_slots()),
                 runtime_fingerprint: self.inner.sandbox.fingerprint().to_owned(),

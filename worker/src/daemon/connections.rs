@@ -3,7 +3,9 @@
 //! - at most [`limits::MAX_CONNECTIONS`] at once and [`limits::MAX_CONNECTIONS_PER_IP`] from
 //!   one address: a connection over a cap is refused before its handshake costs anything;
 //! - the TLS handshake must end within [`limits::HANDSHAKE_TIMEOUT`];
-//! - a caller whose proven key the worker's [`Admission`] refuses is closed right after the
+//! - a connection with the gossip ALPN goes to the membership driver, which bounds it (any key
+//!   may gossip: membership is open, and gossip cannot make the worker run anything);
+//! - a gRPC caller whose proven key the worker's [`Admission`] refuses is closed right after the
 //!   handshake, before it can open a stream, upload, queue or hold anything;
 //! - each stream (one HTTP/2 connection) must send the HTTP/2 preface within
 //!   [`limits::HANDSHAKE_TIMEOUT`], and a connection has at most
@@ -31,6 +33,7 @@ use tonic::transport::server::Connected;
 use tracing::debug;
 
 use crate::limits;
+use crate::membership::{GOSSIP_ALPN, Gossip};
 
 /// Which callers may hold a connection: the worker's trust policy (ARCHITECTURE.md,
 /// "Transport").
@@ -40,6 +43,9 @@ pub use peergrid_proto::transport::REFUSED_CALLER_CODE;
 /// The reason a refused caller's connection is closed with.
 pub const REFUSED_CALLER_REASON: &[u8] =
     b"peergrid: this worker does not run tasks signed by your key";
+/// The code and reason a gossip connection to a worker that does not gossip is closed with.
+pub const NO_GOSSIP_CODE: u64 = 3;
+pub const NO_GOSSIP_REASON: &[u8] = b"peergrid: this worker does not gossip";
 /// The code and reason a connection left without a stream is closed with.
 pub const IDLE_CODE: u32 = 2;
 pub const IDLE_REASON: &[u8] = b"peergrid: no stream opened";
@@ -50,9 +56,10 @@ pub fn incoming(
     endpoint: Endpoint,
     limits: Arc<ConnectionLimits>,
     admission: Admission,
+    gossip: Option<Gossip>,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (streams, incoming) = mpsc::channel(1);
-    tokio::spawn(accept_loop(endpoint, limits, admission, streams));
+    tokio::spawn(accept_loop(endpoint, limits, admission, gossip, streams));
     ReceiverStream::new(incoming)
 }
 
@@ -60,6 +67,7 @@ async fn accept_loop(
     endpoint: Endpoint,
     limits: Arc<ConnectionLimits>,
     admission: Admission,
+    gossip: Option<Gossip>,
     streams: mpsc::Sender<io::Result<Connection>>,
 ) {
     loop {
@@ -90,6 +98,7 @@ async fn accept_loop(
         };
         let admission = admission.clone();
         let streams = streams.clone();
+        let gossip = gossip.clone();
         tokio::spawn(async move {
             let handshake = async { incoming.accept().ok()?.await.ok() };
             let connection = match tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake).await
@@ -101,6 +110,16 @@ async fn accept_loop(
                     return;
                 }
             };
+            if connection.alpn() == GOSSIP_ALPN {
+                match gossip {
+                    Some(gossip) => gossip.accept(connection, ip, slot),
+                    None => connection.close(
+                        VarInt::from_u64(NO_GOSSIP_CODE).expect("a small code"),
+                        NO_GOSSIP_REASON,
+                    ),
+                }
+                return;
+            }
             let caller = public_key(&connection.remote_id());
             if !admission(&caller) {
                 debug!(%ip, caller = %caller.short(), "caller refused: key not admitted");

@@ -1,14 +1,24 @@
-//! The membership protocol core: foca's SWIM with peergrid's identities and slot news, as a state
-//! machine with no I/O and no clock. Feed it packets and timer events with the current time; take
-//! the packets to send and the timers to set from [`Membership::drain`]. The UDP driver
-//! (`net.rs`) and the simulation (`sim.rs`) are the only two things that move bytes.
+//! The membership protocol core: foca's SWIM with peergrid's signed member records and slot
+//! news, as a state machine with no I/O and no clock. Feed it packets (with the key their
+//! connection proved) and timer events with the current time; take the packets to send and the
+//! timers to set from [`Membership::drain`]. The QUIC driver (`net.rs`) and the simulation
+//! (`sim.rs`) are the only two things that move bytes.
+//!
+//! Every packet is screened before foca sees it ([`Membership::handle_packet`]; ARCHITECTURE.md,
+//! "Membership"): its sender must be the key its connection proved, every record in it must be
+//! signed by the key it names, nobody but a member itself may declare it down, and new members
+//! enter the table at a bounded rate, up to a bounded size.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU8, NonZeroUsize};
+use std::sync::Arc;
 use std::time::Duration;
 
-use foca::{Foca, Notification, PostcardCodec, Timer};
+use bytes::{Buf, BufMut};
+use foca::{Codec, Foca, Member, Message, Notification, PostcardCodec, State, Timer};
+use peergrid_proto::Identity;
+use peergrid_proto::transport::PeerAddr;
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 
@@ -42,6 +52,19 @@ pub struct MembershipConfig {
     /// While a member knows nobody (its announcement or the reply was lost, or no seed is up
     /// yet), it announces to its seeds again this often.
     pub join_retry: Duration,
+    /// Most members (alive, suspect or down) the table holds. Reached: records of new members
+    /// are dropped until down ones are forgotten.
+    pub max_members: usize,
+    /// Most members whose record names one IP address. Reached: further records naming it are
+    /// dropped. Bounds what a flood of self-signed records can point at one victim.
+    pub max_members_per_ip: usize,
+    /// New members the packets from one source IP may bring into the table, per second, with
+    /// bursts of `introductions_burst`. Reached: records of further new members are dropped.
+    pub introductions_per_second: u32,
+    pub introductions_burst: u32,
+    /// This member takes a new incarnation at most this often when told it is down. Bounds the
+    /// churn a hostile member can cause by sending `TurnUndead`.
+    pub renew_min_interval: Duration,
 }
 
 impl Default for MembershipConfig {
@@ -55,8 +78,13 @@ impl Default for MembershipConfig {
             max_transmissions: 6,
             periodic_announce: Duration::from_secs(5),
             slot_news_min_interval: Duration::from_millis(500),
-            remove_down_after: Duration::from_secs(24 * 60 * 60),
+            remove_down_after: Duration::from_secs(10 * 60),
             join_retry: Duration::from_secs(1),
+            max_members: 16_384,
+            max_members_per_ip: 64,
+            introductions_per_second: 100,
+            introductions_burst: 1_000,
+            renew_min_interval: Duration::from_secs(10),
         }
     }
 }
@@ -121,9 +149,13 @@ impl MembershipConfig {
     }
 }
 
-/// Largest gossip datagram, in bytes: fits an Ethernet MTU with room for IP and UDP headers.
-/// Larger packets are dropped unread.
-pub const MAX_PACKET_BYTES: usize = 1400;
+/// Largest gossip datagram, in bytes: fits a QUIC datagram on a path with the 1,200-byte minimum
+/// MTU every QUIC path has. Larger packets are dropped unread.
+pub const MAX_PACKET_BYTES: usize = 1100;
+
+/// How often the index of known members is rebuilt from foca's table (foca does not report
+/// the down members it forgets).
+const REINDEX_EVERY_MS: u64 = 30_000;
 
 fn log10_at_least_1(members: usize) -> f64 {
     (members as f64).log10().max(1.0)
@@ -140,13 +172,34 @@ pub enum TimerEvent {
     FlushSlots,
     /// Announce to the seeds again if this member still knows nobody.
     RetryJoin,
+    /// Take the new incarnation held back by `renew_min_interval`.
+    Renew,
 }
 
 /// What the core asks its driver to do.
 #[derive(Debug, Default)]
 pub struct Effects {
-    pub sends: Vec<(SocketAddr, Vec<u8>)>,
+    /// Packets to send: to the member with this key, dialed at this address unless a connection
+    /// to it is open.
+    pub sends: Vec<(Target, Vec<u8>)>,
     pub timers: Vec<(Duration, TimerEvent)>,
+}
+
+/// Where a packet goes: a member's key, and the address its own signed record (or the
+/// operator, for a seed) gives. The driver's dial must prove the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub key: [u8; 32],
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    fn of(identity: &PeerIdentity) -> Self {
+        Self {
+            key: identity.worker_key,
+            addr: identity.addr,
+        }
+    }
 }
 
 /// A member's state as this worker sees it.
@@ -182,8 +235,27 @@ pub struct PeerView {
 /// Why the core refused an input. Nothing changed in the membership when it returns one, except
 /// where foca says otherwise; a bad packet is the sender's fault.
 #[derive(Debug, thiserror::Error)]
-#[error("gossip: {0}")]
-pub struct MembershipError(#[from] foca::Error);
+pub enum MembershipError {
+    #[error("gossip: {0}")]
+    Foca(#[from] foca::Error),
+    #[error("gossip packet refused: {0}")]
+    Refused(&'static str),
+}
+
+/// What screening dropped, by reason: for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScreenStats {
+    /// Packets whose sender was not the key their connection proved.
+    pub wrong_sender: u64,
+    /// Packets that did not decode, or named an unsigned or unknown identity in their message.
+    pub malformed: u64,
+    /// Records whose signature did not verify.
+    pub bad_signature: u64,
+    /// Updates declaring another member down.
+    pub third_party_down: u64,
+    /// Records of new members over the table, per-IP or introduction bounds.
+    pub over_bounds: u64,
+}
 
 /// Traffic counters, for benchmarks and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -202,10 +274,60 @@ pub struct Membership {
     board: SlotBoard,
     outbox: Outbox,
     config: MembershipConfig,
+    signer: Arc<Identity>,
     own: OwnSlots,
-    seeds: Vec<SocketAddr>,
+    seeds: Vec<PeerAddr>,
     /// floor(log2) of the cluster size the foca configuration was last scaled for.
     scaled_for: u32,
+    /// The latest verified record of every member in foca's table, and how many name each IP.
+    known: Known,
+    /// Introductions left per source IP (a token bucket each).
+    introductions: HashMap<IpAddr, Bucket>,
+    screened: ScreenStats,
+    /// A renewal foca asked for (we were declared down), not yet done.
+    renew_pending: bool,
+    renew_armed: bool,
+    last_renew_ms: Option<u64>,
+    /// Decodes packets for screening (foca has its own).
+    codec: PostcardCodec,
+}
+
+#[derive(Default)]
+struct Known {
+    records: HashMap<[u8; 32], PeerIdentity>,
+    per_ip: HashMap<IpAddr, usize>,
+    indexed_at_ms: u64,
+}
+
+impl Known {
+    fn insert(&mut self, record: &PeerIdentity) {
+        let ip = record.addr.ip();
+        match self.records.insert(record.worker_key, record.clone()) {
+            Some(previous) if previous.addr.ip() == ip => return,
+            Some(previous) => self.forget_ip(previous.addr.ip()),
+            None => {}
+        }
+        *self.per_ip.entry(ip).or_default() += 1;
+    }
+
+    fn forget_ip(&mut self, ip: IpAddr) {
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    fn at_ip(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at_ms: u64,
 }
 
 #[derive(Default)]
@@ -222,10 +344,12 @@ struct OwnSlots {
 struct Outbox {
     now_ms: u64,
     effects: Effects,
-    last_heard_ms: HashMap<SocketAddr, u64>,
+    last_heard_ms: HashMap<[u8; 32], u64>,
     stats: TrafficStats,
-    /// foca renewed our identity (we had been declared down).
-    rejoined: bool,
+    /// foca declared this member down and could not renew it (records need the secret key).
+    defunct: bool,
+    /// Members foca brought up or renamed during this input, for the index.
+    came_up: Vec<PeerIdentity>,
 }
 
 impl foca::Runtime<PeerIdentity> for Outbox {
@@ -233,22 +357,20 @@ impl foca::Runtime<PeerIdentity> for Outbox {
         match notification {
             Notification::DataReceived(header) => {
                 self.last_heard_ms
-                    .insert(header.src.gossip_addr, self.now_ms);
+                    .insert(header.src.worker_key, self.now_ms);
             }
             Notification::MemberUp(peer) => {
-                tracing::debug!(peer = %peer.gossip_addr, grpc = %peer.grpc_addr, "member up");
+                tracing::debug!(peer = %hex::encode(&peer.worker_key[..4]), addr = %peer.addr, "member up");
+                self.came_up.push(peer.clone());
             }
+            Notification::Rename(_, peer) => self.came_up.push(peer.clone()),
             Notification::MemberDown(peer) => {
-                tracing::info!(peer = %peer.gossip_addr, grpc = %peer.grpc_addr, "member down");
+                tracing::info!(peer = %hex::encode(&peer.worker_key[..4]), addr = %peer.addr, "member down");
             }
-            Notification::Rejoin(identity) => {
-                tracing::info!(
-                    incarnation = identity.incarnation,
-                    "rejoined with a new incarnation"
-                );
-                self.rejoined = true;
+            Notification::Defunct => {
+                tracing::info!("declared down by the cluster; rejoining");
+                self.defunct = true;
             }
-            Notification::Defunct => tracing::info!("declared down by the cluster; rejoining"),
             _ => {}
         }
     }
@@ -256,7 +378,7 @@ impl foca::Runtime<PeerIdentity> for Outbox {
     fn send_to(&mut self, to: PeerIdentity, data: &[u8]) {
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += data.len() as u64;
-        self.effects.sends.push((to.gossip_addr, data.to_vec()));
+        self.effects.sends.push((Target::of(&to), data.to_vec()));
     }
 
     fn submit_after(&mut self, event: Timer<PeerIdentity>, after: Duration) {
@@ -265,10 +387,16 @@ impl foca::Runtime<PeerIdentity> for Outbox {
 }
 
 impl Membership {
-    /// A member that knows only itself. `rng_seed` drives foca's random choices: a simulation
-    /// that fixes every seed replays exactly.
-    pub fn new(identity: PeerIdentity, config: MembershipConfig, rng_seed: u64) -> Self {
-        let board = SlotBoard::default();
+    /// A member that knows only itself. `identity` must be signed by `signer` (it renews it).
+    /// `rng_seed` drives foca's random choices: a simulation that fixes every seed replays
+    /// exactly.
+    pub fn new(
+        identity: PeerIdentity,
+        signer: Arc<Identity>,
+        config: MembershipConfig,
+        rng_seed: u64,
+    ) -> Self {
+        let board = SlotBoard::new(config.max_members);
         let foca = Foca::with_custom_broadcast(
             identity,
             config.foca(),
@@ -283,9 +411,17 @@ impl Membership {
             board,
             outbox: Outbox::default(),
             config,
+            signer,
             own: OwnSlots::default(),
             seeds: Vec::new(),
             scaled_for: 0,
+            known: Known::default(),
+            introductions: HashMap::new(),
+            screened: ScreenStats::default(),
+            renew_pending: false,
+            renew_armed: false,
+            last_renew_ms: None,
+            codec: PostcardCodec,
         }
     }
 
@@ -301,12 +437,20 @@ impl Membership {
         self.outbox.stats
     }
 
-    /// Announces this member to the members at `seeds` (only their addresses are known), and
-    /// again every `join_retry` for as long as it knows nobody.
-    pub fn join(&mut self, now_ms: u64, seeds: &[SocketAddr]) -> Result<(), MembershipError> {
+    pub fn screened(&self) -> ScreenStats {
+        self.screened
+    }
+
+    /// Announces this member to `seeds` (known by key and address), and again every
+    /// `join_retry` for as long as it knows nobody.
+    pub fn join(&mut self, now_ms: u64, seeds: &[PeerAddr]) -> Result<(), MembershipError> {
         self.outbox.now_ms = now_ms;
-        let me = self.identity().gossip_addr;
-        self.seeds = seeds.iter().copied().filter(|seed| *seed != me).collect();
+        let me = self.identity().worker_key;
+        self.seeds = seeds
+            .iter()
+            .copied()
+            .filter(|seed| seed.key.to_bytes() != me)
+            .collect();
         self.announce_to_seeds()
     }
 
@@ -315,8 +459,10 @@ impl Membership {
             return Ok(());
         }
         for seed in self.seeds.clone() {
-            self.foca
-                .announce(PeerIdentity::placeholder(seed), &mut self.outbox)?;
+            self.foca.announce(
+                PeerIdentity::placeholder(&seed.key, seed.addr),
+                &mut self.outbox,
+            )?;
         }
         self.outbox
             .effects
@@ -331,13 +477,201 @@ impl Membership {
         Ok(())
     }
 
-    /// A datagram arrived.
-    pub fn handle_packet(&mut self, now_ms: u64, data: &[u8]) -> Result<(), MembershipError> {
+    /// A datagram arrived over a connection that proved the key `from`, from address `from_ip`.
+    /// It is screened first (see the module's documentation); what survives goes to foca.
+    pub fn handle_packet(
+        &mut self,
+        now_ms: u64,
+        from: [u8; 32],
+        from_ip: IpAddr,
+        data: &[u8],
+    ) -> Result<(), MembershipError> {
         self.outbox.now_ms = now_ms;
         self.outbox.stats.packets_received += 1;
         self.outbox.stats.bytes_received += data.len() as u64;
-        self.foca.handle_data(data, &mut self.outbox)?;
+        if data.len() > MAX_PACKET_BYTES {
+            self.screened.malformed += 1;
+            return Err(MembershipError::Refused("packet too large"));
+        }
+        let screened = self.screen(now_ms, from, from_ip, data)?;
+        let result = self.foca.handle_data(&screened, &mut self.outbox);
+        self.index_new_members();
+        result?;
         Ok(())
+    }
+
+    /// The packet as foca may see it: refused whole if its sender or its message is not what
+    /// it claims; updates that fail a rule are cut out of it.
+    fn screen(
+        &mut self,
+        now_ms: u64,
+        from: [u8; 32],
+        from_ip: IpAddr,
+        data: &[u8],
+    ) -> Result<Vec<u8>, MembershipError> {
+        let malformed = |screened: &mut ScreenStats, why| {
+            screened.malformed += 1;
+            MembershipError::Refused(why)
+        };
+        let mut rest = data;
+        let header: foca::Header<PeerIdentity> = self
+            .codec
+            .decode_header(&mut rest)
+            .map_err(|_| malformed(&mut self.screened, "header does not decode"))?;
+        if header.src.worker_key != from {
+            self.screened.wrong_sender += 1;
+            return Err(MembershipError::Refused(
+                "sender is not the key its connection proved",
+            ));
+        }
+        if !self.verified(&header.src) {
+            return Err(MembershipError::Refused("sender's record is not signed"));
+        }
+        if !self.known.records.contains_key(&from) && !self.may_introduce(now_ms, from_ip, &header.src)
+        {
+            return Err(MembershipError::Refused("no room for a new member"));
+        }
+        // Identities inside the message: each must be signed, and one this member would send
+        // to must already be in its table (never an address only a payload vouches for).
+        let message_ok = match &header.message {
+            Message::PingReq { target, .. } | Message::IndirectAck { target, .. } => {
+                self.verified(target) && self.known.records.contains_key(&target.worker_key)
+            }
+            Message::IndirectPing { origin, .. } | Message::ForwardedAck { origin, .. } => {
+                self.verified(origin)
+            }
+            _ => true,
+        };
+        if !message_ok {
+            return Err(malformed(
+                &mut self.screened,
+                "message names an unsigned or unknown member",
+            ));
+        }
+        let header_len = data.len() - rest.len();
+        if rest.len() < 2 || header.message == Message::Broadcast {
+            return Ok(data.to_vec());
+        }
+        let count = rest.get_u16();
+        let mut kept = Vec::with_capacity(rest.len() + 2);
+        let mut kept_count: u16 = 0;
+        for _ in 0..count {
+            let before = rest;
+            let update: Member<PeerIdentity> = self
+                .codec
+                .decode_member(&mut rest)
+                .map_err(|_| malformed(&mut self.screened, "update does not decode"))?;
+            let encoded = &before[..before.len() - rest.len()];
+            if self.admit_update(now_ms, from, from_ip, &update) {
+                kept.extend_from_slice(encoded);
+                kept_count += 1;
+            }
+        }
+        let mut packet = Vec::with_capacity(data.len());
+        packet.extend_from_slice(&data[..header_len]);
+        packet.put_u16(kept_count);
+        packet.extend_from_slice(&kept);
+        packet.extend_from_slice(rest);
+        Ok(packet)
+    }
+
+    /// Whether one update about a member may reach foca.
+    fn admit_update(
+        &mut self,
+        now_ms: u64,
+        from: [u8; 32],
+        from_ip: IpAddr,
+        update: &Member<PeerIdentity>,
+    ) -> bool {
+        let record = update.id();
+        if !self.verified(record) {
+            return false;
+        }
+        let about_sender = record.worker_key == from;
+        if update.state() == State::Down && !about_sender {
+            // Only a member may declare itself down (leaving, or retiring an old incarnation).
+            // Everyone else reaches "down" by its own suspicion timer.
+            self.screened.third_party_down += 1;
+            return false;
+        }
+        let me = self.identity().worker_key;
+        record.worker_key == me
+            || self.known.records.contains_key(&record.worker_key)
+            || self.may_introduce(now_ms, from_ip, record)
+    }
+
+    /// True if `record` is signed by its key. A record equal to the one indexed for its key
+    /// was verified when indexed.
+    fn verified(&mut self, record: &PeerIdentity) -> bool {
+        if self.known.records.get(&record.worker_key) == Some(record)
+            || record == self.foca.identity()
+        {
+            return true;
+        }
+        let verified = record.verify().is_ok();
+        if !verified {
+            self.screened.bad_signature += 1;
+        }
+        verified
+    }
+
+    /// Whether a member not in the table may enter it, brought by a packet from `from_ip`:
+    /// within the table's size, the records per IP, and the source's introduction budget.
+    fn may_introduce(&mut self, now_ms: u64, from_ip: IpAddr, record: &PeerIdentity) -> bool {
+        let config = &self.config;
+        let within = self.known.records.len() < config.max_members
+            && self.known.at_ip(record.addr.ip()) < config.max_members_per_ip;
+        let (rate, burst) = (
+            f64::from(config.introductions_per_second),
+            f64::from(config.introductions_burst),
+        );
+        if self.introductions.len() >= config.max_members && !self.introductions.contains_key(&from_ip) {
+            // Bounded like the table: forget the buckets (all start full again).
+            self.introductions.clear();
+        }
+        let bucket = self.introductions.entry(from_ip).or_insert(Bucket {
+            tokens: burst,
+            at_ms: now_ms,
+        });
+        bucket.tokens =
+            (bucket.tokens + rate * now_ms.saturating_sub(bucket.at_ms) as f64 / 1000.0).min(burst);
+        bucket.at_ms = now_ms;
+        if within && bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            // Counted now, so one packet cannot bring in more than the bounds allow.
+            self.known.insert(record);
+            true
+        } else {
+            self.screened.over_bounds += 1;
+            false
+        }
+    }
+
+    /// Records the members foca brought up or renamed, and every [`REINDEX_EVERY_MS`] rebuilds
+    /// the index from foca's table (forgotten members leave it, and the slot board with them).
+    fn index_new_members(&mut self) {
+        for record in std::mem::take(&mut self.outbox.came_up) {
+            self.known.insert(&record);
+        }
+        let now_ms = self.outbox.now_ms;
+        if now_ms.saturating_sub(self.known.indexed_at_ms) < REINDEX_EVERY_MS {
+            return;
+        }
+        let mut known = Known {
+            indexed_at_ms: now_ms,
+            ..Known::default()
+        };
+        for member in self.foca.iter_membership_state() {
+            known.insert(member.id());
+        }
+        self.known = known;
+        self.outbox
+            .last_heard_ms
+            .retain(|key, _| self.known.records.contains_key(key));
+        let me = self.identity().worker_key;
+        self.board
+            .lock()
+            .retain(|key, _| *key == me || self.known.records.contains_key(key));
     }
 
     /// A timer armed from [`Effects::timers`] fired.
@@ -356,7 +690,9 @@ impl Membership {
                     self.send_slot_news(now_ms)?;
                 }
             }
+            TimerEvent::Renew => self.renew_armed = false,
         }
+        self.index_new_members();
         Ok(())
     }
 
@@ -387,12 +723,12 @@ impl Membership {
 
     fn send_slot_news(&mut self, now_ms: u64) -> Result<(), MembershipError> {
         self.own.seq += 1;
-        let news = SlotNews {
-            gossip_addr: self.identity().gossip_addr,
-            incarnation: self.identity().incarnation,
-            seq: self.own.seq,
-            free_slots: self.own.free,
-        };
+        let news = SlotNews::signed(
+            &self.signer,
+            self.identity().incarnation,
+            self.own.seq,
+            self.own.free,
+        );
         self.foca.add_broadcast(&news.encode())?;
         self.own.sent = Some(self.own.free);
         self.own.last_sent_ms = Some(now_ms);
@@ -401,11 +737,47 @@ impl Membership {
 
     /// Takes what the driver must do now.
     pub fn drain(&mut self) -> Effects {
-        if std::mem::take(&mut self.outbox.rejoined) {
-            self.reannounce();
+        if std::mem::take(&mut self.outbox.defunct) {
+            self.renew_pending = true;
+        }
+        if self.renew_pending {
+            self.renew();
         }
         self.rescale();
         std::mem::take(&mut self.outbox.effects)
+    }
+
+    /// Takes a new incarnation (foca declared this member down and cannot renew a signed
+    /// record itself), at most once per `renew_min_interval`: sooner, a timer is armed.
+    fn renew(&mut self) {
+        let now_ms = self.outbox.now_ms;
+        let interval_ms = self.config.renew_min_interval.as_millis() as u64;
+        if let Some(last) = self.last_renew_ms
+            && now_ms.saturating_sub(last) < interval_ms
+        {
+            if !self.renew_armed {
+                self.renew_armed = true;
+                let wait = Duration::from_millis(interval_ms - now_ms.saturating_sub(last));
+                self.outbox.effects.timers.push((wait, TimerEvent::Renew));
+            }
+            return;
+        }
+        let renewed = match self.identity().renewed(&self.signer) {
+            Ok(renewed) => renewed,
+            Err(error) => {
+                tracing::warn!("cannot renew the member record: {error}");
+                self.renew_pending = false;
+                return;
+            }
+        };
+        self.renew_pending = false;
+        self.last_renew_ms = Some(now_ms);
+        tracing::info!(incarnation = renewed.incarnation, "rejoined with a new incarnation");
+        if let Err(error) = self.foca.change_identity(renewed, &mut self.outbox) {
+            tracing::warn!("cannot take the renewed member record: {error}");
+            return;
+        }
+        self.reannounce();
     }
 
     /// Re-derives suspicion and transmissions when the cluster size crosses a power of two.
@@ -421,15 +793,15 @@ impl Membership {
         }
     }
 
-    /// After foca renews a member declared down, it sits disconnected with every timer
-    /// cancelled until some packet changes its member list, and the others ignore it as down:
-    /// nothing would ever wake it. Announcing the new identity to the seeds and a few known
-    /// members gets replies (which reconnect it) and spreads the new identity.
+    /// After a renewal the member sits disconnected until some packet changes its member
+    /// list, and the others ignore its old record as down: nothing would ever wake it.
+    /// Announcing the new record to the seeds and a few known members gets replies (which
+    /// reconnect it) and spreads the new record.
     fn reannounce(&mut self) {
         let mut targets: Vec<PeerIdentity> = self
             .seeds
             .iter()
-            .map(|seed| PeerIdentity::placeholder(*seed))
+            .map(|seed| PeerIdentity::placeholder(&seed.key, seed.addr))
             .collect();
         targets.extend(
             self.foca
@@ -446,13 +818,10 @@ impl Membership {
 
     /// Every known member, this one first.
     pub fn view(&self) -> Vec<PeerView> {
-        let board = self
-            .board
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let board = self.board.lock();
         let slots_of = |identity: &PeerIdentity| {
             board
-                .get(&identity.gossip_addr)
+                .get(&identity.worker_key)
                 .filter(|news| news.incarnation == identity.incarnation)
                 .map(|news| news.free_slots)
         };
@@ -469,15 +838,15 @@ impl Membership {
             view.push(PeerView {
                 identity: identity.clone(),
                 state: match member.state() {
-                    foca::State::Alive => PeerState::Alive,
-                    foca::State::Suspect => PeerState::Suspect,
-                    foca::State::Down => PeerState::Down,
+                    State::Alive => PeerState::Alive,
+                    State::Suspect => PeerState::Suspect,
+                    State::Down => PeerState::Down,
                 },
                 free_slots: slots_of(identity),
                 last_heard_ms: self
                     .outbox
                     .last_heard_ms
-                    .get(&identity.gossip_addr)
+                    .get(&identity.worker_key)
                     .copied(),
                 is_self: false,
             });
@@ -489,11 +858,62 @@ impl Membership {
     pub fn alive_count(&self) -> usize {
         self.foca.iter_members().count()
     }
+
+    /// Members in the table, down ones included (itself excluded).
+    pub fn table_len(&self) -> usize {
+        self.foca.iter_membership_state().len()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(seed: u8) -> (Arc<Identity>, PeerIdentity) {
+        let identity = Arc::new(Identity::from_seed([seed; 32]));
+        let addr = SocketAddr::new(IpAddr::from([127, 0, 0, seed]), 7000);
+        let record = PeerIdentity::signed(&identity, addr, "fp".into(), 1, 1).unwrap();
+        (identity, record)
+    }
+
+    fn core(seed: u8) -> Membership {
+        let (identity, record) = member(seed);
+        Membership::new(record, identity, MembershipConfig::default(), 1)
+    }
+
+    /// A packet `from` sends to `to`: an announcement, with `updates` piggybacked.
+    fn packet(
+        from: &PeerIdentity,
+        to: &PeerIdentity,
+        message: Message<PeerIdentity>,
+        updates: &[Member<PeerIdentity>],
+    ) -> Vec<u8> {
+        let mut codec = PostcardCodec;
+        let mut data = Vec::new();
+        let header = foca::Header {
+            src: from.clone(),
+            src_incarnation: 0,
+            dst: to.clone(),
+            message,
+        };
+        codec.encode_header(&header, &mut data).unwrap();
+        data.put_u16(updates.len() as u16);
+        for update in updates {
+            codec.encode_member(update, &mut data).unwrap();
+        }
+        data
+    }
+
+    fn ip(seed: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, seed])
+    }
+
+    fn state_of(core: &Membership, key: [u8; 32]) -> Option<PeerState> {
+        core.view()
+            .iter()
+            .find(|peer| !peer.is_self && peer.identity.worker_key == key)
+            .map(|peer| peer.state)
+    }
 
     #[test]
     fn timings_scale_with_the_cluster_and_the_bound_is_documented() {
@@ -507,9 +927,158 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_must_come_from_the_key_its_connection_proved_and_be_signed() {
+        let mut core = core(1);
+        let me = core.identity().clone();
+        let (_, honest) = member(2);
+        let (_, stranger) = member(3);
+        let ping = packet(&honest, &me, Message::Ping(1), &[]);
+        // Sent over a connection that proved another key: refused whole.
+        assert!(core.handle_packet(0, stranger.worker_key, ip(3), &ping).is_err());
+        assert_eq!(core.screened().wrong_sender, 1);
+        assert_eq!(state_of(&core, honest.worker_key), None);
+        // A usurper's record with the honest key at a huge incarnation, not signed by it.
+        let usurper = PeerIdentity {
+            incarnation: u64::MAX,
+            addr: stranger.addr,
+            ..honest.clone()
+        };
+        let forged = packet(&usurper, &me, Message::Ping(1), &[]);
+        assert!(core.handle_packet(0, honest.worker_key, ip(3), &forged).is_err());
+        assert_eq!(core.screened().bad_signature, 1);
+        // The real one is taken.
+        core.handle_packet(0, honest.worker_key, ip(2), &ping).unwrap();
+        assert_eq!(state_of(&core, honest.worker_key), Some(PeerState::Alive));
+    }
+
+    #[test]
+    fn forged_records_and_third_party_downs_are_cut_out_of_a_packet() {
+        let mut core = core(1);
+        let me = core.identity().clone();
+        let (_, sender) = member(2);
+        let (_, victim) = member(3);
+        let (_, newcomer) = member(4);
+        core.handle_packet(0, sender.worker_key, ip(2), &packet(&sender, &me, Message::Ping(1), &[Member::alive(victim.clone())]))
+            .unwrap();
+        assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Alive));
+        let evicting = PeerIdentity {
+            incarnation: victim.incarnation + 1,
+            ..victim.clone()
+        };
+        let updates = [
+            Member::down(victim.clone()),
+            Member::alive(evicting),
+            Member::alive(newcomer.clone()),
+        ];
+        core.handle_packet(10, sender.worker_key, ip(2), &packet(&sender, &me, Message::Ping(2), &updates))
+            .unwrap();
+        assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Alive));
+        assert_eq!(
+            core.view()
+                .iter()
+                .find(|peer| peer.identity.worker_key == victim.worker_key)
+                .unwrap()
+                .identity,
+            victim
+        );
+        assert_eq!(state_of(&core, newcomer.worker_key), Some(PeerState::Alive));
+        let screened = core.screened();
+        assert_eq!((screened.third_party_down, screened.bad_signature), (1, 1));
+        // A member may declare itself down (it is leaving).
+        core.handle_packet(20, sender.worker_key, ip(2), &packet(&sender, &me, Message::Ping(3), &[Member::down(sender.clone())]))
+            .unwrap_or(());
+        assert_eq!(state_of(&core, sender.worker_key), Some(PeerState::Down));
+    }
+
+    #[test]
+    fn new_members_enter_within_the_table_ip_and_introduction_bounds() {
+        let (identity, record) = member(1);
+        let config = MembershipConfig {
+            max_members: 40,
+            max_members_per_ip: 5,
+            introductions_per_second: 10,
+            introductions_burst: 20,
+            ..MembershipConfig::default()
+        };
+        let mut core = Membership::new(record, identity, config, 1);
+        let me = core.identity().clone();
+        let (_, sender) = member(2);
+        // 100 self-signed records, all pointing at one victim address.
+        let victim: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let fakes: Vec<Member<PeerIdentity>> = (0..100u8)
+            .map(|seed| {
+                let key = Identity::from_seed([seed, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+                Member::alive(PeerIdentity::signed(&key, victim, "fp".into(), 1, 1).unwrap())
+            })
+            .collect();
+        for (index, chunk) in fakes.chunks(3).enumerate() {
+            let ping = packet(&sender, &me, Message::Ping(index as u8), chunk);
+            core.handle_packet(0, sender.worker_key, ip(2), &ping).unwrap();
+        }
+        let at_victim = core
+            .view()
+            .iter()
+            .filter(|peer| peer.identity.addr == victim)
+            .count();
+        assert_eq!(at_victim, 5, "per-IP bound");
+        // Records at distinct addresses: bounded by the sender's introduction budget (20 at
+        // once, the sender itself took one), then by the table.
+        let spread: Vec<Member<PeerIdentity>> = (0..100u8)
+            .map(|seed| {
+                let key = Identity::from_seed([seed, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7]);
+                let addr = SocketAddr::new(IpAddr::from([198, 51, 100, seed]), 1);
+                Member::alive(PeerIdentity::signed(&key, addr, "fp".into(), 1, 1).unwrap())
+            })
+            .collect();
+        for (index, chunk) in spread.chunks(3).enumerate() {
+            let ping = packet(&sender, &me, Message::Ping(index as u8), chunk);
+            core.handle_packet(0, sender.worker_key, ip(2), &ping).unwrap();
+        }
+        assert_eq!(core.table_len(), 20);
+        // Ten seconds later the budget is full again, but the table holds at most 40.
+        for (index, chunk) in spread.chunks(3).enumerate() {
+            let ping = packet(&sender, &me, Message::Ping(index as u8), chunk);
+            core.handle_packet(10_000, sender.worker_key, ip(2), &ping).unwrap();
+        }
+        assert_eq!(core.table_len(), 40);
+    }
+
+    #[test]
+    fn a_probe_request_for_a_member_not_in_the_table_is_refused() {
+        let mut core = core(1);
+        let me = core.identity().clone();
+        let (_, sender) = member(2);
+        let (_, elsewhere) = member(3);
+        let request = packet(
+            &sender,
+            &me,
+            Message::PingReq {
+                target: elsewhere,
+                probe_number: 1,
+            },
+            &[],
+        );
+        assert!(core.handle_packet(0, sender.worker_key, ip(2), &request).is_err());
+        assert!(core.drain().sends.is_empty(), "nothing sent to an unknown address");
+    }
+
+    #[test]
+    fn being_told_down_renews_at_most_once_per_interval() {
+        let mut core = core(1);
+        let (_, sender) = member(2);
+        let first = core.identity().incarnation;
+        for at in [0, 1_000, 2_000] {
+            let turn = packet(&sender, &core.identity().clone(), Message::TurnUndead, &[]);
+            let _ = core.handle_packet(at, sender.worker_key, ip(2), &turn);
+            core.drain();
+        }
+        assert_eq!(core.identity().incarnation, first + 1);
+        core.identity().verify().unwrap();
+    }
+
+    #[test]
     fn slot_news_is_rate_limited_and_the_latest_value_wins() {
-        let me = PeerIdentity::placeholder("127.0.0.1:1".parse().unwrap());
-        let mut core = Membership::new(me, MembershipConfig::default(), 1);
+        let mut core = core(1);
         core.set_free_slots(0, 3).unwrap();
         assert_eq!(core.view()[0].free_slots, Some(3));
         core.set_free_slots(100, 2).unwrap();
@@ -526,7 +1095,7 @@ mod tests {
             vec![(Duration::from_millis(400), TimerEvent::FlushSlots)]
         );
         core.handle_timer(500, TimerEvent::FlushSlots).unwrap();
-        let board = core.board.lock().unwrap();
+        let board = core.board.lock();
         let news = board.values().next().unwrap();
         assert_eq!(
             (news.free_slots, news.seq),

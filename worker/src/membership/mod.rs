@@ -1,10 +1,11 @@
-//! Membership: workers find each other by SWIM gossip (the foca crate) over UDP and spread their
-//! free slots, with no central server.
+//! Membership: workers find each other by SWIM gossip (the foca crate) over their authenticated
+//! QUIC endpoints and spread their free slots, with no central server.
 //!
-//! - [`core`]: the protocol state machine, free of I/O and clocks.
-//! - [`identity`]: what a member says about itself.
-//! - [`slots`]: free-slot news as versioned custom broadcasts.
-//! - [`net`]: the tokio UDP driver.
+//! - [`core`]: the protocol state machine, free of I/O and clocks, with the screening of every
+//!   packet.
+//! - [`identity`]: what a member says about itself, signed.
+//! - [`slots`]: free-slot news as signed, versioned custom broadcasts.
+//! - [`net`]: the tokio driver over iroh QUIC datagrams.
 //! - [`sim`]: many members in one process over a lossy simulated network.
 
 pub mod core;
@@ -13,6 +14,6 @@ pub mod net;
 pub mod sim;
 pub mod slots;
 
-pub use self::core::{Membership, MembershipConfig, PeerState, PeerView};
+pub use self::core::{Membership, MembershipConfig, PeerState, PeerView, ScreenStats, Target};
 pub use self::identity::PeerIdentity;
-pub use self::net::{Gossip, PeerSnapshot};
+pub use self::net::{GOSSIP_ALPN, Gossip, PeerSnapshot};

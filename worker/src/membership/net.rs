@@ -1,32 +1,82 @@
-//! The UDP driver of the membership core: one task owns the socket, feeds datagrams, timers and
-//! slot changes into [`Membership`], and carries out what it asks. The core sits behind a mutex
-//! only so the `Peers` RPC can read the view; no lock is held across an await.
+//! The QUIC driver of the membership core: gossip packets travel as QUIC datagrams on connections
+//! with ALPN [`GOSSIP_ALPN`], over the worker's own iroh endpoint, so every packet comes with the
+//! key its connection proved (ARCHITECTURE.md, "Membership"). One task owns the links and feeds
+//! packets, timers and slot changes into [`Membership`]; the core sits behind a mutex only so the
+//! `Peers` RPC can read the view, and no lock is held across an await.
+//!
+//! Bounds: at most [`MAX_DIALS`] dials at once, each within [`CONNECT_TIMEOUT`], at most
+//! [`QUEUED_PER_DIAL`] packets waiting on one, and no second dial to a key within
+//! [`DIAL_BACKOFF`] of a failed one; [`MAX_LINKS`] connections, each closed after [`LINK_IDLE`]
+//! without a packet received; [`PACKETS_PER_SECOND`] packets read per connection (more are
+//! dropped); [`PACKET_QUEUE`] packets waiting for the core (more are dropped: gossip tolerates
+//! loss).
+//!
+//! Two members may dial each other at once. Packets to a member go over the connection a packet
+//! from it last arrived on, so both ends settle on one connection and the other falls idle.
 
-use std::net::SocketAddr;
+use std::any::Any;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use bytes::Bytes;
+use iroh::Endpoint;
+use iroh::endpoint::{Connection, VarInt};
+use peergrid_proto::transport::{CONNECT_TIMEOUT, PeerAddr};
+use peergrid_proto::{Identity, PublicKey};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use super::core::{MAX_PACKET_BYTES, Membership, MembershipConfig, PeerView, TimerEvent};
+use super::core::{Membership, MembershipConfig, PeerView, Target, TimerEvent};
 use super::identity::PeerIdentity;
+
+/// The ALPN of a connection that carries gossip datagrams.
+pub const GOSSIP_ALPN: &[u8] = b"peergrid/gossip/1";
 
 /// How often the driver reads the worker's free slots (the core rate-limits the news further).
 const SLOT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Timers waiting to be handed back to the core. Reached: the timer task waits (foca arms a
 /// handful per member, so this is never close in practice).
 const TIMER_QUEUE: usize = 4096;
+/// Packets read from connections and not yet taken by the core. Reached: dropped.
+pub const PACKET_QUEUE: usize = 1024;
+/// Packets read per second from one connection (a token bucket with one second of burst). A
+/// member sends a few per second to any one peer; more is a flood, dropped before decoding.
+pub const PACKETS_PER_SECOND: u32 = 100;
+/// Dials in progress at once. Reached: packets to further undialed members are dropped.
+pub const MAX_DIALS: usize = 32;
+/// Packets held for a member while it is dialed. Reached: dropped.
+pub const QUEUED_PER_DIAL: usize = 8;
+/// After a failed dial, packets to that member are dropped for this long instead of dialing
+/// again: together with the core's records-per-IP bound, this bounds what a flood of records
+/// pointing at one address makes this worker send there.
+pub const DIAL_BACKOFF: Duration = Duration::from_secs(5);
+/// Gossip connections open at once (inbound and outbound). Reached: the least recently used is
+/// closed.
+pub const MAX_LINKS: usize = 1024;
+/// A gossip connection on which no packet arrived for this long is closed.
+pub const LINK_IDLE: Duration = Duration::from_secs(30);
+/// The code and reason an idle or surplus gossip connection is closed with.
+const LINK_CLOSED_CODE: u32 = 0;
+const LINK_CLOSED_REASON: &[u8] = b"peergrid: gossip link closed";
 
 /// A running membership: read its view; it stops when the shutdown signal fires.
 #[derive(Clone)]
 pub struct Gossip {
     core: Arc<Mutex<Membership>>,
     epoch: Instant,
-    pub local_addr: SocketAddr,
+    /// Gossip connections accepted by the worker's endpoint, for the driver.
+    inbound: mpsc::Sender<Inbound>,
     /// The driver; it ends after saying goodbye once shutdown fires.
     driver: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+/// An accepted gossip connection, and what it holds under the worker's connection caps.
+struct Inbound {
+    connection: Connection,
+    ip: IpAddr,
+    held: Box<dyn Any + Send>,
 }
 
 /// A view row with "last heard" turned into an age.
@@ -36,66 +86,142 @@ pub struct PeerSnapshot {
     pub last_heard_ago: Option<Duration>,
 }
 
+/// What connection tasks tell the driver.
+enum LinkEvent {
+    Packet {
+        key: [u8; 32],
+        ip: IpAddr,
+        data: Bytes,
+        on: Connection,
+    },
+    Dialed {
+        key: [u8; 32],
+        ip: IpAddr,
+        connection: Option<Connection>,
+    },
+    Closed {
+        key: [u8; 32],
+        id: usize,
+    },
+}
+
+struct Link {
+    connection: Connection,
+    last_used: Instant,
+}
+
+impl Link {
+    fn new(connection: Connection) -> Self {
+        Self {
+            connection,
+            last_used: Instant::now(),
+        }
+    }
+}
+
+/// The driver's connections.
+struct Links {
+    endpoint: Endpoint,
+    open: HashMap<[u8; 32], Link>,
+    dialing: HashMap<[u8; 32], Vec<Bytes>>,
+    failed: HashMap<[u8; 32], Instant>,
+    events: mpsc::Sender<LinkEvent>,
+}
+
 impl Gossip {
-    /// Binds `bind`, joins through `seeds`, and spawns the driver. `free_slots` is polled for
-    /// the worker's current free slots.
-    pub async fn start(
-        bind: SocketAddr,
-        identity: impl FnOnce(SocketAddr) -> PeerIdentity,
+    /// Joins through `seeds` with the signed record `me` over `endpoint`, and spawns the
+    /// driver. `free_slots` is polled for the worker's current free slots. The endpoint's
+    /// accept loop must hand gossip connections to [`Gossip::accept`].
+    pub fn start(
+        endpoint: Endpoint,
+        me: PeerIdentity,
+        signer: Arc<Identity>,
         config: MembershipConfig,
-        seeds: Vec<SocketAddr>,
+        seeds: Vec<PeerAddr>,
         free_slots: impl Fn() -> u32 + Send + 'static,
         mut shutdown: watch::Receiver<bool>,
-    ) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(bind).await?;
-        let local_addr = socket.local_addr()?;
-        let identity = identity(local_addr);
-        let rng_seed = identity.incarnation
-            ^ u64::from_le_bytes(identity.worker_key[..8].try_into().expect("8 bytes"));
-        let core = Arc::new(Mutex::new(Membership::new(identity, config, rng_seed)));
+    ) -> Self {
+        let rng_seed =
+            me.incarnation ^ u64::from_le_bytes(me.worker_key[..8].try_into().expect("8 bytes"));
+        let core = Arc::new(Mutex::new(Membership::new(me, signer, config, rng_seed)));
+        let (inbound, mut accepted) = mpsc::channel(64);
         let gossip = Self {
             core,
             epoch: Instant::now(),
-            local_addr,
+            inbound,
             driver: Arc::default(),
         };
         let driver = gossip.clone();
         let (timers, mut fired) = mpsc::channel(TIMER_QUEUE);
+        let (events, mut received) = mpsc::channel(PACKET_QUEUE);
+        let mut links = Links {
+            endpoint,
+            open: HashMap::new(),
+            dialing: HashMap::new(),
+            failed: HashMap::new(),
+            events,
+        };
         let handle = tokio::spawn(async move {
             driver
-                .step(&socket, &timers, |core, now| core.join(now, &seeds))
+                .step(&mut links, &timers, |core, now| core.join(now, &seeds))
                 .await;
-            let mut buffer = vec![0u8; MAX_PACKET_BYTES + 1];
             let mut poll = tokio::time::interval(SLOT_POLL_INTERVAL);
             loop {
                 tokio::select! {
                     _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
-                    received = socket.recv_from(&mut buffer) => {
-                        let Ok((len, from)) = received else { continue };
-                        if len > MAX_PACKET_BYTES {
-                            debug!(%from, len, "gossip packet too large, dropped");
-                            continue;
+                    Some(event) = received.recv() => match event {
+                        LinkEvent::Packet { key, ip, data, on } => {
+                            links.heard(key, on);
+                            driver.step(&mut links, &timers, |core, now| core.handle_packet(now, key, ip, &data)).await;
                         }
-                        let packet = &buffer[..len];
-                        driver.step(&socket, &timers, |core, now| core.handle_packet(now, packet)).await;
-                    }
+                        LinkEvent::Dialed { key, ip, connection } => links.dialed(key, ip, connection),
+                        LinkEvent::Closed { key, id } => {
+                            if links.open.get(&key).is_some_and(|link| link.connection.stable_id() == id) {
+                                links.open.remove(&key);
+                            }
+                        }
+                    },
+                    Some(inbound) = accepted.recv() => links.accepted(inbound),
                     Some(timer) = fired.recv() => {
-                        driver.step(&socket, &timers, |core, now| core.handle_timer(now, timer)).await;
+                        driver.step(&mut links, &timers, |core, now| core.handle_timer(now, timer)).await;
                     }
                     _ = poll.tick() => {
                         let free = free_slots();
-                        driver.step(&socket, &timers, |core, now| core.set_free_slots(now, free)).await;
+                        driver.step(&mut links, &timers, |core, now| core.set_free_slots(now, free)).await;
                     }
                 }
             }
             // Say goodbye, so the others mark this worker down at once instead of suspecting it.
-            driver.step(&socket, &timers, |core, _| core.leave()).await;
+            driver.step(&mut links, &timers, |core, _| core.leave()).await;
+            for link in links.open.values() {
+                link.connection.close(VarInt::from_u32(LINK_CLOSED_CODE), LINK_CLOSED_REASON);
+            }
         });
         *gossip
             .driver
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
-        Ok(gossip)
+        gossip
+    }
+
+    /// Takes a gossip connection the worker's endpoint accepted from `ip`; `held` (its place
+    /// under the worker's connection caps) is kept until the connection ends. Refused (closed)
+    /// if the driver is behind on taking connections.
+    pub fn accept(&self, connection: Connection, ip: IpAddr, held: impl Any + Send) {
+        let inbound = Inbound {
+            connection,
+            ip,
+            held: Box::new(held),
+        };
+        if let Err(refused) = self.inbound.try_send(inbound) {
+            let inbound = match refused {
+                mpsc::error::TrySendError::Full(inbound)
+                | mpsc::error::TrySendError::Closed(inbound) => inbound,
+            };
+            inbound
+                .connection
+                .close(VarInt::from_u32(LINK_CLOSED_CODE), LINK_CLOSED_REASON);
+        }
     }
 
     /// Waits (at most `within`) for the driver to finish after shutdown fired, so the goodbye
@@ -124,7 +250,7 @@ impl Gossip {
     /// Runs one input through the core, then sends its packets and arms its timers.
     async fn step(
         &self,
-        socket: &UdpSocket,
+        links: &mut Links,
         timers: &mpsc::Sender<TimerEvent>,
         input: impl FnOnce(&mut Membership, u64) -> Result<(), super::core::MembershipError>,
     ) {
@@ -132,7 +258,7 @@ impl Gossip {
             let mut core = self.lock();
             let now = self.now_ms();
             if let Err(error) = input(&mut core, now) {
-                // A peer's malformed or stale packet: its problem, not ours.
+                // A peer's malformed, forged or stale packet: its problem, not ours.
                 debug!("{error}");
             }
             core.drain()
@@ -145,9 +271,7 @@ impl Gossip {
             });
         }
         for (to, data) in effects.sends {
-            if let Err(error) = socket.send_to(&data, to).await {
-                debug!(%to, "gossip send failed: {error}");
-            }
+            links.send(to, Bytes::from(data));
         }
     }
 
@@ -171,5 +295,152 @@ impl Gossip {
                 },
             })
             .collect()
+    }
+
+    /// What screening has dropped so far (see the core).
+    pub fn screened(&self) -> super::core::ScreenStats {
+        self.lock().screened()
+    }
+}
+
+impl Links {
+    /// Sends over the open link to `to.key`, or dials it (see the module's bounds).
+    fn send(&mut self, to: Target, data: Bytes) {
+        if let Some(link) = self.open.get_mut(&to.key) {
+            link.last_used = Instant::now();
+            if data.len() > link.connection.max_datagram_size().unwrap_or(0) {
+                debug!(len = data.len(), "gossip packet larger than the path allows, dropped");
+                return;
+            }
+            if let Err(error) = link.connection.send_datagram(data) {
+                debug!("gossip send failed: {error}");
+                self.open.remove(&to.key);
+            }
+            return;
+        }
+        if let Some(queued) = self.dialing.get_mut(&to.key) {
+            if queued.len() < QUEUED_PER_DIAL {
+                queued.push(data);
+            }
+            return;
+        }
+        if self.dialing.len() >= MAX_DIALS
+            || self
+                .failed
+                .get(&to.key)
+                .is_some_and(|at| at.elapsed() < DIAL_BACKOFF)
+        {
+            return;
+        }
+        let Ok(key) = PublicKey::from_slice(&to.key) else {
+            return;
+        };
+        self.failed.retain(|_, at| at.elapsed() < DIAL_BACKOFF);
+        self.dialing.insert(to.key, vec![data]);
+        let endpoint = self.endpoint.clone();
+        let events = self.events.clone();
+        let peer = PeerAddr { key, addr: to.addr };
+        tokio::spawn(async move {
+            let dial = endpoint.connect(peer.endpoint_addr(), GOSSIP_ALPN);
+            let connection = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
+                Ok(Ok(connection)) => Some(connection),
+                Ok(Err(error)) => {
+                    debug!(%peer, "gossip dial failed: {error}");
+                    None
+                }
+                Err(_) => {
+                    debug!(%peer, "gossip dial timed out");
+                    None
+                }
+            };
+            let _ = events
+                .send(LinkEvent::Dialed {
+                    key: to.key,
+                    ip: to.addr.ip(),
+                    connection,
+                })
+                .await;
+        });
+    }
+
+    fn dialed(&mut self, key: [u8; 32], ip: IpAddr, connection: Option<Connection>) {
+        let queued = self.dialing.remove(&key).unwrap_or_default();
+        let Some(connection) = connection else {
+            self.failed.insert(key, Instant::now());
+            return;
+        };
+        self.add(key, ip, connection, Box::new(()));
+        let link = self.open.get(&key).expect("just added");
+        for data in queued {
+            if data.len() <= link.connection.max_datagram_size().unwrap_or(0) {
+                let _ = link.connection.send_datagram(data);
+            }
+        }
+    }
+
+    fn accepted(&mut self, inbound: Inbound) {
+        let key = inbound.connection.remote_id().as_bytes().to_owned();
+        self.add(key, inbound.ip, inbound.connection, inbound.held);
+    }
+
+    /// Keeps `connection` as the link to `key` and reads its packets until it ends.
+    fn add(&mut self, key: [u8; 32], ip: IpAddr, connection: Connection, held: Box<dyn Any + Send>) {
+        if self.open.len() >= MAX_LINKS && !self.open.contains_key(&key) {
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, link)| link.last_used)
+                .map(|(key, _)| *key);
+            if let Some(oldest) = oldest.and_then(|oldest| self.open.remove(&oldest)) {
+                oldest
+                    .connection
+                    .close(VarInt::from_u32(LINK_CLOSED_CODE), LINK_CLOSED_REASON);
+            }
+        }
+        let events = self.events.clone();
+        let reader = connection.clone();
+        tokio::spawn(async move {
+            let _held = held;
+            let rate = f64::from(PACKETS_PER_SECOND);
+            let (mut tokens, mut at) = (rate, Instant::now());
+            loop {
+                let data = match tokio::time::timeout(LINK_IDLE, reader.read_datagram()).await {
+                    Ok(Ok(data)) => data,
+                    Ok(Err(_closed)) => break,
+                    Err(_idle) => {
+                        reader.close(VarInt::from_u32(LINK_CLOSED_CODE), LINK_CLOSED_REASON);
+                        break;
+                    }
+                };
+                tokens = (tokens + rate * at.elapsed().as_secs_f64()).min(rate);
+                at = Instant::now();
+                if tokens < 1.0 {
+                    continue;
+                }
+                tokens -= 1.0;
+                // Full: dropped, like a lost datagram.
+                let on = reader.clone();
+                let _ = events.try_send(LinkEvent::Packet { key, ip, data, on });
+            }
+            let _ = events
+                .send(LinkEvent::Closed {
+                    key,
+                    id: reader.stable_id(),
+                })
+                .await;
+        });
+        self.open.insert(key, Link::new(connection));
+    }
+
+    /// A packet from `key` arrived `on` a connection: replies go over it from now on.
+    fn heard(&mut self, key: [u8; 32], on: Connection) {
+        match self.open.get_mut(&key) {
+            Some(link) if link.connection.stable_id() == on.stable_id() => {
+                link.last_used = Instant::now();
+            }
+            _ => {
+                self.open.insert(key, Link::new(on));
+            }
+        }
     }
 }

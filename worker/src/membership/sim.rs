@@ -5,6 +5,10 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use peergrid_proto::Identity;
+use peergrid_proto::transport::PeerAddr;
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -40,7 +44,11 @@ impl SimConfig {
 }
 
 enum Event {
-    Deliver { to: usize, data: Vec<u8> },
+    Deliver {
+        to: usize,
+        from: usize,
+        data: Vec<u8>,
+    },
     Timer { member: usize, timer: TimerEvent },
     Join { member: usize },
 }
@@ -74,7 +82,8 @@ pub struct Simulation {
     config: SimConfig,
     members: Vec<Membership>,
     crashed: Vec<bool>,
-    by_addr: HashMap<SocketAddr, usize>,
+    by_key: HashMap<[u8; 32], usize>,
+    seed_addr: PeerAddr,
     queue: BinaryHeap<Scheduled>,
     seq: u64,
     now_ms: u64,
@@ -84,11 +93,19 @@ pub struct Simulation {
     pub refused: u64,
 }
 
-/// Member `index`'s gossip address: loopback addresses only, though nothing is ever sent.
+/// Member `index`'s address: loopback addresses only, though nothing is ever sent.
 pub fn sim_addr(index: usize) -> SocketAddr {
     let index = index as u32;
     let ip = Ipv4Addr::new(127, 1, (index >> 8) as u8, index as u8);
     SocketAddr::new(IpAddr::V4(ip), 7946)
+}
+
+/// Member `index`'s signing key in a simulation seeded with `seed`.
+pub fn sim_identity(seed: u64, index: usize) -> Identity {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(index as u64).to_le_bytes());
+    Identity::from_seed(bytes)
 }
 
 impl Simulation {
@@ -99,27 +116,29 @@ impl Simulation {
         );
         let members: Vec<Membership> = (0..config.members)
             .map(|index| {
-                let addr = sim_addr(index);
-                let identity = PeerIdentity {
-                    gossip_addr: addr,
-                    grpc_addr: SocketAddr::new(addr.ip(), 7070),
-                    worker_key: [0; 32],
-                    fingerprint: "sim".into(),
-                    cores: 1,
-                    incarnation: 1,
-                };
+                let signer = Arc::new(sim_identity(config.seed, index));
+                let record =
+                    PeerIdentity::signed(&signer, sim_addr(index), "sim".into(), 1, 1)
+                        .expect("a short fingerprint");
                 let seed = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64;
-                Membership::new(identity, config.membership.clone(), seed)
+                Membership::new(record, signer, config.membership.clone(), seed)
             })
             .collect();
-        let by_addr = (0..config.members)
-            .map(|index| (sim_addr(index), index))
+        let by_key = members
+            .iter()
+            .enumerate()
+            .map(|(index, member)| (member.identity().worker_key, index))
             .collect();
+        let seed_addr = PeerAddr {
+            key: sim_identity(config.seed, 0).public_key(),
+            addr: sim_addr(0),
+        };
         let mut simulation = Self {
             network: Xoshiro256PlusPlus::seed_from_u64(config.seed),
             crashed: vec![false; config.members],
             members,
-            by_addr,
+            by_key,
+            seed_addr,
             queue: BinaryHeap::new(),
             seq: 0,
             now_ms: 0,
@@ -175,11 +194,20 @@ impl Simulation {
 
     fn handle(&mut self, event: Event) {
         let (member, result) = match event {
-            Event::Deliver { to, data } => {
+            Event::Deliver { to, from, data } => {
                 if self.crashed[to] {
                     return;
                 }
-                (to, self.members[to].handle_packet(self.now_ms, &data))
+                let from_key = self.members[from].identity().worker_key;
+                (
+                    to,
+                    self.members[to].handle_packet(
+                        self.now_ms,
+                        from_key,
+                        sim_addr(from).ip(),
+                        &data,
+                    ),
+                )
             }
             Event::Timer { member, timer } => {
                 if self.crashed[member] {
@@ -196,7 +224,7 @@ impl Simulation {
                 }
                 (
                     member,
-                    self.members[member].join(self.now_ms, &[sim_addr(0)]),
+                    self.members[member].join(self.now_ms, &[self.seed_addr]),
                 )
             }
         };
@@ -212,8 +240,8 @@ impl Simulation {
             let at = self.now_ms + after.as_millis() as u64;
             self.schedule(at, Event::Timer { member, timer });
         }
-        for (addr, data) in effects.sends {
-            let Some(&to) = self.by_addr.get(&addr) else {
+        for (target, data) in effects.sends {
+            let Some(&to) = self.by_key.get(&target.key) else {
                 self.dropped += 1;
                 continue;
             };
@@ -223,7 +251,14 @@ impl Simulation {
             }
             let (low, high) = self.config.delay_ms;
             let delay = self.network.random_range(low..=high);
-            self.schedule(self.now_ms + delay, Event::Deliver { to, data });
+            self.schedule(
+                self.now_ms + delay,
+                Event::Deliver {
+                    to,
+                    from: member,
+                    data,
+                },
+            );
         }
     }
 
@@ -244,7 +279,7 @@ impl Simulation {
                     .iter()
                     .filter(|peer| !peer.is_self)
                     .all(|peer| {
-                        let crashed = self.crashed[self.by_addr[&peer.identity.gossip_addr]];
+                        let crashed = self.crashed[self.by_key[&peer.identity.worker_key]];
                         let expected = if crashed {
                             PeerState::Down
                         } else {
