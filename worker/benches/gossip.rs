@@ -52,12 +52,12 @@ fn main() {
                 let mut addrs = std::collections::HashMap::new();
                 for peer in &view {
                     *states.entry(peer.state.name()).or_insert(0) += 1;
-                    *addrs.entry(peer.identity.gossip_addr).or_insert(0) += 1;
+                    *addrs.entry(peer.identity.worker_key).or_insert(0) += 1;
                 }
                 let dups = addrs.values().filter(|count| **count > 1).count();
                 eprintln!(
-                    "member {index} ({} inc {}): view {} states {states:?} duplicate addrs {dups} alive_count {}",
-                    sim.member(index).identity().gossip_addr,
+                    "member {index} ({} inc {}): view {} states {states:?} duplicate keys {dups} alive_count {}",
+                    sim.member(index).identity().addr,
                     sim.member(index).identity().incarnation,
                     view.len(),
                     sim.member(index).alive_count()
@@ -69,7 +69,7 @@ fn main() {
                 {
                     eprintln!(
                         "   {:?} inc {} {:?}",
-                        peer.identity.gossip_addr, peer.identity.incarnation, peer.state
+                        peer.identity.addr, peer.identity.incarnation, peer.state
                     );
                 }
             }

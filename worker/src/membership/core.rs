@@ -109,12 +109,13 @@ impl MembershipConfig {
     /// cluster of `members`, barring packet loss: the crashed member is probed by some member at
     /// least once per round-robin cycle of `members - 1` rounds, the probe fails within one more
     /// `probe_period` (direct and indirect attempts), suspicion lasts
-    /// [`MembershipConfig::suspicion`], and the verdict reaches everyone within log2(n) + 2
-    /// gossip periods.
+    /// [`MembershipConfig::suspicion`], the verdict reaches everyone within log2(n) + 2
+    /// gossip periods, and each of them holds it as a suspicion of its own for one more
+    /// suspicion period (no member takes another's word that a third is down).
     pub fn detection_bound(&self, members: usize) -> Duration {
         let rounds = members.saturating_sub(1).max(1) as u32 + 1;
         let spread = (usize::BITS - members.leading_zeros()) + 2;
-        self.probe_period * rounds + self.suspicion(members) + self.gossip_period * spread
+        self.probe_period * rounds + self.suspicion(members) * 2 + self.gossip_period * spread
     }
 
     /// The foca configuration for a cluster of `members`.
@@ -174,6 +175,12 @@ pub enum TimerEvent {
     RetryJoin,
     /// Take the new incarnation held back by `renew_min_interval`.
     Renew,
+    /// Another member declared this one down: held as a suspicion; down here too unless it
+    /// refuted (its incarnation changed) by now.
+    ConfirmDown {
+        member: PeerIdentity,
+        incarnation: foca::Incarnation,
+    },
 }
 
 /// What the core asks its driver to do.
@@ -251,7 +258,7 @@ pub struct ScreenStats {
     pub malformed: u64,
     /// Records whose signature did not verify.
     pub bad_signature: u64,
-    /// Updates declaring another member down.
+    /// Updates declaring another member down, held as suspicions instead.
     pub third_party_down: u64,
     /// Records of new members over the table, per-IP or introduction bounds.
     pub over_bounds: u64,
@@ -322,6 +329,14 @@ impl Known {
     fn at_ip(&self, ip: IpAddr) -> usize {
         self.per_ip.get(&ip).copied().unwrap_or(0)
     }
+}
+
+/// What screening lets through of one update.
+enum Admitted {
+    Yes,
+    /// A third party's "down", passed on as a suspicion.
+    AsSuspect,
+    No,
 }
 
 #[derive(Clone, Copy)]
@@ -562,10 +577,18 @@ impl Membership {
                 .decode_member(&mut rest)
                 .map_err(|_| malformed(&mut self.screened, "update does not decode"))?;
             let encoded = &before[..before.len() - rest.len()];
-            if self.admit_update(now_ms, from, from_ip, &update) {
-                kept.extend_from_slice(encoded);
-                kept_count += 1;
+            match self.admit_update(now_ms, from, from_ip, &update) {
+                Admitted::Yes => kept.extend_from_slice(encoded),
+                Admitted::AsSuspect => {
+                    let suspect =
+                        Member::new(update.id().clone(), update.incarnation(), State::Suspect);
+                    self.codec
+                        .encode_member(&suspect, &mut kept)
+                        .expect("a decoded member encodes");
+                }
+                Admitted::No => continue,
             }
+            kept_count += 1;
         }
         let mut packet = Vec::with_capacity(data.len());
         packet.extend_from_slice(&data[..header_len]);
@@ -575,29 +598,44 @@ impl Membership {
         Ok(packet)
     }
 
-    /// Whether one update about a member may reach foca.
+    /// Whether one update about a member may reach foca, and as what.
     fn admit_update(
         &mut self,
         now_ms: u64,
         from: [u8; 32],
         from_ip: IpAddr,
         update: &Member<PeerIdentity>,
-    ) -> bool {
+    ) -> Admitted {
         let record = update.id();
         if !self.verified(record) {
-            return false;
-        }
-        let about_sender = record.worker_key == from;
-        if update.state() == State::Down && !about_sender {
-            // Only a member may declare itself down (leaving, or retiring an old incarnation).
-            // Everyone else reaches "down" by its own suspicion timer.
-            self.screened.third_party_down += 1;
-            return false;
+            return Admitted::No;
         }
         let me = self.identity().worker_key;
-        record.worker_key == me
-            || self.known.records.contains_key(&record.worker_key)
-            || self.may_introduce(now_ms, from_ip, record)
+        let known =
+            record.worker_key == me || self.known.records.contains_key(&record.worker_key);
+        if update.state() == State::Down && record.worker_key != from {
+            // Only a member may declare itself down (leaving, or retiring an old incarnation).
+            // Anyone else's word that a member is down is a suspicion here, which the member
+            // can refute, confirmed by this member's own timer (`ConfirmDown`).
+            self.screened.third_party_down += 1;
+            if !known || record.worker_key == me {
+                return Admitted::No;
+            }
+            let wait = self.config.suspicion(self.known.records.len() + 1);
+            self.outbox.effects.timers.push((
+                wait,
+                TimerEvent::ConfirmDown {
+                    member: record.clone(),
+                    incarnation: update.incarnation(),
+                },
+            ));
+            return Admitted::AsSuspect;
+        }
+        if known || self.may_introduce(now_ms, from_ip, record) {
+            Admitted::Yes
+        } else {
+            Admitted::No
+        }
     }
 
     /// True if `record` is signed by its key. A record equal to the one indexed for its key
@@ -691,6 +729,21 @@ impl Membership {
                 }
             }
             TimerEvent::Renew => self.renew_armed = false,
+            TimerEvent::ConfirmDown {
+                member,
+                incarnation,
+            } => {
+                let still_suspect = self.foca.iter_membership_state().any(|known| {
+                    known.id() == &member
+                        && known.state() == State::Suspect
+                        && known.incarnation() == incarnation
+                });
+                if still_suspect {
+                    let down = Member::new(member, incarnation, State::Down);
+                    self.foca
+                        .apply_many(std::iter::once(down), true, &mut self.outbox)?;
+                }
+            }
         }
         self.index_new_members();
         Ok(())
@@ -923,7 +976,7 @@ mod tests {
         assert_eq!(config.transmissions(5), 6);
         assert_eq!(config.transmissions(1000), 18);
         // The figure ARCHITECTURE.md and the end-to-end test quote.
-        assert_eq!(config.detection_bound(5), Duration::from_millis(5500));
+        assert_eq!(config.detection_bound(5), Duration::from_millis(7500));
     }
 
     #[test]
@@ -951,14 +1004,26 @@ mod tests {
         assert_eq!(state_of(&core, honest.worker_key), Some(PeerState::Alive));
     }
 
+    /// The `ConfirmDown` timers `core` armed.
+    fn confirm_timers(core: &mut Membership) -> Vec<TimerEvent> {
+        core.drain()
+            .timers
+            .into_iter()
+            .map(|(_, timer)| timer)
+            .filter(|timer| matches!(timer, TimerEvent::ConfirmDown { .. }))
+            .collect()
+    }
+
     #[test]
-    fn forged_records_and_third_party_downs_are_cut_out_of_a_packet() {
+    fn forged_records_are_cut_out_and_a_third_partys_down_is_only_a_suspicion() {
         let mut core = core(1);
         let me = core.identity().clone();
         let (_, sender) = member(2);
         let (_, victim) = member(3);
         let (_, newcomer) = member(4);
-        core.handle_packet(0, sender.worker_key, ip(2), &packet(&sender, &me, Message::Ping(1), &[Member::alive(victim.clone())]))
+        let (_, crashed) = member(5);
+        let meet = [Member::alive(victim.clone()), Member::alive(crashed.clone())];
+        core.handle_packet(0, sender.worker_key, ip(2), &packet(&sender, &me, Message::Ping(1), &meet))
             .unwrap();
         assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Alive));
         let evicting = PeerIdentity {
@@ -969,24 +1034,39 @@ mod tests {
             Member::down(victim.clone()),
             Member::alive(evicting),
             Member::alive(newcomer.clone()),
+            Member::down(crashed.clone()),
         ];
         core.handle_packet(10, sender.worker_key, ip(2), &packet(&sender, &me, Message::Ping(2), &updates))
             .unwrap();
-        assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Alive));
+        assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Suspect));
+        assert_eq!(state_of(&core, crashed.worker_key), Some(PeerState::Suspect));
         assert_eq!(
             core.view()
                 .iter()
                 .find(|peer| peer.identity.worker_key == victim.worker_key)
                 .unwrap()
                 .identity,
-            victim
+            victim,
+            "the unsigned renewal was not taken"
         );
         assert_eq!(state_of(&core, newcomer.worker_key), Some(PeerState::Alive));
         let screened = core.screened();
-        assert_eq!((screened.third_party_down, screened.bad_signature), (1, 1));
+        assert_eq!((screened.third_party_down, screened.bad_signature), (2, 1));
+        let timers = confirm_timers(&mut core);
+        assert_eq!(timers.len(), 2);
+
+        // The victim refutes (a higher foca incarnation, from itself); the crashed one cannot.
+        let refute = packet(&victim, &me, Message::Ping(3), &[Member::new(victim.clone(), 1, State::Alive)]);
+        core.handle_packet(20, victim.worker_key, ip(3), &refute).unwrap();
+        for timer in timers {
+            core.handle_timer(2_010, timer).unwrap();
+        }
+        assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Alive));
+        assert_eq!(state_of(&core, crashed.worker_key), Some(PeerState::Down));
+
         // A member may declare itself down (it is leaving).
-        core.handle_packet(20, sender.worker_key, ip(2), &packet(&sender, &me, Message::Ping(3), &[Member::down(sender.clone())]))
-            .unwrap_or(());
+        let leaving = packet(&sender, &me, Message::Ping(4), &[Member::down(sender.clone())]);
+        let _ = core.handle_packet(3_000, sender.worker_key, ip(2), &leaving);
         assert_eq!(state_of(&core, sender.worker_key), Some(PeerState::Down));
     }
 
