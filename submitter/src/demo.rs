@@ -145,11 +145,10 @@ async fn start_workers(
         worker_options.policy.cores = 1;
         worker_options.seeds = gossip_seed.into_iter().collect();
         worker_options.lie_rate = if lies { 1.0 } else { 0.0 };
-        // Bound on the worker's own host by `start_local_worker`.
-        worker_options.gossip = Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0));
+        worker_options.gossip = true;
         let worker = start_local_worker(worker_options, index, stopped.clone()).await?;
         distinct_hosts &= worker.own_host;
-        gossip_seed = gossip_seed.or(worker.gossip_addr);
+        gossip_seed = gossip_seed.or(Some(worker.addr));
         grpc_seed = grpc_seed.or(Some(worker.addr.to_string()));
         eprintln!(
             "peergrid demo: worker {} at {}{}",
@@ -177,7 +176,6 @@ pub const MAX_LOCAL_WORKERS: usize = 254;
 pub struct LocalWorker {
     /// How to dial it (`KEY@IP:PORT`).
     pub addr: peergrid_proto::transport::PeerAddr,
-    pub gossip_addr: Option<SocketAddr>,
     pub public_key: PublicKey,
     /// Whether it has a loopback address of its own, so that it counts as a distinct host.
     pub own_host: bool,
@@ -185,7 +183,7 @@ pub struct LocalWorker {
 
 /// Starts worker number `index` (below [`MAX_LOCAL_WORKERS`]) in this process on 127.0.0.(index
 /// + 1), its own host to the scheduler, or on 127.0.0.1 where the system answers only there
-/// (macOS); gossip too when `options.gossip` is set. It serves until `stopped` turns true.
+/// (macOS). It serves until `stopped` turns true.
 /// `peergrid demo` and the grid bench start their workers here.
 pub async fn start_local_worker(
     options: WorkerOptions,
@@ -208,7 +206,6 @@ pub async fn start_local_worker(
     };
     let started = LocalWorker {
         addr: worker.peer_addr,
-        gossip_addr: worker.gossip_addr,
         public_key: worker.public_key,
         own_host,
     };
@@ -223,9 +220,6 @@ async fn start_on(
     host: IpAddr,
 ) -> Result<Worker, peergrid_worker::daemon::StartError> {
     options.listen = SocketAddr::new(host, 0);
-    if options.gossip.is_some() {
-        options.gossip = Some(SocketAddr::new(host, 0));
-    }
     Worker::start(options).await
 }
 

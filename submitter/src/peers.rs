@@ -13,7 +13,6 @@ use crate::schedule::Reputation;
 pub struct PeerRow {
     pub key: String,
     pub grpc_addr: String,
-    pub gossip_addr: String,
     pub cores: u32,
     pub free_slots: Option<u32>,
     pub runtime: String,
@@ -38,7 +37,6 @@ impl PeerRow {
         Self {
             key,
             grpc_addr: peer.grpc_addr,
-            gossip_addr: peer.gossip_addr,
             cores: peer.cores,
             free_slots: peer.free_slots,
             runtime: peer.runtime_fingerprint,
@@ -54,7 +52,6 @@ impl PeerRow {
         json!({
             "peer": self.key,
             "grpc_addr": self.grpc_addr,
-            "gossip_addr": self.gossip_addr,
             "cores": self.cores,
             "free_slots": self.free_slots,
             "runtime": self.runtime,
@@ -109,8 +106,8 @@ pub fn table(rows: &[PeerRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10} {:<18}  GOSSIP",
-        "PEER", "GRPC", "CORES", "FREE", "STATE", "RUNTIME", "INCARNATION", "HEARD", "REPUTATION"
+        "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10} {:<18}",
+        "PEER", "ADDRESS", "CORES", "FREE", "STATE", "RUNTIME", "INCARNATION", "HEARD", "REPUTATION"
     );
     for row in rows {
         let peer = format!(
@@ -143,7 +140,7 @@ pub fn table(rows: &[PeerRow]) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10} {:<18}  {}",
+            "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10} {:<18}",
             peer,
             row.grpc_addr,
             row.cores,
@@ -153,7 +150,6 @@ pub fn table(rows: &[PeerRow]) -> String {
             row.incarnation,
             heard,
             reputation,
-            row.gossip_addr
         );
     }
     out

@@ -30,7 +30,7 @@ fn seed() -> u64 {
 fn a_thousand_members_converge_over_a_lossy_network_and_detect_crashes() {
     let seed = seed();
     let _report = SeedReport(seed);
-    let members = 1000;
+    let members = 500;
     let config = SimConfig::new(members, seed);
     let probe_period_ms = config.membership.probe_period.as_millis() as u64;
     let mut sim = Simulation::new(config);

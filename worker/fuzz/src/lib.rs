@@ -6,7 +6,8 @@
 //! Neither target runs wasm: admission is pure, and membership is the I/O-free protocol core.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use peergrid_proto::signing::{TASK_DOMAIN, sign_task};
@@ -15,6 +16,7 @@ use peergrid_worker::admission::{self, AdmittedTask, TrustPolicy};
 use peergrid_worker::limits;
 use peergrid_worker::membership::core::{MAX_PACKET_BYTES, TimerEvent};
 use peergrid_worker::membership::slots::SlotNews;
+use peergrid_proto::transport::PeerAddr;
 use peergrid_worker::membership::{Membership, MembershipConfig, PeerIdentity, PeerState};
 use prost::Message;
 use prost::bytes::Bytes;
@@ -117,15 +119,32 @@ pub fn peer_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7002))
 }
 
-fn identity(gossip_addr: SocketAddr, key: u8) -> PeerIdentity {
-    PeerIdentity {
-        gossip_addr,
-        grpc_addr: SocketAddr::new(gossip_addr.ip(), gossip_addr.port() + 1000),
-        worker_key: [key; 32],
-        fingerprint: "wasmtime-48".into(),
-        cores: 4,
-        incarnation: 1_700_000_000_000,
-    }
+/// Member `seed`'s signing key.
+fn signer(seed: u8) -> Arc<Identity> {
+    Arc::new(Identity::from_seed([seed; 32]))
+}
+
+/// A member with key `seed` at `addr`, its signed record and its core.
+fn member_at(addr: SocketAddr, seed: u8) -> Membership {
+    let signer = signer(seed);
+    let record = PeerIdentity::signed(
+        &signer,
+        addr,
+        "wasmtime-48".into(),
+        4,
+        1_700_000_000_000,
+    )
+    .expect("a short fingerprint");
+    Membership::new(record, signer, MembershipConfig::default(), u64::from(seed))
+}
+
+/// The key the fuzzed packets' connection proved: the peer's (they may claim anything).
+fn peer_key() -> [u8; 32] {
+    signer(2).public_key().to_bytes()
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
 }
 
 /// Most packets one input is cut into, and most timers fired after each.
@@ -137,16 +156,17 @@ const STEP_MS: u64 = 100;
 /// Target `membership_message`. Layout of `data`: byte 0 holds flags (bit 0: the member has
 /// first met [`peer_addr`] through a real exchange; bit 1: timers that fall due between packets
 /// fire), then packets, each a little-endian u16 length and that many bytes (the last one takes
-/// what is left). Each packet is also decoded alone as the worker's two postcard types.
+/// what is left), each arriving over a connection that proved the peer's key. Each packet is
+/// also decoded alone as the worker's two postcard types.
 ///
 /// Oracle: nothing panics; `SlotNews` round-trips; and the view keeps its shape: this member
-/// first, no address twice among the others, and any other identity at this member's address
-/// down.
+/// first, no key twice among the others, never this member's own key, and every record in it
+/// signed by its key.
 pub fn membership_message(data: &[u8]) {
     let Some((&flags, mut rest)) = data.split_first() else {
         return;
     };
-    let mut member = Membership::new(identity(member_addr(), 1), MembershipConfig::default(), 1);
+    let mut member = member_at(member_addr(), 1);
     let mut now_ms = 0;
     let mut timers = BTreeMap::new();
     let mut timer_seq = 0u64;
@@ -168,9 +188,9 @@ pub fn membership_message(data: &[u8]) {
         };
         decode_alone(packet);
         now_ms += STEP_MS;
-        // The UDP driver drops what does not fit its buffer before the core sees it.
+        // The driver drops what does not fit a datagram before the core sees it.
         if packet.len() <= MAX_PACKET_BYTES {
-            let _refused = member.handle_packet(now_ms, packet);
+            let _refused = member.handle_packet(now_ms, peer_key(), loopback(), packet);
         }
         collect_timers(&mut member, now_ms, &mut timers, &mut timer_seq);
         if flags & 2 == 2 {
@@ -183,24 +203,33 @@ pub fn membership_message(data: &[u8]) {
 /// Lets a second member join the fuzzed one over a perfect network until both know each other;
 /// returns the virtual time reached.
 fn meet_peer(member: &mut Membership) -> u64 {
-    let mut peer = Membership::new(identity(peer_addr(), 2), MembershipConfig::default(), 2);
-    peer.join(0, &[member_addr()]).expect("join");
+    let mut peer = member_at(peer_addr(), 2);
+    peer.join(0, &[member_seed()]).expect("join");
     peer.set_free_slots(0, 3).expect("slot news");
+    let member_key = member.identity().worker_key;
     let mut now_ms = 0;
     for _ in 0..4 {
         now_ms += 1;
         for (to, packet) in peer.drain().sends {
-            if to == member_addr() {
-                let _ = member.handle_packet(now_ms, &packet);
+            if to.key == member_key {
+                let _ = member.handle_packet(now_ms, peer_key(), loopback(), &packet);
             }
         }
         for (to, packet) in member.drain().sends {
-            if to == peer_addr() {
-                let _ = peer.handle_packet(now_ms, &packet);
+            if to.key == peer_key() {
+                let _ = peer.handle_packet(now_ms, member_key, loopback(), &packet);
             }
         }
     }
     now_ms
+}
+
+/// The fuzzed member as a seed: its key and address.
+fn member_seed() -> PeerAddr {
+    PeerAddr {
+        key: signer(1).public_key(),
+        addr: member_addr(),
+    }
 }
 
 /// Moves the timers the member asked for into `timers`, keyed by due time then arrival.
@@ -252,24 +281,23 @@ fn check_view(member: &Membership) {
     let view = member.view();
     let me = &view[0];
     assert!(me.is_self, "the view does not start with this member");
-    assert_eq!(me.identity.gossip_addr, member_addr());
-    let mut addrs = HashSet::new();
+    assert_eq!(me.identity.addr, member_addr());
+    let mut keys = HashSet::new();
     for peer in &view[1..] {
         assert!(!peer.is_self);
         assert!(
-            addrs.insert(peer.identity.gossip_addr),
-            "{} listed twice: {view:?}",
-            peer.identity.gossip_addr
+            keys.insert(peer.identity.worker_key),
+            "{:?} listed twice: {view:?}",
+            peer.identity.worker_key
         );
-        // foca keeps news about another identity at this member's address (its earlier self
-        // before a restart, or an impostor) only as a down member, never one to send work to.
-        if peer.identity.gossip_addr == member_addr() {
-            assert_eq!(
-                peer.state,
-                PeerState::Down,
-                "another identity at this member's address is not down: {view:?}"
-            );
-        }
+        assert_ne!(
+            peer.identity.worker_key, me.identity.worker_key,
+            "this member's own key listed as another: {view:?}"
+        );
+        assert!(
+            peer.identity.verify().is_ok(),
+            "an unsigned record entered the view: {view:?}"
+        );
     }
     // The count that sizes gossip fan-out agrees with the view: every member not down.
     let active = view[1..]
@@ -334,13 +362,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         "slot-news-alone",
         framed(
             0,
-            &[SlotNews {
-                gossip_addr: peer_addr(),
-                incarnation: 1,
-                seq: 2,
-                free_slots: 3,
-            }
-            .encode()],
+            &[SlotNews::signed(&signer(2), 1, 2, 3).encode()],
         ),
     ));
     seeds
@@ -349,24 +371,27 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 /// Packets a peer sends the fuzzed member: on joining (announce, slot news), and in a later
 /// exchange once they know each other (probes and gossip).
 fn peer_packets() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let mut member = Membership::new(identity(member_addr(), 1), MembershipConfig::default(), 1);
-    let mut peer = Membership::new(identity(peer_addr(), 2), MembershipConfig::default(), 2);
-    peer.join(0, &[member_addr()]).expect("join");
+    let mut member = member_at(member_addr(), 1);
+    let mut peer = member_at(peer_addr(), 2);
+    peer.join(0, &[member_seed()]).expect("join");
     peer.set_free_slots(0, 3).expect("slot news");
+    let member_key = member.identity().worker_key;
     let to_member = |effects: peergrid_worker::membership::core::Effects| -> Vec<Vec<u8>> {
         effects
             .sends
             .into_iter()
-            .filter(|(to, _)| *to == member_addr())
+            .filter(|(to, _)| to.key == member_key)
             .map(|(_, packet)| packet)
             .collect()
     };
     let first = to_member(peer.drain());
     for packet in &first {
-        member.handle_packet(1, packet).expect("a peer's packet");
+        member
+            .handle_packet(1, peer_key(), loopback(), packet)
+            .expect("a peer's packet");
     }
     for (_, packet) in member.drain().sends {
-        let _ = peer.handle_packet(2, &packet);
+        let _ = peer.handle_packet(2, member_key, loopback(), &packet);
     }
     let mut later = Vec::new();
     let mut pending: Vec<(Duration, TimerEvent)> = peer.drain().timers;
