@@ -107,7 +107,15 @@ pub fn table(rows: &[PeerRow]) -> String {
     let _ = writeln!(
         out,
         "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10} {:<18}",
-        "PEER", "ADDRESS", "CORES", "FREE", "STATE", "RUNTIME", "INCARNATION", "HEARD", "REPUTATION"
+        "PEER",
+        "ADDRESS",
+        "CORES",
+        "FREE",
+        "STATE",
+        "RUNTIME",
+        "INCARNATION",
+        "HEARD",
+        "REPUTATION"
     );
     for row in rows {
         let peer = format!(

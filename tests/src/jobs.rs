@@ -24,9 +24,8 @@ pub fn grid(
     let hosts: Vec<String> = (0..count).map(|i| format!("127.0.0.{}", i + 2)).collect();
     let mut workers: Vec<WorkerProcess> = Vec::new();
     for (index, host) in hosts.iter().enumerate() {
-        let gossip = format!("{host}:0");
-        let seed = workers.first().and_then(|w| w.gossip_addr.clone());
-        let mut args = vec!["--cores", "1", "--gossip", &gossip];
+        let seed = workers.first().and_then(|w| w.seed.clone());
+        let mut args = vec!["--cores", "1", "--gossip"];
         if let Some(seed) = &seed {
             args.extend(["--seed", seed.as_str()]);
         }

@@ -191,8 +191,8 @@ pub struct WorkerProcess {
     pub addr: String,
     pub key_hex: String,
     pub fingerprint: String,
-    /// The UDP gossip address, when the worker gossips.
-    pub gossip_addr: Option<String>,
+    /// When the worker gossips: how another worker seeds from it (its `KEY@IP:PORT`).
+    pub seed: Option<String>,
     pub data_dir: PathBuf,
     stderr_path: PathBuf,
 }
@@ -246,13 +246,13 @@ impl WorkerProcess {
             .stdout(Stdio::piped())
             .stderr(stderr);
         let (child, line, _) = spawn_until_ready(command, "peergrid-worker", &stderr_path);
-        // "peergrid-worker ready: listening on ADDR key HEX runtime FP slots N gossip ADDR|off"
+        // "peergrid-worker ready: listening on KEY@ADDR key HEX runtime FP slots N gossip on|off"
         let field = |name: &str| ready_field(&line, name);
         Self {
             addr: field("on"),
             key_hex: field("key"),
             fingerprint: field("runtime"),
-            gossip_addr: Some(field("gossip")).filter(|addr| addr != "off"),
+            seed: (field("gossip") == "on").then(|| field("on")),
             data_dir: data_dir.to_owned(),
             stderr_path,
             child,

@@ -91,7 +91,7 @@ pub struct RogueConfig<'a> {
     pub claim_slots: Option<u32>,
     /// `--instant`: lies are answered at once, without running the task.
     pub instant: bool,
-    /// More flags, e.g. `--gossip HOST:0 --seed ADDR`.
+    /// More flags, e.g. `--gossip --seed KEY@IP:PORT`.
     pub extra_args: Vec<&'a str>,
 }
 
@@ -128,8 +128,8 @@ pub struct RogueProcess {
     pub addr: String,
     pub key_hex: String,
     pub fingerprint: String,
-    /// The UDP gossip address, when it gossips.
-    pub gossip_addr: Option<String>,
+    /// When it gossips: how a worker seeds from it (its `KEY@IP:PORT`).
+    pub seed: Option<String>,
     pub data_dir: PathBuf,
     stderr_path: PathBuf,
     /// Lines printed after the ready line, as the reader thread passes them on.
@@ -176,14 +176,14 @@ impl RogueProcess {
             .stdout(Stdio::piped())
             .stderr(stderr);
         let (child, line, lines) = spawn_until_ready(command, "rogue_worker", &stderr_path);
-        // "rogue_worker ready: listening on ADDR key HEX runtime FP slots N gossip ADDR|off
+        // "rogue_worker ready: listening on ADDR key HEX runtime FP slots N gossip on|off
         // strategy S"
         let field = |name: &str| ready_field(&line, name);
         Self {
             addr: field("on"),
             key_hex: field("key"),
             fingerprint: field("runtime"),
-            gossip_addr: Some(field("gossip")).filter(|addr| addr != "off"),
+            seed: (field("gossip") == "on").then(|| field("on")),
             data_dir: data_dir.to_owned(),
             stderr_path,
             child,

@@ -45,12 +45,16 @@ struct Slot {
     data_dir: PathBuf,
     host: String,
     port: u16,
-    gossip: String,
+    /// Its `KEY@IP:PORT`, once started.
+    seed: Option<String>,
 }
 
 fn start(slot: &Slot, key: &KeyPair, seeds: &[String]) -> WorkerProcess {
-    let mut args = vec!["--cores", "1", "--gossip", &slot.gossip];
-    for seed in seeds.iter().filter(|seed| **seed != slot.gossip) {
+    let mut args = vec!["--cores", "1", "--gossip"];
+    for seed in seeds
+        .iter()
+        .filter(|seed| Some(*seed) != slot.seed.as_ref())
+    {
         args.extend(["--seed", seed.as_str()]);
     }
     WorkerProcess::start(
@@ -135,13 +139,13 @@ fn a_job_survives_workers_killed_every_few_seconds_and_a_submitter_crash() {
             data_dir: dir.path().join(format!("w{index}")),
             host: host.clone(),
             port: 0,
-            gossip: format!("{host}:0"),
+            seed: None,
         };
         let worker = start(&slot, &key, &seeds);
         // Later starts reuse the ports chosen now, as a restarted daemon would.
         slot.port = worker.addr.rsplit_once(':').unwrap().1.parse().unwrap();
-        slot.gossip = worker.gossip_addr.clone().expect("the worker gossips");
-        seeds.push(slot.gossip.clone());
+        slot.seed = Some(worker.seed.clone().expect("the worker gossips"));
+        seeds.push(worker.addr.clone());
         slots.push(slot);
         workers.push(Some(worker));
     }

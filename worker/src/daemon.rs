@@ -155,9 +155,12 @@ impl Worker {
             }),
         )
         .map_err(|error| StartError::Sandbox(error.0))?;
-        let endpoint =
-            transport::bind_endpoint(&identity, options.listen, vec![GRPC_ALPN.to_vec(), GOSSIP_ALPN.to_vec()])
-                .await?;
+        let endpoint = transport::bind_endpoint(
+            &identity,
+            options.listen,
+            vec![GRPC_ALPN.to_vec(), GOSSIP_ALPN.to_vec()],
+        )
+        .await?;
         let addr = transport::bound_addr(&endpoint).unwrap_or(options.listen);
         let public_key = identity.public_key();
         let fingerprint = sandbox.fingerprint().to_owned();

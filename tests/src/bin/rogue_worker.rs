@@ -75,7 +75,7 @@ use peergrid_worker::daemon::{
     connections::{self, ConnectionLimits},
 };
 use peergrid_worker::limits;
-use peergrid_worker::membership::{Gossip, MembershipConfig, PeerIdentity};
+use peergrid_worker::membership::{GOSSIP_ALPN, Gossip, MembershipConfig, PeerIdentity};
 use peergrid_worker::policy::{DonorPolicy, DonorState};
 use peergrid_worker::receipt;
 use peergrid_worker::sandbox::{
@@ -154,8 +154,8 @@ struct Args {
     instant: bool,
     from: Option<String>,
     claim_slots: Option<u32>,
-    gossip: Option<SocketAddr>,
-    seeds: Vec<SocketAddr>,
+    gossip: bool,
+    seeds: Vec<PeerAddr>,
 }
 
 fn usage(problem: &str) -> ! {
@@ -164,7 +164,7 @@ fn usage(problem: &str) -> ! {
         "rogue_worker: {problem}\nusage: rogue_worker --listen HOST:PORT --data-dir DIR \
          --strategy {} [--trust HEX]... [--trust-any-key] [--cores N] [--group NAME] \
          [--group-dir DIR] [--pair-window-ms MS] [--instant] [--from ADDR] [--claim-slots N] \
-         [--gossip ADDR [--seed ADDR]...]",
+         [--gossip] [--seed KEY@IP:PORT]...",
         strategies.join("|")
     );
     std::process::exit(2);
@@ -193,7 +193,7 @@ fn parse_args() -> Args {
         instant: false,
         from: None,
         claim_slots: None,
-        gossip: None,
+        gossip: false,
         seeds: Vec::new(),
     };
     let mut argv = std::env::args().skip(1);
@@ -205,6 +205,10 @@ fn parse_args() -> Args {
             }
             "--instant" => {
                 args.instant = true;
+                continue;
+            }
+            "--gossip" => {
+                args.gossip = true;
                 continue;
             }
             _ => {}
@@ -238,7 +242,10 @@ fn parse_args() -> Args {
             }
             "--from" => args.from = Some(value),
             "--claim-slots" => args.claim_slots = Some(parsed(&flag, &value)),
-            "--gossip" => args.gossip = Some(parsed(&flag, &value)),
+            "--gossip" => {
+                args.gossip = true;
+                continue;
+            }
             "--seed" => args.seeds.push(parsed(&flag, &value)),
             other => usage(&format!("unknown flag {other}")),
         }
@@ -872,9 +879,13 @@ fn trust_policy(args: &Args) -> TrustPolicy {
 async fn main() {
     let args = parse_args();
     let (identity, blobs, honest) = open(&args);
-    let endpoint = transport::bind_endpoint(&identity, args.listen, vec![GRPC_ALPN.to_vec()])
-        .await
-        .unwrap_or_else(|error| fail(&error.to_string()));
+    let endpoint = transport::bind_endpoint(
+        &identity,
+        args.listen,
+        vec![GRPC_ALPN.to_vec(), GOSSIP_ALPN.to_vec()],
+    )
+    .await
+    .unwrap_or_else(|error| fail(&error.to_string()));
     let addr = transport::bound_addr(&endpoint).unwrap_or(args.listen);
     let dialer = Dialer::new(&identity)
         .await
@@ -910,38 +921,31 @@ async fn main() {
     let slots = args.claim_slots.unwrap_or(args.cores);
     // Stops gossip when dropped, i.e. never before the process ends.
     let (_stop_gossip, stopped) = watch::channel(false);
-    let gossip_addr = match args.gossip {
-        None => "off".to_owned(),
-        Some(bind) => {
-            let me = PeerIdentity {
-                gossip_addr: bind,
-                grpc_addr: addr,
-                worker_key: public_key.to_bytes(),
-                fingerprint: fingerprint.clone(),
-                cores: slots,
-                incarnation: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(1, |now| now.as_millis() as u64),
-            };
-            let announced = rogue.clone();
-            let gossip = Gossip::start(
-                bind,
-                move |local| PeerIdentity {
-                    gossip_addr: local,
-                    ..me
-                },
-                MembershipConfig::default(),
-                args.seeds.clone(),
-                move || announced.free_slots(),
-                stopped,
-            )
-            .await
-            .unwrap_or_else(|error| fail(&format!("cannot gossip on {bind}: {error}")));
-            let local = gossip.local_addr;
-            honest.set_gossip(gossip);
-            local.to_string()
-        }
-    };
+    let gossip = (args.gossip || !args.seeds.is_empty()).then(|| {
+        let me = PeerIdentity::signed(
+            &honest.identity(),
+            addr,
+            fingerprint.clone(),
+            slots,
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |now| now.as_millis() as u64),
+        )
+        .unwrap_or_else(|error| fail(&error.to_string()));
+        let announced = rogue.clone();
+        let gossip = Gossip::start(
+            endpoint.clone(),
+            me,
+            honest.identity(),
+            MembershipConfig::default(),
+            args.seeds.clone(),
+            move || announced.free_slots(),
+            stopped,
+        );
+        honest.set_gossip(gossip.clone());
+        gossip
+    });
+    let gossip_state = if gossip.is_some() { "on" } else { "off" };
     let server = pb::worker_server::WorkerServer::new(rogue)
         .max_decoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES);
@@ -951,6 +955,7 @@ async fn main() {
         endpoint,
         ConnectionLimits::standard(),
         daemon::admission(trust_policy(&args)),
+        gossip,
     );
     let peer_addr = PeerAddr {
         key: public_key,
@@ -958,7 +963,7 @@ async fn main() {
     };
     say(&format!(
         "rogue_worker ready: listening on {peer_addr} key {public_key} runtime {fingerprint} slots \
-         {slots} gossip {gossip_addr} strategy {}",
+         {slots} gossip {gossip_state} strategy {}",
         args.strategy.name()
     ));
     if let Err(error) = daemon::grpc_server()

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use peergrid_proto::signing::{TASK_DOMAIN, sign_task};
+use peergrid_proto::transport::PeerAddr;
 use peergrid_proto::{ContentHash, Identity, pb};
 use peergrid_worker::admission::{self, AdmittedTask, TrustPolicy};
 use peergrid_worker::limits;
 use peergrid_worker::membership::core::{MAX_PACKET_BYTES, TimerEvent};
 use peergrid_worker::membership::slots::SlotNews;
-use peergrid_proto::transport::PeerAddr;
 use peergrid_worker::membership::{Membership, MembershipConfig, PeerIdentity, PeerState};
 use prost::Message;
 use prost::bytes::Bytes;
@@ -127,14 +127,8 @@ fn signer(seed: u8) -> Arc<Identity> {
 /// A member with key `seed` at `addr`, its signed record and its core.
 fn member_at(addr: SocketAddr, seed: u8) -> Membership {
     let signer = signer(seed);
-    let record = PeerIdentity::signed(
-        &signer,
-        addr,
-        "wasmtime-48".into(),
-        4,
-        1_700_000_000_000,
-    )
-    .expect("a short fingerprint");
+    let record = PeerIdentity::signed(&signer, addr, "wasmtime-48".into(), 4, 1_700_000_000_000)
+        .expect("a short fingerprint");
     Membership::new(record, signer, MembershipConfig::default(), u64::from(seed))
 }
 
@@ -360,10 +354,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     seeds.push((
         "membership_message",
         "slot-news-alone",
-        framed(
-            0,
-            &[SlotNews::signed(&signer(2), 1, 2, 3).encode()],
-        ),
+        framed(0, &[SlotNews::signed(&signer(2), 1, 2, 3).encode()]),
     ));
     seeds
 }

@@ -542,7 +542,8 @@ impl Membership {
         if !self.verified(&header.src) {
             return Err(MembershipError::Refused("sender's record is not signed"));
         }
-        if !self.known.records.contains_key(&from) && !self.may_introduce(now_ms, from_ip, &header.src)
+        if !self.known.records.contains_key(&from)
+            && !self.may_introduce(now_ms, from_ip, &header.src)
         {
             return Err(MembershipError::Refused("no room for a new member"));
         }
@@ -611,8 +612,7 @@ impl Membership {
             return Admitted::No;
         }
         let me = self.identity().worker_key;
-        let known =
-            record.worker_key == me || self.known.records.contains_key(&record.worker_key);
+        let known = record.worker_key == me || self.known.records.contains_key(&record.worker_key);
         if update.state() == State::Down && record.worker_key != from {
             // Only a member may declare itself down (leaving, or retiring an old incarnation).
             // Anyone else's word that a member is down is a suspicion here, which the member
@@ -663,7 +663,9 @@ impl Membership {
             f64::from(config.introductions_per_second),
             f64::from(config.introductions_burst),
         );
-        if self.introductions.len() >= config.max_members && !self.introductions.contains_key(&from_ip) {
+        if self.introductions.len() >= config.max_members
+            && !self.introductions.contains_key(&from_ip)
+        {
             // Bounded like the table: forget the buckets (all start full again).
             self.introductions.clear();
         }
@@ -825,7 +827,10 @@ impl Membership {
         };
         self.renew_pending = false;
         self.last_renew_ms = Some(now_ms);
-        tracing::info!(incarnation = renewed.incarnation, "rejoined with a new incarnation");
+        tracing::info!(
+            incarnation = renewed.incarnation,
+            "rejoined with a new incarnation"
+        );
         if let Err(error) = self.foca.change_identity(renewed, &mut self.outbox) {
             tracing::warn!("cannot take the renewed member record: {error}");
             return;
@@ -896,11 +901,7 @@ impl Membership {
                     State::Down => PeerState::Down,
                 },
                 free_slots: slots_of(identity),
-                last_heard_ms: self
-                    .outbox
-                    .last_heard_ms
-                    .get(&identity.worker_key)
-                    .copied(),
+                last_heard_ms: self.outbox.last_heard_ms.get(&identity.worker_key).copied(),
                 is_self: false,
             });
         }
@@ -987,7 +988,10 @@ mod tests {
         let (_, stranger) = member(3);
         let ping = packet(&honest, &me, Message::Ping(1), &[]);
         // Sent over a connection that proved another key: refused whole.
-        assert!(core.handle_packet(0, stranger.worker_key, ip(3), &ping).is_err());
+        assert!(
+            core.handle_packet(0, stranger.worker_key, ip(3), &ping)
+                .is_err()
+        );
         assert_eq!(core.screened().wrong_sender, 1);
         assert_eq!(state_of(&core, honest.worker_key), None);
         // A usurper's record with the honest key at a huge incarnation, not signed by it.
@@ -997,10 +1001,14 @@ mod tests {
             ..honest.clone()
         };
         let forged = packet(&usurper, &me, Message::Ping(1), &[]);
-        assert!(core.handle_packet(0, honest.worker_key, ip(3), &forged).is_err());
+        assert!(
+            core.handle_packet(0, honest.worker_key, ip(3), &forged)
+                .is_err()
+        );
         assert_eq!(core.screened().bad_signature, 1);
         // The real one is taken.
-        core.handle_packet(0, honest.worker_key, ip(2), &ping).unwrap();
+        core.handle_packet(0, honest.worker_key, ip(2), &ping)
+            .unwrap();
         assert_eq!(state_of(&core, honest.worker_key), Some(PeerState::Alive));
     }
 
@@ -1022,9 +1030,17 @@ mod tests {
         let (_, victim) = member(3);
         let (_, newcomer) = member(4);
         let (_, crashed) = member(5);
-        let meet = [Member::alive(victim.clone()), Member::alive(crashed.clone())];
-        core.handle_packet(0, sender.worker_key, ip(2), &packet(&sender, &me, Message::Ping(1), &meet))
-            .unwrap();
+        let meet = [
+            Member::alive(victim.clone()),
+            Member::alive(crashed.clone()),
+        ];
+        core.handle_packet(
+            0,
+            sender.worker_key,
+            ip(2),
+            &packet(&sender, &me, Message::Ping(1), &meet),
+        )
+        .unwrap();
         assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Alive));
         let evicting = PeerIdentity {
             incarnation: victim.incarnation + 1,
@@ -1036,10 +1052,18 @@ mod tests {
             Member::alive(newcomer.clone()),
             Member::down(crashed.clone()),
         ];
-        core.handle_packet(10, sender.worker_key, ip(2), &packet(&sender, &me, Message::Ping(2), &updates))
-            .unwrap();
+        core.handle_packet(
+            10,
+            sender.worker_key,
+            ip(2),
+            &packet(&sender, &me, Message::Ping(2), &updates),
+        )
+        .unwrap();
         assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Suspect));
-        assert_eq!(state_of(&core, crashed.worker_key), Some(PeerState::Suspect));
+        assert_eq!(
+            state_of(&core, crashed.worker_key),
+            Some(PeerState::Suspect)
+        );
         assert_eq!(
             core.view()
                 .iter()
@@ -1056,8 +1080,14 @@ mod tests {
         assert_eq!(timers.len(), 2);
 
         // The victim refutes (a higher foca incarnation, from itself); the crashed one cannot.
-        let refute = packet(&victim, &me, Message::Ping(3), &[Member::new(victim.clone(), 1, State::Alive)]);
-        core.handle_packet(20, victim.worker_key, ip(3), &refute).unwrap();
+        let refute = packet(
+            &victim,
+            &me,
+            Message::Ping(3),
+            &[Member::new(victim.clone(), 1, State::Alive)],
+        );
+        core.handle_packet(20, victim.worker_key, ip(3), &refute)
+            .unwrap();
         for timer in timers {
             core.handle_timer(2_010, timer).unwrap();
         }
@@ -1065,7 +1095,12 @@ mod tests {
         assert_eq!(state_of(&core, crashed.worker_key), Some(PeerState::Down));
 
         // A member may declare itself down (it is leaving).
-        let leaving = packet(&sender, &me, Message::Ping(4), &[Member::down(sender.clone())]);
+        let leaving = packet(
+            &sender,
+            &me,
+            Message::Ping(4),
+            &[Member::down(sender.clone())],
+        );
         let _ = core.handle_packet(3_000, sender.worker_key, ip(2), &leaving);
         assert_eq!(state_of(&core, sender.worker_key), Some(PeerState::Down));
     }
@@ -1087,13 +1122,17 @@ mod tests {
         let victim: SocketAddr = "192.0.2.1:443".parse().unwrap();
         let fakes: Vec<Member<PeerIdentity>> = (0..100u8)
             .map(|seed| {
-                let key = Identity::from_seed([seed, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+                let key = Identity::from_seed([
+                    seed, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
+                    9, 9, 9, 9, 9, 9, 9,
+                ]);
                 Member::alive(PeerIdentity::signed(&key, victim, "fp".into(), 1, 1).unwrap())
             })
             .collect();
         for (index, chunk) in fakes.chunks(3).enumerate() {
             let ping = packet(&sender, &me, Message::Ping(index as u8), chunk);
-            core.handle_packet(0, sender.worker_key, ip(2), &ping).unwrap();
+            core.handle_packet(0, sender.worker_key, ip(2), &ping)
+                .unwrap();
         }
         let at_victim = core
             .view()
@@ -1105,20 +1144,25 @@ mod tests {
         // once, the sender itself took one), then by the table.
         let spread: Vec<Member<PeerIdentity>> = (0..100u8)
             .map(|seed| {
-                let key = Identity::from_seed([seed, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7]);
+                let key = Identity::from_seed([
+                    seed, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+                    7, 7, 7, 7, 7, 7, 7,
+                ]);
                 let addr = SocketAddr::new(IpAddr::from([198, 51, 100, seed]), 1);
                 Member::alive(PeerIdentity::signed(&key, addr, "fp".into(), 1, 1).unwrap())
             })
             .collect();
         for (index, chunk) in spread.chunks(3).enumerate() {
             let ping = packet(&sender, &me, Message::Ping(index as u8), chunk);
-            core.handle_packet(0, sender.worker_key, ip(2), &ping).unwrap();
+            core.handle_packet(0, sender.worker_key, ip(2), &ping)
+                .unwrap();
         }
         assert_eq!(core.table_len(), 20);
         // Ten seconds later the budget is full again, but the table holds at most 40.
         for (index, chunk) in spread.chunks(3).enumerate() {
             let ping = packet(&sender, &me, Message::Ping(index as u8), chunk);
-            core.handle_packet(10_000, sender.worker_key, ip(2), &ping).unwrap();
+            core.handle_packet(10_000, sender.worker_key, ip(2), &ping)
+                .unwrap();
         }
         assert_eq!(core.table_len(), 40);
     }
@@ -1138,8 +1182,14 @@ mod tests {
             },
             &[],
         );
-        assert!(core.handle_packet(0, sender.worker_key, ip(2), &request).is_err());
-        assert!(core.drain().sends.is_empty(), "nothing sent to an unknown address");
+        assert!(
+            core.handle_packet(0, sender.worker_key, ip(2), &request)
+                .is_err()
+        );
+        assert!(
+            core.drain().sends.is_empty(),
+            "nothing sent to an unknown address"
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub struct PeerIdentity {
 /// Why a record was not signed or not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("member record's fingerprint is {0} bytes, more than the {MAX_FINGERPRINT_BYTES} allowed")]
+    #[error(
+        "member record's fingerprint is {0} bytes, more than the {MAX_FINGERPRINT_BYTES} allowed"
+    )]
     FingerprintTooLong(usize),
     #[error("member record's key is not an Ed25519 public key")]
     BadKey,

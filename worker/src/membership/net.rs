@@ -192,9 +192,12 @@ impl Gossip {
                 }
             }
             // Say goodbye, so the others mark this worker down at once instead of suspecting it.
-            driver.step(&mut links, &timers, |core, _| core.leave()).await;
+            driver
+                .step(&mut links, &timers, |core, _| core.leave())
+                .await;
             for link in links.open.values() {
-                link.connection.close(VarInt::from_u32(LINK_CLOSED_CODE), LINK_CLOSED_REASON);
+                link.connection
+                    .close(VarInt::from_u32(LINK_CLOSED_CODE), LINK_CLOSED_REASON);
             }
         });
         *gossip
@@ -309,7 +312,10 @@ impl Links {
         if let Some(link) = self.open.get_mut(&to.key) {
             link.last_used = Instant::now();
             if data.len() > link.connection.max_datagram_size().unwrap_or(0) {
-                debug!(len = data.len(), "gossip packet larger than the path allows, dropped");
+                debug!(
+                    len = data.len(),
+                    "gossip packet larger than the path allows, dropped"
+                );
                 return;
             }
             if let Err(error) = link.connection.send_datagram(data) {
@@ -384,7 +390,13 @@ impl Links {
     }
 
     /// Keeps `connection` as the link to `key` and reads its packets until it ends.
-    fn add(&mut self, key: [u8; 32], ip: IpAddr, connection: Connection, held: Box<dyn Any + Send>) {
+    fn add(
+        &mut self,
+        key: [u8; 32],
+        ip: IpAddr,
+        connection: Connection,
+        held: Box<dyn Any + Send>,
+    ) {
         if self.open.len() >= MAX_LINKS && !self.open.contains_key(&key) {
             let oldest = self
                 .open

@@ -49,8 +49,13 @@ enum Event {
         from: usize,
         data: Vec<u8>,
     },
-    Timer { member: usize, timer: TimerEvent },
-    Join { member: usize },
+    Timer {
+        member: usize,
+        timer: TimerEvent,
+    },
+    Join {
+        member: usize,
+    },
 }
 
 struct Scheduled {
@@ -117,9 +122,8 @@ impl Simulation {
         let members: Vec<Membership> = (0..config.members)
             .map(|index| {
                 let signer = Arc::new(sim_identity(config.seed, index));
-                let record =
-                    PeerIdentity::signed(&signer, sim_addr(index), "sim".into(), 1, 1)
-                        .expect("a short fingerprint");
+                let record = PeerIdentity::signed(&signer, sim_addr(index), "sim".into(), 1, 1)
+                    .expect("a short fingerprint");
                 let seed = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64;
                 Membership::new(record, signer, config.membership.clone(), seed)
             })
