@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use peergrid_e2e::{KeyPair, WorkerConfig, WorkerProcess, exec, grpc_client};
+use peergrid_e2e::{KeyPair, WorkerConfig, WorkerProcess, exec, grpc_client, rss_kb};
 use peergrid_proto::pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -93,14 +93,4 @@ async fn serves(worker: &WorkerProcess, key: &KeyPair, word: &str) {
         .await
         .unwrap();
     assert_eq!(output.code, Some(0), "{}", output.stderr);
-}
-
-/// Resident memory of process `pid`, in kB.
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }
