@@ -1044,6 +1044,10 @@ pub fn short_key(hex: &str) -> &str {
 
 /// The gRPC addresses of the workers `source` names: the static list, or the alive peers a seed
 /// knows (the first seed that answers).
+/// Most members of a seed's view a submitter dials (a random sample beyond it, the seed itself
+/// always in).
+pub const MAX_DISCOVERED_PEERS: usize = 256;
+
 async fn discover(dialer: &Dialer, source: &Source) -> Result<Vec<String>, String> {
     match source {
         Source::Peers(peers) => Ok(peers.clone()),
@@ -1055,10 +1059,21 @@ async fn discover(dialer: &Dialer, source: &Source) -> Result<Vec<String>, Strin
                     client.peers().await
                 };
                 match view.await {
-                    Ok(peers) => {
+                    Ok(mut peers) => {
+                        // A seed's view may hold members a flood put there: dial a bounded
+                        // random sample (ARCHITECTURE.md, "Membership").
+                        peers.retain(|peer| peer.state == pb::PeerState::Alive as i32);
+                        if peers.len() > MAX_DISCOVERED_PEERS {
+                            use rand::seq::SliceRandom;
+                            let seed_first = peers.iter().position(|peer| peer.is_self);
+                            if let Some(index) = seed_first {
+                                peers.swap(0, index);
+                            }
+                            peers[1..].shuffle(&mut rand::rng());
+                            peers.truncate(MAX_DISCOVERED_PEERS);
+                        }
                         return Ok(peers
                             .into_iter()
-                            .filter(|peer| peer.state == pb::PeerState::Alive as i32)
                             .map(|peer| {
                                 if peer.is_self {
                                     seed.clone()
