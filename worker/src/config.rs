@@ -217,6 +217,17 @@ mod tests {
     }
 
     #[test]
+    fn a_seed_without_its_key_is_refused_with_the_form_to_use() {
+        let settings = Settings {
+            data_dir: Some("/tmp/x".into()),
+            seeds: Some(vec!["127.0.0.1:7946".into()]),
+            ..Settings::default()
+        };
+        let error = settings.resolve().unwrap_err().to_string();
+        assert!(error.contains("KEY@IP:PORT"), "{error}");
+    }
+
+    #[test]
     fn a_bad_file_names_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("worker.toml");

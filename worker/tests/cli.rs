@@ -46,7 +46,6 @@ fn gossiping_on_an_unspecified_address_needs_advertise() {
         "--listen",
         "0.0.0.0:0",
         "--gossip",
-        "0.0.0.0:0",
     ]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("--advertise"), "{stderr}");
