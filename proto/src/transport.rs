@@ -332,7 +332,8 @@ impl Connected for QuicStream {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// `error` and its causes, joined by ": " (a cause its parent already ends with is not repeated).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -116,7 +116,7 @@ impl WorkerClient {
                 &watch,
             )
             .await
-            .map_err(|error| error_chain(&error))?;
+            .map_err(|error| peergrid_proto::transport::error_chain(&error))?;
             let mut grpc = pb::worker_client::WorkerClient::new(channel)
                 .max_decoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES);
@@ -313,13 +313,3 @@ pub fn check_result(
     })
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
