@@ -312,4 +312,3 @@ pub fn check_result(
         wall_time: Duration::from_micros(result.wall_time_us),
     })
 }
-

@@ -18,6 +18,16 @@ use peergrid_proto::signing::sign_task;
 use peergrid_proto::{ContentHash, Identity, pb};
 use prost::Message;
 
+/// The worker process, killed when dropped: also when the bench panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() {
     let test_mode = std::env::args().any(|arg| arg == "--test");
     let tasks: u64 = match std::env::var("PEERGRID_BENCH_TASKS") {
@@ -27,24 +37,26 @@ fn main() {
     };
     let slots = std::env::var("PEERGRID_BENCH_SLOTS").unwrap_or_else(|_| "2".into());
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_peergrid-worker"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--trust-any-key",
-            "--cores",
-            &slots,
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("peergrid-worker starts");
-    let pid = child.id();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_peergrid-worker"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--trust-any-key",
+                "--cores",
+                &slots,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("peergrid-worker starts"),
+    );
+    let pid = child.0.id();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     assert!(line.starts_with("peergrid-worker ready"), "{line:?}");
@@ -72,8 +84,7 @@ fn main() {
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let after_kib = rss_kib(pid);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!("worker RSS, {slots} slots, {tasks} hello tasks over one Execute stream");

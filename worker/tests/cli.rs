@@ -40,13 +40,7 @@ fn a_malformed_trust_key_is_refused() {
 fn gossiping_on_an_unspecified_address_needs_advertise() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_str().unwrap();
-    let (code, stderr) = worker(&[
-        "--data-dir",
-        data_dir,
-        "--listen",
-        "0.0.0.0:0",
-        "--gossip",
-    ]);
+    let (code, stderr) = worker(&["--data-dir", data_dir, "--listen", "0.0.0.0:0", "--gossip"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("--advertise"), "{stderr}");
 }
