@@ -230,6 +230,12 @@ impl Connection {
     /// unanswered: an honest worker runs them `slots` at a time (as its `Info` says; the
     /// scheduler never sends more than its room), each ending within the task timeout, so it
     /// answers within ceil(held / slots) timeouts, plus [`limits::COPY_ANSWER_MARGIN`].
+    ///
+    /// The slots are only the worker's claim, and the claim cannot stretch a deadline past a
+    /// bound: claiming fewer slots than it has gives it at most `held` rounds, and `held` is
+    /// capped by its room (2 plus the receipts it delivered that agreed; `schedule.rs`), so a
+    /// worker that holds copies silently delays each by at most room × (timeout + margin).
+    /// Claiming more only shortens its own deadlines.
     fn deadline(&self, held: usize) -> Duration {
         let slots = self.client.info().slots.max(1) as usize;
         let rounds = held.div_ceil(slots) as u32;
