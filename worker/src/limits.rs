@@ -91,8 +91,9 @@ pub const MAX_BLOB_BYTES: u64 = 256 * 1024 * 1024;
 /// submitter's `MAX_JOB_INPUT_BYTES` (1 GiB), or 16 blobs of [`MAX_BLOB_BYTES`]; small beside a
 /// donor's disk, and with the compiled-module cache ([`MODULE_DISK_CACHE_BYTES`]) it keeps a
 /// worker's data directory near 6 GiB. Reached: the least recently used blobs no running or
-/// queued task holds are deleted to make room; if that cannot make room, the upload is refused
-/// with `RESOURCE_EXHAUSTED` on its first chunk, before anything is written.
+/// queued task holds, of keys holding at least as much as the uploader will, are deleted to make
+/// room; if that cannot make room, the upload is refused with `RESOURCE_EXHAUSTED` on its first
+/// chunk, before anything is written.
 pub const DEFAULT_BLOB_STORE_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Smallest `--blob-store-max-bytes` accepted: one upload chunk.
 pub const MIN_BLOB_STORE_MAX_BYTES: u64 = 1024 * 1024;

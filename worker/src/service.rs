@@ -782,7 +782,7 @@ mod tests {
             .err()
             .expect("the only room is the queued task's module");
         assert!(
-            matches!(refused, PutError::NoRoom(NoRoom::StoreHeld { .. })),
+            matches!(refused, PutError::NoRoom(NoRoom::StoreFull { .. })),
             "{refused}"
         );
         assert_eq!(put_status(refused).code(), Code::ResourceExhausted);

@@ -15,8 +15,11 @@
 //!   module and input files from admission to its end, queued or running, and a held blob is
 //!   never evicted.
 //! - To make room, an upload first evicts its own key's least recently used blobs until the key
-//!   is within its quota, then anyone's until the store is within its cap. If even every blob no
-//!   task holds would not make room, nothing is evicted and the upload is refused.
+//!   is within its quota, then the least recently used blobs of keys that hold at least as many
+//!   bytes as the uploader will (its own, and blobs charged to nobody, included) until the store
+//!   is within its cap: a key that takes much cannot push out the blobs of a key that takes
+//!   little (max-min fairness), which a plain LRU let a flood do. If that cannot make room,
+//!   nothing is evicted and the upload is refused.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::{Add, Sub};
@@ -100,15 +103,19 @@ pub enum NoRoom {
         held_blobs: usize,
     },
     #[error(
-        "this worker's blob store ({} or {max_blobs} blobs, --blob-store-max-bytes) is taken by blobs that running or queued tasks hold and uploads in progress ({} in {held_blobs} blobs); a blob of {} does not fit; retry later or elsewhere",
-        mib(*.max_bytes), mib(*.held_bytes), mib(*.charge)
+        "this worker's blob store ({} or {max_blobs} blobs, --blob-store-max-bytes) is full: {} in {held_blobs} blobs is held by running or queued tasks and uploads in progress, and {} belongs to keys that hold no more than key {key} would with this blob of {}; retry later or elsewhere",
+        mib(*.max_bytes), mib(*.held_bytes), mib(*.kept_bytes), mib(*.charge)
     )]
-    StoreHeld {
+    StoreFull {
+        key: String,
         charge: u64,
         max_bytes: u64,
         max_blobs: usize,
+        /// Reservations and blobs tasks hold.
         held_bytes: u64,
         held_blobs: usize,
+        /// Blobs of keys that hold no more than the uploader would.
+        kept_bytes: u64,
     },
 }
 
@@ -311,8 +318,8 @@ impl Ledger {
     }
 
     /// Reserves room for an upload of `size` bytes by `key`, evicting least recently used blobs
-    /// no task holds if need be: first `key`'s own until it is within its quota, then anyone's
-    /// until the store is within its cap. Returns the reservation and the evicted blobs, whose
+    /// no task holds if need be: first `key`'s own until it is within its quota, then those of
+    /// keys holding at least as much as `key` will, until the store is within its cap. Returns the reservation and the evicted blobs, whose
     /// files the caller must delete (they are gone from the ledger). Refused, nothing changes.
     pub fn reserve(
         &mut self,
@@ -367,26 +374,50 @@ impl Ledger {
             });
         }
 
-        // Then anyone's, least recently used first.
+        // Then anyone's, least recently used first, but only from keys that hold at least as
+        // much as this key will (and blobs found at start, which nobody holds): a key that takes
+        // much cannot push out the blobs of one that takes little.
+        let share = (charged - freed + needed).bytes;
         let chosen: HashSet<ContentHash> = victims.iter().copied().collect();
+        let mut taken: HashMap<PublicKey, u64> = HashMap::new();
+        // Every blob no task holds, whether it may be taken or not (complete on refusal).
+        let mut unheld = Usage::default();
         for &(_, hash) in &self.evictable {
-            if (self.total - freed + needed).within(self.store_limit()) {
-                break;
-            }
+            let entry = &self.entries[&hash];
+            unheld = unheld + Usage::blob(entry.charge);
             if chosen.contains(&hash) {
                 continue;
             }
-            victims.push(hash);
-            freed = freed + Usage::blob(self.entries[&hash].charge);
+            if (self.total - freed + needed).within(self.store_limit()) {
+                break;
+            }
+            let may_take = match entry.owner {
+                None => true,
+                Some(owner) if owner == key => true,
+                Some(owner) => {
+                    let holds = self.accounts[&owner].charged.bytes;
+                    holds - taken.get(&owner).copied().unwrap_or(0) >= share
+                }
+            };
+            if may_take {
+                if let Some(owner) = entry.owner {
+                    *taken.entry(owner).or_default() += entry.charge;
+                }
+                victims.push(hash);
+                freed = freed + Usage::blob(entry.charge);
+            }
         }
         if !(self.total - freed + needed).within(self.store_limit()) {
-            let held = self.total - freed;
-            return Err(NoRoom::StoreHeld {
+            let held = self.total - unheld;
+            let kept = unheld - freed;
+            return Err(NoRoom::StoreFull {
+                key: key.short(),
                 charge,
                 max_bytes: bounds.max_bytes,
                 max_blobs: bounds.max_blobs,
                 held_bytes: held.bytes,
                 held_blobs: held.blobs,
+                kept_bytes: kept.bytes,
             });
         }
 
@@ -619,17 +650,52 @@ mod tests {
         let [a, b] = [key(1), key(2)];
         store(&mut ledger, a, 1);
         store(&mut ledger, b, 2);
-        store(&mut ledger, a, 3);
+        store(&mut ledger, b, 3);
         // Blob 1 is used again (an upload of it while present), so 2 is now the oldest.
         assert!(ledger.touch(&hash(1)));
         assert_eq!(store(&mut ledger, a, 4), vec![hash(2)]);
         assert_eq!(ledger.usage().total.bytes, 3 * BLOCK);
         assert!(ledger.contains(&hash(1)) && !ledger.contains(&hash(2)));
         assert_eq!(
-            ledger.charged_to(&b),
-            Usage::default(),
+            ledger.charged_to(&b).bytes,
+            BLOCK,
             "b's charge went with its blob"
         );
+    }
+
+    #[test]
+    fn a_key_taking_much_cannot_push_out_the_blobs_of_a_key_taking_little() {
+        let mut ledger = ledger(4, 4);
+        let [small, large] = [key(1), key(2)];
+        store(&mut ledger, small, 1); // the least recently used blob
+        for n in 2..=4 {
+            store(&mut ledger, large, n);
+        }
+        // The store is full; the large key would hold 4 blocks, the small one holds 1.
+        assert_eq!(
+            store(&mut ledger, large, 5),
+            vec![hash(2)],
+            "its own, not the small key's"
+        );
+        assert!(ledger.contains(&hash(1)));
+        // The small key uses its blob again, then may take from the large key, which holds more
+        // than it will.
+        assert!(ledger.touch(&hash(1)));
+        assert_eq!(store(&mut ledger, small, 6), vec![hash(3)]);
+
+        // With the large key's blobs all held, it is refused rather than evicting the small
+        // key's, and the message says what is held and what is kept.
+        ledger.hold(&[hash(4), hash(5)]).unwrap();
+        let refused = ledger.reserve(large, 1).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                NoRoom::StoreFull { held_bytes, kept_bytes, .. }
+                    if held_bytes == 2 * BLOCK && kept_bytes == 2 * BLOCK
+            ),
+            "{refused:?}"
+        );
+        assert!(ledger.contains(&hash(1)) && ledger.contains(&hash(6)));
     }
 
     #[test]
@@ -641,7 +707,7 @@ mod tests {
         ledger.hold(&[hash(1), hash(2)]).unwrap();
         let refused = ledger.reserve(key(2), 1).unwrap_err();
         assert!(
-            matches!(refused, NoRoom::StoreHeld { held_blobs: 2, .. }),
+            matches!(refused, NoRoom::StoreFull { held_blobs: 2, .. }),
             "{refused:?}"
         );
         assert!(
@@ -690,7 +756,7 @@ mod tests {
             .map(|n| ledger.reserve(key(n), BLOCK).expect("room").0)
             .collect();
         let refused = ledger.reserve(key(5), 1).unwrap_err();
-        assert!(matches!(refused, NoRoom::StoreHeld { .. }), "{refused:?}");
+        assert!(matches!(refused, NoRoom::StoreFull { .. }), "{refused:?}");
         assert_eq!(ledger.usage().reserved.bytes, 4 * BLOCK);
         let mut reservations = reservations.into_iter();
         ledger.release(reservations.next().unwrap());

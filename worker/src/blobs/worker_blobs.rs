@@ -288,7 +288,7 @@ mod tests {
         let lease = store.lease(vec![module]).unwrap();
         let refused = put(&store, key(2), b"other").unwrap_err();
         assert!(
-            matches!(refused, PutError::NoRoom(NoRoom::StoreHeld { .. })),
+            matches!(refused, PutError::NoRoom(NoRoom::StoreFull { .. })),
             "{refused}"
         );
         assert_eq!(store.read(&module).unwrap(), b"module");
