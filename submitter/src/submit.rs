@@ -1107,8 +1107,10 @@ pub fn network_of(host: &str) -> String {
     }
 }
 
-/// The host part of `host:port`: copies of one task go to distinct hosts.
+/// The host part of `KEY@host:port` (or `host:port`): copies of one task go to distinct hosts.
 fn host_of(addr: &str) -> String {
+    // A worker's key says nothing of the machine it runs on: one machine may run many keys.
+    let addr = addr.split_once('@').map_or(addr, |(_key, at)| at);
     match addr.parse::<std::net::SocketAddr>() {
         Ok(socket) => socket.ip().to_string(),
         Err(_) => addr
@@ -1174,5 +1176,14 @@ mod tests {
         assert_eq!(host_of("[::1]:7001"), "::1");
         assert_eq!(host_of("worker.example.org:7001"), "worker.example.org");
         assert_ne!(host_of("a.example.org:1"), host_of("b.example.org:1"));
+        // Addresses name keys now: two keys on one machine are one host, and its network.
+        let [one, two] = ["ab".repeat(32), "cd".repeat(32)];
+        let (one, two) = (
+            host_of(&format!("{one}@192.0.2.7:7001")),
+            host_of(&format!("{two}@192.0.2.7:7002")),
+        );
+        assert_eq!(one, two);
+        assert_eq!(one, "192.0.2.7");
+        assert_eq!(network_of(&one), "192.0.2.0/24");
     }
 }
