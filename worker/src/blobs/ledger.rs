@@ -240,10 +240,6 @@ impl Ledger {
         }
     }
 
-    pub fn bounds(&self) -> BlobBounds {
-        self.bounds
-    }
-
     fn store_limit(&self) -> Usage {
         Usage {
             bytes: self.bounds.max_bytes,

@@ -56,10 +56,6 @@ impl WorkerBlobs {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn bounds(&self) -> BlobBounds {
-        self.ledger().bounds()
-    }
-
     /// What the store holds and has reserved.
     pub fn usage(&self) -> StoreUsage {
         self.ledger().usage()
@@ -120,8 +116,8 @@ impl WorkerBlobs {
             // the ledger's forgetting it and the deletion.
             let deleted = evicted.iter().try_for_each(|hash| self.files.remove(hash));
             if let Err(error) = deleted {
-                // The ledger no longer counts blobs whose files may still be there: count them
-                // again (they are left unowned and least recently used) and refuse this upload.
+                // The ledger no longer counts blobs whose files may still be there: count again
+                // those that are (unowned, as after a restart) and refuse this upload.
                 ledger.release(reservation);
                 for hash in &evicted {
                     if let Ok(metadata) = std::fs::metadata(self.files.path(hash)) {
