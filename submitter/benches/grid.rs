@@ -148,7 +148,9 @@ impl Grid {
         let inputs = CheckedInputs::check(&spec, &job_file, PathPolicy::Anywhere)?;
         let source = Source::Peers(self.addrs.clone());
         let dialer = peergrid_submitter::client::Dialer::new(&self.identity).await?;
-        let workers = submit::reach(&dialer, &source).await?;
+        let needed =
+            submit::WorkersNeeded::for_job(spec.replication, spec.quorum, spec.distinct_hosts);
+        let workers = submit::reach(&dialer, &source, needed).await?;
         let job = submit::create_job(
             &self.store,
             &spec,

@@ -14,7 +14,7 @@ use crate::inputs::{CheckedInputs, PathPolicy};
 use crate::program::ProgramRequest;
 use crate::report::{Report, exit_code};
 use crate::store::Store;
-use crate::submit::{Source, Summary};
+use crate::submit::{Reached, Source, Summary, WorkersNeeded};
 
 /// Submit WebAssembly tasks to a peergrid, or run them locally in the same sandbox.
 #[derive(Parser, Debug)]
@@ -441,7 +441,9 @@ async fn submit(
     let dialer = Dialer::new(&identity).await?;
     let session = async {
         // Before anything is stored: an unreachable grid leaves the store as it was.
-        let workers = crate::submit::reach(&dialer, &source).await?;
+        let needed = WorkersNeeded::for_job(spec.replication, spec.quorum, spec.distinct_hosts);
+        let workers = crate::submit::reach(&dialer, &source, needed).await?;
+        note_still_connecting(&workers);
         eprintln!("peergrid: {}", inputs.sending());
         let store = Store::open(state)?;
         let job = crate::submit::create_job(
@@ -468,6 +470,19 @@ async fn submit(
     let result = session.await;
     dialer.close().await;
     result
+}
+
+/// Says which workers `reach` went ahead without: they keep connecting in the background and
+/// take copies once they answer.
+fn note_still_connecting(reached: &Reached) {
+    let late = reached.still_connecting();
+    if !late.is_empty() {
+        eprintln!(
+            "peergrid: going ahead with the {} workers that answered; still connecting in the background: {}",
+            reached.workers.len(),
+            late.join(", ")
+        );
+    }
 }
 
 async fn resume(
@@ -503,8 +518,14 @@ async fn resume(
         let session = async {
             // A finished job (resumed by name) only writes its results again: no worker needed.
             let workers = match job.finished_unix_ms {
-                Some(_) => Vec::new(),
-                None => crate::submit::reach(&dialer, &source).await?,
+                Some(_) => Reached::default(),
+                None => {
+                    let needed =
+                        WorkersNeeded::for_job(job.replication, job.quorum, job.distinct_hosts);
+                    let workers = crate::submit::reach(&dialer, &source, needed).await?;
+                    note_still_connecting(&workers);
+                    workers
+                }
             };
             crate::submit::run_session(&store, &job, &identity, &dialer, &source, workers, plain)
                 .await

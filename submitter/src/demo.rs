@@ -83,7 +83,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
     let source = Source::Seeds(vec![seed]);
     let dialer = crate::client::Dialer::new(&submitter).await?;
     let session = async {
-        let workers = crate::submit::reach(&dialer, &source).await?;
+        let needed = crate::submit::WorkersNeeded::for_job(
+            spec.replication,
+            spec.quorum,
+            spec.distinct_hosts,
+        );
+        let workers = crate::submit::reach(&dialer, &source, needed).await?;
         let job = crate::submit::create_job(&store, &spec, &inputs, &key_file, &source, None, &[])?;
         let summary = crate::submit::run_session(
             &store,

@@ -71,7 +71,8 @@ pub enum Event {
 }
 
 /// Starts the connection task for `worker`; copies are sent to it through the returned sender.
-/// `module` is uploaded (if missing) before the first copy.
+/// `module` is uploaded (if missing) with the first copy, and again with a later one if the worker
+/// has lost it since (a worker's blob store evicts blobs no task holds).
 /// `task_timeout` is the tasks' wall-clock backstop, which bounds how long the worker may take to
 /// answer a copy (see [`Connection::deadline`]).
 pub fn spawn(
@@ -86,6 +87,7 @@ pub fn spawn(
     let connection = Connection {
         worker,
         client,
+        module,
         blobs,
         events,
         present: HashSet::new(),
@@ -93,13 +95,15 @@ pub fn spawn(
         next_request: 0,
         task_timeout,
     };
-    tokio::spawn(connection.run(module, receiver));
+    tokio::spawn(connection.run(receiver));
     sender
 }
 
 struct Connection {
     worker: WorkerId,
     client: WorkerClient,
+    /// The job's module: its hash and bytes.
+    module: (ContentHash, Bytes),
     blobs: BlobStore,
     events: mpsc::Sender<Event>,
     /// Blobs the worker is known to hold.
@@ -121,8 +125,8 @@ struct InFlight {
 }
 
 impl Connection {
-    async fn run(mut self, module: (ContentHash, Bytes), mut dispatches: mpsc::Receiver<Dispatch>) {
-        let reason = self.serve(module, &mut dispatches).await;
+    async fn run(mut self, mut dispatches: mpsc::Receiver<Dispatch>) {
+        let reason = self.serve(&mut dispatches).await;
         debug!(worker = self.worker.0, %reason, "connection ends");
         // Nothing is left behind: sent copies and queued ones are answered as lost.
         let held: Vec<TaskIndex> = self.in_flight.drain().map(|(_, copy)| copy.task).collect();
@@ -141,15 +145,7 @@ impl Connection {
     }
 
     /// Runs until the stream breaks or the driver hangs up; returns why it ended.
-    async fn serve(
-        &mut self,
-        module: (ContentHash, Bytes),
-        dispatches: &mut mpsc::Receiver<Dispatch>,
-    ) -> String {
-        if let Err(error) = self.client.ensure_blobs(&[module.clone()]).await {
-            return format!("cannot upload the module: {error}");
-        }
-        self.present.insert(module.0);
+    async fn serve(&mut self, dispatches: &mut mpsc::Receiver<Dispatch>) -> String {
         let (requests, outgoing) = mpsc::channel(limits::DISPATCH_QUEUE);
         let mut answers = match self.client.execute(outgoing).await {
             Ok(answers) => answers,
@@ -181,12 +177,7 @@ impl Connection {
         dispatch: Dispatch,
         requests: &mpsc::Sender<pb::ExecuteRequest>,
     ) -> Result<(), String> {
-        let missing: Vec<ContentHash> = dispatch
-            .blobs
-            .iter()
-            .filter(|hash| !self.present.contains(hash))
-            .copied()
-            .collect();
+        let missing = not_known_present(&self.present, self.module.0, &dispatch.blobs);
         if !missing.is_empty() {
             // Our own disk failing is no fault of the worker's: the copy is lost, the
             // connection stays.
@@ -263,11 +254,14 @@ impl Connection {
         }
     }
 
-    /// The input blobs to upload, from the job store.
+    /// The blobs to upload: the module from memory, input files from the job store.
     fn read_blobs(&self, hashes: &[ContentHash]) -> Result<Vec<(ContentHash, Bytes)>, String> {
         hashes
             .iter()
             .map(|hash| {
+                if *hash == self.module.0 {
+                    return Ok(self.module.clone());
+                }
                 self.blobs
                     .read(hash)
                     .map(|bytes| (*hash, Bytes::from(bytes)))
@@ -303,8 +297,11 @@ impl Connection {
             Some(pb::execute_response::Answer::Refused(refusal)) => {
                 let code = Code::from_i32(refusal.code);
                 if code == Code::FailedPrecondition {
-                    // The worker lost a blob we thought it had: upload again before the retry.
-                    for hash in blobs_lost(&refusal.missing_blobs, &blobs) {
+                    // The worker lost a blob we thought it had (its store evicted it): upload
+                    // again before the retry.
+                    let needed: Vec<ContentHash> =
+                        std::iter::once(self.module.0).chain(blobs).collect();
+                    for hash in blobs_lost(&refusal.missing_blobs, &needed) {
                         self.present.remove(&hash);
                     }
                 }
@@ -344,6 +341,22 @@ fn upload_failure(error: ClientError) -> (Answer, Option<String>) {
         }
         ClientError::BadReceipt { .. } => (Answer::Lost(error.to_string()), None),
     }
+}
+
+/// The blobs a copy needs (the module, then `inputs`) that the worker is not known to hold, each
+/// once: what to ask `MissingBlobs` about and upload before the copy is sent.
+fn not_known_present(
+    present: &HashSet<ContentHash>,
+    module: ContentHash,
+    inputs: &[ContentHash],
+) -> Vec<ContentHash> {
+    let mut needed: Vec<ContentHash> = Vec::new();
+    for hash in std::iter::once(&module).chain(inputs) {
+        if !present.contains(hash) && !needed.contains(hash) {
+            needed.push(*hash);
+        }
+    }
+    needed
 }
 
 /// The blobs a worker refusing a task with `FAILED_PRECONDITION` lacks: those it lists, or,
@@ -412,6 +425,25 @@ mod tests {
         assert_eq!(blobs_lost(&[], &[a, b, c]), vec![a, b, c]);
         let malformed = vec![Bytes::from_static(b"short")];
         assert_eq!(blobs_lost(&malformed, &[a, c]), vec![a, c]);
+    }
+
+    #[test]
+    fn a_module_the_worker_lost_is_uploaded_again_with_the_next_copy() {
+        let [module, a, b] = [b"module".as_slice(), b"a", b"b"].map(ContentHash::of);
+        let mut present = HashSet::new();
+        assert_eq!(
+            not_known_present(&present, module, &[a, a]),
+            vec![module, a]
+        );
+        present.extend([module, a]);
+        assert_eq!(not_known_present(&present, module, &[a, b]), vec![b]);
+        // A refusal listing the module (evicted by the worker's store) forgets it ...
+        let needed = [module, a, b];
+        for hash in blobs_lost(&[module.to_vec().into()], &needed) {
+            present.remove(&hash);
+        }
+        // ... so the next copy, whatever its inputs, brings it back.
+        assert_eq!(not_known_present(&present, module, &[a]), vec![module]);
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub const COPY_ANSWER_MARGIN: Duration = Duration::from_secs(10);
 /// reconnect to restarted ones.
 pub const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(2);
 
+/// How long `submit` and `resume` wait for more workers to answer once as many as the job needs
+/// have (see `submit::reach`): workers that answer within it take copies from the start; the rest
+/// keep connecting in the background and join when they answer, so a worker that never answers
+/// (a tarpit, a machine gone) does not hold the job back for the whole connect timeout (5 s).
+pub const REACH_GRACE: Duration = Duration::from_millis(500);
+
 /// How long a job waits with no usable worker before it stops and says how to resume.
 pub const NO_WORKER_PATIENCE: Duration = Duration::from_secs(120);
 

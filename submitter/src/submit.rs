@@ -207,45 +207,129 @@ pub fn create_job(
     Ok(job)
 }
 
-/// Finds the workers `source` leads to and connects to all of them at once; fails, naming every
-/// address tried, when none answers. `submit` calls it before storing anything, so an
-/// unreachable grid leaves the store as it was.
-pub async fn reach(dialer: &Dialer, source: &Source) -> Result<Vec<WorkerClient>, SubmitError> {
-    let addrs = discover(dialer, source)
-        .await
-        .map_err(SubmitError::NoWorkers)?;
-    let mut attempts = JoinSet::new();
-    for addr in addrs {
-        let dialer = dialer.clone();
-        attempts.spawn(async move { WorkerClient::connect(&dialer, &addr).await });
-    }
-    let mut clients = Vec::new();
-    let mut failures = Vec::new();
-    while let Some(attempt) = attempts.join_next().await {
-        match attempt.expect("connection attempts do not panic") {
-            Ok(client) => clients.push(client),
-            Err(error) => failures.push(error.to_string()),
+/// How many workers a job needs before its tasks can settle: each task takes `replication` (at
+/// least `quorum`) distinct workers, on distinct hosts when the job says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkersNeeded {
+    pub workers: usize,
+    pub distinct_hosts: bool,
+}
+
+impl WorkersNeeded {
+    pub fn for_job(replication: u32, quorum: u32, distinct_hosts: bool) -> Self {
+        Self {
+            workers: replication.max(quorum).max(1) as usize,
+            distinct_hosts,
         }
     }
-    if clients.is_empty() {
+
+    /// Whether workers at `addrs` are enough.
+    fn met_by<'a>(&self, addrs: impl Iterator<Item = &'a str>) -> bool {
+        let answered: HashSet<String> = if self.distinct_hosts {
+            addrs.map(host_of).collect()
+        } else {
+            addrs.map(str::to_owned).collect()
+        };
+        answered.len() >= self.workers
+    }
+}
+
+/// A connection attempt to the worker at an address.
+type Attempt = (String, Result<WorkerClient, ClientError>);
+
+/// The workers [`reach`] connected to, and the attempts still under way when it went ahead.
+#[derive(Default)]
+pub struct Reached {
+    pub workers: Vec<WorkerClient>,
+    /// Attempts still under way: [`run_session`] takes them over and adds each worker that
+    /// answers, as it does the workers its periodic look-ups find.
+    connecting: JoinSet<Attempt>,
+    connecting_addrs: Vec<String>,
+}
+
+impl Reached {
+    /// Addresses still being dialed when [`reach`] went ahead.
+    pub fn still_connecting(&self) -> &[String] {
+        &self.connecting_addrs
+    }
+}
+
+/// Finds the workers `source` leads to, dials all of them at once, and goes ahead as soon as
+/// `needed` have answered, plus those that answer within [`limits::REACH_GRACE`] after: a worker
+/// that never answers (a tarpit, a machine gone) no longer holds the job back for the whole
+/// connect timeout. Attempts still under way go on in the background (see [`Reached`]). Waits
+/// for every attempt only when fewer than `needed` answer; fails, naming every address tried,
+/// when none does. `submit` calls it before storing anything, so an unreachable grid leaves the
+/// store as it was.
+pub async fn reach(
+    dialer: &Dialer,
+    source: &Source,
+    needed: WorkersNeeded,
+) -> Result<Reached, SubmitError> {
+    let mut addrs = discover(dialer, source)
+        .await
+        .map_err(SubmitError::NoWorkers)?;
+    addrs.sort();
+    addrs.dedup();
+    let mut connecting = JoinSet::new();
+    for addr in &addrs {
+        let (dialer, addr) = (dialer.clone(), addr.clone());
+        connecting.spawn(async move {
+            let result = WorkerClient::connect(&dialer, &addr).await;
+            (addr, result)
+        });
+    }
+    let mut pending: HashSet<String> = addrs.into_iter().collect();
+    let mut workers: Vec<WorkerClient> = Vec::new();
+    let mut failures = Vec::new();
+    let mut grace_ends: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match grace_ends {
+            None => connecting.join_next().await,
+            Some(ends) => match tokio::time::timeout_at(ends, connecting.join_next()).await {
+                Ok(next) => next,
+                Err(_grace_over) => break,
+            },
+        };
+        let Some(attempt) = next else {
+            break; // every attempt has ended
+        };
+        let (addr, result) = attempt.expect("connection attempts do not panic");
+        pending.remove(&addr);
+        match result {
+            Ok(client) => workers.push(client),
+            Err(error) => failures.push(error.to_string()),
+        }
+        if grace_ends.is_none() && needed.met_by(workers.iter().map(WorkerClient::addr)) {
+            grace_ends = Some(tokio::time::Instant::now() + limits::REACH_GRACE);
+        }
+    }
+    if workers.is_empty() {
         return Err(SubmitError::NoWorkers(if failures.is_empty() {
             "the grid has no alive worker".to_owned()
         } else {
             failures.join("; ")
         }));
     }
-    Ok(clients)
+    let mut connecting_addrs: Vec<String> = pending.into_iter().collect();
+    connecting_addrs.sort();
+    Ok(Reached {
+        workers,
+        connecting,
+        connecting_addrs,
+    })
 }
 
 /// Runs one session of `job` until every task is settled, the user interrupts it, or it stalls.
-/// `workers` are the ones [`reach`] connected to; `source` finds more (and lost ones) later.
+/// `reached` are the workers [`reach`] connected to and the attempts it left under way; `source`
+/// finds more (and lost ones) later.
 pub async fn run_session(
     store: &Store,
     job: &JobRecord,
     identity: &Identity,
     dialer: &Dialer,
     source: &Source,
-    workers: Vec<WorkerClient>,
+    reached: Reached,
     plain_progress: bool,
 ) -> Result<Summary, SubmitError> {
     let started = Instant::now();
@@ -263,9 +347,15 @@ pub async fn run_session(
     let outcome = if session.core.scheduler().is_finished() {
         Ok(true)
     } else {
+        let Reached {
+            workers,
+            connecting,
+            connecting_addrs,
+        } = reached;
         for client in workers {
             session.connected(client);
         }
+        session.adopt(connecting, connecting_addrs);
         session.run(source, &mut progress).await
     };
     // Every queued output file is written before `export` looks for missing ones.
@@ -629,6 +719,34 @@ impl<'a> Session<'a> {
         tokio::spawn(async move {
             if let Ok(addrs) = discover(&dialer, &source).await {
                 let _ = control.send(Control::Membership(addrs)).await;
+            }
+        });
+    }
+
+    /// Takes over connection attempts [`reach`] left under way: each worker that answers joins
+    /// the session like one found by a later look-up. They stop when the session ends.
+    fn adopt(&mut self, mut attempts: JoinSet<Attempt>, addrs: Vec<String>) {
+        if attempts.is_empty() {
+            return;
+        }
+        self.connecting.extend(addrs);
+        let control = self.control.0.clone();
+        tokio::spawn(async move {
+            loop {
+                let attempt = tokio::select! {
+                    () = control.closed() => return,
+                    attempt = attempts.join_next() => attempt,
+                };
+                let Some(Ok((addr, result))) = attempt else {
+                    return;
+                };
+                if control
+                    .send(Control::Connected(addr, result))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
         });
     }
@@ -1122,8 +1240,10 @@ pub fn network_of(host: &str) -> String {
     }
 }
 
-/// The host part of `host:port`: copies of one task go to distinct hosts.
+/// The host part of `KEY@host:port` (or `host:port`): copies of one task go to distinct hosts.
 fn host_of(addr: &str) -> String {
+    // A worker's key says nothing of the machine it runs on: one machine may run many keys.
+    let addr = addr.split_once('@').map_or(addr, |(_key, at)| at);
     match addr.parse::<std::net::SocketAddr>() {
         Ok(socket) => socket.ip().to_string(),
         Err(_) => addr
@@ -1169,6 +1289,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_job_needs_as_many_workers_as_a_task_takes_copies_on_distinct_hosts_if_it_says_so() {
+        let needed = WorkersNeeded::for_job(2, 3, true);
+        assert_eq!(needed.workers, 3, "the larger of replication and quorum");
+        assert_eq!(WorkersNeeded::for_job(0, 0, false).workers, 1);
+        let key = |n: u8| format!("{n:02x}").repeat(32);
+        let on = |n: u8, at: &str| format!("{}@{at}", key(n));
+        let one_host = [
+            on(1, "127.0.0.2:1"),
+            on(2, "127.0.0.2:2"),
+            on(3, "127.0.0.2:3"),
+        ];
+        assert!(!needed.met_by(one_host.iter().map(String::as_str)));
+        let three_hosts = [
+            on(1, "127.0.0.2:1"),
+            on(2, "127.0.0.3:1"),
+            on(3, "127.0.0.4:1"),
+        ];
+        assert!(needed.met_by(three_hosts.iter().map(String::as_str)));
+        let anywhere = WorkersNeeded::for_job(3, 2, false);
+        assert!(anywhere.met_by(one_host.iter().map(String::as_str)));
+        assert!(!anywhere.met_by(one_host[..2].iter().map(String::as_str)));
+    }
+
+    #[test]
     fn the_network_of_a_host_is_its_24_or_48_prefix() {
         assert_eq!(network_of("192.0.2.7"), network_of("192.0.2.200"));
         assert_ne!(network_of("192.0.2.7"), network_of("192.0.3.7"));
@@ -1189,5 +1333,14 @@ mod tests {
         assert_eq!(host_of("[::1]:7001"), "::1");
         assert_eq!(host_of("worker.example.org:7001"), "worker.example.org");
         assert_ne!(host_of("a.example.org:1"), host_of("b.example.org:1"));
+        // Addresses name keys now: two keys on one machine are one host, and its network.
+        let [one, two] = ["ab".repeat(32), "cd".repeat(32)];
+        let (one, two) = (
+            host_of(&format!("{one}@192.0.2.7:7001")),
+            host_of(&format!("{two}@192.0.2.7:7002")),
+        );
+        assert_eq!(one, two);
+        assert_eq!(one, "192.0.2.7");
+        assert_eq!(network_of(&one), "192.0.2.0/24");
     }
 }

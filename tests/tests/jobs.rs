@@ -1,7 +1,8 @@
 //! End-to-end: batch jobs on a grid of real worker processes, with redundant execution and
 //! cross-verification. Honest sweeps match local runs; liars are outvoted, excluded and ranked
 //! down; a killed worker or a killed submitter costs no accepted result; copies of one task never
-//! mix runtime fingerprints; bad input fails cleanly and leaves the store alone.
+//! mix runtime fingerprints; bad input fails cleanly and leaves the store alone; a peer that
+//! never answers (a tarpit) does not hold a job back.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -11,6 +12,111 @@ use peergrid_e2e::{
     KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, accepted_so_far, peergrid,
     peers_with_reputation, results_lines, status, wait_until, write_job,
 };
+
+/// A `--peer` that never answers: a UDP socket on a loopback host of its own that reads every
+/// datagram and sends nothing, as a tarpit (or a machine gone silent) would.
+struct Tarpit {
+    addr: String,
+    datagrams: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Tarpit {
+    fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let socket = std::net::UdpSocket::bind("127.0.0.9:0").unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let key = peergrid_proto::Identity::from_seed([9; 32]).public_key();
+        let addr = format!("{key}@{}", socket.local_addr().unwrap());
+        let datagrams = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        std::thread::spawn({
+            let (datagrams, stop) = (datagrams.clone(), stop.clone());
+            move || {
+                let mut buffer = [0; 2048];
+                while !stop.load(Ordering::SeqCst) {
+                    if socket.recv_from(&mut buffer).is_ok() {
+                        datagrams.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            datagrams,
+            stop,
+        }
+    }
+
+    fn datagrams(&self) -> u64 {
+        self.datagrams.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Tarpit {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_tarpit_among_the_peers_does_not_hold_the_job_back() {
+    // `submit` goes ahead once the job's two workers (on distinct hosts) answer, says which peer
+    // it is still connecting to, and the job completes; before, it waited out the tarpit's
+    // connect timeout first.
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "me.key");
+    let workers: Vec<WorkerProcess> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let config = WorkerConfig {
+                host: Some(host),
+                ..WorkerConfig::trusting(&key)
+            };
+            WorkerProcess::start(&dir.path().join(format!("w{index}")), config)
+        })
+        .collect();
+    let tarpit = Tarpit::start();
+    let job = write_job(
+        &dir.path().join("job"),
+        "sweep.toml",
+        &sweep_job("tarpit", "{i}000", 6),
+    );
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let refs: Vec<&WorkerProcess> = workers.iter().collect();
+    let mut args = submit_args(&job, &key, &refs, &state, &out);
+    args.extend(["--peer".into(), tarpit.addr.clone().into()]);
+    let output = SubmitProcess::start(dir.path(), args).wait(JOB_TIMEOUT);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    assert!(
+        tarpit.datagrams() > 0,
+        "the submitter never dialed the tarpit"
+    );
+
+    // The order of its lines: it went ahead while the tarpit was still connecting, then sent the
+    // job's files and started the session.
+    let lines: Vec<&str> = output.stderr.lines().collect();
+    let position = |needle: &str| {
+        lines
+            .iter()
+            .position(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{}", output.stderr))
+    };
+    let went_ahead = position("still connecting in the background");
+    assert!(
+        lines[went_ahead].ends_with(&tarpit.addr)
+            && lines[went_ahead].contains("the 2 workers that answered"),
+        "{}",
+        lines[went_ahead]
+    );
+    assert!(went_ahead < position("peergrid: sending"));
+    assert!(went_ahead < position("(session 1)"));
+    let lines = check_against_local(&out, &job.with_file_name("pi.wasm"));
+    assert_eq!(lines.len(), 6);
+}
 
 #[test]
 fn four_honest_workers_accept_every_task_of_a_sweep_exactly_as_run_locally() {

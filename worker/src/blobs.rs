@@ -3,6 +3,11 @@
 //! A blob is written to a temporary file while its hash is computed and becomes visible by an
 //! atomic rename only when the bytes hash to the name it was announced under: a reader never sees
 //! a partial or mismatched blob.
+//!
+//! [`BlobStore`] is the files alone, unbounded: the submitter keeps a job's inputs in one, and
+//! must never lose them. A worker keeps its blobs in a [`WorkerBlobs`]: the same files with a
+//! disk cap, a quota per submitter key and least-recently-used eviction, decided by the
+//! [`ledger`], which does no I/O.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,6 +15,12 @@ use std::path::{Path, PathBuf};
 use peergrid_proto::ContentHash;
 
 use crate::limits;
+
+pub mod ledger;
+mod worker_blobs;
+
+pub use ledger::{BlobBounds, NoRoom};
+pub use worker_blobs::{BlobLease, WorkerBlobs, WorkerUpload};
 
 #[derive(Clone)]
 pub struct BlobStore {
@@ -29,6 +40,9 @@ pub enum PutError {
         announced: ContentHash,
         actual: ContentHash,
     },
+    /// The worker's disk cap or the caller's quota leaves no room (see [`ledger`]).
+    #[error(transparent)]
+    NoRoom(#[from] NoRoom),
     #[error("storage error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -64,6 +78,36 @@ impl BlobStore {
 
     pub fn read(&self, hash: &ContentHash) -> std::io::Result<Vec<u8>> {
         std::fs::read(self.path(hash))
+    }
+
+    /// Every stored blob (a file named by a hash) with its metadata; other files are not
+    /// listed.
+    pub fn stored(&self) -> std::io::Result<Vec<(ContentHash, std::fs::Metadata)>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Some(hash) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<ContentHash>().ok())
+            else {
+                continue;
+            };
+            let metadata = entry.metadata()?;
+            if metadata.is_file() {
+                found.push((hash, metadata));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes a blob; one already gone is no error. A task that linked it into its scratch
+    /// directory keeps its own link.
+    pub fn remove(&self, hash: &ContentHash) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(hash)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
     }
 
     /// Starts an upload of `size` bytes announced as `hash`.
@@ -112,6 +156,12 @@ impl Upload {
 
     /// Checks size and hash, then makes the blob visible.
     pub fn finish(self) -> Result<(), PutError> {
+        let path = self.store.path(&self.hash);
+        self.verify()?.persist(&path)
+    }
+
+    /// Checks size and hash and syncs the bytes to disk; the blob is not visible yet.
+    fn verify(self) -> Result<Verified, PutError> {
         if self.received != self.announced {
             return Err(PutError::SizeMismatch {
                 announced: self.announced,
@@ -126,8 +176,21 @@ impl Upload {
             });
         }
         self.file.as_file().sync_all()?;
+        Ok(Verified { file: self.file })
+    }
+}
+
+/// An upload whose bytes matched its hash and size and are on disk, not yet visible. Dropped,
+/// it leaves nothing behind.
+struct Verified {
+    file: tempfile::NamedTempFile,
+}
+
+impl Verified {
+    /// Makes the blob visible under `path`, atomically.
+    fn persist(self, path: &Path) -> Result<(), PutError> {
         self.file
-            .persist(self.store.path(&self.hash))
+            .persist(path)
             .map_err(|error| PutError::Io(error.error))?;
         Ok(())
     }

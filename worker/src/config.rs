@@ -8,7 +8,9 @@ use std::time::Duration;
 use peergrid_proto::PublicKey;
 use serde::Deserialize;
 
+use crate::blobs::BlobBounds;
 use crate::daemon::{LoadSourceKind, WorkerOptions};
+use crate::limits;
 
 /// Everything that can be set, from flags or the file; `None` means "not given here".
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -20,6 +22,8 @@ pub struct Settings {
     pub trust_any_key: Option<bool>,
     pub cores: Option<u32>,
     pub memory_mb: Option<u64>,
+    pub blob_store_max_bytes: Option<u64>,
+    pub blob_quota_bytes: Option<u64>,
     pub idle_only: Option<bool>,
     pub busy_threshold: Option<f32>,
     pub sample_interval_ms: Option<u64>,
@@ -90,6 +94,8 @@ impl Settings {
             trust_any_key: self.trust_any_key.or(file.trust_any_key),
             cores: self.cores.or(file.cores),
             memory_mb: self.memory_mb.or(file.memory_mb),
+            blob_store_max_bytes: self.blob_store_max_bytes.or(file.blob_store_max_bytes),
+            blob_quota_bytes: self.blob_quota_bytes.or(file.blob_quota_bytes),
             idle_only: self.idle_only.or(file.idle_only),
             busy_threshold: self.busy_threshold.or(file.busy_threshold),
             sample_interval_ms: self.sample_interval_ms.or(file.sample_interval_ms),
@@ -120,6 +126,27 @@ impl Settings {
             options.trust.push(parsed);
         }
         options.trust_any_key = self.trust_any_key.unwrap_or(false);
+        if let Some(max_bytes) = self.blob_store_max_bytes {
+            if max_bytes < limits::MIN_BLOB_STORE_MAX_BYTES {
+                return Err(out_of_range(
+                    "blob-store-max-bytes",
+                    max_bytes,
+                    "at least 1048576 (1 MiB)",
+                ));
+            }
+            // The default quota follows the cap.
+            options.blobs = BlobBounds::with_max_bytes(max_bytes);
+        }
+        if let Some(quota_bytes) = self.blob_quota_bytes {
+            if !(limits::BLOB_BLOCK_BYTES..=options.blobs.max_bytes).contains(&quota_bytes) {
+                return Err(out_of_range(
+                    "blob-quota-bytes",
+                    quota_bytes,
+                    "at least 4096 and at most blob-store-max-bytes",
+                ));
+            }
+            options.blobs.quota_bytes = quota_bytes;
+        }
         let policy = &mut options.policy;
         if let Some(cores) = self.cores {
             if cores == 0 || cores > 1024 {
@@ -238,6 +265,38 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("corez"), "{error}");
+    }
+
+    #[test]
+    fn the_blob_quota_defaults_to_a_quarter_of_the_cap_and_may_not_pass_it() {
+        let settings = |max: Option<u64>, quota: Option<u64>| Settings {
+            data_dir: Some("/tmp/x".into()),
+            blob_store_max_bytes: max,
+            blob_quota_bytes: quota,
+            ..Settings::default()
+        };
+        let defaults = settings(None, None).resolve().unwrap().blobs;
+        assert_eq!(defaults.max_bytes, limits::DEFAULT_BLOB_STORE_MAX_BYTES);
+        assert_eq!(defaults.quota_bytes, defaults.max_bytes / 4);
+        let small = settings(Some(64 << 20), None).resolve().unwrap().blobs;
+        assert_eq!(
+            small.quota_bytes,
+            16 << 20,
+            "the default quota follows the cap"
+        );
+        let set = settings(Some(64 << 20), Some(8 << 20))
+            .resolve()
+            .unwrap()
+            .blobs;
+        assert_eq!((set.max_bytes, set.quota_bytes), (64 << 20, 8 << 20));
+        for (max, quota, named) in [
+            (Some(1000), None, "blob-store-max-bytes"),
+            (Some(64 << 20), Some(65 << 20), "blob-quota-bytes"),
+            (None, Some(0), "blob-quota-bytes"),
+        ] {
+            let error = settings(max, quota).resolve().unwrap_err().to_string();
+            assert!(error.contains(named), "{error}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod connections;
 pub mod request_guard;
 
 use crate::admission::TrustPolicy;
-use crate::blobs::BlobStore;
+use crate::blobs::{BlobBounds, WorkerBlobs};
 use crate::limits;
 use crate::membership::{GOSSIP_ALPN, Gossip, MembershipConfig, PeerIdentity};
 use crate::policy::{self, DonorPolicy, DonorState, FileLoad, LoadSource, SysinfoLoad};
@@ -35,6 +35,9 @@ pub struct WorkerOptions {
     pub trust: Vec<PublicKey>,
     /// Run tasks signed by any key, not only those in `trust` (`--trust-any-key`).
     pub trust_any_key: bool,
+    /// The blob store's disk cap and per-key quota (`--blob-store-max-bytes`,
+    /// `--blob-quota-bytes`).
+    pub blobs: BlobBounds,
     pub policy: DonorPolicy,
     /// Take part in the membership (gossip rides the worker's endpoint); without it, and
     /// without seeds, the worker runs alone (reachable by address only).
@@ -70,6 +73,7 @@ impl WorkerOptions {
             data_dir,
             trust: Vec::new(),
             trust_any_key: false,
+            blobs: BlobBounds::default(),
             policy: DonorPolicy {
                 cores: DonorPolicy::default_cores(),
                 memory_bytes: DonorPolicy::default_memory_bytes(),
@@ -141,7 +145,7 @@ impl Worker {
         };
         std::fs::create_dir_all(&options.data_dir).map_err(dir_error)?;
         let identity = Identity::load_or_create(&options.data_dir.join("identity.key"))?;
-        let blobs = BlobStore::open(&options.data_dir).map_err(dir_error)?;
+        let blobs = WorkerBlobs::open(&options.data_dir, options.blobs).map_err(dir_error)?;
         let cores = options.policy.cores.max(1);
         let sandbox = Sandbox::with_module_cache(
             SandboxOptions {

@@ -28,6 +28,9 @@
 //! | [`MAX_CONCURRENT_UPLOADS`] | 16 | `RESOURCE_EXHAUSTED` |
 //! | [`UPLOAD_MAX_DURATION`] | 30 min per `PutBlob` | `DEADLINE_EXCEEDED`, partial file removed |
 //! | [`MAX_BLOB_BYTES`] | 256 MiB, checked on the first chunk | `INVALID_ARGUMENT` |
+//! | `--blob-store-max-bytes` ([`DEFAULT_BLOB_STORE_MAX_BYTES`]) | 4 GiB of blobs and reserved uploads, [`MAX_STORED_BLOBS`] blobs | least recently used blobs no task holds evicted; else `RESOURCE_EXHAUSTED` on the first chunk |
+//! | `--blob-quota-bytes` ([`DEFAULT_BLOB_QUOTA_DIVISOR`]) | a quarter of the cap per submitter key | the key's own least recently used blobs evicted; else `RESOURCE_EXHAUSTED` |
+//! | [`MAX_CONCURRENT_UPLOADS_PER_KEY`] | 4 | `RESOURCE_EXHAUSTED` |
 //! | (bytes not matching the announced hash or size) | | `INVALID_ARGUMENT`, nothing stored |
 //! | `peergrid_proto::BLOB_CHUNK_BYTES` | 1 MiB per chunk | `INVALID_ARGUMENT` |
 //!
@@ -83,6 +86,30 @@ pub const FUEL_YIELD_INTERVAL: u64 = 2_000_000;
 /// Largest module or input file a worker stores, in bytes. Above: the upload is refused with
 /// `INVALID_ARGUMENT` on its first chunk, which announces the size, before anything is written.
 pub const MAX_BLOB_BYTES: u64 = 256 * 1024 * 1024;
+/// Default cap on the whole blob store (`--blob-store-max-bytes`), in bytes: the files of every
+/// blob and the room reserved by uploads in progress. Four jobs' worth of inputs at the
+/// submitter's `MAX_JOB_INPUT_BYTES` (1 GiB), or 16 blobs of [`MAX_BLOB_BYTES`]; small beside a
+/// donor's disk, and with the compiled-module cache ([`MODULE_DISK_CACHE_BYTES`]) it keeps a
+/// worker's data directory near 6 GiB. Reached: the least recently used blobs no running or
+/// queued task holds, of keys holding at least as much as the uploader will, are deleted to make
+/// room; if that cannot make room, the upload is refused with `RESOURCE_EXHAUSTED` on its first
+/// chunk, before anything is written.
+pub const DEFAULT_BLOB_STORE_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Smallest `--blob-store-max-bytes` accepted: one upload chunk.
+pub const MIN_BLOB_STORE_MAX_BYTES: u64 = 1024 * 1024;
+/// The default quota of one submitter key (`--blob-quota-bytes`) is the cap divided by this: a
+/// quarter, so four keys at their quotas fill the store, and at the default cap one key holds a
+/// whole job's inputs (1 GiB). Reached: the key's own least recently used blobs no task holds are
+/// deleted to make room; if its tasks and uploads hold its whole quota, `RESOURCE_EXHAUSTED`.
+pub const DEFAULT_BLOB_QUOTA_DIVISOR: u64 = 4;
+/// Most blobs stored at once, whatever their size, and most charged to one key (a
+/// [`DEFAULT_BLOB_QUOTA_DIVISOR`]th): bound the store's index in memory (about 150 bytes a blob,
+/// so 15 MB at most) and the files in its directory. Reached: as for bytes, least recently used
+/// blobs are evicted, then `RESOURCE_EXHAUSTED`.
+pub const MAX_STORED_BLOBS: usize = 100_000;
+/// Each blob is charged whole blocks of this size, at least one, as a file system stores it: a
+/// flood of empty blobs costs room like any other.
+pub const BLOB_BLOCK_BYTES: u64 = 4096;
 /// Largest stdin a manifest may carry, and most input files per task. Above: `INVALID_ARGUMENT`.
 pub const MAX_STDIN_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_INPUT_FILES: usize = 1024;
@@ -230,6 +257,9 @@ pub const MAX_PARTIAL_REQUEST_BYTES: usize = 256 * 1024 * 1024;
 /// `PutBlob` uploads in progress at once. Reached: `RESOURCE_EXHAUSTED` (retry later); each
 /// holds a temporary file of up to [`MAX_BLOB_BYTES`].
 pub const MAX_CONCURRENT_UPLOADS: usize = 16;
+/// `PutBlob` uploads one submitter key may have in progress at once, so one key cannot take every
+/// one of the [`MAX_CONCURRENT_UPLOADS`] places. Reached: `RESOURCE_EXHAUSTED` (retry later).
+pub const MAX_CONCURRENT_UPLOADS_PER_KEY: usize = 4;
 /// Longest one `PutBlob` upload may take (256 MiB at about 150 KB/s). Reached:
 /// `DEADLINE_EXCEEDED`, and the partial file is removed.
 pub const UPLOAD_MAX_DURATION: Duration = Duration::from_secs(30 * 60);

@@ -47,6 +47,15 @@ struct Args {
     /// Cap on the memory limits of all running tasks together, in MiB [default: half of RAM].
     #[arg(long)]
     memory_mb: Option<u64>,
+    /// Cap on the blob store (modules, input files and uploads in progress), in bytes. The least
+    /// recently used blobs no task holds are deleted to make room; beyond that, uploads are
+    /// refused with RESOURCE_EXHAUSTED [default: 4294967296, 4 GiB].
+    #[arg(long, value_name = "BYTES")]
+    blob_store_max_bytes: Option<u64>,
+    /// Bytes of blobs one submitter key may have stored here; past it, its own least recently
+    /// used blobs make room [default: a quarter of --blob-store-max-bytes].
+    #[arg(long, value_name = "BYTES")]
+    blob_quota_bytes: Option<u64>,
     /// Take work only while the owner is not using the machine: above --busy-threshold, stop
     /// taking tasks and preempt running ones (reported as ABORTED, never as a result).
     #[arg(long)]
@@ -96,6 +105,8 @@ impl Args {
             trust_any_key: self.trust_any_key.then_some(true),
             cores: self.cores,
             memory_mb: self.memory_mb,
+            blob_store_max_bytes: self.blob_store_max_bytes,
+            blob_quota_bytes: self.blob_quota_bytes,
             idle_only: self.idle_only.then_some(true),
             busy_threshold: self.busy_threshold,
             sample_interval_ms: self.sample_interval_ms,

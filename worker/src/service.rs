@@ -14,7 +14,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::admission::{self, AdmittedTask, Refusal, TrustPolicy};
-use crate::blobs::{BlobStore, PutError};
+use crate::blobs::{NoRoom, PutError, WorkerBlobs};
 use crate::membership::{Gossip, PeerState};
 use crate::policy::{DonorPolicy, DonorState};
 use crate::sandbox::{CompiledModule, Execution, InputSpec, ModuleError, Outcome, Sandbox};
@@ -29,7 +29,7 @@ pub struct WorkerService {
 struct Inner {
     identity: Arc<Identity>,
     sandbox: Sandbox,
-    blobs: BlobStore,
+    blobs: WorkerBlobs,
     trust: TrustPolicy,
     slots: Arc<Semaphore>,
     slot_count: u32,
@@ -56,7 +56,7 @@ impl WorkerService {
     pub fn new(
         identity: Identity,
         sandbox: Sandbox,
-        blobs: BlobStore,
+        blobs: WorkerBlobs,
         trust: TrustPolicy,
         policy: &DonorPolicy,
         donor: Arc<DonorState>,
@@ -173,10 +173,12 @@ impl WorkerService {
             submitter = %task.submitter.short(),
         );
         async move {
-            let missing = self.missing_blobs(&task);
-            if !missing.is_empty() {
-                return Err(Refusal::missing_blobs(missing));
-            }
+            // Held from here, queued or running, until the task ends: the store never evicts a
+            // blob a task may still read.
+            let lease = inner
+                .blobs
+                .lease(task_blobs(&task))
+                .map_err(Refusal::missing_blobs)?;
             // Subscribed before the busy check, so a preemption that lands between the two is
             // still seen.
             let mut preemption = inner.donor.preemption();
@@ -211,7 +213,7 @@ impl WorkerService {
                         ));
                     }
                 };
-                drop((slot, memory));
+                drop((slot, memory, lease));
                 Ok(execution)
             }
             .in_current_span();
@@ -248,13 +250,6 @@ impl WorkerService {
         }
         .instrument(span)
         .await
-    }
-
-    fn missing_blobs(&self, task: &AdmittedTask) -> Vec<ContentHash> {
-        std::iter::once(task.module_hash)
-            .chain(task.files.iter().map(|(_, hash)| *hash))
-            .filter(|hash| !self.inner.blobs.contains(hash))
-            .collect()
     }
 
     /// A free slot, or one waited for in the bounded queue (first come, first served: tokio's
@@ -326,15 +321,20 @@ impl WorkerService {
         }
     }
 
-    /// Stores the blob uploaded as `chunks`; false if it was already there. A stalled upload is
-    /// cut off below (see `daemon::request_guard`), and an abandoned one leaves nothing behind.
-    async fn receive_blob(&self, mut chunks: Streaming<pb::BlobChunk>) -> Result<bool, Status> {
+    /// Stores the blob uploaded as `chunks` by `caller`, within the store's cap and the caller's
+    /// quota; false if it was already there. A stalled upload is cut off below (see
+    /// `daemon::request_guard`), and an abandoned one leaves nothing behind.
+    async fn receive_blob(
+        &self,
+        mut chunks: Streaming<pb::BlobChunk>,
+        caller: PublicKey,
+    ) -> Result<bool, Status> {
         let first = chunks.message().await?.ok_or_else(|| {
             Status::invalid_argument("empty upload: the first chunk names the blob")
         })?;
         let hash = ContentHash::from_slice(&first.hash)
             .map_err(|error| Status::invalid_argument(format!("first chunk: {error}")))?;
-        if self.inner.blobs.contains(&hash) {
+        if self.inner.blobs.touch(&hash) {
             return Ok(false);
         }
         let _upload_slot = self
@@ -351,7 +351,7 @@ impl WorkerService {
         let mut upload = self
             .inner
             .blobs
-            .begin(hash, first.total_size)
+            .begin(hash, first.total_size, caller)
             .map_err(put_status)?;
         let mut chunk = first;
         loop {
@@ -368,9 +368,11 @@ impl WorkerService {
                 None => break,
             }
         }
-        upload.finish().map_err(put_status)?;
-        info!(blob = %hash.short(), "blob stored");
-        Ok(true)
+        let stored = upload.finish().map_err(put_status)?;
+        if stored {
+            info!(blob = %hash.short(), key = %caller.short(), "blob stored");
+        }
+        Ok(stored)
     }
 
     /// The compiled module, from memory or compiled from the blob store off the async threads.
@@ -441,10 +443,11 @@ impl pb::worker_server::Worker for WorkerService {
         &self,
         request: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::PutBlobResponse>, Status> {
-        // Dropping the upload on timeout removes its temporary file.
+        let caller = caller_key(&request)?;
+        // Dropping the upload on timeout removes its temporary file and gives its room back.
         tokio::time::timeout(
             limits::UPLOAD_MAX_DURATION,
-            self.receive_blob(request.into_inner()),
+            self.receive_blob(request.into_inner(), caller),
         )
         .await
         .unwrap_or_else(|_| {
@@ -626,9 +629,22 @@ fn lie(execution: &mut Execution) {
     execution.stdout = stdout.into();
 }
 
+/// The blobs a task reads: its module and its input files, as often as it names each.
+fn task_blobs(task: &AdmittedTask) -> Vec<ContentHash> {
+    std::iter::once(task.module_hash)
+        .chain(task.files.iter().map(|(_, hash)| *hash))
+        .collect()
+}
+
 fn put_status(error: PutError) -> Status {
     match error {
         PutError::Io(error) => Status::internal(format!("storage error: {error}")),
+        // A blob larger than the whole store or quota never fits here: like a limit above the
+        // worker's ceiling, not a busy worker.
+        PutError::NoRoom(
+            no_room @ (NoRoom::LargerThanStore { .. } | NoRoom::LargerThanQuota { .. }),
+        ) => Status::out_of_range(no_room.to_string()),
+        PutError::NoRoom(no_room) => Status::resource_exhausted(no_room.to_string()),
         other => Status::invalid_argument(other.to_string()),
     }
 }
@@ -645,9 +661,18 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::blobs::BlobBounds;
     use crate::sandbox::SandboxOptions;
 
     fn service(dir: &std::path::Path, cores: u32) -> WorkerService {
+        service_with_blobs(dir, cores, BlobBounds::default())
+    }
+
+    fn service_with_blobs(
+        dir: &std::path::Path,
+        cores: u32,
+        blob_bounds: BlobBounds,
+    ) -> WorkerService {
         let sandbox = Sandbox::new(SandboxOptions {
             threads: 1,
             scratch_dir: dir.join("scratch"),
@@ -664,7 +689,7 @@ mod tests {
         WorkerService::new(
             Identity::from_seed([5; 32]),
             sandbox,
-            BlobStore::open(dir).unwrap(),
+            WorkerBlobs::open(dir, blob_bounds).unwrap(),
             TrustPolicy::anyone(),
             &policy,
             Arc::new(DonorState::default()),
@@ -730,6 +755,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_blobs_of_a_queued_task_are_never_evicted_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let one_blob = BlobBounds {
+            max_bytes: limits::BLOB_BLOCK_BYTES,
+            quota_bytes: limits::BLOB_BLOCK_BYTES,
+            ..BlobBounds::default()
+        };
+        let service = service_with_blobs(dir.path(), 1, one_blob);
+        let module = store_blob(&service, b"not wasm: the task ends invalid_module");
+        let signed = signed_task(pb::Program {
+            module_hash: module.to_vec().into(),
+            ..Default::default()
+        });
+        let slot = take_free_slots(&service, 1).await;
+        let waiting = tokio::spawn({
+            let service = service.clone();
+            async move { service.run_task(signed, signer()).await }
+        });
+        while service.inner.queue.available_permits() == limits::QUEUED_TASKS_PER_SLOT as usize {
+            tokio::task::yield_now().await;
+        }
+
+        let other = b"another key's upload";
+        let refused = service
+            .inner
+            .blobs
+            .begin(ContentHash::of(other), other.len() as u64, key(7))
+            .err()
+            .expect("the only room is the queued task's module");
+        assert!(
+            matches!(refused, PutError::NoRoom(NoRoom::StoreFull { .. })),
+            "{refused}"
+        );
+        assert_eq!(put_status(refused).code(), Code::ResourceExhausted);
+        assert!(service.inner.blobs.path(&module).exists());
+
+        drop(slot);
+        let result = waiting.await.unwrap().expect("the task ran");
+        assert!(result.receipt.is_some());
+        // Once the task has ended, its module is the least recently used blob again.
+        store_blob(&service, other);
+        assert!(!service.inner.blobs.contains(&module));
+    }
+
+    #[tokio::test]
     async fn a_task_missing_blobs_is_refused_with_their_hashes_listed() {
         let dir = tempfile::tempdir().unwrap();
         let service = service(dir.path(), 1);
@@ -765,7 +835,11 @@ mod tests {
     /// Puts `bytes` in the service's blob store; returns their hash.
     fn store_blob(service: &WorkerService, bytes: &[u8]) -> ContentHash {
         let hash = ContentHash::of(bytes);
-        let mut upload = service.inner.blobs.begin(hash, bytes.len() as u64).unwrap();
+        let mut upload = service
+            .inner
+            .blobs
+            .begin(hash, bytes.len() as u64, signer())
+            .unwrap();
         upload.write(bytes).unwrap();
         upload.finish().unwrap();
         hash
@@ -784,7 +858,11 @@ mod tests {
 
     /// The key [`signed_task`] signs with, as its caller's connection would prove it.
     fn signer() -> PublicKey {
-        Identity::from_seed([6; 32]).public_key()
+        key(6)
+    }
+
+    fn key(seed: u8) -> PublicKey {
+        Identity::from_seed([seed; 32]).public_key()
     }
 
     async fn take_free_slots(service: &WorkerService, n: usize) -> Vec<OwnedSemaphorePermit> {

@@ -68,7 +68,7 @@ use peergrid_proto::transport::{self, GRPC_ALPN, PeerAddr, PeerKey};
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb, status_code_name};
 use peergrid_submitter::client::Dialer;
 use peergrid_worker::admission::{self, AdmittedTask, TrustPolicy};
-use peergrid_worker::blobs::BlobStore;
+use peergrid_worker::blobs::{BlobBounds, WorkerBlobs};
 use peergrid_worker::daemon::request_guard::RequestGuards;
 use peergrid_worker::daemon::{
     self,
@@ -428,7 +428,7 @@ struct Inner {
     /// The same key as `honest`'s (loaded from the same file), for the receipts of lies.
     identity: Identity,
     fingerprint: String,
-    blobs: BlobStore,
+    blobs: WorkerBlobs,
     trust: TrustPolicy,
     strategy: Strategy,
     group: Option<Group>,
@@ -827,7 +827,7 @@ fn fail(what: &str) -> ! {
 
 /// The worker's start-up (`daemon::Worker::start`) for what a rogue needs: identity, blob store,
 /// sandbox with its module cache, and the library's service around them.
-fn open(args: &Args) -> (Identity, BlobStore, WorkerService) {
+fn open(args: &Args) -> (Identity, WorkerBlobs, WorkerService) {
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir)
         .unwrap_or_else(|error| fail(&format!("cannot use {}: {error}", dir.display())));
@@ -835,7 +835,7 @@ fn open(args: &Args) -> (Identity, BlobStore, WorkerService) {
     let identity =
         Identity::load_or_create(&key_path).unwrap_or_else(|error| fail(&error.to_string()));
     let signer = Identity::load(&key_path).unwrap_or_else(|error| fail(&error.to_string()));
-    let blobs = BlobStore::open(dir)
+    let blobs = WorkerBlobs::open(dir, BlobBounds::default())
         .unwrap_or_else(|error| fail(&format!("cannot use {}: {error}", dir.display())));
     let sandbox = Sandbox::with_module_cache(
         SandboxOptions {
