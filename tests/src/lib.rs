@@ -549,3 +549,62 @@ pub fn rss_kb(pid: u32) -> u64 {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
 }
+
+/// A UDP socket on a loopback host that reads every datagram and answers none: a tarpit (or a
+/// machine gone silent) to dial, and a tripwire counting what reaches it. It stops reading when
+/// dropped, or after [`TARPIT_LIFETIME`].
+pub struct Tarpit {
+    /// As a peer: `KEY@IP:PORT` with a key nobody holds.
+    pub addr: String,
+    /// Its `IP:PORT`.
+    pub socket_addr: String,
+    datagrams: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The longest a [`Tarpit`] reads.
+pub const TARPIT_LIFETIME: Duration = Duration::from_secs(600);
+
+impl Tarpit {
+    /// A tarpit on a free port of `host` (a loopback address).
+    pub fn start(host: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let socket = std::net::UdpSocket::bind((host, 0)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let socket_addr = socket.local_addr().unwrap().to_string();
+        let key = peergrid_proto::Identity::from_seed([9; 32]).public_key();
+        let datagrams = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        std::thread::spawn({
+            let (datagrams, stop) = (datagrams.clone(), stop.clone());
+            move || {
+                let mut buffer = [0; 2048];
+                let deadline = std::time::Instant::now() + TARPIT_LIFETIME;
+                while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                    if socket.recv_from(&mut buffer).is_ok() {
+                        datagrams.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        Self {
+            addr: format!("{key}@{socket_addr}"),
+            socket_addr,
+            datagrams,
+            stop,
+        }
+    }
+
+    /// Datagrams received so far.
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Tarpit {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

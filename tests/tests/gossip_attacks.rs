@@ -3,13 +3,14 @@
 //! self-signed members, some pointing at a victim address. Each is refused or bounded, and the
 //! grid keeps serving (ARCHITECTURE.md, "Membership").
 
-use std::net::UdpSocket;
-use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use peergrid_e2e::{KeyPair, WorkerConfig, WorkerProcess, bin, exec, peers, rss_kb, wait_until};
+use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, grid, sweep_job};
+use peergrid_e2e::{
+    KeyPair, SubmitProcess, Tarpit, WorkerConfig, WorkerProcess, bin, exec, peers, rss_kb,
+    wait_until, write_job,
+};
 
 fn gossiping(
     dir: &std::path::Path,
@@ -101,26 +102,9 @@ fn a_member_flood_is_bounded_and_reflects_little_at_its_target() {
     let worker = gossiping(dir.path(), "w", &key, None);
     let baseline_rss = rss_kb(worker.pid());
 
-    // The victim the flood points at: counts what arrives there, until told to stop.
-    let victim = UdpSocket::bind("127.0.0.9:0").unwrap();
-    victim
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let victim_addr = victim.local_addr().unwrap().to_string();
-    let received = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = {
-        let (received, stop) = (received.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 2048];
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                if victim.recv_from(&mut buffer).is_ok() {
-                    received.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    // The victim the flood points at counts what arrives there.
+    let victim = Tarpit::start("127.0.0.9");
+    let victim_addr = victim.socket_addr.clone();
 
     let started = Instant::now();
     let pointed = forge(&[
@@ -150,8 +134,7 @@ fn a_member_flood_is_bounded_and_reflects_little_at_its_target() {
     std::thread::sleep(Duration::from_secs(6));
     let elapsed = started.elapsed().as_secs_f64();
     let view = peers(&worker.addr, &key);
-    stop.store(true, Ordering::Relaxed);
-    counter.join().unwrap();
+    let reflected = victim.datagrams();
     let at_victim = view
         .iter()
         .filter(|peer| peer["grpc_addr"] == victim_addr.as_str())
@@ -159,7 +142,6 @@ fn a_member_flood_is_bounded_and_reflects_little_at_its_target() {
     // Bounds (MembershipConfig defaults): 64 records per IP; introductions from one source IP
     // at 100/s after a burst of 1,000.
     let introductions_bound = 1_000 + (100.0 * elapsed) as usize;
-    let reflected = received.load(Ordering::Relaxed);
     let rss = rss_kb(worker.pid());
     eprintln!(
         "member flood: {pointed} records at one address, {spread} spread; table {} rows, {at_victim} at the victim \
@@ -177,10 +159,98 @@ fn a_member_flood_is_bounded_and_reflects_little_at_its_target() {
     // a handful of QUIC Initial packets: a bound of 64 × 10 over the window.
     assert!(reflected <= 640, "{reflected} datagrams reflected");
     assert!(
+        reflected > 0,
+        "the worker never dialed the records at the victim"
+    );
+    assert!(
         rss < baseline_rss + 64 * 1024,
         "RSS {baseline_rss} -> {rss} kB"
     );
     // The worker keeps serving.
     let result = exec(&worker.addr, &key, "hello", &[], &[]);
     assert_eq!(result.code, Some(0), "{}", result.stderr);
+}
+
+#[test]
+fn a_gossiped_member_pointing_at_a_tarpit_does_not_hold_a_job_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "k.key");
+    let workers = grid(dir.path(), &key, 2, &[]);
+    let tarpit = Tarpit::start("127.0.0.10");
+    // A hostile member keeps a record pointing at the tarpit alive in the seed's view.
+    let mut forger = Command::new(bin("gossip_forger"))
+        .args([
+            "--target",
+            &workers[0].addr,
+            "--mode",
+            "flood",
+            "--records",
+            "1",
+            "--point-at",
+            &tarpit.socket_addr,
+            "--keep-alive",
+            "--for-ms",
+            "60000",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("gossip_forger runs");
+    wait_until(
+        "the seed lists the tarpit member alive",
+        Duration::from_secs(10),
+        || {
+            peers(&workers[0].addr, &key).iter().any(|peer| {
+                peer["grpc_addr"] == tarpit.socket_addr.as_str() && peer["state"] == "alive"
+            })
+        },
+    );
+
+    let job = write_job(
+        &dir.path().join("job"),
+        "sweep.toml",
+        &sweep_job("tarpit", "{i}000", 6),
+    );
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let args: Vec<std::path::PathBuf> = vec![
+        "submit".into(),
+        job.clone(),
+        "--key".into(),
+        key.path.clone(),
+        "--seed".into(),
+        workers[0].addr.clone().into(),
+        "--state".into(),
+        state,
+        "--out".into(),
+        out.clone(),
+        "--plain".into(),
+    ];
+    let output = SubmitProcess::start(dir.path(), args).wait(JOB_TIMEOUT);
+    let _ = forger.kill();
+    let _ = forger.wait();
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    assert!(
+        tarpit.datagrams() > 0,
+        "the submitter never dialed the tarpit"
+    );
+    // It went ahead with the workers that answered while the tarpit was still connecting.
+    let went_ahead = output
+        .stderr
+        .lines()
+        .position(|line| line.contains("still connecting in the background"))
+        .unwrap_or_else(|| panic!("no going-ahead line in:\n{}", output.stderr));
+    let lines: Vec<&str> = output.stderr.lines().collect();
+    assert!(
+        lines[went_ahead].contains(&tarpit.socket_addr),
+        "{}",
+        lines[went_ahead]
+    );
+    let sending = lines
+        .iter()
+        .position(|line| line.contains("peergrid: sending"))
+        .expect("a sending line");
+    assert!(went_ahead < sending, "{}", output.stderr);
+    assert_eq!(
+        check_against_local(&out, &job.with_file_name("pi.wasm")).len(),
+        6
+    );
 }

@@ -9,57 +9,9 @@ use std::path::Path;
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, grid, submit_args, sweep_job};
 use peergrid_e2e::{
-    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, accepted_so_far, peergrid,
+    KeyPair, SubmitProcess, Tarpit, WorkerConfig, WorkerProcess, accepted_so_far, peergrid,
     peers_with_reputation, results_lines, status, wait_until, write_job,
 };
-
-/// A `--peer` that never answers: a UDP socket on a loopback host of its own that reads every
-/// datagram and sends nothing, as a tarpit (or a machine gone silent) would.
-struct Tarpit {
-    addr: String,
-    datagrams: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Tarpit {
-    fn start() -> Self {
-        use std::sync::atomic::Ordering;
-        let socket = std::net::UdpSocket::bind("127.0.0.9:0").unwrap();
-        socket
-            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
-            .unwrap();
-        let key = peergrid_proto::Identity::from_seed([9; 32]).public_key();
-        let addr = format!("{key}@{}", socket.local_addr().unwrap());
-        let datagrams = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        std::thread::spawn({
-            let (datagrams, stop) = (datagrams.clone(), stop.clone());
-            move || {
-                let mut buffer = [0; 2048];
-                while !stop.load(Ordering::SeqCst) {
-                    if socket.recv_from(&mut buffer).is_ok() {
-                        datagrams.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
-        });
-        Self {
-            addr,
-            datagrams,
-            stop,
-        }
-    }
-
-    fn datagrams(&self) -> u64 {
-        self.datagrams.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for Tarpit {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
 
 #[test]
 fn a_tarpit_among_the_peers_does_not_hold_the_job_back() {
@@ -79,7 +31,7 @@ fn a_tarpit_among_the_peers_does_not_hold_the_job_back() {
             WorkerProcess::start(&dir.path().join(format!("w{index}")), config)
         })
         .collect();
-    let tarpit = Tarpit::start();
+    let tarpit = Tarpit::start("127.0.0.9");
     let job = write_job(
         &dir.path().join("job"),
         "sweep.toml",

@@ -5,7 +5,7 @@
 //! ```text
 //! gossip_forger --target KEY@IP:PORT --mode usurp --victim HEX [--for-ms MS]
 //! gossip_forger --target KEY@IP:PORT --mode flood --records N (--point-at IP:PORT | --spread)
-//!               [--for-ms MS]
+//!               [--keep-alive] [--for-ms MS]
 //! ```
 //!
 //! - `usurp`: claims to be the victim (the usurper record of the old UDP attack: the victim's
@@ -13,7 +13,10 @@
 //!   packet's sender and as gossip about the victim.
 //! - `flood`: gossips `N` new members, each with a fresh key and a valid self-signed record,
 //!   all pointing at one address (`--point-at`, a reflection attempt) or each at its own
-//!   loopback address (`--spread`, a table flood).
+//!   loopback address (`--spread`, a table flood). With `--keep-alive` it makes the `N` records
+//!   once and gossips them again every 100 ms until `--for-ms`, each time at a higher foca
+//!   incarnation (a refutation on their behalf), so they stay alive in the worker's view however
+//!   often its probes fail.
 //!
 //! It learns the worker's own record by announcing itself first (foca only takes a non-announce
 //! packet addressed to the receiver's exact record). Sends are bounded by `--records` and
@@ -41,6 +44,7 @@ struct Args {
     victim: Option<PublicKey>,
     records: usize,
     point_at: Option<SocketAddr>,
+    keep_alive: bool,
     for_ms: u64,
 }
 
@@ -54,6 +58,7 @@ fn args() -> Args {
         victim: None,
         records: 0,
         point_at: None,
+        keep_alive: false,
         for_ms: 3_000,
     };
     let mut target = None;
@@ -61,6 +66,10 @@ fn args() -> Args {
     while let Some(flag) = argv.next() {
         if flag == "--spread" {
             args.point_at = None;
+            continue;
+        }
+        if flag == "--keep-alive" {
+            args.keep_alive = true;
             continue;
         }
         let value = argv
@@ -163,6 +172,29 @@ async fn main() {
                 send(&gossip(usurper.clone()), &[]);
                 send(&gossip(own.clone()), &[Member::alive(usurper.clone())]);
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        "flood" if args.keep_alive => {
+            let fakes: Vec<PeerIdentity> = (0..args.records)
+                .map(|n| {
+                    let addr = args.point_at.unwrap_or_else(|| {
+                        SocketAddr::from(([127, 3, (n >> 8) as u8, n as u8], 9))
+                    });
+                    PeerIdentity::signed(&Identity::generate(), addr, "forger".into(), 64, 1)
+                        .expect("short")
+                })
+                .collect();
+            let mut round: u16 = 0;
+            while Instant::now() < deadline {
+                round = round.saturating_add(1);
+                for chunk in fakes.chunks(4) {
+                    let batch: Vec<Member<PeerIdentity>> = chunk
+                        .iter()
+                        .map(|fake| Member::new(fake.clone(), round, foca::State::Alive))
+                        .collect();
+                    send(&gossip(own.clone()), &batch);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         "flood" => {
