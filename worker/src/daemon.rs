@@ -272,10 +272,11 @@ impl Worker {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         let _ = self.stop.send(true);
-        self.endpoint.close().await;
+        // The goodbye goes out over the endpoint: close it after.
         if let Some(gossip) = gossip {
             gossip.stopped(std::time::Duration::from_secs(1)).await;
         }
+        self.endpoint.close().await;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! |---|---|---|
 //! | [`MAX_CONNECTIONS`] | 512 QUIC connections | a new connection is refused before its handshake |
 //! | [`MAX_CONNECTIONS_PER_IP`] | 64 per IPv4 address or IPv6 /64 | same, for that address only |
+//! | [`MAX_GOSSIP_CONNECTIONS`], [`MAX_GOSSIP_CONNECTIONS_PER_IP`] | 128, 8 per address: gossip connections, once their ALPN is known, leave the caps above for these | closed after the handshake |
 //! | (trust policy) | the caller's proven key must be trusted | closed with code 1 after the handshake |
 //! | [`HANDSHAKE_TIMEOUT`] | 10 s for the TLS handshake, 10 s per stream for the HTTP/2 preface, 10 s with no stream open | connection (or stream) closed |
 //! | [`HTTP2_KEEPALIVE_INTERVAL`] + [`HTTP2_KEEPALIVE_TIMEOUT`] | ping after 20 s of silence, 10 s to answer | connection closed, its calls cancelled |
@@ -212,6 +213,12 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// holds). Reached: new connections from there are refused at once; other peers are unaffected,
 /// so one flooding host cannot lock the others out. A submitter needs one connection per worker.
 pub const MAX_CONNECTIONS_PER_IP: usize = 64;
+/// Gossip connections accepted at once, and from one IPv4 address or IPv6 /64. Once its
+/// handshake shows a connection is gossip it moves from the caps above to these, so members
+/// cannot crowd submitters out. Reached: the new gossip connection is closed (members still
+/// reach this worker over the connections it dials itself).
+pub const MAX_GOSSIP_CONNECTIONS: usize = 128;
+pub const MAX_GOSSIP_CONNECTIONS_PER_IP: usize = 8;
 /// Time a new connection has for its TLS handshake, each stream for sending the HTTP/2 client
 /// preface, and a connection for keeping a stream open. Reached: closed. Garbage (anything but
 /// the preface) is closed at once by the HTTP/2 handshake itself; this is for peers that send

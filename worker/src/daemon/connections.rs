@@ -43,9 +43,10 @@ pub use peergrid_proto::transport::REFUSED_CALLER_CODE;
 /// The reason a refused caller's connection is closed with.
 pub const REFUSED_CALLER_REASON: &[u8] =
     b"peergrid: this worker does not run tasks signed by your key";
-/// The code and reason a gossip connection to a worker that does not gossip is closed with.
+/// The code and reason a gossip connection is closed with when the worker does not gossip or
+/// holds all the gossip connections it takes.
 pub const NO_GOSSIP_CODE: u64 = 3;
-pub const NO_GOSSIP_REASON: &[u8] = b"peergrid: this worker does not gossip";
+pub const NO_GOSSIP_REASON: &[u8] = b"peergrid: no gossip connection taken";
 /// The code and reason a connection left without a stream is closed with.
 pub const IDLE_CODE: u32 = 2;
 pub const IDLE_REASON: &[u8] = b"peergrid: no stream opened";
@@ -70,6 +71,10 @@ async fn accept_loop(
     gossip: Option<Gossip>,
     streams: mpsc::Sender<io::Result<Connection>>,
 ) {
+    let gossip_limits = ConnectionLimits::new(
+        limits::MAX_GOSSIP_CONNECTIONS,
+        limits::MAX_GOSSIP_CONNECTIONS_PER_IP,
+    );
     loop {
         let incoming = tokio::select! {
             () = streams.closed() => return,
@@ -99,6 +104,7 @@ async fn accept_loop(
         let admission = admission.clone();
         let streams = streams.clone();
         let gossip = gossip.clone();
+        let gossip_limits = gossip_limits.clone();
         tokio::spawn(async move {
             let handshake = async { incoming.accept().ok()?.await.ok() };
             let connection = match tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake).await
@@ -112,7 +118,17 @@ async fn accept_loop(
             };
             if connection.alpn() == GOSSIP_ALPN {
                 match gossip {
-                    Some(gossip) => gossip.accept(connection, ip, slot),
+                    Some(gossip) => match gossip_limits.admit(ip) {
+                        // Held under the gossip caps from now on, not the general ones.
+                        Ok(gossip_slot) => gossip.accept(connection, ip, gossip_slot),
+                        Err(refused) => {
+                            debug!(%ip, "gossip connection refused: {refused}");
+                            connection.close(
+                                VarInt::from_u64(NO_GOSSIP_CODE).expect("a small code"),
+                                NO_GOSSIP_REASON,
+                            );
+                        }
+                    },
                     None => connection.close(
                         VarInt::from_u64(NO_GOSSIP_CODE).expect("a small code"),
                         NO_GOSSIP_REASON,

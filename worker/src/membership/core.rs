@@ -262,6 +262,8 @@ pub struct ScreenStats {
     pub third_party_down: u64,
     /// Records of new members over the table, per-IP or introduction bounds.
     pub over_bounds: u64,
+    /// "You are down" (or an unrefutable suspicion) within `renew_min_interval` of a renewal.
+    pub renewals_refused: u64,
 }
 
 /// Traffic counters, for benchmarks and metrics.
@@ -291,6 +293,8 @@ pub struct Membership {
     /// Introductions left per source IP (a token bucket each).
     introductions: HashMap<IpAddr, Bucket>,
     screened: ScreenStats,
+    /// Suspicions held for a third party's "down", awaiting `ConfirmDown` (one timer each).
+    confirming: std::collections::HashSet<([u8; 32], foca::Incarnation)>,
     /// A renewal foca asked for (we were declared down), not yet done.
     renew_pending: bool,
     renew_armed: bool,
@@ -334,9 +338,20 @@ impl Known {
 /// What screening lets through of one update.
 enum Admitted {
     Yes,
-    /// A third party's "down", passed on as a suspicion.
-    AsSuspect,
+    /// Rewritten: a third party's suspicion clamped, or its "down" passed on as a suspicion.
+    As(Member<PeerIdentity>),
     No,
+}
+
+/// What one introduction budget counts: an IPv4 address, or an IPv6 /64 (a host is commonly
+/// given a whole /64).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(ip) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            ip.to_bits() & !u128::from(u64::MAX),
+        )),
+        v4 => v4,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -365,6 +380,8 @@ struct Outbox {
     defunct: bool,
     /// Members foca brought up or renamed during this input, for the index.
     came_up: Vec<PeerIdentity>,
+    /// Where slot news is kept: a member foca brings up may have news in the same packet.
+    board: Option<SlotBoard>,
 }
 
 impl foca::Runtime<PeerIdentity> for Outbox {
@@ -374,11 +391,13 @@ impl foca::Runtime<PeerIdentity> for Outbox {
                 self.last_heard_ms
                     .insert(header.src.worker_key, self.now_ms);
             }
-            Notification::MemberUp(peer) => {
+            Notification::MemberUp(peer) | Notification::Rename(_, peer) => {
                 tracing::debug!(peer = %hex::encode(&peer.worker_key[..4]), addr = %peer.addr, "member up");
+                if let Some(board) = &self.board {
+                    board.admit(peer.worker_key);
+                }
                 self.came_up.push(peer.clone());
             }
-            Notification::Rename(_, peer) => self.came_up.push(peer.clone()),
             Notification::MemberDown(peer) => {
                 tracing::info!(peer = %hex::encode(&peer.worker_key[..4]), addr = %peer.addr, "member down");
             }
@@ -412,6 +431,7 @@ impl Membership {
         rng_seed: u64,
     ) -> Self {
         let board = SlotBoard::new(config.max_members);
+        board.admit(identity.worker_key);
         let foca = Foca::with_custom_broadcast(
             identity,
             config.foca(),
@@ -423,8 +443,11 @@ impl Membership {
         );
         Self {
             foca,
+            outbox: Outbox {
+                board: Some(board.clone()),
+                ..Outbox::default()
+            },
             board,
-            outbox: Outbox::default(),
             config,
             signer,
             own: OwnSlots::default(),
@@ -433,6 +456,7 @@ impl Membership {
             known: Known::default(),
             introductions: HashMap::new(),
             screened: ScreenStats::default(),
+            confirming: std::collections::HashSet::new(),
             renew_pending: false,
             renew_armed: false,
             last_renew_ms: None,
@@ -542,6 +566,14 @@ impl Membership {
         if !self.verified(&header.src) {
             return Err(MembershipError::Refused("sender's record is not signed"));
         }
+        if header.message == Message::TurnUndead && !self.may_renew(now_ms) {
+            // Being told "you are down" leaves foca undead until this member renews: taken
+            // only when it may renew at once, so a peer repeating it cannot keep it out.
+            self.screened.renewals_refused += 1;
+            return Err(MembershipError::Refused(
+                "told to renew sooner than renew_min_interval",
+            ));
+        }
         if !self.known.records.contains_key(&from)
             && !self.may_introduce(now_ms, from_ip, &header.src)
         {
@@ -551,7 +583,7 @@ impl Membership {
         // to must already be in its table (never an address only a payload vouches for).
         let message_ok = match &header.message {
             Message::PingReq { target, .. } | Message::IndirectAck { target, .. } => {
-                self.verified(target) && self.known.records.contains_key(&target.worker_key)
+                self.known.records.get(&target.worker_key) == Some(target)
             }
             Message::IndirectPing { origin, .. } | Message::ForwardedAck { origin, .. } => {
                 self.verified(origin)
@@ -580,13 +612,10 @@ impl Membership {
             let encoded = &before[..before.len() - rest.len()];
             match self.admit_update(now_ms, from, from_ip, &update) {
                 Admitted::Yes => kept.extend_from_slice(encoded),
-                Admitted::AsSuspect => {
-                    let suspect =
-                        Member::new(update.id().clone(), update.incarnation(), State::Suspect);
-                    self.codec
-                        .encode_member(&suspect, &mut kept)
-                        .expect("a decoded member encodes");
-                }
+                Admitted::As(rewritten) => self
+                    .codec
+                    .encode_member(&rewritten, &mut kept)
+                    .expect("a decoded member encodes"),
                 Admitted::No => continue,
             }
             kept_count += 1;
@@ -612,30 +641,74 @@ impl Membership {
             return Admitted::No;
         }
         let me = self.identity().worker_key;
-        let known = record.worker_key == me || self.known.records.contains_key(&record.worker_key);
-        if update.state() == State::Down && record.worker_key != from {
-            // Only a member may declare itself down (leaving, or retiring an old incarnation).
-            // Anyone else's word that a member is down is a suspicion here, which the member
-            // can refute, confirmed by this member's own timer (`ConfirmDown`).
-            self.screened.third_party_down += 1;
-            if !known || record.worker_key == me {
+        if record.worker_key == me {
+            // About this member, from another: a "down" (or a suspicion foca cannot refute)
+            // leaves it undead until it renews; taken only when it may renew at once.
+            let unrefutable = update.state() == State::Down
+                || (update.state() == State::Suspect
+                    && update.incarnation() >= foca::Incarnation::MAX - 1);
+            if unrefutable && !self.may_renew(now_ms) {
+                self.screened.renewals_refused += 1;
                 return Admitted::No;
             }
-            let wait = self.config.suspicion(self.known.records.len() + 1);
-            self.outbox.effects.timers.push((
-                wait,
-                TimerEvent::ConfirmDown {
-                    member: record.clone(),
-                    incarnation: update.incarnation(),
-                },
-            ));
-            return Admitted::AsSuspect;
+            return Admitted::Yes;
         }
-        if known || self.may_introduce(now_ms, from_ip, record) {
-            Admitted::Yes
-        } else {
-            Admitted::No
+        if record.worker_key != from && update.state() != State::Alive {
+            // A third party's suspicion or "down": clamped to the incarnation this member holds
+            // for the accused, so it cannot name one the accused could never refute.
+            let Some(held) = self.held_incarnation(&record.worker_key) else {
+                return Admitted::No;
+            };
+            let incarnation = update.incarnation().min(held);
+            if update.state() == State::Suspect {
+                return Admitted::As(Member::new(record.clone(), incarnation, State::Suspect));
+            }
+            // Only a member may declare itself down (leaving, or retiring an old incarnation).
+            // Anyone else's word that a member is down is a suspicion here, which the member
+            // can refute, confirmed by this member's own timer (`ConfirmDown`) unless refuted.
+            self.screened.third_party_down += 1;
+            let key = (record.worker_key, incarnation);
+            if self.confirming.len() < self.config.max_members && self.confirming.insert(key) {
+                let wait = self.config.suspicion(self.known.records.len() + 1);
+                self.outbox.effects.timers.push((
+                    wait,
+                    TimerEvent::ConfirmDown {
+                        member: record.clone(),
+                        incarnation,
+                    },
+                ));
+            }
+            return Admitted::As(Member::new(record.clone(), incarnation, State::Suspect));
         }
+        let moved_to_a_full_ip = self.known.records.get(&record.worker_key).map(|known| {
+            known.addr.ip() != record.addr.ip()
+                && self.known.at_ip(record.addr.ip()) >= self.config.max_members_per_ip
+        });
+        match moved_to_a_full_ip {
+            Some(false) => Admitted::Yes,
+            // A known member at a new address: the per-IP bound applies where it moves.
+            Some(true) => {
+                self.screened.over_bounds += 1;
+                Admitted::No
+            }
+            None if self.may_introduce(now_ms, from_ip, record) => Admitted::Yes,
+            None => Admitted::No,
+        }
+    }
+
+    /// The foca incarnation this member holds for the member with `key`, if it is in the table.
+    fn held_incarnation(&self, key: &[u8; 32]) -> Option<foca::Incarnation> {
+        self.foca
+            .iter_membership_state()
+            .find(|member| &member.id().worker_key == key)
+            .map(|member| member.incarnation())
+    }
+
+    /// Whether this member may take a new incarnation now (`renew_min_interval`).
+    fn may_renew(&self, now_ms: u64) -> bool {
+        let interval_ms = self.config.renew_min_interval.as_millis() as u64;
+        self.last_renew_ms
+            .is_none_or(|last| now_ms.saturating_sub(last) >= interval_ms)
     }
 
     /// True if `record` is signed by its key. A record equal to the one indexed for its key
@@ -663,13 +736,19 @@ impl Membership {
             f64::from(config.introductions_per_second),
             f64::from(config.introductions_burst),
         );
+        let source = source_of(from_ip);
         if self.introductions.len() >= config.max_members
-            && !self.introductions.contains_key(&from_ip)
+            && !self.introductions.contains_key(&source)
         {
-            // Bounded like the table: forget the buckets (all start full again).
-            self.introductions.clear();
+            // Bounded like the table: forget the full buckets (they would start full anyway).
+            self.introductions
+                .retain(|_, bucket| bucket.tokens < burst - 1.0);
+            if self.introductions.len() >= config.max_members {
+                self.screened.over_bounds += 1;
+                return false;
+            }
         }
-        let bucket = self.introductions.entry(from_ip).or_insert(Bucket {
+        let bucket = self.introductions.entry(source).or_insert(Bucket {
             tokens: burst,
             at_ms: now_ms,
         });
@@ -691,6 +770,7 @@ impl Membership {
     /// the index from foca's table (forgotten members leave it, and the slot board with them).
     fn index_new_members(&mut self) {
         for record in std::mem::take(&mut self.outbox.came_up) {
+            self.board.admit(record.worker_key);
             self.known.insert(&record);
         }
         let now_ms = self.outbox.now_ms;
@@ -709,9 +789,10 @@ impl Membership {
             .last_heard_ms
             .retain(|key, _| self.known.records.contains_key(key));
         let me = self.identity().worker_key;
-        self.board
-            .lock()
-            .retain(|key, _| *key == me || self.known.records.contains_key(key));
+        let mut members: std::collections::HashSet<[u8; 32]> =
+            self.known.records.keys().copied().collect();
+        members.insert(me);
+        self.board.keep_only(members);
     }
 
     /// A timer armed from [`Effects::timers`] fired.
@@ -735,6 +816,7 @@ impl Membership {
                 member,
                 incarnation,
             } => {
+                self.confirming.remove(&(member.worker_key, incarnation));
                 let still_suspect = self.foca.iter_membership_state().any(|known| {
                     known.id() == &member
                         && known.state() == State::Suspect
@@ -827,6 +909,8 @@ impl Membership {
         };
         self.renew_pending = false;
         self.last_renew_ms = Some(now_ms);
+        // Slot news names the incarnation: the new one needs its own.
+        self.own.sent = None;
         tracing::info!(
             incarnation = renewed.incarnation,
             "rejoined with a new incarnation"
@@ -1193,17 +1277,136 @@ mod tests {
     }
 
     #[test]
-    fn being_told_down_renews_at_most_once_per_interval() {
+    fn being_told_down_renews_at_once_but_at_most_once_per_interval() {
         let mut core = core(1);
         let (_, sender) = member(2);
         let first = core.identity().incarnation;
-        for at in [0, 1_000, 2_000] {
+        for at in [0, 1_000, 2_000, 10_500] {
             let turn = packet(&sender, &core.identity().clone(), Message::TurnUndead, &[]);
             let _ = core.handle_packet(at, sender.worker_key, ip(2), &turn);
             core.drain();
         }
-        assert_eq!(core.identity().incarnation, first + 1);
+        // Renewed at 0 and 10.5 s; the two in between were refused before foca saw them, so
+        // the member was never left undead waiting.
+        assert_eq!(core.identity().incarnation, first + 2);
+        assert_eq!(core.screened().renewals_refused, 2);
         core.identity().verify().unwrap();
+    }
+
+    #[test]
+    fn a_third_partys_unrefutable_suspicion_is_clamped_to_the_incarnation_held() {
+        let mut core = core(1);
+        let me = core.identity().clone();
+        let (_, sender) = member(2);
+        let (_, victim) = member(3);
+        core.handle_packet(
+            0,
+            victim.worker_key,
+            ip(3),
+            &packet(&victim, &me, Message::Ping(1), &[]),
+        )
+        .unwrap();
+        let forged = [
+            Member::new(victim.clone(), foca::Incarnation::MAX, State::Suspect),
+            Member::new(me.clone(), foca::Incarnation::MAX, State::Suspect),
+            Member::down(me.clone()),
+        ];
+        core.handle_packet(
+            10,
+            sender.worker_key,
+            ip(2),
+            &packet(&sender, &me, Message::Ping(2), &forged),
+        )
+        .unwrap();
+        assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Suspect));
+        assert_eq!(
+            core.screened().renewals_refused,
+            0,
+            "no renewal yet: one is allowed"
+        );
+        // The victim refutes at the incarnation it holds + 1: that beats the clamped suspicion.
+        let refute = packet(
+            &victim,
+            &me,
+            Message::Ping(3),
+            &[Member::new(victim.clone(), 1, State::Alive)],
+        );
+        core.handle_packet(20, victim.worker_key, ip(3), &refute)
+            .unwrap();
+        assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Alive));
+    }
+
+    #[test]
+    fn a_probe_request_must_name_the_record_held_and_a_move_obeys_the_ip_bound() {
+        let (identity, record) = member(1);
+        let config = MembershipConfig {
+            max_members_per_ip: 1,
+            ..MembershipConfig::default()
+        };
+        let mut core = Membership::new(record, identity, config, 1);
+        let me = core.identity().clone();
+        let (_, sender) = member(2);
+        let (other_signer, other) = member(3);
+        core.handle_packet(
+            0,
+            sender.worker_key,
+            ip(2),
+            &packet(
+                &sender,
+                &me,
+                Message::Ping(1),
+                &[Member::alive(other.clone())],
+            ),
+        )
+        .unwrap();
+        core.drain();
+        // The same key, re-signed at a victim's address: a probe request for it is refused.
+        let victim: SocketAddr = "192.0.2.7:443".parse().unwrap();
+        let moved = PeerIdentity::signed(&other_signer, victim, "fp".into(), 1, 2).unwrap();
+        let request = packet(
+            &sender,
+            &me,
+            Message::PingReq {
+                target: moved.clone(),
+                probe_number: 1,
+            },
+            &[],
+        );
+        assert!(
+            core.handle_packet(10, sender.worker_key, ip(2), &request)
+                .is_err()
+        );
+        assert!(core.drain().sends.iter().all(|(to, _)| to.addr != victim));
+        // A move to an address already at its bound is not taken.
+        let (fifth_signer, _) = member(5);
+        let first_at_victim =
+            PeerIdentity::signed(&fifth_signer, victim, "fp".into(), 1, 1).unwrap();
+        core.handle_packet(
+            20,
+            sender.worker_key,
+            ip(2),
+            &packet(
+                &sender,
+                &me,
+                Message::Ping(2),
+                &[Member::alive(first_at_victim)],
+            ),
+        )
+        .unwrap();
+        core.handle_packet(
+            30,
+            sender.worker_key,
+            ip(2),
+            &packet(&sender, &me, Message::Ping(3), &[Member::alive(moved)]),
+        )
+        .unwrap();
+        let at_victim = core
+            .view()
+            .iter()
+            .filter(|peer| peer.identity.addr == victim)
+            .count();
+        assert_eq!(at_victim, 1);
+        assert!(core.screened().over_bounds >= 1);
     }
 
     #[test]

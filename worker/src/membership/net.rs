@@ -52,9 +52,11 @@ pub const QUEUED_PER_DIAL: usize = 8;
 /// again: together with the core's records-per-IP bound, this bounds what a flood of records
 /// pointing at one address makes this worker send there.
 pub const DIAL_BACKOFF: Duration = Duration::from_secs(5);
-/// Gossip connections open at once (inbound and outbound). Reached: the least recently used is
-/// closed.
-pub const MAX_LINKS: usize = 1024;
+/// Gossip connections kept as links at once (inbound, at most `limits::MAX_GOSSIP_CONNECTIONS`,
+/// and outbound). Reached: the least recently used is closed.
+pub const MAX_LINKS: usize = 256;
+/// After saying goodbye, how long the driver lets the datagrams leave before closing its links.
+const GOODBYE_FLUSH: Duration = Duration::from_millis(100);
 /// A gossip connection on which no packet arrived for this long is closed.
 pub const LINK_IDLE: Duration = Duration::from_secs(30);
 /// The code and reason an idle or surplus gossip connection is closed with.
@@ -195,6 +197,7 @@ impl Gossip {
             driver
                 .step(&mut links, &timers, |core, _| core.leave())
                 .await;
+            tokio::time::sleep(GOODBYE_FLUSH).await;
             for link in links.open.values() {
                 link.connection
                     .close(VarInt::from_u32(LINK_CLOSED_CODE), LINK_CLOSED_REASON);

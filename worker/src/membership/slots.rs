@@ -3,7 +3,7 @@
 //! replaces an older one everywhere (in the board and in the broadcast backlog). Each item is
 //! signed by the worker it is about, since others relay it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use peergrid_proto::{Identity, PublicKey};
@@ -67,12 +67,13 @@ impl SlotNews {
     }
 }
 
-/// The newest news per worker key, shared between foca's handler and the view. It holds at
-/// most [`SlotBoard::capacity`] workers: news about a worker it has no room for is not kept
-/// (the membership core forgets workers that left the table).
+/// The newest news per worker key, shared between foca's handler and the view. It keeps news
+/// only about members the core has let into its table ([`SlotBoard::admit`]), at most
+/// [`SlotBoard::capacity`] of them (the core forgets workers that left the table).
 #[derive(Clone)]
 pub struct SlotBoard {
     news: Arc<Mutex<HashMap<[u8; 32], SlotNews>>>,
+    members: Arc<Mutex<HashSet<[u8; 32]>>>,
     capacity: usize,
 }
 
@@ -80,8 +81,26 @@ impl SlotBoard {
     pub fn new(capacity: usize) -> Self {
         Self {
             news: Arc::default(),
+            members: Arc::default(),
             capacity,
         }
+    }
+
+    /// News about `key` may be kept from now on.
+    pub fn admit(&self, key: [u8; 32]) {
+        self.members_lock().insert(key);
+    }
+
+    /// Only news about `keys` may be kept from now on; news about others is dropped.
+    pub fn keep_only(&self, keys: HashSet<[u8; 32]>) {
+        self.lock().retain(|key, _| keys.contains(key));
+        *self.members_lock() = keys;
+    }
+
+    fn members_lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn capacity(&self) -> usize {
@@ -132,6 +151,10 @@ impl<T> foca::BroadcastHandler<T> for SlotHandler {
         _sender: Option<&T>,
     ) -> Result<Option<SlotKey>, SlotNewsError> {
         let news: SlotNews = postcard::from_bytes(data)?;
+        if !self.board.members_lock().contains(&news.worker_key) {
+            // About no member of the table: not kept, not spread.
+            return Ok(None);
+        }
         let capacity = self.board.capacity;
         let mut board = self.board.lock();
         let known = board.get(&news.worker_key);
@@ -162,6 +185,17 @@ mod tests {
         let mut handler = SlotHandler {
             board: board.clone(),
         };
+        let stranger = Identity::from_seed([3; 32]);
+        let unknown = SlotNews::signed(&stranger, 1, 1, 1);
+        assert!(
+            BroadcastHandler::<()>::receive_item(&mut handler, &unknown.encode(), None)
+                .unwrap()
+                .is_none(),
+            "news about no member of the table"
+        );
+        for seed in [1, 2] {
+            board.admit(Identity::from_seed([seed; 32]).public_key().to_bytes());
+        }
         let mut receive = |news: &SlotNews| {
             BroadcastHandler::<()>::receive_item(&mut handler, &news.encode(), None)
                 .map(|kept| kept.is_some())
