@@ -5,11 +5,16 @@
 //! not be readable by group or others (as ssh requires of its keys). A public key file holds the
 //! 32-byte public key as 64 hex characters.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+/// Valid public keys [`PublicKey::from_slice`] keeps decompressed; past it, the cache starts
+/// over.
+pub const DECOMPRESSED_KEYS: usize = 4096;
 
 /// An Ed25519 public key that is known to be a valid curve point: an invalid one cannot exist.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,15 +29,36 @@ pub struct PublicKeyError {
 
 impl PublicKey {
     /// Reads a public key as it travels on the wire: 32 bytes, a valid point.
+    ///
+    /// Decompressing the point costs about as much as a third of a signature check, and a
+    /// worker or submitter sees the same few keys on every task and receipt: the last
+    /// [`DECOMPRESSED_KEYS`] valid keys are kept decompressed (the same bytes always give the
+    /// same point, so this changes no answer).
     pub fn from_slice(bytes: &[u8]) -> Result<Self, PublicKeyError> {
         let array = <[u8; 32]>::try_from(bytes).map_err(|_| PublicKeyError {
             reason: format!("expected 32 bytes, got {}", bytes.len()),
         })?;
-        VerifyingKey::from_bytes(&array)
-            .map(Self)
-            .map_err(|_| PublicKeyError {
-                reason: "the 32 bytes are not a valid curve point".into(),
-            })
+        static CACHE: std::sync::LazyLock<std::sync::Mutex<HashMap<[u8; 32], VerifyingKey>>> =
+            std::sync::LazyLock::new(Default::default);
+        let cached = CACHE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&array)
+            .copied();
+        if let Some(key) = cached {
+            return Ok(Self(key));
+        }
+        let key = VerifyingKey::from_bytes(&array).map_err(|_| PublicKeyError {
+            reason: "the 32 bytes are not a valid curve point".into(),
+        })?;
+        let mut cache = CACHE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cache.len() >= DECOMPRESSED_KEYS {
+            cache.clear();
+        }
+        cache.insert(array, key);
+        Ok(Self(key))
     }
 
     pub fn to_bytes(&self) -> [u8; 32] {
@@ -247,6 +273,23 @@ fn check_private(_path: &Path) -> Result<(), KeyFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_kept_decompressed_give_the_same_answers() {
+        let identity = Identity::from_seed([7; 32]);
+        let bytes = identity.public_key().to_bytes();
+        let first = PublicKey::from_slice(&bytes).unwrap();
+        let again = PublicKey::from_slice(&bytes).unwrap();
+        assert_eq!(first, again);
+        let signature = identity.sign(b"m");
+        assert!(again.verify(b"m", &signature));
+        assert!(!again.verify(b"n", &signature));
+        // Not a point (y = 2 has no x on the curve), before and after valid keys were cached.
+        let mut invalid = [0u8; 32];
+        invalid[0] = 2;
+        assert!(PublicKey::from_slice(&invalid).is_err());
+        assert!(PublicKey::from_slice(&invalid).is_err());
+    }
 
     #[test]
     fn derived_keys_depend_on_the_context_and_the_secret_and_never_are_the_seed() {
