@@ -254,3 +254,61 @@ fn a_gossiped_member_pointing_at_a_tarpit_does_not_hold_a_job_back() {
         6
     );
 }
+
+#[test]
+fn a_fake_claiming_an_honest_workers_key_is_never_reached_and_charges_it_nothing() {
+    // Over plaintext, a fake at its own address claiming an honest worker's key in `Info` got
+    // its bad receipts charged to that key: the honest worker was excluded. Now the address
+    // names the key the handshake must prove.
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "k.key");
+    let workers = grid(dir.path(), &key, 2, &[]);
+    let fake = WorkerProcess::start(
+        &dir.path().join("fake"),
+        WorkerConfig {
+            host: Some("127.0.0.11"),
+            extra_args: vec!["--lie-rate", "1"],
+            ..WorkerConfig::trusting(&key)
+        },
+    );
+    let honest_key = &workers[1].key_hex;
+    let fake_socket = fake.addr.split_once('@').unwrap().1;
+    let impersonation = format!("{honest_key}@{fake_socket}");
+
+    let direct = exec(&impersonation, &key, "hello", &[], &[]);
+    assert_ne!(direct.code, Some(0), "{}", direct.stderr);
+    assert!(direct.stderr.contains(fake_socket), "{}", direct.stderr);
+
+    // A job given the impersonation as a peer beside the two honest workers: the fake never
+    // runs a copy, and nothing is charged to the honest key.
+    let job = write_job(&dir.path().join("job"), "sweep.toml", &sweep_job("fake", "{i}000", 6));
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let mut args: Vec<std::path::PathBuf> = vec![
+        "submit".into(),
+        job.clone(),
+        "--key".into(),
+        key.path.clone(),
+    ];
+    for peer in [workers[0].addr.as_str(), workers[1].addr.as_str(), impersonation.as_str()] {
+        args.extend(["--peer".into(), peer.into()]);
+    }
+    args.extend([
+        "--state".into(),
+        state.clone(),
+        "--out".into(),
+        out.clone(),
+        "--plain".into(),
+    ]);
+    let output = SubmitProcess::start(dir.path(), args).wait(JOB_TIMEOUT);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    assert_eq!(check_against_local(&out, &job.with_file_name("pi.wasm")).len(), 6);
+    let view = peergrid_e2e::peers_with_reputation(&workers[0].addr, &key, &state);
+    let honest = view
+        .iter()
+        .find(|peer| peer["peer"] == honest_key.as_str())
+        .expect("the honest worker is listed");
+    let reputation = &honest["reputation"];
+    assert_eq!(reputation["disagreements"], 0, "{honest}");
+    assert_eq!(reputation["bad_receipts"], 0, "{honest}");
+    assert!(reputation["agreements"].as_u64().unwrap() > 0, "{honest}");
+}
