@@ -608,3 +608,23 @@ impl Drop for Tarpit {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A 1-slot worker trusting `key` that gossips, joining through `seed` (`KEY@IP:PORT`) if given.
+pub fn gossiping_worker(
+    dir: &Path,
+    name: &str,
+    key: &KeyPair,
+    seed: Option<&str>,
+) -> WorkerProcess {
+    let mut extra_args = vec!["--gossip", "--cores", "1"];
+    if let Some(seed) = seed {
+        extra_args.extend(["--seed", seed]);
+    }
+    WorkerProcess::start(
+        &dir.join(name),
+        WorkerConfig {
+            extra_args,
+            ..WorkerConfig::trusting(key)
+        },
+    )
+}

@@ -8,28 +8,9 @@ use std::time::{Duration, Instant};
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, grid, sweep_job};
 use peergrid_e2e::{
-    KeyPair, SubmitProcess, Tarpit, WorkerConfig, WorkerProcess, bin, exec, peers, rss_kb,
-    wait_until, write_job,
+    KeyPair, SubmitProcess, Tarpit, WorkerConfig, WorkerProcess, bin, exec, gossiping_worker,
+    peers, rss_kb, wait_until, write_job,
 };
-
-fn gossiping(
-    dir: &std::path::Path,
-    name: &str,
-    key: &KeyPair,
-    seed: Option<&str>,
-) -> WorkerProcess {
-    let mut extra_args = vec!["--gossip", "--cores", "1"];
-    if let Some(seed) = seed {
-        extra_args.extend(["--seed", seed]);
-    }
-    WorkerProcess::start(
-        &dir.join(name),
-        WorkerConfig {
-            extra_args,
-            ..WorkerConfig::trusting(key)
-        },
-    )
-}
 
 /// Runs the forger to its end; returns the records it sent.
 fn forge(args: &[&str]) -> usize {
@@ -56,8 +37,8 @@ fn forge(args: &[&str]) -> usize {
 fn a_forger_cannot_evict_or_impersonate_a_member() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "k.key");
-    let a = gossiping(dir.path(), "a", &key, None);
-    let b = gossiping(dir.path(), "b", &key, a.seed.as_deref());
+    let a = gossiping_worker(dir.path(), "a", &key, None);
+    let b = gossiping_worker(dir.path(), "b", &key, a.seed.as_deref());
     wait_until("a and b see each other", Duration::from_secs(10), || {
         peers(&a.addr, &key).len() == 2 && peers(&b.addr, &key).len() == 2
     });
@@ -99,7 +80,7 @@ fn a_forger_cannot_evict_or_impersonate_a_member() {
 fn a_member_flood_is_bounded_and_reflects_little_at_its_target() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "k.key");
-    let worker = gossiping(dir.path(), "w", &key, None);
+    let worker = gossiping_worker(dir.path(), "w", &key, None);
     let baseline_rss = rss_kb(worker.pid());
 
     // The victim the flood points at counts what arrives there.
@@ -281,7 +262,11 @@ fn a_fake_claiming_an_honest_workers_key_is_never_reached_and_charges_it_nothing
 
     // A job given the impersonation as a peer beside the two honest workers: the fake never
     // runs a copy, and nothing is charged to the honest key.
-    let job = write_job(&dir.path().join("job"), "sweep.toml", &sweep_job("fake", "{i}000", 6));
+    let job = write_job(
+        &dir.path().join("job"),
+        "sweep.toml",
+        &sweep_job("fake", "{i}000", 6),
+    );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let mut args: Vec<std::path::PathBuf> = vec![
         "submit".into(),
@@ -289,7 +274,11 @@ fn a_fake_claiming_an_honest_workers_key_is_never_reached_and_charges_it_nothing
         "--key".into(),
         key.path.clone(),
     ];
-    for peer in [workers[0].addr.as_str(), workers[1].addr.as_str(), impersonation.as_str()] {
+    for peer in [
+        workers[0].addr.as_str(),
+        workers[1].addr.as_str(),
+        impersonation.as_str(),
+    ] {
         args.extend(["--peer".into(), peer.into()]);
     }
     args.extend([
@@ -301,7 +290,10 @@ fn a_fake_claiming_an_honest_workers_key_is_never_reached_and_charges_it_nothing
     ]);
     let output = SubmitProcess::start(dir.path(), args).wait(JOB_TIMEOUT);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
-    assert_eq!(check_against_local(&out, &job.with_file_name("pi.wasm")).len(), 6);
+    assert_eq!(
+        check_against_local(&out, &job.with_file_name("pi.wasm")).len(),
+        6
+    );
     let view = peergrid_e2e::peers_with_reputation(&workers[0].addr, &key, &state);
     let honest = view
         .iter()

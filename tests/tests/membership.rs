@@ -2,10 +2,11 @@
 //! gossip, detect a `kill -9`, take a restarted worker back, and an idle-only worker gets out of
 //! the owner's way when the (injected) load rises.
 
-use std::path::Path;
 use std::time::Duration;
 
-use peergrid_e2e::{KeyPair, WorkerConfig, WorkerProcess, exec, peergrid, peers, wait_until};
+use peergrid_e2e::{
+    KeyPair, WorkerConfig, WorkerProcess, exec, gossiping_worker, peergrid, peers, wait_until,
+};
 
 /// Documented detection bound for 5 members with the default timings
 /// (`MembershipConfig::detection_bound(5)`: 5 rounds of 0.5 s + 2 s suspicion + 5 gossip
@@ -14,20 +15,6 @@ use peergrid_e2e::{KeyPair, WorkerConfig, WorkerProcess, exec, peergrid, peers, 
 const DOWN_WITHIN: Duration = Duration::from_millis(7_500 + 2_000);
 /// Five members converge in a handful of rounds; this bound is 20 rounds of 0.5 s.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(10);
-
-fn gossiping_worker(dir: &Path, name: &str, key: &KeyPair, seed: Option<&str>) -> WorkerProcess {
-    let mut extra_args = vec!["--gossip", "--cores", "1"];
-    if let Some(seed) = seed {
-        extra_args.extend(["--seed", seed]);
-    }
-    WorkerProcess::start(
-        &dir.join(name),
-        WorkerConfig {
-            extra_args,
-            ..WorkerConfig::trusting(key)
-        },
-    )
-}
 
 /// The row `view` has for the worker with key `key_hex` (members are known by key).
 fn row<'a>(view: &'a [serde_json::Value], key_hex: &str) -> Option<&'a serde_json::Value> {

@@ -728,6 +728,26 @@ mod tests {
         assert_eq!(service.inner.queue.available_permits(), queued);
     }
 
+    /// Takes the service's only slot, then sends `signed`: returns once the task is queued (it
+    /// holds a place in the queue), with the slot and the task's handle.
+    async fn queue_behind_a_taken_slot(
+        service: &WorkerService,
+        signed: pb::SignedTask,
+    ) -> (
+        Vec<OwnedSemaphorePermit>,
+        tokio::task::JoinHandle<Result<pb::TaskResult, Refusal>>,
+    ) {
+        let slot = take_free_slots(service, 1).await;
+        let waiting = tokio::spawn({
+            let service = service.clone();
+            async move { service.run_task(signed, signer()).await }
+        });
+        while service.inner.queue.available_permits() == limits::QUEUED_TASKS_PER_SLOT as usize {
+            tokio::task::yield_now().await;
+        }
+        (slot, waiting)
+    }
+
     #[tokio::test]
     async fn a_task_waiting_for_a_slot_when_the_donor_gets_busy_is_refused_as_busy() {
         let dir = tempfile::tempdir().unwrap();
@@ -738,15 +758,7 @@ mod tests {
             ..Default::default()
         });
 
-        let slot = take_free_slots(&service, 1).await;
-        let waiting = tokio::spawn({
-            let service = service.clone();
-            async move { service.run_task(signed, signer()).await }
-        });
-        // The task is queued once it holds a place in the queue.
-        while service.inner.queue.available_permits() == limits::QUEUED_TASKS_PER_SLOT as usize {
-            tokio::task::yield_now().await;
-        }
+        let (slot, waiting) = queue_behind_a_taken_slot(&service, signed).await;
         service.inner.donor.set_busy(true);
         let refused = waiting.await.unwrap().err().expect("refused, never run");
         assert_eq!(refused.code, Code::ResourceExhausted, "{}", refused.message);
@@ -768,14 +780,7 @@ mod tests {
             module_hash: module.to_vec().into(),
             ..Default::default()
         });
-        let slot = take_free_slots(&service, 1).await;
-        let waiting = tokio::spawn({
-            let service = service.clone();
-            async move { service.run_task(signed, signer()).await }
-        });
-        while service.inner.queue.available_permits() == limits::QUEUED_TASKS_PER_SLOT as usize {
-            tokio::task::yield_now().await;
-        }
+        let (slot, waiting) = queue_behind_a_taken_slot(&service, signed).await;
 
         let other = b"another key's upload";
         let refused = service

@@ -1042,6 +1042,19 @@ mod tests {
         data
     }
 
+    /// `from` pings `core` at `at` over a connection that proved its key, from its own address,
+    /// with `updates` piggybacked.
+    fn gossip(
+        core: &mut Membership,
+        at: u64,
+        from: &PeerIdentity,
+        updates: &[Member<PeerIdentity>],
+    ) -> Result<(), MembershipError> {
+        let me = core.identity().clone();
+        let data = packet(from, &me, Message::Ping(1), updates);
+        core.handle_packet(at, from.worker_key, from.addr.ip(), &data)
+    }
+
     fn ip(seed: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, seed])
     }
@@ -1118,13 +1131,7 @@ mod tests {
             Member::alive(victim.clone()),
             Member::alive(crashed.clone()),
         ];
-        core.handle_packet(
-            0,
-            sender.worker_key,
-            ip(2),
-            &packet(&sender, &me, Message::Ping(1), &meet),
-        )
-        .unwrap();
+        gossip(&mut core, 0, &sender, &meet).unwrap();
         assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Alive));
         let evicting = PeerIdentity {
             incarnation: victim.incarnation + 1,
@@ -1136,13 +1143,7 @@ mod tests {
             Member::alive(newcomer.clone()),
             Member::down(crashed.clone()),
         ];
-        core.handle_packet(
-            10,
-            sender.worker_key,
-            ip(2),
-            &packet(&sender, &me, Message::Ping(2), &updates),
-        )
-        .unwrap();
+        gossip(&mut core, 10, &sender, &updates).unwrap();
         assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Suspect));
         assert_eq!(
             state_of(&core, crashed.worker_key),
@@ -1299,25 +1300,13 @@ mod tests {
         let me = core.identity().clone();
         let (_, sender) = member(2);
         let (_, victim) = member(3);
-        core.handle_packet(
-            0,
-            victim.worker_key,
-            ip(3),
-            &packet(&victim, &me, Message::Ping(1), &[]),
-        )
-        .unwrap();
+        gossip(&mut core, 0, &victim, &[]).unwrap();
         let forged = [
             Member::new(victim.clone(), foca::Incarnation::MAX, State::Suspect),
             Member::new(me.clone(), foca::Incarnation::MAX, State::Suspect),
             Member::down(me.clone()),
         ];
-        core.handle_packet(
-            10,
-            sender.worker_key,
-            ip(2),
-            &packet(&sender, &me, Message::Ping(2), &forged),
-        )
-        .unwrap();
+        gossip(&mut core, 10, &sender, &forged).unwrap();
         assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Suspect));
         assert_eq!(
             core.screened().renewals_refused,
@@ -1347,18 +1336,7 @@ mod tests {
         let me = core.identity().clone();
         let (_, sender) = member(2);
         let (other_signer, other) = member(3);
-        core.handle_packet(
-            0,
-            sender.worker_key,
-            ip(2),
-            &packet(
-                &sender,
-                &me,
-                Message::Ping(1),
-                &[Member::alive(other.clone())],
-            ),
-        )
-        .unwrap();
+        gossip(&mut core, 0, &sender, &[Member::alive(other.clone())]).unwrap();
         core.drain();
         // The same key, re-signed at a victim's address: a probe request for it is refused.
         let victim: SocketAddr = "192.0.2.7:443".parse().unwrap();
@@ -1381,25 +1359,8 @@ mod tests {
         let (fifth_signer, _) = member(5);
         let first_at_victim =
             PeerIdentity::signed(&fifth_signer, victim, "fp".into(), 1, 1).unwrap();
-        core.handle_packet(
-            20,
-            sender.worker_key,
-            ip(2),
-            &packet(
-                &sender,
-                &me,
-                Message::Ping(2),
-                &[Member::alive(first_at_victim)],
-            ),
-        )
-        .unwrap();
-        core.handle_packet(
-            30,
-            sender.worker_key,
-            ip(2),
-            &packet(&sender, &me, Message::Ping(3), &[Member::alive(moved)]),
-        )
-        .unwrap();
+        gossip(&mut core, 20, &sender, &[Member::alive(first_at_victim)]).unwrap();
+        gossip(&mut core, 30, &sender, &[Member::alive(moved)]).unwrap();
         let at_victim = core
             .view()
             .iter()
