@@ -1170,47 +1170,62 @@ async fn discover(dialer: &Dialer, source: &Source) -> Result<Vec<String>, Strin
     match source {
         Source::Peers(peers) => Ok(peers.clone()),
         Source::Seeds(seeds) => {
-            let mut failures = Vec::new();
+            // All seeds are asked at once and the first view to arrive is used: a seed that
+            // never answers (a tarpit) costs nothing while another one does.
+            let mut asking = JoinSet::new();
             for seed in seeds {
-                let view = async {
-                    let mut client = WorkerClient::connect(dialer, seed).await?;
-                    client.peers().await
-                };
-                match view.await {
-                    Ok(mut peers) => {
-                        // A seed's view may hold members a flood put there: dial a bounded
-                        // random sample (ARCHITECTURE.md, "Membership").
-                        peers.retain(|peer| peer.state == pb::PeerState::Alive as i32);
-                        if peers.len() > MAX_DISCOVERED_PEERS {
-                            use rand::seq::SliceRandom;
-                            let seed_first = peers.iter().position(|peer| peer.is_self);
-                            if let Some(index) = seed_first {
-                                peers.swap(0, index);
-                            }
-                            peers[1..].shuffle(&mut rand::rng());
-                            peers.truncate(MAX_DISCOVERED_PEERS);
-                        }
-                        return Ok(peers
-                            .into_iter()
-                            .map(|peer| {
-                                if peer.is_self {
-                                    seed.clone()
-                                } else if peer.grpc_addr.is_empty() {
-                                    String::new()
-                                } else {
-                                    // Dialing proves the key, whoever gossiped it.
-                                    format!("{}@{}", hex::encode(&peer.worker_key), peer.grpc_addr)
-                                }
-                            })
-                            .filter(|addr| !addr.is_empty())
-                            .collect());
-                    }
-                    Err(error) => failures.push(format!("seed {error}")),
+                let (dialer, seed) = (dialer.clone(), seed.clone());
+                asking.spawn(async move {
+                    let view = async {
+                        let mut client = WorkerClient::connect(&dialer, &seed).await?;
+                        client.peers().await
+                    };
+                    let view = view.await;
+                    (seed, view)
+                });
+            }
+            let mut failures = Vec::new();
+            while let Some(asked) = asking.join_next().await {
+                match asked.expect("asking a seed does not panic") {
+                    (seed, Ok(peers)) => return Ok(dialable(&seed, peers)),
+                    (_, Err(error)) => failures.push(format!("seed {error}")),
                 }
             }
             Err(failures.join("; "))
         }
     }
+}
+
+/// The members of `seed`'s view to dial: the alive ones, at most [`MAX_DISCOVERED_PEERS`] (a
+/// seed's view may hold members a flood put there: a random sample, the seed always in; see
+/// ARCHITECTURE.md, "Membership"), each as `KEY@IP:PORT`.
+fn dialable(seed: &str, mut peers: Vec<pb::PeerInfo>) -> Vec<String> {
+    peers.retain(|peer| peer.state == pb::PeerState::Alive as i32);
+    if peers.len() > MAX_DISCOVERED_PEERS {
+        use rand::seq::SliceRandom;
+        if let Some(index) = peers.iter().position(|peer| peer.is_self) {
+            peers.swap(0, index);
+        }
+        peers[1..].shuffle(&mut rand::rng());
+        peers.truncate(MAX_DISCOVERED_PEERS);
+    }
+    peers
+        .into_iter()
+        .filter_map(|peer| {
+            if peer.is_self {
+                Some(seed.to_owned())
+            } else if peer.grpc_addr.is_empty() {
+                None
+            } else {
+                // Dialing proves the key, whoever gossiped it.
+                Some(format!(
+                    "{}@{}",
+                    hex::encode(&peer.worker_key),
+                    peer.grpc_addr
+                ))
+            }
+        })
+        .collect()
 }
 
 /// What copies must agree on, from a verified receipt.

@@ -186,6 +186,7 @@ fn a_gossiped_member_pointing_at_a_tarpit_does_not_hold_a_job_back() {
         },
     );
 
+    let seed_tarpit = Tarpit::start("127.0.0.12");
     let job = write_job(
         &dir.path().join("job"),
         "sweep.toml",
@@ -197,6 +198,9 @@ fn a_gossiped_member_pointing_at_a_tarpit_does_not_hold_a_job_back() {
         job.clone(),
         "--key".into(),
         key.path.clone(),
+        // A seed that never answers, given first: seeds are asked at once.
+        "--seed".into(),
+        seed_tarpit.addr.clone().into(),
         "--seed".into(),
         workers[0].addr.clone().into(),
         "--state".into(),
@@ -206,6 +210,10 @@ fn a_gossiped_member_pointing_at_a_tarpit_does_not_hold_a_job_back() {
         "--plain".into(),
     ];
     let output = SubmitProcess::start(dir.path(), args).wait(JOB_TIMEOUT);
+    assert!(
+        seed_tarpit.datagrams() > 0,
+        "the tarpit seed was never asked"
+    );
     let _ = forger.kill();
     let _ = forger.wait();
     assert_eq!(output.code, Some(0), "{}", output.stderr);
