@@ -193,7 +193,20 @@ class GrpcOverQuic:
         async with self.write_lock:
             data = self.h2.data_to_send()
             if data:
-                await self.send_stream.write_all(data)
+                try:
+                    await self.send_stream.write_all(data)
+                except Exception as error:  # noqa: BLE001 - iroh.IrohError: closed under us
+                    # A worker that refuses the key closes the connection right after the
+                    # handshake, and a write can fail before the close reason is known: wait
+                    # for it (briefly) so the error says why.
+                    try:
+                        await asyncio.wait_for(self.connection.closed(), 2)
+                    except Exception:  # noqa: BLE001 - timed out, or the binding's own error
+                        pass
+                    reason = (f"the stream failed ({error_text(error)}); "
+                              f"{self.why_connection_closed()}")
+                    self.fail_all(reason)
+                    raise WorkerError(reason) from error
 
     def fail_all(self, reason: str):
         self.closed_reason = self.closed_reason or reason
