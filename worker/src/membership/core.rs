@@ -290,7 +290,10 @@ pub struct Membership {
     scaled_for: u32,
     /// The latest verified record of every member in foca's table, and how many name each IP.
     known: Known,
-    /// Introductions left per source IP (a token bucket each).
+    /// New members the packet being screened brings in: counted against the bounds until the
+    /// packet is done, indexed only if foca takes them in.
+    admitting: Vec<PeerIdentity>,
+    /// Introductions left per source (an IPv4 address or an IPv6 /64; a token bucket each).
     introductions: HashMap<IpAddr, Bucket>,
     screened: ScreenStats,
     /// Suspicions held for a third party's "down", awaiting `ConfirmDown` (one timer each).
@@ -454,6 +457,7 @@ impl Membership {
             seeds: Vec::new(),
             scaled_for: 0,
             known: Known::default(),
+            admitting: Vec::new(),
             introductions: HashMap::new(),
             screened: ScreenStats::default(),
             confirming: std::collections::HashSet::new(),
@@ -532,11 +536,16 @@ impl Membership {
             self.screened.malformed += 1;
             return Err(MembershipError::Refused("packet too large"));
         }
-        let screened = self.screen(now_ms, from, from_ip, data)?;
-        let result = self.foca.handle_data(&screened, &mut self.outbox);
+        self.admitting.clear();
+        let screened = self.screen(now_ms, from, from_ip, data);
+        let result = screened.and_then(|screened| {
+            self.foca
+                .handle_data(&screened, &mut self.outbox)
+                .map_err(MembershipError::from)
+        });
+        self.admitting.clear();
         self.index_new_members();
-        result?;
-        Ok(())
+        result
     }
 
     /// The packet as foca may see it: refused whole if its sender or its message is not what
@@ -730,8 +739,14 @@ impl Membership {
     /// within the table's size, the records per IP, and the source's introduction budget.
     fn may_introduce(&mut self, now_ms: u64, from_ip: IpAddr, record: &PeerIdentity) -> bool {
         let config = &self.config;
-        let within = self.known.records.len() < config.max_members
-            && self.known.at_ip(record.addr.ip()) < config.max_members_per_ip;
+        let ip = record.addr.ip();
+        let pending_at_ip = self
+            .admitting
+            .iter()
+            .filter(|pending| pending.addr.ip() == ip)
+            .count();
+        let within = self.known.records.len() + self.admitting.len() < config.max_members
+            && self.known.at_ip(ip) + pending_at_ip < config.max_members_per_ip;
         let (rate, burst) = (
             f64::from(config.introductions_per_second),
             f64::from(config.introductions_burst),
@@ -757,8 +772,9 @@ impl Membership {
         bucket.at_ms = now_ms;
         if within && bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
-            // Counted now, so one packet cannot bring in more than the bounds allow.
-            self.known.insert(record);
+            // Counted against the bounds for the rest of this packet; indexed only if foca
+            // takes the member in (`index_new_members`).
+            self.admitting.push(record.clone());
             true
         } else {
             self.screened.over_bounds += 1;
@@ -1250,6 +1266,47 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(core.table_len(), 40);
+    }
+
+    #[test]
+    fn records_in_a_packet_foca_ignores_take_no_room() {
+        let (identity, record) = member(1);
+        let config = MembershipConfig {
+            max_members_per_ip: 2,
+            ..MembershipConfig::default()
+        };
+        let mut core = Membership::new(record, identity, config, 1);
+        let me = core.identity().clone();
+        let (_, sender) = member(2);
+        let victim: SocketAddr = "192.0.2.9:443".parse().unwrap();
+        let at_victim = |seed: u8| {
+            let mut bytes = [5u8; 32];
+            bytes[0] = seed;
+            let key = Identity::from_seed(bytes);
+            Member::alive(PeerIdentity::signed(&key, victim, "fp".into(), 1, 1).unwrap())
+        };
+        // Addressed to a record that is not this member's: foca ignores the payload.
+        let elsewhere = PeerIdentity {
+            incarnation: me.incarnation + 7,
+            ..me.clone()
+        };
+        let ignored = packet(
+            &sender,
+            &elsewhere,
+            Message::Ping(1),
+            &[at_victim(1), at_victim(2)],
+        );
+        core.handle_packet(0, sender.worker_key, ip(2), &ignored)
+            .unwrap();
+        assert_eq!(core.table_len(), 0);
+        // So the IP still has room for two that are taken.
+        gossip(&mut core, 10, &sender, &[at_victim(3), at_victim(4)]).unwrap();
+        let taken = core
+            .view()
+            .iter()
+            .filter(|peer| peer.identity.addr == victim)
+            .count();
+        assert_eq!(taken, 2);
     }
 
     #[test]
