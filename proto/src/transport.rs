@@ -155,6 +155,26 @@ pub fn bound_addr(endpoint: &Endpoint) -> Option<SocketAddr> {
     endpoint.bound_sockets().into_iter().next()
 }
 
+/// Dials `peer` with `alpn`: the connection is encrypted and the peer has proven `peer.key`
+/// within [`CONNECT_TIMEOUT`], or this fails.
+pub async fn connect(
+    endpoint: &Endpoint,
+    peer: &PeerAddr,
+    alpn: &[u8],
+) -> Result<Connection, TransportError> {
+    let unreachable = |reason: String| TransportError::Unreachable {
+        peer: peer.to_string(),
+        reason,
+    };
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        endpoint.connect(peer.endpoint_addr(), alpn),
+    )
+    .await
+    .map_err(|_| unreachable(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
+    .map_err(|problem| unreachable(error_chain(&problem)))
+}
+
 /// Dials `peer` for gRPC and opens its stream: the connection is encrypted and the peer has
 /// proven `peer.key`, or this fails. `watch` learns the connection, or why the peer closed it.
 pub async fn dial_grpc(

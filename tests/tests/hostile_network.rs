@@ -197,13 +197,7 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
     let (refused, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut held = Vec::new();
     for _ in 0..FLOOD {
-        let connecting = flooder.connect(
-            iroh::EndpointAddr::from_parts(
-                transport::endpoint_id(&target.key),
-                [iroh::TransportAddr::Ip(target.addr)],
-            ),
-            GRPC_ALPN,
-        );
+        let connecting = flooder.connect(target.endpoint_addr(), GRPC_ALPN);
         match tokio::time::timeout(PROMPTLY, connecting).await {
             Ok(Ok(connection)) => {
                 let closed = closed.clone();
@@ -358,13 +352,7 @@ async fn stranger_is_disconnected(addr: &str, stranger: &peergrid_proto::Identit
         .unwrap();
     let started = Instant::now();
     let connection = endpoint
-        .connect(
-            iroh::EndpointAddr::from_parts(
-                transport::endpoint_id(&target.key),
-                [iroh::TransportAddr::Ip(target.addr)],
-            ),
-            GRPC_ALPN,
-        )
+        .connect(target.endpoint_addr(), GRPC_ALPN)
         .await
         .expect("the handshake itself completes: the worker learns the key from it");
     let reason = tokio::time::timeout(PROMPTLY, connection.closed())

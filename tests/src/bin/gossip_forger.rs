@@ -115,13 +115,9 @@ async fn main() {
         .await
         .unwrap_or_else(|error| fail(&error.to_string()));
     let local = transport::bound_addr(&endpoint).expect("bound");
-    let connection = tokio::time::timeout(
-        transport::CONNECT_TIMEOUT,
-        endpoint.connect(args.target.endpoint_addr(), GOSSIP_ALPN),
-    )
-    .await
-    .unwrap_or_else(|_| fail("no handshake"))
-    .unwrap_or_else(|error| fail(&format!("cannot connect: {error}")));
+    let connection = transport::connect(&endpoint, &args.target, GOSSIP_ALPN)
+        .await
+        .unwrap_or_else(|error| fail(&error.to_string()));
     let own = PeerIdentity::signed(&me, local, "forger".into(), 1, 1).expect("short");
     // Announce, and take the worker's own record from its reply.
     let announce = Header {

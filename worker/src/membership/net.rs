@@ -4,7 +4,7 @@
 //! packets, timers and slot changes into [`Membership`]; the core sits behind a mutex only so the
 //! `Peers` RPC can read the view, and no lock is held across an await.
 //!
-//! Bounds: at most [`MAX_DIALS`] dials at once, each within [`CONNECT_TIMEOUT`], at most
+//! Bounds: at most [`MAX_DIALS`] dials at once, each within [`transport::CONNECT_TIMEOUT`], at most
 //! [`QUEUED_PER_DIAL`] packets waiting on one, and no second dial to a key within
 //! [`DIAL_BACKOFF`] of a failed one; [`MAX_LINKS`] connections, each closed after [`LINK_IDLE`]
 //! without a packet received; [`PACKETS_PER_SECOND`] packets read per connection (more are
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use iroh::Endpoint;
 use iroh::endpoint::{Connection, VarInt};
-use peergrid_proto::transport::{CONNECT_TIMEOUT, PeerAddr};
+use peergrid_proto::transport::{self, PeerAddr};
 use peergrid_proto::{Identity, PublicKey};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
@@ -118,6 +118,20 @@ impl Link {
             connection,
             last_used: Instant::now(),
         }
+    }
+
+    /// Sends one packet as a datagram; one larger than the path allows is dropped (gossip
+    /// tolerates loss). Fails only if the connection is gone.
+    fn send(&mut self, data: Bytes) -> Result<(), iroh::endpoint::SendDatagramError> {
+        self.last_used = Instant::now();
+        if data.len() > self.connection.max_datagram_size().unwrap_or(0) {
+            debug!(
+                len = data.len(),
+                "gossip packet larger than the path allows, dropped"
+            );
+            return Ok(());
+        }
+        self.connection.send_datagram(data)
     }
 }
 
@@ -302,26 +316,13 @@ impl Gossip {
             })
             .collect()
     }
-
-    /// What screening has dropped so far (see the core).
-    pub fn screened(&self) -> super::core::ScreenStats {
-        self.lock().screened()
-    }
 }
 
 impl Links {
     /// Sends over the open link to `to.key`, or dials it (see the module's bounds).
     fn send(&mut self, to: Target, data: Bytes) {
         if let Some(link) = self.open.get_mut(&to.key) {
-            link.last_used = Instant::now();
-            if data.len() > link.connection.max_datagram_size().unwrap_or(0) {
-                debug!(
-                    len = data.len(),
-                    "gossip packet larger than the path allows, dropped"
-                );
-                return;
-            }
-            if let Err(error) = link.connection.send_datagram(data) {
+            if let Err(error) = link.send(data) {
                 debug!("gossip send failed: {error}");
                 self.open.remove(&to.key);
             }
@@ -350,18 +351,10 @@ impl Links {
         let events = self.events.clone();
         let peer = PeerAddr { key, addr: to.addr };
         tokio::spawn(async move {
-            let dial = endpoint.connect(peer.endpoint_addr(), GOSSIP_ALPN);
-            let connection = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
-                Ok(Ok(connection)) => Some(connection),
-                Ok(Err(error)) => {
-                    debug!(%peer, "gossip dial failed: {error}");
-                    None
-                }
-                Err(_) => {
-                    debug!(%peer, "gossip dial timed out");
-                    None
-                }
-            };
+            let connection = transport::connect(&endpoint, &peer, GOSSIP_ALPN)
+                .await
+                .inspect_err(|error| debug!("gossip dial failed: {error}"))
+                .ok();
             let _ = events
                 .send(LinkEvent::Dialed {
                     key: to.key,
@@ -379,10 +372,10 @@ impl Links {
             return;
         };
         self.add(key, ip, connection, Box::new(()));
-        let link = self.open.get(&key).expect("just added");
+        let link = self.open.get_mut(&key).expect("just added");
         for data in queued {
-            if data.len() <= link.connection.max_datagram_size().unwrap_or(0) {
-                let _ = link.connection.send_datagram(data);
+            if link.send(data).is_err() {
+                break;
             }
         }
     }
