@@ -809,7 +809,6 @@ impl<'a> Session<'a> {
         self.core.not_sent(task, worker, gone, now);
     }
 
-    /// The signed manifest of `task`, signed again when close to expiry.
     /// The tasks' wall-clock backstop: the job's, or the worker's default when it sets none.
     fn task_timeout(&self) -> Duration {
         match self.job.timeout_ms {
@@ -818,6 +817,7 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The signed manifest of `task`, signed again when close to expiry.
     fn signed_task(&mut self, task: TaskIndex) -> Result<SignedCopy, SubmitError> {
         let now_s = unix_now_s();
         if let Some(copy) = self.signed.get(&task) {
@@ -1160,12 +1160,12 @@ pub fn short_key(hex: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-/// The gRPC addresses of the workers `source` names: the static list, or the alive peers a seed
-/// knows (the first seed that answers).
 /// Most members of a seed's view a submitter dials (a random sample beyond it, the seed itself
 /// always in).
 pub const MAX_DISCOVERED_PEERS: usize = 256;
 
+/// The gRPC addresses of the workers `source` names: the static list, or the alive peers a seed
+/// knows (the first seed that answers).
 async fn discover(dialer: &Dialer, source: &Source) -> Result<Vec<String>, String> {
     match source {
         Source::Peers(peers) => Ok(peers.clone()),
@@ -1302,6 +1302,32 @@ fn unix_now_s() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seeds_view_is_cut_to_a_sample_of_alive_members_that_keeps_the_seed() {
+        let peer = |index: u32, state: pb::PeerState, is_self: bool| pb::PeerInfo {
+            worker_key: [index as u8; 32].to_vec().into(),
+            grpc_addr: format!("127.0.{}.{}:7000", index / 256, index % 256),
+            state: state as i32,
+            is_self,
+            ..Default::default()
+        };
+        let mut view: Vec<pb::PeerInfo> = (0..300)
+            .map(|index| peer(index, pb::PeerState::Alive, false))
+            .collect();
+        view.push(peer(300, pb::PeerState::Down, false));
+        view.push(peer(301, pb::PeerState::Alive, true));
+        let seed = "SEED@127.0.9.9:7000";
+        let dialed = dialable(seed, view);
+        assert_eq!(dialed.len(), MAX_DISCOVERED_PEERS);
+        assert_eq!(dialed[0], seed, "the seed itself, as it was given");
+        assert!(
+            !dialed.iter().any(|addr| addr.ends_with("127.0.1.44:7000")),
+            "a down member"
+        );
+        let unique: std::collections::HashSet<&String> = dialed.iter().collect();
+        assert_eq!(unique.len(), dialed.len());
+    }
 
     #[test]
     fn a_job_needs_as_many_workers_as_a_task_takes_copies_on_distinct_hosts_if_it_says_so() {
