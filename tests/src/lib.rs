@@ -540,6 +540,13 @@ pub fn results_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Open file descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
 /// Resident memory of process `pid`, in kB.
 pub fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, submit_args};
 use peergrid_e2e::{
-    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, exec, grpc_client, rss_kb, wait_until,
-    write_job,
+    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, exec, fd_count, grpc_client, rss_kb,
+    wait_until, write_job,
 };
 use peergrid_proto::{ContentHash, pb};
 use peergrid_worker::limits;
@@ -510,13 +510,6 @@ fn store_bytes(data_dir: &Path) -> (u64, u64) {
     seen.values().fold((0, 0), |(bytes, allocated), (b, a)| {
         (bytes + b, allocated + a)
     })
-}
-
-/// Open file descriptors of process `pid`.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
 }
 
 /// Runs `echo WORD` through `peergrid exec` (another process, another connection).

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, grid, sweep_job};
+use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, grid, submit_args, sweep_job};
 use peergrid_e2e::{
     KeyPair, SubmitProcess, Tarpit, WorkerConfig, WorkerProcess, bin, exec, gossiping_worker,
     peers, rss_kb, wait_until, write_job,
@@ -193,22 +193,11 @@ fn a_gossiped_member_pointing_at_a_tarpit_does_not_hold_a_job_back() {
         &sweep_job("tarpit", "{i}000", 6),
     );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
-    let args: Vec<std::path::PathBuf> = vec![
-        "submit".into(),
-        job.clone(),
-        "--key".into(),
-        key.path.clone(),
-        // A seed that never answers, given first: seeds are asked at once.
-        "--seed".into(),
-        seed_tarpit.addr.clone().into(),
-        "--seed".into(),
-        workers[0].addr.clone().into(),
-        "--state".into(),
-        state,
-        "--out".into(),
-        out.clone(),
-        "--plain".into(),
-    ];
+    let mut args = submit_args(&job, &key, &[], &state, &out);
+    // A seed that never answers, given first: seeds are asked at once.
+    for seed in [&seed_tarpit.addr, &workers[0].addr] {
+        args.extend(["--seed".into(), seed.into()]);
+    }
     let output = SubmitProcess::start(dir.path(), args).wait(JOB_TIMEOUT);
     assert!(
         seed_tarpit.datagrams() > 0,
@@ -276,26 +265,9 @@ fn a_fake_claiming_an_honest_workers_key_is_never_reached_and_charges_it_nothing
         &sweep_job("fake", "{i}000", 6),
     );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
-    let mut args: Vec<std::path::PathBuf> = vec![
-        "submit".into(),
-        job.clone(),
-        "--key".into(),
-        key.path.clone(),
-    ];
-    for peer in [
-        workers[0].addr.as_str(),
-        workers[1].addr.as_str(),
-        impersonation.as_str(),
-    ] {
-        args.extend(["--peer".into(), peer.into()]);
-    }
-    args.extend([
-        "--state".into(),
-        state.clone(),
-        "--out".into(),
-        out.clone(),
-        "--plain".into(),
-    ]);
+    let honest_workers: Vec<&WorkerProcess> = workers.iter().collect();
+    let mut args = submit_args(&job, &key, &honest_workers, &state, &out);
+    args.extend(["--peer".into(), impersonation.clone().into()]);
     let output = SubmitProcess::start(dir.path(), args).wait(JOB_TIMEOUT);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
     assert_eq!(

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use peergrid_e2e::{
-    KeyPair, WorkerConfig, WorkerProcess, grpc_client, guest, hand_signed_task, unix_now_s,
+    KeyPair, WorkerConfig, WorkerProcess, fd_count, grpc_client, guest, hand_signed_task,
+    unix_now_s,
 };
 use peergrid_proto::transport::{self, GRPC_ALPN, PeerAddr, QuicStream};
 use peergrid_proto::{ContentHash, pb};
@@ -536,13 +537,6 @@ async fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> b
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Open file descriptors of process `pid`.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
 }
 
 /// Deterministic bytes from `seed` (xorshift64), so a failure can be replayed.

@@ -1035,6 +1035,20 @@ mod tests {
         Membership::new(record, identity, MembershipConfig::default(), 1)
     }
 
+    /// Member 1's core with `config`.
+    fn core_with(config: MembershipConfig) -> Membership {
+        let (identity, record) = member(1);
+        Membership::new(record, identity, config, 1)
+    }
+
+    /// An alive, validly self-signed record at `addr`: key number `seed` of the set `family`.
+    fn fake(seed: u8, family: u8, addr: SocketAddr) -> Member<PeerIdentity> {
+        let mut bytes = [family; 32];
+        bytes[0] = seed;
+        let key = Identity::from_seed(bytes);
+        Member::alive(PeerIdentity::signed(&key, addr, "fp".into(), 1, 1).unwrap())
+    }
+
     /// A packet `from` sends to `to`: an announcement, with `updates` piggybacked.
     fn packet(
         from: &PeerIdentity,
@@ -1208,7 +1222,6 @@ mod tests {
 
     #[test]
     fn new_members_enter_within_the_table_ip_and_introduction_bounds() {
-        let (identity, record) = member(1);
         let config = MembershipConfig {
             max_members: 40,
             max_members_per_ip: 5,
@@ -1216,24 +1229,14 @@ mod tests {
             introductions_burst: 20,
             ..MembershipConfig::default()
         };
-        let mut core = Membership::new(record, identity, config, 1);
-        let me = core.identity().clone();
+        let mut core = core_with(config);
         let (_, sender) = member(2);
         // 100 self-signed records, all pointing at one victim address.
         let victim: SocketAddr = "192.0.2.1:443".parse().unwrap();
-        let fakes: Vec<Member<PeerIdentity>> = (0..100u8)
-            .map(|seed| {
-                let key = Identity::from_seed([
-                    seed, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
-                    9, 9, 9, 9, 9, 9, 9,
-                ]);
-                Member::alive(PeerIdentity::signed(&key, victim, "fp".into(), 1, 1).unwrap())
-            })
-            .collect();
-        for (index, chunk) in fakes.chunks(3).enumerate() {
-            let ping = packet(&sender, &me, Message::Ping(index as u8), chunk);
-            core.handle_packet(0, sender.worker_key, ip(2), &ping)
-                .unwrap();
+        let fakes: Vec<Member<PeerIdentity>> =
+            (0..100u8).map(|seed| fake(seed, 9, victim)).collect();
+        for chunk in fakes.chunks(3) {
+            gossip(&mut core, 0, &sender, chunk).unwrap();
         }
         let at_victim = core
             .view()
@@ -1245,46 +1248,35 @@ mod tests {
         // once, the sender itself took one), then by the table.
         let spread: Vec<Member<PeerIdentity>> = (0..100u8)
             .map(|seed| {
-                let key = Identity::from_seed([
-                    seed, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
-                    7, 7, 7, 7, 7, 7, 7,
-                ]);
-                let addr = SocketAddr::new(IpAddr::from([198, 51, 100, seed]), 1);
-                Member::alive(PeerIdentity::signed(&key, addr, "fp".into(), 1, 1).unwrap())
+                fake(
+                    seed,
+                    7,
+                    SocketAddr::new(IpAddr::from([198, 51, 100, seed]), 1),
+                )
             })
             .collect();
-        for (index, chunk) in spread.chunks(3).enumerate() {
-            let ping = packet(&sender, &me, Message::Ping(index as u8), chunk);
-            core.handle_packet(0, sender.worker_key, ip(2), &ping)
-                .unwrap();
+        for chunk in spread.chunks(3) {
+            gossip(&mut core, 0, &sender, chunk).unwrap();
         }
         assert_eq!(core.table_len(), 20);
         // Ten seconds later the budget is full again, but the table holds at most 40.
-        for (index, chunk) in spread.chunks(3).enumerate() {
-            let ping = packet(&sender, &me, Message::Ping(index as u8), chunk);
-            core.handle_packet(10_000, sender.worker_key, ip(2), &ping)
-                .unwrap();
+        for chunk in spread.chunks(3) {
+            gossip(&mut core, 10_000, &sender, chunk).unwrap();
         }
         assert_eq!(core.table_len(), 40);
     }
 
     #[test]
     fn records_in_a_packet_foca_ignores_take_no_room() {
-        let (identity, record) = member(1);
         let config = MembershipConfig {
             max_members_per_ip: 2,
             ..MembershipConfig::default()
         };
-        let mut core = Membership::new(record, identity, config, 1);
+        let mut core = core_with(config);
         let me = core.identity().clone();
         let (_, sender) = member(2);
         let victim: SocketAddr = "192.0.2.9:443".parse().unwrap();
-        let at_victim = |seed: u8| {
-            let mut bytes = [5u8; 32];
-            bytes[0] = seed;
-            let key = Identity::from_seed(bytes);
-            Member::alive(PeerIdentity::signed(&key, victim, "fp".into(), 1, 1).unwrap())
-        };
+        let at_victim = |seed: u8| fake(seed, 5, victim);
         // Addressed to a record that is not this member's: foca ignores the payload.
         let elsewhere = PeerIdentity {
             incarnation: me.incarnation + 7,
@@ -1384,12 +1376,11 @@ mod tests {
 
     #[test]
     fn a_probe_request_must_name_the_record_held_and_a_move_obeys_the_ip_bound() {
-        let (identity, record) = member(1);
         let config = MembershipConfig {
             max_members_per_ip: 1,
             ..MembershipConfig::default()
         };
-        let mut core = Membership::new(record, identity, config, 1);
+        let mut core = core_with(config);
         let me = core.identity().clone();
         let (_, sender) = member(2);
         let (other_signer, other) = member(3);
