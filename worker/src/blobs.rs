@@ -112,12 +112,7 @@ impl BlobStore {
 
     /// Starts an upload of `size` bytes announced as `hash`.
     pub fn begin(&self, hash: ContentHash, size: u64) -> Result<Upload, PutError> {
-        if size > limits::MAX_BLOB_BYTES {
-            return Err(PutError::TooLarge {
-                size,
-                max: limits::MAX_BLOB_BYTES,
-            });
-        }
+        check_size(size)?;
         let file = tempfile::NamedTempFile::new_in(self.dir.join("incoming"))?;
         Ok(Upload {
             store: self.clone(),
@@ -194,6 +189,17 @@ impl Verified {
             .map_err(|error| PutError::Io(error.error))?;
         Ok(())
     }
+}
+
+/// Refuses an announced size over [`limits::MAX_BLOB_BYTES`].
+fn check_size(size: u64) -> Result<(), PutError> {
+    if size > limits::MAX_BLOB_BYTES {
+        return Err(PutError::TooLarge {
+            size,
+            max: limits::MAX_BLOB_BYTES,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

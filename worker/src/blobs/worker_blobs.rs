@@ -10,7 +10,6 @@ use tracing::{debug, info, warn};
 
 use super::ledger::{BlobBounds, Ledger, Reservation, StoreUsage};
 use super::{BlobStore, PutError, Upload};
-use crate::limits;
 
 /// The worker's blob store; cheap to clone (clones share the store).
 #[derive(Clone)]
@@ -103,12 +102,8 @@ impl WorkerBlobs {
         size: u64,
         key: PublicKey,
     ) -> Result<WorkerUpload, PutError> {
-        if size > limits::MAX_BLOB_BYTES {
-            return Err(PutError::TooLarge {
-                size,
-                max: limits::MAX_BLOB_BYTES,
-            });
-        }
+        // Before reserving: an oversized blob must not evict anything on its way to a refusal.
+        super::check_size(size)?;
         let reservation = {
             let mut ledger = self.ledger();
             let (reservation, evicted) = ledger.reserve(key, size)?;
@@ -189,9 +184,11 @@ impl WorkerUpload {
         let verified = upload.verify()?;
         let mut ledger = self.store.ledger();
         let reservation = self.reservation.take().expect("present until finished");
-        if ledger.contains(&self.hash) {
+        if ledger.touch(&self.hash) {
+            // The copy goes before its room comes back, so the disk never holds more than the
+            // ledger counts.
+            drop(verified);
             ledger.release(reservation);
-            ledger.touch(&self.hash);
             return Ok(false);
         }
         if let Err(error) = verified.persist(&self.store.files.path(&self.hash)) {
@@ -221,7 +218,7 @@ mod tests {
     use super::*;
     use crate::blobs::NoRoom;
 
-    const BLOCK: u64 = limits::BLOB_BLOCK_BYTES;
+    const BLOCK: u64 = crate::limits::BLOB_BLOCK_BYTES;
 
     fn key(seed: u8) -> PublicKey {
         Identity::from_seed([seed; 32]).public_key()
