@@ -29,8 +29,8 @@
 //! | [`MAX_CONCURRENT_UPLOADS`] | 16 | `RESOURCE_EXHAUSTED` |
 //! | [`UPLOAD_MAX_DURATION`] | 30 min per `PutBlob` | `DEADLINE_EXCEEDED`, partial file removed |
 //! | [`MAX_BLOB_BYTES`] | 256 MiB, checked on the first chunk | `INVALID_ARGUMENT` |
-//! | `--blob-store-max-bytes` ([`DEFAULT_BLOB_STORE_MAX_BYTES`]) | 4 GiB of blobs and reserved uploads, [`MAX_STORED_BLOBS`] blobs | least recently used blobs no task holds evicted; else `RESOURCE_EXHAUSTED` on the first chunk |
-//! | `--blob-quota-bytes` ([`DEFAULT_BLOB_QUOTA_DIVISOR`]) | a quarter of the cap per submitter key | the key's own least recently used blobs evicted; else `RESOURCE_EXHAUSTED` |
+//! | `--blob-store-max-bytes` ([`DEFAULT_BLOB_STORE_MAX_BYTES`]) | 4 GiB of blobs and reserved uploads, [`MAX_STORED_BLOBS`] blobs | least recently used blobs no task holds evicted; else `RESOURCE_EXHAUSTED` on the first chunk; a blob larger than the whole store `OUT_OF_RANGE` |
+//! | `--blob-quota-bytes` ([`DEFAULT_BLOB_QUOTA_DIVISOR`]) | a quarter of the cap per submitter key | the key's own least recently used blobs evicted; else `RESOURCE_EXHAUSTED`; a blob larger than the quota `OUT_OF_RANGE` |
 //! | [`MAX_CONCURRENT_UPLOADS_PER_KEY`] | 4 | `RESOURCE_EXHAUSTED` |
 //! | (bytes not matching the announced hash or size) | | `INVALID_ARGUMENT`, nothing stored |
 //! | `peergrid_proto::BLOB_CHUNK_BYTES` | 1 MiB per chunk | `INVALID_ARGUMENT` |

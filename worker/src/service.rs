@@ -766,6 +766,30 @@ mod tests {
         drop(slot);
     }
 
+    #[test]
+    fn a_blob_that_can_never_fit_is_out_of_range_and_a_full_store_is_exhausted() {
+        let never = [
+            NoRoom::LargerThanStore {
+                charge: 2,
+                max_bytes: 1,
+            },
+            NoRoom::LargerThanQuota {
+                key: "k".into(),
+                charge: 2,
+                quota_bytes: 1,
+            },
+        ];
+        for no_room in never {
+            let status = put_status(PutError::NoRoom(no_room));
+            assert_eq!(status.code(), Code::OutOfRange, "{}", status.message());
+            assert!(
+                status
+                    .message()
+                    .contains("send it to a worker with a larger")
+            );
+        }
+    }
+
     #[tokio::test]
     async fn the_blobs_of_a_queued_task_are_never_evicted_under_it() {
         let dir = tempfile::tempdir().unwrap();
