@@ -350,13 +350,12 @@ fn not_known_present(
     module: ContentHash,
     inputs: &[ContentHash],
 ) -> Vec<ContentHash> {
-    let mut needed: Vec<ContentHash> = Vec::new();
-    for hash in std::iter::once(&module).chain(inputs) {
-        if !present.contains(hash) && !needed.contains(hash) {
-            needed.push(*hash);
-        }
-    }
-    needed
+    let mut listed = HashSet::new();
+    std::iter::once(&module)
+        .chain(inputs)
+        .filter(|hash| !present.contains(*hash) && listed.insert(**hash))
+        .copied()
+        .collect()
 }
 
 /// The blobs a worker refusing a task with `FAILED_PRECONDITION` lacks: those it lists, or,
