@@ -6,9 +6,13 @@
 //!   proves is the key that signs its receipts, and a submitter's is the key that signs its tasks.
 //! - gRPC is carried unchanged: one HTTP/2 connection per QUIC bidirectional stream, opened by
 //!   the client, on a connection with ALPN [`GRPC_ALPN`].
-//! - A [`PeerAddr`] (`KEY@IP:PORT`) names a peer: without the key there is nothing to prove.
+//! - A [`PeerAddr`] (`KEY@IP:PORT`, or `KEY@IP:PORT,RELAY` for a peer behind NAT) names a peer:
+//!   without the key there is nothing to prove.
+//! - Peers behind NAT are reached through the grid's relays ([`crate::relays`]) until iroh has
+//!   punched a direct path; a relay only forwards ciphertext.
 //!
-//! Defaults depend on no outside service: no relays and no address lookup unless configured.
+//! Defaults depend on no outside service: no relays and no address lookup unless configured,
+//! and no port mapping (UPnP, NAT-PMP, PCP) at all: iroh is built without it.
 
 use std::fmt;
 use std::io;
@@ -20,10 +24,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use iroh::endpoint::{Connection, QuicTransportConfig, RecvStream, SendStream, presets};
-use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, TransportAddr};
+use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, RelayUrl, TransportAddr};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
+use crate::relays::RelaySpec;
 use crate::{Identity, PublicKey};
 
 /// The ALPN of a connection that carries gRPC (HTTP/2 per bidirectional stream).
@@ -46,18 +51,21 @@ pub const QUIC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long dialing a peer (QUIC and TLS handshake) may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A peer as another peer dials it: the key its connection must prove and where to send the
-/// first packets. Written `KEY@IP:PORT` (the key as 64 hex digits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A peer as another peer dials it: the key its connection must prove, where to send the
+/// first packets, and the relay it can be reached through when that address is behind a NAT.
+/// Written `KEY@IP:PORT` or `KEY@IP:PORT,https://HOST:PORT` (the key as 64 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerAddr {
     pub key: PublicKey,
     pub addr: SocketAddr,
+    /// The relay the peer keeps a connection to (its home relay), if any.
+    pub relay: Option<RelayUrl>,
 }
 
 /// Why a peer address does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{text:?} is not a peer address: expected KEY@IP:PORT, the key as 64 hex digits (a worker prints its own when ready){reason}"
+    "{text:?} is not a peer address: expected KEY@IP:PORT or KEY@IP:PORT,https://RELAY:PORT, the key as 64 hex digits (a worker prints its own when ready){reason}"
 )]
 pub struct PeerAddrError {
     text: String,
@@ -72,27 +80,52 @@ impl FromStr for PeerAddr {
             text: text.to_owned(),
             reason,
         };
-        let (key, addr) = text.split_once('@').ok_or_else(|| error(String::new()))?;
+        let (key, rest) = text.split_once('@').ok_or_else(|| error(String::new()))?;
         let key = key
             .parse::<PublicKey>()
             .map_err(|problem| error(format!(": {problem}")))?;
+        let (addr, relay) = match rest.split_once(',') {
+            Some((addr, relay)) => (addr, Some(relay)),
+            None => (rest, None),
+        };
         let addr = addr
             .parse::<SocketAddr>()
             .map_err(|problem| error(format!(": {addr:?}: {problem}")))?;
-        Ok(Self { key, addr })
+        let relay = relay
+            .map(|relay| {
+                crate::relays::parse_relay_url(relay)
+                    .map_err(|problem| error(format!(": relay {relay:?}: {problem}")))
+            })
+            .transpose()?;
+        Ok(Self { key, addr, relay })
     }
 }
 
 impl fmt::Display for PeerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.key.to_hex(), self.addr)
+        write!(f, "{}@{}", self.key.to_hex(), self.addr)?;
+        if let Some(relay) = &self.relay {
+            write!(f, ",{}", crate::relays::display_url(relay))?;
+        }
+        Ok(())
     }
 }
 
 impl PeerAddr {
-    /// Where iroh dials: this key, at this address only.
+    /// A peer reached at `addr` alone.
+    pub fn direct(key: PublicKey, addr: SocketAddr) -> Self {
+        Self {
+            key,
+            addr,
+            relay: None,
+        }
+    }
+
+    /// Where iroh dials: this key, at this address and through its relay if it has one.
     pub fn endpoint_addr(&self) -> EndpointAddr {
-        EndpointAddr::from_parts(endpoint_id(&self.key), [TransportAddr::Ip(self.addr)])
+        let mut addrs = vec![TransportAddr::Ip(self.addr)];
+        addrs.extend(self.relay.clone().map(TransportAddr::Relay));
+        EndpointAddr::from_parts(endpoint_id(&self.key), addrs)
     }
 }
 
@@ -117,16 +150,24 @@ pub enum TransportError {
 }
 
 /// This peer's endpoint: its identity key, one UDP socket on `bind`, the ALPNs it accepts
-/// (none for a peer that only dials), no relays and no address lookup.
+/// (none for a peer that only dials), the grid's `relays` (none: every peer is dialed at its
+/// address) and no address lookup.
 pub async fn bind_endpoint(
     identity: &Identity,
     bind: SocketAddr,
     alpns: Vec<Vec<u8>>,
+    relays: &[RelaySpec],
 ) -> Result<Endpoint, TransportError> {
     let error = |reason: String| TransportError::Bind { addr: bind, reason };
-    Endpoint::builder(presets::Minimal)
-        .secret_key(identity.transport_key())
-        .relay_mode(RelayMode::Disabled)
+    let builder = Endpoint::builder(presets::Minimal).secret_key(identity.transport_key());
+    let builder = if relays.is_empty() {
+        builder.relay_mode(RelayMode::Disabled)
+    } else {
+        builder
+            .relay_mode(RelayMode::Custom(crate::relays::relay_map(relays)))
+            .ca_tls_config(crate::relays::relay_trust(relays))
+    };
+    builder
         .clear_ip_transports()
         .bind_addr(bind)
         .map_err(|problem| error(problem.to_string()))?
@@ -237,7 +278,7 @@ pub async fn grpc_channel(
     configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
     watch: &ConnectionWatch,
 ) -> Result<tonic::transport::Channel, TransportError> {
-    let dialer = Arc::new((endpoint.clone(), *peer, watch.clone()));
+    let dialer = Arc::new((endpoint.clone(), peer.clone(), watch.clone()));
     let connector = tower::service_fn(move |_: tonic::transport::Uri| {
         let dialer = dialer.clone();
         async move {
@@ -352,6 +393,95 @@ impl Connected for QuicStream {
     }
 }
 
+/// How a connection's packets go now: over a direct path or through a relay, and the
+/// round-trip time of that path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathNow {
+    pub relayed: bool,
+    pub rtt: Duration,
+}
+
+/// The path a connection sends its data on, if it has one open.
+pub fn path_now(connection: &Connection) -> Option<PathNow> {
+    let paths = connection.paths();
+    let selected = paths.iter().find(|path| path.is_selected())?;
+    Some(PathNow {
+        relayed: selected.is_relay(),
+        rtt: selected.rtt(),
+    })
+}
+
+/// Bytes a connection carried (sent and received, UDP payloads), split by path kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathBytes {
+    pub direct: u64,
+    pub relayed: u64,
+}
+
+impl PathBytes {
+    fn add(&mut self, relayed: bool, stats: &iroh::endpoint::PathStats) {
+        let bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
+        if relayed {
+            self.relayed += bytes;
+        } else {
+            self.direct += bytes;
+        }
+    }
+}
+
+impl std::ops::AddAssign for PathBytes {
+    fn add_assign(&mut self, other: Self) {
+        self.direct += other.direct;
+        self.relayed += other.relayed;
+    }
+}
+
+/// Counts the bytes of one connection by path kind, including paths that closed (a relay path
+/// given up once a direct one works, or a path through a relay that died).
+#[derive(Clone)]
+pub struct TrafficMeter {
+    connection: Connection,
+    closed: Arc<std::sync::Mutex<PathBytes>>,
+}
+
+impl TrafficMeter {
+    /// Starts counting `connection`'s paths (a task that ends with the connection).
+    pub fn new(connection: Connection) -> Self {
+        let closed = Arc::new(std::sync::Mutex::new(PathBytes::default()));
+        let events = connection.path_events();
+        tokio::spawn({
+            let closed = closed.clone();
+            async move {
+                use tokio_stream::StreamExt as _;
+                let mut events = std::pin::pin!(events);
+                while let Some(event) = events.next().await {
+                    if let iroh::endpoint::PathEvent::Closed {
+                        remote_addr,
+                        last_stats,
+                        ..
+                    } = event
+                    {
+                        closed
+                            .lock()
+                            .expect("never poisoned")
+                            .add(remote_addr.is_relay(), &last_stats);
+                    }
+                }
+            }
+        });
+        Self { connection, closed }
+    }
+
+    /// Bytes so far: the closed paths' and the open paths' counts.
+    pub fn bytes(&self) -> PathBytes {
+        let mut total = *self.closed.lock().expect("never poisoned");
+        for path in self.connection.paths().iter() {
+            total.add(path.is_relay(), &path.stats());
+        }
+        total
+    }
+}
+
 /// `error` and its causes, joined by ": " (a cause its parent already ends with is not repeated).
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -381,10 +511,18 @@ mod tests {
         assert_eq!(addr.to_string(), text);
         let v6 = format!("{}@[::1]:9", key.to_hex());
         assert_eq!(v6.parse::<PeerAddr>().unwrap().to_string(), v6);
+        let relayed = format!(
+            "{}@198.51.100.2:7000,https://203.0.113.10:3340",
+            key.to_hex()
+        );
+        let addr: PeerAddr = relayed.parse().unwrap();
+        assert_eq!(addr.relay.as_ref().unwrap().port(), Some(3340));
+        assert_eq!(addr.to_string(), relayed);
 
         for bad in [
             "127.0.0.1:7070".to_owned(),
             format!("{}@nowhere", key.to_hex()),
+            format!("{}@127.0.0.1:1,http://203.0.113.10:80", key.to_hex()),
             "abcd@127.0.0.1:1".to_owned(),
         ] {
             let error = bad.parse::<PeerAddr>().unwrap_err().to_string();
@@ -408,10 +546,10 @@ mod tests {
         let server_id = Identity::from_seed([1; 32]);
         let client_id = Identity::from_seed([2; 32]);
         let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let server = bind_endpoint(&server_id, loopback, vec![GRPC_ALPN.to_vec()])
+        let server = bind_endpoint(&server_id, loopback, vec![GRPC_ALPN.to_vec()], &[])
             .await
             .unwrap();
-        let client = bind_endpoint(&client_id, loopback, Vec::new())
+        let client = bind_endpoint(&client_id, loopback, Vec::new(), &[])
             .await
             .unwrap();
         let at = bound_addr(&server).unwrap();
@@ -435,10 +573,7 @@ mod tests {
         });
         let mut stream = dial_grpc(
             &client,
-            &PeerAddr {
-                key: server_id.public_key(),
-                addr: at,
-            },
+            &PeerAddr::direct(server_id.public_key(), at),
             &ConnectionWatch::default(),
         )
         .await
@@ -452,10 +587,7 @@ mod tests {
         assert_eq!(&bytes, b"hello");
 
         // The same address under another key: the handshake fails, nothing is carried.
-        let impostor = PeerAddr {
-            key: Identity::from_seed([3; 32]).public_key(),
-            addr: at,
-        };
+        let impostor = PeerAddr::direct(Identity::from_seed([3; 32]).public_key(), at);
         let error = dial_grpc(&client, &impostor, &ConnectionWatch::default())
             .await
             .err()

@@ -147,7 +147,7 @@ impl Grid {
         // The module is the built guest, outside the bench's job directory.
         let inputs = CheckedInputs::check(&spec, &job_file, PathPolicy::Anywhere)?;
         let source = Source::Peers(self.addrs.clone());
-        let dialer = peergrid_submitter::client::Dialer::new(&self.identity).await?;
+        let dialer = peergrid_submitter::client::Dialer::new(&self.identity, &[]).await?;
         let needed =
             submit::WorkersNeeded::for_job(spec.replication, spec.quorum, spec.distinct_hosts);
         let workers = submit::reach(&dialer, &source, needed).await?;

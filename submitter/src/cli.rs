@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use peergrid_proto::relays::RelaySpec;
 use peergrid_proto::{Identity, PublicKey, pb};
 use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
 
@@ -63,6 +64,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
+        relays: RelayArgs,
+        #[command(flatten)]
         state: StateArgs,
     },
     /// Submit a job file: sign its tasks, run each on several workers, accept a result only when
@@ -76,6 +79,8 @@ enum Command {
         key: PathBuf,
         #[command(flatten)]
         workers: WorkerArgs,
+        #[command(flatten)]
+        relays: RelayArgs,
         #[command(flatten)]
         state: StateArgs,
         /// Where to write the results [default: <job file dir>/<job id>-results].
@@ -105,6 +110,8 @@ enum Command {
         key: Option<PathBuf>,
         #[command(flatten)]
         workers: OptionalWorkerArgs,
+        #[command(flatten)]
+        relays: RelayArgs,
         #[command(flatten)]
         state: StateArgs,
         /// A worker key (hex) to vouch for from now on, besides those given at submit.
@@ -157,8 +164,41 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         ttl_s: u64,
         #[command(flatten)]
+        relays: RelayArgs,
+        #[command(flatten)]
         task: TaskArgs,
     },
+    /// Serve as a relay of the grid, for peers behind NAT: HTTPS on TCP and QUIC address
+    /// discovery on UDP, at the same port. It forwards only encrypted packets and cannot pose as
+    /// any peer. Prints `relay ready: https://HOST:PORT#PIN` for the grid's `--relay` flags.
+    Relay {
+        /// Address to serve on.
+        #[arg(long, default_value = "0.0.0.0:3340")]
+        listen: std::net::SocketAddr,
+        /// The IP or DNS name peers reach this relay at [default: the --listen IP, which must
+        /// then not be a wildcard].
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Most MiB per second one client may send through the relay (bursts of twice that);
+        /// past it, that client's packets are read more slowly.
+        #[arg(long, default_value_t = 32)]
+        client_mib_per_second: u32,
+        /// Where the relay keeps its certificate [default: <state>/relay].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+/// The grid's relays.
+#[derive(Args, Debug)]
+struct RelayArgs {
+    /// A relay of the grid, https://HOST:PORT#PIN as `peergrid relay` prints it: workers behind
+    /// NAT are reached through it, and so is this peer if it is behind NAT. Repeat (or separate
+    /// with commas) for several.
+    #[arg(long = "relay", env = "PEERGRID_RELAYS", value_delimiter = ',')]
+    relays: Vec<RelaySpec>,
 }
 
 /// Where the workers are.
@@ -324,13 +364,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             seed,
             key,
             json,
+            relays,
             state,
         } => {
             let identity = match key {
                 Some(key) => Identity::load(&key)?,
                 None => Identity::generate(),
             };
-            let dialer = Dialer::new(&identity).await?;
+            let dialer = Dialer::new(&identity, &relays.relays).await?;
             let shown = crate::peers::show(&dialer, &seed, json, &state.dir()).await;
             dialer.close().await;
             shown
@@ -339,6 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             job,
             key,
             workers,
+            relays,
             state,
             out,
             trusted,
@@ -357,6 +399,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 trusted,
                 plain,
                 paths,
+                relays: relays.relays,
             };
             submit(&job, &key, source, &state.dir(), options).await
         }
@@ -364,12 +407,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             job,
             key,
             workers,
+            relays,
             state,
             trusted,
             plain,
         } => {
             let source = source_of(workers.peers, workers.seeds);
-            resume(job.as_deref(), key, source, &state.dir(), &trusted, plain).await
+            let options = ResumeOptions {
+                trusted,
+                plain,
+                relays: relays.relays,
+            };
+            resume(job.as_deref(), key, source, &state.dir(), &options).await
         }
         Command::Status { job, json, state } => {
             crate::status::show(&state.dir(), job.as_deref(), json)
@@ -380,8 +429,36 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             peer,
             key,
             ttl_s,
+            relays,
             task,
-        } => exec(&peer, &key, Duration::from_secs(ttl_s), task).await,
+        } => {
+            exec(
+                &peer,
+                &key,
+                Duration::from_secs(ttl_s),
+                &relays.relays,
+                task,
+            )
+            .await
+        }
+        Command::Relay {
+            listen,
+            advertise,
+            client_mib_per_second,
+            dir,
+            state,
+        } => {
+            let options = crate::relay::RelayOptions {
+                listen,
+                advertise,
+                dir: dir.unwrap_or_else(|| state.dir().join("relay")),
+                client_bytes_per_second: std::num::NonZeroU32::new(
+                    client_mib_per_second.saturating_mul(1024 * 1024),
+                )
+                .context("--client-mib-per-second must be at least 1")?,
+            };
+            relay(options).await
+        }
     }
 }
 
@@ -422,6 +499,26 @@ struct SubmitOptions {
     trusted: Vec<PublicKey>,
     plain: bool,
     paths: PathPolicy,
+    relays: Vec<RelaySpec>,
+}
+
+/// `resume`'s flags beyond where the job, key, workers and store are.
+struct ResumeOptions {
+    trusted: Vec<PublicKey>,
+    plain: bool,
+    relays: Vec<RelaySpec>,
+}
+
+async fn relay(options: crate::relay::RelayOptions) -> anyhow::Result<u8> {
+    let relay = crate::relay::Relay::start(options).await?;
+    // The ready line: tests and scripts read the relay's name from it.
+    println!("relay ready: {}", relay.spec);
+    relay
+        .serve(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(0)
 }
 
 async fn submit(
@@ -438,7 +535,7 @@ async fn submit(
         eprintln!("peergrid: warning: {}: {warning}", job_file.display());
     }
     let identity = Identity::load(key)?;
-    let dialer = Dialer::new(&identity).await?;
+    let dialer = Dialer::new(&identity, &options.relays).await?;
     let session = async {
         // Before anything is stored: an unreachable grid leaves the store as it was.
         let needed = WorkersNeeded::for_job(spec.replication, spec.quorum, spec.distinct_hosts);
@@ -490,9 +587,14 @@ async fn resume(
     key: Option<PathBuf>,
     source: Option<Source>,
     state: &std::path::Path,
-    trusted: &[PublicKey],
-    plain: bool,
+    options: &ResumeOptions,
 ) -> anyhow::Result<u8> {
+    let ResumeOptions {
+        trusted,
+        plain,
+        relays,
+    } = options;
+    let plain = *plain;
     let store = Store::open(state)?;
     let jobs = match query {
         Some(query) => vec![store.find_job(query)?],
@@ -513,7 +615,7 @@ async fn resume(
         }
         let key_file = key.clone().unwrap_or_else(|| job.key_file.clone());
         let identity = Identity::load(&key_file)?;
-        let dialer = Dialer::new(&identity).await?;
+        let dialer = Dialer::new(&identity, relays).await?;
         let source = source.clone().unwrap_or_else(|| Source::from_job(&job));
         let session = async {
             // A finished job (resumed by name) only writes its results again: no worker needed.
@@ -619,11 +721,12 @@ async fn exec(
     peer: &str,
     key: &std::path::Path,
     ttl: Duration,
+    relays: &[RelaySpec],
     task: TaskArgs,
 ) -> anyhow::Result<u8> {
     let program = task.request().prepare()?;
     let identity = Identity::load(key)?;
-    let dialer = Dialer::new(&identity).await?;
+    let dialer = Dialer::new(&identity, relays).await?;
     let run = async {
         let mut worker = WorkerClient::connect(&dialer, peer).await?;
         worker.ensure_blobs(&program.all_blobs()).await?;

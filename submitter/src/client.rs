@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use peergrid_proto::relays::RelaySpec;
 use peergrid_proto::signing::{VerifiedReceipt, task_digest, verify_receipt};
 use peergrid_proto::transport::{self, PeerAddr};
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb, status_code_name};
@@ -35,16 +36,36 @@ pub struct WorkerInfo {
 pub struct Dialer {
     endpoint: iroh::Endpoint,
     key: PublicKey,
+    /// The grid's relays this submitter uses: a worker is reached through its relay only when
+    /// it is one of these (ARCHITECTURE.md, "Relays and NAT").
+    relays: std::sync::Arc<Vec<iroh::RelayUrl>>,
 }
 
 impl Dialer {
-    /// An endpoint for `identity` on a free UDP port of every interface.
-    pub async fn new(identity: &Identity) -> Result<Self, transport::TransportError> {
+    /// An endpoint for `identity` on a free UDP port of every interface, using `relays`.
+    pub async fn new(
+        identity: &Identity,
+        relays: &[RelaySpec],
+    ) -> Result<Self, transport::TransportError> {
         let any: std::net::SocketAddr = "0.0.0.0:0".parse().expect("valid");
         Ok(Self {
-            endpoint: transport::bind_endpoint(identity, any, Vec::new()).await?,
+            endpoint: transport::bind_endpoint(identity, any, Vec::new(), relays).await?,
             key: identity.public_key(),
+            relays: std::sync::Arc::new(relays.iter().map(|relay| relay.url.clone()).collect()),
         })
+    }
+
+    /// `peer` as this submitter can dial it: without its relay unless that relay is one of
+    /// this submitter's (a peer's record must not make it connect to any server it names).
+    pub fn reachable(&self, mut peer: PeerAddr) -> PeerAddr {
+        if peer
+            .relay
+            .as_ref()
+            .is_some_and(|relay| !self.relays.contains(relay))
+        {
+            peer.relay = None;
+        }
+        peer
     }
 
     /// Closes every connection, telling the peers (call before the process ends).
@@ -99,6 +120,7 @@ impl WorkerClient {
         let peer: PeerAddr = addr
             .parse()
             .map_err(|error: transport::PeerAddrError| unreachable(error.to_string()))?;
+        let peer = dialer.reachable(peer);
         let watch = transport::ConnectionWatch::default();
         let first_call = async {
             let channel = transport::grpc_channel(

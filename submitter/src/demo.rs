@@ -81,7 +81,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
     let inputs = CheckedInputs::check(&spec, &job_file, PathPolicy::JobDirOnly)?;
     let store = Store::open(&options.state)?;
     let source = Source::Seeds(vec![seed]);
-    let dialer = crate::client::Dialer::new(&submitter).await?;
+    let dialer = crate::client::Dialer::new(&submitter, &[]).await?;
     let session = async {
         let needed = crate::submit::WorkersNeeded::for_job(
             spec.replication,
@@ -148,12 +148,12 @@ async fn start_workers(
         let mut worker_options = WorkerOptions::new(scratch.join(format!("worker-{index}")));
         worker_options.trust = vec![*submitter];
         worker_options.policy.cores = 1;
-        worker_options.seeds = gossip_seed.into_iter().collect();
+        worker_options.seeds = gossip_seed.clone().into_iter().collect();
         worker_options.lie_rate = if lies { 1.0 } else { 0.0 };
         worker_options.gossip = true;
         let worker = start_local_worker(worker_options, index, stopped.clone()).await?;
         distinct_hosts &= worker.own_host;
-        gossip_seed = gossip_seed.or(Some(worker.addr));
+        gossip_seed = gossip_seed.or(Some(worker.addr.clone()));
         grpc_seed = grpc_seed.or(Some(worker.addr.to_string()));
         eprintln!(
             "peergrid demo: worker {} at {}{}",
@@ -177,7 +177,7 @@ async fn start_workers(
 pub const MAX_LOCAL_WORKERS: usize = 254;
 
 /// A worker [`start_local_worker`] started in this process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LocalWorker {
     /// How to dial it (`KEY@IP:PORT`).
     pub addr: peergrid_proto::transport::PeerAddr,
@@ -210,7 +210,7 @@ pub async fn start_local_worker(
         }
     };
     let started = LocalWorker {
-        addr: worker.peer_addr,
+        addr: worker.peer_addr.clone(),
         public_key: worker.public_key,
         own_host,
     };

@@ -32,6 +32,7 @@ pub mod limits;
 pub mod peers;
 pub mod program;
 pub mod progress;
+pub mod relay;
 pub mod report;
 pub mod results;
 pub mod schedule;

@@ -20,6 +20,11 @@ pub struct PeerRow {
     pub incarnation: u64,
     pub last_heard_ms_ago: Option<u64>,
     pub is_self: bool,
+    /// The relay its record names, if any.
+    pub relay: Option<String>,
+    /// How the answering worker's link to it goes: "direct", "relayed", or none.
+    pub path: Option<&'static str>,
+    pub rtt_us: Option<u64>,
     /// What this submitter's past jobs say of the peer.
     pub reputation: Option<Reputation>,
 }
@@ -44,6 +49,13 @@ impl PeerRow {
             incarnation: peer.incarnation,
             last_heard_ms_ago: peer.last_heard_ms_ago,
             is_self: peer.is_self,
+            relay: (!peer.relay.is_empty()).then_some(peer.relay),
+            path: match pb::PeerPath::try_from(peer.path) {
+                Ok(pb::PeerPath::Direct) => Some("direct"),
+                Ok(pb::PeerPath::Relayed) => Some("relayed"),
+                _ => None,
+            },
+            rtt_us: peer.rtt_us,
             reputation: None,
         }
     }
@@ -59,6 +71,9 @@ impl PeerRow {
             "incarnation": self.incarnation,
             "last_heard_ms_ago": self.last_heard_ms_ago,
             "is_self": self.is_self,
+            "relay": self.relay,
+            "path": self.path,
+            "rtt_ms": self.rtt_us.map(|us| us as f64 / 1000.0),
             "reputation": self.reputation.map(|r| json!({
                 "score": r.score(),
                 "agreements": r.agreements,
@@ -106,12 +121,14 @@ pub fn table(rows: &[PeerRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10} {:<18}",
+        "{:<14} {:<21} {:>5} {:>4} {:<8} {:<8} {:>8} {:<12} {:>14} {:>10} {:<18}",
         "PEER",
         "ADDRESS",
         "CORES",
         "FREE",
         "STATE",
+        "PATH",
+        "RTT",
         "RUNTIME",
         "INCARNATION",
         "HEARD",
@@ -146,14 +163,24 @@ pub fn table(rows: &[PeerRow]) -> String {
                 r.disagreements + r.bad_receipts
             )
         });
+        let path = match (row.is_self, row.path) {
+            (true, _) => "self",
+            (false, Some(path)) => path,
+            (false, None) => "-",
+        };
+        let rtt = row
+            .rtt_us
+            .map_or("-".to_owned(), |us| format!("{:.1}ms", us as f64 / 1000.0));
         let _ = writeln!(
             out,
-            "{:<14} {:<21} {:>5} {:>4} {:<8} {:<12} {:>14} {:>10} {:<18}",
+            "{:<14} {:<21} {:>5} {:>4} {:<8} {:<8} {:>8} {:<12} {:>14} {:>10} {:<18}",
             peer,
             row.grpc_addr,
             row.cores,
             free,
             row.state,
+            path,
+            rtt,
             runtime,
             row.incarnation,
             heard,

@@ -1217,9 +1217,15 @@ fn dialable(seed: &str, mut peers: Vec<pb::PeerInfo>) -> Vec<String> {
             } else if peer.grpc_addr.is_empty() {
                 None
             } else {
-                // Dialing proves the key, whoever gossiped it.
+                // Dialing proves the key, whoever gossiped it; the relay is used only if it is
+                // one of this submitter's own.
+                let relay = if peer.relay.is_empty() {
+                    String::new()
+                } else {
+                    format!(",{}", peer.relay)
+                };
                 Some(format!(
-                    "{}@{}",
+                    "{}@{}{relay}",
                     hex::encode(&peer.worker_key),
                     peer.grpc_addr
                 ))

@@ -309,10 +309,14 @@ pub async fn raw_stream(
 ) -> (iroh::Endpoint, peergrid_proto::transport::QuicStream) {
     use peergrid_proto::transport;
     let peer: transport::PeerAddr = addr.parse().expect("a KEY@IP:PORT address");
-    let endpoint =
-        transport::bind_endpoint(identity, "127.0.0.1:0".parse().expect("valid"), Vec::new())
-            .await
-            .expect("a loopback endpoint binds");
+    let endpoint = transport::bind_endpoint(
+        identity,
+        "127.0.0.1:0".parse().expect("valid"),
+        Vec::new(),
+        &[],
+    )
+    .await
+    .expect("a loopback endpoint binds");
     let stream = transport::dial_grpc(&endpoint, &peer, &transport::ConnectionWatch::default())
         .await
         .expect("the worker accepts connections");
@@ -326,9 +330,13 @@ pub async fn grpc_channel(
 ) -> Result<tonic::transport::Channel, peergrid_proto::transport::TransportError> {
     use peergrid_proto::transport;
     let peer: transport::PeerAddr = addr.parse().expect("a KEY@IP:PORT address");
-    let endpoint =
-        transport::bind_endpoint(identity, "127.0.0.1:0".parse().expect("valid"), Vec::new())
-            .await?;
+    let endpoint = transport::bind_endpoint(
+        identity,
+        "127.0.0.1:0".parse().expect("valid"),
+        Vec::new(),
+        &[],
+    )
+    .await?;
     let watch = transport::ConnectionWatch::default();
     transport::grpc_channel(&endpoint, &peer, |endpoint| endpoint, &watch).await
 }

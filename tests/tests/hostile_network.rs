@@ -190,10 +190,14 @@ async fn a_worker_answers_hostile_network_input_within_its_bounds_and_keeps_serv
     // and another client is served meanwhile.
     let baseline_fds = fd_count(pid);
     let flood_started = Instant::now();
-    let flooder =
-        transport::bind_endpoint(&key.identity(), "127.0.0.2:0".parse().unwrap(), Vec::new())
-            .await
-            .unwrap();
+    let flooder = transport::bind_endpoint(
+        &key.identity(),
+        "127.0.0.2:0".parse().unwrap(),
+        Vec::new(),
+        &[],
+    )
+    .await
+    .unwrap();
     let target: PeerAddr = addr.parse().unwrap();
     let (refused, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut held = Vec::new();
@@ -348,9 +352,10 @@ async fn missing(
 /// refusal code, before any stream, promptly. Returns how long that took.
 async fn stranger_is_disconnected(addr: &str, stranger: &peergrid_proto::Identity) -> Duration {
     let target: PeerAddr = addr.parse().unwrap();
-    let endpoint = transport::bind_endpoint(stranger, "127.0.0.1:0".parse().unwrap(), Vec::new())
-        .await
-        .unwrap();
+    let endpoint =
+        transport::bind_endpoint(stranger, "127.0.0.1:0".parse().unwrap(), Vec::new(), &[])
+            .await
+            .unwrap();
     let started = Instant::now();
     let connection = endpoint
         .connect(target.endpoint_addr(), GRPC_ALPN)

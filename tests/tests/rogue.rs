@@ -86,7 +86,7 @@ impl Peer {
     /// Connects to `addr` and uploads `module` if it lacks it (through `MissingBlobs` and
     /// `PutBlob`, as the submitter does).
     async fn connect(addr: &str, key: &KeyPair, module: &(ContentHash, Bytes)) -> Self {
-        let dialer = Dialer::new(&key.identity())
+        let dialer = Dialer::new(&key.identity(), &[])
             .await
             .expect("an endpoint binds");
         let mut client = WorkerClient::connect(&dialer, addr)

@@ -111,9 +111,10 @@ async fn drive(addr: &str, tasks: u64) -> Duration {
     use peergrid_proto::transport::{self, ConnectionWatch, PeerAddr};
     // The caller's connection must prove the key its tasks are signed with.
     let identity = Identity::generate();
-    let endpoint = transport::bind_endpoint(&identity, "127.0.0.1:0".parse().unwrap(), Vec::new())
-        .await
-        .expect("a loopback endpoint binds");
+    let endpoint =
+        transport::bind_endpoint(&identity, "127.0.0.1:0".parse().unwrap(), Vec::new(), &[])
+            .await
+            .expect("a loopback endpoint binds");
     let peer: PeerAddr = addr.parse().expect("the ready line gives KEY@IP:PORT");
     let channel = transport::grpc_channel(
         &endpoint,

@@ -31,6 +31,8 @@ pub struct Settings {
     /// Each `KEY@IP:PORT`.
     pub seeds: Option<Vec<String>>,
     pub advertise: Option<std::net::IpAddr>,
+    /// Each `https://HOST:PORT#PIN`.
+    pub relays: Option<Vec<String>>,
     pub owner_load_file: Option<PathBuf>,
     pub lie_rate: Option<f64>,
     pub fingerprint_tag: Option<String>,
@@ -53,6 +55,10 @@ pub enum ConfigError {
     BadTrustKey { key: String, reason: String },
     #[error("seed: {0}")]
     BadSeed(#[from] peergrid_proto::transport::PeerAddrError),
+    #[error("relay: {0}")]
+    BadRelay(#[from] peergrid_proto::relays::RelaySpecError),
+    #[error("{0} relays given, more than the {max} allowed", max = peergrid_proto::relays::MAX_RELAYS)]
+    TooManyRelays(usize),
     #[error("{setting} = {value} is out of range: {expected}")]
     OutOfRange {
         setting: &'static str,
@@ -102,6 +108,7 @@ impl Settings {
             gossip: self.gossip.or(file.gossip),
             seeds: self.seeds.or(file.seeds),
             advertise: self.advertise.or(file.advertise),
+            relays: self.relays.or(file.relays),
             owner_load_file: self.owner_load_file.or(file.owner_load_file),
             lie_rate: self.lie_rate.or(file.lie_rate),
             fingerprint_tag: self.fingerprint_tag.or(file.fingerprint_tag),
@@ -182,6 +189,13 @@ impl Settings {
             options.seeds.push(seed.parse()?);
         }
         options.advertise = self.advertise;
+        let relays = self.relays.unwrap_or_default();
+        if relays.len() > peergrid_proto::relays::MAX_RELAYS {
+            return Err(ConfigError::TooManyRelays(relays.len()));
+        }
+        for relay in relays {
+            options.relays.push(relay.parse()?);
+        }
         if let Some(rate) = self.lie_rate {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(out_of_range("lie-rate", rate, "a fraction, 0 to 1"));

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use iroh::Endpoint;
+use peergrid_proto::relays::{RelaySpec, display_url};
 use peergrid_proto::transport::{self, GRPC_ALPN, PeerAddr};
 use peergrid_proto::{Identity, KeyFileError, PublicKey};
 use tokio::sync::watch;
 
 pub mod connections;
+pub mod reach;
 pub mod request_guard;
 
 use crate::admission::TrustPolicy;
@@ -47,6 +49,8 @@ pub struct WorkerOptions {
     /// The IP peers reach this worker at, when it listens on an unspecified address (0.0.0.0 or
     /// ::); the port is the bound one.
     pub advertise: Option<std::net::IpAddr>,
+    /// The grid's relays (`--relay`): behind a NAT, the worker is reached through them.
+    pub relays: Vec<RelaySpec>,
     pub membership: MembershipConfig,
     /// Where the owner's load is read from.
     pub load: LoadSourceKind,
@@ -84,6 +88,7 @@ impl WorkerOptions {
             gossip: false,
             seeds: Vec::new(),
             advertise: None,
+            relays: Vec::new(),
             membership: MembershipConfig::default(),
             load: LoadSourceKind::Machine,
             lie_rate: 0.0,
@@ -163,9 +168,19 @@ impl Worker {
             &identity,
             options.listen,
             vec![GRPC_ALPN.to_vec(), GOSSIP_ALPN.to_vec()],
+            &options.relays,
         )
         .await?;
         let addr = transport::bound_addr(&endpoint).unwrap_or(options.listen);
+        let reach = reach::probe(
+            &endpoint,
+            addr,
+            options.advertise,
+            !options.relays.is_empty(),
+        )
+        .await;
+        // Once at start, for the donor: how the grid reaches this machine.
+        tracing::info!("{}", reach.describe());
         let public_key = identity.public_key();
         let fingerprint = sandbox.fingerprint().to_owned();
         let donor = Arc::new(DonorState::default());
@@ -200,19 +215,18 @@ impl Worker {
         }
         let peer_addr = PeerAddr {
             key: public_key,
-            addr: match options.advertise {
-                Some(ip) => SocketAddr::new(ip, addr.port()),
-                None => addr,
-            },
+            addr: reach.addr,
+            relay: reach.relay.clone(),
         };
         let gossips = options.gossip || !options.seeds.is_empty();
         if gossips {
             if peer_addr.addr.ip().is_unspecified() {
                 return Err(StartError::NoAdvertise { addr });
             }
-            let me = PeerIdentity::signed(
+            let me = PeerIdentity::signed_with_relay(
                 &service.identity(),
                 peer_addr.addr,
+                peer_addr.relay.as_ref().map(display_url),
                 fingerprint.clone(),
                 cores,
                 SystemTime::now()
@@ -220,8 +234,14 @@ impl Worker {
                     .map_or(1, |now| now.as_millis() as u64),
             )?;
             let slots = service.clone();
+            let relays: Vec<_> = options
+                .relays
+                .iter()
+                .map(|relay| relay.url.clone())
+                .collect();
             let gossip = Gossip::start(
                 endpoint.clone(),
+                &relays,
                 me,
                 service.identity(),
                 options.membership.clone(),
@@ -229,6 +249,14 @@ impl Worker {
                 move || slots.free_slots(),
                 stopped,
             );
+            if !relays.is_empty() {
+                let follower = gossip.clone();
+                tokio::spawn(reach::follow_home_relay(
+                    endpoint.clone(),
+                    reach.relay.clone(),
+                    move |relay| follower.relocate(relay.as_ref().map(display_url)),
+                ));
+            }
             service.set_gossip(gossip);
         }
         Ok(Self {

@@ -78,6 +78,16 @@ struct Args {
     /// and the worker gossips (the bound port is kept).
     #[arg(long, value_name = "IP")]
     advertise: Option<std::net::IpAddr>,
+    /// A relay of the grid, https://HOST:PORT#PIN as `peergrid relay` prints it. Behind a NAT
+    /// the worker stays reachable through it (and punches direct paths when the NATs allow);
+    /// peers behind NAT are reached through it. Repeat (or separate with commas) for several.
+    #[arg(
+        long = "relay",
+        env = "PEERGRID_RELAYS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    relays: Vec<String>,
     /// Testing aid: read the owner's CPU use (a percentage) from this file instead of sampling
     /// the machine.
     #[arg(long, value_name = "FILE")]
@@ -114,6 +124,7 @@ impl Args {
             seeds: (!self.seeds.is_empty())
                 .then(|| self.seeds.iter().map(ToString::to_string).collect()),
             advertise: self.advertise,
+            relays: (!self.relays.is_empty()).then_some(self.relays),
             owner_load_file: self.owner_load_file,
             lie_rate: self.lie_rate,
             fingerprint_tag: self.fingerprint_tag,

@@ -478,32 +478,45 @@ impl pb::worker_server::Worker for WorkerService {
         _request: Request<pb::PeersRequest>,
     ) -> Result<Response<pb::PeersResponse>, Status> {
         let peers = match self.inner.gossip.get() {
-            Some(gossip) => gossip
-                .snapshot()
-                .into_iter()
-                .map(|peer| {
-                    let identity = &peer.view.identity;
-                    pb::PeerInfo {
-                        worker_key: identity.worker_key.to_vec().into(),
-                        grpc_addr: identity.addr.to_string(),
-                        cores: identity.cores,
-                        free_slots: if peer.view.is_self {
-                            Some(self.free_slots())
-                        } else {
-                            peer.view.free_slots
-                        },
-                        runtime_fingerprint: identity.fingerprint.clone(),
-                        state: match peer.view.state {
-                            PeerState::Alive => pb::PeerState::Alive,
-                            PeerState::Suspect => pb::PeerState::Suspect,
-                            PeerState::Down => pb::PeerState::Down,
-                        } as i32,
-                        incarnation: identity.incarnation,
-                        last_heard_ms_ago: peer.last_heard_ago.map(|ago| ago.as_millis() as u64),
-                        is_self: peer.view.is_self,
-                    }
-                })
-                .collect(),
+            Some(gossip) => {
+                let paths = gossip.paths().await;
+                gossip
+                    .snapshot()
+                    .into_iter()
+                    .map(|peer| {
+                        let identity = &peer.view.identity;
+                        let path = paths.get(&identity.worker_key);
+                        pb::PeerInfo {
+                            relay: identity.relay.clone().unwrap_or_default(),
+                            path: match path {
+                                Some(path) if path.relayed => pb::PeerPath::Relayed,
+                                Some(_) => pb::PeerPath::Direct,
+                                None => pb::PeerPath::Unspecified,
+                            } as i32,
+                            rtt_us: path.map(|path| path.rtt.as_micros() as u64),
+                            worker_key: identity.worker_key.to_vec().into(),
+                            grpc_addr: identity.addr.to_string(),
+                            cores: identity.cores,
+                            free_slots: if peer.view.is_self {
+                                Some(self.free_slots())
+                            } else {
+                                peer.view.free_slots
+                            },
+                            runtime_fingerprint: identity.fingerprint.clone(),
+                            state: match peer.view.state {
+                                PeerState::Alive => pb::PeerState::Alive,
+                                PeerState::Suspect => pb::PeerState::Suspect,
+                                PeerState::Down => pb::PeerState::Down,
+                            } as i32,
+                            incarnation: identity.incarnation,
+                            last_heard_ms_ago: peer
+                                .last_heard_ago
+                                .map(|ago| ago.as_millis() as u64),
+                            is_self: peer.view.is_self,
+                        }
+                    })
+                    .collect()
+            }
             // Without gossip this worker knows only itself.
             None => vec![pb::PeerInfo {
                 worker_key: self.inner.identity.public_key().to_bytes().to_vec().into(),
@@ -515,6 +528,7 @@ impl pb::worker_server::Worker for WorkerService {
                 incarnation: 0,
                 last_heard_ms_ago: Some(0),
                 is_self: true,
+                ..Default::default()
             }],
         };
         Ok(Response::new(pb::PeersResponse { peers }))

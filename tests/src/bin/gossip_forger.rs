@@ -50,10 +50,10 @@ struct Args {
 
 fn args() -> Args {
     let mut args = Args {
-        target: PeerAddr {
-            key: Identity::from_seed([0; 32]).public_key(),
-            addr: "127.0.0.1:1".parse().expect("valid"),
-        },
+        target: PeerAddr::direct(
+            Identity::from_seed([0; 32]).public_key(),
+            "127.0.0.1:1".parse().expect("valid"),
+        ),
         mode: String::new(),
         victim: None,
         records: 0,
@@ -111,7 +111,7 @@ async fn main() {
     let args = args();
     let me = Arc::new(Identity::generate());
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("valid");
-    let endpoint = transport::bind_endpoint(&me, bind, Vec::new())
+    let endpoint = transport::bind_endpoint(&me, bind, Vec::new(), &[])
         .await
         .unwrap_or_else(|error| fail(&error.to_string()));
     let local = transport::bound_addr(&endpoint).expect("bound");
@@ -123,7 +123,7 @@ async fn main() {
     let announce = Header {
         src: own.clone(),
         src_incarnation: 0,
-        dst: PeerIdentity::placeholder(&args.target.key, args.target.addr),
+        dst: PeerIdentity::placeholder(&args.target),
         message: Message::Announce,
     };
     connection

@@ -883,11 +883,12 @@ async fn main() {
         &identity,
         args.listen,
         vec![GRPC_ALPN.to_vec(), GOSSIP_ALPN.to_vec()],
+        &[],
     )
     .await
     .unwrap_or_else(|error| fail(&error.to_string()));
     let addr = transport::bound_addr(&endpoint).unwrap_or(args.listen);
-    let dialer = Dialer::new(&identity)
+    let dialer = Dialer::new(&identity, &[])
         .await
         .unwrap_or_else(|error| fail(&error.to_string()));
     let public_key = identity.public_key();
@@ -935,6 +936,7 @@ async fn main() {
         let announced = rogue.clone();
         let gossip = Gossip::start(
             endpoint.clone(),
+            &[],
             me,
             honest.identity(),
             MembershipConfig::default(),
@@ -957,10 +959,7 @@ async fn main() {
         daemon::admission(trust_policy(&args)),
         gossip,
     );
-    let peer_addr = PeerAddr {
-        key: public_key,
-        addr,
-    };
+    let peer_addr = PeerAddr::direct(public_key, addr);
     say(&format!(
         "rogue_worker ready: listening on {peer_addr} key {public_key} runtime {fingerprint} slots \
          {slots} gossip {gossip_state} strategy {}",

@@ -258,10 +258,10 @@ async fn main() {
             .unwrap_or_else(|error| fail(&format!("cannot open {}: {error}", path.display())));
         Mutex::new(file)
     });
-    let proxy_addr = PeerAddr {
-        key: args.upstream.key,
-        addr: listen.local_addr().expect("a bound socket has an address"),
-    };
+    let proxy_addr = PeerAddr::direct(
+        args.upstream.key,
+        listen.local_addr().expect("a bound socket has an address"),
+    );
     let relay = Arc::new(Relay {
         listen,
         upstream: args.upstream.addr,

@@ -220,10 +220,7 @@ fn meet_peer(member: &mut Membership) -> u64 {
 
 /// The fuzzed member as a seed: its key and address.
 fn member_seed() -> PeerAddr {
-    PeerAddr {
-        key: signer(1).public_key(),
-        addr: member_addr(),
-    }
+    PeerAddr::direct(signer(1).public_key(), member_addr())
 }
 
 /// Moves the timers the member asked for into `timers`, keyed by due time then arrival.

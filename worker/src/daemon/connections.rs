@@ -83,16 +83,24 @@ async fn accept_loop(
         let Some(incoming) = incoming else {
             return;
         };
-        let ip = match incoming.remote_addr() {
-            IncomingAddr::Ip(addr) => addr.ip(),
-            // Relayed and custom transports come later (they have no IP to count by).
+        // A relayed connection has no IP to count by: it counts by the key it claims (the
+        // handshake must then prove it), under a cap of its own, and its gossip shares one
+        // introduction budget (ARCHITECTURE.md, "Relays and NAT").
+        let (ip, source) = match incoming.remote_addr() {
+            IncomingAddr::Ip(addr) => (addr.ip(), Source::of(addr.ip())),
+            IncomingAddr::Relay { endpoint_id, .. } => {
+                (RELAYED_SOURCE_IP, Source::Relayed(*endpoint_id.as_bytes()))
+            }
             other => {
-                debug!(?other, "connection refused: not a direct IP connection");
+                debug!(
+                    ?other,
+                    "connection refused: not an IP or relayed connection"
+                );
                 incoming.refuse();
                 continue;
             }
         };
-        let slot = match limits.admit(ip) {
+        let slot = match limits.admit_source(source) {
             Ok(slot) => Arc::new(slot),
             Err(refused) => {
                 // Debug only: a flood would fill the log.
@@ -118,7 +126,7 @@ async fn accept_loop(
             };
             if connection.alpn() == GOSSIP_ALPN {
                 match gossip {
-                    Some(gossip) => match gossip_limits.admit(ip) {
+                    Some(gossip) => match gossip_limits.admit_source(source) {
                         // Held under the gossip caps from now on, not the general ones.
                         Ok(gossip_slot) => gossip.accept(connection, ip, gossip_slot),
                         Err(refused) => {
@@ -203,12 +211,20 @@ struct Held {
     _open: Arc<()>,
 }
 
+/// The source the membership core is told a relayed gossip packet comes from: an address of the
+/// IPv6 discard-only prefix (RFC 6666), which no real packet has, so every relayed packet shares
+/// one introduction budget.
+pub const RELAYED_SOURCE_IP: IpAddr =
+    IpAddr::V6(std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0));
+
 /// What one cap counts: an IPv4 address, or an IPv6 /64 (a single host is commonly given a
-/// whole /64, and must not escape the cap by rotating addresses within it).
+/// whole /64, and must not escape the cap by rotating addresses within it), or for a relayed
+/// connection the key it claims.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Source {
     V4(Ipv4Addr),
     V6Prefix(u64),
+    Relayed([u8; 32]),
 }
 
 impl Source {
@@ -220,16 +236,20 @@ impl Source {
     }
 }
 
-/// The open connections, counted in total and per source.
+/// The open connections, counted in total, relayed, and per source.
 pub struct ConnectionLimits {
     max_total: usize,
     max_per_source: usize,
+    /// Relayed connections cost no IP, so keys are their only count: at most this many of the
+    /// total, so relayed strangers cannot crowd out peers that connect directly.
+    max_relayed: usize,
     counts: Mutex<Counts>,
 }
 
 #[derive(Default)]
 struct Counts {
     total: usize,
+    relayed: usize,
     /// Only sources with open connections: at most `max_total` entries.
     by_source: HashMap<Source, usize>,
 }
@@ -241,13 +261,18 @@ pub enum Refused {
     Total(usize),
     #[error("{0} connections are open from this address, the most it may hold")]
     Source(usize),
+    #[error("{0} relayed connections are open, the most this worker serves")]
+    Relayed(usize),
 }
 
 impl ConnectionLimits {
+    /// Caps of `max_total` connections, `max_per_source` from one source, and half the total
+    /// relayed.
     pub fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
         Arc::new(Self {
             max_total,
             max_per_source,
+            max_relayed: max_total / 2,
             counts: Mutex::new(Counts::default()),
         })
     }
@@ -259,10 +284,17 @@ impl ConnectionLimits {
 
     /// Takes a slot for a connection from `ip`, given back when the [`Slot`] is dropped.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
-        let source = Source::of(ip);
+        self.admit_source(Source::of(ip))
+    }
+
+    fn admit_source(self: &Arc<Self>, source: Source) -> Result<Slot, Refused> {
+        let relayed = matches!(source, Source::Relayed(_));
         let mut counts = self.counts.lock().expect("no panic while counting");
         if counts.total >= self.max_total {
             return Err(Refused::Total(self.max_total));
+        }
+        if relayed && counts.relayed >= self.max_relayed {
+            return Err(Refused::Relayed(self.max_relayed));
         }
         let from_source = counts.by_source.entry(source).or_default();
         if *from_source >= self.max_per_source {
@@ -270,6 +302,7 @@ impl ConnectionLimits {
         }
         *from_source += 1;
         counts.total += 1;
+        counts.relayed += usize::from(relayed);
         Ok(Slot {
             limits: self.clone(),
             source,
@@ -292,6 +325,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut counts = self.limits.counts.lock().expect("no panic while counting");
         counts.total -= 1;
+        counts.relayed -= usize::from(matches!(self.source, Source::Relayed(_)));
         if let Some(from_source) = counts.by_source.get_mut(&self.source) {
             *from_source -= 1;
             if *from_source == 0 {
@@ -398,6 +432,34 @@ mod tests {
         drop((a2, a3, b1));
         assert_eq!(limits.open(), 0);
         assert!(limits.counts.lock().unwrap().by_source.is_empty());
+    }
+
+    impl ConnectionLimits {
+        fn admit_relayed(self: &Arc<Self>, key: [u8; 32]) -> Result<Slot, Refused> {
+            self.admit_source(Source::Relayed(key))
+        }
+    }
+
+    #[test]
+    fn relayed_connections_count_by_key_and_take_at_most_half_the_total() {
+        let limits = ConnectionLimits::new(4, 1);
+        let first = limits.admit_relayed([1; 32]).unwrap();
+        assert_eq!(
+            limits.admit_relayed([1; 32]).err(),
+            Some(Refused::Source(1))
+        );
+        let _second = limits.admit_relayed([2; 32]).unwrap();
+        assert_eq!(
+            limits.admit_relayed([3; 32]).err(),
+            Some(Refused::Relayed(2))
+        );
+        // Direct peers still get the other half.
+        let _direct = limits.admit(ip("192.0.2.1")).unwrap();
+        let _other = limits.admit(ip("192.0.2.2")).unwrap();
+        drop(first);
+        assert_eq!(limits.open(), 3);
+        let _third = limits.admit_relayed([3; 32]).unwrap();
+        assert_eq!(limits.admit_relayed([4; 32]).err(), Some(Refused::Total(4)));
     }
 
     #[test]

@@ -194,10 +194,12 @@ pub struct Effects {
 
 /// Where a packet goes: a member's key, and the address its own signed record (or the
 /// operator, for a seed) gives. The driver's dial must prove the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     pub key: [u8; 32],
     pub addr: SocketAddr,
+    /// The relay the record names (the driver uses it only if it is one of its own).
+    pub relay: Option<String>,
 }
 
 impl Target {
@@ -205,6 +207,7 @@ impl Target {
         Self {
             key: identity.worker_key,
             addr: identity.addr,
+            relay: identity.relay.clone(),
         }
     }
 }
@@ -302,6 +305,8 @@ pub struct Membership {
     renew_pending: bool,
     renew_armed: bool,
     last_renew_ms: Option<u64>,
+    /// The relay the next renewal names, when the worker's home relay changed.
+    moving_to: Option<Option<String>>,
     /// Decodes packets for screening (foca has its own).
     codec: PostcardCodec,
 }
@@ -464,6 +469,7 @@ impl Membership {
             renew_pending: false,
             renew_armed: false,
             last_renew_ms: None,
+            moving_to: None,
             codec: PostcardCodec,
         }
     }
@@ -491,7 +497,7 @@ impl Membership {
         let me = self.identity().worker_key;
         self.seeds = seeds
             .iter()
-            .copied()
+            .cloned()
             .filter(|seed| seed.key.to_bytes() != me)
             .collect();
         self.announce_to_seeds()
@@ -502,10 +508,8 @@ impl Membership {
             return Ok(());
         }
         for seed in self.seeds.clone() {
-            self.foca.announce(
-                PeerIdentity::placeholder(&seed.key, seed.addr),
-                &mut self.outbox,
-            )?;
+            self.foca
+                .announce(PeerIdentity::placeholder(&seed), &mut self.outbox)?;
         }
         self.outbox
             .effects
@@ -900,8 +904,22 @@ impl Membership {
         std::mem::take(&mut self.outbox.effects)
     }
 
+    /// Moves this member's record to a new relay (its home relay changed: the one it named died
+    /// or another answers better): the next incarnation names it, so peers dial through it.
+    /// Taken at the next renewal, within `renew_min_interval`.
+    pub fn relocate(&mut self, now_ms: u64, relay: Option<String>) -> Result<(), MembershipError> {
+        self.outbox.now_ms = now_ms;
+        if self.identity().relay == relay {
+            return Ok(());
+        }
+        self.moving_to = Some(relay);
+        self.renew_pending = true;
+        Ok(())
+    }
+
     /// Takes a new incarnation (foca declared this member down and cannot renew a signed
-    /// record itself), at most once per `renew_min_interval`: sooner, a timer is armed.
+    /// record itself, or it moved to another relay), at most once per `renew_min_interval`:
+    /// sooner, a timer is armed.
     fn renew(&mut self) {
         let now_ms = self.outbox.now_ms;
         let interval_ms = self.config.renew_min_interval.as_millis() as u64;
@@ -915,7 +933,10 @@ impl Membership {
             }
             return;
         }
-        let renewed = match self.identity().renewed(&self.signer) {
+        let moving_to = self.moving_to.take();
+        let me = self.identity();
+        let relay = moving_to.unwrap_or_else(|| me.relay.clone());
+        let renewed = match me.relocated(&self.signer, me.addr, relay) {
             Ok(renewed) => renewed,
             Err(error) => {
                 tracing::warn!("cannot renew the member record: {error}");
@@ -956,11 +977,8 @@ impl Membership {
     /// Announcing the new record to the seeds and a few known members gets replies (which
     /// reconnect it) and spreads the new record.
     fn reannounce(&mut self) {
-        let mut targets: Vec<PeerIdentity> = self
-            .seeds
-            .iter()
-            .map(|seed| PeerIdentity::placeholder(&seed.key, seed.addr))
-            .collect();
+        let mut targets: Vec<PeerIdentity> =
+            self.seeds.iter().map(PeerIdentity::placeholder).collect();
         targets.extend(
             self.foca
                 .iter_members()

@@ -6,11 +6,12 @@
 
 use std::net::SocketAddr;
 
+use peergrid_proto::transport::PeerAddr;
 use peergrid_proto::{Identity, PublicKey};
 use serde::{Deserialize, Serialize};
 
-/// Domain separation for member record signatures.
-pub const MEMBER_DOMAIN: &[u8] = b"peergrid/member/v1";
+/// Domain separation for member record signatures (v2: records name a relay).
+pub const MEMBER_DOMAIN: &[u8] = b"peergrid/member/v2";
 /// Longest runtime fingerprint a record may carry, in bytes. Longer records are not signed (at
 /// home) or not accepted (from a peer).
 pub const MAX_FINGERPRINT_BYTES: usize = 128;
@@ -21,8 +22,13 @@ pub const MAX_FINGERPRINT_BYTES: usize = 128;
 pub struct PeerIdentity {
     /// Ed25519 public key: it signs this record, the worker's receipts, and its QUIC handshakes.
     pub worker_key: [u8; 32],
-    /// Where the worker's endpoint (gRPC and gossip) answers.
+    /// Where the worker's endpoint (gRPC and gossip) answers; behind a NAT, its address on its
+    /// own network (only peers there can use it).
     pub addr: SocketAddr,
+    /// The relay the worker keeps a connection to (`https://HOST:PORT`, at most
+    /// [`MAX_RELAY_URL_BYTES`]), if it is behind a NAT. Peers use it only if it is one of their
+    /// own relays (ARCHITECTURE.md, "Relays and NAT").
+    pub relay: Option<String>,
     /// Runtime fingerprint: copies of a task go only to equal fingerprints.
     pub fingerprint: String,
     /// Cores the donor lends (task slots). A hint.
@@ -46,6 +52,8 @@ pub enum RecordError {
     BadKey,
     #[error("member record's signature does not verify against its key")]
     BadSignature,
+    #[error("member record's relay is not a relay URL: {0}")]
+    BadRelay(String),
 }
 
 /// The signed fields, in the order they are signed.
@@ -53,13 +61,14 @@ pub enum RecordError {
 struct Signed<'a> {
     worker_key: &'a [u8; 32],
     addr: &'a SocketAddr,
+    relay: &'a Option<String>,
     fingerprint: &'a str,
     cores: u32,
     incarnation: u64,
 }
 
 impl PeerIdentity {
-    /// A record for `identity`'s key, signed by it.
+    /// A record for `identity`'s key at `addr` (no relay), signed by it.
     pub fn signed(
         identity: &Identity,
         addr: SocketAddr,
@@ -67,12 +76,26 @@ impl PeerIdentity {
         cores: u32,
         incarnation: u64,
     ) -> Result<Self, RecordError> {
+        Self::signed_with_relay(identity, addr, None, fingerprint, cores, incarnation)
+    }
+
+    /// A record for `identity`'s key at `addr` and through `relay`, signed by it.
+    pub fn signed_with_relay(
+        identity: &Identity,
+        addr: SocketAddr,
+        relay: Option<String>,
+        fingerprint: String,
+        cores: u32,
+        incarnation: u64,
+    ) -> Result<Self, RecordError> {
         if fingerprint.len() > MAX_FINGERPRINT_BYTES {
             return Err(RecordError::FingerprintTooLong(fingerprint.len()));
         }
+        check_relay(relay.as_deref())?;
         let mut record = Self {
             worker_key: identity.public_key().to_bytes(),
             addr,
+            relay,
             fingerprint,
             cores,
             incarnation,
@@ -84,9 +107,20 @@ impl PeerIdentity {
 
     /// The same record at the next incarnation, signed again.
     pub fn renewed(&self, identity: &Identity) -> Result<Self, RecordError> {
-        Self::signed(
+        self.relocated(identity, self.addr, self.relay.clone())
+    }
+
+    /// The record at the next incarnation with a new address and relay, signed again.
+    pub fn relocated(
+        &self,
+        identity: &Identity,
+        addr: SocketAddr,
+        relay: Option<String>,
+    ) -> Result<Self, RecordError> {
+        Self::signed_with_relay(
             identity,
-            self.addr,
+            addr,
+            relay,
             self.fingerprint.clone(),
             self.cores,
             self.incarnation + 1,
@@ -96,10 +130,11 @@ impl PeerIdentity {
     /// What a worker announces to when it knows a seed only as `KEY@ADDR`: foca accepts an
     /// announcement addressed to any identity with the receiver's key. Never stored or relayed:
     /// it is unsigned.
-    pub fn placeholder(key: &PublicKey, addr: SocketAddr) -> Self {
+    pub fn placeholder(seed: &PeerAddr) -> Self {
         Self {
-            worker_key: key.to_bytes(),
-            addr,
+            worker_key: seed.key.to_bytes(),
+            addr: seed.addr,
+            relay: seed.relay.as_ref().map(peergrid_proto::relays::display_url),
             fingerprint: String::new(),
             cores: 0,
             incarnation: 0,
@@ -116,6 +151,7 @@ impl PeerIdentity {
         if self.fingerprint.len() > MAX_FINGERPRINT_BYTES {
             return Err(RecordError::FingerprintTooLong(self.fingerprint.len()));
         }
+        check_relay(self.relay.as_deref())?;
         if self
             .public_key()?
             .verify(&self.signed_bytes(), &self.signature)
@@ -131,12 +167,23 @@ impl PeerIdentity {
         let fields = Signed {
             worker_key: &self.worker_key,
             addr: &self.addr,
+            relay: &self.relay,
             fingerprint: &self.fingerprint,
             cores: self.cores,
             incarnation: self.incarnation,
         };
         bytes.extend(postcard::to_allocvec(&fields).expect("records always serialise"));
         bytes
+    }
+}
+
+/// A relay in a record must parse as one (which bounds its length).
+fn check_relay(relay: Option<&str>) -> Result<(), RecordError> {
+    match relay {
+        Some(relay) => peergrid_proto::relays::parse_relay_url(relay)
+            .map(drop)
+            .map_err(RecordError::BadRelay),
+        None => Ok(()),
     }
 }
 
@@ -202,14 +249,29 @@ mod tests {
         let renewed = record.renewed(&identity).unwrap();
         assert_eq!(renewed.incarnation, 6);
         renewed.verify().unwrap();
+        let moved = renewed
+            .relocated(
+                &identity,
+                "198.51.100.2:7000".parse().unwrap(),
+                Some("https://203.0.113.10:3340".into()),
+            )
+            .unwrap();
+        assert_eq!(moved.incarnation, 7);
+        assert_eq!(moved.relay.as_deref(), Some("https://203.0.113.10:3340"));
+        moved.verify().unwrap();
+        assert!(matches!(
+            renewed.relocated(&identity, moved.addr, Some("http://x:1".into())),
+            Err(RecordError::BadRelay(_))
+        ));
     }
 
     #[test]
     fn any_changed_field_or_foreign_key_fails_verification() {
         let identity = Identity::from_seed([1; 32]);
         let record = record(&identity);
-        let changes: [fn(&mut PeerIdentity); 5] = [
+        let changes: [fn(&mut PeerIdentity); 6] = [
             |r| r.addr = "127.0.0.1:7001".parse().unwrap(),
+            |r| r.relay = Some("https://203.0.113.66:3340".into()),
             |r| r.fingerprint.push('x'),
             |r| r.cores += 1,
             |r| r.incarnation = u64::MAX,
@@ -220,9 +282,16 @@ mod tests {
             change(&mut forged);
             assert_eq!(forged.verify(), Err(RecordError::BadSignature));
         }
-        let placeholder =
-            PeerIdentity::placeholder(&identity.public_key(), "127.0.0.1:1".parse().unwrap());
+        let placeholder = PeerIdentity::placeholder(&PeerAddr::direct(
+            identity.public_key(),
+            "127.0.0.1:1".parse().unwrap(),
+        ));
         assert_eq!(placeholder.verify(), Err(RecordError::BadSignature));
+        let bad_relay = PeerIdentity {
+            relay: Some(format!("https://{}.example:1", "a".repeat(300))),
+            ..record.clone()
+        };
+        assert!(matches!(bad_relay.verify(), Err(RecordError::BadRelay(_))));
         let long = PeerIdentity {
             fingerprint: "x".repeat(MAX_FINGERPRINT_BYTES + 1),
             ..record

@@ -15,15 +15,15 @@
 //! from it last arrived on, so both ends settle on one connection and the other falls idle.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use iroh::Endpoint;
 use iroh::endpoint::{Connection, VarInt};
-use peergrid_proto::transport::{self, PeerAddr};
+use iroh::{Endpoint, RelayUrl};
+use peergrid_proto::transport::{self, PathNow, PeerAddr};
 use peergrid_proto::{Identity, PublicKey};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
@@ -72,6 +72,16 @@ pub struct Gossip {
     inbound: mpsc::Sender<Inbound>,
     /// The driver; it ends after saying goodbye once shutdown fires.
     driver: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Asks the driver about its links, or tells it the worker moved.
+    requests: mpsc::Sender<Request>,
+}
+
+/// What the rest of the worker asks of the driver.
+enum Request {
+    /// The path of the link to each member that has one.
+    Paths(tokio::sync::oneshot::Sender<HashMap<[u8; 32], PathNow>>),
+    /// The worker's home relay changed: its record must name the new one.
+    Relocate(Option<String>),
 }
 
 /// An accepted gossip connection, and what it holds under the worker's connection caps.
@@ -142,14 +152,19 @@ struct Links {
     dialing: HashMap<[u8; 32], Vec<Bytes>>,
     failed: HashMap<[u8; 32], Instant>,
     events: mpsc::Sender<LinkEvent>,
+    /// This worker's own relays: a member's record is dialed through its relay only if it is
+    /// one of these (a record must not make the worker connect to any server it names).
+    relays: HashSet<RelayUrl>,
 }
 
 impl Gossip {
-    /// Joins through `seeds` with the signed record `me` over `endpoint`, and spawns the
-    /// driver. `free_slots` is polled for the worker's current free slots. The endpoint's
-    /// accept loop must hand gossip connections to [`Gossip::accept`].
+    /// Joins through `seeds` with the signed record `me` over `endpoint` (which uses `relays`),
+    /// and spawns the driver. `free_slots` is polled for the worker's current free slots. The
+    /// endpoint's accept loop must hand gossip connections to [`Gossip::accept`].
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         endpoint: Endpoint,
+        relays: &[RelayUrl],
         me: PeerIdentity,
         signer: Arc<Identity>,
         config: MembershipConfig,
@@ -161,11 +176,13 @@ impl Gossip {
             me.incarnation ^ u64::from_le_bytes(me.worker_key[..8].try_into().expect("8 bytes"));
         let core = Arc::new(Mutex::new(Membership::new(me, signer, config, rng_seed)));
         let (inbound, mut accepted) = mpsc::channel(64);
+        let (requests, mut asked) = mpsc::channel(16);
         let gossip = Self {
             core,
             epoch: Instant::now(),
             inbound,
             driver: Arc::default(),
+            requests,
         };
         let driver = gossip.clone();
         let (timers, mut fired) = mpsc::channel(TIMER_QUEUE);
@@ -176,6 +193,7 @@ impl Gossip {
             dialing: HashMap::new(),
             failed: HashMap::new(),
             events,
+            relays: relays.iter().cloned().collect(),
         };
         let handle = tokio::spawn(async move {
             driver
@@ -198,6 +216,19 @@ impl Gossip {
                         }
                     },
                     Some(inbound) = accepted.recv() => links.accepted(inbound),
+                    Some(request) = asked.recv() => match request {
+                        Request::Paths(reply) => {
+                            let paths = links
+                                .open
+                                .iter()
+                                .filter_map(|(key, link)| Some((*key, transport::path_now(&link.connection)?)))
+                                .collect();
+                            let _ = reply.send(paths);
+                        }
+                        Request::Relocate(relay) => {
+                            driver.step(&mut links, &timers, |core, now| core.relocate(now, relay)).await;
+                        }
+                    },
                     Some(timer) = fired.recv() => {
                         driver.step(&mut links, &timers, |core, now| core.handle_timer(now, timer)).await;
                     }
@@ -255,6 +286,21 @@ impl Gossip {
         if let Some(handle) = handle {
             let _ = tokio::time::timeout(within, handle).await;
         }
+    }
+
+    /// How this worker's gossip link to each member goes now (direct or relayed, and its
+    /// round-trip time); members without a link are absent.
+    pub async fn paths(&self) -> HashMap<[u8; 32], PathNow> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.requests.send(Request::Paths(reply)).await.is_err() {
+            return HashMap::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// The worker's home relay changed to `relay`: its record will name it.
+    pub fn relocate(&self, relay: Option<String>) {
+        let _ = self.requests.try_send(Request::Relocate(relay));
     }
 
     fn now_ms(&self) -> u64 {
@@ -349,7 +395,16 @@ impl Links {
         self.dialing.insert(to.key, vec![data]);
         let endpoint = self.endpoint.clone();
         let events = self.events.clone();
-        let peer = PeerAddr { key, addr: to.addr };
+        let relay = to
+            .relay
+            .as_deref()
+            .and_then(|relay| peergrid_proto::relays::parse_relay_url(relay).ok())
+            .filter(|relay| self.relays.contains(relay));
+        let peer = PeerAddr {
+            key,
+            addr: to.addr,
+            relay,
+        };
         tokio::spawn(async move {
             let connection = transport::connect(&endpoint, &peer, GOSSIP_ALPN)
                 .await

@@ -133,10 +133,7 @@ impl Simulation {
             .enumerate()
             .map(|(index, member)| (member.identity().worker_key, index))
             .collect();
-        let seed_addr = PeerAddr {
-            key: sim_identity(config.seed, 0).public_key(),
-            addr: sim_addr(0),
-        };
+        let seed_addr = PeerAddr::direct(sim_identity(config.seed, 0).public_key(), sim_addr(0));
         let mut simulation = Self {
             network: Xoshiro256PlusPlus::seed_from_u64(config.seed),
             crashed: vec![false; config.members],
@@ -228,7 +225,7 @@ impl Simulation {
                 }
                 (
                     member,
-                    self.members[member].join(self.now_ms, &[self.seed_addr]),
+                    self.members[member].join(self.now_ms, &[self.seed_addr.clone()]),
                 )
             }
         };
