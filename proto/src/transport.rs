@@ -238,6 +238,9 @@ pub async fn dial_grpc(
             .await
             .map_err(|problem| unreachable(&problem))?;
         *watch.last.lock().expect("never poisoned") = Some(connection.clone());
+        if let Some(traffic) = &watch.traffic {
+            traffic.meter(&connection);
+        }
         let (send, recv) = connection
             .open_bi()
             .await
@@ -306,9 +309,19 @@ pub async fn grpc_channel(
 pub struct ConnectionWatch {
     last: Arc<std::sync::Mutex<Option<Connection>>>,
     refusal: Arc<std::sync::Mutex<Option<(u64, String)>>>,
+    /// Where each connection's traffic is counted, if anywhere.
+    traffic: Option<TrafficLog>,
 }
 
 impl ConnectionWatch {
+    /// A watch that also meters every connection's traffic into `traffic`.
+    pub fn metered(traffic: TrafficLog) -> Self {
+        Self {
+            traffic: Some(traffic),
+            ..Self::default()
+        }
+    }
+
     /// The code and reason the peer closed the last connection with, if it closed it on
     /// purpose, waiting at most `within` for the close to arrive (a refusal comes right after
     /// the handshake).
@@ -477,6 +490,56 @@ impl TrafficMeter {
         let mut total = *self.closed.lock().expect("never poisoned");
         for path in self.connection.paths().iter() {
             total.add(path.is_relay(), &path.stats());
+        }
+        total
+    }
+}
+
+/// Connections a [`TrafficLog`] meters one by one; past it, the oldest is folded into a
+/// settled total (its later bytes are not counted).
+pub const METERED_CONNECTIONS: usize = 1024;
+
+/// The traffic of every connection a peer dialed, by path kind: how much went direct and how
+/// much through relays.
+#[derive(Clone, Default)]
+pub struct TrafficLog {
+    inner: Arc<std::sync::Mutex<TrafficLogInner>>,
+}
+
+impl fmt::Debug for TrafficLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrafficLog")
+            .field("total", &self.total())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct TrafficLogInner {
+    meters: std::collections::VecDeque<TrafficMeter>,
+    settled: PathBytes,
+}
+
+impl TrafficLog {
+    /// Counts `connection` from now on.
+    pub fn meter(&self, connection: &Connection) {
+        let mut inner = self.inner.lock().expect("never poisoned");
+        if inner.meters.len() >= METERED_CONNECTIONS
+            && let Some(oldest) = inner.meters.pop_front()
+        {
+            inner.settled += oldest.bytes();
+        }
+        inner
+            .meters
+            .push_back(TrafficMeter::new(connection.clone()));
+    }
+
+    /// Bytes so far over every metered connection.
+    pub fn total(&self) -> PathBytes {
+        let inner = self.inner.lock().expect("never poisoned");
+        let mut total = inner.settled;
+        for meter in &inner.meters {
+            total += meter.bytes();
         }
         total
     }

@@ -185,7 +185,7 @@ enum Command {
         client_mib_per_second: u32,
         /// Where the relay keeps its certificate [default: <state>/relay].
         #[arg(long)]
-        dir: Option<PathBuf>,
+        cert_dir: Option<PathBuf>,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -445,13 +445,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             listen,
             advertise,
             client_mib_per_second,
-            dir,
+            cert_dir,
             state,
         } => {
             let options = crate::relay::RelayOptions {
                 listen,
                 advertise,
-                dir: dir.unwrap_or_else(|| state.dir().join("relay")),
+                dir: cert_dir.unwrap_or_else(|| state.dir().join("relay")),
                 client_bytes_per_second: std::num::NonZeroU32::new(
                     client_mib_per_second.saturating_mul(1024 * 1024),
                 )
@@ -678,6 +678,15 @@ fn print_summary(summary: &Summary) -> u8 {
     for (worker, reason) in &summary.excluded {
         println!("  excluded {}: {reason}", crate::submit::short_key(worker));
     }
+    if let Some(traffic) = summary.traffic {
+        let total = ((traffic.direct + traffic.relayed) as f64).max(1.0);
+        println!(
+            "traffic: {:.2} MB direct, {:.2} MB relayed ({:.0}% direct)",
+            traffic.direct as f64 / 1e6,
+            traffic.relayed as f64 / 1e6,
+            100.0 * traffic.direct as f64 / total
+        );
+    }
     println!(
         "results: {}",
         summary.out_dir.join(crate::results::RESULTS_FILE).display()
@@ -760,6 +769,7 @@ mod tests {
             copy_wall_time: Duration::ZERO,
             out_dir: PathBuf::from("out"),
             finished,
+            traffic: None,
         };
         assert_eq!(print_summary(&summary(true, 0)), 0);
         assert_eq!(

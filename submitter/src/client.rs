@@ -39,6 +39,8 @@ pub struct Dialer {
     /// The grid's relays this submitter uses: a worker is reached through its relay only when
     /// it is one of these (ARCHITECTURE.md, "Relays and NAT").
     relays: std::sync::Arc<Vec<iroh::RelayUrl>>,
+    /// The traffic of every worker connection, direct and relayed.
+    traffic: transport::TrafficLog,
 }
 
 impl Dialer {
@@ -52,7 +54,18 @@ impl Dialer {
             endpoint: transport::bind_endpoint(identity, any, Vec::new(), relays).await?,
             key: identity.public_key(),
             relays: std::sync::Arc::new(relays.iter().map(|relay| relay.url.clone()).collect()),
+            traffic: transport::TrafficLog::default(),
         })
+    }
+
+    /// Whether this submitter has relays to reach workers through.
+    pub fn uses_relays(&self) -> bool {
+        !self.relays.is_empty()
+    }
+
+    /// Bytes carried so far to and from workers, direct and through relays.
+    pub fn traffic(&self) -> transport::PathBytes {
+        self.traffic.total()
     }
 
     /// `peer` as this submitter can dial it: without its relay unless that relay is one of
@@ -121,7 +134,7 @@ impl WorkerClient {
             .parse()
             .map_err(|error: transport::PeerAddrError| unreachable(error.to_string()))?;
         let peer = dialer.reachable(peer);
-        let watch = transport::ConnectionWatch::default();
+        let watch = transport::ConnectionWatch::metered(dialer.traffic.clone());
         let first_call = async {
             let channel = transport::grpc_channel(
                 &dialer.endpoint,

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use peergrid_proto::transport::PathBytes;
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -121,6 +122,9 @@ pub struct Summary {
     pub out_dir: PathBuf,
     /// False when the session was interrupted (Ctrl-C) before every task settled.
     pub finished: bool,
+    /// Bytes to and from workers this session, direct and through relays (when this submitter
+    /// uses relays).
+    pub traffic: Option<PathBytes>,
 }
 
 /// Reads the module and inputs of `spec` (as `inputs` checked them), stores them, and records
@@ -386,6 +390,7 @@ pub async fn run_session(
     summary.copy_wall_time = session.core.copy_wall_time();
     summary.audits = session.core.counts().audits;
     summary.audit_time = session.audit_time;
+    summary.traffic = dialer.uses_relays().then(|| dialer.traffic());
     Ok(summary)
 }
 
@@ -445,6 +450,7 @@ pub fn summarize(
         copy_wall_time: Duration::ZERO,
         out_dir: job.out_dir.clone(),
         finished,
+        traffic: None,
     })
 }
 
