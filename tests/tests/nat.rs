@@ -3,10 +3,11 @@
 //! relies on it. Needs root, `ip` and `nft`; each test builds a network of its own.
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::panic::AssertUnwindSafe;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use peergrid_e2e::netns::{Nat, Network, PUBLIC};
 
@@ -27,24 +28,31 @@ fn udp_socket(ip: Ipv4Addr) -> UdpSocket {
 
 /// The next datagram on `socket` (text, sender), or `None` if none arrives `within`.
 fn receive(socket: &UdpSocket, within: Duration) -> Option<(String, SocketAddr)> {
-    socket
-        .set_read_timeout(Some(within))
-        .expect("a non-zero timeout");
+    let deadline = Instant::now() + within;
     let mut buffer = [0; 512];
-    match socket.recv_from(&mut buffer) {
-        Ok((length, from)) => Some((
-            String::from_utf8_lossy(&buffer[..length]).into_owned(),
-            from,
-        )),
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
         }
-        Err(error) => panic!("recv_from failed: {error}"),
+        socket
+            .set_read_timeout(Some(left))
+            .expect("a non-zero timeout");
+        match socket.recv_from(&mut buffer) {
+            Ok((length, from)) => {
+                return Some((
+                    String::from_utf8_lossy(&buffer[..length]).into_owned(),
+                    from,
+                ));
+            }
+            Err(error) => match error.kind() {
+                ErrorKind::WouldBlock | ErrorKind::TimedOut => return None,
+                // A socket with a receive timeout is never restarted after a signal, not even
+                // after a stop and continue (signal(7)): wait out the rest of the time.
+                ErrorKind::Interrupted => continue,
+                _ => panic!("recv_from failed: {error}"),
+            },
+        }
     }
 }
 
@@ -323,12 +331,24 @@ fn building_a_network_deletes_namespaces_left_by_a_dead_process() {
     let dead_pid = child.id();
     child.wait().expect("true exits");
     let stale = format!("pg{dead_pid}x0-public");
-    let status = Command::new("ip")
-        .args(["netns", "add", &stale])
-        .status()
-        .expect("ip runs");
-    // (A network built meanwhile by a test running in parallel may already delete it.)
-    assert!(status.success(), "ip netns add {stale} failed");
+    // Tests building networks in parallel delete such a namespace on sight, even while `ip` is
+    // still making it (its file exists before it is mounted): then `ip` fails, and tries again.
+    let mut attempts = 0;
+    loop {
+        let output = Command::new("ip")
+            .args(["netns", "add", &stale])
+            .output()
+            .expect("ip runs");
+        attempts += 1;
+        if output.status.success() {
+            break;
+        }
+        assert!(
+            attempts < 5,
+            "ip netns add {stale} failed {attempts} times, last: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 
     let _network = Network::build(&[]);
     assert!(
