@@ -156,9 +156,9 @@ static NETWORKS_MADE: AtomicU32 = AtomicU32::new(0);
 impl Network {
     /// Builds the public namespace and one home per `(name, nat)`: the home's router (WAN
     /// 203.0.113.(100+i), LAN gateway .1 of the i-th /26) and its host (.2, default route via the
-    /// router). Namespaces are named `pg{pid}x{n}-…`, unique per process and network; namespaces
-    /// left by earlier processes that no longer run (killed before they could clean up) are
-    /// deleted first.
+    /// router). Namespaces are named `pg{pid}x{n}-public`, `…-r-NAME` (router) and `…-h-NAME`
+    /// (host), unique per process and network; namespaces left by earlier processes that no
+    /// longer run (killed before they could clean up) are deleted first.
     ///
     /// Panics, naming the command and its stderr, if any step fails; panics saying what to
     /// install if not root or `ip`/`nft` is missing; and on bad names (empty, not
@@ -208,8 +208,9 @@ impl Network {
             host_ip,
             gateway_ip,
             wan_ip,
-            namespace: format!("{prefix}{name}"),
-            router_namespace: format!("{prefix}{name}-router"),
+            // Distinct prefixes: no home name can make another's router or host name.
+            namespace: format!("{prefix}h-{name}"),
+            router_namespace: format!("{prefix}r-{name}"),
         };
         let (public, router, host) = (
             &self.public_namespace,
@@ -410,8 +411,9 @@ fn check_prerequisites() {
                 .is_ok_and(|status| status.success());
             if !runs {
                 return Err(format!(
-                    "the namespace test network needs `{program}`: install {package} \
-                     (apt-get install -y {package}); .ci/run does this in CI"
+                    "the namespace test network needs `{program}`, which does not run: install \
+                     {package} (apt-get install -y {package}; .ci/run does this in CI), and \
+                     have /usr/sbin on PATH"
                 ));
             }
         }
@@ -593,7 +595,7 @@ mod tests {
     #[test]
     fn only_names_of_this_module_carry_an_owner_pid() {
         assert_eq!(owner_pid("pg123x4-public"), Some(123));
-        assert_eq!(owner_pid("pg123x4-alice-router"), Some(123));
+        assert_eq!(owner_pid("pg123x4-r-alice"), Some(123));
         for other in [
             "pg", "pgx1-a", "pg12x-a", "pg12x3", "pgfoo", "pg1y2-a", "ns1", "pg1x2a-b",
         ] {
