@@ -1,11 +1,15 @@
 //! Harness for peergrid's end-to-end tests: starts real `peergrid-worker` processes on loopback,
 //! runs the real `peergrid` CLI, and kills processes the way a crash would.
 //!
+//! `netns` builds a network of Linux namespaces with NAT routers, for tests of hole punching and
+//! relaying (root, `ip` and `nft` needed).
+//!
 //! The binaries are the ones `cargo test --workspace` builds next to the test executables
 //! (`target/<profile>/`); the worker and submitter crates have integration tests of their own,
 //! which makes cargo build their binaries before any test runs.
 
 pub mod jobs;
+pub mod netns;
 pub mod rogue;
 
 use std::io::{BufRead, BufReader};
