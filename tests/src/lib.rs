@@ -66,6 +66,19 @@ pub(crate) fn ready_field(line: &str, name: &str) -> String {
     words[at + 1].to_owned()
 }
 
+/// A command running this workspace's binary `name`, inside network namespace `netns` if given
+/// (`ip netns exec` execs the binary, so the process id is the binary's own).
+pub fn in_netns(netns: Option<&str>, name: &str) -> Command {
+    match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns]).arg(bin(name));
+            command
+        }
+        None => Command::new(bin(name)),
+    }
+}
+
 /// Path of a binary built by this workspace.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
@@ -211,6 +224,8 @@ pub struct WorkerConfig<'a> {
     pub host: Option<&'a str>,
     /// The port to listen on (0, a free one, unless a test restarts a worker where it was).
     pub port: u16,
+    /// The network namespace to run in (`ip netns exec`), for the NAT tests.
+    pub netns: Option<&'a str>,
 }
 
 impl<'a> WorkerConfig<'a> {
@@ -230,7 +245,7 @@ impl WorkerProcess {
         std::fs::create_dir_all(data_dir).expect("data dir can be created");
         let stderr_path = data_dir.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr log can be created");
-        let mut command = Command::new(bin("peergrid-worker"));
+        let mut command = in_netns(config.netns, "peergrid-worker");
         command
             .arg("--listen")
             .arg(format!(
@@ -445,6 +460,15 @@ impl SubmitProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        Self::start_in(None, log_dir, args)
+    }
+
+    /// [`SubmitProcess::start`] inside network namespace `netns` (`ip netns exec`), if given.
+    pub fn start_in<I, S>(netns: Option<&str>, log_dir: &Path, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         std::fs::create_dir_all(log_dir).expect("log dir can be created");
         let id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -452,7 +476,7 @@ impl SubmitProcess {
             .as_nanos();
         let stdout_path = log_dir.join(format!("submit-{id}.stdout"));
         let stderr_path = log_dir.join(format!("submit-{id}.stderr"));
-        let child = Command::new(bin("peergrid"))
+        let child = in_netns(netns, "peergrid")
             .args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).expect("log file"))

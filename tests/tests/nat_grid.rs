@@ -1,0 +1,322 @@
+//! Peers behind home NAT (issue 14): a relay and a seed worker on the public side, workers and a
+//! submitter in homes behind nftables NATs (`peergrid_e2e::netns`), every one a real process in
+//! a namespace the test builds and deletes. No router is configured for any peer: no port
+//! forwarding, no UPnP.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, sweep_job};
+use peergrid_e2e::netns::{Nat, Network, PUBLIC};
+use peergrid_e2e::{KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, in_netns, write_job};
+
+/// The port every relay, seed and worker uses on its own address.
+const RELAY_PORT: u16 = 3340;
+const WORKER_PORT: u16 = 7000;
+/// How long a grid may take to know all its members here (a bound for a loaded machine).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `peergrid relay` in the public namespace, killed when dropped.
+struct RelayProcess {
+    child: Child,
+    /// How peers name it: `https://IP:PORT#PIN`.
+    spec: String,
+}
+
+impl RelayProcess {
+    fn start(net: &Network, ip: std::net::Ipv4Addr, dir: &Path) -> Self {
+        let stderr = std::fs::File::create(dir.join(format!("relay-{ip}.stderr"))).unwrap();
+        let mut child = in_netns(Some(net.namespace(PUBLIC)), "peergrid")
+            .args(["relay", "--listen", &format!("{ip}:{RELAY_PORT}")])
+            .arg("--state")
+            .arg(dir.join(format!("relay-{ip}")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("peergrid relay starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let spec = line
+            .strip_prefix("relay ready: ")
+            .unwrap_or_else(|| panic!("not a ready line: {line:?}"))
+            .trim()
+            .to_owned();
+        Self { child, spec }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A grid across the namespace network: relays on the public host, a seed worker there, and a
+/// worker in each of `homes`. Fields drop in order: processes before the network.
+struct NatGrid {
+    workers: Vec<WorkerProcess>,
+    seed: WorkerProcess,
+    relays: Vec<RelayProcess>,
+    key: KeyPair,
+    dir: PathBuf,
+    net: Network,
+}
+
+impl NatGrid {
+    /// Builds the network (home "a" for the submitter, then `homes` for workers), starts
+    /// `relay_count` relays, the seed and the workers, and waits until the seed sees them all.
+    fn start(dir: &Path, homes: &[(&str, Nat)], relay_count: usize) -> Self {
+        let mut all = vec![("a", Nat::Easy)];
+        all.extend_from_slice(homes);
+        let net = Network::build(&all);
+        let key = KeyPair::generate(dir, "submitter");
+        let relays: Vec<RelayProcess> = net.public_ips()[..relay_count]
+            .iter()
+            .map(|ip| RelayProcess::start(&net, *ip, dir))
+            .collect();
+        let relay_args: Vec<String> = relays
+            .iter()
+            .flat_map(|relay| ["--relay".to_owned(), relay.spec.clone()])
+            .collect();
+        let mut seed_args = vec!["--cores", "1", "--gossip"];
+        seed_args.extend(relay_args.iter().map(String::as_str));
+        let public_ip = net.public_ip().to_string();
+        let seed = WorkerProcess::start(
+            &dir.join("seed"),
+            WorkerConfig {
+                extra_args: seed_args,
+                host: Some(&public_ip),
+                port: WORKER_PORT,
+                netns: Some(net.namespace(PUBLIC)),
+                ..WorkerConfig::trusting(&key)
+            },
+        );
+        let seed_addr = seed.seed.clone().expect("the seed gossips");
+        let mut grid = Self {
+            workers: Vec::new(),
+            seed,
+            relays,
+            key,
+            dir: dir.to_owned(),
+            net,
+        };
+        for (home, _) in homes {
+            let worker = grid.start_worker(home, &seed_addr);
+            grid.workers.push(worker);
+        }
+        grid.wait_for_alive(homes.len() + 1);
+        grid
+    }
+
+    fn relay_args(&self) -> Vec<String> {
+        self.relays
+            .iter()
+            .flat_map(|relay| ["--relay".to_owned(), relay.spec.clone()])
+            .collect()
+    }
+
+    /// A worker in `home` behind its NAT, on every interface, joining through the seed.
+    fn start_worker(&self, home: &str, seed: &str) -> WorkerProcess {
+        let relay_args = self.relay_args();
+        let mut args = vec!["--cores", "1", "--seed", seed];
+        args.extend(relay_args.iter().map(String::as_str));
+        WorkerProcess::start(
+            &self.dir.join(format!("worker-{home}")),
+            WorkerConfig {
+                extra_args: args,
+                host: Some("0.0.0.0"),
+                port: WORKER_PORT,
+                netns: Some(self.net.namespace(home)),
+                ..WorkerConfig::trusting(&self.key)
+            },
+        )
+    }
+
+    /// `peergrid peers --seed SEED --json`, run from home "a" (behind its NAT, through the
+    /// relays), parsed.
+    fn peers(&self) -> Vec<serde_json::Value> {
+        let output = in_netns(Some(self.net.namespace("a")), "peergrid")
+            .args([
+                "peers",
+                "--seed",
+                self.seed.seed.as_deref().unwrap(),
+                "--json",
+            ])
+            .args(self.relay_args())
+            .arg("--key")
+            .arg(&self.key.path)
+            .output()
+            .expect("peergrid peers runs");
+        assert!(
+            output.status.success(),
+            "peers failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("peers --json prints JSON")
+    }
+
+    fn wait_for_alive(&self, count: usize) {
+        let started = Instant::now();
+        loop {
+            let peers = self.peers();
+            let alive = peers.iter().filter(|peer| peer["state"] == "alive").count();
+            if alive >= count {
+                return;
+            }
+            assert!(
+                started.elapsed() < JOIN_TIMEOUT,
+                "the seed knows {alive} alive members, not {count}, after {JOIN_TIMEOUT:?}: {peers:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The seed's row for `worker`.
+    fn row_of(&self, worker: &WorkerProcess) -> Option<serde_json::Value> {
+        self.peers()
+            .into_iter()
+            .find(|peer| peer["peer"] == worker.key_hex.as_str())
+    }
+
+    /// `peergrid submit` from home "a" with the seed and relays: a sweep of `tasks` pi tasks on
+    /// 2 agreeing workers on distinct hosts.
+    fn submit(&self, name: &str, samples: &str, tasks: u32) -> (SubmitProcess, PathBuf) {
+        let job = write_job(
+            &self.dir.join(name),
+            "job.toml",
+            &sweep_job(name, samples, tasks),
+        );
+        let out = self.dir.join(name).join("out");
+        let mut args: Vec<String> = vec![
+            "submit".into(),
+            job.to_string_lossy().into_owned(),
+            "--key".into(),
+            self.key.path.to_string_lossy().into_owned(),
+            "--seed".into(),
+            self.seed.seed.clone().unwrap(),
+            "--state".into(),
+            self.dir
+                .join(name)
+                .join("state")
+                .to_string_lossy()
+                .into_owned(),
+            "--out".into(),
+            out.to_string_lossy().into_owned(),
+            "--plain".into(),
+        ];
+        args.extend(self.relay_args());
+        let process =
+            SubmitProcess::start_in(Some(self.net.namespace("a")), &self.dir.join(name), args);
+        (process, out)
+    }
+}
+
+/// What `submit`'s summary says of the traffic: (MB direct, MB relayed).
+fn traffic(stdout: &str) -> (f64, f64) {
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("traffic: "))
+        .unwrap_or_else(|| panic!("no traffic line in:\n{stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // "traffic: X MB direct, Y MB relayed (Z% direct)"
+    (words[1].parse().unwrap(), words[4].parse().unwrap())
+}
+
+/// The keys that signed an accepted receipt, over results.jsonl.
+fn signers(out: &Path) -> HashSet<String> {
+    peergrid_e2e::results_lines(&out.join("results.jsonl"))
+        .iter()
+        .flat_map(|line| {
+            line["agreeing"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|worker| worker.as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Runs the job to its end and checks every task against a local run.
+fn finish(process: SubmitProcess, out: &Path, tasks: u32) -> String {
+    let output = process.wait(JOB_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.code, Some(0), "{stdout}\n{}", output.stderr);
+    // The summary, traffic line included, for whoever reads the test's output.
+    eprintln!("{stdout}");
+    assert!(
+        stdout.contains(&format!("{tasks} of {tasks} tasks accepted")),
+        "{stdout}"
+    );
+    let lines = check_against_local(out, &peergrid_e2e::guest("pi"));
+    assert_eq!(lines.len(), tasks as usize);
+    stdout
+}
+
+#[test]
+fn behind_nats_that_allow_hole_punching_a_sweep_runs_mostly_direct() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = NatGrid::start(dir.path(), &[("b", Nat::Easy), ("c", Nat::Easy)], 1);
+    let (process, out) = grid.submit("punch", "200000", 200);
+    let stdout = finish(process, &out, 200);
+    let (direct, relayed) = traffic(&stdout);
+    assert!(
+        direct > relayed,
+        "most bytes should go direct when hole punching works: {direct} MB direct, {relayed} MB relayed"
+    );
+    let signers = signers(&out);
+    for worker in &grid.workers {
+        assert!(
+            signers.contains(&worker.key_hex),
+            "{} ran nothing",
+            worker.key_hex
+        );
+    }
+    // The seed's gossip links to the NAT'd workers are direct too (punched), with an RTT.
+    let peers = grid.peers();
+    for worker in &grid.workers {
+        let row = peers
+            .iter()
+            .find(|peer| peer["peer"] == worker.key_hex.as_str())
+            .unwrap();
+        assert_eq!(row["path"], "direct", "{row}");
+        assert!(row["rtt_ms"].as_f64().is_some(), "{row}");
+        assert_eq!(
+            row["relay"],
+            grid.relays[0].spec.split('#').next().unwrap(),
+            "{row}"
+        );
+    }
+}
+
+#[test]
+fn behind_nats_that_defeat_hole_punching_a_sweep_completes_through_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = NatGrid::start(dir.path(), &[("b", Nat::Hard), ("c", Nat::UdpBlocked)], 1);
+    let (process, out) = grid.submit("relayed", "20000", 200);
+    let stdout = finish(process, &out, 200);
+    let (_direct, relayed) = traffic(&stdout);
+    assert!(relayed > 0.0, "nothing went through the relay:\n{stdout}");
+    let signers = signers(&out);
+    for worker in &grid.workers {
+        assert!(
+            signers.contains(&worker.key_hex),
+            "{} ran nothing",
+            worker.key_hex
+        );
+    }
+    // The worker whose UDP is blocked can only be reached through the relay.
+    let c = grid.row_of(&grid.workers[1]).unwrap();
+    assert_eq!(c["path"], "relayed", "{c}");
+}
