@@ -314,6 +314,25 @@ pub struct ConnectionWatch {
 }
 
 impl ConnectionWatch {
+    /// Waits at most `within` for the last connection to send its data over a direct path
+    /// (iroh punches one through NATs that allow it); true if it does.
+    pub async fn direct_within(&self, within: Duration) -> bool {
+        let Some(connection) = self.last.lock().expect("never poisoned").clone() else {
+            return false;
+        };
+        let direct = async {
+            use tokio_stream::StreamExt as _;
+            let mut paths = std::pin::pin!(connection.paths_stream());
+            while let Some(list) = paths.next().await {
+                if list.iter().any(|path| path.is_selected() && path.is_ip()) {
+                    return true;
+                }
+            }
+            false
+        };
+        tokio::time::timeout(within, direct).await.unwrap_or(false)
+    }
+
     /// A watch that also meters every connection's traffic into `traffic`.
     pub fn metered(traffic: TrafficLog) -> Self {
         Self {

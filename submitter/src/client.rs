@@ -16,6 +16,14 @@ use tonic::transport::Channel;
 /// connection counts as dead.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Before uploading at least [`PUNCH_WORTH_BYTES`] to a worker reached through a relay, the
+/// upload waits this long for iroh to punch a direct path: relays are shared and rate-limited
+/// (ARCHITECTURE.md, "Relays and NAT"), and the first bytes of a job would otherwise all go
+/// through one. Once per connection; behind NATs that defeat punching, the upload then goes
+/// through the relay.
+pub const HOLE_PUNCH_WAIT: Duration = Duration::from_secs(2);
+pub const PUNCH_WORTH_BYTES: usize = 64 * 1024;
+
 /// How long a failed first call waits to learn whether the worker closed the connection on
 /// purpose (a refused key), to say so instead of a bare transport error.
 const REFUSAL_WAIT: Duration = Duration::from_secs(1);
@@ -93,6 +101,10 @@ pub struct WorkerClient {
     addr: String,
     grpc: pb::worker_client::WorkerClient<Channel>,
     info: WorkerInfo,
+    /// The connection, to learn its path before a large upload.
+    watch: transport::ConnectionWatch,
+    /// Whether an upload already waited for a direct path (once is enough).
+    punch_awaited: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why talking to a worker failed. Every variant names the worker's address.
@@ -191,6 +203,8 @@ impl WorkerClient {
         Ok(Self {
             addr: addr.to_owned(),
             grpc,
+            watch,
+            punch_awaited: Default::default(),
             info: WorkerInfo {
                 key,
                 fingerprint: info.runtime_fingerprint,
@@ -222,6 +236,18 @@ impl WorkerClient {
             .map_err(|status| self.status_error(status))?
             .into_inner()
             .missing;
+        let to_send: usize = blobs
+            .iter()
+            .filter(|(hash, _)| missing.iter().any(|m| m.as_ref() == hash.as_bytes()))
+            .map(|(_, bytes)| bytes.len())
+            .sum();
+        if to_send >= PUNCH_WORTH_BYTES
+            && !self
+                .punch_awaited
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.watch.direct_within(HOLE_PUNCH_WAIT).await;
+        }
         for (hash, bytes) in blobs {
             if missing.iter().any(|m| m.as_ref() == hash.as_bytes()) {
                 self.put_blob(*hash, bytes.clone()).await?;

@@ -268,11 +268,13 @@ fn finish(process: SubmitProcess, out: &Path, tasks: u32) -> String {
 fn behind_nats_that_allow_hole_punching_a_sweep_runs_mostly_direct() {
     let dir = tempfile::tempdir().unwrap();
     let grid = NatGrid::start(dir.path(), &[("b", Nat::Easy), ("c", Nat::Easy)], 1);
-    let (process, out) = grid.submit("punch", "200000", 200);
+    let (process, out) = grid.submit("punch", "20000", 200);
     let stdout = finish(process, &out, 200);
     let (direct, relayed) = traffic(&stdout);
+    // Uploads wait briefly for the punched path (client::HOLE_PUNCH_WAIT): before that wait,
+    // the module uploads went through the relay and only 59% went direct.
     assert!(
-        direct > relayed,
+        direct >= 2.0 * relayed,
         "most bytes should go direct when hole punching works: {direct} MB direct, {relayed} MB relayed"
     );
     let signers = signers(&out);
