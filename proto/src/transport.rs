@@ -60,6 +60,10 @@ pub struct PeerAddr {
     pub addr: SocketAddr,
     /// The relay the peer keeps a connection to (its home relay), if any.
     pub relay: Option<RelayUrl>,
+    /// The dialer's own relays, tried too (not part of the text form): a peer whose home relay
+    /// died has moved to another one before its record could say so, and a relay forwards only
+    /// to the peers connected to it (ARCHITECTURE.md, "Relays and NAT").
+    pub via: Vec<RelayUrl>,
 }
 
 /// Why a peer address does not parse.
@@ -97,7 +101,12 @@ impl FromStr for PeerAddr {
                     .map_err(|problem| error(format!(": relay {relay:?}: {problem}")))
             })
             .transpose()?;
-        Ok(Self { key, addr, relay })
+        Ok(Self {
+            key,
+            addr,
+            relay,
+            via: Vec::new(),
+        })
     }
 }
 
@@ -118,13 +127,15 @@ impl PeerAddr {
             key,
             addr,
             relay: None,
+            via: Vec::new(),
         }
     }
 
-    /// Where iroh dials: this key, at this address and through its relay if it has one.
+    /// Where iroh dials: this key, at this address, through its relay if it has one and
+    /// through the dialer's own relays.
     pub fn endpoint_addr(&self) -> EndpointAddr {
         let mut addrs = vec![TransportAddr::Ip(self.addr)];
-        addrs.extend(self.relay.clone().map(TransportAddr::Relay));
+        addrs.extend(self.relay.iter().chain(&self.via).cloned().map(TransportAddr::Relay));
         EndpointAddr::from_parts(endpoint_id(&self.key), addrs)
     }
 }

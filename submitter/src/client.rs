@@ -77,7 +77,8 @@ impl Dialer {
     }
 
     /// `peer` as this submitter can dial it: without its relay unless that relay is one of
-    /// this submitter's (a peer's record must not make it connect to any server it names).
+    /// this submitter's (a peer's record must not make it connect to any server it names), and
+    /// through this submitter's own relays too.
     pub fn reachable(&self, mut peer: PeerAddr) -> PeerAddr {
         if peer
             .relay
@@ -86,6 +87,7 @@ impl Dialer {
         {
             peer.relay = None;
         }
+        peer.via = self.relays.to_vec();
         peer
     }
 

@@ -99,6 +99,7 @@ impl NatGrid {
                 host: Some(&public_ip),
                 port: WORKER_PORT,
                 netns: Some(net.namespace(PUBLIC)),
+                env: vec![("RUST_LOG", "info,noq_proto=error,peergrid_worker::membership=debug")],
                 ..WorkerConfig::trusting(&key)
             },
         );
@@ -138,6 +139,7 @@ impl NatGrid {
                 host: Some("0.0.0.0"),
                 port: WORKER_PORT,
                 netns: Some(self.net.namespace(home)),
+                env: vec![("RUST_LOG", "info,noq_proto=error,peergrid_worker::membership=debug")],
                 ..WorkerConfig::trusting(&self.key)
             },
         )
@@ -321,4 +323,130 @@ fn behind_nats_that_defeat_hole_punching_a_sweep_completes_through_the_relay() {
     // The worker whose UDP is blocked can only be reached through the relay.
     let c = grid.row_of(&grid.workers[1]).unwrap();
     assert_eq!(c["path"], "relayed", "{c}");
+}
+
+/// Waits at most `within` (polling the seed's view from home "a") until `check` holds for
+/// `worker`'s row, and returns how long it took.
+fn wait_for_row(
+    grid: &NatGrid,
+    key_hex: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let peers = grid.peers();
+        if peers
+            .iter()
+            .find(|peer| peer["peer"] == key_hex)
+            .is_some_and(&check)
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{what}: not within {within:?}; the seed's view: {peers:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until the job in `state` has accepted at least `count` tasks.
+fn wait_for_accepted(state: &Path, count: u64) {
+    peergrid_e2e::wait_until("tasks accepted", JOB_TIMEOUT, || {
+        peergrid_e2e::accepted_so_far(state) >= count
+    });
+}
+
+#[test]
+fn a_worker_behind_nat_killed_mid_job_is_shown_down_and_rejoins_and_takes_work_when_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut grid = NatGrid::start(dir.path(), &[("b", Nat::Easy), ("c", Nat::Hard)], 1);
+    let (process, out) = grid.submit("kill", "4000000", 200);
+    wait_for_accepted(&dir.path().join("kill").join("state"), 20);
+
+    // kill -9 the worker behind the hard NAT: its copies go elsewhere, the job completes.
+    let victim = grid.workers[1].key_hex.clone();
+    grid.workers[1].kill();
+    let bound = peergrid_worker::membership::MembershipConfig::default().detection_bound(4)
+        + Duration::from_secs(2);
+    let took = wait_for_row(
+        &grid,
+        &victim,
+        "the killed worker shown down",
+        bound,
+        |row| row["state"] == "down",
+    );
+    eprintln!("killed worker behind NAT shown down after {took:?} (bound {bound:?})");
+    finish(process, &out, 200);
+
+    // Restarted (same key), it rejoins through the relay and takes work.
+    let before = grid
+        .row_of(&grid.workers[0])
+        .map(|row| row["incarnation"].as_u64());
+    assert!(before.is_some());
+    let seed = grid.seed.seed.clone().unwrap();
+    grid.workers[1] = grid.start_worker("c", &seed);
+    assert_eq!(grid.workers[1].key_hex, victim, "same data dir, same key");
+    wait_for_row(
+        &grid,
+        &victim,
+        "the restarted worker alive",
+        JOIN_TIMEOUT,
+        |row| row["state"] == "alive",
+    );
+    let (process, out) = grid.submit("after", "20000", 40);
+    finish(process, &out, 40);
+    assert!(
+        signers(&out).contains(&victim),
+        "the restarted worker took no work"
+    );
+}
+
+#[test]
+fn when_a_relay_dies_direct_paths_keep_working_and_relayed_peers_move_to_the_other() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    eprintln!("DIR {}", dir.display());
+    let dir = &tempfile::TempDir::new_in(&dir).unwrap().keep();
+    struct D(PathBuf); impl D { fn path(&self) -> &Path { &self.0 } }
+    let dir = D(dir.clone());
+    let mut grid = NatGrid::start(dir.path(), &[("b", Nat::Easy), ("c", Nat::UdpBlocked)], 2);
+    let urls: Vec<String> = grid
+        .relays
+        .iter()
+        .map(|relay| relay.spec.split('#').next().unwrap().to_owned())
+        .collect();
+    let c = grid.workers[1].key_hex.clone();
+    let home = grid.row_of(&grid.workers[1]).unwrap()["relay"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dying = urls
+        .iter()
+        .position(|url| *url == home)
+        .expect("c's relay is one of ours");
+    let other = urls[1 - dying].clone();
+
+    let (process, out) = grid.submit("failover", "4000000", 200);
+    wait_for_accepted(&dir.path().join("failover").join("state"), 20);
+    grid.relays[dying].kill();
+    // The worker whose UDP is blocked moves to the other relay and its record says so.
+    let took = wait_for_row(
+        &grid,
+        &c,
+        "the relayed worker's record names the other relay",
+        Duration::from_secs(60),
+        |row| row["relay"] == other.as_str() && row["state"] == "alive",
+    );
+    eprintln!("relayed worker moved to the other relay after {took:?}");
+    // Direct paths kept working: every task accepted.
+    finish(process, &out, 200);
+    // And a new connection reaches it through the other relay.
+    let (process, out) = grid.submit("moved", "20000", 40);
+    finish(process, &out, 40);
+    assert!(
+        signers(&out).contains(&c),
+        "no work reached the moved worker"
+    );
 }

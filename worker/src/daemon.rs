@@ -217,6 +217,7 @@ impl Worker {
             key: public_key,
             addr: reach.addr,
             relay: reach.relay.clone(),
+            via: Vec::new(),
         };
         let gossips = options.gossip || !options.seeds.is_empty();
         if gossips {
@@ -253,6 +254,7 @@ impl Worker {
                 let follower = gossip.clone();
                 tokio::spawn(reach::follow_home_relay(
                     endpoint.clone(),
+                    options.relays.clone(),
                     reach.relay.clone(),
                     move |relay| follower.relocate(relay.as_ref().map(display_url)),
                 ));

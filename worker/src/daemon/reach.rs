@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use iroh::{Endpoint, RelayUrl, Watcher};
-use peergrid_proto::relays::display_url;
+use peergrid_proto::relays::{RelaySpec, display_url, relay_map};
 
 /// How long start-up waits for a relay connection and the network report. Reached: the worker
 /// starts anyway, reachable at its address only until a relay answers (and says so in the log).
@@ -124,23 +124,63 @@ fn is_own_address(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
+/// After the home relay is lost, how long to wait before asking iroh for a new network report
+/// again (each report probes every relay).
+pub const RELAY_LOST_RECHECK: Duration = Duration::from_secs(5);
+
 /// Watches the endpoint's home relay and calls `moved` with the new one each time it changes
-/// (a relay died and another took over), until the endpoint closes.
+/// (a relay died and another took over), until the endpoint closes. iroh picks a home relay in
+/// its periodic network report (every 20–26 s), and a lost home relay alone does not start one:
+/// a relay died in 47–50 s in the namespace test. So when the home relay's connection is lost
+/// (after it was up), this puts the relay's entry back into the relay map, which makes iroh
+/// report at once, and again every [`RELAY_LOST_RECHECK`] while it stays lost.
 pub async fn follow_home_relay(
     endpoint: Endpoint,
+    relays: Vec<RelaySpec>,
     mut current: Option<RelayUrl>,
     moved: impl Fn(Option<RelayUrl>),
 ) {
-    let mut watcher = endpoint.watch_addr();
-    while let Ok(addr) = watcher.updated().await {
-        let relay = addr.relay_urls().next().cloned();
-        if relay.is_some() && relay != current {
-            tracing::info!(
-                relay = %relay.as_ref().map_or(String::new(), display_url),
-                "home relay changed: peers reach this worker through it now"
-            );
-            current = relay.clone();
-            moved(relay);
+    let map = relay_map(&relays);
+    let mut addrs = endpoint.watch_addr();
+    let mut status = endpoint.home_relay_status();
+    let mut recheck = tokio::time::interval(RELAY_LOST_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_connected = false;
+    let mut lost = false;
+    loop {
+        let ask_again = tokio::select! {
+            addr = addrs.updated() => {
+                let Ok(addr) = addr else { return };
+                let relay = addr.relay_urls().next().cloned();
+                if relay.is_some() && relay != current {
+                    tracing::info!(
+                        relay = %relay.as_ref().map_or(String::new(), display_url),
+                        "home relay changed: peers reach this worker through it now"
+                    );
+                    current = relay.clone();
+                    moved(relay);
+                }
+                false
+            }
+            statuses = status.updated() => {
+                let Ok(statuses) = statuses else { return };
+                let connected = statuses.iter().any(|status| status.is_connected());
+                let newly_lost = was_connected && !connected && !lost;
+                lost = was_connected && !connected;
+                was_connected |= connected;
+                if newly_lost {
+                    tracing::warn!("lost the home relay: looking for another");
+                    recheck.reset();
+                }
+                newly_lost
+            }
+            _ = recheck.tick(), if lost => true,
+        };
+        if ask_again
+            && let Some(url) = &current
+            && let Some(config) = map.get(url)
+        {
+            endpoint.insert_relay(url.clone(), config).await;
         }
     }
 }

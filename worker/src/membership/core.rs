@@ -175,6 +175,8 @@ pub enum TimerEvent {
     RetryJoin,
     /// Take the new incarnation held back by `renew_min_interval`.
     Renew,
+    /// Announce the renewed record again if nothing was heard since the renewal.
+    Reannounce,
     /// Another member declared this one down: held as a suspicion; down here too unless it
     /// refuted (its incarnation changed) by now.
     ConfirmDown {
@@ -307,6 +309,8 @@ pub struct Membership {
     last_renew_ms: Option<u64>,
     /// The relay the next renewal names, when the worker's home relay changed.
     moving_to: Option<Option<String>>,
+    /// No packet was taken since the last renewal: announce again.
+    unheard_since_renewal: bool,
     /// Decodes packets for screening (foca has its own).
     codec: PostcardCodec,
 }
@@ -470,6 +474,7 @@ impl Membership {
             renew_armed: false,
             last_renew_ms: None,
             moving_to: None,
+            unheard_since_renewal: false,
             codec: PostcardCodec,
         }
     }
@@ -547,6 +552,9 @@ impl Membership {
                 .handle_data(&screened, &mut self.outbox)
                 .map_err(MembershipError::from)
         });
+        if result.is_ok() {
+            self.unheard_since_renewal = false;
+        }
         self.admitting.clear();
         self.index_new_members();
         result
@@ -832,6 +840,11 @@ impl Membership {
                 }
             }
             TimerEvent::Renew => self.renew_armed = false,
+            TimerEvent::Reannounce => {
+                if self.unheard_since_renewal {
+                    self.reannounce();
+                }
+            }
             TimerEvent::ConfirmDown {
                 member,
                 incarnation,
@@ -975,8 +988,15 @@ impl Membership {
     /// After a renewal the member sits disconnected until some packet changes its member
     /// list, and the others ignore its old record as down: nothing would ever wake it.
     /// Announcing the new record to the seeds and a few known members gets replies (which
-    /// reconnect it) and spreads the new record.
+    /// reconnect it) and spreads the new record. Until a packet is heard, it is announced again
+    /// every `join_retry`: the first announcements may be lost (a relay that died took the
+    /// paths they went out on).
     fn reannounce(&mut self) {
+        self.unheard_since_renewal = true;
+        self.outbox
+            .effects
+            .timers
+            .push((self.config.join_retry, TimerEvent::Reannounce));
         let mut targets: Vec<PeerIdentity> =
             self.seeds.iter().map(PeerIdentity::placeholder).collect();
         targets.extend(

@@ -226,6 +226,8 @@ impl Gossip {
                             let _ = reply.send(paths);
                         }
                         Request::Relocate(relay) => {
+                            // The relay paths of the links died with the old relay: dial afresh.
+                            links.drop_relayed();
                             driver.step(&mut links, &timers, |core, now| core.relocate(now, relay)).await;
                         }
                     },
@@ -404,6 +406,7 @@ impl Links {
             key,
             addr: to.addr,
             relay,
+            via: self.relays.iter().cloned().collect(),
         };
         tokio::spawn(async move {
             let connection = transport::connect(&endpoint, &peer, GOSSIP_ALPN)
@@ -469,8 +472,12 @@ impl Links {
             loop {
                 let data = match tokio::time::timeout(LINK_IDLE, reader.read_datagram()).await {
                     Ok(Ok(data)) => data,
-                    Ok(Err(_closed)) => break,
+                    Ok(Err(closed)) => {
+                        debug!(peer = %hex::encode(&key[..4]), "gossip link closed: {closed}");
+                        break;
+                    }
                     Err(_idle) => {
+                        debug!(peer = %hex::encode(&key[..4]), "gossip link idle: closed");
                         reader.close(VarInt::from_u32(LINK_CLOSED_CODE), LINK_CLOSED_REASON);
                         break;
                     }
@@ -493,6 +500,20 @@ impl Links {
                 .await;
         });
         self.open.insert(key, Link::new(connection));
+    }
+
+    /// Closes every link that goes through a relay (or has no path left), so the next packet to
+    /// those members dials them again through the relays that work now.
+    fn drop_relayed(&mut self) {
+        self.open.retain(|key, link| {
+            let keep = transport::path_now(&link.connection).is_some_and(|path| !path.relayed);
+            if !keep {
+                debug!(peer = %hex::encode(&key[..4]), "relayed gossip link closed: the home relay moved");
+                link.connection
+                    .close(VarInt::from_u32(LINK_CLOSED_CODE), LINK_CLOSED_REASON);
+            }
+            keep
+        });
     }
 
     /// A packet from `key` arrived `on` a connection: replies go over it from now on.
