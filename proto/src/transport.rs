@@ -131,11 +131,28 @@ impl PeerAddr {
         }
     }
 
+    /// This peer as a dialer whose relays are `own` may dial it: its relay is kept only if it is
+    /// one of `own` (a record or a seed's answer must not make a peer connect to any server it
+    /// names), and `own` are tried too.
+    pub fn restricted_to(mut self, own: &[RelayUrl]) -> Self {
+        if self.relay.as_ref().is_some_and(|relay| !own.contains(relay)) {
+            self.relay = None;
+        }
+        self.via = own.to_vec();
+        self
+    }
+
     /// Where iroh dials: this key, at this address, through its relay if it has one and
     /// through the dialer's own relays.
     pub fn endpoint_addr(&self) -> EndpointAddr {
         let mut addrs = vec![TransportAddr::Ip(self.addr)];
-        addrs.extend(self.relay.iter().chain(&self.via).cloned().map(TransportAddr::Relay));
+        addrs.extend(
+            self.relay
+                .iter()
+                .chain(&self.via)
+                .cloned()
+                .map(TransportAddr::Relay),
+        );
         EndpointAddr::from_parts(endpoint_id(&self.key), addrs)
     }
 }
@@ -621,6 +638,31 @@ mod tests {
             let error = bad.parse::<PeerAddr>().unwrap_err().to_string();
             assert!(error.contains("KEY@IP:PORT"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_peer_is_dialed_through_its_relay_only_if_the_dialer_uses_that_relay_too() {
+        let key = Identity::from_seed([7; 32]).public_key();
+        let ours: RelayUrl = "https://203.0.113.10:3340".parse().unwrap();
+        let other: RelayUrl = "https://203.0.113.20:3340".parse().unwrap();
+        let named = |relay: &RelayUrl| {
+            format!("{}@198.51.100.2:7000,{}", key.to_hex(), crate::relays::display_url(relay))
+                .parse::<PeerAddr>()
+                .unwrap()
+        };
+        let kept = named(&ours).restricted_to(std::slice::from_ref(&ours));
+        assert_eq!(kept.relay.as_ref(), Some(&ours));
+        let dropped = named(&other).restricted_to(std::slice::from_ref(&ours));
+        assert_eq!(dropped.relay, None);
+        let relays: Vec<RelayUrl> = dropped
+            .endpoint_addr()
+            .relay_urls()
+            .cloned()
+            .collect();
+        assert_eq!(relays, vec![ours.clone()], "only the dialer's own relay is tried");
+        // A dialer without relays reaches a peer at its address alone.
+        let bare = named(&ours).restricted_to(&[]);
+        assert_eq!(bare.endpoint_addr().relay_urls().count(), 0);
     }
 
     #[test]

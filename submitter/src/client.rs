@@ -79,16 +79,8 @@ impl Dialer {
     /// `peer` as this submitter can dial it: without its relay unless that relay is one of
     /// this submitter's (a peer's record must not make it connect to any server it names), and
     /// through this submitter's own relays too.
-    pub fn reachable(&self, mut peer: PeerAddr) -> PeerAddr {
-        if peer
-            .relay
-            .as_ref()
-            .is_some_and(|relay| !self.relays.contains(relay))
-        {
-            peer.relay = None;
-        }
-        peer.via = self.relays.to_vec();
-        peer
+    pub fn reachable(&self, peer: PeerAddr) -> PeerAddr {
+        peer.restricted_to(&self.relays)
     }
 
     /// Closes every connection, telling the peers (call before the process ends).

@@ -540,6 +540,63 @@ impl Drop for SubmitProcess {
     }
 }
 
+/// A `peergrid relay`, killed when dropped.
+pub struct RelayProcess {
+    child: Child,
+    /// How peers name it: `https://HOST:PORT#PIN`, from its ready line.
+    pub spec: String,
+    stderr_path: PathBuf,
+}
+
+impl RelayProcess {
+    /// Starts `peergrid relay --listen LISTEN --state STATE` (inside network namespace `netns`
+    /// if given) and waits for its ready line.
+    pub fn start_in(netns: Option<&str>, listen: &str, state: &Path) -> Self {
+        std::fs::create_dir_all(state).expect("relay state dir can be created");
+        let stderr_path = state.with_extension("stderr.log");
+        let mut command = in_netns(netns, "peergrid");
+        command
+            .args(["relay", "--listen", listen, "--state"])
+            .arg(state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).expect("log file"));
+        let (child, line, _) = spawn_until_ready(command, "peergrid relay", &stderr_path);
+        let spec = line
+            .strip_prefix("relay ready: ")
+            .unwrap_or_else(|| panic!("not a relay's ready line: {line:?}"))
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            spec,
+            stderr_path,
+        }
+    }
+
+    /// The relay's URL without the pin.
+    pub fn url(&self) -> &str {
+        self.spec.split('#').next().expect("split yields one part")
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What the relay logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// `peergrid status [JOB] --state DIR --json`, parsed.
 pub fn status(state: &Path, job: Option<&str>) -> serde_json::Value {
     let output = status_output(state, job);

@@ -4,63 +4,20 @@
 //! forwarding, no UPnP.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, sweep_job};
 use peergrid_e2e::netns::{Nat, Network, PUBLIC};
-use peergrid_e2e::{KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, in_netns, write_job};
+use peergrid_e2e::{
+    KeyPair, RelayProcess, SubmitProcess, WorkerConfig, WorkerProcess, in_netns, write_job,
+};
 
 /// The port every relay, seed and worker uses on its own address.
 const RELAY_PORT: u16 = 3340;
 const WORKER_PORT: u16 = 7000;
 /// How long a grid may take to know all its members here (a bound for a loaded machine).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A `peergrid relay` in the public namespace, killed when dropped.
-struct RelayProcess {
-    child: Child,
-    /// How peers name it: `https://IP:PORT#PIN`.
-    spec: String,
-}
-
-impl RelayProcess {
-    fn start(net: &Network, ip: std::net::Ipv4Addr, dir: &Path) -> Self {
-        let stderr = std::fs::File::create(dir.join(format!("relay-{ip}.stderr"))).unwrap();
-        let mut child = in_netns(Some(net.namespace(PUBLIC)), "peergrid")
-            .args(["relay", "--listen", &format!("{ip}:{RELAY_PORT}")])
-            .arg("--state")
-            .arg(dir.join(format!("relay-{ip}")))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("peergrid relay starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let spec = line
-            .strip_prefix("relay ready: ")
-            .unwrap_or_else(|| panic!("not a ready line: {line:?}"))
-            .trim()
-            .to_owned();
-        Self { child, spec }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A grid across the namespace network: relays on the public host, a seed worker there, and a
 /// worker in each of `homes`. Fields drop in order: processes before the network.
@@ -83,7 +40,13 @@ impl NatGrid {
         let key = KeyPair::generate(dir, "submitter");
         let relays: Vec<RelayProcess> = net.public_ips()[..relay_count]
             .iter()
-            .map(|ip| RelayProcess::start(&net, *ip, dir))
+            .map(|ip| {
+                RelayProcess::start_in(
+                    Some(net.namespace(PUBLIC)),
+                    &format!("{ip}:{RELAY_PORT}"),
+                    &dir.join(format!("relay-{ip}")),
+                )
+            })
             .collect();
         let relay_args: Vec<String> = relays
             .iter()
@@ -99,7 +62,6 @@ impl NatGrid {
                 host: Some(&public_ip),
                 port: WORKER_PORT,
                 netns: Some(net.namespace(PUBLIC)),
-                env: vec![("RUST_LOG", "info,noq_proto=error,peergrid_worker::membership=debug")],
                 ..WorkerConfig::trusting(&key)
             },
         );
@@ -139,7 +101,6 @@ impl NatGrid {
                 host: Some("0.0.0.0"),
                 port: WORKER_PORT,
                 netns: Some(self.net.namespace(home)),
-                env: vec![("RUST_LOG", "info,noq_proto=error,peergrid_worker::membership=debug")],
                 ..WorkerConfig::trusting(&self.key)
             },
         )
@@ -296,11 +257,7 @@ fn behind_nats_that_allow_hole_punching_a_sweep_runs_mostly_direct() {
             .unwrap();
         assert_eq!(row["path"], "direct", "{row}");
         assert!(row["rtt_ms"].as_f64().is_some(), "{row}");
-        assert_eq!(
-            row["relay"],
-            grid.relays[0].spec.split('#').next().unwrap(),
-            "{row}"
-        );
+        assert_eq!(row["relay"], grid.relays[0].url(), "{row}");
     }
 }
 
@@ -406,16 +363,12 @@ fn a_worker_behind_nat_killed_mid_job_is_shown_down_and_rejoins_and_takes_work_w
 
 #[test]
 fn when_a_relay_dies_direct_paths_keep_working_and_relayed_peers_move_to_the_other() {
-    let dir = tempfile::tempdir().unwrap().keep();
-    eprintln!("DIR {}", dir.display());
-    let dir = &tempfile::TempDir::new_in(&dir).unwrap().keep();
-    struct D(PathBuf); impl D { fn path(&self) -> &Path { &self.0 } }
-    let dir = D(dir.clone());
+    let dir = tempfile::tempdir().unwrap();
     let mut grid = NatGrid::start(dir.path(), &[("b", Nat::Easy), ("c", Nat::UdpBlocked)], 2);
     let urls: Vec<String> = grid
         .relays
         .iter()
-        .map(|relay| relay.spec.split('#').next().unwrap().to_owned())
+        .map(|relay| relay.url().to_owned())
         .collect();
     let c = grid.workers[1].key_hex.clone();
     let home = grid.row_of(&grid.workers[1]).unwrap()["relay"]

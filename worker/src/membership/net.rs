@@ -15,7 +15,7 @@
 //! from it last arrived on, so both ends settle on one connection and the other falls idle.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -154,7 +154,7 @@ struct Links {
     events: mpsc::Sender<LinkEvent>,
     /// This worker's own relays: a member's record is dialed through its relay only if it is
     /// one of these (a record must not make the worker connect to any server it names).
-    relays: HashSet<RelayUrl>,
+    relays: Vec<RelayUrl>,
 }
 
 impl Gossip {
@@ -193,7 +193,7 @@ impl Gossip {
             dialing: HashMap::new(),
             failed: HashMap::new(),
             events,
-            relays: relays.iter().cloned().collect(),
+            relays: relays.to_vec(),
         };
         let handle = tokio::spawn(async move {
             driver
@@ -397,17 +397,16 @@ impl Links {
         self.dialing.insert(to.key, vec![data]);
         let endpoint = self.endpoint.clone();
         let events = self.events.clone();
-        let relay = to
-            .relay
-            .as_deref()
-            .and_then(|relay| peergrid_proto::relays::parse_relay_url(relay).ok())
-            .filter(|relay| self.relays.contains(relay));
         let peer = PeerAddr {
             key,
             addr: to.addr,
-            relay,
-            via: self.relays.iter().cloned().collect(),
-        };
+            relay: to
+                .relay
+                .as_deref()
+                .and_then(|relay| peergrid_proto::relays::parse_relay_url(relay).ok()),
+            via: Vec::new(),
+        }
+        .restricted_to(&self.relays);
         tokio::spawn(async move {
             let connection = transport::connect(&endpoint, &peer, GOSSIP_ALPN)
                 .await
