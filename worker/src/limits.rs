@@ -15,6 +15,9 @@
 //! | [`MAX_CONNECTIONS`] | 512 QUIC connections | a new connection is refused before its handshake |
 //! | [`MAX_CONNECTIONS_PER_IP`] | 64 per IPv4 address or IPv6 /64 | same, for that address only |
 //! | [`MAX_GOSSIP_CONNECTIONS`], [`MAX_GOSSIP_CONNECTIONS_PER_IP`] | 128, 8 per address: gossip connections, once their ALPN is known, leave the caps above for these | closed after the handshake |
+//! | (relayed connections, `daemon::connections`) | counted per claimed key instead of per address, at most half of each total above (256 of the general, 64 of the gossip) | refused before the handshake; direct peers keep the other half |
+//! | `daemon::reach::ONLINE_TIMEOUT` | 10 s at start for a relay and the network report | the worker starts reachable at its address only, and says so |
+//! | `peergrid_proto::relays::MAX_RELAYS`, `MAX_RELAY_URL_BYTES` | 16 relays, 200-byte URLs (also in member records) | the configuration, or the record, is refused |
 //! | (trust policy) | the caller's proven key must be trusted | closed with code 1 after the handshake |
 //! | [`HANDSHAKE_TIMEOUT`] | 10 s for the TLS handshake, 10 s per stream for the HTTP/2 preface, 10 s with no stream open | connection (or stream) closed |
 //! | [`HTTP2_KEEPALIVE_INTERVAL`] + [`HTTP2_KEEPALIVE_TIMEOUT`] | ping after 20 s of silence, 10 s to answer | connection closed, its calls cancelled |
