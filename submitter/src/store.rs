@@ -343,10 +343,15 @@ impl Store {
     }
 
     fn with(dir: &Path, db: Db) -> Result<Self, StoreError> {
-        let blobs = BlobStore::open(dir).map_err(|source| StoreError::Dir {
-            dir: dir.to_owned(),
-            source,
-        })?;
+        // Only the writer clears partial uploads: a reader (`status` while a job runs) would
+        // delete the running submitter's uploads in progress and fail it.
+        let blobs = match db {
+            Db::Writer(_) => BlobStore::open(dir).map_err(|source| StoreError::Dir {
+                dir: dir.to_owned(),
+                source,
+            })?,
+            Db::Reader(_) => BlobStore::attach(dir),
+        };
         Ok(Self {
             dir: dir.to_owned(),
             db,
@@ -1077,6 +1082,22 @@ mod tests {
         assert_eq!(store.find_job("old").unwrap().finished_unix_ms, None);
         assert!(store.liars().unwrap().contains_key("liar"));
         assert_eq!(store.reopened("new").unwrap()[0].1.reason, "audit");
+    }
+
+    #[test]
+    fn a_reader_opening_the_store_leaves_the_writers_uploads_in_progress_alone() {
+        // `peergrid status` while `submit` stores its module: the status must not delete the
+        // upload's temporary file (it did, and the submit failed with "No such file").
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Store::open(dir.path()).unwrap();
+        let bytes = b"a module".to_vec();
+        let hash = ContentHash::of(&bytes);
+        let mut upload = writer.blob_store().begin(hash, bytes.len() as u64).unwrap();
+        upload.write(&bytes).unwrap();
+        let reader = Store::open_for_reading(dir.path()).unwrap();
+        assert!(matches!(reader.db, Db::Reader(_)));
+        upload.finish().unwrap();
+        assert!(reader.blob_store().contains(&hash));
     }
 
     #[test]

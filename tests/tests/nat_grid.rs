@@ -309,9 +309,16 @@ fn wait_for_row(
     }
 }
 
-/// Waits until the job in `state` has accepted at least `count` tasks.
-fn wait_for_accepted(state: &Path, count: u64) {
+/// Waits until the job in `state` has accepted at least `count` tasks; fails at once, with its
+/// output, if the submitter exits first.
+fn wait_for_accepted(state: &Path, count: u64, submitter: &mut SubmitProcess) {
     peergrid_e2e::wait_until("tasks accepted", JOB_TIMEOUT, || {
+        if let Some(output) = submitter.try_finish() {
+            panic!(
+                "the submitter exited before {count} tasks were accepted: {:?}\n{}",
+                output.code, output.stderr
+            );
+        }
         peergrid_e2e::accepted_so_far(state) >= count
     });
 }
@@ -320,8 +327,8 @@ fn wait_for_accepted(state: &Path, count: u64) {
 fn a_worker_behind_nat_killed_mid_job_is_shown_down_and_rejoins_and_takes_work_when_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let mut grid = NatGrid::start(dir.path(), &[("b", Nat::Easy), ("c", Nat::Hard)], 1);
-    let (process, out) = grid.submit("kill", "4000000", 200);
-    wait_for_accepted(&dir.path().join("kill").join("state"), 20);
+    let (mut process, out) = grid.submit("kill", "4000000", 200);
+    wait_for_accepted(&dir.path().join("kill").join("state"), 20, &mut process);
 
     // kill -9 the worker behind the hard NAT: its copies go elsewhere, the job completes.
     let victim = grid.workers[1].key_hex.clone();
@@ -381,8 +388,8 @@ fn when_a_relay_dies_direct_paths_keep_working_and_relayed_peers_move_to_the_oth
         .expect("c's relay is one of ours");
     let other = urls[1 - dying].clone();
 
-    let (process, out) = grid.submit("failover", "4000000", 200);
-    wait_for_accepted(&dir.path().join("failover").join("state"), 20);
+    let (mut process, out) = grid.submit("failover", "4000000", 200);
+    wait_for_accepted(&dir.path().join("failover").join("state"), 20, &mut process);
     grid.relays[dying].kill();
     // The worker whose UDP is blocked moves to the other relay and its record says so.
     let took = wait_for_row(

@@ -48,8 +48,17 @@ pub enum PutError {
 }
 
 impl BlobStore {
+    /// The store under `data_dir` as it is, for a reader: nothing is created or removed (a
+    /// writer's uploads in progress are its own).
+    pub fn attach(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("blobs"),
+        }
+    }
+
     /// Opens the store, removing partial uploads a killed worker left in `incoming/` (a running
-    /// worker removes its own when an upload is abandoned).
+    /// worker removes its own when an upload is abandoned). Only the store's one writer may:
+    /// another process's uploads in progress would go too.
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         let dir = data_dir.join("blobs");
         let incoming = dir.join("incoming");
