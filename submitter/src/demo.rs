@@ -106,6 +106,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoResult> {
     dialer.close().await;
     let (job, summary) = session?;
     let _ = stop.send(true);
+    // Each worker holds a receiver until it has said goodbye and closed its endpoint: wait for
+    // them (briefly), so none is torn down mid-close when the process ends.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), stop.closed()).await;
 
     let liar_keys: Vec<String> = liars.iter().map(PublicKey::to_hex).collect();
     let (mut samples, mut inside, mut vouched_only_by_liars) = (0, 0, 0);
@@ -214,9 +217,17 @@ pub async fn start_local_worker(
         public_key: worker.public_key,
         own_host,
     };
-    tokio::spawn(worker.serve(async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    }));
+    // A receiver held until `serve` returns (its endpoint closed): the demo waits for all of
+    // them to be dropped before it ends.
+    let held = stopped.clone();
+    tokio::spawn(async move {
+        let _held = held;
+        worker
+            .serve(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
     Ok(started)
 }
 
