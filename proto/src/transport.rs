@@ -135,7 +135,11 @@ impl PeerAddr {
     /// one of `own` (a record or a seed's answer must not make a peer connect to any server it
     /// names), and `own` are tried too.
     pub fn restricted_to(mut self, own: &[RelayUrl]) -> Self {
-        if self.relay.as_ref().is_some_and(|relay| !own.contains(relay)) {
+        if self
+            .relay
+            .as_ref()
+            .is_some_and(|relay| !own.contains(relay))
+        {
             self.relay = None;
         }
         self.via = own.to_vec();
@@ -646,20 +650,24 @@ mod tests {
         let ours: RelayUrl = "https://203.0.113.10:3340".parse().unwrap();
         let other: RelayUrl = "https://203.0.113.20:3340".parse().unwrap();
         let named = |relay: &RelayUrl| {
-            format!("{}@198.51.100.2:7000,{}", key.to_hex(), crate::relays::display_url(relay))
-                .parse::<PeerAddr>()
-                .unwrap()
+            format!(
+                "{}@198.51.100.2:7000,{}",
+                key.to_hex(),
+                crate::relays::display_url(relay)
+            )
+            .parse::<PeerAddr>()
+            .unwrap()
         };
         let kept = named(&ours).restricted_to(std::slice::from_ref(&ours));
         assert_eq!(kept.relay.as_ref(), Some(&ours));
         let dropped = named(&other).restricted_to(std::slice::from_ref(&ours));
         assert_eq!(dropped.relay, None);
-        let relays: Vec<RelayUrl> = dropped
-            .endpoint_addr()
-            .relay_urls()
-            .cloned()
-            .collect();
-        assert_eq!(relays, vec![ours.clone()], "only the dialer's own relay is tried");
+        let relays: Vec<RelayUrl> = dropped.endpoint_addr().relay_urls().cloned().collect();
+        assert_eq!(
+            relays,
+            vec![ours.clone()],
+            "only the dialer's own relay is tried"
+        );
         // A dialer without relays reaches a peer at its address alone.
         let bare = named(&ours).restricted_to(&[]);
         assert_eq!(bare.endpoint_addr().relay_urls().count(), 0);
