@@ -47,14 +47,14 @@
 //! `peergrid-worker`) are built first with this bench's profile (`cargo build --profile …`),
 //! so that they are never stale.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use peergrid_e2e::jobs::traffic;
 use peergrid_e2e::netns::{Nat, Network, PUBLIC};
-use peergrid_e2e::{CliOutput, KeyPair, WorkerConfig, WorkerProcess, in_netns};
+use peergrid_e2e::{CliOutput, KeyPair, RelayProcess, WorkerConfig, WorkerProcess, in_netns};
 
 /// Where the relay and the worker listen on the public host.
 const RELAY_PORT: u16 = 3340;
@@ -68,9 +68,8 @@ const MIN_SHARE: f64 = 0.95;
 const FLOOD_STDOUT_BYTES: u64 = 4 * 1024 * 1024;
 /// Size of each input file of the upload job.
 const UPLOAD_FILE_MIB: u32 = 16;
-/// Bounds: the relay's ready line, a job (the slowest is a 32 MiB/s upload of a few hundred
-/// MiB), a warm-up (retried while the worker is not yet registered at the relay), the build.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bounds: a job (the slowest is a 32 MiB/s upload of a few hundred MiB), a warm-up (retried
+/// while the worker is not yet registered at the relay), the build.
 const JOB_TIMEOUT: Duration = Duration::from_secs(300);
 const WARM_UP_TIMEOUT: Duration = Duration::from_secs(60);
 const BUILD_TIMEOUT: Duration = Duration::from_secs(45 * 60);
@@ -198,67 +197,6 @@ fn wait_child(mut child: Child, within: Duration, what: &str) -> std::process::E
     }
 }
 
-/// A `peergrid relay` on the public host, killed when dropped.
-struct RelayProcess {
-    child: Child,
-    /// How peers name it: `https://IP:PORT#PIN`.
-    spec: String,
-}
-
-impl RelayProcess {
-    fn start(net: &Network, dir: &Path, client_mib_per_second: u32) -> Self {
-        let stderr_path = dir.join("relay.stderr");
-        let stderr = std::fs::File::create(&stderr_path).expect("relay log can be created");
-        let mut child = in_netns(Some(net.namespace(PUBLIC)), "peergrid")
-            .arg("relay")
-            .arg("--listen")
-            .arg(format!("{}:{RELAY_PORT}", net.public_ip()))
-            .arg("--client-mib-per-second")
-            .arg(client_mib_per_second.to_string())
-            .arg("--state")
-            .arg(dir.join("relay"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("peergrid relay starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = match lines.recv_timeout(READY_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the relay did not become ready within {READY_TIMEOUT:?}; its stderr:\n{}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                );
-            }
-        };
-        let Some(spec) = line.strip_prefix("relay ready: ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("not a relay ready line: {line:?}");
-        };
-        Self {
-            spec: spec.trim().to_owned(),
-            child,
-        }
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The grid of one relay setting. Fields drop in order: the processes before the network whose
 /// namespaces they run in.
 struct Grid {
@@ -277,7 +215,12 @@ impl Grid {
         let net = Network::build(&[(DIRECT, Nat::Easy), (RELAYED, Nat::UdpBlocked)]);
         let dir = tempfile::tempdir().expect("a temporary directory");
         let key = KeyPair::generate(dir.path(), "submitter");
-        let relay = RelayProcess::start(&net, dir.path(), client_mib);
+        let relay = RelayProcess::start_with(
+            Some(net.namespace(PUBLIC)),
+            &format!("{}:{RELAY_PORT}", net.public_ip()),
+            &dir.path().join("relay"),
+            &["--client-mib-per-second", &client_mib.to_string()],
+        );
         let public_ip = net.public_ip().to_string();
         let worker = WorkerProcess::start(
             &dir.path().join("worker"),
@@ -556,23 +499,6 @@ fn submit(netns: &str, log_dir: &Path, args: &[std::ffi::OsString]) -> (CliOutpu
         stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
     };
     (output, wall)
-}
-
-/// What `submit`'s summary says of the traffic: (MB direct, MB relayed), from
-/// `traffic: X MB direct, Y MB relayed (Z% direct)`.
-fn traffic(stdout: &str) -> (f64, f64) {
-    let line = stdout
-        .lines()
-        .find(|line| line.starts_with("traffic: "))
-        .unwrap_or_else(|| panic!("no traffic line in:\n{stdout}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let number = |at: usize| -> f64 {
-        words
-            .get(at)
-            .and_then(|word| word.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected traffic line: {line:?}"))
-    };
-    (number(1), number(4))
 }
 
 /// The session's wall time from the summary line (`… · 1.2 s · … fuel`).

@@ -165,3 +165,20 @@ pub fn check_against_local(out: &Path, module: &Path) -> HashMap<String, serde_j
         .map(|line| (line["task"].as_str().unwrap().to_owned(), line))
         .collect()
 }
+
+/// What `submit`'s summary says of the traffic when it uses relays: (MB direct, MB relayed),
+/// from `traffic: X MB direct, Y MB relayed (Z% direct)`.
+pub fn traffic(stdout: &str) -> (f64, f64) {
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("traffic: "))
+        .unwrap_or_else(|| panic!("no traffic line in:\n{stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let number = |at: usize| -> f64 {
+        words
+            .get(at)
+            .and_then(|word| word.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected traffic line: {line:?}"))
+    };
+    (number(1), number(4))
+}

@@ -552,12 +552,18 @@ impl RelayProcess {
     /// Starts `peergrid relay --listen LISTEN --state STATE` (inside network namespace `netns`
     /// if given) and waits for its ready line.
     pub fn start_in(netns: Option<&str>, listen: &str, state: &Path) -> Self {
+        Self::start_with(netns, listen, state, &[])
+    }
+
+    /// [`RelayProcess::start_in`] with more flags (`--client-mib-per-second N`).
+    pub fn start_with(netns: Option<&str>, listen: &str, state: &Path, extra: &[&str]) -> Self {
         std::fs::create_dir_all(state).expect("relay state dir can be created");
         let stderr_path = state.with_extension("stderr.log");
         let mut command = in_netns(netns, "peergrid");
         command
             .args(["relay", "--listen", listen, "--state"])
             .arg(state)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).expect("log file"));

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, sweep_job};
+use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, sweep_job, traffic};
 use peergrid_e2e::netns::{Nat, Network, PUBLIC};
 use peergrid_e2e::{
     KeyPair, RelayProcess, SubmitProcess, WorkerConfig, WorkerProcess, in_netns, write_job,
@@ -185,17 +185,6 @@ impl NatGrid {
     }
 }
 
-/// What `submit`'s summary says of the traffic: (MB direct, MB relayed).
-fn traffic(stdout: &str) -> (f64, f64) {
-    let line = stdout
-        .lines()
-        .find(|line| line.starts_with("traffic: "))
-        .unwrap_or_else(|| panic!("no traffic line in:\n{stdout}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    // "traffic: X MB direct, Y MB relayed (Z% direct)"
-    (words[1].parse().unwrap(), words[4].parse().unwrap())
-}
-
 /// The keys that signed an accepted receipt, over results.jsonl.
 fn signers(out: &Path) -> HashSet<String> {
     peergrid_e2e::results_lines(&out.join("results.jsonl"))
@@ -209,6 +198,18 @@ fn signers(out: &Path) -> HashSet<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// Checks that every worker behind a NAT signed an accepted result in the job written to `out`.
+fn assert_every_worker_signed(workers: &[WorkerProcess], out: &Path) {
+    let signers = signers(out);
+    for worker in workers {
+        assert!(
+            signers.contains(&worker.key_hex),
+            "{} ran nothing",
+            worker.key_hex
+        );
+    }
 }
 
 /// Runs the job to its end and checks every task against a local run.
@@ -240,14 +241,7 @@ fn behind_nats_that_allow_hole_punching_a_sweep_runs_mostly_direct() {
         direct >= 2.0 * relayed,
         "most bytes should go direct when hole punching works: {direct} MB direct, {relayed} MB relayed"
     );
-    let signers = signers(&out);
-    for worker in &grid.workers {
-        assert!(
-            signers.contains(&worker.key_hex),
-            "{} ran nothing",
-            worker.key_hex
-        );
-    }
+    assert_every_worker_signed(&grid.workers, &out);
     // The seed's gossip links to the NAT'd workers are direct too (punched), with an RTT.
     let peers = grid.peers();
     for worker in &grid.workers {
@@ -269,14 +263,7 @@ fn behind_nats_that_defeat_hole_punching_a_sweep_completes_through_the_relay() {
     let stdout = finish(process, &out, 200);
     let (_direct, relayed) = traffic(&stdout);
     assert!(relayed > 0.0, "nothing went through the relay:\n{stdout}");
-    let signers = signers(&out);
-    for worker in &grid.workers {
-        assert!(
-            signers.contains(&worker.key_hex),
-            "{} ran nothing",
-            worker.key_hex
-        );
-    }
+    assert_every_worker_signed(&grid.workers, &out);
     // The worker whose UDP is blocked can only be reached through the relay.
     let c = grid.row_of(&grid.workers[1]).unwrap();
     assert_eq!(c["path"], "relayed", "{c}");
