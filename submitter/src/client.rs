@@ -230,22 +230,20 @@ impl WorkerClient {
             .map_err(|status| self.status_error(status))?
             .into_inner()
             .missing;
-        let to_send: usize = blobs
+        let to_send: Vec<&(ContentHash, Bytes)> = blobs
             .iter()
             .filter(|(hash, _)| missing.iter().any(|m| m.as_ref() == hash.as_bytes()))
-            .map(|(_, bytes)| bytes.len())
-            .sum();
-        if to_send >= PUNCH_WORTH_BYTES
+            .collect();
+        let bytes_to_send: usize = to_send.iter().map(|(_, bytes)| bytes.len()).sum();
+        if bytes_to_send >= PUNCH_WORTH_BYTES
             && !self
                 .punch_awaited
                 .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             self.watch.direct_within(HOLE_PUNCH_WAIT).await;
         }
-        for (hash, bytes) in blobs {
-            if missing.iter().any(|m| m.as_ref() == hash.as_bytes()) {
-                self.put_blob(*hash, bytes.clone()).await?;
-            }
+        for (hash, bytes) in to_send {
+            self.put_blob(*hash, bytes.clone()).await?;
         }
         Ok(())
     }

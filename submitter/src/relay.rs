@@ -121,13 +121,11 @@ impl Relay {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::select! {
-            ended = self.server.join() => {
-                match ended {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(anyhow::anyhow!("the relay stopped: {error}")),
-                    Err(error) => Err(anyhow::anyhow!("the relay stopped: {error}")),
-                }
-            }
+            ended = self.server.join() => match ended {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => anyhow::bail!("the relay stopped: {error}"),
+                Err(error) => anyhow::bail!("the relay stopped: {error}"),
+            },
             () = shutdown => {
                 self.server.shutdown().await.context("the relay did not stop cleanly")
             }
