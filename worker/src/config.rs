@@ -269,6 +269,39 @@ mod tests {
     }
 
     #[test]
+    fn relays_are_parsed_bounded_and_a_bad_one_is_named() {
+        let with = |relays: Vec<String>| Settings {
+            data_dir: Some("/tmp/x".into()),
+            relays: Some(relays),
+            ..Settings::default()
+        };
+        let pin = "ab".repeat(32);
+        let options = with(vec![format!("https://203.0.113.10:3340#{pin}")])
+            .resolve()
+            .unwrap();
+        assert_eq!(options.relays.len(), 1);
+        assert_eq!(options.relays[0].pin, Some([0xab; 32]));
+
+        let error = with(vec!["http://203.0.113.10:3340".into()])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("relay: ") && error.contains("not https"),
+            "{error}"
+        );
+
+        let too_many = (0..=peergrid_proto::relays::MAX_RELAYS)
+            .map(|n| format!("https://203.0.113.{n}:3340"))
+            .collect();
+        let error = with(too_many).resolve().unwrap_err().to_string();
+        assert!(
+            error.contains("17 relays given, more than the 16 allowed"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_bad_file_names_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("worker.toml");
