@@ -42,6 +42,68 @@ pub const MAX_RECEIPT_BYTES: usize = 4096;
 /// Largest data chunk in one `BlobChunk`, in bytes.
 pub const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// The outputs digest of a task's `/output` files, given (name, size, hash) in byte order of
+/// names: what `Receipt.outputs_hash` signs (`peergrid.proto`, "Output files").
+pub fn outputs_digest<'a>(
+    files: impl IntoIterator<Item = (&'a str, u64, &'a ContentHash)>,
+) -> ContentHash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(OUTPUTS_DOMAIN);
+    for (name, size, hash) in files {
+        hasher.update(&u32::try_from(name.len()).unwrap_or(u32::MAX).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update(&size.to_le_bytes());
+        hasher.update(hash.as_bytes());
+    }
+    ContentHash::from_blake3(hasher.finalize())
+}
+
+/// The domain string the outputs digest starts with.
+pub const OUTPUTS_DOMAIN: &[u8] = b"peergrid/outputs/v1";
+
+/// The (name, size, hash) of each of `files`, as a `TaskResult` lists them, checked: names valid
+/// and in strictly increasing byte order, hashes 32 bytes; and their outputs digest.
+pub fn check_output_list(
+    files: &[pb::OutputFile],
+) -> Result<(Vec<(String, u64, ContentHash)>, ContentHash), String> {
+    let mut checked: Vec<(String, u64, ContentHash)> = Vec::with_capacity(files.len());
+    for file in files {
+        if !is_file_name(&file.name) {
+            return Err(format!(
+                "output file name {:?} is not a file name",
+                file.name
+            ));
+        }
+        if let Some((previous, _, _)) = checked.last()
+            && previous.as_str() >= file.name.as_str()
+        {
+            return Err(format!(
+                "output files are not in byte order of names: {previous:?} before {:?}",
+                file.name
+            ));
+        }
+        let hash = ContentHash::from_slice(&file.hash)
+            .map_err(|error| format!("output file {:?}: {error}", file.name))?;
+        checked.push((file.name.clone(), file.size, hash));
+    }
+    let digest = outputs_digest(
+        checked
+            .iter()
+            .map(|(name, size, hash)| (name.as_str(), *size, hash)),
+    );
+    Ok((checked, digest))
+}
+
+/// Whether `name` is one file name (`InputFile.name`, `OutputFile.name`): 1 to 255 bytes, no
+/// '/', '\\' or NUL, not "." or "..".
+pub fn is_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+}
+
 /// The canonical name of a gRPC status code (`PERMISSION_DENIED`), as the `.proto` and error
 /// messages spell it.
 pub fn status_code_name(code: tonic::Code) -> &'static str {

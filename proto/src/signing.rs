@@ -62,6 +62,8 @@ pub struct VerifiedReceipt {
     pub worker: PublicKey,
     pub stdout_hash: ContentHash,
     pub stderr_hash: ContentHash,
+    /// The outputs digest, when the program asked for outputs.
+    pub outputs_hash: Option<ContentHash>,
 }
 
 fn signed_message(domain: &[u8], bytes: &[u8]) -> Vec<u8> {
@@ -188,6 +190,11 @@ pub fn verify_receipt(signed: &pb::SignedReceipt) -> Result<VerifiedReceipt, Ver
         task_digest: hash("receipt task digest", &receipt.task_digest)?,
         stdout_hash: hash("receipt stdout hash", &receipt.stdout_hash)?,
         stderr_hash: hash("receipt stderr hash", &receipt.stderr_hash)?,
+        outputs_hash: if receipt.outputs_hash.is_empty() {
+            None
+        } else {
+            Some(hash("receipt outputs hash", &receipt.outputs_hash)?)
+        },
         worker,
         receipt,
     })

@@ -47,6 +47,7 @@ fn program() -> impl Strategy<Value = pb::Program> {
             env,
             stdin,
             files,
+            outputs: false,
         })
 }
 
@@ -103,6 +104,7 @@ fn receipt_of(seed: [u8; 32]) -> impl Strategy<Value = pb::Receipt> {
                     stdout_hash: stdout,
                     stderr_hash: stderr,
                     fuel_used: fuel,
+                    outputs_hash: Default::default(),
                 }
             },
         )

@@ -270,8 +270,25 @@ struct TaskArgs {
     /// Environment variable NAME=VALUE for the task (it sees no other); repeat for several.
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// Give the task a writable /output, and write the files it leaves there into DIR
+    /// (created if missing; files of the same names are replaced).
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// Cap on the task's stdout, in MiB [default: 4, at most 16].
+    #[arg(long)]
+    stdout_mb: Option<u64>,
+    /// Cap on the task's stderr, in MiB [default: 1, at most 4].
+    #[arg(long)]
+    stderr_mb: Option<u64>,
+    /// Cap on the total size of the files under /output, in MiB [default: 64, at most 1024].
+    #[arg(long)]
+    output_mb: Option<u64>,
+    /// Cap on how many files /output may hold [default: 64, at most 1024].
+    #[arg(long)]
+    output_files: Option<u32>,
     /// Print one JSON object (outcome, exit_code, trap, fuel_used, stdout, stderr, output_hash…)
-    /// instead of the task's output and a summary.
+    /// instead of the task's output and a summary. stdout and stderr are text when they are
+    /// UTF-8, else base64, as `stdout_encoding` and `stderr_encoding` say.
     #[arg(long)]
     json: bool,
     /// Arguments for the task (after `--`).
@@ -287,17 +304,29 @@ impl TaskArgs {
             env: self.env.clone(),
             stdin: self.stdin.clone(),
             inputs: self.inputs.clone(),
+            outputs: self.output_dir.is_some(),
             limits: pb::TaskLimits {
                 fuel: self.fuel.unwrap_or(0),
-                memory_bytes: self
-                    .memory_mb
-                    .map_or(0, |mb| mb.saturating_mul(1024 * 1024)),
+                memory_bytes: mib(self.memory_mb),
                 timeout_ms: self.timeout_s.map_or(0, |s| s.saturating_mul(1000)),
-                stdout_max_bytes: 0,
-                stderr_max_bytes: 0,
+                stdout_max_bytes: mib(self.stdout_mb),
+                stderr_max_bytes: mib(self.stderr_mb),
+                output_max_bytes: mib(self.output_mb),
+                output_max_files: self.output_files.unwrap_or(0),
             },
         }
     }
+}
+
+/// MiB as bytes; 0 (the worker's default) when not given.
+fn mib(value: Option<u64>) -> u64 {
+    value.map_or(0, |mib| mib.saturating_mul(1024 * 1024))
+}
+
+/// Makes `dir`, where a task's output files go.
+fn output_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output directory {}", dir.display()))
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -691,9 +720,15 @@ fn print_summary(summary: &Summary) -> u8 {
         "results: {}",
         summary.out_dir.join(crate::results::RESULTS_FILE).display()
     );
+    if summary.files_missing > 0 {
+        println!(
+            "{} accepted tasks lack their output files (see results.jsonl, \"files_fetched\"): `peergrid resume {}` runs them again",
+            summary.files_missing, summary.job_id
+        );
+    }
     if !summary.finished {
         exit_code::INTERRUPTED
-    } else if summary.inconclusive > 0 {
+    } else if summary.inconclusive > 0 || summary.files_missing > 0 {
         exit_code::JOB_INCONCLUSIVE
     } else {
         0
@@ -723,7 +758,19 @@ async fn run_local(task: TaskArgs) -> anyhow::Result<u8> {
     let execution = sandbox
         .run_module(program.module.clone(), program.spec)
         .await;
-    Ok(Report::from(execution).print(task.json)?)
+    let mut report = Report::from(execution.clone());
+    if let (Some(dir), Some(outputs)) = (&task.output_dir, &execution.outputs) {
+        output_dir(dir)?;
+        for file in &outputs.files {
+            let target = dir.join(&file.name);
+            let source = outputs.path_of(file);
+            std::fs::rename(&source, &target)
+                .or_else(|_| std::fs::copy(&source, &target).map(drop))
+                .with_context(|| format!("cannot write {}", target.display()))?;
+        }
+        report.output_dir = Some(dir.clone());
+    }
+    Ok(report.print(task.json)?)
 }
 
 async fn exec(
@@ -740,11 +787,20 @@ async fn exec(
         let mut worker = WorkerClient::connect(&dialer, peer).await?;
         worker.ensure_blobs(&program.all_blobs()).await?;
         let signed = program.sign(&identity, "exec", "exec", ttl);
-        anyhow::Ok(worker.run(signed).await?)
+        let result = worker.run(signed).await?;
+        if let Some(dir) = &task.output_dir {
+            output_dir(dir)?;
+            for file in &result.outputs {
+                worker.fetch_output(file, &dir.join(&file.name)).await?;
+            }
+        }
+        anyhow::Ok(result)
     };
     let result = run.await;
     dialer.close().await;
-    Ok(Report::from(result?).print(task.json)?)
+    let mut report = Report::from(result?);
+    report.output_dir = task.output_dir.clone();
+    Ok(report.print(task.json)?)
 }
 
 #[cfg(test)]
@@ -770,6 +826,7 @@ mod tests {
             out_dir: PathBuf::from("out"),
             finished,
             traffic: None,
+            files_missing: 0,
         };
         assert_eq!(print_summary(&summary(true, 0)), 0);
         assert_eq!(

@@ -22,6 +22,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// through one. Once per connection; behind NATs that defeat punching, the upload then goes
 /// through the relay.
 pub const HOLE_PUNCH_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for the next chunk of an output file being fetched. Reached: the fetch fails,
+/// and the file is fetched from another agreeing worker.
+pub const FETCH_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PUNCH_WORTH_BYTES: usize = 64 * 1024;
 
 /// How long a failed first call waits to learn whether the worker closed the connection on
@@ -127,6 +130,39 @@ pub struct CheckedResult {
     pub stdout: Bytes,
     pub stderr: Bytes,
     pub wall_time: Duration,
+    /// The files the task left under `/output`, checked against the receipt's outputs digest;
+    /// empty when the program asked for none.
+    pub outputs: Vec<OutputEntry>,
+}
+
+/// A file a task left under `/output`: its name, size and BLAKE3 hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputEntry {
+    pub name: String,
+    pub size: u64,
+    pub hash: ContentHash,
+}
+
+/// Why a blob could not be fetched from a worker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The worker could not be asked, or does not hold the blob: try another.
+    #[error("{0}")]
+    Unavailable(ClientError),
+    /// The worker sent bytes that are not the blob asked for: it lies, or its disk is bad.
+    #[error("worker {addr} sent bytes that do not match output {name}: {reason}")]
+    Mismatch {
+        addr: String,
+        name: String,
+        reason: String,
+    },
+    /// Writing on this machine failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl WorkerClient {
@@ -269,6 +305,87 @@ impl WorkerClient {
         Ok(())
     }
 
+    /// Downloads `file` (a task's output the worker keeps) into `path`, checking its size and
+    /// hash as the bytes stream in: the file appears, whole and verified, or not at all.
+    pub async fn fetch_output(
+        &mut self,
+        file: &OutputEntry,
+        path: &std::path::Path,
+    ) -> Result<(), FetchError> {
+        let write_error = |source| FetchError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let mismatch = |reason: String| FetchError::Mismatch {
+            addr: self.addr.clone(),
+            name: file.name.clone(),
+            reason,
+        };
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let mut partial = tempfile::NamedTempFile::new_in(dir).map_err(write_error)?;
+        let mut stream = self
+            .grpc
+            .get_blob(pb::GetBlobRequest {
+                hash: file.hash.to_vec().into(),
+            })
+            .await
+            .map_err(|status| FetchError::Unavailable(self.status_error(status)))?
+            .into_inner();
+        let mut hasher = blake3::Hasher::new();
+        let mut received = 0u64;
+        let mut first = true;
+        loop {
+            let chunk = match tokio::time::timeout(FETCH_STALL_TIMEOUT, stream.message()).await {
+                Err(_stalled) => {
+                    return Err(FetchError::Unavailable(ClientError::Unreachable {
+                        addr: self.addr.clone(),
+                        reason: format!(
+                            "no bytes of output {} for {FETCH_STALL_TIMEOUT:?}",
+                            file.name
+                        ),
+                    }));
+                }
+                Ok(Err(status)) => return Err(FetchError::Unavailable(self.status_error(status))),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            if first && chunk.total_size != file.size {
+                return Err(mismatch(format!(
+                    "announced {} bytes, the agreed size is {}",
+                    chunk.total_size, file.size
+                )));
+            }
+            first = false;
+            received += chunk.data.len() as u64;
+            if received > file.size {
+                return Err(mismatch(format!(
+                    "more than the agreed {} bytes",
+                    file.size
+                )));
+            }
+            hasher.update(&chunk.data);
+            std::io::Write::write_all(&mut partial, &chunk.data).map_err(write_error)?;
+        }
+        if received != file.size {
+            return Err(mismatch(format!(
+                "{received} bytes, the agreed size is {}",
+                file.size
+            )));
+        }
+        let actual = ContentHash::from_blake3(hasher.finalize());
+        if actual != file.hash {
+            return Err(mismatch(format!(
+                "hash {}, the agreed hash is {}",
+                actual.short(),
+                file.hash.short()
+            )));
+        }
+        partial
+            .persist(path)
+            .map_err(|error| write_error(error.error))?;
+        Ok(())
+    }
+
     /// The worker's membership view.
     pub async fn peers(&mut self) -> Result<Vec<pb::PeerInfo>, ClientError> {
         Ok(self
@@ -356,6 +473,7 @@ pub fn check_result(
     }
     let outcome = outcome_from_wire(&receipt.receipt)
         .ok_or_else(|| format!("unknown outcome {}", receipt.receipt.outcome))?;
+    let outputs = check_outputs(&result.outputs, receipt.outputs_hash)?;
     Ok(CheckedResult {
         receipt,
         signed,
@@ -363,5 +481,27 @@ pub fn check_result(
         stdout: result.stdout,
         stderr: result.stderr,
         wall_time: Duration::from_micros(result.wall_time_us),
+        outputs,
     })
+}
+
+/// The output files a result lists, checked against the outputs digest its receipt signs.
+fn check_outputs(
+    listed: &[pb::OutputFile],
+    signed: Option<ContentHash>,
+) -> Result<Vec<OutputEntry>, String> {
+    let Some(signed) = signed else {
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        return Err("it lists output files but its receipt signs none".into());
+    };
+    let (files, digest) = peergrid_proto::check_output_list(listed)?;
+    if digest != signed {
+        return Err("the output files listed do not match the digest the receipt signs".into());
+    }
+    Ok(files
+        .into_iter()
+        .map(|(name, size, hash)| OutputEntry { name, size, hash })
+        .collect())
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use peergrid_proto::PublicKey;
 
-use crate::client::CheckedResult;
+use crate::client::{CheckedResult, OutputEntry};
 use crate::dispatch::Answer;
 use crate::progress::Counts;
 use crate::schedule::{
@@ -20,9 +20,14 @@ use crate::schedule::{
     TaskIndex, Verdict, WorkerId, WorkerOffer,
 };
 use crate::store::{
-    Batch, CopyKind, CopyRecord, JobRecord, LiarRecord, ResultChange, SettledRecord,
+    Batch, CopyKind, CopyRecord, JobRecord, LiarRecord, OutputFileRecord, ResultChange,
+    SettledRecord,
 };
 use crate::submit::{network_of, short_key, verdict_of};
+
+/// How many times one session reopens a task whose output files none of its agreeing workers
+/// delivered, before it leaves it accepted without them (see [`JobCore::on_outputs_lost`]).
+pub const MAX_OUTPUT_REFETCHES: u32 = 2;
 
 /// A worker as the job knows it: its key, where it was reached, and what its `Info` claims.
 #[derive(Debug, Clone)]
@@ -66,6 +71,16 @@ pub struct Actions {
     pub audits: Vec<TaskIndex>,
     /// Settled tasks: their signed manifests are no longer needed.
     pub done: Vec<TaskIndex>,
+    /// Output files of accepted tasks to fetch, once the batch is committed.
+    pub fetches: Vec<Fetch>,
+}
+
+/// An accepted task's output files, to fetch from one of the workers that agreed on them.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    pub task: TaskIndex,
+    pub files: Vec<OutputEntry>,
+    pub from: Vec<WorkerId>,
 }
 
 impl Actions {
@@ -76,6 +91,7 @@ impl Actions {
             && self.outputs.is_empty()
             && self.audits.is_empty()
             && self.done.is_empty()
+            && self.fetches.is_empty()
     }
 }
 
@@ -96,8 +112,11 @@ pub struct JobCore {
     liars: HashSet<String>,
     /// Workers excluded from this job (key hex), also in earlier sessions.
     excluded_keys: HashSet<String>,
-    /// Outputs of receipts of unsettled tasks, one per distinct verdict, until one is accepted.
-    outputs: HashMap<TaskIndex, Vec<(Verdict, Bytes, Bytes)>>,
+    /// Outputs of receipts of unsettled tasks, one per distinct verdict, until one is accepted:
+    /// stdout, stderr and the `/output` files listed.
+    outputs: HashMap<TaskIndex, Vec<(Verdict, Bytes, Bytes, Vec<OutputEntry>)>>,
+    /// Times each task was reopened because its output files could not be fetched.
+    refetched: HashMap<TaskIndex, u32>,
     next_copy: Vec<u32>,
     /// Workers already named for signing on another runtime than a task's (noted once each).
     wrong_runtime_noted: HashSet<WorkerId>,
@@ -143,6 +162,7 @@ impl JobCore {
             liars: stored.liars,
             excluded_keys: HashSet::new(),
             outputs: HashMap::new(),
+            refetched: HashMap::new(),
             next_copy: vec![0; task_count],
             wrong_runtime_noted: HashSet::new(),
             counts: Counts::default(),
@@ -341,6 +361,50 @@ impl JobCore {
         ));
     }
 
+    /// None of the workers that agreed on accepted `task` delivered its output files (`why`):
+    /// the task is opened again, so that fresh copies make them anew, up to
+    /// [`MAX_OUTPUT_REFETCHES`] times in a session; after that it stays accepted without its
+    /// files, and false is returned (the driver reports it, and `resume` tries again).
+    pub fn on_outputs_lost(&mut self, task: TaskIndex, why: &str, actions: &mut Actions) -> bool {
+        let task_id = self.task_ids[task as usize].clone();
+        let times = self.refetched.entry(task).or_default();
+        if *times >= MAX_OUTPUT_REFETCHES {
+            actions.notes.push(format!(
+                "task {task_id}: its output files could not be fetched ({why}), again; it stays accepted without them: `peergrid resume {}` runs it again",
+                self.job_id
+            ));
+            return false;
+        }
+        *times += 1;
+        if self.scheduler.reopen_unfetched(task).is_none() {
+            return true;
+        }
+        let reason = format!("no worker that agreed on it delivered its output files: {why}");
+        actions
+            .notes
+            .push(format!("task {task_id} is reopened: {reason}"));
+        self.counts.accepted = self.counts.accepted.saturating_sub(1);
+        self.counts.reopened += 1;
+        actions
+            .batch
+            .results
+            .push(ResultChange::Reopened { task, reason });
+        actions.outputs.push((task, None));
+        true
+    }
+
+    /// `worker` served bytes for an output file that do not match the hash its receipt signed
+    /// (`why`): like a bad receipt, it is excluded from the job.
+    pub fn on_bad_output(&mut self, worker: WorkerId, why: &str, actions: &mut Actions) {
+        let key = self.key_hex(worker);
+        actions.batch.reputation(&key).bad_receipts += 1;
+        let why = format!("served an output file that does not match its receipt: {why}");
+        let decisions = self.exclude(worker, why, &mut actions.batch, &mut actions.notes);
+        for decision in decisions {
+            self.apply(decision, actions);
+        }
+    }
+
     /// A copy of `task` sent to `worker` came back with `answer`.
     pub fn on_answer(
         &mut self,
@@ -363,11 +427,12 @@ impl JobCore {
                 // hashes: one output per distinct verdict is all acceptance can need.
                 if self.scheduler.is_open(task) {
                     let seen = self.outputs.entry(task).or_default();
-                    if !seen.iter().any(|(other, _, _)| *other == verdict) {
+                    if !seen.iter().any(|(other, _, _, _)| *other == verdict) {
                         seen.push((
                             verdict.clone(),
                             result.stdout.clone(),
                             result.stderr.clone(),
+                            result.outputs.clone(),
                         ));
                     }
                 }
@@ -448,10 +513,17 @@ impl JobCore {
                 copies,
             } => {
                 let outputs = self.outputs.remove(&task).unwrap_or_default();
-                let (_, stdout, stderr) = outputs
+                let (_, stdout, stderr, files) = outputs
                     .into_iter()
-                    .find(|(seen, _, _)| *seen == verdict)
+                    .find(|(seen, _, _, _)| *seen == verdict)
                     .expect("the receipt that completes a quorum has just delivered its output");
+                if !files.is_empty() {
+                    actions.fetches.push(Fetch {
+                        task,
+                        files: files.clone(),
+                        from: agreeing.clone(),
+                    });
+                }
                 for worker in &agreeing {
                     batch.reputation(&self.key_hex(*worker)).agreements += 1;
                 }
@@ -467,6 +539,14 @@ impl JobCore {
                     at_unix_ms: self.unix_ms,
                     // An audit may already be due (one drawn before the task was reopened).
                     audit: self.scheduler.audit_mark(task),
+                    files: files
+                        .iter()
+                        .map(|file| OutputFileRecord {
+                            name: file.name.clone(),
+                            size: file.size,
+                            hash: file.hash.to_hex(),
+                        })
+                        .collect(),
                 };
                 batch.results.push(ResultChange::Settled {
                     task,
@@ -496,6 +576,7 @@ impl JobCore {
                     session: self.session,
                     at_unix_ms: self.unix_ms,
                     audit: AuditMark::None,
+                    files: Vec::new(),
                 };
                 batch.results.push(ResultChange::Settled {
                     task,
@@ -684,6 +765,11 @@ mod tests {
             fuel: 0,
             memory_bytes: 0,
             timeout_ms: 0,
+            stdout_max_bytes: 0,
+            stderr_max_bytes: 0,
+            output_max_bytes: 0,
+            output_max_files: 0,
+            outputs: false,
             replication: 2,
             quorum: 2,
             max_replicas: 5,
@@ -739,6 +825,7 @@ mod tests {
                 worker: meta.key,
                 stdout_hash: ContentHash::of(&stdout),
                 stderr_hash: ContentHash::of(b""),
+                outputs_hash: None,
             },
             signed: pb::SignedReceipt {
                 receipt: Bytes::from_static(b"receipt"),
@@ -748,6 +835,7 @@ mod tests {
             stdout,
             stderr: Bytes::new(),
             wall_time: Duration::from_millis(3),
+            outputs: Vec::new(),
         }))
     }
 
@@ -848,6 +936,7 @@ mod tests {
             stderr_hash: ContentHash::of(b""),
             fuel: 7,
             fingerprint: "fp".into(),
+            outputs_hash: None,
         };
         core.on_audit(0, AuditResult::Ran(truth), clock(), &mut actions);
         let liars: HashSet<&str> = actions

@@ -15,10 +15,16 @@
 //!                          # distinct_hosts; false for a grid on one LAN)
 //! audit_rate = 0.03        # share of accepted tasks the submitter re-runs itself (default 0.03)
 //! env = { MODE = "fast" }  # for every task; a task's own env wins per name
+//! outputs = true           # each task gets a writable /output; the files it leaves there are
+//!                          # agreed on and fetched into <results>/<task id>/ (default false)
 //! [limits]                 # each optional; absent means the worker's default
 //! fuel = 10_000_000_000
 //! memory_mb = 64
 //! timeout_s = 60
+//! stdout_mb = 4            # caps on stdout and stderr (defaults 4 and 1, at most 16 and 4)
+//! stderr_mb = 1
+//! output_mb = 64           # caps on /output: total size, and file count (defaults 64 and 64)
+//! output_files = 64
 //! [[task]]                 # any number; id defaults to task-<n>, n = 1, 2, ... in file order
 //! id = "small"
 //! args = ["1000", "7"]
@@ -67,6 +73,8 @@ pub struct JobSpec {
     pub distinct_networks: bool,
     /// Share of accepted tasks (with an established signer) the submitter re-runs itself.
     pub audit_rate: f64,
+    /// Tasks get a writable `/output`, whose files are results too.
+    pub outputs: bool,
     /// The [[task]] tables in file order, then the sweep by ascending i.
     pub tasks: Vec<JobTask>,
     /// Every file the job file names (module, `stdin_file`s, `files`), once per mention, in
@@ -103,6 +111,10 @@ pub struct JobLimits {
     pub fuel: Option<u64>,
     pub memory_mb: Option<u64>,
     pub timeout_s: Option<u64>,
+    pub stdout_mb: Option<u64>,
+    pub stderr_mb: Option<u64>,
+    pub output_mb: Option<u64>,
+    pub output_files: Option<u64>,
 }
 
 /// One task of a job.
@@ -148,16 +160,19 @@ pub enum JobFileError {
 }
 
 impl JobLimits {
-    /// The wire form; 0 asks for the worker's default, and output caps are left to it too.
+    /// The wire form; 0 asks for the worker's default.
     pub fn to_wire(&self) -> pb::TaskLimits {
         // Saturating: the fields are public, and an absurd value should be refused by the
         // worker's ceilings, not panic here.
+        let mib = |value: Option<u64>| value.unwrap_or(0).saturating_mul(MIB);
         pb::TaskLimits {
             fuel: self.fuel.unwrap_or(0),
-            memory_bytes: self.memory_mb.unwrap_or(0).saturating_mul(MIB),
+            memory_bytes: mib(self.memory_mb),
             timeout_ms: self.timeout_s.unwrap_or(0).saturating_mul(1000),
-            stdout_max_bytes: 0,
-            stderr_max_bytes: 0,
+            stdout_max_bytes: mib(self.stdout_mb),
+            stderr_max_bytes: mib(self.stderr_mb),
+            output_max_bytes: mib(self.output_mb),
+            output_max_files: u32::try_from(self.output_files.unwrap_or(0)).unwrap_or(u32::MAX),
         }
     }
 }
@@ -235,6 +250,7 @@ pub fn parse(text: &str, path: &Path) -> Result<JobSpec, JobFileError> {
             .distinct_networks
             .unwrap_or(raw.distinct_hosts.unwrap_or(true)),
         audit_rate: check_audit_rate(&doc, raw.audit_rate.as_ref())?,
+        outputs: raw.outputs.unwrap_or(false),
         tasks: build_tasks(&doc, &raw.task, raw.sweep.as_ref(), &job_env)?,
         paths: named_paths(&doc, &raw),
     })
@@ -295,6 +311,7 @@ struct RawJob {
     distinct_networks: Option<bool>,
     audit_rate: Option<Spanned<f64>>,
     env: Option<RawEnv>,
+    outputs: Option<bool>,
     limits: Option<RawLimits>,
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
@@ -307,6 +324,10 @@ struct RawLimits {
     fuel: Option<Spanned<u64>>,
     memory_mb: Option<Spanned<u64>>,
     timeout_s: Option<Spanned<u64>>,
+    stdout_mb: Option<Spanned<u64>>,
+    stderr_mb: Option<Spanned<u64>>,
+    output_mb: Option<Spanned<u64>>,
+    output_files: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -341,11 +362,20 @@ const JOB_FIELDS: &[&str] = &[
     "distinct_networks",
     "audit_rate",
     "env",
+    "outputs",
     "limits",
     "task",
     "sweep",
 ];
-const LIMITS_FIELDS: &[&str] = &["fuel", "memory_mb", "timeout_s"];
+const LIMITS_FIELDS: &[&str] = &[
+    "fuel",
+    "memory_mb",
+    "timeout_s",
+    "stdout_mb",
+    "stderr_mb",
+    "output_mb",
+    "output_files",
+];
 const TASK_FIELDS: &[&str] = &["id", "args", "stdin", "stdin_file", "files", "env"];
 const SWEEP_FIELDS: &[&str] = &["args", "range", "stdin", "files", "env"];
 
@@ -365,6 +395,11 @@ fn example(field: &str) -> &'static str {
         "limits.fuel" => "fuel = 10_000_000_000",
         "limits.memory_mb" => "memory_mb = 64",
         "limits.timeout_s" => "timeout_s = 60",
+        "limits.stdout_mb" => "stdout_mb = 4",
+        "limits.stderr_mb" => "stderr_mb = 1",
+        "limits.output_mb" => "output_mb = 64",
+        "limits.output_files" => "output_files = 64",
+        "outputs" => "outputs = true",
         "task" => r#"[[task]] with args = ["1000", "7"]"#,
         "task.id" => r#"id = "small""#,
         "task.args" => r#"args = ["1000", "7"]"#,
@@ -716,6 +751,34 @@ fn check_limits(doc: &Doc, raw: Option<&RawLimits>) -> Result<JobLimits, JobFile
             raw.timeout_s.as_ref(),
             max_timeout_s,
             "MAX_TIMEOUT",
+        )?,
+        stdout_mb: check_limit(
+            doc,
+            "limits.stdout_mb",
+            raw.stdout_mb.as_ref(),
+            limits::MAX_STDOUT_MAX_BYTES / MIB,
+            "MAX_STDOUT_MAX_BYTES",
+        )?,
+        stderr_mb: check_limit(
+            doc,
+            "limits.stderr_mb",
+            raw.stderr_mb.as_ref(),
+            limits::MAX_STDERR_MAX_BYTES / MIB,
+            "MAX_STDERR_MAX_BYTES",
+        )?,
+        output_mb: check_limit(
+            doc,
+            "limits.output_mb",
+            raw.output_mb.as_ref(),
+            limits::MAX_OUTPUT_MAX_BYTES / MIB,
+            "MAX_OUTPUT_MAX_BYTES",
+        )?,
+        output_files: check_limit(
+            doc,
+            "limits.output_files",
+            raw.output_files.as_ref(),
+            u64::from(limits::MAX_OUTPUT_MAX_FILES),
+            "MAX_OUTPUT_MAX_FILES",
         )?,
     })
 }

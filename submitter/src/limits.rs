@@ -106,3 +106,7 @@ pub const MAX_INPUT_FILE_BYTES: u64 = peergrid_worker::limits::MAX_BLOB_BYTES;
 /// and a donor lends cycles, not a disk. Above: the job is refused at `submit` from the files'
 /// sizes, before anything is read or any worker contacted.
 pub const MAX_JOB_INPUT_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Accepted tasks whose output files are fetched at once (each from one agreeing worker at a
+/// time): enough to keep a few workers' links busy without opening a stream per task.
+pub const FETCHES_AT_ONCE: usize = 4;

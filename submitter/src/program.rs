@@ -23,6 +23,8 @@ pub struct ProgramRequest {
     pub env: Vec<(String, String)>,
     pub stdin: Option<PathBuf>,
     pub inputs: Vec<PathBuf>,
+    /// The task gets a writable `/output`.
+    pub outputs: bool,
     pub limits: pb::TaskLimits,
 }
 
@@ -93,8 +95,14 @@ impl ProgramRequest {
                 source: path.clone(),
             });
         }
-        let program_bytes =
-            encode_program(module_hash, &self.args, &self.env, stdin.clone(), files);
+        let program_bytes = encode_program(
+            module_hash,
+            &self.args,
+            &self.env,
+            stdin.clone(),
+            files,
+            self.outputs,
+        );
         let program_digest = ContentHash::of(&program_bytes);
         let limits = admission::resolve_limits(Some(&self.limits))
             .map_err(|refusal| ProgramError::Limits(refusal.message))?;
@@ -112,6 +120,7 @@ impl ProgramRequest {
                 inputs,
                 limits,
                 random_seed: *program_digest.as_bytes(),
+                outputs: self.outputs,
             },
         })
     }
@@ -155,6 +164,7 @@ pub fn encode_program(
     env: &[(String, String)],
     stdin: Bytes,
     files: Vec<pb::InputFile>,
+    outputs: bool,
 ) -> Bytes {
     let program = pb::Program {
         module_hash: module_hash.to_vec().into(),
@@ -168,6 +178,7 @@ pub fn encode_program(
             .collect(),
         stdin,
         files,
+        outputs,
     };
     Bytes::from(program.encode_to_vec())
 }

@@ -10,7 +10,7 @@ use peergrid_proto::ContentHash;
 use peergrid_worker::sandbox::{Execution, Outcome};
 use serde_json::json;
 
-use crate::client::CheckedResult;
+use crate::client::{CheckedResult, OutputEntry};
 
 /// Exit codes of `peergrid run` and `peergrid exec`, documented in `--help`.
 pub mod exit_code {
@@ -48,7 +48,7 @@ Exit codes of `run` and `exec`:
   131    the task trapped (e.g. unreachable, stack overflow)
   132    the task ran out of fuel (--fuel)
   133    the task hit its memory limit (--memory-mb)
-  134    the task wrote more than its stdout/stderr cap";
+  134    the task wrote more than its stdout/stderr cap, or its /output cap";
 }
 
 /// A task's result, from a local run or a verified receipt.
@@ -61,6 +61,10 @@ pub struct Report {
     pub wall_time: Duration,
     /// Present for `exec`: the receipt that vouches for this result.
     pub receipt: Option<ReceiptSummary>,
+    /// The files the task left under `/output` (for a task run with `--output-dir`).
+    pub outputs: Vec<OutputEntry>,
+    /// Where those files were written.
+    pub output_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +85,17 @@ impl From<Execution> for Report {
             fuel_used: execution.fuel_used,
             wall_time: execution.wall_time,
             receipt: None,
+            outputs: execution
+                .outputs
+                .iter()
+                .flat_map(|outputs| &outputs.files)
+                .map(|file| OutputEntry {
+                    name: file.name.clone(),
+                    size: file.size,
+                    hash: file.hash,
+                })
+                .collect(),
+            output_dir: None,
         }
     }
 }
@@ -101,6 +116,8 @@ impl From<CheckedResult> for Report {
             stdout: result.stdout,
             stderr: result.stderr,
             wall_time: result.wall_time,
+            outputs: result.outputs,
+            output_dir: None,
         }
     }
 }
@@ -168,10 +185,27 @@ impl Report {
             "reason": if matches!(self.outcome, Outcome::InvalidModule(_)) { detail } else { None },
             "fuel_used": self.fuel_used,
             "wall_time_us": self.wall_time.as_micros() as u64,
-            "stdout": String::from_utf8_lossy(&self.stdout),
-            "stderr": String::from_utf8_lossy(&self.stderr),
             "output_hash": self.output_hash().to_hex(),
         });
+        for (name, bytes) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let (text, encoding) = lossless_text(bytes);
+            value[name] = text.into();
+            value[format!("{name}_encoding")] = encoding.into();
+        }
+        if let Some(dir) = &self.output_dir {
+            value["output_dir"] = dir.display().to_string().into();
+            value["outputs"] = self
+                .outputs
+                .iter()
+                .map(|file| {
+                    json!({
+                        "name": file.name,
+                        "size": file.size,
+                        "hash": file.hash.to_hex(),
+                    })
+                })
+                .collect();
+        }
         if let Some(receipt) = &self.receipt {
             value["receipt"] = json!({
                 "worker_key": receipt.worker_key,
@@ -197,6 +231,15 @@ impl Report {
             let mut err = std::io::stderr().lock();
             err.write_all(&self.stderr)?;
             writeln!(err, "{}", self.summary())?;
+            if let Some(dir) = &self.output_dir {
+                let bytes: u64 = self.outputs.iter().map(|file| file.size).sum();
+                writeln!(
+                    err,
+                    "peergrid: {} output files ({bytes} bytes) in {}",
+                    self.outputs.len(),
+                    dir.display()
+                )?;
+            }
             if let Some(receipt) = &self.receipt {
                 writeln!(
                     err,
@@ -207,5 +250,18 @@ impl Report {
             }
         }
         Ok(self.exit_code())
+    }
+}
+
+/// Bytes as a JSON string without loss: the text itself when it is UTF-8 ("utf-8"), else its
+/// standard base64 ("base64").
+pub fn lossless_text(bytes: &[u8]) -> (String, &'static str) {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_owned(), "utf-8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+            "base64",
+        ),
     }
 }

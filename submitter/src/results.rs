@@ -48,7 +48,8 @@ pub fn reopened_json(record: &crate::store::ReopenRecord) -> serde_json::Value {
     })
 }
 
-/// Removes a reopened task's output files (absent ones are fine).
+/// Removes a reopened task's output files, and the directory of its `/output` files (absent
+/// ones are fine).
 pub fn remove_output(out_dir: &Path, task_id: &str) -> std::io::Result<()> {
     for suffix in ["stdout", "stderr"] {
         match std::fs::remove_file(out_dir.join(format!("{task_id}.{suffix}"))) {
@@ -56,7 +57,24 @@ pub fn remove_output(out_dir: &Path, task_id: &str) -> std::io::Result<()> {
             _ => {}
         }
     }
-    Ok(())
+    match std::fs::remove_dir_all(files_dir(out_dir, task_id)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// Where an accepted task's `/output` files go: `<out>/<task id>/` (a task id is a plain name,
+/// checked when the job file is read).
+pub fn files_dir(out_dir: &Path, task_id: &str) -> PathBuf {
+    out_dir.join(task_id)
+}
+
+/// Whether every one of `files` is in `dir` with its agreed size (each is written whole and
+/// verified, then renamed into place, so a file of the right size is the file).
+pub fn files_present(dir: &Path, files: &[crate::store::OutputFileRecord]) -> bool {
+    files.iter().all(|file| {
+        std::fs::metadata(dir.join(&file.name)).is_ok_and(|meta| meta.len() == file.size)
+    })
 }
 
 /// Writes accepted tasks' output files on a thread of its own, so that file creation (slow on a
@@ -231,7 +249,7 @@ pub fn export(
                         write_output(out_dir, &task.id, &stdout, &stderr)?;
                     }
                     let (outcome, exit_code, detail) = verdict.outcome_parts();
-                    json!({
+                    let mut line = json!({
                         "task": task.id,
                         "args": task.args,
                         "outcome": outcome,
@@ -243,7 +261,25 @@ pub fn export(
                         "disagreeing": record.disagreeing,
                         "copies": record.copies,
                         "audit": record.audit,
-                    })
+                    });
+                    if let Some(digest) = &verdict.outputs_hash {
+                        let dir = files_dir(out_dir, &task.id);
+                        line["outputs_hash"] = digest.to_hex().into();
+                        line["files_fetched"] = files_present(&dir, &record.files).into();
+                        line["files"] = record
+                            .files
+                            .iter()
+                            .map(|file| {
+                                json!({
+                                    "name": file.name,
+                                    "size": file.size,
+                                    "hash": file.hash,
+                                    "path": format!("{}/{}", task.id, file.name),
+                                })
+                            })
+                            .collect();
+                    }
+                    line
                 }
                 None => json!({
                     "task": task.id,

@@ -67,6 +67,8 @@ pub struct Verdict {
     /// The runtime fingerprint inside the signed receipt (what `Info` claims does not count).
     /// Empty only in stores written before it was kept; filled from the copy on restore.
     pub fingerprint: String,
+    /// The outputs digest of the files left under `/output`, for a job with outputs.
+    pub outputs_hash: Option<ContentHash>,
 }
 
 impl Verdict {
@@ -93,6 +95,8 @@ struct StoredVerdict {
     fuel: u64,
     #[serde(default)]
     fingerprint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outputs_hash: Option<String>,
 }
 
 impl From<Verdict> for StoredVerdict {
@@ -106,6 +110,7 @@ impl From<Verdict> for StoredVerdict {
             stderr_hash: verdict.stderr_hash.to_hex(),
             fuel: verdict.fuel,
             fingerprint: verdict.fingerprint,
+            outputs_hash: verdict.outputs_hash.map(|hash| hash.to_hex()),
         }
     }
 }
@@ -137,6 +142,7 @@ impl TryFrom<StoredVerdict> for Verdict {
             stderr_hash: hash(&stored.stderr_hash)?,
             fuel: stored.fuel,
             fingerprint: stored.fingerprint,
+            outputs_hash: stored.outputs_hash.as_deref().map(hash).transpose()?,
         })
     }
 }
@@ -1513,6 +1519,26 @@ impl Scheduler {
         self.queue(task);
     }
 
+    /// Opens an accepted task again because none of the workers that agreed on it delivered the
+    /// output files their receipts list: fresh copies make them anew. Returns the verdict it
+    /// had; `None`, changing nothing, when it is not accepted.
+    pub fn reopen_unfetched(&mut self, task: TaskIndex) -> Option<Verdict> {
+        let state = &mut self.tasks[task as usize];
+        let Status::Accepted(old) = &state.status else {
+            return None;
+        };
+        let old = old.clone();
+        state.status = Status::Open;
+        let receipts = std::mem::take(&mut state.receipts);
+        state.history.extend(receipts);
+        if state.audit != AuditMark::Pending {
+            state.audit = AuditMark::None;
+        }
+        self.open += 1;
+        self.queue(task);
+        Some(old)
+    }
+
     fn conclude(&mut self, task: TaskIndex, reason: String, decisions: &mut Vec<Decision>) {
         // Nobody delivered it: its failures are no strikes, and no longer wait to be judged.
         let unjudged: Vec<WorkerId> = self.tasks[task as usize]
@@ -1675,6 +1701,7 @@ mod tests {
             stderr_hash: hash("e"),
             fuel: 100,
             fingerprint: "fp".into(),
+            outputs_hash: None,
         }
     }
 

@@ -206,6 +206,7 @@ fn truth(task: TaskIndex) -> Verdict {
         stderr_hash: ContentHash::of(b""),
         fuel: 1_000 + u64::from(task),
         fingerprint: FINGERPRINT.into(),
+        outputs_hash: None,
     }
 }
 
@@ -223,6 +224,7 @@ fn timed_out() -> Verdict {
         stderr_hash: ContentHash::of(b""),
         fuel: 0,
         fingerprint: FINGERPRINT.into(),
+        outputs_hash: None,
     }
 }
 

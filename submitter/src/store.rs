@@ -64,6 +64,19 @@ pub struct JobRecord {
     pub fuel: u64,
     pub memory_bytes: u64,
     pub timeout_ms: u64,
+    /// Caps on stdout, stderr and `/output` (0: the worker's default); absent in jobs stored
+    /// before they could be set.
+    #[serde(default)]
+    pub stdout_max_bytes: u64,
+    #[serde(default)]
+    pub stderr_max_bytes: u64,
+    #[serde(default)]
+    pub output_max_bytes: u64,
+    #[serde(default)]
+    pub output_max_files: u32,
+    /// Tasks get a writable `/output`, whose files are fetched with their results.
+    #[serde(default)]
+    pub outputs: bool,
     pub replication: u32,
     pub quorum: u32,
     pub max_replicas: u32,
@@ -156,6 +169,19 @@ pub struct SettledRecord {
     /// Whether the submitter re-ran it, and with what result.
     #[serde(default)]
     pub audit: AuditMark,
+    /// The files an accepted task of a job with outputs left under `/output`, as the agreeing
+    /// receipts sign them; fetched into `<results>/<task id>/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<OutputFileRecord>,
+}
+
+/// A file an accepted task left under `/output`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFileRecord {
+    pub name: String,
+    pub size: u64,
+    /// BLAKE3, in hex.
+    pub hash: String,
 }
 
 /// An answer a task had before it was reopened, and why it was reopened.
@@ -975,6 +1001,11 @@ mod tests {
             fuel: 0,
             memory_bytes: 0,
             timeout_ms: 0,
+            stdout_max_bytes: 0,
+            stderr_max_bytes: 0,
+            output_max_bytes: 0,
+            output_max_files: 0,
+            outputs: false,
             replication: 2,
             quorum: 2,
             max_replicas: 5,
@@ -1008,6 +1039,7 @@ mod tests {
             stderr_hash: peergrid_proto::ContentHash::of(b"cd"),
             fuel: 7,
             fingerprint: "fp".into(),
+            outputs_hash: None,
         }
     }
 
@@ -1021,6 +1053,7 @@ mod tests {
             session: 1,
             at_unix_ms: 1,
             audit: AuditMark::None,
+            files: Vec::new(),
         }
     }
 

@@ -18,8 +18,8 @@ use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::client::{CheckedResult, ClientError, Dialer, WorkerClient};
-use crate::core::{Actions, Clock, JobCore, Stored, WorkerMeta};
+use crate::client::{CheckedResult, ClientError, Dialer, FetchError, OutputEntry, WorkerClient};
+use crate::core::{Actions, Clock, Fetch, JobCore, Stored, WorkerMeta};
 use crate::dispatch::{self, Dispatch, Event};
 use crate::inputs::CheckedInputs;
 use crate::job::{JobSpec, TaskStdin};
@@ -125,6 +125,8 @@ pub struct Summary {
     /// Bytes to and from workers this session, direct and through relays (when this submitter
     /// uses relays).
     pub traffic: Option<PathBytes>,
+    /// Accepted tasks of a job with outputs whose files are not in the results directory.
+    pub files_missing: u64,
 }
 
 /// Reads the module and inputs of `spec` (as `inputs` checked them), stores them, and records
@@ -193,6 +195,11 @@ pub fn create_job(
         fuel: limits.fuel,
         memory_bytes: limits.memory_bytes,
         timeout_ms: limits.timeout_ms,
+        stdout_max_bytes: limits.stdout_max_bytes,
+        stderr_max_bytes: limits.stderr_max_bytes,
+        output_max_bytes: limits.output_max_bytes,
+        output_max_files: limits.output_max_files,
+        outputs: spec.outputs,
         replication: spec.replication,
         quorum: spec.quorum,
         max_replicas: spec.max_replicas,
@@ -348,6 +355,7 @@ pub async fn run_session(
         job.quorum,
         job.out_dir.display()
     ));
+    session.reopen_unfetched(&mut progress)?;
     let outcome = if session.core.scheduler().is_finished() {
         Ok(true)
     } else {
@@ -451,7 +459,90 @@ pub fn summarize(
         out_dir: job.out_dir.clone(),
         finished,
         traffic: None,
+        files_missing: if job.outputs {
+            let tasks = store.tasks(&job.id)?;
+            settled
+                .iter()
+                .filter(|(task, record)| {
+                    record.accepted.is_some()
+                        && !results::files_present(
+                            &results::files_dir(&job.out_dir, &tasks[**task as usize].id),
+                            &record.files,
+                        )
+                })
+                .count() as u64
+        } else {
+            0
+        },
     })
+}
+
+/// Fetches `files` into `dir` from the first of `sources` that delivers each, verified against
+/// the agreed hashes. Returns `Err` naming why when some file came from none of them, and the
+/// sources whose bytes did not match.
+async fn fetch_files(
+    sources: Vec<(WorkerId, WorkerClient)>,
+    files: &[OutputEntry],
+    dir: &Path,
+) -> (Result<(), String>, Vec<(WorkerId, String)>) {
+    let mut bad = Vec::new();
+    if let Err(error) = std::fs::create_dir_all(dir) {
+        return (
+            Err(format!("cannot create {}: {error}", dir.display())),
+            bad,
+        );
+    }
+    let mut sources = sources;
+    for file in files {
+        let path = dir.join(&file.name);
+        if file.size == 0 && file.hash == ContentHash::of(b"") {
+            // Nothing to fetch: an empty file is its own proof.
+            if let Err(error) = std::fs::write(&path, b"") {
+                return (
+                    Err(format!("cannot write {}: {error}", path.display())),
+                    bad,
+                );
+            }
+            continue;
+        }
+        let mut failures = Vec::new();
+        let mut delivered = false;
+        let mut index = 0;
+        while index < sources.len() {
+            let (worker, client) = &mut sources[index];
+            match client.fetch_output(file, &path).await {
+                Ok(()) => {
+                    delivered = true;
+                    break;
+                }
+                Err(FetchError::Write { path, source }) => {
+                    return (
+                        Err(format!("cannot write {}: {source}", path.display())),
+                        bad,
+                    );
+                }
+                Err(FetchError::Mismatch { reason, .. }) => {
+                    failures.push(format!("{}: {reason}", client.info().key.short()));
+                    bad.push((*worker, format!("output {}: {reason}", file.name)));
+                    // Never asked again in this fetch.
+                    sources.remove(index);
+                }
+                Err(FetchError::Unavailable(error)) => {
+                    failures.push(error.to_string());
+                    index += 1;
+                }
+            }
+        }
+        if !delivered {
+            let why = if failures.is_empty() {
+                "no agreeing worker is connected".to_owned()
+            } else {
+                failures.join("; ")
+            };
+            return (Err(format!("output {}: {why}", file.name)), bad);
+        }
+    }
+    (Ok(()), bad)
 }
 
 /// The blobs one task's program refers to, parsed and checked present once per session.
@@ -476,6 +567,13 @@ enum Control {
     Membership(Vec<String>),
     /// The submitter's own run of an audited task, and how long it took.
     Audited(TaskIndex, AuditResult, Duration),
+    /// The fetch of an accepted task's output files ended: `Err` when no agreeing worker
+    /// delivered them; `bad` are the workers whose bytes did not match, and why.
+    Fetched {
+        task: TaskIndex,
+        result: Result<(), String>,
+        bad: Vec<(WorkerId, String)>,
+    },
 }
 
 struct Session<'a> {
@@ -508,6 +606,13 @@ struct Session<'a> {
     control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
     /// Writes accepted outputs' files once they are committed.
     writer: results::OutputWriter,
+    /// Every connected worker's client, to fetch output files with.
+    clients: HashMap<WorkerId, WorkerClient>,
+    /// Accepted tasks whose output files wait to be fetched, and how many fetches run.
+    fetch_queue: std::collections::VecDeque<Fetch>,
+    fetches_running: usize,
+    /// Fetches started from each worker: the next goes to the agreeing worker asked least.
+    fetches_from: HashMap<WorkerId, u64>,
 }
 
 impl<'a> Session<'a> {
@@ -581,8 +686,36 @@ impl<'a> Session<'a> {
             events: mpsc::channel(limits::RESULT_QUEUE),
             control: mpsc::channel(64),
             writer: results::OutputWriter::start(job.out_dir.clone(), job.id.clone()),
+            clients: HashMap::new(),
+            fetch_queue: std::collections::VecDeque::new(),
+            fetches_running: 0,
+            fetches_from: HashMap::new(),
         };
         Ok(session)
+    }
+
+    /// Reopens the accepted tasks whose output files are not in the results directory (an
+    /// earlier session ended before it fetched them, or they were deleted): fresh copies make
+    /// them anew, as the workers that agreed may be gone or have evicted them.
+    fn reopen_unfetched(&mut self, progress: &mut Progress) -> Result<(), SubmitError> {
+        if !self.job.outputs {
+            return Ok(());
+        }
+        let mut actions = Actions::default();
+        for (task, record) in self.store.settled(&self.job.id)? {
+            let dir = results::files_dir(&self.job.out_dir, &self.tasks[task as usize].id);
+            if record.accepted.is_some() && !results::files_present(&dir, &record.files) {
+                self.core.on_outputs_lost(
+                    task,
+                    "they are not in the results directory",
+                    &mut actions,
+                );
+            }
+        }
+        if actions.is_empty() {
+            return Ok(());
+        }
+        self.commit(actions, progress)
     }
 
     /// Starts the connection to a worker that answered `Info`.
@@ -608,6 +741,7 @@ impl<'a> Session<'a> {
         {
             return;
         }
+        self.clients.insert(id, client.clone());
         let sender = dispatch::spawn(
             id,
             client,
@@ -640,7 +774,7 @@ impl<'a> Session<'a> {
                 self.dispatch(assignment.task, assignment.worker, now)?;
             }
             progress.update(self.counts());
-            if self.core.scheduler().is_finished() {
+            if self.core.scheduler().is_finished() && !self.fetching() {
                 self.flush_deferred(progress)?;
                 return Ok(true);
             }
@@ -648,7 +782,10 @@ impl<'a> Session<'a> {
                 self.flush_deferred(progress)?;
                 return Err(self.all_excluded()?);
             }
-            if self.core.scheduler().in_flight() > 0 || self.core.scheduler().audits_pending() > 0 {
+            if self.core.scheduler().in_flight() > 0
+                || self.core.scheduler().audits_pending() > 0
+                || self.fetching()
+            {
                 idle_since = None;
             } else if idle_since.get_or_insert(now).elapsed() >= limits::NO_WORKER_PATIENCE {
                 self.flush_deferred(progress)?;
@@ -676,6 +813,9 @@ impl<'a> Session<'a> {
                             self.audits_running -= 1;
                             self.handle_audit(task, result);
                             self.pump_audits()?;
+                        }
+                        Control::Fetched { task, result, bad } => {
+                            self.fetched(task, result, bad, progress)?;
                         }
                     }
                 }
@@ -915,6 +1055,7 @@ impl<'a> Session<'a> {
             outputs,
             audits,
             done,
+            fetches,
         } = actions;
         for task in done {
             self.signed.remove(&task);
@@ -959,7 +1100,74 @@ impl<'a> Session<'a> {
         for task in audits {
             self.start_audit(task)?;
         }
+        self.fetch_queue.extend(fetches);
+        self.pump_fetches();
         Ok(())
+    }
+
+    /// Starts queued fetches of output files while fewer than [`limits::FETCHES_AT_ONCE`] run.
+    fn pump_fetches(&mut self) {
+        while self.fetches_running < limits::FETCHES_AT_ONCE {
+            let Some(fetch) = self.fetch_queue.pop_front() else {
+                break;
+            };
+            self.fetches_running += 1;
+            // The agreeing worker asked least so far goes first (then by key): the load spreads
+            // over them, and every one of them is asked in turn, so one that serves altered
+            // bytes is found out.
+            let mut sources: Vec<(WorkerId, WorkerClient)> = fetch
+                .from
+                .iter()
+                .filter_map(|worker| Some((*worker, self.clients.get(worker)?.clone())))
+                .collect();
+            sources.sort_by_key(|(worker, client)| {
+                (
+                    self.fetches_from.get(worker).copied().unwrap_or(0),
+                    client.info().key.to_bytes(),
+                )
+            });
+            if let Some((first, _)) = sources.first() {
+                *self.fetches_from.entry(*first).or_default() += 1;
+            }
+            let dir = results::files_dir(&self.job.out_dir, &self.tasks[fetch.task as usize].id);
+            let control = self.control.0.clone();
+            tokio::spawn(async move {
+                let (result, bad) = fetch_files(sources, &fetch.files, &dir).await;
+                let _ = control
+                    .send(Control::Fetched {
+                        task: fetch.task,
+                        result,
+                        bad,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// A fetch ended: liars excluded, and a task whose files nobody delivered reopened.
+    fn fetched(
+        &mut self,
+        task: TaskIndex,
+        result: Result<(), String>,
+        bad: Vec<(WorkerId, String)>,
+        progress: &mut Progress,
+    ) -> Result<(), SubmitError> {
+        self.fetches_running -= 1;
+        let mut actions = std::mem::take(&mut self.deferred);
+        for (worker, why) in bad {
+            self.core.on_bad_output(worker, &why, &mut actions);
+        }
+        if let Err(why) = result {
+            self.core.on_outputs_lost(task, &why, &mut actions);
+        }
+        self.commit(actions, progress)?;
+        self.pump_fetches();
+        Ok(())
+    }
+
+    /// Fetches are queued or running.
+    fn fetching(&self) -> bool {
+        self.fetches_running > 0 || !self.fetch_queue.is_empty()
     }
 
     /// Queues `task` for the submitter's own run. Audits wait here as task indices only, and
@@ -1048,6 +1256,7 @@ impl<'a> Session<'a> {
                 .collect(),
             limits,
             random_seed: *ContentHash::of(&program).as_bytes(),
+            outputs: self.job.outputs,
         })
     }
 
@@ -1076,6 +1285,7 @@ impl<'a> Session<'a> {
             &record.env,
             stdin.clone(),
             files,
+            self.job.outputs,
         );
         Ok((program, stdin))
     }
@@ -1085,8 +1295,10 @@ impl<'a> Session<'a> {
             fuel: self.job.fuel,
             memory_bytes: self.job.memory_bytes,
             timeout_ms: self.job.timeout_ms,
-            stdout_max_bytes: 0,
-            stderr_max_bytes: 0,
+            stdout_max_bytes: self.job.stdout_max_bytes,
+            stderr_max_bytes: self.job.stderr_max_bytes,
+            output_max_bytes: self.job.output_max_bytes,
+            output_max_files: self.job.output_max_files,
         }
     }
 
@@ -1158,6 +1370,7 @@ fn audit_result(execution: &peergrid_worker::sandbox::Execution, fingerprint: &s
         stderr_hash: ContentHash::of(&execution.stderr),
         fuel: execution.fuel_used,
         fingerprint: fingerprint.to_owned(),
+        outputs_hash: execution.outputs.as_ref().map(|outputs| outputs.digest()),
     })
 }
 
@@ -1248,6 +1461,7 @@ pub fn verdict_of(result: &CheckedResult) -> Verdict {
         stderr_hash: result.receipt.stderr_hash,
         fuel: result.receipt.receipt.fuel_used,
         fingerprint: result.receipt.receipt.runtime_fingerprint.clone(),
+        outputs_hash: result.receipt.outputs_hash,
     }
 }
 

@@ -8,7 +8,8 @@
 //! for tests, benchmarks and examples.
 //!
 //! Honest guests compute something checkable (`hello`, `echo`, `pi`, `primes`, `mandelbrot`,
-//! `hashchain`, `wordcount`, and `lsinput`, which prints everything WASI says about `/input`:
+//! `hashchain`, `wordcount`, `render` (resvg: SVG files in `/input` to PNG files in `/output`),
+//! and `lsinput`, which prints everything WASI says about `/input`:
 //! listing order, inode numbers, link counts, times); hostile guests ([`HOSTILE`]) really misbehave (spin, allocate,
 //! recurse, flood, sleep, trap, exit non-zero, try to escape, probe for nondeterminism, snoop
 //! for other tasks' data) so the sandbox's limits, isolation and determinism can be tested
@@ -26,6 +27,7 @@ pub const GUESTS: &[&str] = &[
     "hashchain",
     "wordcount",
     "lsinput",
+    "render",
     "spin",
     "membomb",
     "recurse",
@@ -36,6 +38,7 @@ pub const GUESTS: &[&str] = &[
     "escape",
     "entropy",
     "snoop",
+    "outbomb",
 ];
 
 /// The guests that misbehave on purpose (a subset of [`GUESTS`]).
@@ -44,9 +47,11 @@ pub const GUESTS: &[&str] = &[
 /// overflow); `flood` output limit; `sleeper` wall-clock timeout; `trap` trap after printing
 /// `about to trap`; `exit7` exit code 7; `escape` exit 0 with every host access denied;
 /// `entropy` exit 0 with output identical on every run; `snoop` exit 0 having seen nothing but
-/// its own args, env, stdin and `/input` (no other task's data).
+/// its own args, env, stdin and `/input` (no other task's data); `outbomb` output limit when it
+/// passes an `/output` cap, and every link refused.
 pub const HOSTILE: &[&str] = &[
-    "spin", "membomb", "recurse", "flood", "sleeper", "trap", "exit7", "escape", "entropy", "snoop",
+    "spin", "membomb", "recurse", "flood", "sleeper", "trap", "exit7", "escape", "entropy",
+    "snoop", "outbomb",
 ];
 
 /// The `pi` guest, embedded: what `peergrid demo` runs, so the demo needs no file on disk.

@@ -39,6 +39,10 @@ pub enum Strategy {
     HugeTrap,
     /// Every task held, never answered.
     Silent,
+    /// Honest run, then every `/output` file listed (and signed) with a wrong hash.
+    LieOutputs,
+    /// Honest receipts; `GetBlob` serves every blob with its first byte flipped.
+    CorruptOutputs,
 }
 
 impl Strategy {
@@ -69,6 +73,8 @@ impl Strategy {
             }
             Self::HugeTrap => args.push("huge-trap".into()),
             Self::Silent => args.push("silent".into()),
+            Self::LieOutputs => args.push("lie-outputs".into()),
+            Self::CorruptOutputs => args.push("corrupt-outputs".into()),
         }
         args
     }

@@ -47,7 +47,7 @@ fn task(
     limits: pb::TaskLimits,
 ) -> (pb::SignedTask, ContentHash) {
     let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    let program = encode_program(module, &args, &[], Bytes::new(), Vec::new());
+    let program = encode_program(module, &args, &[], Bytes::new(), Vec::new(), false);
     let signed = sign_program(
         key,
         program,

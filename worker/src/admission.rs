@@ -181,6 +181,7 @@ pub fn admit(
             inputs: Vec::new(),
             limits,
             random_seed: *verified.program_digest.as_bytes(),
+            outputs: program.outputs,
         },
     })
 }
@@ -299,6 +300,18 @@ pub fn resolve_limits(asked: Option<&pb::TaskLimits>) -> Result<Limits, Refusal>
             limits::DEFAULT_STDERR_MAX_BYTES,
             limits::MAX_STDERR_MAX_BYTES,
         )?,
+        output_max_bytes: pick(
+            "output_max_bytes",
+            asked.output_max_bytes,
+            limits::DEFAULT_OUTPUT_MAX_BYTES,
+            limits::MAX_OUTPUT_MAX_BYTES,
+        )?,
+        output_max_files: pick(
+            "output_max_files",
+            u64::from(asked.output_max_files),
+            u64::from(limits::DEFAULT_OUTPUT_MAX_FILES),
+            u64::from(limits::MAX_OUTPUT_MAX_FILES),
+        )? as u32,
     })
 }
 
@@ -310,6 +323,8 @@ pub fn max_limits() -> pb::TaskLimits {
         timeout_ms: limits::MAX_TIMEOUT.as_millis() as u64,
         stdout_max_bytes: limits::MAX_STDOUT_MAX_BYTES,
         stderr_max_bytes: limits::MAX_STDERR_MAX_BYTES,
+        output_max_bytes: limits::MAX_OUTPUT_MAX_BYTES,
+        output_max_files: limits::MAX_OUTPUT_MAX_FILES,
     }
 }
 

@@ -119,6 +119,11 @@ impl BlobStore {
         }
     }
 
+    /// Where uploads in progress are written (the same file system as the blobs).
+    pub fn incoming(&self) -> PathBuf {
+        self.dir.join("incoming")
+    }
+
     /// Starts an upload of `size` bytes announced as `hash`.
     pub fn begin(&self, hash: ContentHash, size: u64) -> Result<Upload, PutError> {
         check_size(size)?;

@@ -30,6 +30,7 @@
 //! | [`REQUEST_STALL_TIMEOUT`] | 10 s without a byte | `DEADLINE_EXCEEDED`, call abandoned |
 //! | [`MAX_PARTIAL_REQUEST_BYTES`] | 256 MiB in partly received messages | `RESOURCE_EXHAUSTED` |
 //! | [`MAX_CONCURRENT_UPLOADS`] | 16 | `RESOURCE_EXHAUSTED` |
+//! | [`MAX_CONCURRENT_DOWNLOADS`], [`DOWNLOAD_MAX_DURATION`] | 16 `GetBlob` streams, 30 min each | `RESOURCE_EXHAUSTED`; the stream ends early |
 //! | [`UPLOAD_MAX_DURATION`] | 30 min per `PutBlob` | `DEADLINE_EXCEEDED`, partial file removed |
 //! | [`MAX_BLOB_BYTES`] | 256 MiB, checked on the first chunk | `INVALID_ARGUMENT` |
 //! | `--blob-store-max-bytes` ([`DEFAULT_BLOB_STORE_MAX_BYTES`]) | 4 GiB of blobs and reserved uploads, [`MAX_STORED_BLOBS`] blobs | least recently used blobs no task holds evicted; else `RESOURCE_EXHAUSTED` on the first chunk; a blob larger than the whole store `OUT_OF_RANGE` |
@@ -70,6 +71,16 @@ pub const DEFAULT_STDERR_MAX_BYTES: u64 = 1024 * 1024;
 /// (`peergrid_proto::MAX_MESSAGE_BYTES`). Above: refused with `OUT_OF_RANGE`.
 pub const MAX_STDOUT_MAX_BYTES: u64 = 16 * 1024 * 1024;
 pub const MAX_STDERR_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Default caps on what a task with outputs leaves under `/output`: the total size of its files
+/// and their number (`peergrid.proto`, "Output files"). Reached: the task ends with
+/// `OutputLimit` and its output files are dropped.
+pub const DEFAULT_OUTPUT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_OUTPUT_MAX_FILES: u32 = 64;
+/// Largest `/output` caps a task may ask for: the files are kept in the blob store until the
+/// submitter fetches them, so one task's files must fit well within it. Above: `OUT_OF_RANGE`.
+pub const MAX_OUTPUT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+pub const MAX_OUTPUT_MAX_FILES: u32 = 1024;
 
 /// Table elements a task may hold (each costs a pointer on the host). Reached: `table.grow`
 /// fails and the task ends with `MemoryLimit`.
@@ -273,6 +284,12 @@ pub const MAX_CONCURRENT_UPLOADS_PER_KEY: usize = 4;
 /// Longest one `PutBlob` upload may take (256 MiB at about 150 KB/s). Reached:
 /// `DEADLINE_EXCEEDED`, and the partial file is removed.
 pub const UPLOAD_MAX_DURATION: Duration = Duration::from_secs(30 * 60);
+/// `GetBlob` downloads in progress at once (each holds an open file and two chunks in flight).
+/// Reached: `RESOURCE_EXHAUSTED` (retry later).
+pub const MAX_CONCURRENT_DOWNLOADS: usize = 16;
+/// Longest one `GetBlob` download may take, as for uploads. Reached: the stream ends early, and
+/// the caller's hash check refuses what it got.
+pub const DOWNLOAD_MAX_DURATION: Duration = Duration::from_secs(30 * 60);
 
 #[cfg(test)]
 mod tests {

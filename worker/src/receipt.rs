@@ -51,6 +51,11 @@ pub fn sign(
         stdout_hash: Bytes::copy_from_slice(ContentHash::of(&execution.stdout).as_bytes()),
         stderr_hash: Bytes::copy_from_slice(ContentHash::of(&execution.stderr).as_bytes()),
         fuel_used: execution.fuel_used,
+        outputs_hash: execution
+            .outputs
+            .as_ref()
+            .map(|outputs| Bytes::copy_from_slice(outputs.digest().as_bytes()))
+            .unwrap_or_default(),
     };
     peergrid_proto::signing::sign_receipt(identity, &receipt)
 }

@@ -40,6 +40,8 @@ struct Inner {
     memory_mib_total: u64,
     /// Uploads in progress ([`limits::MAX_CONCURRENT_UPLOADS`]).
     uploads: Arc<Semaphore>,
+    /// `GetBlob` downloads in progress ([`limits::MAX_CONCURRENT_DOWNLOADS`]).
+    downloads: Arc<Semaphore>,
     /// `Execute` requests held, from reading to their answer being taken to be sent, over all
     /// streams ([`limits::MAX_EXECUTE_PENDING`]).
     execute_pending: Arc<Semaphore>,
@@ -77,6 +79,7 @@ impl WorkerService {
                 memory_mib: Arc::new(Semaphore::new(memory_mib_total as usize)),
                 memory_mib_total,
                 uploads: Arc::new(Semaphore::new(limits::MAX_CONCURRENT_UPLOADS)),
+                downloads: Arc::new(Semaphore::new(limits::MAX_CONCURRENT_DOWNLOADS)),
                 execute_pending: Arc::new(Semaphore::new(limits::MAX_EXECUTE_PENDING)),
                 donor,
                 lie_rate: 0.0,
@@ -241,15 +244,44 @@ impl WorkerService {
                 digest,
                 &execution,
             );
+            let outputs = self.keep_outputs(&execution, caller);
             Ok(pb::TaskResult {
                 receipt: Some(receipt),
                 stdout: execution.stdout,
                 stderr: execution.stderr,
                 wall_time_us: execution.wall_time.as_micros() as u64,
+                outputs,
             })
         }
         .instrument(span)
         .await
+    }
+
+    /// Keeps a task's output files as blobs charged to its signer, for `GetBlob`, and lists them
+    /// for its result. A file that finds no room is listed all the same (the receipt signs the
+    /// list) and logged: a submitter fetches it from another agreeing worker.
+    fn keep_outputs(&self, execution: &Execution, submitter: PublicKey) -> Vec<pb::OutputFile> {
+        let Some(outputs) = execution.outputs.as_ref() else {
+            return Vec::new();
+        };
+        outputs
+            .files
+            .iter()
+            .map(|file| {
+                if let Err(error) =
+                    self.inner
+                        .blobs
+                        .adopt(file.hash, file.size, submitter, &outputs.path_of(file))
+                {
+                    warn!(file = %file.name, %error, "cannot keep an output file for its submitter");
+                }
+                pb::OutputFile {
+                    name: file.name.clone(),
+                    size: file.size,
+                    hash: file.hash.to_vec().into(),
+                }
+            })
+            .collect()
     }
 
     /// A free slot, or one waited for in the bounded queue (first come, first served: tokio's
@@ -311,13 +343,8 @@ impl WorkerService {
             .collect();
         match self.module(task.module_hash).await {
             Ok(module) => self.inner.sandbox.run(&module, task.spec).await,
-            Err(reason) => Execution {
-                outcome: Outcome::InvalidModule(reason).capped(),
-                stdout: Default::default(),
-                stderr: Default::default(),
-                fuel_used: 0,
-                wall_time: Default::default(),
-            },
+            Err(reason) => Execution::without_running(Outcome::InvalidModule(reason))
+                .with_outputs_asked(task.spec.outputs),
         }
     }
 
@@ -471,6 +498,57 @@ impl pb::worker_server::Worker for WorkerService {
                 Err(refusal.into())
             }
         }
+    }
+
+    type GetBlobStream = ReceiverStream<Result<pb::BlobChunk, Status>>;
+
+    async fn get_blob(
+        &self,
+        request: Request<pb::GetBlobRequest>,
+    ) -> Result<Response<Self::GetBlobStream>, Status> {
+        caller_key(&request)?;
+        let hash = ContentHash::from_slice(&request.get_ref().hash)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let place = self
+            .inner
+            .downloads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} downloads in progress already; retry later",
+                    limits::MAX_CONCURRENT_DOWNLOADS
+                ))
+            })?;
+        let not_found = || Status::not_found(format!("no blob {} here", hash.short()));
+        if !self.inner.blobs.touch(&hash) {
+            return Err(not_found());
+        }
+        // Opened now: the bytes stay readable if the blob is evicted while they are sent.
+        let file = tokio::fs::File::open(self.inner.blobs.path(&hash))
+            .await
+            .map_err(|_| not_found())?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|error| Status::internal(format!("storage error: {error}")))?
+            .len();
+        info!(blob = %hash.short(), bytes = size, "blob served");
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let _place = place;
+            let sent = tokio::time::timeout(
+                limits::DOWNLOAD_MAX_DURATION,
+                send_blob(file, hash, size, &sender),
+            )
+            .await;
+            if let Ok(Err(error)) = sent {
+                let _ = sender
+                    .send(Err(Status::internal(format!("storage error: {error}"))))
+                    .await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn peers(
@@ -641,6 +719,38 @@ fn lie(execution: &mut Execution) {
         None => stdout.push(b'0'),
     }
     execution.stdout = stdout.into();
+}
+
+/// Sends the blob `hash` of `size` bytes from `file` in chunks, the first naming hash and size;
+/// stops early, without error, when the caller is gone.
+async fn send_blob(
+    mut file: tokio::fs::File,
+    hash: ContentHash,
+    size: u64,
+    sender: &tokio::sync::mpsc::Sender<Result<pb::BlobChunk, Status>>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut left = size;
+    let mut first = true;
+    loop {
+        let length = left.min(peergrid_proto::BLOB_CHUNK_BYTES as u64) as usize;
+        let mut data = vec![0; length];
+        file.read_exact(&mut data).await?;
+        left -= length as u64;
+        let chunk = pb::BlobChunk {
+            hash: if first {
+                hash.to_vec().into()
+            } else {
+                bytes::Bytes::new()
+            },
+            total_size: if first { size } else { 0 },
+            data: data.into(),
+        };
+        first = false;
+        if sender.send(Ok(chunk)).await.is_err() || left == 0 {
+            return Ok(());
+        }
+    }
 }
 
 /// The blobs a task reads: its module and its input files, as often as it names each.

@@ -186,6 +186,7 @@ fn run_guest(root: &Path, inputs: Vec<InputSpec>) -> Execution {
             timeout: Duration::from_secs(60),
             stdout_max_bytes: 1024 * 1024,
             stderr_max_bytes: 64 * 1024,
+            ..Limits::default()
         },
         random_seed: [7; 32],
         ..Default::default()

@@ -49,6 +49,7 @@ fn small() -> Limits {
         timeout: Duration::from_secs(20),
         stdout_max_bytes: 64 * 1024,
         stderr_max_bytes: 64 * 1024,
+        ..Limits::default()
     }
 }
 

@@ -308,6 +308,7 @@ fn manifest_from(content: &[u8]) -> pb::TaskManifest {
             hash: ContentHash::of(b"data").to_vec().into(),
             size: content.len() as u64,
         }],
+        outputs: false,
     };
     pb::TaskManifest {
         program: program.encode_to_vec().into(),
@@ -334,6 +335,7 @@ fn receipt_from(identity: &Identity, content: &[u8]) -> pb::Receipt {
         stdout_hash: ContentHash::of(content).to_vec().into(),
         stderr_hash: ContentHash::of(b"").to_vec().into(),
         fuel_used: content.len() as u64,
+        outputs_hash: Bytes::new(),
     }
 }
 

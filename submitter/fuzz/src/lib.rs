@@ -137,12 +137,14 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         stdout_hash: ContentHash::of(stdout).to_vec().into(),
         stderr_hash: ContentHash::of(b"").to_vec().into(),
         fuel_used: 1234,
+        outputs_hash: Bytes::new(),
     };
     let result = pb::TaskResult {
         receipt: Some(sign_receipt(&worker(), &receipt(b"3.14159\n"))),
         stdout: Bytes::from_static(b"3.14159\n"),
         stderr: Bytes::new(),
         wall_time_us: 1000,
+        outputs: Vec::new(),
     };
     vec![
         ("job_file", "example-job", job.as_bytes().to_vec()),

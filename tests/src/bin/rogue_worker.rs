@@ -41,6 +41,11 @@
 //! - `silent`: every admitted task is held without an answer, for ever, on a live connection.
 //! - `huge-trap`: every admitted task is answered with a receipt signed by hand whose trap
 //!   message is 11 MiB, which the worker library never signs (it caps its texts).
+//! - `lie-outputs`: runs every task honestly, then lists each `/output` file with a wrong hash
+//!   (BLAKE3 of the lie domain and the true hash) and signs the receipt over that list: the
+//!   receipt disagrees with honest workers' on `outputs_hash` alone.
+//! - `corrupt-outputs`: answers honestly, but `GetBlob` serves every blob with its first byte
+//!   flipped: the receipt agrees, the bytes do not match the agreed hash.
 //!
 //! `--claim-slots N`: `Info`, `Peers` and gossip announce N slots, all free, whatever the worker
 //! really has (`--cores`, default 1). `--gossip`/`--seed` join a membership like the worker's.
@@ -109,10 +114,12 @@ enum Strategy {
     ReplayOther,
     HugeTrap,
     Silent,
+    LieOutputs,
+    CorruptOutputs,
 }
 
 impl Strategy {
-    const ALL: [(&'static str, Strategy); 10] = [
+    const ALL: [(&'static str, Strategy); 12] = [
         ("honest", Self::Honest),
         ("lie", Self::Lie),
         ("lie-when-paired", Self::LieWhenPaired),
@@ -123,6 +130,8 @@ impl Strategy {
         ("replay-other", Self::ReplayOther),
         ("huge-trap", Self::HugeTrap),
         ("silent", Self::Silent),
+        ("lie-outputs", Self::LieOutputs),
+        ("corrupt-outputs", Self::CorruptOutputs),
     ];
 
     fn parse(text: &str) -> Option<Self> {
@@ -503,6 +512,7 @@ impl Rogue {
                     stderr: Bytes::new(),
                     fuel_used: 0,
                     wall_time: admitted.spec.limits.timeout,
+                    outputs: None,
                 };
                 Ok((self.signed(admitted.digest, execution), "timeout"))
             }
@@ -541,6 +551,30 @@ impl Rogue {
                 self.admit(&task)?;
                 std::future::pending().await
             }
+            Strategy::CorruptOutputs => self.honest(task).await,
+            Strategy::LieOutputs => {
+                let (mut result, _) = self.honest(task).await?;
+                let signed = result
+                    .receipt
+                    .take()
+                    .ok_or_else(|| Status::internal("the sandbox gave no receipt"))?;
+                let mut receipt = verify_receipt(&signed)
+                    .map_err(|error| Status::internal(format!("own receipt: {error}")))?
+                    .receipt;
+                for file in &mut result.outputs {
+                    let mut hasher = blake3::Hasher::new();
+                    hasher.update(LIE_DOMAIN).update(&file.hash);
+                    file.hash = hasher.finalize().as_bytes().to_vec().into();
+                }
+                let (_, digest) = peergrid_proto::check_output_list(&result.outputs)
+                    .map_err(|error| Status::internal(format!("own outputs: {error}")))?;
+                receipt.outputs_hash = digest.to_vec().into();
+                result.receipt = Some(peergrid_proto::signing::sign_receipt(
+                    &inner.identity,
+                    &receipt,
+                ));
+                Ok((result, "lie-outputs"))
+            }
             Strategy::HugeTrap => {
                 // A receipt the worker library would never sign: an 11 MiB trap message,
                 // signed by hand with this worker's key.
@@ -556,6 +590,7 @@ impl Rogue {
                     stdout_hash: empty.to_vec().into(),
                     stderr_hash: empty.to_vec().into(),
                     fuel_used: 1,
+                    outputs_hash: Bytes::new(),
                 };
                 let signed = peergrid_proto::signing::sign_receipt(&inner.identity, &receipt);
                 Ok((
@@ -624,6 +659,7 @@ impl Rogue {
                 stderr: Bytes::new(),
                 fuel_used: (1_000 + draw % 10_000_000).min(admitted.spec.limits.fuel),
                 wall_time: Duration::from_micros(1 + draw % 1_000),
+                outputs: None,
             }
         } else {
             // Run for real, keep everything but stdout: the lie is hard to tell from the truth.
@@ -640,6 +676,7 @@ impl Rogue {
                 stderr: honest.stderr,
                 fuel_used: verified.receipt.fuel_used,
                 wall_time: Duration::from_micros(honest.wall_time_us),
+                outputs: None,
             }
         };
         Ok((self.signed(admitted.digest, execution), "lie"))
@@ -658,6 +695,7 @@ impl Rogue {
             stdout: execution.stdout,
             stderr: execution.stderr,
             wall_time_us: execution.wall_time.as_micros() as u64,
+            outputs: Vec::new(),
         }
     }
 
@@ -695,6 +733,7 @@ impl Rogue {
                     stdout: checked.stdout,
                     stderr: checked.stderr,
                     wall_time_us: checked.wall_time.as_micros() as u64,
+                    ..Default::default()
                 },
                 "forward",
             )),
@@ -762,6 +801,37 @@ impl pb::worker_server::Worker for Rogue {
             }
         }
         Ok(peers)
+    }
+
+    type GetBlobStream = ReceiverStream<Result<pb::BlobChunk, Status>>;
+
+    async fn get_blob(
+        &self,
+        request: Request<pb::GetBlobRequest>,
+    ) -> Result<Response<Self::GetBlobStream>, Status> {
+        let mut honest = self.inner.honest.get_blob(request).await?.into_inner();
+        if self.inner.strategy != Strategy::CorruptOutputs {
+            return Ok(Response::new(honest));
+        }
+        let (sender, receiver) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Some(mut chunk) = honest.next().await {
+                if let Ok(chunk) = &mut chunk
+                    && first
+                    && !chunk.data.is_empty()
+                {
+                    let mut data = chunk.data.to_vec();
+                    data[0] ^= 0x01;
+                    chunk.data = data.into();
+                    first = false;
+                }
+                if sender.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     type ExecuteStream = ReceiverStream<Result<pb::ExecuteResponse, Status>>;

@@ -315,6 +315,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             hash: ContentHash::of(b"data").to_vec().into(),
             size: 4,
         }],
+        outputs: false,
     };
     let manifest = pb::TaskManifest {
         program: program.encode_to_vec().into(),

@@ -104,7 +104,69 @@ impl WorkerBlobs {
     ) -> Result<WorkerUpload, PutError> {
         // Before reserving: an oversized blob must not evict anything on its way to a refusal.
         super::check_size(size)?;
-        let reservation = {
+        let reservation = self.reserve(hash, size, key)?;
+        match self.files.begin(hash, size) {
+            Ok(upload) => Ok(WorkerUpload {
+                store: self.clone(),
+                hash,
+                upload: Some(upload),
+                reservation: Some(reservation),
+            }),
+            Err(error) => {
+                self.ledger().release(reservation);
+                Err(error)
+            }
+        }
+    }
+
+    /// Keeps `source`, a task's output file of `size` bytes whose hash is `hash`, as a blob
+    /// charged to `key` (the task's signer), with room made as for an upload. The file is moved
+    /// (copied across file systems). Refused like an upload when there is no room; a blob
+    /// already stored is only marked used.
+    pub fn adopt(
+        &self,
+        hash: ContentHash,
+        size: u64,
+        key: PublicKey,
+        source: &Path,
+    ) -> Result<(), PutError> {
+        if self.touch(&hash) {
+            return Ok(());
+        }
+        let reservation = self.reserve(hash, size, key)?;
+        let target = self.files.path(&hash);
+        // Placed under the lock, as an upload is made visible: an eviction of the same hash
+        // cannot delete it between its placing and the ledger's counting it.
+        let mut ledger = self.ledger();
+        let placed = std::fs::rename(source, &target).or_else(|_| {
+            let partial = tempfile::NamedTempFile::new_in(self.files.incoming())?;
+            std::fs::copy(source, partial.path())?;
+            partial
+                .persist(&target)
+                .map(drop)
+                .map_err(|error| error.error)
+        });
+        match placed {
+            Ok(()) => {
+                ledger.commit(reservation, hash);
+                Ok(())
+            }
+            Err(error) => {
+                ledger.release(reservation);
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Reserves room for `size` bytes for `key`, evicting least recently used blobs no task
+    /// holds if need be (see [`Ledger::reserve`]).
+    fn reserve(
+        &self,
+        hash: ContentHash,
+        size: u64,
+        key: PublicKey,
+    ) -> Result<Reservation, PutError> {
+        {
             let mut ledger = self.ledger();
             let (reservation, evicted) = ledger.reserve(key, size)?;
             // Deleted under the lock: an upload of the same blob cannot be made visible between
@@ -129,19 +191,7 @@ impl WorkerBlobs {
                     "least recently used blobs evicted to make room"
                 );
             }
-            reservation
-        };
-        match self.files.begin(hash, size) {
-            Ok(upload) => Ok(WorkerUpload {
-                store: self.clone(),
-                hash,
-                upload: Some(upload),
-                reservation: Some(reservation),
-            }),
-            Err(error) => {
-                self.ledger().release(reservation);
-                Err(error)
-            }
+            Ok(reservation)
         }
     }
 }

@@ -42,6 +42,8 @@ use super::guest_env::FIXED_WALL_CLOCK_UNIX_S;
 pub const DEVICE: u64 = 1;
 /// `/input`'s inode; files follow it in byte order of their names.
 pub const ROOT_INODE: u64 = 1;
+/// `/output`'s inode (its files report 0: see `output_dir`); above every `/input` file's.
+pub const OUTPUT_INODE: u64 = 1_000_000;
 /// Access, modification and status change time of every `/input` entry, in nanoseconds since
 /// the Unix epoch: the instant the guest's wall clock is stopped at.
 pub const TIMESTAMP_NS: u64 = FIXED_WALL_CLOCK_UNIX_S * 1_000_000_000;
@@ -76,10 +78,12 @@ pub(super) struct InputView {
 impl InputView {
     /// The view of a directory whose own identity is `root` and whose files are `files`
     /// (name, identity), each identity distinct.
-    pub(super) fn new(root: HostIdentity, mut files: Vec<(String, HostIdentity)>) -> Self {
+    pub(super) fn new(root: Option<HostIdentity>, mut files: Vec<(String, HostIdentity)>) -> Self {
         files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut inodes = HashMap::with_capacity(files.len() + 1);
-        inodes.insert(root, ROOT_INODE);
+        let mut inodes = HashMap::with_capacity(files.len() + 2);
+        if let Some(root) = root {
+            inodes.insert(root, ROOT_INODE);
+        }
         for (inode, (_, identity)) in (ROOT_INODE + 1..).zip(&files) {
             let previous = inodes.insert(*identity, inode);
             assert!(previous.is_none(), "two /input entries share a host inode");
@@ -88,6 +92,12 @@ impl InputView {
             names: files.into_iter().map(|(name, _)| name).collect(),
             inodes,
         }
+    }
+
+    /// The view with `/output` too, whose identity is `root`.
+    pub(super) fn with_output(mut self, root: HostIdentity) -> Self {
+        self.inodes.insert(root, OUTPUT_INODE);
+        self
     }
 
     /// `stat` as wasmtime-wasi reported it, with every host detail replaced.
@@ -116,32 +126,45 @@ impl InputView {
     /// The bytes `fd_readdir` fills a buffer of `capacity` bytes with, starting after the
     /// `cookie`-th entry: the same layout and truncation as wasmtime-wasi, the entries sorted.
     fn directory_bytes(&self, cookie: u64, capacity: usize) -> Vec<u8> {
-        let dot = [
-            (".", ROOT_INODE, Filetype::Directory),
-            ("..", ROOT_INODE, Filetype::Directory),
-        ];
         let files = (ROOT_INODE + 1..)
             .zip(&self.names)
-            .map(|(inode, name)| (name.as_str(), inode, Filetype::RegularFile));
-        let mut bytes = Vec::new();
-        let entries = dot.into_iter().chain(files).zip(1u64..);
-        for ((name, inode, filetype), next) in
-            entries.skip(usize::try_from(cookie).unwrap_or(usize::MAX))
-        {
-            if bytes.len() >= capacity {
-                break;
-            }
-            let mut header = [0u8; DIRENT_HEADER_BYTES];
-            header[0..8].copy_from_slice(&next.to_le_bytes());
-            header[8..16].copy_from_slice(&inode.to_le_bytes());
-            header[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
-            header[20] = filetype as u8;
-            bytes.extend_from_slice(&header);
-            bytes.extend_from_slice(name.as_bytes());
-        }
-        bytes.truncate(capacity);
-        bytes
+            .map(|(inode, name)| (name.as_str(), inode));
+        listing_bytes(ROOT_INODE, files, cookie, capacity)
     }
+}
+
+/// `fd_readdir`'s bytes for a directory whose inode is `inode` and whose regular files are
+/// `files` (name, inode) in byte order of names: `.`, `..`, then the files; starting after the
+/// `cookie`-th entry, cut to `capacity` bytes (wasmtime-wasi's layout and truncation).
+fn listing_bytes<'a>(
+    inode: u64,
+    files: impl Iterator<Item = (&'a str, u64)>,
+    cookie: u64,
+    capacity: usize,
+) -> Vec<u8> {
+    let dot = [
+        (".", inode, Filetype::Directory),
+        ("..", inode, Filetype::Directory),
+    ];
+    let files = files.map(|(name, inode)| (name, inode, Filetype::RegularFile));
+    let mut bytes = Vec::new();
+    let entries = dot.into_iter().chain(files).zip(1u64..);
+    for ((name, inode, filetype), next) in
+        entries.skip(usize::try_from(cookie).unwrap_or(usize::MAX))
+    {
+        if bytes.len() >= capacity {
+            break;
+        }
+        let mut header = [0u8; DIRENT_HEADER_BYTES];
+        header[0..8].copy_from_slice(&next.to_le_bytes());
+        header[8..16].copy_from_slice(&inode.to_le_bytes());
+        header[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
+        header[20] = filetype as u8;
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(name.as_bytes());
+    }
+    bytes.truncate(capacity);
+    bytes
 }
 
 /// wasmtime-wasi reports stdin, stdout and stderr with every number zero: nothing of the host.
@@ -182,7 +205,7 @@ pub(super) fn shadow_metadata_calls(linker: &mut Linker<TaskState>) -> wasmtime:
 
 /// What wasmtime-wasi's generated glue does before each call: the guest's memory, and the
 /// task's state told the store's host-call fuel.
-fn memory_and_state<'a>(
+pub(super) fn memory_and_state<'a>(
     caller: &'a mut Caller<'_, TaskState>,
 ) -> wasmtime::Result<(GuestMemory<'a>, &'a mut TaskState)> {
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
@@ -263,7 +286,31 @@ async fn fd_readdir(
     if errno != 0 {
         return Ok(errno);
     }
-    let bytes = view.directory_bytes(cookie as u64, buf_len as u32 as usize);
+    let capacity = buf_len as u32 as usize;
+    // A task with outputs has two directories: tell `/output` by its identity.
+    let output_names = match state.output.as_ref() {
+        Some(output) => {
+            let identity = state
+                .wasi
+                .fd_filestat_get(&mut memory, (fd as u32).into())
+                .await
+                .map(|stat| HostIdentity(stat.ino));
+            match identity {
+                Ok(identity) if identity == output.root => Some(output.names()?),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let bytes = match output_names {
+        Some(names) => listing_bytes(
+            OUTPUT_INODE,
+            names.iter().map(|name| (name.as_str(), 0)),
+            cookie as u64,
+            capacity,
+        ),
+        None => view.directory_bytes(cookie as u64, capacity),
+    };
     let len = bytes.len() as u32;
     memory.copy_from_slice(&bytes, GuestPtr::<[u8]>::new((buf as u32, len)))?;
     memory.write(GuestPtr::<u32>::new(used as u32), len)?;
@@ -276,7 +323,7 @@ mod tests {
 
     fn view() -> InputView {
         InputView::new(
-            HostIdentity(900),
+            Some(HostIdentity(900)),
             vec![
                 ("b".to_owned(), HostIdentity(7)),
                 ("a".to_owned(), HostIdentity(8)),

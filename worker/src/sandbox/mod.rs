@@ -10,6 +10,7 @@
 mod disk_cache;
 pub mod guest_env;
 pub mod input_view;
+pub mod output_dir;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
@@ -33,12 +34,15 @@ use disk_cache::{DiskCache, Lookup};
 pub use disk_cache::{MODULE_CACHE_KEY_CONTEXT, ModuleCacheDir};
 use guest_env::{CappedPipe, FixedMonotonicClock, FixedWallClock, SeededRandom};
 use input_view::{HostIdentity, InputView};
+use output_dir::OutputState;
+pub use output_dir::{OUTPUT_DIR, OutputFile, Outputs};
 
 /// Bumped whenever a sandbox setting that can change a result changes (clocks, random streams,
 /// stack size, argv, `/input` metadata): peers with different versions must not be compared.
 /// v2: `/input` shows fixed metadata and sorted listings ([`input_view`]).
 /// v3: trap and invalid-module texts are capped ([`Outcome::capped`]).
-const SANDBOX_VERSION: u32 = 3;
+/// v4: tasks may ask for a writable `/output` ([`output_dir`]).
+const SANDBOX_VERSION: u32 = 4;
 
 /// argv[0] of every task: the module's name on the submitter's disk must not change the output.
 pub const ARGV0: &str = "task";
@@ -167,6 +171,9 @@ pub struct Limits {
     pub timeout: Duration,
     pub stdout_max_bytes: u64,
     pub stderr_max_bytes: u64,
+    /// Caps on `/output` (only for a task with [`TaskSpec::outputs`]).
+    pub output_max_bytes: u64,
+    pub output_max_files: u32,
 }
 
 impl Default for Limits {
@@ -177,6 +184,8 @@ impl Default for Limits {
             timeout: limits::DEFAULT_TIMEOUT,
             stdout_max_bytes: limits::DEFAULT_STDOUT_MAX_BYTES,
             stderr_max_bytes: limits::DEFAULT_STDERR_MAX_BYTES,
+            output_max_bytes: limits::DEFAULT_OUTPUT_MAX_BYTES,
+            output_max_files: limits::DEFAULT_OUTPUT_MAX_FILES,
         }
     }
 }
@@ -199,6 +208,8 @@ pub struct TaskSpec {
     pub limits: Limits,
     /// Seeds the guest's random streams: the program digest (see `peergrid.proto`).
     pub random_seed: [u8; 32],
+    /// The guest gets a writable `/output`, bounded by the limits' output caps.
+    pub outputs: bool,
 }
 
 /// What running a task produced.
@@ -210,17 +221,31 @@ pub struct Execution {
     /// Fuel the guest burnt after instantiation; 0 when it timed out or never started.
     pub fuel_used: u64,
     pub wall_time: Duration,
+    /// For a task with outputs, the files it left under `/output` (none when it ended with
+    /// `OutputLimit`); `None` for a task without.
+    pub outputs: Option<Arc<Outputs>>,
 }
 
 impl Execution {
-    fn without_running(outcome: Outcome) -> Self {
+    /// A task that ended before it ran (`outcome`), with no output.
+    pub fn without_running(outcome: Outcome) -> Self {
         Self {
             outcome: outcome.capped(),
             stdout: Bytes::new(),
             stderr: Bytes::new(),
             fuel_used: 0,
             wall_time: Duration::ZERO,
+            outputs: None,
         }
+    }
+
+    /// The execution of a task that asked for outputs (`asked`): with an empty list of output
+    /// files if it ended before it could leave any, so that its receipt still signs a digest.
+    pub fn with_outputs_asked(mut self, asked: bool) -> Self {
+        if asked && self.outputs.is_none() {
+            self.outputs = Some(Arc::new(Outputs::none()));
+        }
+        self
     }
 
     /// BLAKE3 of stdout: what submitters compare.
@@ -287,8 +312,11 @@ struct Inner {
 struct TaskState {
     wasi: WasiP1Ctx,
     limiter: TaskLimiter,
-    /// What the guest is shown of `/input`'s metadata; `None` when the task has no input files.
+    /// What the guest is shown of `/input`'s and `/output`'s metadata; `None` when the task has
+    /// neither.
     input_view: Option<InputView>,
+    /// The task's `/output`, for a task with outputs.
+    output: Option<OutputState>,
 }
 
 impl Sandbox {
@@ -327,6 +355,7 @@ impl Sandbox {
             &mut state.wasi
         })
         .and_then(|()| input_view::shadow_metadata_calls(&mut linker))
+        .and_then(|()| output_dir::shadow_output_calls(&mut linker))
         .map_err(|error| ModuleError(format!("cannot link WASI: {error}")))?;
         std::fs::create_dir_all(&options.scratch_dir).map_err(|error| {
             ModuleError(format!(
@@ -455,12 +484,16 @@ impl Sandbox {
     /// [`Outcome`]. Called from a future already on those threads (see [`Sandbox::spawn`]), the
     /// task runs in place; otherwise it hops there and back.
     pub async fn run(&self, module: &CompiledModule, spec: TaskSpec) -> Execution {
+        let outputs_asked = spec.outputs;
         if self.inner.executor.is_current() {
-            return self.run_here(module, spec).await;
+            return self
+                .run_here(module, spec)
+                .await
+                .with_outputs_asked(outputs_asked);
         }
         let sandbox = self.clone();
         let module = module.clone();
-        match self
+        let execution = match self
             .spawn(async move { sandbox.run_here(&module, spec).await })
             .await
         {
@@ -471,7 +504,8 @@ impl Sandbox {
             Err(error) => Execution::without_running(Outcome::Trapped(TrapKind::Other(format!(
                 "host panic: {error}"
             )))),
-        }
+        };
+        execution.with_outputs_asked(outputs_asked)
     }
 
     /// Runs `future` on the sandbox's threads and waits for it. If the caller stops waiting (a
@@ -505,7 +539,8 @@ impl Sandbox {
         };
         match module {
             Ok(module) => self.run(&module, spec).await,
-            Err(error) => Execution::without_running(Outcome::InvalidModule(error.0)),
+            Err(error) => Execution::without_running(Outcome::InvalidModule(error.0))
+                .with_outputs_asked(spec.outputs),
         }
     }
 
@@ -533,24 +568,56 @@ impl Sandbox {
             }
         };
         let input_dir = scratch.as_ref().map(|dir| dir.path());
+        // Made afresh for every store (an instantiation retried after a pool shortage starts
+        // with an empty `/output` again).
+        let output_dir = Mutex::new(None::<tempfile::TempDir>);
         let new_store = || -> wasmtime::Result<Store<TaskState>> {
+            let (output, view) = if spec.outputs {
+                let dir = tempfile::Builder::new()
+                    .prefix("output-")
+                    .tempdir_in(&self.inner.scratch_dir)?;
+                let output = OutputState::new(
+                    dir.path(),
+                    spec.limits.output_max_bytes,
+                    spec.limits.output_max_files,
+                )?;
+                let view = input_view
+                    .clone()
+                    .unwrap_or_else(|| InputView::new(None, Vec::new()))
+                    .with_output(output.root);
+                *lock(&output_dir) = Some(dir);
+                (Some(output), Some(view))
+            } else {
+                (None, input_view.clone())
+            };
+            let output_path = lock(&output_dir).as_ref().map(|dir| dir.path().to_owned());
             let state = TaskState {
-                wasi: wasi_context(&spec, &stdout, &stderr, input_dir)?,
+                wasi: wasi_context(&spec, &stdout, &stderr, input_dir, output_path.as_deref())?,
                 limiter: TaskLimiter {
                     memory_max_bytes: cap_to_usize(spec.limits.memory_bytes),
                     hit: false,
                 },
-                input_view: input_view.clone(),
+                input_view: view,
+                output,
             };
             let mut store = Store::new(&self.inner.engine, state);
             store.limiter(|state| &mut state.limiter);
             Ok(store)
         };
         let fuel = spec.limits.fuel;
+        let output_over = &std::sync::atomic::AtomicBool::new(false);
         let run = async move {
             let (store, result) = instantiate_and_call(new_store, module, fuel).await?;
             let fuel_left = store.get_fuel().unwrap_or(0);
             let memory_limit_hit = store.data().limiter.hit;
+            output_over.store(
+                store
+                    .data()
+                    .output
+                    .as_ref()
+                    .is_some_and(|output| output.over),
+                Ordering::Relaxed,
+            );
             Ok::<_, wasmtime::Error>((result, fuel.saturating_sub(fuel_left), memory_limit_hit))
         };
         let (outcome, fuel_used) = match tokio::time::timeout(spec.limits.timeout, run).await {
@@ -570,18 +637,36 @@ impl Sandbox {
                 (outcome, fuel_used)
             }
         };
-        let outcome = if stdout.overflowed() || stderr.overflowed() {
+        let output_over = output_over.load(Ordering::Relaxed);
+        let outcome = if stdout.overflowed() || stderr.overflowed() || output_over {
             Outcome::OutputLimit
         } else {
             outcome
         };
         drop(scratch);
+        let outputs = match output_dir
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        {
+            None => None,
+            // Passing a cap keeps no output file (the directory is deleted).
+            Some(_dir) if output_over => Some(Outputs::none()),
+            Some(dir) => match output_dir::collect(dir) {
+                Ok(outputs) => Some(outputs),
+                Err(error) => {
+                    return Execution::without_running(Outcome::Trapped(TrapKind::Other(format!(
+                        "host could not read /output: {error}"
+                    ))));
+                }
+            },
+        };
         Execution {
             outcome: outcome.capped(),
             stdout: stdout.contents(),
             stderr: stderr.contents(),
             fuel_used,
             wall_time: started.elapsed(),
+            outputs: outputs.map(Arc::new),
         }
     }
 
@@ -633,7 +718,7 @@ impl Sandbox {
             identities.insert(identity);
             files.push((input.name.clone(), identity));
         }
-        Ok(Some((dir, InputView::new(root, files))))
+        Ok(Some((dir, InputView::new(Some(root), files))))
     }
 
     fn lock_modules(&self) -> std::sync::MutexGuard<'_, ModuleCache> {
@@ -738,6 +823,7 @@ fn wasi_context(
     stdout: &CappedPipe,
     stderr: &CappedPipe,
     input_dir: Option<&Path>,
+    output_dir: Option<&Path>,
 ) -> wasmtime::Result<WasiP1Ctx> {
     let mut builder = WasiCtxBuilder::new();
     builder
@@ -763,6 +849,9 @@ fn wasi_context(
         .allow_ip_name_lookup(false);
     if let Some(dir) = input_dir {
         builder.preopened_dir(dir, INPUT_DIR, FsPerms::ReadOnly)?;
+    }
+    if let Some(dir) = output_dir {
+        builder.preopened_dir(dir, OUTPUT_DIR, FsPerms::ReadWrite)?;
     }
     Ok(builder.build_p1())
 }
@@ -1067,4 +1156,11 @@ mod tests {
             Outcome::Trapped(TrapKind::Other(cut))
         );
     }
+}
+
+/// Locks `mutex`, taking the value of a poisoned one as it is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
