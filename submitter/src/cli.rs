@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use peergrid_proto::relays::RelaySpec;
 use peergrid_proto::{Identity, PublicKey, pb};
-use peergrid_worker::sandbox::{Sandbox, SandboxOptions};
+use peergrid_worker::sandbox::{Execution, Outcome, Sandbox, SandboxOptions};
 
 use crate::client::{Dialer, WorkerClient};
 use crate::inputs::{CheckedInputs, PathPolicy};
@@ -150,7 +150,12 @@ enum Command {
     },
     /// Run one task locally, in exactly the sandbox a worker uses.
     #[command(after_help = exit_code::HELP)]
-    Run(TaskArgs),
+    Run {
+        #[command(flatten)]
+        task: TaskArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
     /// Sign one task, run it on a worker, verify the receipt, and print what `run` prints.
     #[command(after_help = exit_code::HELP)]
     Exec {
@@ -199,6 +204,18 @@ struct RelayArgs {
     /// with commas) for several.
     #[arg(long = "relay", env = "PEERGRID_RELAYS", value_delimiter = ',')]
     relays: Vec<RelaySpec>,
+}
+
+/// `run`'s cache of compiled modules.
+#[derive(Args, Debug)]
+struct CacheArgs {
+    /// Where compiled modules are kept between runs [default: the platform's cache dir, e.g.
+    /// ~/.cache/peergrid].
+    #[arg(long = "cache-dir", env = "PEERGRID_CACHE_DIR")]
+    dir: Option<PathBuf>,
+    /// Compile the module without reading or writing the cache.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 /// Where the workers are.
@@ -252,9 +269,14 @@ impl StateArgs {
 struct TaskArgs {
     /// The WebAssembly module (WASI preview 1 command).
     module: PathBuf,
-    /// Fuel limit, about one unit per instruction [default: 10_000_000_000].
-    #[arg(long)]
+    /// Fuel limit, operators executed at their costs [default: the worker's, 10 s of CPU by
+    /// the rule of --cpu-s].
+    #[arg(long, conflicts_with = "cpu_s")]
     fuel: Option<u64>,
+    /// CPU time limit in seconds, turned into fuel by the documented rule (fuel =
+    /// seconds × peergrid_worker::limits::FUEL_PER_SECOND).
+    #[arg(long)]
+    cpu_s: Option<u64>,
     /// Memory limit in MiB [default: 256].
     #[arg(long)]
     memory_mb: Option<u64>,
@@ -306,7 +328,10 @@ impl TaskArgs {
             inputs: self.inputs.clone(),
             outputs: self.output_dir.is_some(),
             limits: pb::TaskLimits {
-                fuel: self.fuel.unwrap_or(0),
+                fuel: self
+                    .fuel
+                    .or(self.cpu_s.map(peergrid_worker::limits::fuel_for_seconds))
+                    .unwrap_or(0),
                 memory_bytes: mib(self.memory_mb),
                 timeout_ms: self.timeout_s.map_or(0, |s| s.saturating_mul(1000)),
                 stdout_max_bytes: mib(self.stdout_mb),
@@ -453,7 +478,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             crate::status::show(&state.dir(), job.as_deref(), json)
         }
         Command::Results { job, out, state } => results(&state.dir(), &job, out),
-        Command::Run(task) => run_local(task).await,
+        Command::Run { task, cache } => run_local(task, cache).await,
         Command::Exec {
             peer,
             key,
@@ -747,18 +772,42 @@ fn keygen(out: PathBuf) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-async fn run_local(task: TaskArgs) -> anyhow::Result<u8> {
+async fn run_local(task: TaskArgs, cache: CacheArgs) -> anyhow::Result<u8> {
     let program = task.request().prepare()?;
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
-    let sandbox = Sandbox::new(SandboxOptions {
-        threads: 1,
-        scratch_dir: scratch.path().to_owned(),
-        fingerprint_tag: None,
-    })?;
-    let execution = sandbox
-        .run_module(program.module.clone(), program.spec)
-        .await;
+    let cache = match cache.no_cache {
+        true => None,
+        false => {
+            let dir = cache.dir.unwrap_or_else(crate::run_cache::default_dir);
+            crate::run_cache::open(&dir)
+                .inspect_err(|error| eprintln!("peergrid: warning: {error}"))
+                .ok()
+        }
+    };
+    let sandbox = Sandbox::with_module_cache(
+        SandboxOptions {
+            threads: 1,
+            scratch_dir: scratch.path().to_owned(),
+            fingerprint_tag: None,
+        },
+        cache,
+    )?;
+    let loading = sandbox.clone();
+    let (hash, wasm) = (program.module_hash, program.module.clone());
+    let loaded = tokio::task::spawn_blocking(move || loading.load(hash, &wasm))
+        .await
+        .context("the compiler thread panicked")?;
+    let outputs_asked = program.spec.outputs;
+    let (execution, source) = match loaded {
+        Ok((module, source)) => (sandbox.run(&module, program.spec).await, Some(source)),
+        Err(error) => (
+            Execution::without_running(Outcome::InvalidModule(error.0))
+                .with_outputs_asked(outputs_asked),
+            None,
+        ),
+    };
     let mut report = Report::from(execution.clone());
+    report.module_source = source;
     if let (Some(dir), Some(outputs)) = (&task.output_dir, &execution.outputs) {
         output_dir(dir)?;
         for file in &outputs.files {

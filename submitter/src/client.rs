@@ -22,6 +22,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// through one. Once per connection; behind NATs that defeat punching, the upload then goes
 /// through the relay.
 pub const HOLE_PUNCH_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait at start for a home relay, when relays are configured (see [`Dialer::new`]).
+pub const RELAY_ONLINE_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait for the next chunk of an output file being fetched. Reached: the fetch fails,
 /// and the file is fetched from another agreeing worker.
 pub const FETCH_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,8 +63,15 @@ impl Dialer {
         relays: &[RelaySpec],
     ) -> Result<Self, transport::TransportError> {
         let any: std::net::SocketAddr = "0.0.0.0:0".parse().expect("valid");
+        let endpoint = transport::bind_endpoint(identity, any, Vec::new(), relays).await?;
+        if !relays.is_empty() {
+            // A peer behind a NAT answers through this endpoint's home relay: dialing before
+            // iroh has picked one (its first network report) can leave those peers unreached.
+            // Bounded: with every relay down the job still reaches direct peers.
+            let _ = tokio::time::timeout(RELAY_ONLINE_WAIT, endpoint.online()).await;
+        }
         Ok(Self {
-            endpoint: transport::bind_endpoint(identity, any, Vec::new(), relays).await?,
+            endpoint,
             key: identity.public_key(),
             relays: std::sync::Arc::new(relays.iter().map(|relay| relay.url.clone()).collect()),
             traffic: transport::TrafficLog::default(),

@@ -18,6 +18,8 @@
 //! outputs = true           # each task gets a writable /output; the files it leaves there are
 //!                          # agreed on and fetched into <results>/<task id>/ (default false)
 //! [limits]                 # each optional; absent means the worker's default
+//! cpu_s = 10               # CPU seconds, turned into fuel by the documented rule
+//!                          # (limits::FUEL_PER_SECOND per second); or fuel, not both
 //! fuel = 10_000_000_000
 //! memory_mb = 64
 //! timeout_s = 60
@@ -108,6 +110,7 @@ pub enum FileRole {
 /// Limits of every task of a job; `None` leaves the choice to the worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobLimits {
+    /// Fuel, given as such or as CPU seconds (`cpu_s`, turned into fuel).
     pub fuel: Option<u64>,
     pub memory_mb: Option<u64>,
     pub timeout_s: Option<u64>,
@@ -321,6 +324,7 @@ struct RawJob {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    cpu_s: Option<Spanned<u64>>,
     fuel: Option<Spanned<u64>>,
     memory_mb: Option<Spanned<u64>>,
     timeout_s: Option<Spanned<u64>>,
@@ -368,6 +372,7 @@ const JOB_FIELDS: &[&str] = &[
     "sweep",
 ];
 const LIMITS_FIELDS: &[&str] = &[
+    "cpu_s",
     "fuel",
     "memory_mb",
     "timeout_s",
@@ -393,6 +398,7 @@ fn example(field: &str) -> &'static str {
         "env" | "task.env" => r#"env = { MODE = "fast" }"#,
         "limits" => "limits = { fuel = 10_000_000_000, memory_mb = 64, timeout_s = 60 }",
         "limits.fuel" => "fuel = 10_000_000_000",
+        "limits.cpu_s" => "cpu_s = 10",
         "limits.memory_mb" => "memory_mb = 64",
         "limits.timeout_s" => "timeout_s = 60",
         "limits.stdout_mb" => "stdout_mb = 4",
@@ -730,14 +736,29 @@ fn check_limits(doc: &Doc, raw: Option<&RawLimits>) -> Result<JobLimits, JobFile
     };
     let max_memory_mb = limits::MAX_MEMORY_BYTES / MIB;
     let max_timeout_s = limits::MAX_TIMEOUT.as_secs();
+    let fuel = check_limit(
+        doc,
+        "limits.fuel",
+        raw.fuel.as_ref(),
+        limits::MAX_FUEL,
+        "MAX_FUEL",
+    )?;
+    let cpu_s = check_limit(
+        doc,
+        "limits.cpu_s",
+        raw.cpu_s.as_ref(),
+        limits::MAX_FUEL / limits::FUEL_PER_SECOND,
+        "MAX_FUEL / FUEL_PER_SECOND",
+    )?;
+    if let (Some(_), Some(cpu_s)) = (fuel, raw.cpu_s.as_ref()) {
+        return Err(doc.invalid(
+            Some(cpu_s.span()),
+            "limits.cpu_s",
+            "give fuel or cpu_s, not both (cpu_s is fuel in seconds), e.g. cpu_s = 10".into(),
+        ));
+    }
     Ok(JobLimits {
-        fuel: check_limit(
-            doc,
-            "limits.fuel",
-            raw.fuel.as_ref(),
-            limits::MAX_FUEL,
-            "MAX_FUEL",
-        )?,
+        fuel: fuel.or(cpu_s.map(limits::fuel_for_seconds)),
         memory_mb: check_limit(
             doc,
             "limits.memory_mb",
@@ -1595,8 +1616,16 @@ env = { SEED = "{i}{i}", MODE = "sweep" }
             "job.toml:4: limits.fuel: must be at least 1 (leave it out for the worker's default), e.g. fuel = 10_000_000_000",
         );
         check(
-            &with_head("[limits]\nfuel = 10_000_000_000_001\n"),
-            "job.toml:4: limits.fuel: 10000000000001 is above the worker's ceiling MAX_FUEL (10000000000000), e.g. fuel = 10_000_000_000",
+            &with_head("[limits]\nfuel = 518_400_000_000_001\n"),
+            "job.toml:4: limits.fuel: 518400000000001 is above the worker's ceiling MAX_FUEL (518400000000000), e.g. fuel = 10_000_000_000",
+        );
+        check(
+            &with_head("[limits]\ncpu_s = 86401\n"),
+            "job.toml:4: limits.cpu_s: 86401 is above the worker's ceiling MAX_FUEL / FUEL_PER_SECOND (86400), e.g. cpu_s = 10",
+        );
+        check(
+            &with_head("[limits]\nfuel = 5\ncpu_s = 1\n"),
+            "job.toml:5: limits.cpu_s: give fuel or cpu_s, not both (cpu_s is fuel in seconds), e.g. cpu_s = 10",
         );
         check(
             &with_head("[limits]\nmemory_mb = 4097\n"),

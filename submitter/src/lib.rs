@@ -35,6 +35,7 @@ pub mod progress;
 pub mod relay;
 pub mod report;
 pub mod results;
+pub mod run_cache;
 pub mod schedule;
 pub mod sim;
 pub mod status;

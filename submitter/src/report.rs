@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use peergrid_proto::ContentHash;
-use peergrid_worker::sandbox::{Execution, Outcome};
+use peergrid_worker::sandbox::{CompileSource, Execution, Outcome};
 use serde_json::json;
 
 use crate::client::{CheckedResult, OutputEntry};
@@ -65,6 +65,8 @@ pub struct Report {
     pub outputs: Vec<OutputEntry>,
     /// Where those files were written.
     pub output_dir: Option<std::path::PathBuf>,
+    /// For `run`: where the compiled module came from (compiled now, or `run`'s disk cache).
+    pub module_source: Option<CompileSource>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +98,7 @@ impl From<Execution> for Report {
                 })
                 .collect(),
             output_dir: None,
+            module_source: None,
         }
     }
 }
@@ -118,6 +121,7 @@ impl From<CheckedResult> for Report {
             wall_time: result.wall_time,
             outputs: result.outputs,
             output_dir: None,
+            module_source: None,
         }
     }
 }
@@ -191,6 +195,14 @@ impl Report {
             let (text, encoding) = lossless_text(bytes);
             value[name] = text.into();
             value[format!("{name}_encoding")] = encoding.into();
+        }
+        if let Some(source) = self.module_source {
+            value["module"] = match source {
+                CompileSource::Memory => "memory",
+                CompileSource::Disk => "cached",
+                CompileSource::Compiled => "compiled",
+            }
+            .into();
         }
         if let Some(dir) = &self.output_dir {
             value["output_dir"] = dir.display().to_string().into();

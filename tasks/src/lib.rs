@@ -9,6 +9,7 @@
 //!
 //! Honest guests compute something checkable (`hello`, `echo`, `pi`, `primes`, `mandelbrot`,
 //! `hashchain`, `wordcount`, `render` (resvg: SVG files in `/input` to PNG files in `/output`),
+//! `script` (the Rhai interpreter, running a script given as an input file),
 //! and `lsinput`, which prints everything WASI says about `/input`:
 //! listing order, inode numbers, link counts, times); hostile guests ([`HOSTILE`]) really misbehave (spin, allocate,
 //! recurse, flood, sleep, trap, exit non-zero, try to escape, probe for nondeterminism, snoop
@@ -16,6 +17,8 @@
 //! against them.
 
 use std::path::PathBuf;
+
+pub mod synthetic;
 
 /// Every guest program, by name: `<name>.wasm` in [`guests_dir`].
 pub const GUESTS: &[&str] = &[
@@ -28,6 +31,7 @@ pub const GUESTS: &[&str] = &[
     "wordcount",
     "lsinput",
     "render",
+    "script",
     "spin",
     "membomb",
     "recurse",

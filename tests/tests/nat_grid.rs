@@ -214,7 +214,17 @@ fn assert_every_worker_signed(workers: &[WorkerProcess], out: &Path) {
 
 /// Runs the job to its end and checks every task against a local run.
 fn finish(process: SubmitProcess, out: &Path, tasks: u32) -> String {
-    let output = process.wait(JOB_TIMEOUT);
+    finish_output(process.wait(JOB_TIMEOUT), out, tasks)
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Checks a finished job's output and every task against a local run.
+fn finish_output(output: peergrid_e2e::CliOutput, out: &Path, tasks: u32) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.code, Some(0), "{stdout}\n{}", output.stderr);
     // The summary, traffic line included, for whoever reads the test's output.
@@ -389,9 +399,29 @@ fn when_a_relay_dies_direct_paths_keep_working_and_relayed_peers_move_to_the_oth
     eprintln!("relayed worker moved to the other relay after {took:?}");
     // Direct paths kept working: every task accepted.
     finish(process, &out, 200);
+    // Every worker behind a NAT whose home relay died has moved by now, and says so.
+    let b = grid.workers[0].key_hex.clone();
+    wait_for_row(
+        &grid,
+        &b,
+        "the other NAT'd worker alive, not on the dead relay",
+        Duration::from_secs(60),
+        |row| row["state"] == "alive" && row["relay"] != home.as_str(),
+    );
     // And a new connection reaches it through the other relay.
     let (process, out) = grid.submit("moved", "20000", 40);
-    finish(process, &out, 40);
+    let output = process.wait(JOB_TIMEOUT);
+    if output.code != Some(0) {
+        // What the workers saw, for whoever reads a failure.
+        for worker in &grid.workers {
+            eprintln!(
+                "--- worker {}:\n{}",
+                worker.key_hex,
+                tail(&worker.stderr(), 60)
+            );
+        }
+    }
+    finish_output(output, &out, 40);
     assert!(
         signers(&out).contains(&c),
         "no work reached the moved worker"

@@ -45,11 +45,26 @@
 
 use std::time::Duration;
 
-/// Default fuel of a task that asks for none (`TaskLimits.fuel == 0`): about ten seconds of
-/// guest code on a current core. Reached: the task ends with `OutOfFuel`.
-pub const DEFAULT_FUEL: u64 = 10_000_000_000;
-/// Largest fuel a task may ask for. Above: the task is refused with `OUT_OF_RANGE`.
-pub const MAX_FUEL: u64 = 10_000_000_000_000;
+/// Fuel a guest burns in a second of CPU: the documented rule that turns seconds into fuel (a
+/// job's `cpu_s`, `--cpu-s`). Measured on real guests with the sandbox's operator costs
+/// (`benches/fuel_rate.rs`, BENCHMARKS.md "Fuel"): from 3.2 G/s (f64 Mandelbrot) to 11.5 G/s (a
+/// tight integer loop), 5 to 6 G/s for an interpreter and a renderer, on one core of the
+/// reference machine; 6 G keeps every one of them within 2x of its seconds.
+pub const FUEL_PER_SECOND: u64 = 6_000_000_000;
+/// Default fuel of a task that asks for none (`TaskLimits.fuel == 0`): ten seconds of CPU by
+/// [`fuel_for_seconds`] (5 to 19 s on the reference machine, depending on the code). Reached:
+/// the task ends with `OutOfFuel`.
+pub const DEFAULT_FUEL: u64 = fuel_for_seconds(10);
+
+/// The fuel for `seconds` of CPU, by the documented rule: `seconds × FUEL_PER_SECOND`
+/// (saturating). Deterministic: the same seconds give the same fuel on every machine, so tasks
+/// given in seconds agree like tasks given in fuel.
+pub const fn fuel_for_seconds(seconds: u64) -> u64 {
+    seconds.saturating_mul(FUEL_PER_SECOND)
+}
+/// Largest fuel a task may ask for: a day of CPU, as long as the largest wall-clock backstop
+/// ([`MAX_TIMEOUT`]). Above: the task is refused with `OUT_OF_RANGE`.
+pub const MAX_FUEL: u64 = fuel_for_seconds(24 * 60 * 60);
 
 /// Default linear-memory cap of a task, in bytes. Reached: `memory.grow` traps and the task
 /// ends with `MemoryLimit`.

@@ -41,7 +41,8 @@ pub use output_dir::{OUTPUT_DIR, OutputFile, Outputs};
 /// stack size, argv, `/input` metadata): peers with different versions must not be compared.
 /// v2: `/input` shows fixed metadata and sorted listings ([`input_view`]).
 /// v3: trap and invalid-module texts are capped ([`Outcome::capped`]).
-/// v4: tasks may ask for a writable `/output` ([`output_dir`]).
+/// v4: tasks may ask for a writable `/output` ([`output_dir`]); fuel is charged by operator
+/// cost ([`fuel_costs`]), not one per operator.
 const SANDBOX_VERSION: u32 = 4;
 
 /// argv[0] of every task: the module's name on the submitter's disk must not change the output.
@@ -869,10 +870,88 @@ fn deterministic_config() -> Config {
         // compiled in: wasmtime's `threads` feature is off.)
         .wasm_multi_memory(false)
         .wasm_memory64(false)
+        .operator_cost(fuel_costs())
         .max_wasm_stack(limits::MAX_WASM_STACK_BYTES)
         .async_stack_size(limits::MAX_WASM_STACK_BYTES + 2 * 1024 * 1024)
         .cranelift_opt_level(wasmtime::OptLevel::Speed);
     config
+}
+
+/// What each operator costs in fuel, so that a second of CPU burns about the same fuel whatever
+/// the code does (ARCHITECTURE.md, "Fuel"). wasmtime's default charges 1 per operator: moving a
+/// local, which usually compiles to nothing, costs as much as a float division, and measured
+/// guests burnt from 3.4 G (float code) to 22 G (hashing) fuel per second. Locals are free here,
+/// float arithmetic and calls cost more, divisions most. Part of the engine's configuration, so
+/// of the runtime fingerprint: peers with other costs are never compared.
+fn fuel_costs() -> wasmtime::OperatorCost {
+    let mut cost = wasmtime::OperatorCost::new();
+    cost.LocalGet = 0;
+    cost.LocalSet = 0;
+    cost.LocalTee = 0;
+    for float_arithmetic in [
+        &mut cost.F32Add,
+        &mut cost.F32Sub,
+        &mut cost.F32Mul,
+        &mut cost.F32Min,
+        &mut cost.F32Max,
+        &mut cost.F64Add,
+        &mut cost.F64Sub,
+        &mut cost.F64Mul,
+        &mut cost.F64Min,
+        &mut cost.F64Max,
+    ] {
+        *float_arithmetic = 3;
+    }
+    for slow in [
+        &mut cost.F32Div,
+        &mut cost.F32Sqrt,
+        &mut cost.F64Div,
+        &mut cost.F64Sqrt,
+    ] {
+        *slow = 12;
+    }
+    for division in [
+        &mut cost.I32DivS,
+        &mut cost.I32DivU,
+        &mut cost.I32RemS,
+        &mut cost.I32RemU,
+        &mut cost.I64DivS,
+        &mut cost.I64DivU,
+        &mut cost.I64RemS,
+        &mut cost.I64RemU,
+    ] {
+        *division = 6;
+    }
+    for memory_access in [
+        &mut cost.I32Load,
+        &mut cost.I64Load,
+        &mut cost.F32Load,
+        &mut cost.F64Load,
+        &mut cost.I32Load8S,
+        &mut cost.I32Load8U,
+        &mut cost.I32Load16S,
+        &mut cost.I32Load16U,
+        &mut cost.I64Load8S,
+        &mut cost.I64Load8U,
+        &mut cost.I64Load16S,
+        &mut cost.I64Load16U,
+        &mut cost.I64Load32S,
+        &mut cost.I64Load32U,
+        &mut cost.I32Store,
+        &mut cost.I64Store,
+        &mut cost.F32Store,
+        &mut cost.F64Store,
+        &mut cost.I32Store8,
+        &mut cost.I32Store16,
+        &mut cost.I64Store8,
+        &mut cost.I64Store16,
+        &mut cost.I64Store32,
+    ] {
+        *memory_access = 2;
+    }
+    cost.Call = 3;
+    cost.CallIndirect = 6;
+    cost
 }
 
 /// The pooling allocator for `slots` tasks at once (see the sizes in [`limits`]). Sizes are
