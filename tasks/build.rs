@@ -78,7 +78,77 @@ fn main() {
         );
     }
 
+    let c_sources = manifest_dir.join("c");
+    rerun_if_changed_tree(&c_sources);
+    build_c_guests(&c_sources, &out_dir);
+
     println!("cargo:rustc-env=PEERGRID_GUESTS_DIR={}", out_dir.display());
+}
+
+/// The C compiler of the C guests: clang, which targets wasm32-wasi with Debian's `wasi-libc`
+/// (its headers and libc under the compiler's wasm32-wasi multiarch directories) and
+/// `libclang-rt-dev-wasm32`, and builds the same source natively for comparison.
+const CLANG: &str = "clang";
+
+/// Builds each `c/<name>.c` twice with clang: `<out>/<name>.wasm` for wasm32-wasi (WASI preview
+/// 1), and `<out>/<name>-native` for this machine. Without clang and wasi-libc it says so once
+/// and builds nothing: the tests that need the C guests then fail naming what to install
+/// (`.ci/run` installs it).
+fn build_c_guests(sources: &Path, out_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(sources) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "c"))
+        .collect();
+    files.sort();
+    std::fs::create_dir_all(out_dir).expect("the guests directory can be created");
+    for source in files {
+        let name = source
+            .file_stem()
+            .expect("a .c file has a stem")
+            .to_string_lossy();
+        let builds = [
+            (
+                out_dir.join(format!("{name}.wasm")),
+                vec!["--target=wasm32-wasi", "-O2", "-Wall", "-Werror"],
+            ),
+            (
+                out_dir.join(format!("{name}-native")),
+                vec!["-O2", "-Wall", "-Werror"],
+            ),
+        ];
+        for (output, flags) in builds {
+            let _ = std::fs::remove_file(&output);
+            let result = clean_command(CLANG)
+                .args(&flags)
+                .arg(&source)
+                .arg("-o")
+                .arg(&output)
+                .output();
+            match result {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => {
+                    println!(
+                        "cargo:warning=the C guest {name} was not built ({CLANG} {}: {}); install clang, lld, wasi-libc and libclang-rt-dev-wasm32 (.ci/run does)",
+                        flags.join(" "),
+                        String::from_utf8_lossy(&out.stderr)
+                            .lines()
+                            .next()
+                            .unwrap_or("failed")
+                    );
+                    return;
+                }
+                Err(error) => {
+                    println!(
+                        "cargo:warning=the C guests were not built: cannot run {CLANG} ({error}); install clang, lld, wasi-libc and libclang-rt-dev-wasm32 (.ci/run does)"
+                    );
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// A command with an empty environment apart from what a toolchain needs to be found.

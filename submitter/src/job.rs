@@ -1496,12 +1496,12 @@ env = { SEED = "{i}{i}", MODE = "sweep" }
         check(
             "name = \"j\"\nmodul = \"m.wasm\"\n",
             "job.toml:2: unknown field \"modul\"; expected one of name, module, replication, quorum, \
-             max_replicas, distinct_hosts, distinct_networks, audit_rate, env, limits, task, sweep (e.g. module = \"pi.wasm\")",
+             max_replicas, distinct_hosts, distinct_networks, audit_rate, env, outputs, limits, task, sweep (e.g. module = \"pi.wasm\")",
         );
         check(
             &with_head("[limits]\nfeul = 1\n"),
-            "job.toml:4: limits: unknown field \"feul\"; expected one of fuel, memory_mb, timeout_s \
-             (e.g. fuel = 10_000_000_000)",
+            "job.toml:4: limits: unknown field \"feul\"; expected one of cpu_s, fuel, memory_mb, \
+             timeout_s, stdout_mb, stderr_mb, output_mb, output_files (e.g. fuel = 10_000_000_000)",
         );
     }
 

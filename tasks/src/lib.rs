@@ -45,6 +45,10 @@ pub const GUESTS: &[&str] = &[
     "outbomb",
 ];
 
+/// The C guests (`c/<name>.c`), built with clang and wasi-libc when they are installed: each
+/// as `<name>.wasm` and natively as `<name>-native` (see [`native_path`]).
+pub const C_GUESTS: &[&str] = &["cstats"];
+
 /// The guests that misbehave on purpose (a subset of [`GUESTS`]).
 ///
 /// Expected outcomes: `spin` out of fuel; `membomb` memory limit; `recurse` trap (stack
@@ -72,17 +76,34 @@ pub fn guests_dir() -> PathBuf {
 /// If `name` is not one of [`GUESTS`], or its file does not exist.
 pub fn wasm_path(name: &str) -> PathBuf {
     assert!(
-        GUESTS.contains(&name),
-        "unknown peergrid guest {name:?}; the guests are: {}",
-        GUESTS.join(", ")
+        GUESTS.contains(&name) || C_GUESTS.contains(&name),
+        "unknown peergrid guest {name:?}; the guests are: {}, {}",
+        GUESTS.join(", "),
+        C_GUESTS.join(", ")
     );
     let path = guests_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.is_file() || !C_GUESTS.contains(&name),
+        "the C guest {name:?} is not built: {} does not exist. It needs clang, lld, wasi-libc and libclang-rt-dev-wasm32 (Debian packages; `.ci/run` installs them), then a rebuild of peergrid-tasks",
+        path.display()
+    );
     assert!(
         path.is_file(),
         "guest {name:?} is not built: {} does not exist (rebuild the peergrid-tasks crate, e.g. `cargo build -p peergrid-tasks`)",
         path.display()
     );
     path
+}
+
+/// The native build of C guest `name` (see [`C_GUESTS`]), for comparing its output with the
+/// wasm build's.
+///
+/// # Panics
+/// If `name` is not a C guest, or it was not built (clang missing).
+pub fn native_path(name: &str) -> PathBuf {
+    assert!(C_GUESTS.contains(&name), "{name:?} is not a C guest");
+    wasm_path(name);
+    guests_dir().join(format!("{name}-native"))
 }
 
 /// The bytes of guest `name`'s `.wasm` file.
