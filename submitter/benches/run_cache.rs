@@ -7,8 +7,8 @@
 //! cargo bench -p peergrid-submitter --bench run_cache -- --test      # CI: 200 KB, 1 run
 //! ```
 //!
-//! The module is `peergrid_tasks::synthetic::big_module`: about 250 bytes of code per function,
-//! a WASI command that runs every function once (milliseconds of guest time).
+//! The module is `peergrid_tasks::synthetic::big_module`, a WASI command that runs each of its
+//! functions once (milliseconds of guest time), with as many functions as make the size.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 fn main() {
     let test = std::env::args().any(|arg| arg == "--test");
     let (megabytes, runs) = if test { (0.2, 1) } else { (20.0, 3) };
-    let functions = (megabytes * 1e6 / 250.0) as u32;
+    let per_function = peergrid_tasks::synthetic::big_module(1000).len() as f64 / 1000.0;
+    let functions = (megabytes * 1e6 / per_function) as u32;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let module = dir.path().join("big.wasm");
     let wasm = peergrid_tasks::synthetic::big_module(functions);

@@ -1616,8 +1616,8 @@ env = { SEED = "{i}{i}", MODE = "sweep" }
             "job.toml:4: limits.fuel: must be at least 1 (leave it out for the worker's default), e.g. fuel = 10_000_000_000",
         );
         check(
-            &with_head("[limits]\nfuel = 518_400_000_000_001\n"),
-            "job.toml:4: limits.fuel: 518400000000001 is above the worker's ceiling MAX_FUEL (518400000000000), e.g. fuel = 10_000_000_000",
+            &with_head("[limits]\nfuel = 604_800_000_000_001\n"),
+            "job.toml:4: limits.fuel: 604800000000001 is above the worker's ceiling MAX_FUEL (604800000000000), e.g. fuel = 10_000_000_000",
         );
         check(
             &with_head("[limits]\ncpu_s = 86401\n"),

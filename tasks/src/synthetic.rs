@@ -1,7 +1,7 @@
 //! Modules made here rather than compiled from `guests/`: large WASI commands of any size, for
 //! the benchmarks of compiling and of `peergrid run`'s module cache.
 
-/// A WASI command of about `functions` × 250 bytes: `_start` calls each function once; each
+/// A WASI command of about `functions` × 560 bytes: `_start` calls each function once; each
 /// does integer arithmetic on its argument (distinct constants, so nothing is shared).
 pub fn big_module(functions: u32) -> Vec<u8> {
     use wasm_encoder::{

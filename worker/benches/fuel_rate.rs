@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! cargo bench -p peergrid-worker --bench fuel_rate                 # the default fuel, each guest
+//! cargo bench -p peergrid-worker --bench fuel_rate -- --fuel 20000000000   # another amount
 //! cargo bench -p peergrid-worker --bench fuel_rate -- --test       # CI: 50 M fuel each
 //! ```
 //!
@@ -53,7 +54,13 @@ const WORKLOADS: &[Workload] = &[
         label: "render (resvg, f32 raster)",
         guest: "render",
         args: &["60"],
-        inputs: &[("scene.svg", SCENE)],
+        // Four scenes, so that even the default fuel runs out before the last is drawn.
+        inputs: &[
+            ("scene-1.svg", SCENE),
+            ("scene-2.svg", SCENE),
+            ("scene-3.svg", SCENE),
+            ("scene-4.svg", SCENE),
+        ],
         outputs: true,
     },
     Workload {
@@ -92,11 +99,17 @@ const COUNT: &str = "let n = 0; loop { n += 1; }";
 const FIB: &str = "fn fib(n) { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } } loop { fib(24); }";
 
 fn main() {
-    let test = std::env::args().any(|arg| arg == "--test");
-    let fuel = if test {
-        50_000_000
-    } else {
-        limits::DEFAULT_FUEL
+    let args: Vec<String> = std::env::args().collect();
+    let test = args.iter().any(|arg| arg == "--test");
+    // `--fuel N`: another amount than the default fuel.
+    let given = args
+        .iter()
+        .position(|arg| arg == "--fuel")
+        .and_then(|at| args.get(at + 1)?.parse::<u64>().ok());
+    let fuel = match (test, given) {
+        (true, _) => 50_000_000,
+        (false, Some(fuel)) => fuel,
+        (false, None) => limits::DEFAULT_FUEL,
     };
     let scratch = tempfile::tempdir().expect("a scratch directory");
     let sandbox = Sandbox::new(SandboxOptions {
@@ -134,7 +147,7 @@ fn main() {
             limits: Limits {
                 fuel,
                 timeout: Duration::from_secs(600),
-                memory_bytes: 1024 * 1024 * 1024,
+                memory_bytes: limits::MAX_MEMORY_BYTES,
                 ..Limits::default()
             },
             outputs: workload.outputs,

@@ -47,10 +47,11 @@ use std::time::Duration;
 
 /// Fuel a guest burns in a second of CPU: the documented rule that turns seconds into fuel (a
 /// job's `cpu_s`, `--cpu-s`). Measured on real guests with the sandbox's operator costs
-/// (`benches/fuel_rate.rs`, BENCHMARKS.md "Fuel"): from 3.2 G/s (f64 Mandelbrot) to 11.5 G/s (a
-/// tight integer loop), 5 to 6 G/s for an interpreter and a renderer, on one core of the
-/// reference machine; 6 G keeps every one of them within 2x of its seconds.
-pub const FUEL_PER_SECOND: u64 = 6_000_000_000;
+/// (`benches/fuel_rate.rs`, BENCHMARKS.md "Fuel"): from 4.1 G/s (an interpreter's calls) to
+/// 11.7 G/s (a tight integer loop) on one core of the reference machine, f64 Mandelbrot 5.2 G/s,
+/// a renderer 7.5 G/s; 7 G, near their geometric middle, keeps every one within 2x of its
+/// seconds (runs on that shared machine vary by up to a third).
+pub const FUEL_PER_SECOND: u64 = 7_000_000_000;
 /// Default fuel of a task that asks for none (`TaskLimits.fuel == 0`): ten seconds of CPU by
 /// [`fuel_for_seconds`] (5 to 19 s on the reference machine, depending on the code). Reached:
 /// the task ends with `OutOfFuel`.

@@ -880,14 +880,20 @@ fn deterministic_config() -> Config {
 /// What each operator costs in fuel, so that a second of CPU burns about the same fuel whatever
 /// the code does (ARCHITECTURE.md, "Fuel"). wasmtime's default charges 1 per operator: moving a
 /// local, which usually compiles to nothing, costs as much as a float division, and measured
-/// guests burnt from 3.4 G (float code) to 22 G (hashing) fuel per second. Locals are free here,
-/// float arithmetic and calls cost more, divisions most. Part of the engine's configuration, so
-/// of the runtime fingerprint: peers with other costs are never compared.
+/// guests burnt from 3.4 G (float code) to 22 G (hashing) fuel per second. Here locals and
+/// constants are free, float arithmetic, memory access and calls cost more, divisions most: the
+/// same guests burn 4 to 12 G per second (BENCHMARKS.md, "Fuel"). Part of the engine's
+/// configuration, so of the runtime fingerprint: peers with other costs are never compared.
 fn fuel_costs() -> wasmtime::OperatorCost {
     let mut cost = wasmtime::OperatorCost::new();
     cost.LocalGet = 0;
     cost.LocalSet = 0;
     cost.LocalTee = 0;
+    // Constants are immediates of the instructions that use them.
+    cost.I32Const = 0;
+    cost.I64Const = 0;
+    cost.F32Const = 0;
+    cost.F64Const = 0;
     for float_arithmetic in [
         &mut cost.F32Add,
         &mut cost.F32Sub,
@@ -900,7 +906,33 @@ fn fuel_costs() -> wasmtime::OperatorCost {
         &mut cost.F64Min,
         &mut cost.F64Max,
     ] {
-        *float_arithmetic = 3;
+        *float_arithmetic = 6;
+    }
+    for float_compare_or_convert in [
+        &mut cost.F32Eq,
+        &mut cost.F32Ne,
+        &mut cost.F32Lt,
+        &mut cost.F32Gt,
+        &mut cost.F32Le,
+        &mut cost.F32Ge,
+        &mut cost.F64Eq,
+        &mut cost.F64Ne,
+        &mut cost.F64Lt,
+        &mut cost.F64Gt,
+        &mut cost.F64Le,
+        &mut cost.F64Ge,
+        &mut cost.F32ConvertI32S,
+        &mut cost.F32ConvertI32U,
+        &mut cost.F32ConvertI64S,
+        &mut cost.F32ConvertI64U,
+        &mut cost.F64ConvertI32S,
+        &mut cost.F64ConvertI32U,
+        &mut cost.F64ConvertI64S,
+        &mut cost.F64ConvertI64U,
+        &mut cost.F32DemoteF64,
+        &mut cost.F64PromoteF32,
+    ] {
+        *float_compare_or_convert = 3;
     }
     for slow in [
         &mut cost.F32Div,
@@ -908,7 +940,7 @@ fn fuel_costs() -> wasmtime::OperatorCost {
         &mut cost.F64Div,
         &mut cost.F64Sqrt,
     ] {
-        *slow = 12;
+        *slow = 20;
     }
     for division in [
         &mut cost.I32DivS,
@@ -947,10 +979,10 @@ fn fuel_costs() -> wasmtime::OperatorCost {
         &mut cost.I64Store16,
         &mut cost.I64Store32,
     ] {
-        *memory_access = 2;
+        *memory_access = 3;
     }
-    cost.Call = 3;
-    cost.CallIndirect = 6;
+    cost.Call = 4;
+    cost.CallIndirect = 8;
     cost
 }
 
