@@ -24,8 +24,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const HOLE_PUNCH_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait at start for a home relay, when relays are configured (see [`Dialer::new`]).
 pub const RELAY_ONLINE_WAIT: Duration = Duration::from_secs(5);
-/// Longest wait for the next chunk of an output file being fetched. Reached: the fetch fails,
-/// and the file is fetched from another agreeing worker.
+/// Longest wait for `GetBlob` to answer, and then for each next chunk of an output file being
+/// fetched. Reached: the fetch fails, and the file is fetched from another agreeing worker.
 pub const FETCH_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PUNCH_WORTH_BYTES: usize = 64 * 1024;
 
@@ -332,14 +332,20 @@ impl WorkerClient {
         };
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         let mut partial = tempfile::NamedTempFile::new_in(dir).map_err(write_error)?;
-        let mut stream = self
-            .grpc
-            .get_blob(pb::GetBlobRequest {
-                hash: file.hash.to_vec().into(),
-            })
-            .await
-            .map_err(|status| FetchError::Unavailable(self.status_error(status)))?
-            .into_inner();
+        let call = self.grpc.get_blob(pb::GetBlobRequest {
+            hash: file.hash.to_vec().into(),
+        });
+        let mut stream = match tokio::time::timeout(FETCH_STALL_TIMEOUT, call).await {
+            Err(_stalled) => {
+                return Err(FetchError::Unavailable(ClientError::Unreachable {
+                    addr: self.addr.clone(),
+                    reason: format!("no answer to GetBlob for {FETCH_STALL_TIMEOUT:?}"),
+                }));
+            }
+            Ok(answer) => answer
+                .map_err(|status| FetchError::Unavailable(self.status_error(status)))?
+                .into_inner(),
+        };
         let mut hasher = blake3::Hasher::new();
         let mut received = 0u64;
         let mut first = true;
