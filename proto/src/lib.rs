@@ -128,3 +128,46 @@ pub fn status_code_name(code: tonic::Code) -> &'static str {
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, size: u64, hash: &[u8]) -> pb::OutputFile {
+        pb::OutputFile {
+            name: name.into(),
+            size,
+            hash: prost::bytes::Bytes::copy_from_slice(hash),
+        }
+    }
+
+    #[test]
+    fn a_worker_s_output_list_is_checked_before_its_digest_is_trusted() {
+        let (a, b) = (ContentHash::of(b"a"), ContentHash::of(b"b"));
+        let (checked, digest) = check_output_list(&[
+            file("a.png", 1, a.as_bytes()),
+            file("b.png", 1, b.as_bytes()),
+        ])
+        .unwrap();
+        assert_eq!(checked.len(), 2);
+        assert_eq!(digest, outputs_digest([("a.png", 1, &a), ("b.png", 1, &b)]));
+        // Every field counts.
+        assert_ne!(digest, outputs_digest([("a.png", 2, &a), ("b.png", 1, &b)]));
+        assert_ne!(digest, outputs_digest([("a.pnh", 1, &a), ("b.png", 1, &b)]));
+        assert_ne!(digest, outputs_digest([("a.png", 1, &b), ("b.png", 1, &b)]));
+        // A hostile list: out of order, repeated, an unsafe name, a short hash.
+        let refused = [
+            vec![file("b", 1, b.as_bytes()), file("a", 1, a.as_bytes())],
+            vec![file("a", 1, a.as_bytes()), file("a", 1, a.as_bytes())],
+            vec![file("../etc/passwd", 1, a.as_bytes())],
+            vec![file("x\\y", 1, a.as_bytes())],
+            vec![file("", 1, a.as_bytes())],
+            vec![file("..", 1, a.as_bytes())],
+            vec![file(&"n".repeat(256), 1, a.as_bytes())],
+            vec![file("a", 1, &[0; 31])],
+        ];
+        for list in refused {
+            assert!(check_output_list(&list).is_err(), "{list:?}");
+        }
+    }
+}

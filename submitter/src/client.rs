@@ -520,3 +520,34 @@ fn check_outputs(
         .map(|(name, size, hash)| OutputEntry { name, size, hash })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(name: &str, bytes: &[u8]) -> pb::OutputFile {
+        pb::OutputFile {
+            name: name.into(),
+            size: bytes.len() as u64,
+            hash: ContentHash::of(bytes).to_vec().into(),
+        }
+    }
+
+    #[test]
+    fn a_worker_s_output_list_must_match_the_digest_its_receipt_signs() {
+        let list = vec![listed("a.png", b"a"), listed("b.png", b"bb")];
+        let (_, digest) = peergrid_proto::check_output_list(&list).unwrap();
+        let checked = check_outputs(&list, Some(digest)).unwrap();
+        assert_eq!(checked.len(), 2);
+        assert_eq!(checked[1].size, 2);
+        // Files its receipt does not sign; a list that is not the one signed; a receipt that
+        // signs files the result does not list.
+        assert!(check_outputs(&list, None).is_err());
+        assert!(check_outputs(&list[..1], Some(digest)).is_err());
+        assert!(check_outputs(&[], Some(digest)).is_err());
+        let altered = vec![listed("a.png", b"a"), listed("b.png", b"bc")];
+        assert!(check_outputs(&altered, Some(digest)).is_err());
+        // No outputs asked, none listed.
+        assert!(check_outputs(&[], None).unwrap().is_empty());
+    }
+}

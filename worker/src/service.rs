@@ -890,6 +890,66 @@ mod tests {
         drop(slot);
     }
 
+    /// A `GetBlob` request for `hash` as the connection proving `signer()` sends it.
+    fn get_blob_request(hash: &[u8]) -> Request<pb::GetBlobRequest> {
+        let mut request = Request::new(pb::GetBlobRequest {
+            hash: bytes::Bytes::copy_from_slice(hash),
+        });
+        request.extensions_mut().insert(PeerKey(signer()));
+        request
+    }
+
+    #[tokio::test]
+    async fn get_blob_serves_a_blob_whole_and_refuses_bad_hashes_unknown_blobs_and_a_flood() {
+        use pb::worker_server::Worker as _;
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path(), 1);
+        // Four chunks: a caller that does not read holds the sender (two chunks buffered).
+        let bytes: Vec<u8> = (0..4 * peergrid_proto::BLOB_CHUNK_BYTES + 10)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let hash = store_blob(&service, &bytes);
+        let mut stream = service
+            .get_blob(get_blob_request(hash.as_bytes()))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            chunks.push(chunk.unwrap());
+        }
+        assert_eq!(chunks.len(), 5);
+        assert_eq!(chunks[0].hash.as_ref(), hash.as_bytes());
+        assert_eq!(chunks[0].total_size, bytes.len() as u64);
+        assert!(chunks[1..].iter().all(|chunk| chunk.hash.is_empty()));
+        let received: Vec<u8> = chunks.iter().flat_map(|c| c.data.to_vec()).collect();
+        assert_eq!(received, bytes);
+
+        let bad = service.get_blob(get_blob_request(&[1, 2, 3])).await;
+        assert_eq!(bad.err().unwrap().code(), Code::InvalidArgument);
+        let unknown = ContentHash::of(b"never stored");
+        let missing = service.get_blob(get_blob_request(unknown.as_bytes())).await;
+        assert_eq!(missing.err().unwrap().code(), Code::NotFound);
+        let mut anonymous = get_blob_request(hash.as_bytes());
+        anonymous.extensions_mut().remove::<PeerKey>();
+        let refused = service.get_blob(anonymous).await;
+        assert_eq!(refused.err().unwrap().code(), Code::Unauthenticated);
+
+        // Callers that open streams and never read them hold every place, then are refused.
+        let mut held = Vec::new();
+        for _ in 0..limits::MAX_CONCURRENT_DOWNLOADS {
+            held.push(
+                service
+                    .get_blob(get_blob_request(hash.as_bytes()))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let flood = service.get_blob(get_blob_request(hash.as_bytes())).await;
+        assert_eq!(flood.err().unwrap().code(), Code::ResourceExhausted);
+        drop(held);
+    }
+
     #[test]
     fn a_blob_that_can_never_fit_is_out_of_range_and_a_full_store_is_exhausted() {
         let never = [

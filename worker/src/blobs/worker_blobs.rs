@@ -166,33 +166,31 @@ impl WorkerBlobs {
         size: u64,
         key: PublicKey,
     ) -> Result<Reservation, PutError> {
-        {
-            let mut ledger = self.ledger();
-            let (reservation, evicted) = ledger.reserve(key, size)?;
-            // Deleted under the lock: an upload of the same blob cannot be made visible between
-            // the ledger's forgetting it and the deletion.
-            let deleted = evicted.iter().try_for_each(|hash| self.files.remove(hash));
-            if let Err(error) = deleted {
-                // The ledger no longer counts blobs whose files may still be there: count again
-                // those that are (unowned, as after a restart) and refuse this upload.
-                ledger.release(reservation);
-                for hash in &evicted {
-                    if let Ok(metadata) = std::fs::metadata(self.files.path(hash)) {
-                        ledger.insert_found(*hash, metadata.len());
-                    }
+        let mut ledger = self.ledger();
+        let (reservation, evicted) = ledger.reserve(key, size)?;
+        // Deleted under the lock: an upload of the same blob cannot be made visible between
+        // the ledger's forgetting it and the deletion.
+        let deleted = evicted.iter().try_for_each(|hash| self.files.remove(hash));
+        if let Err(error) = deleted {
+            // The ledger no longer counts blobs whose files may still be there: count again
+            // those that are (unowned, as after a restart) and refuse this upload.
+            ledger.release(reservation);
+            for hash in &evicted {
+                if let Ok(metadata) = std::fs::metadata(self.files.path(hash)) {
+                    ledger.insert_found(*hash, metadata.len());
                 }
-                warn!(%error, "cannot delete an evicted blob");
-                return Err(error.into());
             }
-            if !evicted.is_empty() {
-                debug!(
-                    evicted = evicted.len(),
-                    for_blob = %hash.short(),
-                    "least recently used blobs evicted to make room"
-                );
-            }
-            Ok(reservation)
+            warn!(%error, "cannot delete an evicted blob");
+            return Err(error.into());
         }
+        if !evicted.is_empty() {
+            debug!(
+                evicted = evicted.len(),
+                for_blob = %hash.short(),
+                "least recently used blobs evicted to make room"
+            );
+        }
+        Ok(reservation)
     }
 }
 

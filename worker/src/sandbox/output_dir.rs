@@ -118,17 +118,21 @@ impl OutputState {
     pub(super) fn names(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.host)? {
-            let name = entry?.file_name();
-            names.push(name.into_string().map_err(|name| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("output file name {name:?} is not UTF-8"),
-                )
-            })?);
+            names.push(entry_name(&entry?)?);
         }
         names.sort_unstable();
         Ok(names)
     }
+}
+
+/// An entry's name, which WASI made from a string: anything else is an error.
+fn entry_name(entry: &std::fs::DirEntry) -> io::Result<String> {
+    entry.file_name().into_string().map_err(|name| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("output file name {name:?} is not UTF-8"),
+        )
+    })
 }
 
 /// (files, bytes) in `dir`, stopping once the count passes `max_files`.
@@ -151,12 +155,7 @@ pub(super) fn collect(dir: tempfile::TempDir) -> io::Result<Outputs> {
     for entry in std::fs::read_dir(dir.path())? {
         let entry = entry?;
         let metadata = entry.metadata()?;
-        let name = entry.file_name().into_string().map_err(|name| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("output file name {name:?} is not UTF-8"),
-            )
-        })?;
+        let name = entry_name(&entry)?;
         if !peergrid_proto::is_file_name(&name) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
