@@ -10,7 +10,7 @@ use peergrid_proto::relays::RelaySpec;
 use peergrid_proto::{Identity, PublicKey, pb};
 use peergrid_worker::sandbox::{Execution, Outcome, Sandbox, SandboxOptions};
 
-use crate::client::{Dialer, WorkerClient};
+use crate::client::{Blob, Dialer, WorkerClient};
 use crate::inputs::{CheckedInputs, PathPolicy};
 use crate::program::ProgramRequest;
 use crate::report::{Report, exit_code};
@@ -741,6 +741,15 @@ fn print_summary(summary: &Summary) -> u8 {
             100.0 * traffic.direct as f64 / total
         );
     }
+    let blobs = summary.blobs;
+    if blobs.uploaded_bytes + blobs.peer_bytes > 0 {
+        println!(
+            "blobs: {:.2} MB uploaded by this submitter, {:.2} MB fetched by workers from peers ({} fetches)",
+            blobs.uploaded_bytes as f64 / 1e6,
+            blobs.peer_bytes as f64 / 1e6,
+            blobs.peer_fetches
+        );
+    }
     println!(
         "results: {}",
         summary.out_dir.join(crate::results::RESULTS_FILE).display()
@@ -834,7 +843,12 @@ async fn exec(
     let dialer = Dialer::new(&identity, relays).await?;
     let run = async {
         let mut worker = WorkerClient::connect(&dialer, peer).await?;
-        worker.ensure_blobs(&program.all_blobs()).await?;
+        let blobs: Vec<Blob> = program
+            .all_blobs()
+            .into_iter()
+            .map(|(hash, bytes)| Blob::in_memory(hash, bytes))
+            .collect();
+        worker.ensure_blobs(&blobs, None).await?;
         let signed = program.sign(&identity, "exec", "exec", ttl);
         let result = worker.run(signed).await?;
         if let Some(dir) = &task.output_dir {
@@ -876,6 +890,7 @@ mod tests {
             finished,
             traffic: None,
             files_missing: 0,
+            blobs: Default::default(),
         };
         assert_eq!(print_summary(&summary(true, 0)), 0);
         assert_eq!(

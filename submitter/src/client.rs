@@ -10,6 +10,8 @@ use peergrid_proto::transport::{self, PeerAddr};
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb, status_code_name};
 use peergrid_worker::receipt::outcome_from_wire;
 use peergrid_worker::sandbox::Outcome;
+
+use crate::blob_peers::BlobPeers;
 use tonic::transport::Channel;
 
 /// HTTP/2 pings to a connected worker, and how long one may go unanswered before the
@@ -111,6 +113,33 @@ pub struct WorkerClient {
     watch: transport::ConnectionWatch,
     /// Whether an upload already waited for a direct path (once is enough).
     punch_awaited: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A blob to get onto a worker: a module or an input file.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub hash: ContentHash,
+    pub size: u64,
+    pub body: BlobBody,
+}
+
+/// Where a blob's bytes are read from when it is uploaded.
+#[derive(Debug, Clone)]
+pub enum BlobBody {
+    /// Small blobs already in memory (the module).
+    Memory(Bytes),
+    /// A file of the job store, read 1 MiB at a time.
+    File(std::path::PathBuf),
+}
+
+impl Blob {
+    pub fn in_memory(hash: ContentHash, bytes: Bytes) -> Self {
+        Self {
+            hash,
+            size: bytes.len() as u64,
+            body: BlobBody::Memory(bytes),
+        }
+    }
 }
 
 /// Why talking to a worker failed. Every variant names the worker's address.
@@ -262,56 +291,142 @@ impl WorkerClient {
         &self.addr
     }
 
-    /// Uploads whichever of `blobs` the worker lacks.
-    pub async fn ensure_blobs(
+    /// Which of `hashes` the worker lacks.
+    pub async fn missing(
         &mut self,
-        blobs: &[(ContentHash, Bytes)],
-    ) -> Result<(), ClientError> {
-        let hashes = blobs.iter().map(|(hash, _)| hash.to_vec().into()).collect();
+        hashes: &[ContentHash],
+    ) -> Result<Vec<ContentHash>, ClientError> {
+        let asked = hashes.iter().map(|hash| hash.to_vec().into()).collect();
         let missing = self
             .grpc
-            .missing_blobs(pb::MissingBlobsRequest { hashes })
+            .missing_blobs(pb::MissingBlobsRequest { hashes: asked })
             .await
             .map_err(|status| self.status_error(status))?
             .into_inner()
             .missing;
-        let to_send: Vec<&(ContentHash, Bytes)> = blobs
+        Ok(hashes
             .iter()
-            .filter(|(hash, _)| missing.iter().any(|m| m.as_ref() == hash.as_bytes()))
+            .filter(|hash| missing.iter().any(|m| m.as_ref() == hash.as_bytes()))
+            .copied()
+            .collect())
+    }
+
+    /// Gets whichever of `blobs` the worker lacks onto it: uploaded, or, with `peers`, fetched
+    /// by the worker from other workers that hold it (see [`BlobPeers::deliver`]).
+    pub async fn ensure_blobs(
+        &mut self,
+        blobs: &[Blob],
+        peers: Option<&BlobPeers>,
+    ) -> Result<(), ClientError> {
+        let hashes: Vec<ContentHash> = blobs.iter().map(|blob| blob.hash).collect();
+        let missing = self.missing(&hashes).await?;
+        let to_send: Vec<&Blob> = blobs
+            .iter()
+            .filter(|blob| missing.contains(&blob.hash))
             .collect();
-        let bytes_to_send: usize = to_send.iter().map(|(_, bytes)| bytes.len()).sum();
-        if bytes_to_send >= PUNCH_WORTH_BYTES
+        let bytes_to_send: u64 = to_send.iter().map(|blob| blob.size).sum();
+        if bytes_to_send >= PUNCH_WORTH_BYTES as u64
             && !self
                 .punch_awaited
                 .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             self.watch.direct_within(HOLE_PUNCH_WAIT).await;
         }
-        for (hash, bytes) in to_send {
-            self.put_blob(*hash, bytes.clone()).await?;
+        for blob in to_send {
+            match peers {
+                Some(peers) => peers.deliver(self, blob).await?,
+                None => self.put_blob(blob).await?,
+            }
         }
         Ok(())
     }
 
-    async fn put_blob(&mut self, hash: ContentHash, bytes: Bytes) -> Result<(), ClientError> {
-        let total_size = bytes.len() as u64;
-        let mut chunks: Vec<pb::BlobChunk> = bytes
-            .chunks(peergrid_proto::BLOB_CHUNK_BYTES)
-            .map(|chunk| pb::BlobChunk {
-                data: bytes.slice_ref(chunk),
-                ..Default::default()
-            })
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(pb::BlobChunk::default());
+    /// Uploads `blob`, streamed from its file (or memory) in 1 MiB chunks: never held whole.
+    pub async fn put_blob(&mut self, blob: &Blob) -> Result<(), ClientError> {
+        let (chunks, receiver) = tokio::sync::mpsc::channel(2);
+        let first = pb::BlobChunk {
+            hash: blob.hash.to_vec().into(),
+            total_size: blob.size,
+            ..Default::default()
+        };
+        let body = blob.body.clone();
+        let addr = self.addr.clone();
+        let reader = tokio::spawn(async move {
+            let mut first = Some(first);
+            let mut send = |data: Bytes| {
+                let mut chunk = first.take().unwrap_or_default();
+                chunk.data = data;
+                chunks.send(chunk)
+            };
+            match body {
+                BlobBody::Memory(bytes) => {
+                    let mut at = 0;
+                    loop {
+                        let end = (at + peergrid_proto::BLOB_CHUNK_BYTES).min(bytes.len());
+                        if send(bytes.slice(at..end)).await.is_err() || end == bytes.len() {
+                            return Ok(());
+                        }
+                        at = end;
+                    }
+                }
+                BlobBody::File(path) => {
+                    use tokio::io::AsyncReadExt;
+                    let mut file = tokio::fs::File::open(&path).await?;
+                    loop {
+                        let mut buffer = bytes::BytesMut::zeroed(peergrid_proto::BLOB_CHUNK_BYTES);
+                        let mut filled = 0;
+                        while filled < buffer.len() {
+                            match file.read(&mut buffer[filled..]).await? {
+                                0 => break,
+                                read => filled += read,
+                            }
+                        }
+                        buffer.truncate(filled);
+                        let last = filled < peergrid_proto::BLOB_CHUNK_BYTES;
+                        if send(buffer.freeze()).await.is_err() || last {
+                            return Ok::<(), std::io::Error>(());
+                        }
+                    }
+                }
+            }
+        });
+        let answer = self
+            .grpc
+            .put_blob(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await;
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(ClientError::Unreachable {
+                    addr,
+                    reason: format!("cannot read blob {} to upload: {error}", blob.hash.short()),
+                });
+            }
+            Err(panic) => std::panic::resume_unwind(panic.into_panic()),
         }
-        chunks[0].hash = hash.to_vec().into();
-        chunks[0].total_size = total_size;
-        self.grpc
-            .put_blob(tokio_stream::iter(chunks))
-            .await
-            .map_err(|status| self.status_error(status))?;
+        answer.map_err(|status| self.status_error(status))?;
         Ok(())
+    }
+
+    /// Asks the worker to fetch `hash` (`size` bytes) from `sources`, other workers said to hold
+    /// it. `UNAVAILABLE` ([`ClientError::Refused`]) when none delivered it.
+    pub async fn fetch_blob(
+        &mut self,
+        hash: ContentHash,
+        size: u64,
+        sources: Vec<String>,
+    ) -> Result<bool, ClientError> {
+        Ok(self
+            .grpc
+            .fetch_blob(pb::FetchBlobRequest {
+                hash: hash.to_vec().into(),
+                size,
+                sources,
+            })
+            .await
+            .map_err(|status| self.status_error(status))?
+            .into_inner()
+            .stored)
     }
 
     /// Downloads `file` (a task's output the worker keeps) into `path`, checking its size and

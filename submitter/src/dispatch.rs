@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use tonic::Code;
 use tracing::{debug, warn};
 
-use crate::client::{CheckedResult, ClientError, WorkerClient, check_result};
+use crate::blob_peers::BlobPeers;
+use crate::client::{Blob, BlobBody, CheckedResult, ClientError, WorkerClient, check_result};
 use crate::limits;
 use crate::schedule::{TaskIndex, WorkerId};
 
@@ -80,15 +81,18 @@ pub fn spawn(
     client: WorkerClient,
     module: (ContentHash, Bytes),
     blobs: BlobStore,
+    peers: BlobPeers,
     events: mpsc::Sender<Event>,
     task_timeout: Duration,
 ) -> mpsc::Sender<Dispatch> {
     let (sender, receiver) = mpsc::channel(limits::DISPATCH_QUEUE);
+    peers.connected(&client);
     let connection = Connection {
         worker,
         client,
         module,
         blobs,
+        peers,
         events,
         present: HashSet::new(),
         in_flight: HashMap::new(),
@@ -105,6 +109,8 @@ struct Connection {
     /// The job's module: its hash and bytes.
     module: (ContentHash, Bytes),
     blobs: BlobStore,
+    /// Who holds which blob, shared by the session's connections.
+    peers: BlobPeers,
     events: mpsc::Sender<Event>,
     /// Blobs the worker is known to hold.
     present: HashSet<ContentHash>,
@@ -128,6 +134,7 @@ impl Connection {
     async fn run(mut self, mut dispatches: mpsc::Receiver<Dispatch>) {
         let reason = self.serve(&mut dispatches).await;
         debug!(worker = self.worker.0, %reason, "connection ends");
+        self.peers.gone(&self.client.info().key);
         // Nothing is left behind: sent copies and queued ones are answered as lost.
         let held: Vec<TaskIndex> = self.in_flight.drain().map(|(_, copy)| copy.task).collect();
         dispatches.close();
@@ -188,7 +195,7 @@ impl Connection {
                     return Ok(());
                 }
             };
-            if let Err(error) = self.client.ensure_blobs(&blobs).await {
+            if let Err(error) = self.client.ensure_blobs(&blobs, Some(&self.peers)).await {
                 let (answer, ends_connection) = upload_failure(error);
                 self.answer(dispatch.task, answer).await;
                 return ends_connection.map_or(Ok(()), Err);
@@ -254,20 +261,26 @@ impl Connection {
         }
     }
 
-    /// The blobs to upload: the module from memory, input files from the job store.
-    fn read_blobs(&self, hashes: &[ContentHash]) -> Result<Vec<(ContentHash, Bytes)>, String> {
+    /// The blobs to get onto the worker: the module from memory, input files from the job
+    /// store, read as they are sent.
+    fn read_blobs(&self, hashes: &[ContentHash]) -> Result<Vec<Blob>, String> {
         hashes
             .iter()
             .map(|hash| {
                 if *hash == self.module.0 {
-                    return Ok(self.module.clone());
+                    return Ok(Blob::in_memory(self.module.0, self.module.1.clone()));
                 }
-                self.blobs
-                    .read(hash)
-                    .map(|bytes| (*hash, Bytes::from(bytes)))
+                let path = self.blobs.path(hash);
+                let size = std::fs::metadata(&path)
                     .map_err(|error| {
                         format!("cannot read input blob {hash} from the job store: {error}")
-                    })
+                    })?
+                    .len();
+                Ok(Blob {
+                    hash: *hash,
+                    size,
+                    body: BlobBody::File(path),
+                })
             })
             .collect()
     }

@@ -21,6 +21,7 @@
 //! - [`demo`]: `peergrid demo`, a local grid running a verified pi sweep.
 //! - [`cli`]: the commands.
 
+pub mod blob_peers;
 pub mod cli;
 pub mod client;
 pub mod core;

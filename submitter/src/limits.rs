@@ -110,3 +110,15 @@ pub const MAX_JOB_INPUT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Accepted tasks whose output files are fetched at once (each from one agreeing worker at a
 /// time): enough to keep a few workers' links busy without opening a stream per task.
 pub const FETCHES_AT_ONCE: usize = 4;
+
+/// Blobs of at least this size a worker lacks are fetched from the workers that hold them when
+/// there are any (`FetchBlob`), and uploaded by this submitter otherwise (ARCHITECTURE.md,
+/// "Peer-to-peer inputs"). Smaller ones (most modules, small inputs) are uploaded: a fetch
+/// costs a connection between workers, more than the bytes.
+pub const PEER_FETCH_MIN_BYTES: u64 = 1024 * 1024;
+/// Sources named in one `FetchBlob`; the worker tries them in turn.
+pub const FETCH_SOURCES: usize = 4;
+/// Longest wait for a worker's answer to "which of these blobs do you lack", when this submitter
+/// asks its connected workers who holds a blob before uploading it. Reached: the worker counts
+/// as not holding it.
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

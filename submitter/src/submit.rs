@@ -14,6 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use peergrid_proto::transport::PathBytes;
+
+use crate::blob_peers::{BlobPeers, BlobTraffic};
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -127,6 +129,8 @@ pub struct Summary {
     pub traffic: Option<PathBytes>,
     /// Accepted tasks of a job with outputs whose files are not in the results directory.
     pub files_missing: u64,
+    /// Blob bytes this session uploaded itself, and those workers fetched from each other.
+    pub blobs: BlobTraffic,
 }
 
 /// Reads the module and inputs of `spec` (as `inputs` checked them), stores them, and records
@@ -399,6 +403,7 @@ pub async fn run_session(
     summary.audits = session.core.counts().audits;
     summary.audit_time = session.audit_time;
     summary.traffic = dialer.uses_relays().then(|| dialer.traffic());
+    summary.blobs = session.blob_peers.traffic();
     Ok(summary)
 }
 
@@ -459,6 +464,7 @@ pub fn summarize(
         out_dir: job.out_dir.clone(),
         finished,
         traffic: None,
+        blobs: BlobTraffic::default(),
         files_missing: if job.outputs {
             let tasks = store.tasks(&job.id)?;
             settled
@@ -613,6 +619,8 @@ struct Session<'a> {
     fetches_running: usize,
     /// Fetches started from each worker: the next goes to the agreeing worker asked least.
     fetches_from: HashMap<WorkerId, u64>,
+    /// Which worker holds which blob, for inputs passed between workers.
+    blob_peers: BlobPeers,
 }
 
 impl<'a> Session<'a> {
@@ -690,6 +698,7 @@ impl<'a> Session<'a> {
             fetch_queue: std::collections::VecDeque::new(),
             fetches_running: 0,
             fetches_from: HashMap::new(),
+            blob_peers: BlobPeers::default(),
         };
         Ok(session)
     }
@@ -747,6 +756,7 @@ impl<'a> Session<'a> {
             client,
             self.module.clone(),
             self.store.blob_store(),
+            self.blob_peers.clone(),
             self.events.0.clone(),
             self.task_timeout(),
         );

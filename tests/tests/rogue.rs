@@ -93,7 +93,13 @@ impl Peer {
             .await
             .expect("reachable");
         client
-            .ensure_blobs(std::slice::from_ref(module))
+            .ensure_blobs(
+                &[peergrid_submitter::client::Blob::in_memory(
+                    module.0,
+                    module.1.clone(),
+                )],
+                None,
+            )
             .await
             .expect("the module uploads");
         let mut grpc = grpc_client(addr, key).await;

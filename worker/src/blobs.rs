@@ -17,6 +17,8 @@ use peergrid_proto::ContentHash;
 use crate::limits;
 
 pub mod ledger;
+pub mod peer;
+pub mod verified;
 mod worker_blobs;
 
 pub use ledger::{BlobBounds, NoRoom};

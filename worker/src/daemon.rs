@@ -19,6 +19,7 @@ pub mod reach;
 pub mod request_guard;
 
 use crate::admission::TrustPolicy;
+use crate::blobs::peer::BLOB_ALPN;
 use crate::blobs::{BlobBounds, WorkerBlobs};
 use crate::limits;
 use crate::membership::{GOSSIP_ALPN, Gossip, MembershipConfig, PeerIdentity};
@@ -167,7 +168,7 @@ impl Worker {
         let endpoint = transport::bind_endpoint(
             &identity,
             options.listen,
-            vec![GRPC_ALPN.to_vec(), GOSSIP_ALPN.to_vec()],
+            vec![GRPC_ALPN.to_vec(), GOSSIP_ALPN.to_vec(), BLOB_ALPN.to_vec()],
             &options.relays,
         )
         .await?;
@@ -203,6 +204,14 @@ impl Worker {
                 "testing aid --lie-rate is on: this worker answers some tasks with wrong outputs"
             );
         }
+        service.set_network(
+            endpoint.clone(),
+            options
+                .relays
+                .iter()
+                .map(|relay| relay.url.clone())
+                .collect(),
+        );
         let (stop, stopped) = watch::channel(false);
         if options.policy.idle_only {
             let source: Box<dyn LoadSource> = match &options.load {
@@ -295,6 +304,7 @@ impl Worker {
             ConnectionLimits::standard(),
             admission(trust),
             gossip.clone(),
+            Some(self.service.blob_server()),
         );
         grpc_server()
             .add_service(guards.wrap(health_service))

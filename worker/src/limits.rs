@@ -32,6 +32,9 @@
 //! | [`MAX_CONCURRENT_UPLOADS`] | 16 | `RESOURCE_EXHAUSTED` |
 //! | [`MAX_CONCURRENT_DOWNLOADS`], [`DOWNLOAD_MAX_DURATION`] | 16 `GetBlob` streams, 30 min each | `RESOURCE_EXHAUSTED`; the stream ends early |
 //! | [`UPLOAD_MAX_DURATION`] | 30 min per `PutBlob` | `DEADLINE_EXCEEDED`, partial file removed |
+//! | [`BLOB_REQUESTS_PER_CONNECTION`], [`BLOB_REQUEST_WAIT`] | 64 blob requests per peer connection, 10 s for each | connection closed |
+//! | [`BLOB_STALL_TIMEOUT`] | 30 s without a byte of a blob between peers | transfer abandoned; the receiver tries its next source |
+//! | [`MAX_FETCH_SOURCES`] | 8 sources per `FetchBlob` | `INVALID_ARGUMENT` |
 //! | [`MAX_BLOB_BYTES`] | 256 MiB, checked on the first chunk | `INVALID_ARGUMENT` |
 //! | `--blob-store-max-bytes` ([`DEFAULT_BLOB_STORE_MAX_BYTES`]) | 4 GiB of blobs and reserved uploads, [`MAX_STORED_BLOBS`] blobs | least recently used blobs no task holds evicted; else `RESOURCE_EXHAUSTED` on the first chunk; a blob larger than the whole store `OUT_OF_RANGE` |
 //! | `--blob-quota-bytes` ([`DEFAULT_BLOB_QUOTA_DIVISOR`]) | a quarter of the cap per submitter key | the key's own least recently used blobs evicted; else `RESOURCE_EXHAUSTED`; a blob larger than the quota `OUT_OF_RANGE` |
@@ -306,6 +309,17 @@ pub const MAX_CONCURRENT_DOWNLOADS: usize = 16;
 /// Longest one `GetBlob` download may take, as for uploads. Reached: the stream ends early, and
 /// the caller's hash check refuses what it got.
 pub const DOWNLOAD_MAX_DURATION: Duration = Duration::from_secs(30 * 60);
+/// Blob requests one peer connection on `peergrid/blob/1` may make, one after another. Reached:
+/// the connection is closed; the peer dials again.
+pub const BLOB_REQUESTS_PER_CONNECTION: usize = 64;
+/// Longest wait for a peer's next blob request (and for its 32 bytes). Reached: the connection
+/// is closed.
+pub const BLOB_REQUEST_WAIT: Duration = Duration::from_secs(10);
+/// A blob transfer between peers in which no byte moves for this long is abandoned, on both
+/// sides: the sender's place is freed, the receiver tries its next source.
+pub const BLOB_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sources one `FetchBlob` may name. Above: `INVALID_ARGUMENT`.
+pub const MAX_FETCH_SOURCES: usize = 8;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use peergrid_proto::transport::PeerKey;
+use peergrid_proto::transport::{PeerAddr, PeerAddrError, PeerKey};
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::StreamExt;
@@ -14,6 +14,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::admission::{self, AdmittedTask, Refusal, TrustPolicy};
+use crate::blobs::peer::{self, BlobServer, FetchFailed};
 use crate::blobs::{NoRoom, PutError, WorkerBlobs};
 use crate::membership::{Gossip, PeerState};
 use crate::policy::{DonorPolicy, DonorState};
@@ -50,6 +51,9 @@ struct Inner {
     lie_rate: f64,
     /// Set once gossip is running (never, without `--gossip`).
     gossip: OnceLock<Gossip>,
+    /// The endpoint to fetch blobs from peers with (`FetchBlob`), and this worker's relays;
+    /// set by the daemon (never in a service without a network).
+    network: OnceLock<(iroh::Endpoint, Vec<iroh::RelayUrl>)>,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -84,6 +88,7 @@ impl WorkerService {
                 donor,
                 lie_rate: 0.0,
                 gossip: OnceLock::new(),
+                network: OnceLock::new(),
             }),
         }
     }
@@ -140,6 +145,85 @@ impl WorkerService {
     /// Attaches the running membership, for the `Peers` RPC.
     pub fn set_gossip(&self, gossip: Gossip) {
         let _ = self.inner.gossip.set(gossip);
+    }
+
+    /// Attaches the worker's endpoint, for `FetchBlob` (relays: the grid's, the only ones a
+    /// source is reached through).
+    pub fn set_network(&self, endpoint: iroh::Endpoint, relays: Vec<iroh::RelayUrl>) {
+        let _ = self.inner.network.set((endpoint, relays));
+    }
+
+    /// What serves this worker's blobs to peers (`peergrid/blob/1`).
+    pub fn blob_server(&self) -> BlobServer {
+        BlobServer::new(self.inner.blobs.clone(), self.inner.downloads.clone())
+    }
+
+    /// `FetchBlob`: the blob from the first of the named peers that delivers it verified.
+    async fn fetch_from_peers(
+        &self,
+        request: pb::FetchBlobRequest,
+        caller: PublicKey,
+    ) -> Result<pb::FetchBlobResponse, Status> {
+        let hash = ContentHash::from_slice(&request.hash)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        if request.sources.len() > limits::MAX_FETCH_SOURCES {
+            return Err(Status::invalid_argument(format!(
+                "{} sources named, at most {}",
+                request.sources.len(),
+                limits::MAX_FETCH_SOURCES
+            )));
+        }
+        let own = self.inner.identity.public_key();
+        let Some((endpoint, relays)) = self.inner.network.get() else {
+            return Err(Status::failed_precondition(
+                "this worker has no network endpoint to fetch with",
+            ));
+        };
+        let mut sources = Vec::new();
+        for text in &request.sources {
+            let source: PeerAddr = text
+                .parse()
+                .map_err(|error: PeerAddrError| Status::invalid_argument(error.to_string()))?;
+            if source.key != own {
+                sources.push(source.restricted_to(relays));
+            }
+        }
+        if self.inner.blobs.touch(&hash) {
+            return Ok(pb::FetchBlobResponse::default());
+        }
+        let _fetch_slot = self
+            .inner
+            .uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} uploads and fetches are in progress, the most this worker takes; retry later",
+                    limits::MAX_CONCURRENT_UPLOADS
+                ))
+            })?;
+        match peer::fetch_from_any(
+            endpoint,
+            &self.inner.blobs,
+            &sources,
+            hash,
+            request.size,
+            caller,
+        )
+        .await
+        {
+            Ok((stored, source)) => {
+                if stored {
+                    info!(blob = %hash.short(), key = %caller.short(), source = %source.short(), bytes = request.size, "blob fetched from a peer");
+                }
+                Ok(pb::FetchBlobResponse {
+                    stored,
+                    source: source.to_bytes().to_vec().into(),
+                })
+            }
+            Err(FetchFailed::Store(error)) => Err(put_status(error)),
+            Err(failed @ FetchFailed::NoSource(_)) => Err(Status::unavailable(failed.to_string())),
+        }
     }
 
     /// The tonic server for this service, with the message-size limits of the wire contract.
@@ -549,6 +633,16 @@ impl pb::worker_server::Worker for WorkerService {
             }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn fetch_blob(
+        &self,
+        request: Request<pb::FetchBlobRequest>,
+    ) -> Result<Response<pb::FetchBlobResponse>, Status> {
+        let caller = caller_key(&request)?;
+        self.fetch_from_peers(request.into_inner(), caller)
+            .await
+            .map(Response::new)
     }
 
     async fn peers(

@@ -44,6 +44,8 @@
 //! - `lie-outputs`: runs every task honestly, then lists each `/output` file with a wrong hash
 //!   (BLAKE3 of the lie domain and the true hash) and signs the receipt over that list: the
 //!   receipt disagrees with honest workers' on `outputs_hash` alone.
+//! - `corrupt-blobs`: answers tasks honestly, but serves every blob a peer fetches from it
+//!   (`peergrid/blob/1`) with one byte in the middle flipped.
 //! - `corrupt-outputs`: answers honestly, but `GetBlob` serves every blob with its first byte
 //!   flipped: the receipt agrees, the bytes do not match the agreed hash.
 //!
@@ -71,7 +73,7 @@ use bytes::Bytes;
 use peergrid_proto::signing::{task_digest, verify_receipt};
 use peergrid_proto::transport::{self, GRPC_ALPN, PeerAddr, PeerKey};
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb, status_code_name};
-use peergrid_submitter::client::Dialer;
+use peergrid_submitter::client::{Blob, Dialer};
 use peergrid_worker::admission::{self, AdmittedTask, TrustPolicy};
 use peergrid_worker::blobs::{BlobBounds, WorkerBlobs};
 use peergrid_worker::daemon::request_guard::RequestGuards;
@@ -116,10 +118,11 @@ enum Strategy {
     Silent,
     LieOutputs,
     CorruptOutputs,
+    CorruptBlobs,
 }
 
 impl Strategy {
-    const ALL: [(&'static str, Strategy); 12] = [
+    const ALL: [(&'static str, Strategy); 13] = [
         ("honest", Self::Honest),
         ("lie", Self::Lie),
         ("lie-when-paired", Self::LieWhenPaired),
@@ -132,6 +135,7 @@ impl Strategy {
         ("silent", Self::Silent),
         ("lie-outputs", Self::LieOutputs),
         ("corrupt-outputs", Self::CorruptOutputs),
+        ("corrupt-blobs", Self::CorruptBlobs),
     ];
 
     fn parse(text: &str) -> Option<Self> {
@@ -551,7 +555,7 @@ impl Rogue {
                 self.admit(&task)?;
                 std::future::pending().await
             }
-            Strategy::CorruptOutputs => self.honest(task).await,
+            Strategy::CorruptOutputs | Strategy::CorruptBlobs => self.honest(task).await,
             Strategy::LieOutputs => {
                 let (mut result, _) = self.honest(task).await?;
                 let signed = result
@@ -723,9 +727,12 @@ impl Rogue {
             let bytes = self.inner.blobs.read(&hash).map_err(|error| {
                 Status::internal(format!("cannot read blob {}: {error}", hash.short()))
             })?;
-            blobs.push((hash, Bytes::from(bytes)));
+            blobs.push(Blob::in_memory(hash, Bytes::from(bytes)));
         }
-        upstream.ensure_blobs(&blobs).await.map_err(unavailable)?;
+        upstream
+            .ensure_blobs(&blobs, None)
+            .await
+            .map_err(unavailable)?;
         match upstream.run(task).await {
             Ok(checked) => Ok((
                 pb::TaskResult {
@@ -801,6 +808,13 @@ impl pb::worker_server::Worker for Rogue {
             }
         }
         Ok(peers)
+    }
+
+    async fn fetch_blob(
+        &self,
+        request: Request<pb::FetchBlobRequest>,
+    ) -> Result<Response<pb::FetchBlobResponse>, Status> {
+        self.inner.honest.fetch_blob(request).await
     }
 
     type GetBlobStream = ReceiverStream<Result<pb::BlobChunk, Status>>;
@@ -952,7 +966,11 @@ async fn main() {
     let endpoint = transport::bind_endpoint(
         &identity,
         args.listen,
-        vec![GRPC_ALPN.to_vec(), GOSSIP_ALPN.to_vec()],
+        vec![
+            GRPC_ALPN.to_vec(),
+            GOSSIP_ALPN.to_vec(),
+            peergrid_worker::blobs::peer::BLOB_ALPN.to_vec(),
+        ],
         &[],
     )
     .await
@@ -1017,6 +1035,11 @@ async fn main() {
         honest.set_gossip(gossip.clone());
         gossip
     });
+    honest.set_network(endpoint.clone(), Vec::new());
+    let blob_server = match args.strategy {
+        Strategy::CorruptBlobs => honest.blob_server().corrupting(),
+        _ => honest.blob_server(),
+    };
     let gossip_state = if gossip.is_some() { "on" } else { "off" };
     let server = pb::worker_server::WorkerServer::new(rogue)
         .max_decoding_message_size(peergrid_proto::MAX_MESSAGE_BYTES)
@@ -1028,6 +1051,7 @@ async fn main() {
         ConnectionLimits::standard(),
         daemon::admission(trust_policy(&args)),
         gossip,
+        Some(blob_server),
     );
     let peer_addr = PeerAddr::direct(public_key, addr);
     say(&format!(

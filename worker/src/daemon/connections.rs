@@ -32,6 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::debug;
 
+use crate::blobs::peer::{BLOB_ALPN, BlobServer};
 use crate::limits;
 use crate::membership::{GOSSIP_ALPN, Gossip};
 
@@ -58,9 +59,12 @@ pub fn incoming(
     limits: Arc<ConnectionLimits>,
     admission: Admission,
     gossip: Option<Gossip>,
+    blobs: Option<BlobServer>,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (streams, incoming) = mpsc::channel(1);
-    tokio::spawn(accept_loop(endpoint, limits, admission, gossip, streams));
+    tokio::spawn(accept_loop(
+        endpoint, limits, admission, gossip, blobs, streams,
+    ));
     ReceiverStream::new(incoming)
 }
 
@@ -69,6 +73,7 @@ async fn accept_loop(
     limits: Arc<ConnectionLimits>,
     admission: Admission,
     gossip: Option<Gossip>,
+    blobs: Option<BlobServer>,
     streams: mpsc::Sender<io::Result<Connection>>,
 ) {
     let gossip_limits = ConnectionLimits::new(
@@ -113,6 +118,7 @@ async fn accept_loop(
         let streams = streams.clone();
         let gossip = gossip.clone();
         let gossip_limits = gossip_limits.clone();
+        let blobs = blobs.clone();
         tokio::spawn(async move {
             let handshake = async { incoming.accept().ok()?.await.ok() };
             let connection = match tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake).await
@@ -145,6 +151,23 @@ async fn accept_loop(
                 return;
             }
             let caller = public_key(&connection.remote_id());
+            if connection.alpn() == BLOB_ALPN {
+                // Blobs go to the keys this worker runs tasks for and to the grid's members
+                // (ARCHITECTURE.md, "Peer-to-peer inputs"): the hash asked for is the
+                // capability, the connection caps and the download places the bound.
+                let member = gossip.as_ref().is_some_and(|gossip| gossip.knows(&caller));
+                match blobs {
+                    Some(blobs) if member || admission(&caller) => blobs.serve(connection, slot),
+                    _ => {
+                        debug!(%ip, caller = %caller.short(), "blob connection refused");
+                        connection.close(
+                            VarInt::from_u64(REFUSED_CALLER_CODE).expect("a small code"),
+                            REFUSED_CALLER_REASON,
+                        );
+                    }
+                }
+                return;
+            }
             if !admission(&caller) {
                 debug!(%ip, caller = %caller.short(), "caller refused: key not admitted");
                 connection.close(
