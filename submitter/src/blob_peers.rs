@@ -21,7 +21,7 @@ use peergrid_proto::{ContentHash, PublicKey};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use crate::client::{Blob, ClientError, WorkerClient};
+use crate::client::{Blob, ClientError, FetchBlobError, WorkerClient};
 use crate::limits;
 
 /// Shared by every worker connection of one session; cheap to clone.
@@ -37,8 +37,8 @@ struct State {
     holders: HashMap<ContentHash, HashMap<PublicKey, String>>,
     /// Blobs this submitter is uploading now; the watch turns true when the upload ends.
     uploading: HashMap<ContentHash, watch::Receiver<bool>>,
-    /// Blobs the connected workers were asked about this session.
-    probed: HashSet<ContentHash>,
+    /// Blob → the workers asked whether they hold it, this session.
+    probed: HashMap<ContentHash, HashSet<PublicKey>>,
     /// The connected workers, to ask.
     workers: HashMap<PublicKey, WorkerClient>,
     /// How often each worker was named as a source.
@@ -125,9 +125,9 @@ impl BlobPeers {
     /// hold it, else from this submitter (see the module's rules).
     pub async fn deliver(&self, client: &mut WorkerClient, blob: &Blob) -> Result<(), ClientError> {
         if blob.size >= limits::PEER_FETCH_MIN_BYTES {
-            // Each round learns something (a holder, an upload's end, the probe's answers), so
-            // three are enough; the bound keeps a confused state from looping.
-            for _ in 0..3 {
+            // Each round learns something (a holder, an upload's end, newly connected workers'
+            // answers) or ends; the bound keeps a confused state from looping.
+            for _ in 0..limits::DELIVERY_ROUNDS {
                 let sources = self.sources(&blob.hash, &client.info().key);
                 if !sources.is_empty() {
                     match client.fetch_blob(blob.hash, blob.size, sources).await {
@@ -139,15 +139,11 @@ impl BlobPeers {
                             self.holds(blob.hash, client);
                             return Ok(());
                         }
-                        Err(ClientError::Refused {
-                            code: tonic::Code::Unavailable,
-                            message,
-                            ..
-                        }) => {
-                            info!(worker = client.addr(), blob = %blob.hash.short(), "no peer delivered the blob; uploading it: {message}");
+                        Err(FetchBlobError::NoSource(why)) => {
+                            info!(worker = client.addr(), blob = %blob.hash.short(), "no peer delivered the blob; uploading it: {why}");
                             break;
                         }
-                        Err(error) => return Err(error),
+                        Err(FetchBlobError::Worker(error)) => return Err(error),
                     }
                 }
                 let upload = self.lock().uploading.get(&blob.hash).cloned();
@@ -155,11 +151,9 @@ impl BlobPeers {
                     let _ = done.wait_for(|done| *done).await;
                     continue;
                 }
-                if self.lock().probed.insert(blob.hash) {
-                    self.probe(blob.hash).await;
-                    continue;
+                if !self.probe(blob.hash).await {
+                    break;
                 }
-                break;
             }
         }
         let (finished, done) = watch::channel(false);
@@ -175,10 +169,23 @@ impl BlobPeers {
         Ok(())
     }
 
-    /// Asks every connected worker whether it holds `hash`, each within
-    /// [`limits::PROBE_TIMEOUT`].
-    async fn probe(&self, hash: ContentHash) {
-        let workers: Vec<WorkerClient> = self.lock().workers.values().cloned().collect();
+    /// Asks every connected worker not asked yet whether it holds `hash`, each within
+    /// [`limits::PROBE_TIMEOUT`]; false when there was nobody to ask.
+    async fn probe(&self, hash: ContentHash) -> bool {
+        let workers: Vec<WorkerClient> = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let asked = state.probed.entry(hash).or_default();
+            state
+                .workers
+                .values()
+                .filter(|worker| asked.insert(worker.info().key))
+                .cloned()
+                .collect()
+        };
+        if workers.is_empty() {
+            return false;
+        }
         let mut asked = tokio::task::JoinSet::new();
         for mut worker in workers {
             asked.spawn(async move {
@@ -198,5 +205,19 @@ impl BlobPeers {
             }
         }
         debug!(blob = %hash.short(), found, "asked the connected workers who holds a blob");
+        true
+    }
+
+    /// `client`'s worker answered that it holds `hashes`.
+    pub fn present(&self, client: &WorkerClient, hashes: impl IntoIterator<Item = ContentHash>) {
+        let key = client.info().key;
+        let mut state = self.lock();
+        for hash in hashes {
+            state
+                .holders
+                .entry(hash)
+                .or_default()
+                .insert(key, client.addr().to_owned());
+        }
     }
 }

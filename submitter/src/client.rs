@@ -115,6 +115,17 @@ pub struct WorkerClient {
     punch_awaited: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Why a worker did not fetch a blob from its peers.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchBlobError {
+    /// None of the sources delivered it whole and verified (the worker says why for each).
+    #[error("no source delivered the blob: {0}")]
+    NoSource(String),
+    /// The worker itself refused or failed, as for an upload.
+    #[error(transparent)]
+    Worker(ClientError),
+}
+
 /// A blob to get onto a worker: a module or an input file.
 #[derive(Debug, Clone)]
 pub struct Blob {
@@ -320,6 +331,12 @@ impl WorkerClient {
     ) -> Result<(), ClientError> {
         let hashes: Vec<ContentHash> = blobs.iter().map(|blob| blob.hash).collect();
         let missing = self.missing(&hashes).await?;
+        if let Some(peers) = peers {
+            peers.present(
+                self,
+                hashes.iter().copied().filter(|h| !missing.contains(h)),
+            );
+        }
         let to_send: Vec<&Blob> = blobs
             .iter()
             .filter(|blob| missing.contains(&blob.hash))
@@ -409,14 +426,14 @@ impl WorkerClient {
     }
 
     /// Asks the worker to fetch `hash` (`size` bytes) from `sources`, other workers said to hold
-    /// it. `UNAVAILABLE` ([`ClientError::Refused`]) when none delivered it.
+    /// it; true when it stored it, false when it had it.
     pub async fn fetch_blob(
         &mut self,
         hash: ContentHash,
         size: u64,
         sources: Vec<String>,
-    ) -> Result<bool, ClientError> {
-        Ok(self
+    ) -> Result<bool, FetchBlobError> {
+        match self
             .grpc
             .fetch_blob(pb::FetchBlobRequest {
                 hash: hash.to_vec().into(),
@@ -424,9 +441,13 @@ impl WorkerClient {
                 sources,
             })
             .await
-            .map_err(|status| self.status_error(status))?
-            .into_inner()
-            .stored)
+        {
+            Ok(answer) => Ok(answer.into_inner().stored),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                Err(FetchBlobError::NoSource(status.message().to_owned()))
+            }
+            Err(status) => Err(FetchBlobError::Worker(self.status_error(status))),
+        }
     }
 
     /// Downloads `file` (a task's output the worker keeps) into `path`, checking its size and

@@ -122,3 +122,6 @@ pub const FETCH_SOURCES: usize = 4;
 /// asks its connected workers who holds a blob before uploading it. Reached: the worker counts
 /// as not holding it.
 pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Rounds of "fetch from a known holder, wait for an upload in progress, ask the workers that
+/// connected since" before this submitter uploads a blob itself (`blob_peers.rs`).
+pub const DELIVERY_ROUNDS: usize = 8;

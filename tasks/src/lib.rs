@@ -8,7 +8,7 @@
 //! for tests, benchmarks and examples.
 //!
 //! Honest guests compute something checkable (`hello`, `echo`, `pi`, `primes`, `mandelbrot`,
-//! `hashchain`, `wordcount`, `render` (resvg: SVG files in `/input` to PNG files in `/output`),
+//! `hashchain`, `wordcount`, `window` (one window of a large input file, read by seeking), `render` (resvg: SVG files in `/input` to PNG files in `/output`),
 //! `script` (the Rhai interpreter, running a script given as an input file),
 //! and `lsinput`, which prints everything WASI says about `/input`:
 //! listing order, inode numbers, link counts, times); hostile guests ([`HOSTILE`]) really misbehave (spin, allocate,
@@ -29,6 +29,7 @@ pub const GUESTS: &[&str] = &[
     "mandelbrot",
     "hashchain",
     "wordcount",
+    "window",
     "lsinput",
     "render",
     "script",

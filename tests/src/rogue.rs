@@ -43,6 +43,8 @@ pub enum Strategy {
     LieOutputs,
     /// Honest receipts; `GetBlob` serves every blob with its first byte flipped.
     CorruptOutputs,
+    /// Honest receipts; every blob a peer fetches (`peergrid/blob/1`) has a byte flipped.
+    CorruptBlobs,
 }
 
 impl Strategy {
@@ -75,6 +77,7 @@ impl Strategy {
             Self::Silent => args.push("silent".into()),
             Self::LieOutputs => args.push("lie-outputs".into()),
             Self::CorruptOutputs => args.push("corrupt-outputs".into()),
+            Self::CorruptBlobs => args.push("corrupt-blobs".into()),
         }
         args
     }

@@ -152,19 +152,15 @@ async fn accept_loop(
             }
             let caller = public_key(&connection.remote_id());
             if connection.alpn() == BLOB_ALPN {
-                // Blobs go to the keys this worker runs tasks for and to the grid's members
-                // (ARCHITECTURE.md, "Peer-to-peer inputs"): the hash asked for is the
-                // capability, the connection caps and the download places the bound.
-                let member = gossip.as_ref().is_some_and(|gossip| gossip.knows(&caller));
+                // Any peer that proved a key may ask for a blob by its hash: the hash is the
+                // capability, the connection caps and the download places are the bounds
+                // (ARCHITECTURE.md, "Peer-to-peer inputs").
                 match blobs {
-                    Some(blobs) if member || admission(&caller) => blobs.serve(connection, slot),
-                    _ => {
-                        debug!(%ip, caller = %caller.short(), "blob connection refused");
-                        connection.close(
-                            VarInt::from_u64(REFUSED_CALLER_CODE).expect("a small code"),
-                            REFUSED_CALLER_REASON,
-                        );
-                    }
+                    Some(blobs) => blobs.serve(connection, slot),
+                    None => connection.close(
+                        VarInt::from_u64(REFUSED_CALLER_CODE).expect("a small code"),
+                        REFUSED_CALLER_REASON,
+                    ),
                 }
                 return;
             }

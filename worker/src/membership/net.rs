@@ -28,7 +28,7 @@ use peergrid_proto::{Identity, PublicKey};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use super::core::{Membership, MembershipConfig, PeerState, PeerView, Target, TimerEvent};
+use super::core::{Membership, MembershipConfig, PeerView, Target, TimerEvent};
 use super::identity::PeerIdentity;
 
 /// The ALPN of a connection that carries gossip datagrams.
@@ -341,16 +341,6 @@ impl Gossip {
         for (to, data) in effects.sends {
             links.send(to, Bytes::from(data));
         }
-    }
-
-    /// Whether `key` is a member this worker has not found down or gone.
-    pub fn knows(&self, key: &PublicKey) -> bool {
-        let key = key.to_bytes();
-        self.lock().view().into_iter().any(|view| {
-            !view.is_self
-                && view.identity.worker_key == key
-                && matches!(view.state, PeerState::Alive | PeerState::Suspect)
-        })
     }
 
     /// Every known member, this worker first.
