@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use peergrid_worker::limits::MAX_STDIN_BYTES;
 
 use crate::job::{FileRole, JobSpec, NamedPath, TaskStdin, job_dir, render_invalid};
-use crate::limits::{MAX_INPUT_FILE_BYTES, MAX_JOB_INPUT_BYTES};
+use crate::limits::{MAX_INPUT_FILE_BYTES, MAX_JOB_INPUT_BYTES, MAX_MODULE_FILE_BYTES};
 
 /// The `submit` flag that lifts the job-directory rule; refusals name it.
 pub const ALLOW_OUTSIDE_FLAG: &str = "--allow-paths-outside-job-dir";
@@ -238,6 +238,22 @@ impl CheckedInputs {
     /// [`InputError::Changed`] if the file was replaced or its size changed since the check,
     /// [`InputError::Read`] if it cannot be opened or read.
     pub fn read(&self, path: &Path) -> Result<Vec<u8>, InputError> {
+        let mut bytes = Vec::new();
+        self.stream(path, |chunk| {
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(bytes)
+    }
+
+    /// Passes the checked file the spec calls `path` to `each`, 1 MiB at a time, if it is still
+    /// what was checked: never the whole file at once. Errors as [`Self::read`]; an error of
+    /// `each` ends the read and is returned as a read error.
+    pub fn stream(
+        &self,
+        path: &Path,
+        mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), InputError> {
         let checked = self
             .files
             .get(path)
@@ -263,11 +279,22 @@ impl CheckedInputs {
         }
         // One byte past the checked size (itself within the caps) tells a file that grew,
         // without reading what it grew by.
-        let mut bytes = Vec::with_capacity(checked.size as usize);
-        file.take(checked.size + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_error)?;
-        let read = bytes.len() as u64;
+        let mut reader = file.take(checked.size + 1);
+        let mut buffer = vec![0u8; STREAM_CHUNK_BYTES];
+        let mut read = 0u64;
+        loop {
+            let n = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(read_error(error)),
+            };
+            read += n as u64;
+            if read > checked.size {
+                break;
+            }
+            each(&buffer[..n]).map_err(read_error)?;
+        }
         if read != checked.size {
             let now = if read > checked.size {
                 "more now".to_owned()
@@ -276,9 +303,20 @@ impl CheckedInputs {
             };
             return Err(changed(format!("{} bytes then, {now}", checked.size)));
         }
-        Ok(bytes)
+        Ok(())
+    }
+
+    /// The size the file the spec calls `path` had when it was checked.
+    pub fn size(&self, path: &Path) -> u64 {
+        self.files
+            .get(path)
+            .unwrap_or_else(|| panic!("{} was not among the checked files", path.display()))
+            .size
     }
 }
+
+/// What [`CheckedInputs::stream`] reads at a time.
+const STREAM_CHUNK_BYTES: usize = 1024 * 1024;
 
 impl fmt::Display for Sending {
     /// `sending 1 module, 3 input files and 1 stdin file, 12.4 MiB in all`.
@@ -351,7 +389,8 @@ fn examine(
 
 fn cap_of(role: FileRole) -> u64 {
     match role {
-        FileRole::Module | FileRole::InputFile => MAX_INPUT_FILE_BYTES,
+        FileRole::Module => MAX_MODULE_FILE_BYTES,
+        FileRole::InputFile => MAX_INPUT_FILE_BYTES,
         FileRole::StdinFile => MAX_STDIN_BYTES as u64,
     }
 }
@@ -359,8 +398,9 @@ fn cap_of(role: FileRole) -> u64 {
 /// What the cap of `role` is per, and why, as refusals say it.
 fn cap_reason(role: FileRole) -> &'static str {
     match role {
-        FileRole::Module | FileRole::InputFile => {
-            "module or input file (MAX_INPUT_FILE_BYTES, the largest blob a worker stores)"
+        FileRole::Module => "module (MAX_MODULE_FILE_BYTES, the largest a worker compiles)",
+        FileRole::InputFile => {
+            "input file (MAX_INPUT_FILE_BYTES, the largest blob a worker stores)"
         }
         FileRole::StdinFile => {
             "stdin file (MAX_STDIN_BYTES, the largest stdin a worker takes); name it in files \
@@ -661,9 +701,11 @@ mod tests {
         assert_eq!(
             fixture.refusal("[[task]]\nfiles = [\"over-cap.bin\"]\n"),
             format!(
-                "{job_file}:4: task.files: \"over-cap.bin\" is 268435457 bytes, above the cap of \
-                 268435456 bytes (256.0 MiB) per module or input file (MAX_INPUT_FILE_BYTES, the \
-                 largest blob a worker stores)"
+                "{job_file}:4: task.files: \"over-cap.bin\" is {} bytes, above the cap of {} \
+                 bytes (16.0 GiB) per input file (MAX_INPUT_FILE_BYTES, the largest blob a \
+                 worker stores)",
+                MAX_INPUT_FILE_BYTES + 1,
+                MAX_INPUT_FILE_BYTES
             )
         );
         // One file may be both: its stdin mention has the stdin cap.
@@ -678,7 +720,7 @@ mod tests {
                  /input"
             )
         );
-        fixture.sized("big.wasm", MAX_INPUT_FILE_BYTES + 1);
+        fixture.sized("big.wasm", MAX_MODULE_FILE_BYTES + 1);
         let refused = fixture
             .check_job(
                 "name = \"j\"\nmodule = \"big.wasm\"\n[[task]]\n",
@@ -715,9 +757,11 @@ mod tests {
                 "[[task]]\nfiles = [\"1\", \"2\", \"3\"]\n[[task]]\nfiles = [\"4\", \"5\"]\n"
             ),
             format!(
-                "{job_file}:6: task.files: \"5\" brings the job's files to 1073741825 bytes \
-                 (1.0 GiB), above the cap of 1073741824 bytes (1.0 GiB) per job \
-                 (MAX_JOB_INPUT_BYTES); split the job into several"
+                "{job_file}:6: task.files: \"5\" brings the job's files to {} bytes \
+                 (64.0 GiB), above the cap of {} bytes (64.0 GiB) per job \
+                 (MAX_JOB_INPUT_BYTES); split the job into several",
+                MAX_JOB_INPUT_BYTES + 1,
+                MAX_JOB_INPUT_BYTES
             )
         );
     }
@@ -818,7 +862,8 @@ mod tests {
             (1024, "1.0 KiB"),
             (1536, "1.5 KiB"),
             (13_002_342, "12.4 MiB"),
-            (MAX_JOB_INPUT_BYTES, "1.0 GiB"),
+            (1 << 30, "1.0 GiB"),
+            (MAX_JOB_INPUT_BYTES, "64.0 GiB"),
         ];
         for (bytes, text) in cases {
             assert_eq!(human_bytes(bytes), text);

@@ -93,19 +93,23 @@ pub const FREE_RIDER_STRIKES: u32 = 3;
 /// queue; the session ends only when every audit is done.
 pub const AUDIT_THREADS: usize = 1;
 
-/// Largest module or input file a job file may name, in bytes: the largest blob a worker stores
-/// (`peergrid_worker::limits::MAX_BLOB_BYTES`, 256 MiB), so a file no worker would take is
-/// refused here rather than by every worker. A `stdin_file` is capped by the worker's
+/// Largest input file a job file may name, in bytes: the largest blob a worker stores
+/// (`peergrid_worker::limits::MAX_BLOB_BYTES`, 16 GiB), so a file no worker would take is
+/// refused here rather than by every worker (a worker also needs room for it: its store's
+/// quota per key is a quarter of its cap). A `stdin_file` is capped by the worker's
 /// `MAX_STDIN_BYTES` (4 MiB) instead, as stdin travels inside the signed manifest. Above: the
 /// job is refused at `submit` from the file's size, before anything is read or any worker
 /// contacted; a file that grows past it before it is read is refused then (`crate::inputs`).
 pub const MAX_INPUT_FILE_BYTES: u64 = peergrid_worker::limits::MAX_BLOB_BYTES;
+/// Largest module, in bytes: the largest a worker compiles
+/// (`peergrid_worker::limits::MAX_MODULE_BYTES`, 256 MiB). Above: refused like an input file.
+pub const MAX_MODULE_FILE_BYTES: u64 = peergrid_worker::limits::MAX_MODULE_BYTES;
 
 /// Most bytes of files one job sends: its module, input files and stdin files, each distinct
 /// file counted once. Any worker that runs the job's tasks may be asked to store all of them,
 /// and a donor lends cycles, not a disk. Above: the job is refused at `submit` from the files'
 /// sizes, before anything is read or any worker contacted.
-pub const MAX_JOB_INPUT_BYTES: u64 = 1024 * 1024 * 1024;
+pub const MAX_JOB_INPUT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 
 /// Accepted tasks whose output files are fetched at once (each from one agreeing worker at a
 /// time): enough to keep a few workers' links busy without opening a stream per task.

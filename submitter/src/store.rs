@@ -413,6 +413,39 @@ impl Store {
         Ok(hash)
     }
 
+    /// Stores the blob `hash` of `size` bytes (no-op if present), its bytes passed in order by
+    /// `feed` to the writer it is given: streamed to disk, never held whole. The bytes must
+    /// hash to `hash` ([`StoreError::Blob`] otherwise, nothing stored).
+    pub fn put_blob_streamed<E: From<StoreError>>(
+        &self,
+        hash: ContentHash,
+        size: u64,
+        feed: impl FnOnce(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if self.blobs.contains(&hash) {
+            return Ok(());
+        }
+        let blob_error = |source| StoreError::Blob {
+            dir: self.dir.clone(),
+            source,
+        };
+        let mut upload = self.blobs.begin(hash, size).map_err(blob_error)?;
+        let mut failed = None;
+        let fed = feed(&mut |bytes| {
+            upload.write(bytes).map_err(|error| {
+                let io = std::io::Error::other(error.to_string());
+                failed = Some(error);
+                io
+            })
+        });
+        if let Some(error) = failed {
+            return Err(blob_error(error).into());
+        }
+        fed?;
+        upload.finish().map_err(blob_error)?;
+        Ok(())
+    }
+
     /// The blob named by `hex` (a stored record's hash), checked to be present.
     pub fn require_blob(&self, hex: &str) -> Result<ContentHash, StoreError> {
         let hash = hex

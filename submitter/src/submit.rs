@@ -152,8 +152,20 @@ pub fn create_job(
         if let Some(known) = stored.get(path) {
             return Ok(*known);
         }
-        let bytes = inputs.read(path)?;
-        let known = (store.put_blob(&bytes)?, bytes.len() as u64);
+        // Streamed twice, never whole in memory: once to hash, once into the store (which
+        // checks the bytes against that hash).
+        let mut hasher = blake3::Hasher::new();
+        inputs.stream(path, |chunk| {
+            hasher.update(chunk);
+            Ok(())
+        })?;
+        let known = (
+            ContentHash::from_blake3(hasher.finalize()),
+            inputs.size(path),
+        );
+        store.put_blob_streamed(known.0, known.1, |write| {
+            inputs.stream(path, write).map_err(SubmitError::from)
+        })?;
         stored.insert(path.to_owned(), known);
         Ok(known)
     };

@@ -375,8 +375,13 @@ fn files_over_the_size_caps_are_refused_from_their_size_alone() {
         &big,
         &[],
         &[
-            "big.toml:4: task.files: \"big.bin\" is 268435457 bytes",
-            "above the cap of 268435456 bytes (256.0 MiB) per module or input file (MAX_INPUT_FILE_BYTES",
+            &format!(
+                "big.toml:4: task.files: \"big.bin\" is {} bytes",
+                MAX_INPUT_FILE_BYTES + 1
+            ),
+            &format!(
+                "above the cap of {MAX_INPUT_FILE_BYTES} bytes (16.0 GiB) per input file (MAX_INPUT_FILE_BYTES"
+            ),
         ],
     );
 

@@ -149,7 +149,7 @@ fn a_shared_100_mb_input_leaves_the_submitter_about_once_and_workers_pass_it_on(
     assert!(peer_mb >= 6.0 * input_mb, "{peer_mb} MB went between peers");
     let served: usize = workers
         .iter()
-        .map(|w| w.stderr().matches("blob served to a peer").count())
+        .map(|w| w.stderr().matches("blob sent to a peer").count())
         .sum();
     assert_eq!(served as u64, fetches, "each fetch was served by one peer");
 

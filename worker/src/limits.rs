@@ -35,7 +35,8 @@
 //! | [`BLOB_REQUESTS_PER_CONNECTION`], [`BLOB_REQUEST_WAIT`] | 64 blob requests per peer connection, 10 s for each | connection closed |
 //! | [`BLOB_STALL_TIMEOUT`] | 30 s without a byte of a blob between peers | transfer abandoned; the receiver tries its next source |
 //! | [`MAX_FETCH_SOURCES`] | 8 sources per `FetchBlob` | `INVALID_ARGUMENT` |
-//! | [`MAX_BLOB_BYTES`] | 256 MiB, checked on the first chunk | `INVALID_ARGUMENT` |
+//! | [`MAX_BLOB_BYTES`] | 16 GiB, checked on the first chunk | `INVALID_ARGUMENT` |
+//! | [`MAX_MODULE_BYTES`] | 256 MiB of module, checked before it is read | invalid module |
 //! | `--blob-store-max-bytes` ([`DEFAULT_BLOB_STORE_MAX_BYTES`]) | 4 GiB of blobs and reserved uploads, [`MAX_STORED_BLOBS`] blobs | least recently used blobs no task holds evicted; else `RESOURCE_EXHAUSTED` on the first chunk; a blob larger than the whole store `OUT_OF_RANGE` |
 //! | `--blob-quota-bytes` ([`DEFAULT_BLOB_QUOTA_DIVISOR`]) | a quarter of the cap per submitter key | the key's own least recently used blobs evicted; else `RESOURCE_EXHAUSTED`; a blob larger than the quota `OUT_OF_RANGE` |
 //! | [`MAX_CONCURRENT_UPLOADS_PER_KEY`] | 4 | `RESOURCE_EXHAUSTED` |
@@ -117,12 +118,18 @@ pub const MAX_WASM_STACK_BYTES: usize = 1024 * 1024;
 /// and shutdown are noticed promptly (about a millisecond of guest code).
 pub const FUEL_YIELD_INTERVAL: u64 = 2_000_000;
 
-/// Largest module or input file a worker stores, in bytes. Above: the upload is refused with
-/// `INVALID_ARGUMENT` on its first chunk, which announces the size, before anything is written.
-pub const MAX_BLOB_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest module or input file a worker stores, in bytes: blobs stream from file to wire to
+/// file and are never held whole (ARCHITECTURE.md, "Peer-to-peer inputs"). Above: the upload
+/// is refused with `INVALID_ARGUMENT` on its first chunk, which announces the size, before
+/// anything is written. A blob must also fit the donor's store and the caller's quota
+/// (`--blob-store-max-bytes`, a quarter of it per key): a 4 GiB input needs a 16 GiB store.
+pub const MAX_BLOB_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+/// Largest module a worker compiles, in bytes: a module is read whole to be compiled. Above:
+/// the task ends as an invalid module.
+pub const MAX_MODULE_BYTES: u64 = 256 * 1024 * 1024;
 /// Default cap on the whole blob store (`--blob-store-max-bytes`), in bytes: the files of every
 /// blob and the room reserved by uploads in progress. Four jobs' worth of inputs at the
-/// submitter's `MAX_JOB_INPUT_BYTES` (1 GiB), or 16 blobs of [`MAX_BLOB_BYTES`]; small beside a
+/// submitter's old `MAX_JOB_INPUT_BYTES` (1 GiB), or 16 blobs of 256 MiB; small beside a
 /// donor's disk, and with the compiled-module cache ([`MODULE_DISK_CACHE_BYTES`]) it keeps a
 /// worker's data directory near 6 GiB. Reached: the least recently used blobs no running or
 /// queued task holds, of keys holding at least as much as the uploader will, are deleted to make
@@ -295,7 +302,7 @@ pub const REQUEST_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// this bounds what stalled senders can make the worker hold.
 pub const MAX_PARTIAL_REQUEST_BYTES: usize = 256 * 1024 * 1024;
 /// `PutBlob` uploads in progress at once. Reached: `RESOURCE_EXHAUSTED` (retry later); each
-/// holds a temporary file of up to [`MAX_BLOB_BYTES`].
+/// holds a temporary file of up to [`MAX_BLOB_BYTES`] (within the store's cap).
 pub const MAX_CONCURRENT_UPLOADS: usize = 16;
 /// `PutBlob` uploads one submitter key may have in progress at once, so one key cannot take every
 /// one of the [`MAX_CONCURRENT_UPLOADS`] places. Reached: `RESOURCE_EXHAUSTED` (retry later).

@@ -496,6 +496,13 @@ impl WorkerService {
         tokio::task::spawn_blocking(move || {
             // The blob is read only if the module is not in the disk cache.
             let read_wasm = || {
+                let size = std::fs::metadata(blobs.path(&hash)).map_or(0, |m| m.len());
+                if size > limits::MAX_MODULE_BYTES {
+                    return Err(ModuleError(format!(
+                        "module of {size} bytes, above this worker's limit of {} (MAX_MODULE_BYTES)",
+                        limits::MAX_MODULE_BYTES
+                    )));
+                }
                 blobs
                     .read(&hash)
                     .map_err(|error| ModuleError(format!("cannot read module {hash}: {error}")))

@@ -121,14 +121,15 @@ impl BlobServer {
         let mut header = vec![FOUND];
         header.extend_from_slice(&size.to_le_bytes());
         send.write_all(&header).await.map_err(|e| e.to_string())?;
-        info!(blob = %hash.short(), bytes = size, peer = %caller.short(), "blob served to a peer");
+        info!(blob = %hash.short(), bytes = size, peer = %caller.short(), "blob sent to a peer");
         let progress = Arc::new(AtomicU64::new(0));
         let counted = progress.clone();
         let runtime = tokio::runtime::Handle::current();
-        let flip_at = self
-            .corrupt
-            .then(|| verified::encoded_size(size) / 2)
-            .unwrap_or(u64::MAX);
+        let flip_at = if self.corrupt {
+            verified::encoded_size(size) / 2
+        } else {
+            u64::MAX
+        };
         let sending = tokio::task::spawn_blocking(move || {
             let _place = place;
             let stream = SyncIoBridge::new_with_handle(send, runtime);
