@@ -21,18 +21,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use peergrid_e2e::{KeyPair, WorkerConfig, WorkerProcess};
+use peergrid_e2e::{KeyPair, WorkerConfig, WorkerProcess, status_kb};
 use peergrid_proto::ContentHash;
 use peergrid_submitter::client::{Blob, BlobBody, Dialer, WorkerClient};
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
 
 /// Writes `size` pseudo-random bytes to `path` 1 MiB at a time; returns their hash.
 fn write_blob(path: &Path, size: u64) -> ContentHash {
@@ -92,17 +83,18 @@ fn main() {
         made.elapsed().as_secs_f64()
     );
     let me = std::process::id();
-    let before = [a.pid(), b.pid(), me].map(|pid| status_kb(pid, "VmRSS:"));
     let blob = Blob {
         hash,
         size,
         body: BlobBody::File(path),
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (upload, fetch) = runtime.block_on(async {
+    let (before, upload, fetch) = runtime.block_on(async {
         let dialer = Dialer::new(&key.identity(), &[]).await.unwrap();
         let mut to_a = WorkerClient::connect(&dialer, &a.addr).await.unwrap();
         let mut to_b = WorkerClient::connect(&dialer, &b.addr).await.unwrap();
+        // Connected and idle: what each process holds without any blob in flight.
+        let before = [a.pid(), b.pid(), me].map(|pid| status_kb(pid, "VmRSS:"));
         let started = Instant::now();
         to_a.put_blob(&blob).await.expect("A stores the blob");
         let upload = started.elapsed();
@@ -114,7 +106,7 @@ fn main() {
         assert!(stored);
         let fetch = started.elapsed();
         dialer.close().await;
-        (upload, fetch)
+        (before, upload, fetch)
     });
     let mb = size as f64 / 1e6;
     println!(

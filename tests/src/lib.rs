@@ -648,12 +648,22 @@ pub fn fd_count(pid: u32) -> usize {
 
 /// Resident memory of process `pid`, in kB.
 pub fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
+    status_kb(pid, "VmRSS:")
+}
+
+/// Peak resident memory of process `pid` so far (VmHWM), in kB.
+pub fn peak_rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, e.g. `VmRSS:`.
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 /// A UDP socket on a loopback host that reads every datagram and answers none: a tarpit (or a

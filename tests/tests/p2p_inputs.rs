@@ -97,16 +97,6 @@ fn blob_traffic(stdout: &str) -> (f64, f64, u64) {
     (numbers[0], numbers[1], numbers[2] as u64)
 }
 
-/// Peak resident memory of process `pid` so far (VmHWM), in kB.
-fn peak_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 fn holds(worker: &WorkerProcess, hash: &ContentHash) -> bool {
     worker.data_dir.join("blobs").join(hash.to_hex()).exists()
 }
@@ -156,7 +146,7 @@ fn a_shared_100_mb_input_leaves_the_submitter_about_once_and_workers_pass_it_on(
     // Flat memory: a worker that buffered the blob would have grown by 100 MB at least; what
     // grows is QUIC's stream buffers and the sandbox's pool (19-40 MB measured).
     for (worker, before) in workers.iter().zip(&before) {
-        let peak = peak_rss_kb(worker.pid());
+        let peak = peergrid_e2e::peak_rss_kb(worker.pid());
         println!("worker {}: {before} kB before, peak {peak} kB", worker.addr);
         assert!(
             peak.saturating_sub(*before) < 64 * 1024,

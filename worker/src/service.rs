@@ -158,6 +158,16 @@ impl WorkerService {
         BlobServer::new(self.inner.blobs.clone(), self.inner.downloads.clone())
     }
 
+    /// One of the [`limits::MAX_CONCURRENT_UPLOADS`] places uploads and fetches share.
+    fn upload_place(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.inner.uploads.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} uploads and fetches are in progress, the most this worker takes; retry later",
+                limits::MAX_CONCURRENT_UPLOADS
+            ))
+        })
+    }
+
     /// `FetchBlob`: the blob from the first of the named peers that delivers it verified.
     async fn fetch_from_peers(
         &self,
@@ -191,17 +201,7 @@ impl WorkerService {
         if self.inner.blobs.touch(&hash) {
             return Ok(pb::FetchBlobResponse::default());
         }
-        let _fetch_slot = self
-            .inner
-            .uploads
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "{} uploads and fetches are in progress, the most this worker takes; retry later",
-                    limits::MAX_CONCURRENT_UPLOADS
-                ))
-            })?;
+        let _fetch_slot = self.upload_place()?;
         match peer::fetch_from_any(
             endpoint,
             &self.inner.blobs,
@@ -448,17 +448,7 @@ impl WorkerService {
         if self.inner.blobs.touch(&hash) {
             return Ok(false);
         }
-        let _upload_slot = self
-            .inner
-            .uploads
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "{} uploads are in progress, the most this worker takes; retry later",
-                    limits::MAX_CONCURRENT_UPLOADS
-                ))
-            })?;
+        let _upload_slot = self.upload_place()?;
         let mut upload = self
             .inner
             .blobs
