@@ -8,7 +8,7 @@
 //! - The submitter killed once the first two workers hold the input, then resumed with six more
 //!   workers: they fetch it from their peers, and the resumed submitter uploads none of it.
 //! - `FetchBlob` with hostile sources: a peer serving altered bytes is dropped at its first wrong
-//!   group and the next source delivers; with no good source the call fails, naming why; bad
+//!   group, one that never answers after the connect timeout, and the next source delivers; with no good source the call fails, naming why; bad
 //!   requests are refused, and a stranger who guesses hashes learns nothing.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use peergrid_e2e::jobs::{JOB_TIMEOUT, grid, submit_args};
 use peergrid_e2e::rogue::{RogueConfig, RogueProcess, Strategy};
 use peergrid_e2e::{
-    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, guest, wait_until, write_job,
+    KeyPair, SubmitProcess, Tarpit, WorkerConfig, WorkerProcess, guest, wait_until, write_job,
 };
 use peergrid_proto::{ContentHash, transport};
 use peergrid_submitter::client::{
@@ -262,6 +262,7 @@ fn fetch_blob_drops_a_source_that_sends_altered_bytes_and_refuses_bad_requests()
         size,
         body: BlobBody::File(path),
     };
+    let tarpit = Tarpit::start("127.0.0.4");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let dialer = Dialer::new(&key.identity(), &[]).await.unwrap();
@@ -313,9 +314,14 @@ fn fetch_blob_drops_a_source_that_sends_altered_bytes_and_refuses_bad_requests()
         assert!(message.contains("does not hold"), "{message}");
         assert_eq!(fetcher_client.missing(&[hash]).await.unwrap(), vec![hash]);
 
-        // The altering source first, then the honest one: stored, from the honest one.
+        // A source that never answers, the altering source, then the honest one: stored, from
+        // the honest one.
         let stored = fetcher_client
-            .fetch_blob(hash, size, vec![rogue.addr.clone(), honest.addr.clone()])
+            .fetch_blob(
+                hash,
+                size,
+                vec![tarpit.addr.clone(), rogue.addr.clone(), honest.addr.clone()],
+            )
             .await
             .unwrap();
         assert!(stored);
@@ -333,6 +339,7 @@ fn fetch_blob_drops_a_source_that_sends_altered_bytes_and_refuses_bad_requests()
     assert!(stored == bytes, "the stored blob is the original");
     let log = fetcher.stderr();
     assert!(log.contains("blob fetched from a peer"), "{log}");
+    assert!(tarpit.datagrams() > 0, "the silent source was tried");
 
     // A stranger (neither trusted by the holder nor a member of its grid) may ask, as the hash
     // is the capability: it learns nothing of blobs whose hash it does not know.
