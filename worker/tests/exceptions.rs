@@ -1,8 +1,8 @@
-//! WebAssembly exception handling (issue 15, item 3). Not on yet: wasmtime 48 keeps exception
-//! objects in a GC heap, which needs its `gc` feature and a bound of its own beside the task's
-//! memory limit (ARCHITECTURE.md, "Exceptions"). Until then a module that uses exceptions is
-//! refused the same way everywhere, which these modules check; they are also what the feature
-//! must then run: catch and exit 42, an uncaught throw, a throw in an endless loop.
+//! WebAssembly exception handling (issue 15, item 3): on, with exception objects in a GC heap
+//! that counts against the task's memory limit (ARCHITECTURE.md, "Exceptions"). Hand-made
+//! modules: a throw caught (exit 42), a throw uncaught (a trap), a throw in an endless loop (out
+//! of fuel), and caught exceptions kept alive in a table so the GC heap must grow (the memory
+//! limit). Each gives the same outcome and fuel on every run.
 
 use std::borrow::Cow;
 
@@ -19,18 +19,22 @@ enum Body {
     Uncaught,
     /// Throws and catches in a loop that never ends.
     ThrowForever,
+    /// Throws, catches the exception as an `exnref` and keeps it in a table, for ever: every
+    /// exception object stays alive, so the GC heap grows until a limit stops it.
+    Hoard,
 }
 
 /// A WASI command that imports `proc_exit`, declares one exception tag `(i32)`, and runs `body`.
 fn module(body: Body) -> Vec<u8> {
     use wasm_encoder::{
         BlockType, Catch, CodeSection, EntityType, ExportKind, ExportSection, Function,
-        FunctionSection, ImportSection, Instruction, MemorySection, MemoryType, Module, TagKind,
-        TagSection, TagType, TypeSection, ValType,
+        FunctionSection, ImportSection, Instruction, MemorySection, MemoryType, Module, RefType,
+        TableSection, TableType, TagKind, TagSection, TagType, TypeSection, ValType,
     };
     let mut types = TypeSection::new();
     types.ty().function([], []); // 0: _start
     types.ty().function([ValType::I32], []); // 1: proc_exit, and the tag
+    types.ty().function([], [ValType::I32, ValType::EXNREF]); // 2: a caught exception
     let mut imports = ImportSection::new();
     imports.import(
         "wasi_snapshot_preview1",
@@ -56,7 +60,15 @@ fn module(body: Body) -> Vec<u8> {
     exports.export("_start", ExportKind::Func, 1);
     exports.export("memory", ExportKind::Memory, 0);
     let catch_into_outer = [Catch::One { tag: 0, label: 0 }];
-    let mut start = Function::new([]);
+    let mut tables = TableSection::new();
+    tables.table(TableType {
+        element_type: RefType::EXNREF,
+        table64: false,
+        minimum: 0,
+        maximum: None,
+        shared: false,
+    });
+    let mut start = Function::new([(1, ValType::EXNREF)]);
     match body {
         Body::CatchAndExit => {
             start
@@ -94,6 +106,30 @@ fn module(body: Body) -> Vec<u8> {
                 .instruction(&Instruction::Br(0))
                 .instruction(&Instruction::End);
         }
+        Body::Hoard => {
+            let catch_ref = [Catch::OneRef { tag: 0, label: 0 }];
+            start
+                .instruction(&Instruction::Loop(BlockType::Empty))
+                .instruction(&Instruction::Block(BlockType::FunctionType(2)))
+                .instruction(&Instruction::TryTable(
+                    BlockType::Empty,
+                    Cow::Borrowed(&catch_ref),
+                ))
+                .instruction(&Instruction::I32Const(1))
+                .instruction(&Instruction::Throw(0))
+                .instruction(&Instruction::End)
+                .instruction(&Instruction::Unreachable)
+                .instruction(&Instruction::End)
+                // [payload, exnref]: keep the exception in a new table element.
+                .instruction(&Instruction::LocalSet(0))
+                .instruction(&Instruction::Drop)
+                .instruction(&Instruction::LocalGet(0))
+                .instruction(&Instruction::I32Const(1))
+                .instruction(&Instruction::TableGrow(0))
+                .instruction(&Instruction::Drop)
+                .instruction(&Instruction::Br(0))
+                .instruction(&Instruction::End);
+        }
     }
     start.instruction(&Instruction::End);
     let mut code = CodeSection::new();
@@ -103,6 +139,7 @@ fn module(body: Body) -> Vec<u8> {
         .section(&types)
         .section(&imports)
         .section(&funcs)
+        .section(&tables)
         .section(&memories)
         .section(&tags)
         .section(&exports)
@@ -110,13 +147,10 @@ fn module(body: Body) -> Vec<u8> {
     module.finish()
 }
 
-fn run(body: Body) -> Execution {
+fn run(body: Body, limits: Limits) -> Execution {
     let (sandbox, _scratch) = common::sandbox(1);
     let spec = TaskSpec {
-        limits: Limits {
-            fuel: 50_000_000,
-            ..Limits::default()
-        },
+        limits,
         ..Default::default()
     };
     tokio::runtime::Runtime::new()
@@ -124,25 +158,78 @@ fn run(body: Body) -> Execution {
         .block_on(sandbox.run_module(Bytes::from(module(body)), spec))
 }
 
-/// Exception handling is off in this sandbox (ARCHITECTURE.md, "Exceptions"): a module that uses
-/// it, however it uses it, is an invalid module on every worker, with the same reason, and never
-/// starts. When it is turned on, these modules are what must then exit 42, trap, and run out of
-/// fuel.
-#[test]
-fn a_module_using_exceptions_is_refused_the_same_way_on_every_run() {
-    for body in [Body::CatchAndExit, Body::Uncaught, Body::ThrowForever] {
-        let first = run(body);
-        match &first.outcome {
-            Outcome::InvalidModule(reason) => {
-                assert!(
-                    reason.contains("exceptions proposal not enabled"),
-                    "{reason}"
-                )
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(first.fuel_used, 0);
+fn fuel(fuel: u64) -> Limits {
+    Limits {
+        fuel,
+        ..Limits::default()
     }
-    let (a, b) = (run(Body::CatchAndExit), run(Body::CatchAndExit));
-    assert_eq!(a.outcome, b.outcome);
+}
+
+/// Runs `body` three times; every run must end the same way with the same fuel.
+fn run_thrice(body: impl Fn() -> Body, limits: Limits) -> Execution {
+    let first = run(body(), limits.clone());
+    for _ in 0..2 {
+        let again = run(body(), limits.clone());
+        assert_eq!(again.outcome, first.outcome);
+        assert_eq!(again.fuel_used, first.fuel_used);
+    }
+    first
+}
+
+#[test]
+fn a_caught_exception_carries_its_payload_and_the_same_fuel_every_run() {
+    let caught = run_thrice(|| Body::CatchAndExit, fuel(50_000_000));
+    assert_eq!(caught.outcome, Outcome::Exited(42));
+    assert!(caught.fuel_used > 0);
+}
+
+#[test]
+fn an_uncaught_exception_is_a_trap_with_the_same_text_every_run() {
+    let uncaught = run_thrice(|| Body::Uncaught, fuel(50_000_000));
+    match &uncaught.outcome {
+        Outcome::Trapped(kind) => {
+            assert!(
+                format!("{kind:?}").contains("thrown Wasm exception"),
+                "{kind:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_throw_in_an_endless_loop_runs_out_of_fuel_exactly() {
+    let forever = run_thrice(|| Body::ThrowForever, fuel(5_000_000));
+    assert_eq!(forever.outcome, Outcome::OutOfFuel);
+    assert_eq!(forever.fuel_used, 5_000_000);
+}
+
+/// Exceptions kept alive fill the GC heap, which shares the task's memory limit with its linear
+/// memory: the task ends at the memory limit, the same way and with the same fuel every run,
+/// long before the table's own element limit.
+#[test]
+fn exceptions_kept_alive_end_at_the_task_memory_limit() {
+    let limits = Limits {
+        fuel: 10_000_000_000,
+        memory_bytes: 2 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let hoard = run_thrice(|| Body::Hoard, limits);
+    assert_eq!(hoard.outcome, Outcome::MemoryLimit, "{hoard:?}");
+    // With a larger limit the same module gets further: the bound is the memory limit.
+    let more = run(
+        Body::Hoard,
+        Limits {
+            fuel: 10_000_000_000,
+            memory_bytes: 4 * 1024 * 1024,
+            ..Limits::default()
+        },
+    );
+    assert_eq!(more.outcome, Outcome::MemoryLimit);
+    assert!(
+        more.fuel_used > hoard.fuel_used,
+        "{} vs {}",
+        more.fuel_used,
+        hoard.fuel_used
+    );
 }

@@ -43,7 +43,8 @@ pub use output_dir::{OUTPUT_DIR, OutputFile, Outputs};
 /// v3: trap and invalid-module texts are capped ([`Outcome::capped`]).
 /// v4: tasks may ask for a writable `/output` ([`output_dir`]); fuel is charged by operator
 /// cost ([`fuel_costs`]), not one per operator.
-const SANDBOX_VERSION: u32 = 4;
+/// v5: exception handling is on, its GC heap counted in the task's memory ([`TaskLimiter`]).
+const SANDBOX_VERSION: u32 = 5;
 
 /// argv[0] of every task: the module's name on the submitter's disk must not change the output.
 pub const ARGV0: &str = "task";
@@ -596,6 +597,7 @@ impl Sandbox {
                 wasi: wasi_context(&spec, &stdout, &stderr, input_dir, output_path.as_deref())?,
                 limiter: TaskLimiter {
                     memory_max_bytes: cap_to_usize(spec.limits.memory_bytes),
+                    memory_used_bytes: 0,
                     hit: false,
                 },
                 input_view: view,
@@ -870,6 +872,11 @@ fn deterministic_config() -> Config {
         // compiled in: wasmtime's `threads` feature is off.)
         .wasm_multi_memory(false)
         .wasm_memory64(false)
+        // Exception handling, whose exception objects live in a per-store GC heap; the GC
+        // proposal itself stays off (ARCHITECTURE.md, "Exceptions").
+        .wasm_exceptions(true)
+        .wasm_gc(false)
+        .collector(wasmtime::Collector::DeferredReferenceCounting)
         .operator_cost(fuel_costs())
         .max_wasm_stack(limits::MAX_WASM_STACK_BYTES)
         .async_stack_size(limits::MAX_WASM_STACK_BYTES + 2 * 1024 * 1024)
@@ -993,7 +1000,9 @@ fn pooling_config(slots: usize) -> PoolingAllocationConfig {
     let slots = u32::try_from(slots).unwrap_or(u32::MAX);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_core_instances(slots)
-        .total_memories(slots)
+        // Each task's linear memory and its GC heap (exceptions), which takes a memory slot.
+        .total_memories(slots.saturating_mul(2))
+        .total_gc_heaps(slots)
         .total_tables(slots.saturating_mul(limits::MAX_TABLES as u32))
         .total_stacks(slots)
         .max_memories_per_module(limits::MAX_MEMORIES as u32)
@@ -1083,9 +1092,12 @@ pub fn error_chain(error: &wasmtime::Error) -> String {
         .join(": ")
 }
 
-/// Caps a task's linear memory and tables; remembers that it refused, so the outcome can say so.
+/// Caps a task's memories together (its linear memory and the GC heap its exceptions live in)
+/// and its tables; remembers that it refused, so the outcome can say so.
 struct TaskLimiter {
     memory_max_bytes: usize,
+    /// Bytes of every memory of the store, as their growths were allowed.
+    memory_used_bytes: usize,
     hit: bool,
 }
 
@@ -1097,16 +1109,23 @@ struct MemoryLimitExceeded(usize);
 impl ResourceLimiter for TaskLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_max_bytes {
+        // Every memory of the store counts: a task's exceptions must not buy it a second
+        // memory cap (ARCHITECTURE.md, "Exceptions").
+        let used = self
+            .memory_used_bytes
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if used > self.memory_max_bytes {
             self.hit = true;
             return Err(wasmtime::Error::new(MemoryLimitExceeded(
                 self.memory_max_bytes,
             )));
         }
+        self.memory_used_bytes = used;
         Ok(true)
     }
 
