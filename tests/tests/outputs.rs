@@ -152,6 +152,39 @@ fn a_rendering_job_fetches_each_accepted_png_once_and_each_equals_a_local_render
     assert_eq!(served(&logs), RENDERS as usize);
 }
 
+/// Output files deleted from the results after the job (or never fetched) are made again on
+/// `resume`: the tasks are reopened, run by fresh copies, and their files fetched and checked.
+#[test]
+fn resume_makes_again_the_output_files_missing_from_the_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "submitter");
+    let workers = grid(dir.path(), &key, 2, &[]);
+    let job = render_job(&dir.path().join("job"), "again", "");
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let all: Vec<&WorkerProcess> = workers.iter().collect();
+    let output = SubmitProcess::start(dir.path(), submit_args(&job, &key, &all, &state, &out))
+        .wait(JOB_TIMEOUT);
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    for task in ["img-03", "img-11"] {
+        std::fs::remove_file(out.join(task).join(format!("{task}.png"))).unwrap();
+    }
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "resume".into(),
+        "again".into(),
+        "--state".into(),
+        state.clone().into(),
+        "--plain".into(),
+    ];
+    for worker in &workers {
+        args.extend(["--peer".into(), worker.addr.clone().into()]);
+    }
+    let again = SubmitProcess::start(dir.path(), args).wait(JOB_TIMEOUT);
+    let stdout = again.stdout_text();
+    assert_eq!(again.code, Some(0), "{stdout}\n{}", again.stderr);
+    assert!(stdout.contains(" 2 reopened "), "{stdout}");
+    check_pngs(&dir.path().join("job"), &out);
+}
+
 /// Runs the render job on two honest workers and a rogue with `strategy`, each on a host of
 /// its own; returns (submit's stdout, the rogue's key, the results directory, the job dir).
 fn with_rogue(dir: &Path, strategy: Strategy) -> (String, String, PathBuf, PathBuf) {
