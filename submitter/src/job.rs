@@ -1635,10 +1635,29 @@ env = { SEED = "{i}{i}", MODE = "sweep" }
             &with_head("limits = { timeout_s = 86401 }\n"),
             "job.toml:3: limits.timeout_s: 86401 is above the worker's ceiling MAX_TIMEOUT (86400), e.g. timeout_s = 60",
         );
+        check(
+            &with_head("[limits]\noutput_mb = 1025\n"),
+            "job.toml:4: limits.output_mb: 1025 is above the worker's ceiling MAX_OUTPUT_MAX_BYTES (1024), e.g. output_mb = 64",
+        );
+        check(
+            &with_head("[limits]\noutput_files = 1025\n"),
+            "job.toml:4: limits.output_files: 1025 is above the worker's ceiling MAX_OUTPUT_MAX_FILES (1024), e.g. output_files = 64",
+        );
+        check(
+            &with_head("[limits]\noutput_files = 0\n"),
+            "job.toml:4: limits.output_files: must be at least 1 (leave it out for the worker's default), e.g. output_files = 64",
+        );
+        check(
+            &with_head("[limits]\nstdout_mb = 17\n"),
+            "job.toml:4: limits.stdout_mb: 17 is above the worker's ceiling MAX_STDOUT_MAX_BYTES (16), e.g. stdout_mb = 4",
+        );
         let job = ok(&with_head(
-            "[limits]\nmemory_mb = 4096\ntimeout_s = 86400\nfuel = 10_000_000_000_000\n[[task]]\n",
+            "[limits]\nmemory_mb = 4096\ntimeout_s = 86400\nfuel = 10_000_000_000_000\noutput_mb = 1024\noutput_files = 1024\n[[task]]\n",
         ));
-        assert_eq!(job.limits.to_wire().memory_bytes, limits::MAX_MEMORY_BYTES);
+        let wire = job.limits.to_wire();
+        assert_eq!(wire.memory_bytes, limits::MAX_MEMORY_BYTES);
+        assert_eq!(wire.output_max_bytes, limits::MAX_OUTPUT_MAX_BYTES);
+        assert_eq!(wire.output_max_files, limits::MAX_OUTPUT_MAX_FILES);
     }
 
     #[test]
