@@ -19,11 +19,13 @@ use bytes::{Buf, BufMut};
 use foca::{Codec, Foca, Member, Message, Notification, PostcardCodec, State, Timer};
 use peergrid_proto::Identity;
 use peergrid_proto::transport::PeerAddr;
-use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
+use rand::seq::IteratorRandom;
+use rand::{RngExt, SeedableRng};
 
 use super::identity::PeerIdentity;
 use super::slots::{SlotBoard, SlotHandler, SlotNews};
+use super::sync;
 
 /// Protocol timings. The defaults suit a LAN or a machine's loopback; every one is documented
 /// with what it bounds.
@@ -65,6 +67,11 @@ pub struct MembershipConfig {
     /// This member takes a new incarnation at most this often when told it is down. Bounds the
     /// churn a hostile member can cause by sending `TurnUndead`.
     pub renew_min_interval: Duration,
+    /// Anti-entropy (ARCHITECTURE.md, "Membership"): about this often (uniformly jittered
+    /// between half and one and a half times it, so members do not fall in step), this member
+    /// sends its view's digest to one random alive member and takes the records it lacks from
+    /// the answer. Bounds how long a member misses a record the bulk of the grid holds.
+    pub sync_period: Duration,
 }
 
 impl Default for MembershipConfig {
@@ -85,6 +92,7 @@ impl Default for MembershipConfig {
             introductions_per_second: 100,
             introductions_burst: 1_000,
             renew_min_interval: Duration::from_secs(10),
+            sync_period: Duration::from_secs(10),
         }
     }
 }
@@ -177,6 +185,8 @@ pub enum TimerEvent {
     Renew,
     /// Announce the renewed record again if nothing was heard since the renewal.
     Reannounce,
+    /// Time for an anti-entropy exchange with a random member.
+    Sync,
     /// Another member declared this one down: held as a suspicion; down here too unless it
     /// refuted (its incarnation changed) by now.
     ConfirmDown {
@@ -192,6 +202,9 @@ pub struct Effects {
     /// to it is open.
     pub sends: Vec<(Target, Vec<u8>)>,
     pub timers: Vec<(Duration, TimerEvent)>,
+    /// Anti-entropy requests to open with these members (`sync.rs` format); hand the answer to
+    /// [`Membership::handle_sync_answer`].
+    pub syncs: Vec<(Target, Vec<u8>)>,
 }
 
 /// Where a packet goes: a member's key, and the address its own signed record (or the
@@ -269,6 +282,8 @@ pub struct ScreenStats {
     pub over_bounds: u64,
     /// "You are down" (or an unrefutable suspicion) within `renew_min_interval` of a renewal.
     pub renewals_refused: u64,
+    /// Sync requests and answers refused whole: not in the format, or an answer nobody asked.
+    pub syncs_refused: u64,
 }
 
 /// Traffic counters, for benchmarks and metrics.
@@ -278,6 +293,12 @@ pub struct TrafficStats {
     pub bytes_sent: u64,
     pub packets_received: u64,
     pub bytes_received: u64,
+    /// Anti-entropy: requests sent, answers given, and their bytes both ways (also counted in
+    /// `bytes_sent` and `bytes_received`).
+    pub syncs_sent: u64,
+    pub syncs_answered: u64,
+    pub sync_bytes_sent: u64,
+    pub sync_bytes_received: u64,
 }
 
 type Swim = Foca<PeerIdentity, PostcardCodec, Xoshiro256PlusPlus, SlotHandler>;
@@ -313,6 +334,13 @@ pub struct Membership {
     unheard_since_renewal: bool,
     /// Decodes packets for screening (foca has its own).
     codec: PostcardCodec,
+    /// Picks anti-entropy partners and jitters their timer.
+    sync_rng: Xoshiro256PlusPlus,
+    /// The member asked for a sync and not answered yet: only its answer is taken.
+    sync_pending: Option<[u8; 32]>,
+    /// While a sync answer is screened: the foca incarnation held for each member, so that
+    /// screening does not scan foca's table once per record.
+    held: Option<HashMap<[u8; 32], foca::Incarnation>>,
 }
 
 #[derive(Default)]
@@ -453,7 +481,7 @@ impl Membership {
                 board: board.clone(),
             },
         );
-        Self {
+        let mut membership = Self {
             foca,
             outbox: Outbox {
                 board: Some(board.clone()),
@@ -476,7 +504,17 @@ impl Membership {
             moving_to: None,
             unheard_since_renewal: false,
             codec: PostcardCodec,
-        }
+            sync_rng: Xoshiro256PlusPlus::seed_from_u64(rng_seed ^ 0x5EED_5EED),
+            sync_pending: None,
+            held: None,
+        };
+        let first = membership.sync_delay();
+        membership
+            .outbox
+            .effects
+            .timers
+            .push((first, TimerEvent::Sync));
+        membership
     }
 
     pub fn identity(&self) -> &PeerIdentity {
@@ -719,6 +757,9 @@ impl Membership {
 
     /// The foca incarnation this member holds for the member with `key`, if it is in the table.
     fn held_incarnation(&self, key: &[u8; 32]) -> Option<foca::Incarnation> {
+        if let Some(held) = &self.held {
+            return held.get(key).copied();
+        }
         self.foca
             .iter_membership_state()
             .find(|member| &member.id().worker_key == key)
@@ -840,6 +881,7 @@ impl Membership {
                 }
             }
             TimerEvent::Renew => self.renew_armed = false,
+            TimerEvent::Sync => self.start_sync(),
             TimerEvent::Reannounce => {
                 if self.unheard_since_renewal {
                     self.reannounce();
@@ -1012,6 +1054,166 @@ impl Membership {
         }
     }
 
+    /// The wait before the next anti-entropy exchange: `sync_period` × [0.5, 1.5).
+    fn sync_delay(&mut self) -> Duration {
+        self.config
+            .sync_period
+            .mul_f64(self.sync_rng.random_range(0.5..1.5))
+    }
+
+    /// Sends this member's digest to one random alive member (ARCHITECTURE.md, "Membership",
+    /// *Anti-entropy*) and arms the next exchange. One exchange at a time: a request not
+    /// answered by now is given up.
+    fn start_sync(&mut self) {
+        let next = self.sync_delay();
+        self.outbox.effects.timers.push((next, TimerEvent::Sync));
+        let Some(partner) = self
+            .foca
+            .iter_members()
+            .map(|member| member.id())
+            .choose(&mut self.sync_rng)
+            .cloned()
+        else {
+            return;
+        };
+        let request = sync::encode_request(&self.digests());
+        self.sync_pending = Some(partner.worker_key);
+        let stats = &mut self.outbox.stats;
+        stats.syncs_sent += 1;
+        stats.sync_bytes_sent += request.len() as u64;
+        stats.bytes_sent += request.len() as u64;
+        self.outbox
+            .effects
+            .syncs
+            .push((Target::of(&partner), request));
+    }
+
+    /// The digests of this member's view: its active members and itself.
+    fn digests(&self) -> Vec<u64> {
+        sync::digests(
+            self.foca
+                .iter_members()
+                .map(|member| member.id())
+                .chain(std::iter::once(self.identity())),
+        )
+    }
+
+    /// A sync request arrived over a connection that proved the key `from`: the answer holds
+    /// this member's records of every bucket whose digest differs from the request's, at most
+    /// `max_members` of them. Refused whole if it is not a request.
+    pub fn handle_sync_request(
+        &mut self,
+        now_ms: u64,
+        from: [u8; 32],
+        data: &[u8],
+    ) -> Result<Vec<u8>, MembershipError> {
+        self.outbox.now_ms = now_ms;
+        self.outbox.stats.bytes_received += data.len() as u64;
+        self.outbox.stats.sync_bytes_received += data.len() as u64;
+        let Some(theirs) = sync::decode_request(data) else {
+            self.screened.syncs_refused += 1;
+            return Err(MembershipError::Refused("not a sync request"));
+        };
+        let ours = self.digests();
+        let differs: Vec<bool> = ours.iter().zip(&theirs).map(|(a, b)| a != b).collect();
+        let me = self.identity().clone();
+        let limit = self.config.max_members;
+        let mut members: Vec<Member<PeerIdentity>> = Vec::new();
+        if differs[sync::bucket_of(&me.worker_key)] {
+            members.push(Member::alive(me));
+        }
+        members.extend(
+            self.foca
+                .iter_membership_state()
+                .filter(|member| {
+                    let key = &member.id().worker_key;
+                    differs[sync::bucket_of(key)] && *key != from
+                })
+                .take(limit.saturating_sub(members.len()))
+                .cloned(),
+        );
+        let answer = sync::encode_answer(&members);
+        let stats = &mut self.outbox.stats;
+        stats.syncs_answered += 1;
+        stats.sync_bytes_sent += answer.len() as u64;
+        stats.bytes_sent += answer.len() as u64;
+        Ok(answer)
+    }
+
+    /// The answer to this member's sync request arrived from `from` (at `from_ip`). Every
+    /// record is screened like a gossiped one ([`Membership::handle_packet`]), records that
+    /// change nothing here are skipped before foca, and the rest is applied without
+    /// re-broadcast (gossip carries news; anti-entropy repairs). Refused whole if it is not an
+    /// answer, or not from the member asked.
+    pub fn handle_sync_answer(
+        &mut self,
+        now_ms: u64,
+        from: [u8; 32],
+        from_ip: IpAddr,
+        data: &[u8],
+    ) -> Result<(), MembershipError> {
+        self.outbox.now_ms = now_ms;
+        self.outbox.stats.bytes_received += data.len() as u64;
+        self.outbox.stats.sync_bytes_received += data.len() as u64;
+        if self.sync_pending != Some(from) {
+            self.screened.syncs_refused += 1;
+            return Err(MembershipError::Refused("a sync answer nobody asked for"));
+        }
+        self.sync_pending = None;
+        let Some(members) = sync::decode_answer(data, self.config.max_members) else {
+            self.screened.syncs_refused += 1;
+            return Err(MembershipError::Refused("not a sync answer"));
+        };
+        let held: HashMap<[u8; 32], (&PeerIdentity, foca::Incarnation, State)> = self
+            .foca
+            .iter_membership_state()
+            .map(|member| {
+                let id = member.id();
+                (id.worker_key, (id, member.incarnation(), member.state()))
+            })
+            .collect();
+        let rank = |state: State| match state {
+            State::Alive => 0,
+            State::Suspect => 1,
+            State::Down => 2,
+        };
+        let me = self.identity().worker_key;
+        let news: Vec<Member<PeerIdentity>> = members
+            .into_iter()
+            .filter(|update| {
+                let key = update.id().worker_key;
+                key != me
+                    && !held.get(&key).is_some_and(|(id, incarnation, state)| {
+                        *id == update.id()
+                            && *incarnation >= update.incarnation()
+                            && rank(*state) >= rank(update.state())
+                    })
+            })
+            .collect();
+        let held_incarnations = held
+            .iter()
+            .map(|(key, (_, incarnation, _))| (*key, *incarnation))
+            .collect();
+        self.held = Some(held_incarnations);
+        self.admitting.clear();
+        let mut admitted = Vec::with_capacity(news.len());
+        for update in news {
+            match self.admit_update(now_ms, from, from_ip, &update) {
+                Admitted::Yes => admitted.push(update),
+                Admitted::As(rewritten) => admitted.push(rewritten),
+                Admitted::No => {}
+            }
+        }
+        self.held = None;
+        let result = self
+            .foca
+            .apply_many(admitted.into_iter(), false, &mut self.outbox)
+            .map_err(MembershipError::from);
+        self.admitting.clear();
+        self.index_new_members();
+        result
+    }
+
     /// Every known member, this one first.
     pub fn view(&self) -> Vec<PeerView> {
         let board = self.board.lock();
@@ -1046,9 +1248,18 @@ impl Membership {
         view
     }
 
-    /// Members this one currently believes alive (itself excluded).
+    /// Members in this one's active set, alive or suspect (itself excluded).
     pub fn alive_count(&self) -> usize {
-        self.foca.iter_members().count()
+        self.foca.num_members()
+    }
+
+    /// How many of the members with these keys are in this one's active set (one pass over the
+    /// table, for simulations and tests).
+    pub fn active_among(&self, keys: &std::collections::HashSet<[u8; 32]>) -> usize {
+        self.foca
+            .iter_members()
+            .filter(|member| keys.contains(&member.id().worker_key))
+            .count()
     }
 
     /// Members in the table, down ones included (itself excluded).
@@ -1454,6 +1665,117 @@ mod tests {
             .count();
         assert_eq!(at_victim, 1);
         assert!(core.screened().over_bounds >= 1);
+    }
+
+    /// The sync requests `core` sent, by key.
+    fn sync_requests(core: &mut Membership) -> Vec<([u8; 32], Vec<u8>)> {
+        core.drain()
+            .syncs
+            .into_iter()
+            .map(|(to, data)| (to.key, data))
+            .collect()
+    }
+
+    #[test]
+    fn a_sync_answer_is_screened_like_gossip_and_taken_only_from_the_member_asked() {
+        let mut core = core(1);
+        let (_, partner) = member(2);
+        let (_, victim) = member(3);
+        let (_, newcomer) = member(4);
+        let (_, stranger) = member(5);
+        gossip(&mut core, 0, &partner, &[Member::alive(victim.clone())]).unwrap();
+        core.handle_timer(100, TimerEvent::Sync).unwrap();
+        let requests = sync_requests(&mut core);
+        assert_eq!(requests.len(), 1);
+        assert!([partner.worker_key, victim.worker_key].contains(&requests[0].0));
+        let asked = if requests[0].0 == partner.worker_key {
+            &partner
+        } else {
+            &victim
+        };
+        // An answer from anyone else is refused whole.
+        let stray = sync::encode_answer(&[Member::alive(stranger.clone())]);
+        assert!(
+            core.handle_sync_answer(150, stranger.worker_key, ip(5), &stray)
+                .is_err()
+        );
+        assert_eq!(core.screened().syncs_refused, 1);
+        assert_eq!(state_of(&core, stranger.worker_key), None);
+        // The answer: the victim's key re-signed by another key, a newcomer, and the victim
+        // declared down by a third party.
+        let forged = PeerIdentity {
+            incarnation: victim.incarnation + 1,
+            signature: stranger.signature,
+            ..victim.clone()
+        };
+        let answer = sync::encode_answer(&[
+            Member::alive(forged),
+            Member::alive(newcomer.clone()),
+            Member::down(if asked == &victim {
+                partner.clone()
+            } else {
+                victim.clone()
+            }),
+        ]);
+        core.handle_sync_answer(200, asked.worker_key, asked.addr.ip(), &answer)
+            .unwrap();
+        let screened = core.screened();
+        assert_eq!((screened.bad_signature, screened.third_party_down), (1, 1));
+        assert_eq!(state_of(&core, newcomer.worker_key), Some(PeerState::Alive));
+        let accused = if asked == &victim { &partner } else { &victim };
+        assert_eq!(
+            state_of(&core, accused.worker_key),
+            Some(PeerState::Suspect)
+        );
+        assert_eq!(
+            core.view()
+                .iter()
+                .find(|peer| peer.identity.worker_key == victim.worker_key)
+                .unwrap()
+                .identity,
+            victim,
+            "the forged renewal was not taken"
+        );
+        // A second answer to the same request is refused.
+        assert!(
+            core.handle_sync_answer(300, asked.worker_key, asked.addr.ip(), &answer)
+                .is_err()
+        );
+        assert_eq!(core.screened().syncs_refused, 2);
+    }
+
+    #[test]
+    fn a_sync_answer_holds_what_the_requester_lacks_and_nothing_once_views_agree() {
+        let (a_signer, a) = member(1);
+        let (b_signer, b) = member(2);
+        let (_, c) = member(3);
+        let mut core_a = Membership::new(a.clone(), a_signer, MembershipConfig::default(), 1);
+        let mut core_b = Membership::new(b.clone(), b_signer, MembershipConfig::default(), 2);
+        gossip(&mut core_a, 0, &b, &[Member::alive(c.clone())]).unwrap();
+        gossip(&mut core_b, 0, &a, &[]).unwrap();
+        assert!(core_a.handle_sync_request(0, b.worker_key, b"no").is_err());
+        assert_eq!(core_a.screened().syncs_refused, 1);
+        let exchange = |core_a: &mut Membership, core_b: &mut Membership, at: u64| {
+            core_b.handle_timer(at, TimerEvent::Sync).unwrap();
+            let requests = sync_requests(core_b);
+            assert_eq!(requests[0].0, a.worker_key);
+            let answer = core_a
+                .handle_sync_request(at, b.worker_key, &requests[0].1)
+                .unwrap();
+            core_b
+                .handle_sync_answer(at, a.worker_key, a.addr.ip(), &answer)
+                .unwrap();
+            sync::decode_answer(&answer, 100).unwrap()
+        };
+        let first = exchange(&mut core_a, &mut core_b, 100);
+        assert!(first.iter().any(|member| member.id() == &c));
+        assert_eq!(state_of(&core_b, c.worker_key), Some(PeerState::Alive));
+        // Now B's view is A's: the answer is empty, whatever the size of the grid.
+        core_b.drain();
+        let second = exchange(&mut core_a, &mut core_b, 200);
+        assert!(second.is_empty(), "{second:?}");
+        assert_eq!(core_b.stats().syncs_sent, 2);
+        assert_eq!(core_a.stats().syncs_answered, 2);
     }
 
     #[test]

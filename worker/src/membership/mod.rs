@@ -5,6 +5,7 @@
 //!   packet.
 //! - [`identity`]: what a member says about itself, signed.
 //! - [`slots`]: free-slot news as signed, versioned custom broadcasts.
+//! - [`sync`]: the anti-entropy exchange's wire format and view digests.
 //! - [`net`]: the tokio driver over iroh QUIC datagrams.
 //! - [`sim`]: many members in one process over a lossy simulated network.
 
@@ -13,6 +14,7 @@ pub mod identity;
 pub mod net;
 pub mod sim;
 pub mod slots;
+pub mod sync;
 
 pub use self::core::{Membership, MembershipConfig, PeerState, PeerView, ScreenStats, Target};
 pub use self::identity::PeerIdentity;
