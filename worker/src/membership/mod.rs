@@ -16,6 +16,8 @@ pub mod sim;
 pub mod slots;
 pub mod sync;
 
-pub use self::core::{Membership, MembershipConfig, PeerState, PeerView, ScreenStats, Target};
+pub use self::core::{
+    Membership, MembershipConfig, PeerState, PeerView, ScreenStats, Target, VerifiedCache,
+};
 pub use self::identity::PeerIdentity;
 pub use self::net::{GOSSIP_ALPN, Gossip, PeerSnapshot};

@@ -1,6 +1,11 @@
 //! A deterministic simulation of many members in one process: the real protocol core
 //! ([`Membership`]) over a simulated network that drops and delays packets, on a virtual clock.
 //! Everything random comes from one seed, so a failing run replays exactly from its seed.
+//!
+//! Anti-entropy exchanges travel like packets: a request and its answer are each lost with the
+//! drop rate and delayed like a packet. On QUIC they ride a stream, whose lost packets are
+//! resent, so a whole exchange lost at the packet rate is the pessimistic model of a stream that
+//! fails (ARCHITECTURE.md, "Membership").
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -13,7 +18,7 @@ use peergrid_proto::transport::PeerAddr;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
-use super::core::{Membership, MembershipConfig, PeerState, TimerEvent, TrafficStats};
+use super::core::{Membership, MembershipConfig, TimerEvent, TrafficStats, VerifiedCache};
 use super::identity::PeerIdentity;
 
 /// The simulated network and cluster.
@@ -27,6 +32,8 @@ pub struct SimConfig {
     pub delay_ms: (u64, u64),
     /// Members join one after another this far apart (ms), all announcing to member 0.
     pub join_spacing_ms: u64,
+    /// Further members made but not started: [`Simulation::start`] starts them later (churn).
+    pub spare: usize,
     pub membership: MembershipConfig,
 }
 
@@ -38,6 +45,7 @@ impl SimConfig {
             drop_rate: 0.05,
             delay_ms: (1, 40),
             join_spacing_ms: 2,
+            spare: 0,
             membership: MembershipConfig::default(),
         }
     }
@@ -55,6 +63,16 @@ enum Event {
     },
     Join {
         member: usize,
+    },
+    SyncRequest {
+        to: usize,
+        from: usize,
+        data: Vec<u8>,
+    },
+    SyncAnswer {
+        to: usize,
+        from: usize,
+        data: Vec<u8>,
     },
 }
 
@@ -87,6 +105,8 @@ pub struct Simulation {
     config: SimConfig,
     members: Vec<Membership>,
     crashed: Vec<bool>,
+    /// Spare members not started yet.
+    dormant: Vec<bool>,
     by_key: HashMap<[u8; 32], usize>,
     seed_addr: PeerAddr,
     queue: BinaryHeap<Scheduled>,
@@ -119,13 +139,20 @@ impl Simulation {
             config.members >= 2 && config.members <= 65_536,
             "2..=65536 members"
         );
-        let members: Vec<Membership> = (0..config.members)
+        let total = config.members + config.spare;
+        assert!(total <= 65_536, "at most 65,536 members and spares");
+        // Same bytes, same verdict: one cache for every core, or each of n members verifies
+        // each of n records itself (ARCHITECTURE.md, "Membership").
+        let verified = VerifiedCache::new(4 * total + 1_024);
+        let members: Vec<Membership> = (0..total)
             .map(|index| {
                 let signer = Arc::new(sim_identity(config.seed, index));
                 let record = PeerIdentity::signed(&signer, sim_addr(index), "sim".into(), 1, 1)
                     .expect("a short fingerprint");
                 let seed = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64;
-                Membership::new(record, signer, config.membership.clone(), seed)
+                let mut member = Membership::new(record, signer, config.membership.clone(), seed);
+                member.share_verified(verified.clone());
+                member
             })
             .collect();
         let by_key = members
@@ -136,7 +163,8 @@ impl Simulation {
         let seed_addr = PeerAddr::direct(sim_identity(config.seed, 0).public_key(), sim_addr(0));
         let mut simulation = Self {
             network: Xoshiro256PlusPlus::seed_from_u64(config.seed),
-            crashed: vec![false; config.members],
+            crashed: vec![false; total],
+            dormant: (0..total).map(|index| index >= config.members).collect(),
             members,
             by_key,
             seed_addr,
@@ -180,6 +208,54 @@ impl Simulation {
         self.crashed[member]
     }
 
+    /// Starts spare member `member` now: it joins through member 0.
+    pub fn start(&mut self, member: usize) {
+        assert!(self.dormant[member], "member {member} is not a spare");
+        self.dormant[member] = false;
+        self.schedule(self.now_ms, Event::Join { member });
+    }
+
+    /// Neither crashed nor a spare waiting to start.
+    pub fn is_running(&self, member: usize) -> bool {
+        !self.crashed[member] && !self.dormant[member]
+    }
+
+    /// Members made, spares included.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn running_count(&self) -> usize {
+        (0..self.members.len())
+            .filter(|index| self.is_running(*index))
+            .count()
+    }
+
+    /// True if running member `member` has every other running member in its active set
+    /// (alive or suspect) and no other: with `running` from [`Simulation::running_count`] and
+    /// the keys of the crashed members.
+    pub fn knows_everyone(
+        &self,
+        member: usize,
+        running: usize,
+        crashed: &std::collections::HashSet<[u8; 32]>,
+    ) -> bool {
+        let core = &self.members[member];
+        core.alive_count() == running - 1 && (crashed.is_empty() || core.active_among(crashed) == 0)
+    }
+
+    /// The keys of the crashed members.
+    pub fn crashed_keys(&self) -> std::collections::HashSet<[u8; 32]> {
+        (0..self.members.len())
+            .filter(|index| self.crashed[*index])
+            .map(|index| self.members[index].identity().worker_key)
+            .collect()
+    }
+
     /// Runs every event up to `until_ms` of virtual time.
     pub fn run_until(&mut self, until_ms: u64) {
         while let Some(next) = self.queue.peek() {
@@ -196,7 +272,7 @@ impl Simulation {
     fn handle(&mut self, event: Event) {
         let (member, result) = match event {
             Event::Deliver { to, from, data } => {
-                if self.crashed[to] {
+                if !self.is_running(to) {
                     return;
                 }
                 let from_key = self.members[from].identity().worker_key;
@@ -211,7 +287,7 @@ impl Simulation {
                 )
             }
             Event::Timer { member, timer } => {
-                if self.crashed[member] {
+                if !self.is_running(member) {
                     return;
                 }
                 (
@@ -220,12 +296,44 @@ impl Simulation {
                 )
             }
             Event::Join { member } => {
-                if self.crashed[member] {
+                if !self.is_running(member) {
                     return;
                 }
                 (
                     member,
                     self.members[member].join(self.now_ms, &[self.seed_addr.clone()]),
+                )
+            }
+            Event::SyncRequest { to, from, data } => {
+                if !self.is_running(to) {
+                    return;
+                }
+                let from_key = self.members[from].identity().worker_key;
+                match self.members[to].handle_sync_request(self.now_ms, from_key, &data) {
+                    Ok(answer) => {
+                        self.transmit(Event::SyncAnswer {
+                            to: from,
+                            from: to,
+                            data: answer,
+                        });
+                        (to, Ok(()))
+                    }
+                    Err(error) => (to, Err(error)),
+                }
+            }
+            Event::SyncAnswer { to, from, data } => {
+                if !self.is_running(to) {
+                    return;
+                }
+                let from_key = self.members[from].identity().worker_key;
+                (
+                    to,
+                    self.members[to].handle_sync_answer(
+                        self.now_ms,
+                        from_key,
+                        sim_addr(from).ip(),
+                        &data,
+                    ),
                 )
             }
         };
@@ -246,57 +354,51 @@ impl Simulation {
                 self.dropped += 1;
                 continue;
             };
-            if self.network.random::<f64>() < self.config.drop_rate {
+            self.transmit(Event::Deliver {
+                to,
+                from: member,
+                data,
+            });
+        }
+        for (target, data) in effects.syncs {
+            let Some(&to) = self.by_key.get(&target.key) else {
                 self.dropped += 1;
                 continue;
-            }
-            let (low, high) = self.config.delay_ms;
-            let delay = self.network.random_range(low..=high);
-            self.schedule(
-                self.now_ms + delay,
-                Event::Deliver {
-                    to,
-                    from: member,
-                    data,
-                },
-            );
+            };
+            self.transmit(Event::SyncRequest {
+                to,
+                from: member,
+                data,
+            });
         }
     }
 
-    /// True when every running member sees every other running member alive and every crashed
-    /// member down.
+    /// Puts `event` on the network: lost with the drop rate, else delivered after a delay.
+    fn transmit(&mut self, event: Event) {
+        if self.network.random::<f64>() < self.config.drop_rate {
+            self.dropped += 1;
+            return;
+        }
+        let (low, high) = self.config.delay_ms;
+        let delay = self.network.random_range(low..=high);
+        self.schedule(self.now_ms + delay, event);
+    }
+
+    /// True when every running member has every other running member in its active set (alive
+    /// or suspect) and every crashed member out of it (down or forgotten).
     pub fn converged(&self) -> bool {
-        let running = self.crashed.iter().filter(|crashed| !**crashed).count();
-        let any_crashed = running < self.members.len();
+        let running = self.running_count();
+        let crashed = self.crashed_keys();
         (0..self.members.len())
-            .filter(|index| !self.crashed[*index])
-            .all(|index| {
-                let member = &self.members[index];
-                if !any_crashed {
-                    return member.alive_count() == running - 1;
-                }
-                member
-                    .view()
-                    .iter()
-                    .filter(|peer| !peer.is_self)
-                    .all(|peer| {
-                        let crashed = self.crashed[self.by_key[&peer.identity.worker_key]];
-                        let expected = if crashed {
-                            PeerState::Down
-                        } else {
-                            PeerState::Alive
-                        };
-                        peer.state == expected
-                    })
-                    && member.alive_count() == running - 1
-            })
+            .filter(|index| self.is_running(*index))
+            .all(|index| self.knows_everyone(index, running, &crashed))
     }
 
     /// How many running members know every other running member as alive, and the fewest
     /// alive members any running member knows: progress toward convergence.
     pub fn progress(&self) -> (usize, usize) {
         let running: Vec<usize> = (0..self.members.len())
-            .filter(|i| !self.crashed[*i])
+            .filter(|i| self.is_running(*i))
             .collect();
         let known: Vec<usize> = running
             .iter()
@@ -333,16 +435,21 @@ impl Simulation {
                     bytes_sent: sum.bytes_sent + stats.bytes_sent,
                     packets_received: sum.packets_received + stats.packets_received,
                     bytes_received: sum.bytes_received + stats.bytes_received,
+                    syncs_sent: sum.syncs_sent + stats.syncs_sent,
+                    syncs_answered: sum.syncs_answered + stats.syncs_answered,
+                    sync_bytes_sent: sum.sync_bytes_sent + stats.sync_bytes_sent,
+                    sync_bytes_received: sum.sync_bytes_received + stats.sync_bytes_received,
                 }
             })
     }
 
-    /// Picks `count` distinct members other than the seed, from the simulation's seed.
+    /// Picks `count` distinct running members other than the seed, from the simulation's seed.
     pub fn pick_members(&mut self, count: usize) -> Vec<usize> {
         let mut picked = Vec::new();
-        while picked.len() < count.min(self.members.len() - 1) {
+        let running = self.running_count();
+        while picked.len() < count.min(running - 1) {
             let candidate = self.network.random_range(1..self.members.len());
-            if !picked.contains(&candidate) {
+            if self.is_running(candidate) && !picked.contains(&candidate) {
                 picked.push(candidate);
             }
         }
