@@ -589,8 +589,8 @@ impl Membership {
         let me = self.identity().worker_key;
         self.seeds = seeds
             .iter()
+            .filter(|&seed| seed.key.to_bytes() != me)
             .cloned()
-            .filter(|seed| seed.key.to_bytes() != me)
             .collect();
         self.announce_to_seeds()
     }
@@ -1154,8 +1154,8 @@ impl Membership {
     }
 
     /// A sync request arrived over a connection that proved the key `from`: the answer holds
-    /// this member's records of every bucket whose digest differs from the request's, at most
-    /// `max_members` of them. Refused whole if it is not a request.
+    /// this member's records of the members it holds alive in every bucket whose digest differs
+    /// from the request's, at most `max_members` of them. Refused whole if it is not a request.
     pub fn handle_sync_request(
         &mut self,
         now_ms: u64,
@@ -1182,7 +1182,7 @@ impl Membership {
                 .iter_membership_state()
                 .filter(|member| {
                     let key = &member.id().worker_key;
-                    differs[sync::bucket_of(key)] && *key != from
+                    member.state() == State::Alive && differs[sync::bucket_of(key)] && *key != from
                 })
                 .take(limit.saturating_sub(members.len()))
                 .cloned(),
@@ -1233,11 +1233,16 @@ impl Membership {
             State::Down => 2,
         };
         let me = self.identity().worker_key;
+        // Only "alive" travels by anti-entropy: a suspicion or a "down" in an answer is the
+        // answerer's opinion, possibly stale, and taken here without the accused ever hearing
+        // of it (no re-broadcast) it would take down a member that refuted long ago. Deaths
+        // spread by gossip and each member's own probes.
         let news: Vec<Member<PeerIdentity>> = members
             .into_iter()
             .filter(|update| {
                 let key = update.id().worker_key;
-                key != me
+                update.state() == State::Alive
+                    && key != me
                     && !held.get(&key).is_some_and(|(id, incarnation, state)| {
                         *id == update.id()
                             && *incarnation >= update.incarnation()
@@ -1756,8 +1761,8 @@ mod tests {
         );
         assert_eq!(core.screened().syncs_refused, 1);
         assert_eq!(state_of(&core, stranger.worker_key), None);
-        // The answer: the victim's key re-signed by another key, a newcomer, and the victim
-        // declared down by a third party.
+        // The answer: the victim's key re-signed by another key, a newcomer, and another member
+        // declared down by the answerer (only "alive" travels by anti-entropy).
         let forged = PeerIdentity {
             incarnation: victim.incarnation + 1,
             signature: stranger.signature,
@@ -1775,13 +1780,10 @@ mod tests {
         core.handle_sync_answer(200, asked.worker_key, asked.addr.ip(), &answer)
             .unwrap();
         let screened = core.screened();
-        assert_eq!((screened.bad_signature, screened.third_party_down), (1, 1));
+        assert_eq!((screened.bad_signature, screened.third_party_down), (1, 0));
         assert_eq!(state_of(&core, newcomer.worker_key), Some(PeerState::Alive));
         let accused = if asked == &victim { &partner } else { &victim };
-        assert_eq!(
-            state_of(&core, accused.worker_key),
-            Some(PeerState::Suspect)
-        );
+        assert_eq!(state_of(&core, accused.worker_key), Some(PeerState::Alive));
         assert_eq!(
             core.view()
                 .iter()

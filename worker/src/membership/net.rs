@@ -11,6 +11,16 @@
 //! dropped); [`PACKET_QUEUE`] packets waiting for the core (more are dropped: gossip tolerates
 //! loss).
 //!
+//! Anti-entropy (ARCHITECTURE.md, "Membership", *Anti-entropy*) rides a bidirectional QUIC
+//! stream on the same authenticated connection: the requester writes its 2,050-byte digest and
+//! finishes, the answerer writes the records the requester lacks and finishes; the key the
+//! connection proved is who asked and who answered. Bounds: a request is read up to
+//! [`sync::SYNC_REQUEST_BYTES`] and an answer up to [`MAX_SYNC_ANSWER_BYTES`] (more: the stream
+//! is stopped and the exchange dropped); each exchange ends within [`SYNC_TIMEOUT`]; one
+//! exchange in flight per peer, one request of this worker's own at a time; at most
+//! [`SYNC_ANSWERS_PER_SECOND`] answers given per second (burst [`SYNC_ANSWERS_BURST`]), all peers
+//! together; a request over any bound is refused with [`SYNC_REFUSED_CODE`].
+//!
 //! Two members may dial each other at once. Packets to a member go over the connection a packet
 //! from it last arrived on, so both ends settle on one connection and the other falls idle.
 
@@ -21,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use iroh::endpoint::{Connection, VarInt};
+use iroh::endpoint::{Connection, ReadToEndError, VarInt};
 use iroh::{Endpoint, RelayUrl};
 use peergrid_proto::transport::{self, PathNow, PeerAddr};
 use peergrid_proto::{Identity, PublicKey};
@@ -30,6 +40,7 @@ use tracing::debug;
 
 use super::core::{Membership, MembershipConfig, PeerView, Target, TimerEvent};
 use super::identity::PeerIdentity;
+use super::sync;
 
 /// The ALPN of a connection that carries gossip datagrams.
 pub const GOSSIP_ALPN: &[u8] = b"peergrid/gossip/1";
@@ -59,6 +70,22 @@ pub const MAX_LINKS: usize = 256;
 const GOODBYE_FLUSH: Duration = Duration::from_millis(100);
 /// A gossip connection on which no packet arrived for this long is closed.
 pub const LINK_IDLE: Duration = Duration::from_secs(30);
+/// Largest sync answer read, in bytes: a full table (`MembershipConfig::max_members`, 16,384)
+/// of records at their largest encoding ([`sync::MAX_MEMBER_BYTES`]). Typical records take
+/// about 160 bytes, so 10,000 members answer in about 1.6 MB. More: stream stopped, answer
+/// dropped.
+pub const MAX_SYNC_ANSWER_BYTES: usize = 16_384 * sync::MAX_MEMBER_BYTES;
+/// A whole sync exchange (open, request, answer) ends within this, on either side.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sync answers given per second, to all peers together, with bursts of
+/// [`SYNC_ANSWERS_BURST`]. Each member asks one random member every 5–15 s, so a worker
+/// answers 0.1/s on average; this is a hundred times that. Reached: the request's stream is
+/// refused with [`SYNC_REFUSED_CODE`] and a log line.
+pub const SYNC_ANSWERS_PER_SECOND: u32 = 10;
+pub const SYNC_ANSWERS_BURST: u32 = 20;
+/// The stream error code of a refused sync request (over a bound, or a second one from a peer
+/// while its first is answered).
+pub const SYNC_REFUSED_CODE: u32 = 1;
 /// The code and reason an idle or surplus gossip connection is closed with.
 const LINK_CLOSED_CODE: u32 = 0;
 const LINK_CLOSED_REASON: &[u8] = b"peergrid: gossip link closed";
@@ -115,6 +142,18 @@ enum LinkEvent {
         key: [u8; 32],
         id: usize,
     },
+    /// A peer's sync request: answer it through `reply`.
+    SyncRequest {
+        key: [u8; 32],
+        data: Vec<u8>,
+        reply: tokio::sync::oneshot::Sender<Vec<u8>>,
+    },
+    /// The answer to this worker's own sync request (`None`: the exchange failed).
+    SyncAnswer {
+        key: [u8; 32],
+        ip: IpAddr,
+        data: Option<Vec<u8>>,
+    },
 }
 
 struct Link {
@@ -155,6 +194,61 @@ struct Links {
     /// This worker's own relays: a member's record is dialed through its relay only if it is
     /// one of these (a record must not make the worker connect to any server it names).
     relays: Vec<RelayUrl>,
+    /// This worker's sync request waiting for a dial, by key.
+    sync_after_dial: HashMap<[u8; 32], Vec<u8>>,
+    /// This worker's own sync request is in flight (one at a time).
+    syncing: bool,
+    /// Answers given: the rate limit, and the peers being answered now.
+    answering: Arc<Mutex<Answering>>,
+}
+
+/// The bounds on sync answers given (see the module's documentation).
+struct Answering {
+    tokens: f64,
+    at: Instant,
+    peers: std::collections::HashSet<[u8; 32]>,
+    /// When a refusal was last logged (at most one line a second).
+    logged: Option<Instant>,
+}
+
+impl Answering {
+    fn new() -> Self {
+        Self {
+            tokens: f64::from(SYNC_ANSWERS_BURST),
+            at: Instant::now(),
+            peers: std::collections::HashSet::new(),
+            logged: None,
+        }
+    }
+
+    /// Takes a place for answering `key`, or says why not.
+    fn admit(&mut self, key: [u8; 32]) -> Result<(), &'static str> {
+        let rate = f64::from(SYNC_ANSWERS_PER_SECOND);
+        self.tokens = (self.tokens + rate * self.at.elapsed().as_secs_f64())
+            .min(f64::from(SYNC_ANSWERS_BURST));
+        self.at = Instant::now();
+        if self.peers.contains(&key) {
+            return Err("a sync from this peer is already being answered");
+        }
+        if self.tokens < 1.0 {
+            return Err("over the sync answers per second");
+        }
+        self.tokens -= 1.0;
+        self.peers.insert(key);
+        Ok(())
+    }
+
+    fn log_refusal(&mut self, key: &[u8; 32], why: &str) {
+        if self
+            .logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.logged = Some(Instant::now());
+            tracing::info!(peer = %hex::encode(&key[..4]), "gossip sync refused: {why}");
+        } else {
+            debug!(peer = %hex::encode(&key[..4]), "gossip sync refused: {why}");
+        }
+    }
 }
 
 impl Gossip {
@@ -194,6 +288,9 @@ impl Gossip {
             failed: HashMap::new(),
             events,
             relays: relays.to_vec(),
+            sync_after_dial: HashMap::new(),
+            syncing: false,
+            answering: Arc::new(Mutex::new(Answering::new())),
         };
         let handle = tokio::spawn(async move {
             driver
@@ -212,6 +309,24 @@ impl Gossip {
                         LinkEvent::Closed { key, id } => {
                             if links.open.get(&key).is_some_and(|link| link.connection.stable_id() == id) {
                                 links.open.remove(&key);
+                            }
+                        }
+                        LinkEvent::SyncRequest { key, data, reply } => {
+                            let answer = {
+                                let mut core = driver.lock();
+                                let now = driver.now_ms();
+                                core.handle_sync_request(now, key, &data)
+                            };
+                            match answer {
+                                Ok(answer) => { let _ = reply.send(answer); }
+                                // Dropping `reply` refuses the stream.
+                                Err(error) => debug!("{error}"),
+                            }
+                        }
+                        LinkEvent::SyncAnswer { key, ip, data } => {
+                            links.syncing = false;
+                            if let Some(data) = data {
+                                driver.step(&mut links, &timers, |core, now| core.handle_sync_answer(now, key, ip, &data)).await;
                             }
                         }
                     },
@@ -341,6 +456,9 @@ impl Gossip {
         for (to, data) in effects.sends {
             links.send(to, Bytes::from(data));
         }
+        for (to, request) in effects.syncs {
+            links.sync(to, request);
+        }
     }
 
     /// Every known member, this worker first.
@@ -382,19 +500,51 @@ impl Links {
             }
             return;
         }
+        self.dial(to, vec![data]);
+    }
+
+    /// Opens a sync exchange with `to.key` over its link, or dials it first. One of this
+    /// worker's own at a time: a request while one is in flight is dropped (the next period
+    /// asks again).
+    fn sync(&mut self, to: Target, request: Vec<u8>) {
+        if self.syncing {
+            debug!("gossip sync skipped: the previous one is still in flight");
+            return;
+        }
+        if let Some(link) = self.open.get(&to.key) {
+            self.syncing = true;
+            let connection = link.connection.clone();
+            let events = self.events.clone();
+            tokio::spawn(request_sync(
+                connection,
+                to.key,
+                to.addr.ip(),
+                request,
+                events,
+            ));
+            return;
+        }
+        if self.dialing.contains_key(&to.key) || self.dial(to.clone(), Vec::new()) {
+            self.sync_after_dial.clear();
+            self.sync_after_dial.insert(to.key, request);
+        }
+    }
+
+    /// Dials `to` with `queued` packets waiting; false if over a dial bound.
+    fn dial(&mut self, to: Target, queued: Vec<Bytes>) -> bool {
         if self.dialing.len() >= MAX_DIALS
             || self
                 .failed
                 .get(&to.key)
                 .is_some_and(|at| at.elapsed() < DIAL_BACKOFF)
         {
-            return;
+            return false;
         }
         let Ok(key) = PublicKey::from_slice(&to.key) else {
-            return;
+            return false;
         };
         self.failed.retain(|_, at| at.elapsed() < DIAL_BACKOFF);
-        self.dialing.insert(to.key, vec![data]);
+        self.dialing.insert(to.key, queued);
         let endpoint = self.endpoint.clone();
         let events = self.events.clone();
         let peer = PeerAddr {
@@ -420,14 +570,23 @@ impl Links {
                 })
                 .await;
         });
+        true
     }
 
     fn dialed(&mut self, key: [u8; 32], ip: IpAddr, connection: Option<Connection>) {
         let queued = self.dialing.remove(&key).unwrap_or_default();
+        let sync = self.sync_after_dial.remove(&key);
         let Some(connection) = connection else {
             self.failed.insert(key, Instant::now());
             return;
         };
+        if let Some(request) = sync
+            && !self.syncing
+        {
+            self.syncing = true;
+            let events = self.events.clone();
+            tokio::spawn(request_sync(connection.clone(), key, ip, request, events));
+        }
         self.add(key, ip, connection, Box::new(()));
         let link = self.open.get_mut(&key).expect("just added");
         for data in queued {
@@ -463,6 +622,12 @@ impl Links {
             }
         }
         let events = self.events.clone();
+        tokio::spawn(serve_syncs(
+            connection.clone(),
+            key,
+            events.clone(),
+            self.answering.clone(),
+        ));
         let reader = connection.clone();
         tokio::spawn(async move {
             let _held = held;
@@ -525,5 +690,109 @@ impl Links {
                 self.open.insert(key, Link::new(on));
             }
         }
+    }
+}
+
+/// Asks `key` for the records this worker lacks over `connection` and hands the answer (or the
+/// failure) to the driver, within [`SYNC_TIMEOUT`] and [`MAX_SYNC_ANSWER_BYTES`].
+async fn request_sync(
+    connection: Connection,
+    key: [u8; 32],
+    ip: IpAddr,
+    request: Vec<u8>,
+    events: mpsc::Sender<LinkEvent>,
+) {
+    let exchange = async {
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&request).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        match recv.read_to_end(MAX_SYNC_ANSWER_BYTES).await {
+            Ok(answer) => Ok(answer),
+            Err(ReadToEndError::TooLong) => {
+                let _ = recv.stop(VarInt::from_u32(SYNC_REFUSED_CODE));
+                Err(format!(
+                    "answer over {MAX_SYNC_ANSWER_BYTES} bytes: stream stopped, answer dropped"
+                ))
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    };
+    let data = match tokio::time::timeout(SYNC_TIMEOUT, exchange).await {
+        Ok(Ok(answer)) => Some(answer),
+        Ok(Err(error)) => {
+            tracing::info!(peer = %hex::encode(&key[..4]), "gossip sync failed: {error}");
+            None
+        }
+        Err(_) => {
+            tracing::info!(peer = %hex::encode(&key[..4]), "gossip sync failed: no answer within {SYNC_TIMEOUT:?}");
+            None
+        }
+    };
+    let _ = events.send(LinkEvent::SyncAnswer { key, ip, data }).await;
+}
+
+/// Answers the sync requests `key` opens on `connection`, one at a time, until it closes.
+async fn serve_syncs(
+    connection: Connection,
+    key: [u8; 32],
+    events: mpsc::Sender<LinkEvent>,
+    answering: Arc<Mutex<Answering>>,
+) {
+    let lock = |answering: &Arc<Mutex<Answering>>| {
+        answering
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .admit(key)
+    };
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        let refused = VarInt::from_u32(SYNC_REFUSED_CODE);
+        if let Err(why) = lock(&answering) {
+            answering
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .log_refusal(&key, why);
+            let _ = recv.stop(refused);
+            let _ = send.reset(refused);
+            continue;
+        }
+        let exchange = async {
+            let request = match recv.read_to_end(sync::SYNC_REQUEST_BYTES).await {
+                Ok(request) => request,
+                Err(ReadToEndError::TooLong) => {
+                    let _ = recv.stop(refused);
+                    return Err(format!(
+                        "request over {} bytes: stream stopped",
+                        sync::SYNC_REQUEST_BYTES
+                    ));
+                }
+                Err(error) => return Err(error.to_string()),
+            };
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            events
+                .try_send(LinkEvent::SyncRequest {
+                    key,
+                    data: request,
+                    reply,
+                })
+                .map_err(|_| "the driver is behind".to_owned())?;
+            let answer = answer.await.map_err(|_| "not a sync request".to_owned())?;
+            send.write_all(&answer).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())
+        };
+        let outcome = tokio::time::timeout(SYNC_TIMEOUT, exchange).await;
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error),
+            Err(_) => Some(format!("not done within {SYNC_TIMEOUT:?}")),
+        };
+        if let Some(error) = failure {
+            tracing::info!(peer = %hex::encode(&key[..4]), "gossip sync refused: {error}");
+            let _ = send.reset(refused);
+        }
+        answering
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .peers
+            .remove(&key);
     }
 }

@@ -301,7 +301,7 @@ impl Simulation {
                 }
                 (
                     member,
-                    self.members[member].join(self.now_ms, &[self.seed_addr.clone()]),
+                    self.members[member].join(self.now_ms, std::slice::from_ref(&self.seed_addr)),
                 )
             }
             Event::SyncRequest { to, from, data } => {
