@@ -131,13 +131,20 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
-    /// Write a job's results again from the store: `<task>.stdout` files and results.jsonl.
+    /// Write a job's results again from the store: results.jsonl and `tasks/<shard>/<task>.stdout`
+    /// files. With --task, print one task's stdout instead.
     Results {
         /// Job id (or a unique prefix of it, or its name).
         job: String,
         /// Where to write them [default: where the job writes them].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print this task's stdout (as accepted, byte for byte) and write nothing.
+        #[arg(long, value_name = "TASK_ID")]
+        task: Option<String>,
+        /// Name workers in results.jsonl by their whole keys rather than 16-digit short ones.
+        #[arg(long)]
+        full_keys: bool,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -477,7 +484,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status { job, json, state } => {
             crate::status::show(&state.dir(), job.as_deref(), json)
         }
-        Command::Results { job, out, state } => results(&state.dir(), &job, out),
+        Command::Results {
+            job,
+            out,
+            task,
+            full_keys,
+            state,
+        } => match task {
+            Some(task) => task_stdout(&state.dir(), &job, &task),
+            None => results(&state.dir(), &job, out, full_keys),
+        },
         Command::Run { task, cache } => run_local(task, cache).await,
         Command::Exec {
             peer,
@@ -698,11 +714,21 @@ async fn resume(
     Ok(worst)
 }
 
-fn results(state: &std::path::Path, query: &str, out: Option<PathBuf>) -> anyhow::Result<u8> {
+fn results(
+    state: &std::path::Path,
+    query: &str,
+    out: Option<PathBuf>,
+    full_keys: bool,
+) -> anyhow::Result<u8> {
     let store = Store::open_for_reading(state)?;
     let job = store.find_job(query)?;
     let out = out.unwrap_or_else(|| job.out_dir.clone());
-    let accepted = crate::results::export(&store, &job, &out, crate::results::Existing::Rewrite)
+    let keys = match full_keys {
+        true => crate::results::Keys::Full,
+        false => crate::results::Keys::Short,
+    };
+    let existing = crate::results::Existing::Rewrite;
+    let accepted = crate::results::export_with(&store, &job, &out, existing, keys)
         .with_context(|| format!("cannot write results to {}", out.display()))?;
     println!(
         "{accepted} of {} tasks accepted; results in {}",
@@ -710,6 +736,39 @@ fn results(state: &std::path::Path, query: &str, out: Option<PathBuf>) -> anyhow
         out.join(crate::results::RESULTS_FILE).display()
     );
     Ok(0)
+}
+
+/// `peergrid results JOB --task ID`: the task's accepted stdout, byte for byte, on stdout.
+fn task_stdout(state: &std::path::Path, query: &str, task_id: &str) -> anyhow::Result<u8> {
+    let store = Store::open_for_reading(state)?;
+    let job = store.find_job(query)?;
+    let Some(index) = store.task_index(&job.id, task_id)? else {
+        anyhow::bail!(
+            "job {} has no task {task_id:?} (its task ids are in {})",
+            job.id,
+            job.out_dir.join(crate::results::RESULTS_FILE).display()
+        );
+    };
+    let settled = store.settled_task(&job.id, index)?;
+    match settled.as_ref().map(|record| record.accepted.is_some()) {
+        Some(true) => {
+            let (stdout, _) = store.output(&job.id, index)?;
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&stdout)?;
+            out.flush()?;
+            Ok(0)
+        }
+        Some(false) => {
+            let reason = settled.and_then(|record| record.reason).unwrap_or_default();
+            anyhow::bail!("task {task_id} of job {} is inconclusive: {reason}", job.id)
+        }
+        None => anyhow::bail!(
+            "task {task_id} of job {} is not settled yet; `peergrid resume {}` finishes it",
+            job.id,
+            job.id
+        ),
+    }
 }
 
 /// Prints the end-of-session summary and returns the exit code it deserves.

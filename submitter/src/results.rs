@@ -1,5 +1,8 @@
-//! Results on disk: each accepted task's stdout as `<task id>.stdout` (and its stderr as
-//! `<task id>.stderr` when it wrote any), and `results.jsonl` with one JSON object per task.
+//! Results on disk: `results.jsonl` with one JSON object per task, and each accepted task's
+//! stdout as `tasks/<shard>/<task id>.stdout` (its stderr as `.stderr` when it wrote any, its
+//! `/output` files in `tasks/<shard>/<task id>/`), the shard being the task's index divided by
+//! [`TASKS_PER_SHARD`], so that no directory holds more than a few thousand entries however
+//! large the job ([`TaskPlace`]; ARCHITECTURE.md, "Results").
 //! Everything here is written from the job store, so it can always be written again
 //! (`peergrid results JOB --out DIR`).
 
@@ -17,56 +20,139 @@ use crate::store::{JobRecord, Store};
 /// The file with one JSON object per task.
 pub const RESULTS_FILE: &str = "results.jsonl";
 
+/// Tasks whose files share one directory under `tasks/`: with at most
+/// `job::MAX_TASKS_PER_JOB` (1,000,000) tasks, `tasks/` holds at most 1,000 shards, and a shard
+/// at most 1,000 tasks' stdout and stderr files and `/output` directories.
+pub const TASKS_PER_SHARD: u32 = 1_000;
+
+/// Where one task's result files go, by its index in the job and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskPlace {
+    pub index: u32,
+    pub id: String,
+}
+
+impl TaskPlace {
+    pub fn new(index: u32, id: &str) -> Self {
+        Self {
+            index,
+            id: id.to_owned(),
+        }
+    }
+
+    /// `tasks/<shard>`, relative to the results directory.
+    pub fn shard(&self) -> PathBuf {
+        Path::new("tasks").join(format!("{:04}", self.index / TASKS_PER_SHARD))
+    }
+
+    /// `tasks/<shard>/<task id>.stdout`, relative to the results directory.
+    pub fn stdout(&self) -> PathBuf {
+        self.shard().join(format!("{}.stdout", self.id))
+    }
+
+    pub fn stderr(&self) -> PathBuf {
+        self.shard().join(format!("{}.stderr", self.id))
+    }
+
+    /// `tasks/<shard>/<task id>/`, where its `/output` files go, relative to the results
+    /// directory (a task id is a plain name, checked when the job file is read).
+    pub fn files(&self) -> PathBuf {
+        self.shard().join(&self.id)
+    }
+}
+
 /// Writes one accepted task's output files: stdout last, so that a stdout file of the right size
 /// means both are written ([`Existing::Keep`] relies on it after a crash).
 pub fn write_output(
     out_dir: &Path,
-    task_id: &str,
+    task: &TaskPlace,
     stdout: &[u8],
     stderr: &[u8],
 ) -> std::io::Result<()> {
-    std::fs::create_dir_all(out_dir)?;
+    std::fs::create_dir_all(out_dir.join(task.shard()))?;
     if !stderr.is_empty() {
-        write_atomically(&out_dir.join(format!("{task_id}.stderr")), stderr)?;
+        write_atomically(&out_dir.join(task.stderr()), stderr)?;
     }
-    write_atomically(&out_dir.join(format!("{task_id}.stdout")), stdout)
+    write_atomically(&out_dir.join(task.stdout()), stdout)
 }
 
 /// One job for the writer thread, done in the order queued.
 enum Output {
-    Write(String, Bytes, Bytes),
+    Write(TaskPlace, Bytes, Bytes),
     /// A reopened task: its files are no longer an accepted answer.
-    Remove(String),
+    Remove(TaskPlace),
 }
 
-/// One earlier answer of a reopened task, as `results.jsonl` and `status --json` show it.
+/// One earlier answer of a reopened task, as `status --json` shows it.
 pub fn reopened_json(record: &crate::store::ReopenRecord) -> serde_json::Value {
+    reopened_json_named(record, &|key| key.to_owned())
+}
+
+/// One earlier answer of a reopened task, its workers named by `name`.
+fn reopened_json_named(
+    record: &crate::store::ReopenRecord,
+    name: &dyn Fn(&str) -> String,
+) -> serde_json::Value {
+    let agreeing: Vec<String> = record.old.agreeing.iter().map(|key| name(key)).collect();
     json!({
         "old_output_hash": record.old.accepted.as_ref().map(|v| v.output_hash.to_hex()),
-        "old_agreeing": record.old.agreeing,
+        "old_agreeing": agreeing,
         "reason": record.reason,
     })
 }
 
+/// The file beside `results.jsonl` that maps the short worker keys it uses to whole keys.
+pub const WORKERS_FILE: &str = "workers.json";
+
+/// Hex digits of a short worker key in `results.jsonl`: 64 bits, so that two keys of one job
+/// sharing them would take some 2^32 keys made for the purpose (and then both are written
+/// whole, see [`short_keys`]).
+pub const SHORT_KEY_DIGITS: usize = 16;
+
+/// How `results.jsonl` names workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// The first [`SHORT_KEY_DIGITS`] hex digits, with the whole keys in [`WORKERS_FILE`].
+    Short,
+    /// Whole keys (`peergrid results --full-keys`).
+    Full,
+}
+
+/// Short names for `keys`: the first [`SHORT_KEY_DIGITS`] digits, or the whole key for keys
+/// that share them with another key of the job.
+fn short_keys<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut by_prefix: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+        Default::default();
+    for key in keys {
+        let prefix = &key[..key.len().min(SHORT_KEY_DIGITS)];
+        by_prefix.entry(prefix).or_default().insert(key);
+    }
+    let mut names = std::collections::BTreeMap::new();
+    for (prefix, keys) in by_prefix {
+        let shared = keys.len() > 1;
+        for key in keys {
+            let name = if shared { key } else { prefix };
+            names.insert(key.to_owned(), name.to_owned());
+        }
+    }
+    names
+}
+
 /// Removes a reopened task's output files, and the directory of its `/output` files (absent
 /// ones are fine).
-pub fn remove_output(out_dir: &Path, task_id: &str) -> std::io::Result<()> {
-    for suffix in ["stdout", "stderr"] {
-        match std::fs::remove_file(out_dir.join(format!("{task_id}.{suffix}"))) {
+pub fn remove_output(out_dir: &Path, task: &TaskPlace) -> std::io::Result<()> {
+    for file in [task.stdout(), task.stderr()] {
+        match std::fs::remove_file(out_dir.join(file)) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
             _ => {}
         }
     }
-    match std::fs::remove_dir_all(files_dir(out_dir, task_id)) {
+    match std::fs::remove_dir_all(out_dir.join(task.files())) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
         _ => Ok(()),
     }
-}
-
-/// Where an accepted task's `/output` files go: `<out>/<task id>/` (a task id is a plain name,
-/// checked when the job file is read).
-pub fn files_dir(out_dir: &Path, task_id: &str) -> PathBuf {
-    out_dir.join(task_id)
 }
 
 /// Whether every one of `files` is in `dir` with its agreed size (each is written whole and
@@ -107,7 +193,7 @@ impl OutputWriter {
         out_dir: PathBuf,
         job_id: String,
         bound: usize,
-        write_output: impl Fn(&Path, &str, &[u8], &[u8]) -> std::io::Result<()> + Send + 'static,
+        write_output: impl Fn(&Path, &TaskPlace, &[u8], &[u8]) -> std::io::Result<()> + Send + 'static,
     ) -> Self {
         let (sender, receiver) = mpsc::channel::<Output>();
         let queued = Arc::new((Mutex::new(0), Condvar::new()));
@@ -117,21 +203,23 @@ impl OutputWriter {
             .name("peergrid-results".into())
             .spawn(move || {
                 for output in receiver {
-                    let (task_id, stdout, stderr) = match output {
-                        Output::Write(task_id, stdout, stderr) => (task_id, stdout, stderr),
-                        Output::Remove(task_id) => {
-                            if let Err(error) = remove_output(&out_dir, &task_id) {
+                    let (task, stdout, stderr) = match output {
+                        Output::Write(task, stdout, stderr) => (task, stdout, stderr),
+                        Output::Remove(task) => {
+                            if let Err(error) = remove_output(&out_dir, &task) {
                                 reported.lock().expect("never poisoned").push(format!(
-                                    "task {task_id} is reopened, but its old output in {} cannot be removed ({error}): do not use it",
+                                    "task {} is reopened, but its old output in {} cannot be removed ({error}): do not use it",
+                                    task.id,
                                     out_dir.display()
                                 ));
                             }
                             continue;
                         }
                     };
-                    if let Err(error) = write_output(&out_dir, &task_id, &stdout, &stderr) {
+                    if let Err(error) = write_output(&out_dir, &task, &stdout, &stderr) {
                         reported.lock().expect("never poisoned").push(format!(
-                            "cannot write the output of task {task_id} to {} ({error}); it is stored, `peergrid results {job_id}` writes it again",
+                            "cannot write the output of task {} to {} ({error}); it is stored, `peergrid results {job_id}` writes it again",
+                            task.id,
                             out_dir.display()
                         ));
                     }
@@ -152,7 +240,7 @@ impl OutputWriter {
 
     /// Queues one accepted task's files; call only once its result is committed to the store.
     /// Waits while the queue holds its byte bound.
-    pub fn write(&self, task_id: String, stdout: Bytes, stderr: Bytes) {
+    pub fn write(&self, task: TaskPlace, stdout: Bytes, stderr: Bytes) {
         let Some(sender) = &self.sender else {
             return;
         };
@@ -165,14 +253,14 @@ impl OutputWriter {
         *queued += size;
         drop(queued);
         // The thread only ends when the sender is dropped (in `finish`).
-        let _ = sender.send(Output::Write(task_id, stdout, stderr));
+        let _ = sender.send(Output::Write(task, stdout, stderr));
     }
 
     /// Queues the removal of a reopened task's files, after any write queued before it; call
     /// only once the reopening is committed.
-    pub fn remove(&self, task_id: String) {
+    pub fn remove(&self, task: TaskPlace) {
         if let Some(sender) = &self.sender {
-            let _ = sender.send(Output::Remove(task_id));
+            let _ = sender.send(Output::Remove(task));
         }
     }
 
@@ -212,41 +300,67 @@ pub enum Existing {
 }
 
 /// Writes every settled task's files and `results.jsonl` (tasks not settled yet appear with
-/// outcome `pending`). Returns how many tasks were accepted.
+/// outcome `pending`), naming workers by short keys. Returns how many tasks were accepted.
 pub fn export(
     store: &Store,
     job: &JobRecord,
     out_dir: &Path,
     existing: Existing,
 ) -> std::io::Result<u64> {
+    export_with(store, job, out_dir, existing, Keys::Short)
+}
+
+/// [`export`], naming workers as `keys` says.
+pub fn export_with(
+    store: &Store,
+    job: &JobRecord,
+    out_dir: &Path,
+    existing: Existing,
+    keys: Keys,
+) -> std::io::Result<u64> {
     let to_io = |error: crate::store::StoreError| std::io::Error::other(error.to_string());
     let tasks = store.tasks(&job.id).map_err(to_io)?;
     let settled: std::collections::HashMap<u32, _> =
         store.settled(&job.id).map_err(to_io)?.into_iter().collect();
+    let history = store.reopened(&job.id).map_err(to_io)?;
+    let names = short_keys(
+        settled
+            .values()
+            .flat_map(|record| record.agreeing.iter().chain(&record.disagreeing))
+            .chain(history.iter().flat_map(|(_, record)| &record.old.agreeing)),
+    );
+    let name = |key: &str| -> String {
+        match (keys, names.get(key)) {
+            (Keys::Short, Some(short)) => short.clone(),
+            _ => key.to_owned(),
+        }
+    };
+    let names_of = |keys: &[String]| -> Vec<String> { keys.iter().map(|key| name(key)).collect() };
     let mut reopened: std::collections::HashMap<u32, Vec<serde_json::Value>> =
         std::collections::HashMap::new();
-    for ((task, _), record) in store.reopened(&job.id).map_err(to_io)? {
+    for ((task, _), record) in &history {
         reopened
-            .entry(task)
+            .entry(*task)
             .or_default()
-            .push(reopened_json(&record));
+            .push(reopened_json_named(record, &name));
     }
     std::fs::create_dir_all(out_dir)?;
     let mut lines = Vec::new();
     let mut accepted = 0;
     for (index, task) in tasks.iter().enumerate() {
         let index = index as u32;
+        let place = TaskPlace::new(index, &task.id);
         let line = match settled.get(&index) {
             Some(record) => match &record.accepted {
                 Some(verdict) => {
                     accepted += 1;
                     let (stdout, stderr) = store.output(&job.id, index).map_err(to_io)?;
-                    let stdout_path = out_dir.join(format!("{}.stdout", task.id));
+                    let stdout_path = out_dir.join(place.stdout());
                     let written = std::fs::metadata(&stdout_path)
                         .is_ok_and(|meta| meta.len() == stdout.len() as u64);
                     // A reopened task's old file may have the new one's size: always rewritten.
                     if existing == Existing::Rewrite || !written || reopened.contains_key(&index) {
-                        write_output(out_dir, &task.id, &stdout, &stderr)?;
+                        write_output(out_dir, &place, &stdout, &stderr)?;
                     }
                     let (outcome, exit_code, detail) = verdict.outcome_parts();
                     let mut line = json!({
@@ -257,13 +371,17 @@ pub fn export(
                         "detail": detail,
                         "output_hash": verdict.output_hash.to_hex(),
                         "fuel": verdict.fuel,
-                        "agreeing": record.agreeing,
-                        "disagreeing": record.disagreeing,
+                        "agreeing": names_of(&record.agreeing),
+                        "disagreeing": names_of(&record.disagreeing),
                         "copies": record.copies,
                         "audit": record.audit,
+                        "stdout": place.stdout(),
                     });
+                    if !stderr.is_empty() {
+                        line["stderr"] = place.stderr().to_string_lossy().into();
+                    }
                     if let Some(digest) = &verdict.outputs_hash {
-                        let dir = files_dir(out_dir, &task.id);
+                        let dir = out_dir.join(place.files());
                         line["outputs_hash"] = digest.to_hex().into();
                         line["files_fetched"] = files_present(&dir, &record.files).into();
                         line["files"] = record
@@ -274,7 +392,7 @@ pub fn export(
                                     "name": file.name,
                                     "size": file.size,
                                     "hash": file.hash,
-                                    "path": format!("{}/{}", task.id, file.name),
+                                    "path": place.files().join(&file.name),
                                 })
                             })
                             .collect();
@@ -297,7 +415,7 @@ pub fn export(
             None => {
                 if reopened.contains_key(&index) {
                     // Reopened and not settled again: no file may show the old answer.
-                    remove_output(out_dir, &task.id)?;
+                    remove_output(out_dir, &place)?;
                 }
                 json!({
                     "task": task.id,
@@ -323,6 +441,14 @@ pub fn export(
         serde_json::to_writer(&mut text, &line)?;
         text.push(b'\n');
     }
+    if keys == Keys::Short {
+        let workers: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .map(|(key, short)| (short.clone(), key.clone().into()))
+            .collect();
+        let workers = serde_json::to_vec_pretty(&workers)?;
+        write_atomically(&out_dir.join(WORKERS_FILE), &workers)?;
+    }
     write_atomically(&out_dir.join(RESULTS_FILE), &text)?;
     Ok(accepted)
 }
@@ -347,15 +473,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let writer = OutputWriter::start(out.clone(), "job-1".into());
-        for task in ["reopened", "kept"] {
-            writer.write(task.into(), Bytes::from("old\n"), Bytes::from("warning\n"));
+        let (reopened, kept) = (TaskPlace::new(0, "reopened"), TaskPlace::new(1, "kept"));
+        for task in [&reopened, &kept] {
+            writer.write(task.clone(), Bytes::from("old\n"), Bytes::from("warning\n"));
         }
-        writer.remove("reopened".into());
-        writer.remove("never-written".into());
+        writer.remove(reopened.clone());
+        writer.remove(TaskPlace::new(2, "never-written"));
         assert!(writer.finish().is_empty(), "an absent file is no failure");
-        for suffix in ["stdout", "stderr"] {
-            assert!(!out.join(format!("reopened.{suffix}")).exists());
-            assert!(out.join(format!("kept.{suffix}")).exists());
+        for (gone, there) in [
+            (reopened.stdout(), kept.stdout()),
+            (reopened.stderr(), kept.stderr()),
+        ] {
+            assert!(!out.join(gone).exists());
+            assert!(out.join(there).exists());
         }
     }
 
@@ -363,19 +493,36 @@ mod tests {
     fn the_writer_writes_every_queued_output_before_finish_returns() {
         let dir = tempfile::tempdir().unwrap();
         let writer = OutputWriter::start(dir.path().join("out"), "job-1".into());
-        for index in 0..100 {
+        // 2,500 tasks: three shards.
+        for index in 0..2_500 {
             let stderr = if index % 2 == 0 { "" } else { "warning\n" };
             writer.write(
-                format!("t{index}"),
+                TaskPlace::new(index, &format!("t{index}")),
                 Bytes::from(format!("out {index}\n")),
                 Bytes::from(stderr),
             );
         }
         assert!(writer.finish().is_empty());
-        for index in 0..100 {
-            let out = std::fs::read_to_string(dir.path().join(format!("out/t{index}.stdout")));
+        let shards: Vec<_> = std::fs::read_dir(dir.path().join("out/tasks"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(shards.len(), 3, "{shards:?}");
+        for shard in &shards {
+            let entries = std::fs::read_dir(dir.path().join("out/tasks").join(shard)).unwrap();
+            assert!(entries.count() <= 2 * TASKS_PER_SHARD as usize);
+        }
+        for index in 0..2_500 {
+            let place = TaskPlace::new(index, &format!("t{index}"));
+            let shard = format!("out/tasks/{:04}", index / 1_000);
+            let out =
+                std::fs::read_to_string(dir.path().join(&shard).join(format!("t{index}.stdout")));
             assert_eq!(out.unwrap(), format!("out {index}\n"));
-            let err = dir.path().join(format!("out/t{index}.stderr"));
+            assert_eq!(
+                dir.path().join("out").join(place.stdout()),
+                dir.path().join(&shard).join(format!("t{index}.stdout"))
+            );
+            let err = dir.path().join(&shard).join(format!("t{index}.stderr"));
             assert_eq!(
                 err.exists(),
                 index % 2 == 1,
@@ -394,21 +541,29 @@ mod tests {
             dir.path().to_owned(),
             "job-2".into(),
             10,
-            move |out_dir, task_id, stdout, stderr| {
+            move |out_dir, task, stdout, stderr| {
                 // Open once the test is over, whatever its end.
                 let _ = gate.lock().unwrap().recv();
-                write_output(out_dir, task_id, stdout, stderr)
+                write_output(out_dir, task, stdout, stderr)
             },
         ));
         // Declared after the writer, so dropped before it if an assertion fails.
         let open = open;
         // 8 bytes fit the 10-byte bound; 8 more do not until the first 8 are written.
-        writer.write("t1".into(), Bytes::from("12345678"), Bytes::new());
+        writer.write(
+            TaskPlace::new(0, "t1"),
+            Bytes::from("12345678"),
+            Bytes::new(),
+        );
         let (done, finished) = mpsc::channel();
         let second = std::thread::spawn({
             let writer = writer.clone();
             move || {
-                writer.write("t2".into(), Bytes::from("abcdefgh"), Bytes::new());
+                writer.write(
+                    TaskPlace::new(1, "t2"),
+                    Bytes::from("abcdefgh"),
+                    Bytes::new(),
+                );
                 done.send(()).unwrap();
             }
         });
@@ -423,20 +578,26 @@ mod tests {
         second.join().unwrap();
         // One output larger than the bound goes through alone, once t2 is written.
         open.send(()).unwrap();
-        writer.write("big".into(), Bytes::from("x".repeat(20)), Bytes::new());
+        writer.write(
+            TaskPlace::new(2, "big"),
+            Bytes::from("x".repeat(20)),
+            Bytes::new(),
+        );
         open.send(()).unwrap();
         let writer = Arc::into_inner(writer).unwrap();
         assert!(writer.finish().is_empty());
         assert_eq!(
-            std::fs::read(dir.path().join("t1.stdout")).unwrap(),
+            std::fs::read(dir.path().join(TaskPlace::new(0, "t1").stdout())).unwrap(),
             b"12345678"
         );
         assert_eq!(
-            std::fs::read(dir.path().join("t2.stdout")).unwrap(),
+            std::fs::read(dir.path().join(TaskPlace::new(1, "t2").stdout())).unwrap(),
             b"abcdefgh"
         );
         assert_eq!(
-            std::fs::read(dir.path().join("big.stdout")).unwrap().len(),
+            std::fs::read(dir.path().join(TaskPlace::new(2, "big").stdout()))
+                .unwrap()
+                .len(),
             20
         );
     }
@@ -448,7 +609,7 @@ mod tests {
         let blocker = dir.path().join("blocker");
         std::fs::write(&blocker, b"").unwrap();
         let writer = OutputWriter::start(blocker.join("out"), "job-7".into());
-        writer.write("t1".into(), Bytes::from("x"), Bytes::new());
+        writer.write(TaskPlace::new(0, "t1"), Bytes::from("x"), Bytes::new());
         let failures = writer.finish();
         assert_eq!(failures.len(), 1, "{failures:?}");
         assert!(failures[0].contains("task t1"), "{}", failures[0]);

@@ -37,9 +37,8 @@ fn list(store: &Store, as_json: bool) -> anyhow::Result<()> {
     let jobs = store.jobs()?;
     let mut rows = Vec::new();
     for job in &jobs {
-        let settled = store.settled(&job.id)?;
-        let accepted = settled.iter().filter(|(_, s)| s.accepted.is_some()).count();
-        rows.push((job, accepted, settled.len() - accepted));
+        let (accepted, inconclusive) = store.counts(&job.id)?;
+        rows.push((job, accepted, inconclusive));
     }
     if as_json {
         let value: Vec<_> = rows

@@ -484,7 +484,9 @@ pub fn summarize(
                 .filter(|(task, record)| {
                     record.accepted.is_some()
                         && !results::files_present(
-                            &results::files_dir(&job.out_dir, &tasks[**task as usize].id),
+                            &job.out_dir.join(
+                                results::TaskPlace::new(**task, &tasks[**task as usize].id).files(),
+                            ),
                             &record.files,
                         )
                 })
@@ -636,6 +638,11 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
+    /// Where task `task`'s result files go.
+    fn place(&self, task: TaskIndex) -> results::TaskPlace {
+        results::TaskPlace::new(task, &self.tasks[task as usize].id)
+    }
+
     /// Loads the job and rebuilds the scheduler from what earlier sessions stored.
     fn restore(
         store: &'a Store,
@@ -724,7 +731,7 @@ impl<'a> Session<'a> {
         }
         let mut actions = Actions::default();
         for (task, record) in self.store.settled(&self.job.id)? {
-            let dir = results::files_dir(&self.job.out_dir, &self.tasks[task as usize].id);
+            let dir = self.job.out_dir.join(self.place(task).files());
             if record.accepted.is_some() && !results::files_present(&dir, &record.files) {
                 self.core.on_outputs_lost(
                     task,
@@ -1110,10 +1117,9 @@ impl<'a> Session<'a> {
             progress.note(&note);
         }
         for (task, output) in outputs {
-            let id = self.tasks[task as usize].id.clone();
             match output {
-                Some((stdout, stderr)) => self.writer.write(id, stdout, stderr),
-                None => self.writer.remove(id),
+                Some((stdout, stderr)) => self.writer.write(self.place(task), stdout, stderr),
+                None => self.writer.remove(self.place(task)),
             }
         }
         for failure in self.writer.failures() {
@@ -1151,7 +1157,7 @@ impl<'a> Session<'a> {
             if let Some((first, _)) = sources.first() {
                 *self.fetches_from.entry(*first).or_default() += 1;
             }
-            let dir = results::files_dir(&self.job.out_dir, &self.tasks[fetch.task as usize].id);
+            let dir = self.job.out_dir.join(self.place(fetch.task).files());
             let control = self.control.0.clone();
             tokio::spawn(async move {
                 let (result, bad) = fetch_files(sources, &fetch.files, &dir).await;

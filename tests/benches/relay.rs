@@ -511,11 +511,13 @@ fn session_seconds(stdout: &str) -> f64 {
         .unwrap_or_else(|| panic!("no wall time in the summary:\n{stdout}"))
 }
 
-/// Bytes of every `*.stdout` result file in `out`.
+/// Bytes of every `*.stdout` result file in `out` (in the shards of `out/tasks/`).
 fn stdout_bytes(out: &Path) -> u64 {
-    std::fs::read_dir(out)
-        .unwrap_or_else(|error| panic!("cannot list {}: {error}", out.display()))
+    let tasks = out.join("tasks");
+    std::fs::read_dir(&tasks)
+        .unwrap_or_else(|error| panic!("cannot list {}: {error}", tasks.display()))
         .flatten()
+        .flat_map(|shard| std::fs::read_dir(shard.path()).expect("a shard").flatten())
         .filter(|entry| entry.file_name().to_string_lossy().ends_with(".stdout"))
         .map(|entry| entry.metadata().expect("a result file").len())
         .sum()

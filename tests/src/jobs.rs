@@ -153,7 +153,7 @@ pub fn check_against_local(out: &Path, module: &Path) -> HashMap<String, serde_j
             "{line}"
         );
         let task = line["task"].as_str().unwrap();
-        let stdout = std::fs::read(out.join(format!("{task}.stdout"))).unwrap();
+        let stdout = std::fs::read(crate::stdout_file(out, task)).unwrap();
         assert_eq!(
             &peergrid_proto::ContentHash::of(&stdout).to_hex(),
             expected,

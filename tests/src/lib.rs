@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod netns;
 pub mod rogue;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -630,13 +631,65 @@ fn status_output(state: &Path, job: Option<&str>) -> CliOutput {
     peergrid(args)
 }
 
-/// The results.jsonl of a finished job, one JSON value per line.
+/// The results.jsonl of a finished job, one JSON value per line, with the short worker keys it
+/// writes replaced by the whole keys `workers.json` beside it maps them to (every short key
+/// must be there).
 pub fn results_lines(path: &Path) -> Vec<serde_json::Value> {
+    let workers: Option<HashMap<String, String>> = path
+        .parent()
+        .map(|dir| dir.join("workers.json"))
+        .filter(|file| file.is_file())
+        .map(|file| serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap());
+    let whole = |keys: &mut serde_json::Value| {
+        let (Some(workers), Some(keys)) = (&workers, keys.as_array_mut()) else {
+            return;
+        };
+        for key in keys {
+            let short = key.as_str().expect("a worker key is a string").to_owned();
+            let full = workers
+                .get(&short)
+                .unwrap_or_else(|| panic!("{short} is not in workers.json"));
+            *key = full.clone().into();
+        }
+    };
+    raw_results_lines(path)
+        .into_iter()
+        .map(|mut line| {
+            whole(&mut line["agreeing"]);
+            whole(&mut line["disagreeing"]);
+            if let Some(history) = line.get_mut("reopened").and_then(|h| h.as_array_mut()) {
+                for old in history {
+                    whole(&mut old["old_agreeing"]);
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+/// The results.jsonl of a finished job as written, one JSON value per line.
+pub fn raw_results_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
         .lines()
         .map(|line| serde_json::from_str(line).expect("each line is JSON"))
         .collect()
+}
+
+/// Where task `task`'s result files are in the results directory `out`
+/// (`tasks/<shard>/<task>.stdout`, …): its place in `results.jsonl` is its index in the job.
+pub fn task_place(out: &Path, task: &str) -> peergrid_submitter::results::TaskPlace {
+    let lines = results_lines(&out.join("results.jsonl"));
+    let index = lines
+        .iter()
+        .position(|line| line["task"] == task)
+        .unwrap_or_else(|| panic!("no task {task} in {}", out.display()));
+    peergrid_submitter::results::TaskPlace::new(index as u32, task)
+}
+
+/// Task `task`'s stdout file in the results directory `out`.
+pub fn stdout_file(out: &Path, task: &str) -> PathBuf {
+    out.join(task_place(out, task).stdout())
 }
 
 /// Open file descriptors of process `pid`.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, grid, submit_args};
+use peergrid_e2e::stdout_file;
 use peergrid_e2e::{KeyPair, SubmitProcess, guest, peergrid, results_lines, write_job};
 
 const TEXTS: &[(&str, &str)] = &[
@@ -91,7 +92,7 @@ fn a_c_guest_built_by_the_build_prints_on_the_grid_what_its_native_build_prints(
     }
     for (name, _) in TEXTS {
         let task = name.trim_end_matches(".txt");
-        let grid = std::fs::read(out.join(format!("{task}.stdout"))).unwrap();
+        let grid = std::fs::read(stdout_file(&out, task)).unwrap();
         assert_eq!(
             String::from_utf8_lossy(&grid),
             String::from_utf8_lossy(&native(&[name])),
@@ -99,7 +100,7 @@ fn a_c_guest_built_by_the_build_prints_on_the_grid_what_its_native_build_prints(
         );
     }
     let names: Vec<&str> = TEXTS.iter().map(|(name, _)| *name).collect();
-    let grid = std::fs::read(out.join("all.stdout")).unwrap();
+    let grid = std::fs::read(stdout_file(&out, "all")).unwrap();
     let native = native(&names);
     assert_eq!(
         String::from_utf8_lossy(&grid),
@@ -126,7 +127,7 @@ fn the_example_job_runs_an_interpreter_over_scripts_given_as_input_files() {
     std::fs::copy(example.join("job.toml"), job_dir.join("job.toml")).unwrap();
     std::fs::copy(guest("script"), job_dir.join("script.wasm")).unwrap();
     let out = submit(dir.path(), &job_dir.join("job.toml"));
-    let stdout = |task: &str| std::fs::read_to_string(out.join(format!("{task}.stdout"))).unwrap();
+    let stdout = |task: &str| std::fs::read_to_string(stdout_file(&out, task)).unwrap();
     // Answers known independently of peergrid.
     assert_eq!(
         stdout("collatz"),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, check_against_local, sweep_job};
 use peergrid_e2e::rogue::{RogueConfig, RogueProcess, Strategy};
+use peergrid_e2e::stdout_file;
 use peergrid_e2e::{KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, status, write_job};
 
 /// Honest workers on 127.0.11.1, 127.0.12.1, …: one network each.
@@ -374,10 +375,7 @@ fn results_colluders_signed_before_they_were_caught_are_reopened_settled_again_a
         );
         let task = line["task"].as_str().unwrap();
         if line["outcome"] == "pending" {
-            assert!(
-                !out1.join(format!("{task}.stdout")).exists(),
-                "{task}.stdout kept"
-            );
+            assert!(!stdout_file(&out1, task).exists(), "{task}.stdout kept");
         }
     }
     assert_eq!(second.code, Some(0), "{}", second.stderr);

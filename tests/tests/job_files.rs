@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use peergrid_e2e::jobs::JOB_TIMEOUT;
+use peergrid_e2e::stdout_file;
 use peergrid_e2e::{
     CliOutput, KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, guest, status, write_job,
 };
@@ -235,7 +236,7 @@ fn with_the_flag_files_outside_the_job_dir_are_sent_and_the_job_runs() {
     );
     // The guest ran the outside module and read the outside stdin.
     assert_eq!(
-        std::fs::read_to_string(out.join("task-1.stdout")).unwrap(),
+        std::fs::read_to_string(stdout_file(&out, "task-1")).unwrap(),
         "hi\nstdin from outside\n"
     );
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, grid, local_sandbox, submit_args};
 use peergrid_e2e::rogue::{RogueConfig, RogueProcess, Strategy};
+use peergrid_e2e::task_place;
 use peergrid_e2e::{
     KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, guest, peergrid, results_lines, write_job,
 };
@@ -101,8 +102,13 @@ fn check_pngs(job_dir: &Path, out: &Path) {
         assert_eq!(files.len(), 1, "{line}");
         let name = format!("{task}.png");
         assert_eq!(files[0]["name"], name.as_str());
-        assert_eq!(files[0]["path"], format!("{task}/{name}").as_str());
-        let png = std::fs::read(out.join(task).join(&name)).unwrap();
+        let place = task_place(&out, task);
+        assert_eq!(
+            files[0]["path"],
+            place.files().join(&name).to_str().unwrap()
+        );
+        assert_eq!(line["stdout"], place.stdout().to_str().unwrap());
+        let png = std::fs::read(out.join(place.files()).join(&name)).unwrap();
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{task}: not a PNG");
         assert_eq!(
             &png, &expected[&name],
@@ -166,7 +172,11 @@ fn resume_makes_again_the_output_files_missing_from_the_results() {
         .wait(JOB_TIMEOUT);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
     for task in ["img-03", "img-11"] {
-        std::fs::remove_file(out.join(task).join(format!("{task}.png"))).unwrap();
+        std::fs::remove_file(
+            out.join(task_place(&out, task).files())
+                .join(format!("{task}.png")),
+        )
+        .unwrap();
     }
     let mut args: Vec<std::ffi::OsString> = vec![
         "resume".into(),

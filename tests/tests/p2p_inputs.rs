@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, grid, submit_args};
 use peergrid_e2e::rogue::{RogueConfig, RogueProcess, Strategy};
+use peergrid_e2e::stdout_file;
 use peergrid_e2e::{
     KeyPair, SubmitProcess, Tarpit, WorkerConfig, WorkerProcess, guest, wait_until, write_job,
 };
@@ -77,7 +78,7 @@ fn check_results(out: &Path, input: &[u8]) {
         assert_eq!(line["outcome"], "exited", "{line}");
         let task = line["task"].as_str().unwrap();
         let index: u64 = task.strip_prefix("sweep-").unwrap().parse().unwrap();
-        let stdout = std::fs::read_to_string(out.join(format!("{task}.stdout"))).unwrap();
+        let stdout = std::fs::read_to_string(stdout_file(&out, task)).unwrap();
         assert_eq!(stdout, expected_stdout(input, index), "{task}");
     }
 }

@@ -156,6 +156,10 @@ impl BinTask {
         })
     }
 
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     pub fn into_record(self) -> TaskRecord {
         TaskRecord {
             id: self.id,

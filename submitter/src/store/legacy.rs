@@ -355,6 +355,7 @@ mod tests {
         assert_eq!(copies[1].1.worker, b);
         assert_eq!(copies[2].1.kind, CopyKind::Superseded);
         assert_eq!(store.settled("sweep-1").unwrap(), vec![(0, settled)]);
+        assert_eq!(store.counts("sweep-1").unwrap(), (1, 0));
         assert_eq!(
             store.output("sweep-1", 0).unwrap(),
             (b"out".to_vec(), vec![])

@@ -52,6 +52,8 @@ const COPIES: TableDefinition<(u32, u32, u32), &[u8]> = TableDefinition::new("v2
 const RECEIPTS: TableDefinition<(u32, u32, u32), &[u8]> = TableDefinition::new("v2.receipts");
 /// (job, task index) → settled task, with its small stdout and stderr inline.
 const SETTLED: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("v2.settled");
+/// Job → (accepted, inconclusive) tasks now: what `status` shows without reading every task.
+const COUNTS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("v2.counts");
 /// (job, task index, 0 for stdout or 1 for stderr) → an accepted output over
 /// [`OUTPUT_INLINE_MAX`].
 const OUTPUTS: TableDefinition<(u32, u32, u8), &[u8]> = TableDefinition::new("v2.outputs");
@@ -740,6 +742,62 @@ impl Store {
         })
     }
 
+    /// How many tasks of the job are settled now: (accepted, inconclusive). Kept up to date by
+    /// every write, so it costs one read however large the job.
+    pub fn counts(&self, job_id: &str) -> Result<(u64, u64), StoreError> {
+        self.read(|txn| {
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok((0, 0));
+            };
+            Ok(txn
+                .open_table(COUNTS)?
+                .get(job)?
+                .map_or((0, 0), |value| value.value()))
+        })
+    }
+
+    /// The index of the task with id `task_id`, if the job has one.
+    pub fn task_index(&self, job_id: &str, task_id: &str) -> Result<Option<u32>, StoreError> {
+        self.read(|txn| {
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(None);
+            };
+            let table = txn.open_table(TASKS)?;
+            for row in table.range((job, 0)..=(job, u32::MAX))? {
+                let (key, value) = row?;
+                let task: BinTask = codec::decode(value.value()).map_err(corrupt("tasks"))?;
+                if task.id() == task_id {
+                    return Ok(Some(key.value().1));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// One settled task, if it is settled.
+    pub fn settled_task(
+        &self,
+        job_id: &str,
+        task: u32,
+    ) -> Result<Option<SettledRecord>, StoreError> {
+        self.read(|txn| {
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(None);
+            };
+            let Some(value) = txn.open_table(SETTLED)?.get((job, task))? else {
+                return Ok(None);
+            };
+            let names = load_names(txn)?;
+            let record: BinSettled = codec::decode(value.value()).map_err(corrupt("settled"))?;
+            let accepted = resolve_accepted(&txn.open_table(COPIES)?, &names, job, task, &record)?;
+            Ok(Some(
+                record
+                    .record(accepted, &names)
+                    .map_err(corrupt("settled"))?,
+            ))
+        })
+    }
+
     /// Workers excluded from the job: (key hex, reason).
     pub fn excluded(&self, job_id: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.read(|txn| {
@@ -924,6 +982,7 @@ fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(RECEIPTS)?;
     txn.open_table(SETTLED)?;
     txn.open_table(OUTPUTS)?;
+    txn.open_table(COUNTS)?;
     txn.open_table(EXCLUDED)?;
     txn.open_table(REPUTATION)?;
     txn.open_table(REOPENED)?;
@@ -1057,6 +1116,8 @@ fn write_batch(
     let mut settled = txn.open_table(SETTLED)?;
     let mut outputs = txn.open_table(OUTPUTS)?;
     let mut reopened = txn.open_table(REOPENED)?;
+    // (accepted, inconclusive) changes per job, for `counts`.
+    let mut counted: HashMap<u32, (i64, i64)> = HashMap::new();
     for change in &batch.results {
         match change {
             ResultChange::Settled {
@@ -1073,11 +1134,21 @@ fn write_batch(
                     bin.stdout = put_output(&mut outputs, job, *task, 0, stdout)?;
                     bin.stderr = put_output(&mut outputs, job, *task, 1, stderr)?;
                 }
-                settled.insert((job, *task), codec::encode(&bin).as_slice())?;
+                let old = settled
+                    .insert((job, *task), codec::encode(&bin).as_slice())?
+                    .map(|old| codec::decode::<BinSettled>(old.value()))
+                    .transpose()
+                    .map_err(corrupt("settled"))?;
+                if let Some(old) = old {
+                    count(&mut counted, job, old.is_accepted(), -1);
+                }
+                count(&mut counted, job, bin.is_accepted(), 1);
             }
             ResultChange::Reopened { task, reason } => {
                 let mut tables = (&mut copies, &mut settled, &mut outputs, &mut reopened);
-                reopen_row(&mut tables, job, *task, reason)?;
+                if let Some(accepted) = reopen_row(&mut tables, job, *task, reason)? {
+                    count(&mut counted, job, accepted, -1);
+                }
             }
             ResultChange::Audited { task, audit } => {
                 let record = settled
@@ -1130,7 +1201,9 @@ fn write_batch(
         );
         for (other, task) in &signed {
             let mut tables = (&mut copies, &mut settled, &mut outputs, &mut reopened);
-            reopen_row(&mut tables, *other, *task, &reason)?;
+            if let Some(accepted) = reopen_row(&mut tables, *other, *task, &reason)? {
+                count(&mut counted, *other, accepted, -1);
+            }
             let other_id = job_ids.get(other).cloned().unwrap_or_default();
             match elsewhere.iter_mut().find(|(id, _)| *id == other_id) {
                 Some((_, count)) => *count += 1,
@@ -1149,6 +1222,16 @@ fn write_batch(
             }
         }
     }
+    let mut counts = txn.open_table(COUNTS)?;
+    for (job, (accepted, inconclusive)) in counted {
+        let (was_accepted, was_inconclusive) = counts.get(job)?.map_or((0, 0), |value| value.value());
+        let now = (
+            was_accepted.saturating_add_signed(accepted),
+            was_inconclusive.saturating_add_signed(inconclusive),
+        );
+        counts.insert(job, now)?;
+    }
+    drop(counts);
     let mut excluded = txn.open_table(EXCLUDED)?;
     for (worker, reason) in &batch.excluded {
         excluded.insert((job, names.intern(worker)), reason.as_str())?;
@@ -1177,6 +1260,15 @@ fn write_batch(
         }
     }
     Ok(())
+}
+
+/// Adds `delta` to the accepted or inconclusive count of `job`.
+fn count(counted: &mut HashMap<u32, (i64, i64)>, job: u32, accepted: bool, delta: i64) {
+    let entry = counted.entry(job).or_default();
+    match accepted {
+        true => entry.0 += delta,
+        false => entry.1 += delta,
+    }
 }
 
 /// An accepted task's copies: the settled record refers to a copy holding the accepted verdict
@@ -1247,16 +1339,18 @@ type ResultTables<'a, 'txn> = (
 
 /// Moves a settled task's record to its reopened history, drops its output, and marks its
 /// receipts superseded (they no longer vote; a resumed session keeps them as evidence).
+/// Returns whether the task was accepted (or inconclusive), if it was settled.
 fn reopen_row(
     (copies, settled, outputs, reopened): &mut ResultTables<'_, '_>,
     job: u32,
     task: u32,
     reason: &str,
-) -> TxnResult<()> {
+) -> TxnResult<Option<bool>> {
     let Some(old) = settled.remove((job, task))? else {
-        return Ok(());
+        return Ok(None);
     };
     let mut old: BinSettled = codec::decode(old.value()).map_err(corrupt("settled"))?;
+    let was_accepted = old.is_accepted();
     // The history keeps the verdict whole: the copy it refers to is about to change kind.
     old.accepted = resolve_bin_accepted(&**copies, job, task, &old)?.map(BinAccepted::Verdict);
     old.stdout = BinOutput::None;
@@ -1283,7 +1377,7 @@ fn reopen_row(
         .count() as u32;
     let record = BinReopen::new(old, reason, unix_now_ms());
     reopened.insert((job, task, n), codec::encode(&record).as_slice())?;
-    Ok(())
+    Ok(Some(was_accepted))
 }
 
 /// Opens the database as its writer. Another process may hold it for a moment (a `status`
@@ -1455,6 +1549,8 @@ mod tests {
         let old_settled = store.settled("old").unwrap();
         assert_eq!(old_settled.len(), 1);
         assert_eq!(old_settled[0].0, 1, "a task the liar did not sign stays");
+        assert_eq!(store.counts("old").unwrap(), (1, 0), "counted down with the reopening");
+        assert_eq!(store.counts("new").unwrap(), (0, 0));
         assert!(store.output("old", 0).unwrap().0.is_empty());
         let history = store.reopened("old").unwrap();
         assert_eq!(history.len(), 1);
@@ -1647,6 +1743,7 @@ mod tests {
         let per_task = grown / u64::from(TASKS);
         assert!(per_task < 400, "{per_task} bytes a task");
         assert_eq!(store.settled("j").unwrap().len(), TASKS as usize);
+        assert_eq!(store.counts("j").unwrap(), (u64::from(TASKS), 0));
     }
 
     #[test]
