@@ -1,111 +1,185 @@
-//! Gossip benchmark: rounds to converge and gossip traffic per member, for simulated clusters
-//! of 100 and 1,000 members over a network that drops 5% of packets (the real protocol core on
-//! a virtual clock; see `membership::sim`).
+//! Gossip benchmark: the real protocol core of every member on a virtual clock, over a simulated
+//! network that drops 5% of packets (see `membership::sim`), at several sizes. For each size:
+//! when each member first knew every other member (p50, p99, max), steady traffic per member,
+//! then churn (1% of members crash and as many new ones join at one instant): when the crashes
+//! were down everywhere, when each member knew the new set, when the newcomers knew everyone;
+//! and the wall time of the whole run.
 //!
-//! Run: `cargo bench -p peergrid-worker --bench gossip` (sizes: PEERGRID_BENCH_SIZES=100,1000;
+//! Run: `cargo bench -p peergrid-worker --bench gossip` (sizes: PEERGRID_BENCH_SIZES=100,1000,10000;
 //! seed: PEERGRID_SIM_SEED). Not a timed test: it reports figures for BENCHMARKS.md.
 
-use peergrid_worker::membership::MembershipConfig;
+use std::collections::HashSet;
+use std::time::Instant;
+
 use peergrid_worker::membership::sim::{SimConfig, Simulation};
+
+/// Virtual time between checks (ms).
+const STEP_MS: u64 = 500;
+/// Longest a phase may take (virtual ms).
+const PHASE_MS: u64 = 300_000;
 
 fn main() {
     let sizes: Vec<usize> = std::env::var("PEERGRID_BENCH_SIZES")
-        .unwrap_or_else(|_| "100,1000".into())
+        .unwrap_or_else(|_| "100,1000,10000".into())
         .split(',')
         .map(|size| size.trim().parse().expect("sizes are integers"))
         .collect();
     let seed: u64 =
         std::env::var("PEERGRID_SIM_SEED").map_or(42, |seed| seed.parse().expect("u64"));
     println!(
-        "| members | converged after (virtual s) | rounds (0.5 s) | bytes sent per member to converge | steady bytes/s per member | steady packets/s per member | crash down everywhere after (s) | wall (s) |"
+        "| members | joins over (s) | knew everyone p50 / p99 / max (virtual s) | steady bytes/s per member (of which sync) | steady packets/s per member | churn: crashes down everywhere (s) | churn: everyone knows the new set p50 / p99 / max (s) | newcomers know everyone, max (s) | wall (s) | peak RSS (MB) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for members in sizes {
-        let started = std::time::Instant::now();
-        let config = SimConfig::new(members, seed);
-        let period_ms = config.membership.probe_period.as_millis() as u64;
-        let mut sim = Simulation::new(config);
-        let verbose = std::env::var_os("PEERGRID_BENCH_VERBOSE").is_some();
-        let mut converged = None;
-        while sim.now_ms() < 120_000 {
-            sim.run_until(sim.now_ms() + period_ms);
-            if verbose {
-                let (complete, least) = sim.progress();
-                eprintln!(
-                    "t={}ms complete={complete} least_known={least}",
-                    sim.now_ms()
-                );
-            }
-            if sim.converged() {
-                converged = Some(sim.now_ms());
-                break;
+        run(members, seed);
+    }
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1}", ms as f64 / 1000.0)
+}
+
+/// p50 / p99 / max of `times` (ms), or how many never got there.
+fn spread(mut times: Vec<Option<u64>>) -> String {
+    let missing = times.iter().filter(|time| time.is_none()).count();
+    if missing > 0 {
+        return format!("{missing} never");
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].expect("all some");
+    format!(
+        "{} / {} / {}",
+        seconds(at(0.5)),
+        seconds(at(0.99)),
+        seconds(at(1.0))
+    )
+}
+
+fn run(members: usize, seed: u64) {
+    let started = Instant::now();
+    let churn = (members / 100).max(1);
+    let mut config = SimConfig::new(members, seed);
+    config.spare = churn;
+    let joins_ms = members as u64 * config.join_spacing_ms;
+    let mut sim = Simulation::new(config);
+    let verbose = std::env::var_os("PEERGRID_BENCH_VERBOSE").is_some();
+    let none = HashSet::new();
+
+    // Joining: when each member first had every other member in its active set.
+    let mut knew: Vec<Option<u64>> = vec![None; members];
+    while sim.now_ms() < PHASE_MS && knew.iter().any(Option::is_none) {
+        sim.run_until(sim.now_ms() + STEP_MS);
+        let now = sim.now_ms();
+        for (index, time) in knew.iter_mut().enumerate() {
+            if time.is_none() && sim.knows_everyone(index, members, &none) {
+                *time = Some(now);
             }
         }
-        if converged.is_none() && verbose {
-            let odd: Vec<usize> = (0..members)
-                .filter(|i| sim.member(*i).alive_count() != members - 2)
-                .take(5)
-                .collect();
-            for index in odd.iter().copied().chain([0]) {
-                let view = sim.member(index).view();
-                let mut states = std::collections::HashMap::new();
-                let mut addrs = std::collections::HashMap::new();
-                for peer in &view {
-                    *states.entry(peer.state.name()).or_insert(0) += 1;
-                    *addrs.entry(peer.identity.worker_key).or_insert(0) += 1;
-                }
-                let dups = addrs.values().filter(|count| **count > 1).count();
-                eprintln!(
-                    "member {index} ({} inc {}): view {} states {states:?} duplicate keys {dups} alive_count {}",
-                    sim.member(index).identity().addr,
-                    sim.member(index).identity().incarnation,
-                    view.len(),
-                    sim.member(index).alive_count()
-                );
-                for peer in view
-                    .iter()
-                    .filter(|p| p.state != peergrid_worker::membership::PeerState::Alive)
-                    .take(3)
-                {
+        if verbose {
+            let done = knew.iter().filter(|time| time.is_some()).count();
+            eprintln!(
+                "t={now}ms knew everyone: {done}/{members}, wall {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            if now % 10_000 == 0 {
+                for index in (0..members).filter(|i| knew[*i].is_none()).take(3) {
+                    let member = sim.member(index);
                     eprintln!(
-                        "   {:?} inc {} {:?}",
-                        peer.identity.addr, peer.identity.incarnation, peer.state
+                        "  member {index}: alive {} table {} {:?} {:?}",
+                        member.alive_count(),
+                        member.table_len(),
+                        member.stats(),
+                        member.screened()
                     );
                 }
             }
         }
-        let Some(converged) = converged else {
-            println!("| {members} | did not converge in 120 s | | | | | | |");
-            continue;
-        };
-        // Join traffic: everything sent until convergence.
-        let join_bytes = sim.traffic().bytes_sent as f64 / members as f64;
-        // Steady state: after 30 s of settling, traffic over 10 virtual seconds.
-        sim.run_until(sim.now_ms() + 30_000);
-        let before = sim.traffic();
-        let window_ms = 10_000;
-        sim.run_until(sim.now_ms() + window_ms);
-        let bytes = sim.traffic().bytes_sent - before.bytes_sent;
-        let packets = sim.traffic().packets_sent - before.packets_sent;
-        let packets_per_s = packets as f64 / members as f64 / (window_ms as f64 / 1000.0);
-        let per_member = bytes as f64 / members as f64 / (window_ms as f64 / 1000.0);
-        // One crash: time until everyone has it down.
-        let victim = sim.pick_members(1);
-        sim.crash(victim[0]);
-        let crashed_at = sim.now_ms();
-        let bound = MembershipConfig::default()
-            .detection_bound(members)
-            .as_millis() as u64;
-        let detected = sim
-            .run_until_converged(100, crashed_at + bound)
-            .map_or("not within bound".to_owned(), |at| {
-                format!("{:.1}", (at - crashed_at) as f64 / 1000.0)
-            });
-        println!(
-            "| {members} | {:.1} | {} | {join_bytes:.0} | {per_member:.0} | {packets_per_s:.1} | {detected} | {:.1} |",
-            converged as f64 / 1000.0,
-            converged / period_ms,
-            started.elapsed().as_secs_f64()
-        );
     }
+    let joined = spread(knew);
+
+    // Steady state: after 30 s of settling, traffic over 10 virtual seconds.
+    sim.run_until(sim.now_ms() + 30_000);
+    let before = sim.traffic();
+    let window_ms = 10_000;
+    sim.run_until(sim.now_ms() + window_ms);
+    let after = sim.traffic();
+    let per_second = |count: u64| count as f64 / members as f64 / (window_ms as f64 / 1000.0);
+    let bytes = per_second(after.bytes_sent - before.bytes_sent);
+    let sync_bytes = per_second(after.sync_bytes_sent - before.sync_bytes_sent);
+    let packets = per_second(after.packets_sent - before.packets_sent);
+
+    // Churn: 1% crash and as many new members start, at one instant.
+    let crashed = sim.pick_members(churn);
+    for member in &crashed {
+        sim.crash(*member);
+    }
+    let newcomers: Vec<usize> = (members..members + churn).collect();
+    for member in &newcomers {
+        sim.start(*member);
+    }
+    let churned_at = sim.now_ms();
+    let crashed_keys = sim.crashed_keys();
+    let running = sim.running_count();
+    let observers: Vec<usize> = (0..sim.len()).filter(|i| sim.is_running(*i)).collect();
+    let mut down: Vec<Option<u64>> = vec![None; observers.len()];
+    let mut knows: Vec<Option<u64>> = vec![None; observers.len()];
+    while sim.now_ms() < churned_at + PHASE_MS && knows.iter().any(Option::is_none) {
+        sim.run_until(sim.now_ms() + STEP_MS);
+        let since = sim.now_ms() - churned_at;
+        for (slot, observer) in observers.iter().enumerate() {
+            let member = sim.member(*observer);
+            if down[slot].is_none()
+                && member.alive_count() < running
+                && member.active_among(&crashed_keys) == 0
+            {
+                down[slot] = Some(since);
+            }
+            if knows[slot].is_none() && sim.knows_everyone(*observer, running, &crashed_keys) {
+                knows[slot] = Some(since);
+            }
+        }
+        if verbose {
+            let done = knows.iter().filter(|time| time.is_some()).count();
+            eprintln!(
+                "churn +{since}ms knows the new set: {done}/{}, wall {:.1}s",
+                observers.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let detected = match down.iter().copied().collect::<Option<Vec<u64>>>() {
+        Some(times) => seconds(times.into_iter().max().unwrap_or(0)),
+        None => "not all".into(),
+    };
+    let newcomer_times: Vec<Option<u64>> = observers
+        .iter()
+        .zip(&knows)
+        .filter(|(observer, _)| newcomers.contains(observer))
+        .map(|(_, time)| *time)
+        .collect();
+    let newcomers_max = match newcomer_times.iter().copied().collect::<Option<Vec<u64>>>() {
+        Some(times) => seconds(times.into_iter().max().unwrap_or(0)),
+        None => "not all".into(),
+    };
+    println!(
+        "| {members} | {} | {joined} | {bytes:.0} ({sync_bytes:.0}) | {packets:.1} | {detected} | {} | {newcomers_max} | {:.1} | {} |",
+        seconds(joins_ms),
+        spread(knows),
+        started.elapsed().as_secs_f64(),
+        peak_rss_mb()
+    );
+}
+
+/// The process's peak resident memory, from /proc (Linux), in MB.
+fn peak_rss_mb() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |kb| format!("{}", kb / 1024))
 }

@@ -1,6 +1,7 @@
 //! Membership at scale, in one process: 1,000 members running the real protocol core over a
-//! simulated network that drops 5% of packets and delays the rest by 1–40 ms. They converge,
-//! and crashed members are detected by everyone. The run is fixed by its seed (default 1, so
+//! simulated network that drops 5% of packets and delays the rest by 1–40 ms. They converge
+//! with no member far behind the bulk, crashed members are detected by everyone, and a member
+//! that joins late catches up within anti-entropy periods. The run is fixed by its seed (default 1, so
 //! the suite is deterministic); set PEERGRID_SIM_SEED to explore others. A failing run prints its
 //! seed.
 
@@ -60,6 +61,62 @@ fn a_thousand_members_converge_over_a_lossy_network_and_detect_crashes() {
     eprintln!(
         "seed {seed}: converged at {joined} ms, crashes detected {} ms after",
         detected - crash_time
+    );
+}
+
+#[test]
+fn no_member_lags_far_behind_the_bulk_and_a_late_joiner_catches_up() {
+    let seed = seed();
+    let _report = SeedReport(seed);
+    // 1,000 members take minutes of wall time (foca's per-packet costs grow with the cluster;
+    // BENCHMARKS.md, "Membership at 10,000"): 400 keep the test in CI time.
+    let members = 400;
+    let mut config = SimConfig::new(members, seed);
+    config.spare = 1;
+    let sync_period_ms = config.membership.sync_period.as_millis() as u64;
+    let mut sim = Simulation::new(config);
+    let none = std::collections::HashSet::new();
+
+    // When each member first knew every other one.
+    let mut knew: Vec<Option<u64>> = vec![None; members];
+    while sim.now_ms() < 120_000 && knew.iter().any(Option::is_none) {
+        sim.run_until(sim.now_ms() + 500);
+        let now = sim.now_ms();
+        for (index, time) in knew.iter_mut().enumerate() {
+            if time.is_none() && sim.knows_everyone(index, members, &none) {
+                *time = Some(now);
+            }
+        }
+    }
+    let mut times: Vec<u64> = knew
+        .iter()
+        .map(|time| time.unwrap_or_else(|| panic!("a member never knew everyone (seed {seed})")))
+        .collect();
+    times.sort();
+    let (median, max) = (times[members / 2], times[members - 1]);
+    eprintln!("seed {seed}: every member knew everyone: median {median} ms, max {max} ms");
+    assert!(
+        max <= 2 * median,
+        "the last member ({max} ms) lagged more than twice the median ({median} ms) (seed {seed})"
+    );
+
+    // A member joins while the bulk has converged: it knows everyone, and everyone knows it,
+    // within two anti-entropy periods (the period is jittered up to 1.5 times).
+    sim.run_until(sim.now_ms() + 5_000);
+    sim.start(members);
+    let joined_at = sim.now_ms();
+    let caught_up = sim
+        .run_until_converged(500, joined_at + 3 * sync_period_ms)
+        .unwrap_or_else(|| {
+            let (complete, least) = sim.progress();
+            panic!(
+                "the late joiner was not caught up within {} ms: {complete} complete, least known {least} (seed {seed})",
+                3 * sync_period_ms
+            )
+        });
+    eprintln!(
+        "seed {seed}: late joiner caught up {} ms after joining",
+        caught_up - joined_at
     );
 }
 

@@ -1250,10 +1250,31 @@ impl Membership {
                     })
             })
             .collect();
+        // A member held down here but alive at a higher foca incarnation in the answer refuted
+        // the suspicion this member missed: foca keeps a down member down (until it renews,
+        // which it does only if it hears it is down), so the down row is forgotten first and
+        // the alive record taken as a new member's. Without this a member that missed one
+        // refutation lagged the bulk by a minute (ARCHITECTURE.md, "Membership").
+        let refuted: Vec<PeerIdentity> = news
+            .iter()
+            .filter(|update| {
+                held.get(&update.id().worker_key)
+                    .is_some_and(|(id, incarnation, state)| {
+                        *state == State::Down
+                            && *id == update.id()
+                            && *incarnation < update.incarnation()
+                    })
+            })
+            .map(|update| update.id().clone())
+            .collect();
         let held_incarnations = held
             .iter()
             .map(|(key, (_, incarnation, _))| (*key, *incarnation))
             .collect();
+        for down in refuted {
+            self.foca
+                .handle_timer(Timer::RemoveDown(down), &mut self.outbox)?;
+        }
         self.held = Some(held_incarnations);
         self.admitting.clear();
         let mut admitted = Vec::with_capacity(news.len());
