@@ -81,7 +81,7 @@ fn run(members: usize, seed: u64) {
                 "t={now}ms knew everyone: {done}/{members}, wall {:.1}s",
                 started.elapsed().as_secs_f64()
             );
-            if now % 10_000 == 0 {
+            if now.is_multiple_of(10_000) {
                 for index in (0..members).filter(|i| knew[*i].is_none()).take(3) {
                     let member = sim.member(index);
                     eprintln!(
