@@ -168,7 +168,11 @@ impl PeerIdentity {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.signed_bytes());
         hasher.update(&self.signature);
-        u128::from_le_bytes(hasher.finalize().as_bytes()[..16].try_into().expect("16 bytes"))
+        u128::from_le_bytes(
+            hasher.finalize().as_bytes()[..16]
+                .try_into()
+                .expect("16 bytes"),
+        )
     }
 
     fn signed_bytes(&self) -> Vec<u8> {
