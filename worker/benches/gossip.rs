@@ -6,7 +6,8 @@
 //! and the wall time of the whole run.
 //!
 //! Run: `cargo bench -p peergrid-worker --bench gossip` (sizes: PEERGRID_BENCH_SIZES=100,1000,10000;
-//! seed: PEERGRID_SIM_SEED). Not a timed test: it reports figures for BENCHMARKS.md.
+//! seed: PEERGRID_SIM_SEED; piggyback transmissions per update before the log10 n multiplier:
+//! PEERGRID_BENCH_TRANSMISSIONS, default 6). Not a timed test: it reports figures for BENCHMARKS.md.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -60,6 +61,10 @@ fn run(members: usize, seed: u64) {
     let churn = (members / 100).max(1);
     let mut config = SimConfig::new(members, seed);
     config.spare = churn;
+    // An experiment knob: piggyback transmissions per update (before the log10 n multiplier).
+    if let Ok(transmissions) = std::env::var("PEERGRID_BENCH_TRANSMISSIONS") {
+        config.membership.max_transmissions = transmissions.parse().expect("a u8");
+    }
     let joins_ms = members as u64 * config.join_spacing_ms;
     let mut sim = Simulation::new(config);
     let verbose = std::env::var_os("PEERGRID_BENCH_VERBOSE").is_some();
