@@ -345,7 +345,9 @@ pub fn export_with(
             .push(reopened_json_named(record, &name));
     }
     std::fs::create_dir_all(out_dir)?;
-    let mut lines = Vec::new();
+    // Each line goes to the file as it is made: a million tasks' lines are never held at once.
+    // Readers see the old file or the new one, as with `write_atomically`.
+    let mut file = std::io::BufWriter::new(tempfile::NamedTempFile::new_in(out_dir)?);
     let mut accepted = 0;
     for (index, task) in tasks.iter().enumerate() {
         let index = index as u32;
@@ -434,12 +436,8 @@ pub fn export_with(
         if let Some(history) = reopened.remove(&index) {
             line["reopened"] = serde_json::Value::Array(history);
         }
-        lines.push(line);
-    }
-    let mut text = Vec::new();
-    for line in lines {
-        serde_json::to_writer(&mut text, &line)?;
-        text.push(b'\n');
+        serde_json::to_writer(&mut file, &line)?;
+        file.write_all(b"\n")?;
     }
     if keys == Keys::Short {
         let workers: serde_json::Map<String, serde_json::Value> = names
@@ -449,7 +447,9 @@ pub fn export_with(
         let workers = serde_json::to_vec_pretty(&workers)?;
         write_atomically(&out_dir.join(WORKERS_FILE), &workers)?;
     }
-    write_atomically(&out_dir.join(RESULTS_FILE), &text)?;
+    let file = file.into_inner().map_err(|error| error.into_error())?;
+    file.persist(out_dir.join(RESULTS_FILE))
+        .map_err(|error| error.error)?;
     Ok(accepted)
 }
 

@@ -660,6 +660,7 @@ impl Scheduler {
             state
                 .fingerprint
                 .get_or_insert_with(|| past.verdict.fingerprint.clone());
+            state.receipts.reserve_exact(1);
             state.receipts.push((past.worker, past.verdict));
         }
         for &(task, count) in lost {
@@ -952,7 +953,9 @@ impl Scheduler {
                 let agrees = *accepted == verdict;
                 let compared = (!verdict.is_timeout()).then_some(agrees);
                 let audit = self.tasks[task as usize].audit;
-                self.tasks[task as usize].receipts.push((worker, verdict));
+                let receipts = &mut self.tasks[task as usize].receipts;
+                receipts.reserve_exact(1);
+                receipts.push((worker, verdict));
                 if compared == Some(true) {
                     self.workers[worker.0 as usize].agreed += 1;
                     self.refresh(worker);
@@ -984,6 +987,9 @@ impl Scheduler {
                         .receipts
                         .iter()
                         .any(|(_, other)| !other.is_timeout() && *other != verdict);
+                // Exactly one more: a task has few receipts, and a growing Vec would take room
+                // for four (about 800 bytes a task that never hold more than two).
+                state.receipts.reserve_exact(1);
                 state.receipts.push((worker, verdict));
                 if disputed {
                     // One of them lied: this machine's own run says who at once, so a liar
