@@ -1224,7 +1224,8 @@ fn write_batch(
     }
     let mut counts = txn.open_table(COUNTS)?;
     for (job, (accepted, inconclusive)) in counted {
-        let (was_accepted, was_inconclusive) = counts.get(job)?.map_or((0, 0), |value| value.value());
+        let (was_accepted, was_inconclusive) =
+            counts.get(job)?.map_or((0, 0), |value| value.value());
         let now = (
             was_accepted.saturating_add_signed(accepted),
             was_inconclusive.saturating_add_signed(inconclusive),
@@ -1549,7 +1550,11 @@ mod tests {
         let old_settled = store.settled("old").unwrap();
         assert_eq!(old_settled.len(), 1);
         assert_eq!(old_settled[0].0, 1, "a task the liar did not sign stays");
-        assert_eq!(store.counts("old").unwrap(), (1, 0), "counted down with the reopening");
+        assert_eq!(
+            store.counts("old").unwrap(),
+            (1, 0),
+            "counted down with the reopening"
+        );
         assert_eq!(store.counts("new").unwrap(), (0, 0));
         assert!(store.output("old", 0).unwrap().0.is_empty());
         let history = store.reopened("old").unwrap();
