@@ -612,7 +612,7 @@ async fn submit(
         let workers = crate::submit::reach(&dialer, &source, needed).await?;
         note_still_connecting(&workers);
         eprintln!("peergrid: {}", inputs.sending());
-        let store = Store::open(state)?;
+        let mut store = Store::open(state)?;
         let job = crate::submit::create_job(
             &store,
             &spec,
@@ -632,6 +632,7 @@ async fn submit(
             options.plain,
         )
         .await?;
+        compact(&mut store);
         anyhow::Ok(print_summary(&summary))
     };
     let result = session.await;
@@ -665,7 +666,7 @@ async fn resume(
         relays,
     } = options;
     let plain = *plain;
-    let store = Store::open(state)?;
+    let mut store = Store::open(state)?;
     let jobs = match query {
         Some(query) => vec![store.find_job(query)?],
         None => store
@@ -711,7 +712,16 @@ async fn resume(
             break;
         }
     }
+    compact(&mut store);
     Ok(worst)
+}
+
+/// Compacts the job store after a session. Another process reading it (a `status`) makes redb
+/// refuse: nothing is lost, the next session compacts it.
+fn compact(store: &mut Store) {
+    if let Err(error) = store.compact() {
+        eprintln!("peergrid: note: the job store was not compacted this time ({error})");
+    }
 }
 
 fn results(
