@@ -9,7 +9,7 @@ use super::codec::{self, BinLiar, BinReopen, BinReputation, BinSettled, BinTask,
 use super::{
     Batch, CopyRecord, JOBS, JobRecord, LIARS, LiarRecord, META, NAMES, REOPENED, REPUTATION,
     ReopenRecord, ResultChange, SettledRecord, Store, StoreError, TASKS, TaskRecord, TxnError,
-    TxnResult, corrupt, create_tables, job_number, to_json, write_batch,
+    TxnResult, corrupt, create_tables, from_json, job_number, to_json, write_batch,
 };
 use crate::schedule::Reputation;
 
@@ -46,7 +46,7 @@ pub fn migrate(store: &Store) -> Result<(), StoreError> {
             let mut table = txn.open_table(REPUTATION)?;
             for row in old.iter()? {
                 let (key, value) = row?;
-                let counts: Reputation = json("reputation", value.value())?;
+                let counts: Reputation = from_json("reputation", value.value())?;
                 let id = names.intern(key.value());
                 table.insert(id, codec::encode(&BinReputation::from(counts)).as_slice())?;
             }
@@ -56,7 +56,7 @@ pub fn migrate(store: &Store) -> Result<(), StoreError> {
             let mut table = txn.open_table(LIARS)?;
             for row in old.iter()? {
                 let (key, value) = row?;
-                let liar: LiarRecord = json("liars", value.value())?;
+                let liar: LiarRecord = from_json("liars", value.value())?;
                 let id = names.intern(key.value());
                 table.insert(id, codec::encode(&BinLiar::new(&liar)).as_slice())?;
             }
@@ -112,7 +112,7 @@ fn migrate_job(
         let mut table = txn.open_table(TASKS)?;
         for row in old.range((id, 0)..=(id, u32::MAX))? {
             let (key, value) = row?;
-            let task: TaskRecord = json("tasks", value.value())?;
+            let task: TaskRecord = from_json("tasks", value.value())?;
             let task = BinTask::from_record(&task).map_err(corrupt("tasks"))?;
             table.insert((number, key.value().1), codec::encode(&task).as_slice())?;
         }
@@ -123,7 +123,7 @@ fn migrate_job(
         for row in old.range((id, 0, 0)..=(id, u32::MAX, u32::MAX))? {
             let (key, value) = row?;
             let (_, task, n) = key.value();
-            let copy: CopyRecord = json("copies", value.value())?;
+            let copy: CopyRecord = from_json("copies", value.value())?;
             batch.copies.push((task, n, copy));
         }
         let settled = txn.open_table(OLD_SETTLED)?;
@@ -132,7 +132,7 @@ fn migrate_job(
         for row in settled.range((id, 0)..=(id, u32::MAX))? {
             let (key, value) = row?;
             let task = key.value().1;
-            let record: SettledRecord = json("settled", value.value())?;
+            let record: SettledRecord = from_json("settled", value.value())?;
             let output = |table: &redb::Table<'_, (&str, u32), &[u8]>| -> TxnResult<_> {
                 Ok(table
                     .get((id, task))?
@@ -172,7 +172,7 @@ fn migrate_job(
         for row in old.range((id, 0, 0)..=(id, u32::MAX, u32::MAX))? {
             let (key, value) = row?;
             let (_, task, n) = key.value();
-            let record: ReopenRecord = json("reopened", value.value())?;
+            let record: ReopenRecord = from_json("reopened", value.value())?;
             let old = BinSettled::new(&record.old, names).map_err(corrupt("reopened"))?;
             let record = BinReopen::new(old, &record.reason, record.at_unix_ms);
             table.insert((number, task, n), codec::encode(&record).as_slice())?;
@@ -188,13 +188,9 @@ fn rows<T: DeserializeOwned>(
     let mut rows = Vec::new();
     for row in table.iter()? {
         let (_, value) = row?;
-        rows.push(json(name, value.value())?);
+        rows.push(from_json(name, value.value())?);
     }
     Ok(rows)
-}
-
-fn json<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> TxnResult<T> {
-    serde_json::from_slice(bytes).map_err(|error| corrupt(table)(error.to_string()))
 }
 
 #[cfg(test)]
@@ -282,42 +278,41 @@ mod tests {
             // A format 1 store, as peergrid up to 2d66c0e wrote it.
             let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
             let txn = db.begin_write().unwrap();
-            let json = |value: &dyn erased::Json| value.json();
             txn.open_table(OLD_JOBS)
                 .unwrap()
-                .insert("sweep-1", json(&job).as_slice())
+                .insert("sweep-1", to_json(&job).as_slice())
                 .unwrap();
             let mut tasks = txn.open_table(OLD_TASKS).unwrap();
             tasks
-                .insert(("sweep-1", 0), json(&task).as_slice())
+                .insert(("sweep-1", 0), to_json(&task).as_slice())
                 .unwrap();
             tasks
-                .insert(("sweep-1", 1), json(&task).as_slice())
+                .insert(("sweep-1", 1), to_json(&task).as_slice())
                 .unwrap();
             drop(tasks);
             let mut copies = txn.open_table(OLD_COPIES).unwrap();
             copies
                 .insert(
                     ("sweep-1", 0, 0),
-                    json(&copy(&a, CopyKind::Receipt)).as_slice(),
+                    to_json(&copy(&a, CopyKind::Receipt)).as_slice(),
                 )
                 .unwrap();
             copies
                 .insert(
                     ("sweep-1", 0, 1),
-                    json(&copy(&b, CopyKind::Receipt)).as_slice(),
+                    to_json(&copy(&b, CopyKind::Receipt)).as_slice(),
                 )
                 .unwrap();
             copies
                 .insert(
                     ("sweep-1", 1, 0),
-                    json(&copy(&a, CopyKind::Superseded)).as_slice(),
+                    to_json(&copy(&a, CopyKind::Superseded)).as_slice(),
                 )
                 .unwrap();
             drop(copies);
             txn.open_table(OLD_SETTLED)
                 .unwrap()
-                .insert(("sweep-1", 0), json(&settled).as_slice())
+                .insert(("sweep-1", 0), to_json(&settled).as_slice())
                 .unwrap();
             txn.open_table(OLD_STDOUT)
                 .unwrap()
@@ -333,15 +328,15 @@ mod tests {
                 .unwrap();
             txn.open_table(OLD_REPUTATION)
                 .unwrap()
-                .insert(a.as_str(), json(&reputation).as_slice())
+                .insert(a.as_str(), to_json(&reputation).as_slice())
                 .unwrap();
             txn.open_table(OLD_REOPENED)
                 .unwrap()
-                .insert(("sweep-1", 1, 0), json(&reopen).as_slice())
+                .insert(("sweep-1", 1, 0), to_json(&reopen).as_slice())
                 .unwrap();
             txn.open_table(OLD_LIARS)
                 .unwrap()
-                .insert("c0ffee", json(&liar).as_slice())
+                .insert("c0ffee", to_json(&liar).as_slice())
                 .unwrap();
             drop(txn.commit());
         }
@@ -389,17 +384,5 @@ mod tests {
                 .value(),
             crate::store::FORMAT
         );
-    }
-
-    /// serde_json of any record, for the test's format 1 rows.
-    mod erased {
-        pub trait Json {
-            fn json(&self) -> Vec<u8>;
-        }
-        impl<T: serde::Serialize> Json for T {
-            fn json(&self) -> Vec<u8> {
-                serde_json::to_vec(self).unwrap()
-            }
-        }
     }
 }
