@@ -34,7 +34,8 @@
 //! - A copy lost to a crash or an unreachable worker is not a strike: it is reassigned, up to
 //!   [`limits::MAX_LOST_COPIES_PER_TASK`]. A worker that is merely busy is backed off.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::{Index, IndexMut};
 use std::time::Instant;
 
 use peergrid_proto::ContentHash;
@@ -307,6 +308,8 @@ enum Status {
     /// With the accepted verdict, which later receipts and audits are compared with.
     Accepted(Verdict),
     Inconclusive,
+    /// Accepted and archived: its verdict and receipts are only in the store (see [`Tasks`]).
+    Archived,
 }
 
 #[derive(Debug, Clone)]
@@ -330,7 +333,113 @@ struct TaskState {
     audit: AuditMark,
 }
 
+/// What a task that was never started looks like.
+static FRESH: TaskState = TaskState::at_rest(Status::Open);
+/// What an archived accepted task looks like from memory: settled, nothing else.
+static ARCHIVED: TaskState = TaskState::at_rest(Status::Archived);
+/// What an archived inconclusive task looks like (nothing about it is needed again).
+static INCONCLUSIVE: TaskState = TaskState::at_rest(Status::Inconclusive);
+
+/// Where a task not in memory stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rest {
+    /// Never started, or in memory now.
+    Fresh,
+    Accepted,
+    Inconclusive,
+}
+
+/// Every task's state, in memory only while it is in play: open with copies or receipts,
+/// settled with a copy in flight or an audit due. A settled task at rest is archived to one
+/// byte; its verdict and receipts are in the store, from which [`Scheduler::reopen_archived`]
+/// takes them back when a liar it trusted is proven (ARCHITECTURE.md, "Memory at scale").
+/// A fresh task is a byte until its first copy. Reading an absent task gives its at-rest
+/// state; writing one brings it into memory (and [`Scheduler::archive_idle`] takes it out
+/// again when it is at rest).
+#[derive(Debug, Clone)]
+struct Tasks {
+    live: BTreeMap<TaskIndex, TaskState>,
+    rest: Vec<Rest>,
+    /// Tasks that may have come to rest since the last [`Scheduler::archive_idle`].
+    touched: Vec<TaskIndex>,
+}
+
+impl Tasks {
+    fn new(count: u32) -> Self {
+        Self {
+            live: BTreeMap::new(),
+            rest: vec![Rest::Fresh; count as usize],
+            touched: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rest.len()
+    }
+
+    fn at_rest(&self, task: usize) -> &'static TaskState {
+        match self.rest[task] {
+            Rest::Fresh => &FRESH,
+            Rest::Accepted => &ARCHIVED,
+            Rest::Inconclusive => &INCONCLUSIVE,
+        }
+    }
+
+    /// Tasks in memory, in index order.
+    fn live(&self) -> impl Iterator<Item = (TaskIndex, &TaskState)> {
+        self.live.iter().map(|(task, state)| (*task, state))
+    }
+
+    fn live_mut(&mut self) -> impl Iterator<Item = (TaskIndex, &mut TaskState)> {
+        self.live.iter_mut().map(|(task, state)| (*task, state))
+    }
+}
+
+impl Index<usize> for Tasks {
+    type Output = TaskState;
+
+    fn index(&self, task: usize) -> &TaskState {
+        match self.live.get(&(task as TaskIndex)) {
+            Some(state) => state,
+            None => self.at_rest(task),
+        }
+    }
+}
+
+impl IndexMut<usize> for Tasks {
+    fn index_mut(&mut self, task: usize) -> &mut TaskState {
+        let at_rest = self.at_rest(task);
+        let touched = &mut self.touched;
+        self.live.entry(task as TaskIndex).or_insert_with(|| {
+            if at_rest.status != Status::Open {
+                // A settled task brought into memory goes back to rest at the next archiving.
+                touched.push(task as TaskIndex);
+            }
+            at_rest.clone()
+        })
+    }
+}
+
 impl TaskState {
+    const fn at_rest(status: Status) -> Self {
+        Self {
+            status,
+            receipts: Vec::new(),
+            history: Vec::new(),
+            in_flight: Vec::new(),
+            failed: Vec::new(),
+            lost: 0,
+            queued: false,
+            fingerprint: None,
+            audit: AuditMark::None,
+        }
+    }
+
+    /// Settled, with nothing in flight and no audit due: nothing about it changes in memory.
+    fn is_at_rest(&self) -> bool {
+        self.status != Status::Open && self.in_flight.is_empty() && self.audit != AuditMark::Pending
+    }
+
     /// Whether any copy was ever started (so the fresh order is done with it).
     fn has_history(&self) -> bool {
         !self.receipts.is_empty()
@@ -464,7 +573,7 @@ enum Fit {
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     rules: Redundancy,
-    tasks: Vec<TaskState>,
+    tasks: Tasks,
     workers: Vec<WorkerState>,
     /// Tasks that have copies but need more (after a disagreement, a loss or a discard).
     retry: VecDeque<TaskIndex>,
@@ -487,6 +596,18 @@ struct Taken<'a> {
     pinned: Option<&'a str>,
 }
 
+/// An archived accepted task as the store holds it, to bring back into memory
+/// ([`Scheduler::reopen_archived`]).
+#[derive(Debug, Clone)]
+pub struct ArchivedTask {
+    pub task: TaskIndex,
+    pub accepted: Verdict,
+    /// Its receipts, the superseded ones from before an earlier reopening included.
+    pub receipts: Vec<PastReceipt>,
+    pub lost: u32,
+    pub audit: AuditMark,
+}
+
 /// A receipt loaded from the store when a job resumes.
 #[derive(Debug, Clone)]
 pub struct PastReceipt {
@@ -501,20 +622,9 @@ impl Scheduler {
     /// A scheduler for `task_count` tasks whose random draws (placement, audits) come from
     /// `seed`: the driver seeds it from the OS, a simulation from its own seed.
     pub fn new(rules: Redundancy, task_count: u32, seed: u64) -> Self {
-        let task = TaskState {
-            status: Status::Open,
-            receipts: Vec::new(),
-            history: Vec::new(),
-            in_flight: Vec::new(),
-            failed: Vec::new(),
-            lost: 0,
-            queued: false,
-            fingerprint: None,
-            audit: AuditMark::None,
-        };
         Self {
             rules,
-            tasks: vec![task; task_count as usize],
+            tasks: Tasks::new(task_count),
             workers: Vec::new(),
             retry: VecDeque::new(),
             next_fresh: 0,
@@ -614,7 +724,21 @@ impl Scheduler {
         self.refresh(worker);
     }
 
-    /// Marks a task settled in an earlier session, with its audit state.
+    /// Marks a task settled in an earlier session and at rest (accepted or not): it stays
+    /// archived, its state in the store.
+    pub fn restore_archived(&mut self, task: TaskIndex, accepted: bool) {
+        if self.tasks[task as usize].status == Status::Open {
+            self.open -= 1;
+        }
+        self.tasks.live.remove(&task);
+        self.tasks.rest[task as usize] = match accepted {
+            true => Rest::Accepted,
+            false => Rest::Inconclusive,
+        };
+    }
+
+    /// Marks a task settled in an earlier session, with its audit state (one whose audit is
+    /// due; the others are [`Self::restore_archived`]).
     pub fn restore_settled(
         &mut self,
         task: TaskIndex,
@@ -633,6 +757,7 @@ impl Scheduler {
             Some(verdict) => Status::Accepted(verdict),
             None => Status::Inconclusive,
         };
+        self.tasks.touched.push(task);
     }
 
     /// Restores receipts (of settled tasks too, so that a liar proven later reopens what it
@@ -648,6 +773,12 @@ impl Scheduler {
             self.refresh(*worker);
         }
         for past in receipts {
+            if !self.tasks.live.contains_key(&past.task)
+                && self.tasks.rest[past.task as usize] != Rest::Fresh
+            {
+                // Archived: its receipts come back with it, if a liar is proven.
+                continue;
+            }
             let state = &mut self.tasks[past.task as usize];
             let worker = &self.workers[past.worker.0 as usize];
             if past.superseded {
@@ -669,10 +800,10 @@ impl Scheduler {
         // Half-done tasks go first, ahead of the fresh order. One whose disagreeing receipts
         // used up its copies was waiting for an audit: it is due again.
         let max_replicas = self.rules.max_replicas;
-        for (index, state) in self.tasks.iter_mut().enumerate() {
+        for (index, state) in self.tasks.live_mut() {
             if state.status == Status::Open && state.has_history() {
                 state.queued = true;
-                self.retry.push_back(index as TaskIndex);
+                self.retry.push_back(index);
                 if state.receipts.len() as u32 >= max_replicas
                     && distinct_answers(&state.receipts) >= 2
                     && state.audit == AuditMark::None
@@ -687,11 +818,12 @@ impl Scheduler {
     /// Tasks whose audit is due (after a restore: the driver runs them again): accepted ones
     /// drawn or disputed, and open ones whose disagreeing receipts used up their copies.
     pub fn pending_audits(&self) -> Vec<TaskIndex> {
-        (0..self.tasks.len() as TaskIndex)
-            .filter(|task| {
-                let state = &self.tasks[*task as usize];
+        self.tasks
+            .live()
+            .filter(|(_, state)| {
                 state.audit == AuditMark::Pending && state.status != Status::Inconclusive
             })
+            .map(|(task, _)| task)
             .collect()
     }
 
@@ -975,7 +1107,9 @@ impl Scheduler {
                     }
                 }
             }
-            Status::Inconclusive => decisions.push(Decision::Late {
+            // An archived task has no copy in flight (it is archived only then): a receipt for
+            // it is one the scheduler never sent, counted as nothing.
+            Status::Inconclusive | Status::Archived => decisions.push(Decision::Late {
                 task,
                 worker,
                 agrees: None,
@@ -1048,6 +1182,7 @@ impl Scheduler {
     /// Whoever signed another verdict is a proven liar, whatever the task's status now.
     pub fn on_audit(&mut self, task: TaskIndex, result: AuditResult) -> Vec<Decision> {
         let mut decisions = Vec::new();
+        self.tasks.touched.push(task);
         let state = &mut self.tasks[task as usize];
         if state.audit != AuditMark::Pending {
             return decisions;
@@ -1277,6 +1412,7 @@ impl Scheduler {
     }
 
     fn end_flight(&mut self, task: TaskIndex, worker: WorkerId) {
+        self.tasks.touched.push(task);
         let state = &mut self.tasks[task as usize];
         if let Some(at) = state.in_flight.iter().position(|held| *held == worker) {
             state.in_flight.swap_remove(at);
@@ -1314,7 +1450,8 @@ impl Scheduler {
         self.workers[worker.0 as usize].unjudged += 1;
         self.refresh(worker);
         let task_state = &self.tasks[task as usize];
-        let delivered = task_state.delivered() || matches!(task_state.status, Status::Accepted(_));
+        let delivered = task_state.delivered()
+            || matches!(task_state.status, Status::Accepted(_) | Status::Archived);
         if delivered {
             self.confirm_strikes(task, None, decisions);
         }
@@ -1436,6 +1573,7 @@ impl Scheduler {
             copies: state.receipts.len() as u32,
         });
         self.tasks[task as usize].status = Status::Accepted(verdict);
+        self.tasks.touched.push(task);
         self.open -= 1;
         for worker in &agreeing {
             self.workers[worker.0 as usize].agreed += 1;
@@ -1493,14 +1631,12 @@ impl Scheduler {
         self.workers[worker.0 as usize].liar = true;
         decisions.push(Decision::ProvenLiar { worker, task });
         self.exclude_inner(worker, decisions);
-        let signed: Vec<TaskIndex> = (0..self.tasks.len() as TaskIndex)
-            .filter(|index| match &self.tasks[*index as usize].status {
-                Status::Accepted(accepted) => self.tasks[*index as usize]
-                    .receipts
-                    .iter()
-                    .any(|(holder, verdict)| *holder == worker && verdict == accepted),
-                _ => false,
-            })
+        // Archived tasks it signed are the driver's to bring back ([`Self::reopen_archived`]).
+        let signed: Vec<TaskIndex> = self
+            .tasks
+            .live()
+            .filter(|(_, state)| signed_accepted(state, worker))
+            .map(|(task, _)| task)
             .collect();
         for index in signed {
             self.reopen(index, worker, decisions);
@@ -1523,6 +1659,82 @@ impl Scheduler {
         self.open += 1;
         decisions.push(Decision::Reopened { task, old, liar });
         self.queue(task);
+    }
+
+    /// Tasks in memory now (in play, or settled and not yet archived).
+    pub fn live_tasks(&self) -> usize {
+        self.tasks.live.len()
+    }
+
+    /// Whether `task` is accepted and archived: its state is in the store only.
+    pub fn is_archived(&self, task: TaskIndex) -> bool {
+        !self.tasks.live.contains_key(&task) && self.tasks.rest[task as usize] == Rest::Accepted
+    }
+
+    /// Takes every settled task at rest out of memory (the driver calls this once their
+    /// settled records are durable). Returns them.
+    pub fn archive_idle(&mut self) -> Vec<TaskIndex> {
+        let mut archived = Vec::new();
+        for task in std::mem::take(&mut self.tasks.touched) {
+            let Some(state) = self.tasks.live.get(&task) else {
+                continue;
+            };
+            if !state.is_at_rest() {
+                continue;
+            }
+            self.tasks.rest[task as usize] = match state.status {
+                Status::Inconclusive => Rest::Inconclusive,
+                _ => Rest::Accepted,
+            };
+            self.tasks.live.remove(&task);
+            archived.push(task);
+        }
+        archived
+    }
+
+    /// Brings an archived accepted task back into memory from what the store holds of it (to
+    /// reopen it: [`Self::reopen_archived`], [`Self::reopen_unfetched`]). False, changing
+    /// nothing, when it is not archived: it is in memory already.
+    pub fn unarchive(&mut self, archived: ArchivedTask) -> bool {
+        let task = archived.task;
+        if !self.is_archived(task) {
+            return false;
+        }
+        self.tasks.rest[task as usize] = Rest::Fresh;
+        self.tasks.touched.push(task);
+        let state = &mut self.tasks[task as usize];
+        state.status = Status::Accepted(archived.accepted);
+        // An archived task has no audit due (it would not be at rest): a pending mark the
+        // store still shows is one whose run this session already reported.
+        state.audit = match archived.audit {
+            AuditMark::Pending => AuditMark::None,
+            mark => mark,
+        };
+        state.lost = archived.lost;
+        for past in archived.receipts {
+            if past.superseded {
+                state.history.push((past.worker, past.verdict));
+            } else {
+                state
+                    .fingerprint
+                    .get_or_insert_with(|| past.verdict.fingerprint.clone());
+                state.receipts.push((past.worker, past.verdict));
+            }
+        }
+        true
+    }
+
+    /// `liar`, proven, may have signed the verdict of archived task: the driver asks the store
+    /// for the archived tasks a liar's key agreed on when [`Decision::ProvenLiar`] names it,
+    /// and passes each here. The task is brought back and reopened if the liar's receipt is
+    /// among those that accepted it.
+    pub fn reopen_archived(&mut self, archived: ArchivedTask, liar: WorkerId) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        let task = archived.task;
+        if self.unarchive(archived) && signed_accepted(&self.tasks[task as usize], liar) {
+            self.reopen(task, liar, &mut decisions);
+        }
+        decisions
     }
 
     /// Opens an accepted task again because none of the workers that agreed on it delivered the
@@ -1566,6 +1778,7 @@ impl Scheduler {
             state.status = Status::Inconclusive;
             self.open -= 1;
             let copies = state.receipts.len() as u32;
+            self.tasks.touched.push(task);
             decisions.push(Decision::Inconclusive {
                 task,
                 reason,
@@ -1581,7 +1794,7 @@ impl Scheduler {
         }
         self.refresh(worker);
         let mut requeue = Vec::new();
-        for (index, state) in self.tasks.iter_mut().enumerate() {
+        for (index, state) in self.tasks.live_mut() {
             if state.status != Status::Open {
                 continue;
             }
@@ -1589,10 +1802,10 @@ impl Scheduler {
             state.receipts.retain(|(holder, _)| *holder != worker);
             if state.receipts.len() != before {
                 decisions.push(Decision::Discarded {
-                    task: index as TaskIndex,
+                    task: index,
                     worker,
                 });
-                requeue.push(index as TaskIndex);
+                requeue.push(index);
             }
         }
         for task in requeue {
@@ -1600,6 +1813,17 @@ impl Scheduler {
         }
     }
 }
+/// Whether the task is accepted with a verdict `worker` signed.
+fn signed_accepted(state: &TaskState, worker: WorkerId) -> bool {
+    match &state.status {
+        Status::Accepted(accepted) => state
+            .receipts
+            .iter()
+            .any(|(holder, verdict)| *holder == worker && verdict == accepted),
+        _ => false,
+    }
+}
+
 /// How many different answers (timeouts aside) the receipts give.
 fn distinct_answers(receipts: &[(WorkerId, Verdict)]) -> usize {
     let mut seen: Vec<&Verdict> = Vec::new();

@@ -16,8 +16,8 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 use crate::schedule::{
-    AuditMark, AuditResult, Decision, Loss, PastReceipt, Redundancy, Scheduler, TaskIndex, Verdict,
-    WorkerId, WorkerOffer,
+    ArchivedTask, AuditMark, AuditResult, Decision, Loss, PastReceipt, Redundancy, Scheduler,
+    TaskIndex, Verdict, WorkerId, WorkerOffer,
 };
 
 /// How a simulated worker answers.
@@ -130,6 +130,13 @@ pub struct SimReport {
     /// Times the simulated colluders lied, and how many of those lies were ever accepted.
     pub lies_told: u64,
     pub virtual_time: Duration,
+    /// Settled tasks taken out of the scheduler's memory, and archived ones brought back
+    /// because a liar proven later had signed them.
+    pub archived: u64,
+    pub unarchived: u64,
+    /// The most tasks the scheduler held in memory at once, and how many it held at the end.
+    pub peak_live: usize,
+    pub live_at_end: usize,
     pub restarted: bool,
     /// Set when the job could not finish (no worker could take a needed copy).
     pub stalled: Option<String>,
@@ -194,6 +201,9 @@ struct World {
     /// Per (task, group): whether that group lies about the task, once decided.
     pair_decision: HashMap<(TaskIndex, u32), bool>,
     store: StoreModel,
+    /// Liars proven by the event being handled: the archived tasks they signed are brought
+    /// back from the store, as the driver does.
+    proven: Vec<WorkerId>,
     report: SimReport,
 }
 
@@ -263,9 +273,11 @@ pub fn run(config: SimConfig) -> SimReport {
             world.now_ms = world.now_ms.max(at);
             handled += 1;
             world.handle(&mut scheduler, event);
+            world.committed(&mut scheduler);
         }
         if world.now_ms >= next_churn_ms {
             world.churn(&mut scheduler);
+            world.committed(&mut scheduler);
             next_churn_ms += 1_000;
         }
         if let Some(share) = world.config.restart_at
@@ -381,6 +393,7 @@ impl World {
             holding: HashMap::new(),
             pair_decision: HashMap::new(),
             store: StoreModel::default(),
+            proven: Vec::new(),
         }
     }
 
@@ -411,7 +424,12 @@ impl World {
             );
         }
         for (task, (accepted, audit)) in &self.store.settled {
-            scheduler.restore_settled(*task, accepted.clone(), *audit);
+            match (accepted, audit) {
+                (Some(_), AuditMark::Pending) => {
+                    scheduler.restore_settled(*task, accepted.clone(), *audit);
+                }
+                _ => scheduler.restore_archived(*task, accepted.is_some()),
+            }
         }
         let excluded: Vec<WorkerId> = self.store.excluded.iter().map(|w| WorkerId(*w)).collect();
         let lost: Vec<(TaskIndex, u32)> = self.store.lost.iter().map(|(t, n)| (*t, *n)).collect();
@@ -579,9 +597,10 @@ impl World {
         for decision in decisions {
             match decision {
                 Decision::Accepted { task, verdict, .. } => {
+                    // As the driver does: an audit may already be due.
                     self.store
                         .settled
-                        .insert(task, (Some(verdict), AuditMark::None));
+                        .insert(task, (Some(verdict), scheduler.audit_mark(task)));
                 }
                 Decision::Inconclusive { task, reason, .. } => {
                     let why: String = reason
@@ -619,6 +638,7 @@ impl World {
                 Decision::ProvenLiar { worker, .. } => {
                     self.store.liars.insert(worker.0);
                     self.store.excluded.insert(worker.0);
+                    self.proven.push(worker);
                 }
                 Decision::Dropped { worker, .. } => {
                     self.store.excluded.insert(worker.0);
@@ -633,6 +653,46 @@ impl World {
             }
         }
         debug_assert!(scheduler.open_tasks() <= self.config.tasks);
+    }
+
+    /// What the driver does once an event's batch is committed: the archived tasks a newly
+    /// proven liar signed come back from the store and are reopened, and settled tasks at rest
+    /// leave memory.
+    fn committed(&mut self, scheduler: &mut Scheduler) {
+        while let Some(liar) = self.proven.pop() {
+            let mut signed: Vec<TaskIndex> = self
+                .store
+                .settled
+                .iter()
+                .filter(|(task, (accepted, _))| {
+                    // The store's question: which accepted tasks did the liar's key agree on.
+                    accepted.as_ref().is_some_and(|accepted| {
+                        self.store.receipts.get(task).is_some_and(|receipts| {
+                            receipts.iter().any(|past| {
+                                past.worker == liar && !past.superseded && past.verdict == *accepted
+                            })
+                        })
+                    }) && scheduler.is_archived(**task)
+                })
+                .map(|(task, _)| *task)
+                .collect();
+            signed.sort_unstable();
+            for task in signed {
+                let (accepted, audit) = self.store.settled[&task].clone();
+                let archived = ArchivedTask {
+                    task,
+                    accepted: accepted.expect("filtered on accepted"),
+                    receipts: self.store.receipts.get(&task).cloned().unwrap_or_default(),
+                    lost: self.store.lost.get(&task).copied().unwrap_or(0),
+                    audit,
+                };
+                let decisions = scheduler.reopen_archived(archived, liar);
+                self.report.unarchived += 1;
+                self.record(scheduler, decisions);
+            }
+        }
+        self.report.peak_live = self.report.peak_live.max(scheduler.live_tasks());
+        self.report.archived += scheduler.archive_idle().len() as u64;
     }
 
     /// Some workers go down for a while: their copies in flight are lost.
@@ -664,9 +724,12 @@ impl World {
 
     fn finish(mut self, scheduler: &Scheduler) -> SimReport {
         let report = &mut self.report;
+        report.live_at_end = scheduler.live_tasks();
         report.virtual_time = Duration::from_millis(self.now_ms);
+        // What the store holds is what the user gets.
         for task in 0..self.config.tasks {
-            match scheduler.accepted(task) {
+            let settled = self.store.settled.get(&task);
+            match settled.and_then(|(accepted, _)| accepted.as_ref()) {
                 Some(verdict) => {
                     report.accepted += 1;
                     if *verdict != truth(task) {
@@ -684,7 +747,7 @@ impl World {
                         *report.wrong_by.entry(liar).or_default() += 1;
                     }
                 }
-                None if !scheduler.is_open(task) => report.inconclusive += 1,
+                None if settled.is_some() => report.inconclusive += 1,
                 None => {}
             }
         }

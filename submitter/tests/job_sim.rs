@@ -18,7 +18,7 @@ fn ten_thousand_workers_a_fifth_dishonest_leave_no_wrong_result_in_100k_tasks() 
         let started = std::time::Instant::now();
         let report = sim::run(SimConfig::large(seed));
         eprintln!(
-            "seed {seed}: {} accepted, {} inconclusive {:?}, {} wrong {:?}; {:.3} copies/task, {} audits ({:.1}%), {} reopened; caught {:?}; honest excluded {}; lies told {}; {:.0} s virtual, {:.1} s real{}",
+            "seed {seed}: {} accepted, {} inconclusive {:?}, {} wrong {:?}; {:.3} copies/task, {} audits ({:.1}%), {} reopened; caught {:?}; honest excluded {}; lies told {}; {:.0} s virtual, {:.1} s real{}; {} archived, {} brought back, at most {} tasks in memory",
             report.accepted,
             report.inconclusive,
             report.inconclusive_why,
@@ -34,6 +34,9 @@ fn ten_thousand_workers_a_fifth_dishonest_leave_no_wrong_result_in_100k_tasks() 
             report.virtual_time.as_secs_f64(),
             started.elapsed().as_secs_f64(),
             if report.restarted { ", restarted" } else { "" },
+            report.archived,
+            report.unarchived,
+            report.peak_live,
         );
         assert!(
             report.stalled.is_none(),
@@ -52,6 +55,20 @@ fn ten_thousand_workers_a_fifth_dishonest_leave_no_wrong_result_in_100k_tasks() 
             report.wrong, 0,
             "seed {seed}: wrong results accepted {:?}",
             report.wrong_by
+        );
+        // Settled tasks leave memory, and come back when a liar proven later signed them.
+        assert!(
+            report.archived >= u64::from(report.tasks),
+            "seed {seed}: only {} tasks archived",
+            report.archived
+        );
+        assert!(
+            report.unarchived > 0,
+            "seed {seed}: no archived task was brought back for a liar"
+        );
+        assert_eq!(
+            report.live_at_end, 0,
+            "seed {seed}: settled tasks left in the scheduler's memory"
         );
         assert_eq!(
             report.accepted, report.tasks,
