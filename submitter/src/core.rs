@@ -16,12 +16,12 @@ use crate::client::{CheckedResult, OutputEntry};
 use crate::dispatch::Answer;
 use crate::progress::Counts;
 use crate::schedule::{
-    AuditMark, AuditResult, Decision, Loss, PastReceipt, Redundancy, Reputation, Scheduler,
-    TaskIndex, Verdict, WorkerId, WorkerOffer,
+    ArchivedTask, AuditMark, AuditResult, Decision, Loss, PastReceipt, Redundancy, Reputation,
+    Scheduler, TaskIndex, Verdict, WorkerId, WorkerOffer,
 };
 use crate::store::{
-    Batch, CopyKind, CopyRecord, JobRecord, LiarRecord, OutputFileRecord, ResultChange,
-    SettledRecord,
+    ArchivedRecord, Batch, CopyKind, CopyRecord, JobRecord, LiarRecord, OutputFileRecord,
+    RestoreState, ResultChange, SettledRecord, Totals,
 };
 use crate::submit::{network_of, short_key, verdict_of};
 
@@ -47,11 +47,55 @@ pub struct Clock {
     pub unix_ms: u64,
 }
 
+/// Every task's id, packed: one string and an end offset per task (a few bytes a task, where
+/// a `String` each would take 24 plus its heap block).
+#[derive(Debug, Default, Clone)]
+pub struct TaskIds {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl TaskIds {
+    pub fn push(&mut self, id: &str) {
+        self.text.push_str(id);
+        self.ends.push(self.text.len() as u32);
+    }
+
+    pub fn get(&self, task: TaskIndex) -> &str {
+        let end = self.ends[task as usize] as usize;
+        let start = match task {
+            0 => 0,
+            _ => self.ends[task as usize - 1] as usize,
+        };
+        &self.text[start..end]
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for TaskIds {
+    fn from_iter<I: IntoIterator<Item = S>>(ids: I) -> Self {
+        let mut packed = Self::default();
+        for id in ids {
+            packed.push(id.as_ref());
+        }
+        packed
+    }
+}
+
 /// What the store holds of a job, read by the driver when a session starts.
 #[derive(Debug, Default)]
 pub struct Stored {
-    pub settled: Vec<(u32, SettledRecord)>,
-    pub copies: Vec<((u32, u32), CopyRecord)>,
+    /// Settled tasks (a byte each, whole only those with an audit due) and the copies of the
+    /// tasks still in play.
+    pub state: RestoreState,
+    pub totals: Totals,
     /// (worker key hex, why) excluded from this job.
     pub excluded: Vec<(String, String)>,
     /// Keys proven liars in any job.
@@ -73,6 +117,9 @@ pub struct Actions {
     pub done: Vec<TaskIndex>,
     /// Output files of accepted tasks to fetch, once the batch is committed.
     pub fetches: Vec<Fetch>,
+    /// Keys (hex) proven liars: the archived tasks they agreed on are to be read from the
+    /// store and passed to [`JobCore::reopen_archived`] before the batch is committed.
+    pub sweeps: Vec<String>,
 }
 
 /// An accepted task's output files, to fetch from one of the workers that agreed on them.
@@ -92,6 +139,7 @@ impl Actions {
             && self.audits.is_empty()
             && self.done.is_empty()
             && self.fetches.is_empty()
+            && self.sweeps.is_empty()
     }
 }
 
@@ -101,7 +149,7 @@ pub struct JobCore {
     job_id: String,
     /// The `submit`/`resume` run this is (1, 2, …).
     session: u32,
-    task_ids: Vec<String>,
+    task_ids: TaskIds,
     workers: Vec<WorkerMeta>,
     by_key: HashMap<PublicKey, WorkerId>,
     /// Results verified in earlier jobs, by key hex: what lifts a key out of probation.
@@ -117,7 +165,8 @@ pub struct JobCore {
     outputs: HashMap<TaskIndex, Vec<(Verdict, Bytes, Bytes, Vec<OutputEntry>)>>,
     /// Times each task was reopened because its output files could not be fetched.
     refetched: HashMap<TaskIndex, u32>,
-    next_copy: Vec<u32>,
+    /// The number the next copy of a task in play gets (tasks without an entry have none).
+    next_copy: HashMap<TaskIndex, u32>,
     /// Workers already named for signing on another runtime than a task's (noted once each).
     wrong_runtime_noted: HashSet<WorkerId>,
     counts: Counts,
@@ -133,7 +182,7 @@ impl JobCore {
     pub fn restore(
         job: &JobRecord,
         session: u32,
-        task_ids: Vec<String>,
+        task_ids: TaskIds,
         stored: Stored,
         seed: u64,
     ) -> Self {
@@ -163,20 +212,32 @@ impl JobCore {
             excluded_keys: HashSet::new(),
             outputs: HashMap::new(),
             refetched: HashMap::new(),
-            next_copy: vec![0; task_count],
+            next_copy: HashMap::new(),
             wrong_runtime_noted: HashSet::new(),
             counts: Counts::default(),
             copy_wall_time: Duration::ZERO,
             unix_ms: 0,
         };
         core.counts.total = job.task_count as u64;
-        let copies = stored.copies;
+        core.counts.disagreements = stored.totals.disputed;
+        let RestoreState {
+            at_rest,
+            audited,
+            copies,
+        } = stored.state;
+        for (task, accepted) in at_rest {
+            match accepted {
+                true => core.counts.accepted += 1,
+                false => core.counts.inconclusive += 1,
+            }
+            core.scheduler.restore_archived(task, accepted);
+        }
         // Stores from before verdicts kept the signed fingerprint: the task's copies say it.
         let fingerprints: HashMap<TaskIndex, &str> = copies
             .iter()
             .map(|((task, _), record)| (*task, record.fingerprint.as_str()))
             .collect();
-        for (task, settled) in stored.settled {
+        for (task, settled) in audited {
             match &settled.accepted {
                 Some(_) => core.counts.accepted += 1,
                 None => core.counts.inconclusive += 1,
@@ -190,11 +251,12 @@ impl JobCore {
             core.scheduler
                 .restore_settled(task, accepted, settled.audit);
         }
+        drop(fingerprints);
         let mut receipts = Vec::new();
         let mut lost: HashMap<TaskIndex, u32> = HashMap::new();
         for ((task, copy), record) in copies {
-            core.next_copy[task as usize] = core.next_copy[task as usize].max(copy + 1);
-            core.counts.disagreements += u64::from(record.disputed);
+            let next = core.next_copy.entry(task).or_default();
+            *next = (*next).max(copy + 1);
             match record.kind {
                 // Late and superseded receipts too: an audit tells who signed what.
                 CopyKind::Receipt | CopyKind::Late | CopyKind::Superseded => {
@@ -283,6 +345,97 @@ impl JobCore {
         debug_assert!(decisions.is_empty(), "a busy loss never settles a task");
     }
 
+    /// The batch of the last event is committed: settled tasks at rest leave memory
+    /// (ARCHITECTURE.md, "Memory at scale"). Returns how many did.
+    pub fn archive(&mut self) -> usize {
+        let archived = self.scheduler.archive_idle();
+        for task in &archived {
+            self.next_copy.remove(task);
+            self.outputs.remove(task);
+        }
+        archived.len()
+    }
+
+    /// The archived tasks a proven liar (`key`, hex, from [`Actions::sweeps`]) agreed on, read
+    /// from the store: each is brought back and reopened if its receipt is among those that
+    /// accepted it.
+    pub fn reopen_archived(
+        &mut self,
+        key: &str,
+        found: Vec<ArchivedRecord>,
+        actions: &mut Actions,
+    ) {
+        let Some(liar) = key
+            .parse::<PublicKey>()
+            .ok()
+            .and_then(|key| self.by_key.get(&key).copied())
+        else {
+            return;
+        };
+        for record in found {
+            let Some(archived) = self.archived_task(record) else {
+                continue;
+            };
+            for decision in self.scheduler.reopen_archived(archived, liar) {
+                self.apply(decision, actions);
+            }
+        }
+    }
+
+    /// Brings an archived accepted task back into memory from its record (before
+    /// [`Self::on_outputs_lost`] reopens it). False when it was not archived.
+    pub fn unarchive(&mut self, record: ArchivedRecord) -> bool {
+        match self.archived_task(record) {
+            Some(archived) => self.scheduler.unarchive(archived),
+            None => false,
+        }
+    }
+
+    /// What the scheduler needs of an archived task's record; its copies' workers registered.
+    fn archived_task(&mut self, record: ArchivedRecord) -> Option<ArchivedTask> {
+        let ArchivedRecord {
+            task,
+            settled,
+            copies,
+        } = record;
+        let accepted = settled.accepted?;
+        let mut receipts = Vec::new();
+        let mut lost = 0;
+        let mut next = 0;
+        for (n, copy) in copies {
+            next = next.max(n + 1);
+            match copy.kind {
+                CopyKind::Receipt | CopyKind::Late | CopyKind::Superseded => {
+                    if let (Some(worker), Some(verdict)) =
+                        (self.known_worker(&copy), copy.verdict.clone())
+                    {
+                        receipts.push(PastReceipt {
+                            task,
+                            worker,
+                            verdict,
+                            superseded: copy.kind == CopyKind::Superseded,
+                        });
+                    }
+                }
+                CopyKind::Lost => lost += 1,
+                _ => {}
+            }
+        }
+        self.next_copy.insert(task, next);
+        Some(ArchivedTask {
+            task,
+            accepted,
+            receipts,
+            lost,
+            audit: settled.audit,
+        })
+    }
+
+    /// The id of task `task`.
+    pub fn task_id(&self, task: TaskIndex) -> &str {
+        self.task_ids.get(task)
+    }
+
     /// The scheduler, to ask it what to assign and how the job stands.
     pub fn scheduler(&self) -> &Scheduler {
         &self.scheduler
@@ -366,7 +519,7 @@ impl JobCore {
     /// [`MAX_OUTPUT_REFETCHES`] times in a session; after that it stays accepted without its
     /// files, and false is returned (the driver reports it, and `resume` tries again).
     pub fn on_outputs_lost(&mut self, task: TaskIndex, why: &str, actions: &mut Actions) -> bool {
-        let task_id = self.task_ids[task as usize].clone();
+        let task_id = self.task_ids.get(task).to_owned();
         let times = self.refetched.entry(task).or_default();
         if *times >= MAX_OUTPUT_REFETCHES {
             actions.notes.push(format!(
@@ -565,7 +718,7 @@ impl JobCore {
                 self.counts.inconclusive += 1;
                 actions.notes.push(format!(
                     "task {} is inconclusive: {reason}",
-                    self.task_ids[task as usize]
+                    self.task_ids.get(task)
                 ));
                 let record = SettledRecord {
                     accepted: None,
@@ -598,7 +751,7 @@ impl JobCore {
             Decision::AuditUnavailable { task, reason } => {
                 actions.notes.push(format!(
                     "task {}: the audit proves nothing ({reason}); its accepted result stands on its quorum",
-                    self.task_ids[task as usize]
+                    self.task_ids.get(task)
                 ));
                 batch.results.push(ResultChange::Audited {
                     task,
@@ -611,7 +764,7 @@ impl JobCore {
             }
             Decision::ProvenLiar { worker, task } => {
                 let key = self.key_hex(worker);
-                let task_id = self.task_ids[task as usize].clone();
+                let task_id = self.task_ids.get(task).to_owned();
                 let why = format!(
                     "signed a wrong result for task {task_id}: the submitter's own run of it differs"
                 );
@@ -625,11 +778,12 @@ impl JobCore {
                         at_unix_ms: self.unix_ms,
                     },
                 ));
-                self.liars.insert(key);
+                self.liars.insert(key.clone());
+                actions.sweeps.push(key);
                 self.record_exclusion(worker, why, &mut actions.batch, &mut actions.notes);
             }
             Decision::Reopened { task, old, liar } => {
-                let task_id = self.task_ids[task as usize].clone();
+                let task_id = self.task_ids.get(task).to_owned();
                 let reason = format!(
                     "worker {} signed its accepted answer (output {}) and was proven to have signed a wrong result",
                     short_key(&self.key_hex(liar)),
@@ -662,7 +816,7 @@ impl JobCore {
                     actions.notes.push(format!(
                         "worker {} signed a receipt for task {} on runtime {signed}, not the task's: not counted",
                         short_key(&self.key_hex(worker)),
-                        self.task_ids[task as usize]
+                        self.task_ids.get(task)
                     ));
                 }
             }
@@ -736,8 +890,9 @@ impl JobCore {
     }
 
     fn record_copy(&mut self, batch: &mut Batch, task: TaskIndex, copy: CopyRecord) {
-        let number = self.next_copy[task as usize];
-        self.next_copy[task as usize] += 1;
+        let next = self.next_copy.entry(task).or_default();
+        let number = *next;
+        *next += 1;
         batch.copies.push((task, number, copy));
     }
 }
@@ -992,7 +1147,10 @@ mod tests {
             disputed: false,
         };
         let stored = Stored {
-            copies: vec![((0, 0), copy)],
+            state: crate::store::RestoreState {
+                copies: vec![((0, 0), copy)],
+                ..Default::default()
+            },
             liars: [liar.key_hex.clone()].into_iter().collect(),
             ..Stored::default()
         };

@@ -319,16 +319,24 @@ pub fn export_with(
     keys: Keys,
 ) -> std::io::Result<u64> {
     let to_io = |error: crate::store::StoreError| std::io::Error::other(error.to_string());
-    let tasks = store.tasks(&job.id).map_err(to_io)?;
-    let settled: std::collections::HashMap<u32, _> =
-        store.settled(&job.id).map_err(to_io)?.into_iter().collect();
     let history = store.reopened(&job.id).map_err(to_io)?;
+    // Short names need every key first: one pass over the settled tasks, keeping only keys.
+    let mut keys_seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    store
+        .each_settled(
+            &job.id,
+            |_, record| -> Result<(), crate::store::StoreError> {
+                keys_seen.extend(record.agreeing.into_iter().chain(record.disagreeing));
+                Ok(())
+            },
+        )
+        .map_err(to_io)?;
     let names = short_keys(
-        settled
-            .values()
-            .flat_map(|record| record.agreeing.iter().chain(&record.disagreeing))
+        keys_seen
+            .iter()
             .chain(history.iter().flat_map(|(_, record)| &record.old.agreeing)),
     );
+    drop(keys_seen);
     let name = |key: &str| -> String {
         match (keys, names.get(key)) {
             (Keys::Short, Some(short)) => short.clone(),
@@ -349,10 +357,12 @@ pub fn export_with(
     // Readers see the old file or the new one, as with `write_atomically`.
     let mut file = std::io::BufWriter::new(tempfile::NamedTempFile::new_in(out_dir)?);
     let mut accepted = 0;
-    for (index, task) in tasks.iter().enumerate() {
-        let index = index as u32;
+    let mut each = |index: u32,
+                    task: crate::store::TaskRecord,
+                    settled: Option<crate::store::SettledRecord>|
+     -> std::io::Result<()> {
         let place = TaskPlace::new(index, &task.id);
-        let line = match settled.get(&index) {
+        let line = match &settled {
             Some(record) => match &record.accepted {
                 Some(verdict) => {
                     accepted += 1;
@@ -438,7 +448,16 @@ pub fn export_with(
         }
         serde_json::to_writer(&mut file, &line)?;
         file.write_all(b"\n")?;
-    }
+        Ok(())
+    };
+    store
+        .each_task_settled(&job.id, |index, task, settled| {
+            each(index, task, settled).map_err(Stop::Io)
+        })
+        .map_err(|stop| match stop {
+            Stop::Store(error) => to_io(error),
+            Stop::Io(error) => error,
+        })?;
     if keys == Keys::Short {
         let workers: serde_json::Map<String, serde_json::Value> = names
             .iter()
@@ -451,6 +470,18 @@ pub fn export_with(
     file.persist(out_dir.join(RESULTS_FILE))
         .map_err(|error| error.error)?;
     Ok(accepted)
+}
+
+/// Why a pass over the store ended early: the store, or the callback's own I/O.
+enum Stop {
+    Store(crate::store::StoreError),
+    Io(std::io::Error),
+}
+
+impl From<crate::store::StoreError> for Stop {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::Store(error)
+    }
 }
 
 /// Readers see the old file or the new one, never half of one.

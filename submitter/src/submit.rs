@@ -21,16 +21,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::client::{CheckedResult, ClientError, Dialer, FetchError, OutputEntry, WorkerClient};
-use crate::core::{Actions, Clock, Fetch, JobCore, Stored, WorkerMeta};
+use crate::core::{Actions, Clock, Fetch, JobCore, Stored, TaskIds, WorkerMeta};
 use crate::dispatch::{self, Dispatch, Event};
 use crate::inputs::CheckedInputs;
 use crate::job::{JobSpec, TaskStdin};
 use crate::program::{encode_program, sign_program, wasm_module};
 use crate::progress::{Counts, Progress};
 use crate::schedule::{AuditResult, TaskIndex, Verdict, WorkerId};
-use crate::store::{
-    Batch, CopyKind, FileRecord, JobRecord, SettledRecord, Store, TaskRecord, unix_now_ms,
-};
+use crate::store::{Batch, FileRecord, JobRecord, Store, TaskRecord, unix_now_ms};
 use crate::{limits, results};
 use peergrid_worker::sandbox::{InputSpec, Sandbox, SandboxOptions, TaskSpec};
 
@@ -426,38 +424,34 @@ pub fn summarize(
     wall_time: Duration,
     finished: bool,
 ) -> Result<Summary, SubmitError> {
-    let settled: HashMap<TaskIndex, SettledRecord> = store.settled(&job.id)?.into_iter().collect();
-    let copies = store.copies(&job.id)?;
-    let accepted: Vec<&Verdict> = settled
-        .values()
-        .filter_map(|s| s.accepted.as_ref())
-        .collect();
-    let late_disagreements = copies
-        .iter()
-        .filter(|(_, copy)| copy.kind == CopyKind::Late)
-        .filter(|((task, _), copy)| {
-            let accepted = settled.get(task).and_then(|s| s.accepted.as_ref());
-            accepted.is_some()
-                && copy.verdict.as_ref() != accepted
-                && copy.verdict.as_ref().is_some_and(|v| !v.is_timeout())
-        })
-        .count() as u64;
+    // Kept up to date by every write: no pass over the tasks (ARCHITECTURE.md, "Memory at
+    // scale").
+    let (accepted, inconclusive) = store.counts(&job.id)?;
+    let totals = store.totals(&job.id)?;
+    let files_missing = if job.outputs {
+        let mut missing = 0;
+        store.each_task_settled(&job.id, |index, task, settled| -> Result<(), SubmitError> {
+            if let Some(record) = settled.filter(|record| record.accepted.is_some()) {
+                let dir = job
+                    .out_dir
+                    .join(results::TaskPlace::new(index, &task.id).files());
+                missing += u64::from(!results::files_present(&dir, &record.files));
+            }
+            Ok(())
+        })?;
+        missing
+    } else {
+        0
+    };
     Ok(Summary {
         job_id: job.id.clone(),
         tasks: job.task_count as u64,
-        accepted: accepted.len() as u64,
-        inconclusive: (settled.len() - accepted.len()) as u64,
-        copies: copies
-            .iter()
-            .filter(|(_, copy)| copy.verdict.is_some())
-            .count() as u64,
+        accepted,
+        inconclusive,
+        copies: totals.copies,
         // Receipts that differed from another receipt of their task when they came, as the
-        // progress line counts them; stores from before that flag count contradictions of the
-        // accepted verdict instead.
-        disagreements: copies.iter().filter(|(_, copy)| copy.disputed).count().max(
-            settled.values().map(|s| s.disagreeing.len()).sum::<usize>()
-                + late_disagreements as usize,
-        ) as u64,
+        // progress line counts them.
+        disagreements: totals.disputed,
         excluded: store.excluded(&job.id)?,
         audits: 0,
         audit_time: Duration::ZERO,
@@ -471,29 +465,13 @@ pub fn summarize(
             tasks.len() as u64
         },
         wall_time,
-        fuel: accepted.iter().map(|verdict| verdict.fuel).sum(),
+        fuel: totals.fuel,
         copy_wall_time: Duration::ZERO,
         out_dir: job.out_dir.clone(),
         finished,
         traffic: None,
         blobs: BlobTraffic::default(),
-        files_missing: if job.outputs {
-            let tasks = store.tasks(&job.id)?;
-            settled
-                .iter()
-                .filter(|(task, record)| {
-                    record.accepted.is_some()
-                        && !results::files_present(
-                            &job.out_dir.join(
-                                results::TaskPlace::new(**task, &tasks[**task as usize].id).files(),
-                            ),
-                            &record.files,
-                        )
-                })
-                .count() as u64
-        } else {
-            0
-        },
+        files_missing,
     })
 }
 
@@ -579,6 +557,8 @@ struct SignedCopy {
     signed: pb::SignedTask,
     digest: ContentHash,
     expires_unix_s: u64,
+    /// The task's input blobs, which the worker must hold.
+    blobs: Vec<ContentHash>,
 }
 
 /// What background look-ups tell the session.
@@ -603,8 +583,6 @@ struct Session<'a> {
     /// Dials workers with the key `identity` signs with.
     dialer: Dialer,
     number: u32,
-    tasks: Vec<TaskRecord>,
-    inputs: Vec<TaskInputs>,
     module: (ContentHash, Bytes),
     /// The rules: scheduler, workers, what each event means for the store.
     core: JobCore,
@@ -640,7 +618,32 @@ struct Session<'a> {
 impl<'a> Session<'a> {
     /// Where task `task`'s result files go.
     fn place(&self, task: TaskIndex) -> results::TaskPlace {
-        results::TaskPlace::new(task, &self.tasks[task as usize].id)
+        results::TaskPlace::new(task, self.core.task_id(task))
+    }
+
+    /// Task `task` as the store holds it, with its inputs' hashes: read when a copy is signed
+    /// or audited, not kept (ARCHITECTURE.md, "Memory at scale").
+    fn task(&self, task: TaskIndex) -> Result<(TaskRecord, TaskInputs), SubmitError> {
+        let record = self.store.task(&self.job.id, task)?.ok_or_else(|| {
+            crate::store::StoreError::Corrupt {
+                dir: self.store.dir().to_owned(),
+                table: "tasks",
+                reason: format!("task #{task} of job {} is not stored", self.job.id),
+            }
+        })?;
+        let inputs = TaskInputs {
+            stdin: record
+                .stdin_hash
+                .as_deref()
+                .map(|hash| self.store.require_blob(hash))
+                .transpose()?,
+            files: record
+                .files
+                .iter()
+                .map(|file| self.store.require_blob(&file.hash))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok((record, inputs))
     }
 
     /// Loads the job and rebuilds the scheduler from what earlier sessions stored.
@@ -651,32 +654,26 @@ impl<'a> Session<'a> {
         dialer: Dialer,
     ) -> Result<Self, SubmitError> {
         let number = store.begin_session(&job.id)?;
-        let tasks = store.tasks(&job.id)?;
         // A job whose inputs vanished from the state directory stops here, naming the blob,
         // rather than losing copies one by one. Each blob is checked once, however many tasks
-        // share it.
-        let mut checked: HashMap<String, ContentHash> = HashMap::new();
-        let mut require = |hash: &str| -> Result<ContentHash, crate::store::StoreError> {
-            if let Some(known) = checked.get(hash) {
-                return Ok(*known);
+        // share it; the tasks are read one at a time, their ids kept packed.
+        let mut checked: HashSet<String> = HashSet::new();
+        let mut task_ids = TaskIds::default();
+        store.each_task(&job.id, |_, task| -> Result<(), SubmitError> {
+            task_ids.push(&task.id);
+            for hash in task
+                .stdin_hash
+                .iter()
+                .chain(task.files.iter().map(|f| &f.hash))
+            {
+                if !checked.contains(hash.as_str()) {
+                    store.require_blob(hash)?;
+                    checked.insert(hash.clone());
+                }
             }
-            let known = store.require_blob(hash)?;
-            checked.insert(hash.to_owned(), known);
-            Ok(known)
-        };
-        let inputs = tasks
-            .iter()
-            .map(|task| {
-                Ok(TaskInputs {
-                    stdin: task.stdin_hash.as_deref().map(&mut require).transpose()?,
-                    files: task
-                        .files
-                        .iter()
-                        .map(|file| require(&file.hash))
-                        .collect::<Result<_, _>>()?,
-                })
-            })
-            .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
+            Ok(())
+        })?;
+        drop(checked);
         let module_hash = store.require_blob(&job.module_hash)?;
         let module = (module_hash, store.blob(&module_hash)?);
         let seed = {
@@ -684,13 +681,12 @@ impl<'a> Session<'a> {
             rand_core::OsRng.next_u64()
         };
         let stored = Stored {
-            settled: store.settled(&job.id)?,
-            copies: store.copies(&job.id)?,
+            state: store.restore_state(&job.id)?,
+            totals: store.totals(&job.id)?,
             excluded: store.excluded(&job.id)?,
             liars: store.liars()?.into_keys().collect(),
             reputation: store.reputation()?,
         };
-        let task_ids = tasks.iter().map(|task| task.id.clone()).collect();
         let core = JobCore::restore(job, number, task_ids, stored, seed);
         let session = Self {
             store,
@@ -699,8 +695,6 @@ impl<'a> Session<'a> {
             dialer,
             number,
             core,
-            tasks,
-            inputs,
             module,
             auditor: None,
             audit_time: Duration::ZERO,
@@ -729,10 +723,19 @@ impl<'a> Session<'a> {
         if !self.job.outputs {
             return Ok(());
         }
+        let mut lost = Vec::new();
+        self.store
+            .each_settled(&self.job.id, |task, record| -> Result<(), SubmitError> {
+                let dir = self.job.out_dir.join(self.place(task).files());
+                if record.accepted.is_some() && !results::files_present(&dir, &record.files) {
+                    lost.push(task);
+                }
+                Ok(())
+            })?;
         let mut actions = Actions::default();
-        for (task, record) in self.store.settled(&self.job.id)? {
-            let dir = self.job.out_dir.join(self.place(task).files());
-            if record.accepted.is_some() && !results::files_present(&dir, &record.files) {
+        for task in lost {
+            self.unarchive(task)?;
+            {
                 self.core.on_outputs_lost(
                     task,
                     "they are not in the results directory",
@@ -956,8 +959,12 @@ impl<'a> Session<'a> {
         worker: WorkerId,
         now: Instant,
     ) -> Result<(), SubmitError> {
-        let SignedCopy { signed, digest, .. } = self.signed_task(task)?;
-        let blobs = self.inputs[task as usize].files.clone();
+        let SignedCopy {
+            signed,
+            digest,
+            blobs,
+            ..
+        } = self.signed_task(task)?;
         let sent = match self.connections.get(&worker) {
             Some(sender) => sender.try_send(Dispatch {
                 task,
@@ -1000,8 +1007,8 @@ impl<'a> Session<'a> {
                 return Ok(copy.clone());
             }
         }
-        let (program, _) = self.program(task)?;
-        let record = &self.tasks[task as usize];
+        let (record, inputs) = self.task(task)?;
+        let (program, _) = self.program(&record, &inputs)?;
         let limits = self.wire_limits();
         let expires = now_s + limits::TASK_TTL.as_secs();
         let signed = sign_program(
@@ -1016,6 +1023,7 @@ impl<'a> Session<'a> {
             digest: peergrid_proto::signing::task_digest(&signed),
             signed,
             expires_unix_s: expires,
+            blobs: inputs.files,
         };
         self.signed.insert(task, copy.clone());
         Ok(copy)
@@ -1077,7 +1085,15 @@ impl<'a> Session<'a> {
 
     /// Writes `batch` in one transaction, and only then reports it: notes, result files, and
     /// the audits it asked for.
-    fn commit(&mut self, actions: Actions, progress: &mut Progress) -> Result<(), SubmitError> {
+    fn commit(&mut self, mut actions: Actions, progress: &mut Progress) -> Result<(), SubmitError> {
+        // What newly proven liars signed among the archived tasks comes back and is reopened
+        // in the same batch (reopening proves no one, so this ends).
+        while !actions.sweeps.is_empty() {
+            for key in std::mem::take(&mut actions.sweeps) {
+                let found = self.store.archived_signed(&self.job.id, &[key.clone()])?;
+                self.core.reopen_archived(&key, found, &mut actions);
+            }
+        }
         let Actions {
             batch,
             notes,
@@ -1085,6 +1101,7 @@ impl<'a> Session<'a> {
             audits,
             done,
             fetches,
+            sweeps: _,
         } = actions;
         for task in done {
             self.signed.remove(&task);
@@ -1130,6 +1147,19 @@ impl<'a> Session<'a> {
         }
         self.fetch_queue.extend(fetches);
         self.pump_fetches();
+        // Durable now: settled tasks at rest can leave memory.
+        self.core.archive();
+        Ok(())
+    }
+
+    /// Brings `task` back into memory from the store if it is archived (its output files are
+    /// to be made again).
+    fn unarchive(&mut self, task: TaskIndex) -> Result<(), SubmitError> {
+        if self.core.scheduler().is_archived(task)
+            && let Some(record) = self.store.archived_task(&self.job.id, task)?
+        {
+            self.core.unarchive(record);
+        }
         Ok(())
     }
 
@@ -1186,6 +1216,7 @@ impl<'a> Session<'a> {
             self.core.on_bad_output(worker, &why, &mut actions);
         }
         if let Err(why) = result {
+            self.unarchive(task)?;
             self.core.on_outputs_lost(task, &why, &mut actions);
         }
         self.commit(actions, progress)?;
@@ -1263,9 +1294,8 @@ impl<'a> Session<'a> {
     /// What the guest of `task` sees, for the submitter's own run: the same program the
     /// workers were sent (inputs from the store's blobs, the same random seed and limits).
     fn audit_spec(&self, task: TaskIndex) -> Result<TaskSpec, SubmitError> {
-        let (program, stdin) = self.program(task)?;
-        let record = &self.tasks[task as usize];
-        let inputs = &self.inputs[task as usize];
+        let (record, inputs) = self.task(task)?;
+        let (program, stdin) = self.program(&record, &inputs)?;
         let blobs = self.store.blob_store();
         let limits = peergrid_worker::admission::resolve_limits(Some(&self.wire_limits()))
             .map_err(|refusal| SubmitError::Sandbox(refusal.message))?;
@@ -1290,9 +1320,11 @@ impl<'a> Session<'a> {
 
     /// The encoded `Program` of `task` (what is signed, and whose digest seeds its randomness),
     /// and its stdin: built once here for the workers' manifest and the submitter's own run.
-    fn program(&self, task: TaskIndex) -> Result<(Bytes, Bytes), SubmitError> {
-        let record = &self.tasks[task as usize];
-        let inputs = &self.inputs[task as usize];
+    fn program(
+        &self,
+        record: &TaskRecord,
+        inputs: &TaskInputs,
+    ) -> Result<(Bytes, Bytes), SubmitError> {
         let stdin = match inputs.stdin {
             Some(hash) => self.store.blob(&hash)?,
             None => Bytes::new(),

@@ -63,6 +63,11 @@ impl Names {
         id
     }
 
+    /// The id of `name`, if it is interned.
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.ids.get(&name_bytes(name)).copied()
+    }
+
     pub fn name(&self, id: u32) -> Result<String, CodecError> {
         let bytes = self
             .names
@@ -206,6 +211,10 @@ pub struct BinVerdict {
 }
 
 impl BinVerdict {
+    pub fn fuel(&self) -> u64 {
+        self.fuel
+    }
+
     pub fn new(verdict: &Verdict, names: &mut Names) -> Self {
         let (outcome, exit_code, detail) = verdict.outcome_parts();
         let empty = ContentHash::of(b"");
@@ -386,6 +395,10 @@ impl BinCopy {
         self.kind = kind_code(&kind);
     }
 
+    pub fn has_verdict(&self) -> bool {
+        !matches!(self.verdict, CopyVerdict::None)
+    }
+
     pub fn is_disputed(&self) -> bool {
         self.disputed
     }
@@ -512,6 +525,13 @@ impl BinSettled {
 
     pub fn is_accepted(&self) -> bool {
         self.accepted.is_some()
+    }
+
+    pub fn audit(&self) -> AuditMark {
+        AUDITS
+            .get(usize::from(self.audit))
+            .copied()
+            .unwrap_or(AuditMark::None)
     }
 
     pub fn had_disagreement(&self) -> bool {

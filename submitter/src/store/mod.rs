@@ -54,6 +54,9 @@ const RECEIPTS: TableDefinition<(u32, u32, u32), &[u8]> = TableDefinition::new("
 const SETTLED: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("v2.settled");
 /// Job → (accepted, inconclusive) tasks now: what `status` shows without reading every task.
 const COUNTS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("v2.counts");
+/// Job → [`Totals`] as (copies with a verdict, disputed copies, reopenings, accepted fuel): what
+/// the summary and a resumed progress line show without reading every copy.
+const TOTALS: TableDefinition<u32, (u64, u64, u64, u64)> = TableDefinition::new("v2.totals");
 /// (job, task index, 0 for stdout or 1 for stderr) → an accepted output over
 /// [`OUTPUT_INLINE_MAX`].
 const OUTPUTS: TableDefinition<(u32, u32, u8), &[u8]> = TableDefinition::new("v2.outputs");
@@ -65,6 +68,9 @@ const REPUTATION: TableDefinition<u32, &[u8]> = TableDefinition::new("v2.reputat
 const REOPENED: TableDefinition<(u32, u32, u32), &[u8]> = TableDefinition::new("v2.reopened");
 /// Worker name id → keys proven to have signed a wrong result, in any job.
 const LIARS: TableDefinition<u32, &[u8]> = TableDefinition::new("v2.liars");
+
+/// Rows [`Store::each_settled`] and [`Store::each_task`] read per transaction.
+const EACH_SLICE: usize = 4096;
 
 /// stdout or stderr up to this size is kept inside the task's settled record (one read for
 /// `results`, no row of its own); larger ones in the `outputs` table.
@@ -179,6 +185,56 @@ pub struct CopyRecord {
     /// disagreement, whoever turns out to have lied).
     #[serde(default)]
     pub disputed: bool,
+}
+
+/// A job's running totals, kept by every write ([`Store::totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Copies that came back with a verdict (receipts, late ones, discarded ones).
+    pub copies: u64,
+    /// Receipts that differed from another receipt of their task when they came.
+    pub disputed: u64,
+    /// Times a task was reopened.
+    pub reopened: u64,
+    /// Fuel of the accepted verdicts.
+    pub fuel: u64,
+}
+
+impl Totals {
+    fn from_row((copies, disputed, reopened, fuel): (u64, u64, u64, u64)) -> Self {
+        Self {
+            copies,
+            disputed,
+            reopened,
+            fuel,
+        }
+    }
+
+    fn row(&self) -> (u64, u64, u64, u64) {
+        (self.copies, self.disputed, self.reopened, self.fuel)
+    }
+}
+
+/// What a session restores from the store without reading every settled task whole
+/// ([`Store::restore_state`]).
+#[derive(Debug, Default)]
+pub struct RestoreState {
+    /// Settled tasks with no audit due: (task, accepted). The scheduler keeps a byte of each.
+    pub at_rest: Vec<(u32, bool)>,
+    /// Settled tasks whose audit is due, whole.
+    pub audited: Vec<(u32, SettledRecord)>,
+    /// Copies of the unsettled tasks and of the audited ones: ((task, copy number), record).
+    pub copies: Vec<((u32, u32), CopyRecord)>,
+}
+
+/// An accepted task as the store holds it, with its copies: what brings an archived task back
+/// into the scheduler ([`Store::archived_signed`], [`Store::archived_task`]).
+#[derive(Debug, Clone)]
+pub struct ArchivedRecord {
+    pub task: u32,
+    pub settled: SettledRecord,
+    /// (copy number, record), in order.
+    pub copies: Vec<(u32, CopyRecord)>,
 }
 
 /// A task's final state.
@@ -388,7 +444,8 @@ impl Store {
         let db = open_writer(dir)?;
         let mut store = Self::with(dir, Db::Writer(db))?;
         match store.format()? {
-            Format::Current => {}
+            // Tables added since the store was made (`v2.totals`) are created empty.
+            Format::Current => store.write_txn(|txn| Ok(create_tables(txn)?))?,
             Format::Empty => {
                 // Create every table, so readers never meet a missing one.
                 store.write_txn(|txn| {
@@ -596,6 +653,8 @@ impl Store {
             txn.open_table(JOBS)?
                 .insert(job.id.as_str(), to_json(job).as_slice())?;
             let number = job_number(txn, &job.id)?;
+            txn.open_table(TOTALS)?
+                .insert(number, Totals::default().row())?;
             let mut table = txn.open_table(TASKS)?;
             for (index, task) in tasks.iter().enumerate() {
                 table.insert((number, index as u32), codec::encode(task).as_slice())?;
@@ -770,6 +829,270 @@ impl Store {
         })
     }
 
+    /// The job's running totals. A store written before totals were kept gets them counted
+    /// from its rows once (and kept from its next write on).
+    pub fn totals(&self, job_id: &str) -> Result<Totals, StoreError> {
+        self.read(|txn| {
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(Totals::default());
+            };
+            let row = match txn.open_table(TOTALS) {
+                Ok(table) => table.get(job)?.map(|row| row.value()),
+                // A store made before totals, opened read-only.
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(error) => return Err(error.into()),
+            };
+            match row {
+                Some(row) => Ok(Totals::from_row(row)),
+                None => count_totals(txn, job),
+            }
+        })
+    }
+
+    /// What a new session of the job needs, read in one pass over its settled tasks and its
+    /// copies: settled tasks at rest as a byte each, and whole only the tasks still in play
+    /// (unsettled ones with copies, audits due). Memory: the tasks in play, not the job.
+    pub fn restore_state(&self, job_id: &str) -> Result<RestoreState, StoreError> {
+        self.read(|txn| {
+            let mut state = RestoreState::default();
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(state);
+            };
+            let names = load_names(txn)?;
+            let settled = txn.open_table(SETTLED)?;
+            let copies = txn.open_table(COPIES)?;
+            let receipts = txn.open_table(RECEIPTS)?;
+            // Settled tasks whose copies are not needed, sorted by task (the range is).
+            let mut skip: Vec<u32> = Vec::new();
+            for row in settled.range((job, 0)..=(job, u32::MAX))? {
+                let (key, value) = row?;
+                let task = key.value().1;
+                let record: BinSettled =
+                    codec::decode(value.value()).map_err(corrupt("settled"))?;
+                if record.is_accepted() && record.audit() == AuditMark::Pending {
+                    let accepted = resolve_accepted(&copies, &names, job, task, &record)?;
+                    let whole = record
+                        .record(accepted, &names)
+                        .map_err(corrupt("settled"))?;
+                    state.audited.push((task, whole));
+                } else {
+                    state.at_rest.push((task, record.is_accepted()));
+                    skip.push(task);
+                }
+            }
+            for row in copies.range((job, 0, 0)..=(job, u32::MAX, u32::MAX))? {
+                let (key, value) = row?;
+                let (_, task, n) = key.value();
+                if skip.binary_search(&task).is_ok() {
+                    continue;
+                }
+                let copy: BinCopy = codec::decode(value.value()).map_err(corrupt("copies"))?;
+                let record = whole_copy(&copies, &receipts, &names, (job, task, n), &copy)?;
+                state.copies.push(((task, n), record));
+            }
+            Ok(state)
+        })
+    }
+
+    /// The job's accepted tasks that any of `keys` (hex) agreed on, with their copies: what a
+    /// liar proven now signed, to bring back and reopen. One pass over the settled tasks.
+    pub fn archived_signed(
+        &self,
+        job_id: &str,
+        keys: &[String],
+    ) -> Result<Vec<ArchivedRecord>, StoreError> {
+        self.read(|txn| {
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(Vec::new());
+            };
+            let names = load_names(txn)?;
+            let ids: Vec<u32> = keys.iter().filter_map(|key| names.id(key)).collect();
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let settled = txn.open_table(SETTLED)?;
+            let mut found = Vec::new();
+            for row in settled.range((job, 0)..=(job, u32::MAX))? {
+                let (key, value) = row?;
+                let record: BinSettled =
+                    codec::decode(value.value()).map_err(corrupt("settled"))?;
+                if record.is_accepted() && record.agreeing.iter().any(|id| ids.contains(id)) {
+                    found.push(archived_record(txn, &names, job, key.value().1, record)?);
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    /// One accepted task with its copies, if it is accepted.
+    pub fn archived_task(
+        &self,
+        job_id: &str,
+        task: u32,
+    ) -> Result<Option<ArchivedRecord>, StoreError> {
+        self.read(|txn| {
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(None);
+            };
+            let Some(value) = txn.open_table(SETTLED)?.get((job, task))? else {
+                return Ok(None);
+            };
+            let record: BinSettled = codec::decode(value.value()).map_err(corrupt("settled"))?;
+            if !record.is_accepted() {
+                return Ok(None);
+            }
+            let names = load_names(txn)?;
+            Ok(Some(archived_record(txn, &names, job, task, record)?))
+        })
+    }
+
+    /// Calls `each` with every settled task of the job in task order, one at a time (memory:
+    /// one record, however large the job). Stops at the first error `each` returns.
+    pub fn each_settled<E: From<StoreError>>(
+        &self,
+        job_id: &str,
+        mut each: impl FnMut(u32, SettledRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut from = 0u32;
+        // Read in slices, each in its own read transaction, so that `each` may use the store.
+        loop {
+            let slice = self.read(|txn| {
+                let Some(job) = find_number(txn, job_id)? else {
+                    return Ok(Vec::new());
+                };
+                let names = load_names(txn)?;
+                let table = txn.open_table(SETTLED)?;
+                let copies = txn.open_table(COPIES)?;
+                let mut slice = Vec::new();
+                for row in table.range((job, from)..=(job, u32::MAX))?.take(EACH_SLICE) {
+                    let (key, value) = row?;
+                    let task = key.value().1;
+                    let record: BinSettled =
+                        codec::decode(value.value()).map_err(corrupt("settled"))?;
+                    let accepted = resolve_accepted(&copies, &names, job, task, &record)?;
+                    let whole = record
+                        .record(accepted, &names)
+                        .map_err(corrupt("settled"))?;
+                    slice.push((task, whole));
+                }
+                Ok(slice)
+            })?;
+            let Some(last) = slice.last().map(|(task, _)| *task) else {
+                return Ok(());
+            };
+            let full = slice.len() == EACH_SLICE;
+            for (task, record) in slice {
+                each(task, record)?;
+            }
+            if !full || last == u32::MAX {
+                return Ok(());
+            }
+            from = last + 1;
+        }
+    }
+
+    /// One task of the job, by index.
+    pub fn task(&self, job_id: &str, task: u32) -> Result<Option<TaskRecord>, StoreError> {
+        self.read(|txn| {
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(None);
+            };
+            let Some(value) = txn.open_table(TASKS)?.get((job, task))? else {
+                return Ok(None);
+            };
+            let task: BinTask = codec::decode(value.value()).map_err(corrupt("tasks"))?;
+            Ok(Some(task.into_record()))
+        })
+    }
+
+    /// Calls `each` with every task of the job in order, one at a time.
+    pub fn each_task<E: From<StoreError>>(
+        &self,
+        job_id: &str,
+        mut each: impl FnMut(u32, TaskRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut from = 0u32;
+        loop {
+            let slice = self.read(|txn| {
+                let Some(job) = find_number(txn, job_id)? else {
+                    return Ok(Vec::new());
+                };
+                let table = txn.open_table(TASKS)?;
+                let mut slice = Vec::new();
+                for row in table.range((job, from)..=(job, u32::MAX))?.take(EACH_SLICE) {
+                    let (key, value) = row?;
+                    let task: BinTask = codec::decode(value.value()).map_err(corrupt("tasks"))?;
+                    slice.push((key.value().1, task.into_record()));
+                }
+                Ok(slice)
+            })?;
+            let Some(last) = slice.last().map(|(task, _)| *task) else {
+                return Ok(());
+            };
+            let full = slice.len() == EACH_SLICE;
+            for (task, record) in slice {
+                each(task, record)?;
+            }
+            if !full || last == u32::MAX {
+                return Ok(());
+            }
+            from = last + 1;
+        }
+    }
+
+    /// Calls `each` with every task of the job in order and its settled record if it is
+    /// settled, one at a time (memory: one slice of rows, however large the job).
+    pub fn each_task_settled<E: From<StoreError>>(
+        &self,
+        job_id: &str,
+        mut each: impl FnMut(u32, TaskRecord, Option<SettledRecord>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut from = 0u32;
+        loop {
+            let slice = self.read(|txn| {
+                let Some(job) = find_number(txn, job_id)? else {
+                    return Ok(Vec::new());
+                };
+                let names = load_names(txn)?;
+                let tasks = txn.open_table(TASKS)?;
+                let settled = txn.open_table(SETTLED)?;
+                let copies = txn.open_table(COPIES)?;
+                let mut slice = Vec::new();
+                for row in tasks.range((job, from)..=(job, u32::MAX))?.take(EACH_SLICE) {
+                    let (key, value) = row?;
+                    let index = key.value().1;
+                    let task: BinTask = codec::decode(value.value()).map_err(corrupt("tasks"))?;
+                    let record = match settled.get((job, index))? {
+                        Some(value) => {
+                            let record: BinSettled =
+                                codec::decode(value.value()).map_err(corrupt("settled"))?;
+                            let accepted = resolve_accepted(&copies, &names, job, index, &record)?;
+                            Some(
+                                record
+                                    .record(accepted, &names)
+                                    .map_err(corrupt("settled"))?,
+                            )
+                        }
+                        None => None,
+                    };
+                    slice.push((index, task.into_record(), record));
+                }
+                Ok(slice)
+            })?;
+            let Some(last) = slice.last().map(|(task, _, _)| *task) else {
+                return Ok(());
+            };
+            let full = slice.len() == EACH_SLICE;
+            for (index, task, record) in slice {
+                each(index, task, record)?;
+            }
+            if !full || last == u32::MAX {
+                return Ok(());
+            }
+            from = last + 1;
+        }
+    }
+
     /// The index of the task with id `task_id`, if the job has one.
     pub fn task_index(&self, job_id: &str, task_id: &str) -> Result<Option<u32>, StoreError> {
         self.read(|txn| {
@@ -876,9 +1199,22 @@ impl Store {
     /// the other jobs whose results were reopened because a key of `batch.liars` signed them,
     /// with how many each.
     pub fn write(&self, job_id: &str, batch: &Batch) -> Result<Vec<(String, u32)>, StoreError> {
+        // A job written before totals were kept gets them counted once, before its first write.
+        let counted = self.read(|txn| {
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(None);
+            };
+            if txn.open_table(TOTALS)?.get(job)?.is_some() {
+                return Ok(None);
+            }
+            Ok(Some((job, count_totals(txn, job)?)))
+        })?;
         let mut names = self.names.lock().expect("the names lock is never poisoned");
         let mut elsewhere = Vec::new();
         let written = self.write_txn(|txn| {
+            if let Some((job, totals)) = counted {
+                txn.open_table(TOTALS)?.insert(job, totals.row())?;
+            }
             write_batch(txn, &mut names, job_id, batch, &mut elsewhere)?;
             let mut table = txn.open_table(NAMES)?;
             for (id, bytes) in names.fresh() {
@@ -997,6 +1333,7 @@ fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(SETTLED)?;
     txn.open_table(OUTPUTS)?;
     txn.open_table(COUNTS)?;
+    txn.open_table(TOTALS)?;
     txn.open_table(EXCLUDED)?;
     txn.open_table(REPUTATION)?;
     txn.open_table(REOPENED)?;
@@ -1034,6 +1371,78 @@ fn job_number(txn: &redb::WriteTransaction, job_id: &str) -> TxnResult<u32> {
 }
 
 /// The accepted verdict of a settled record, read from the copy it refers to if it does.
+/// A copy made whole: its verdict resolved and its receipt, if still kept, attached.
+fn whole_copy(
+    copies: &impl ReadableTable<(u32, u32, u32), &'static [u8]>,
+    receipts: &impl ReadableTable<(u32, u32, u32), &'static [u8]>,
+    names: &Names,
+    (job, task, n): (u32, u32, u32),
+    copy: &BinCopy,
+) -> TxnResult<CopyRecord> {
+    let receipt = receipts
+        .get((job, task, n))?
+        .map(|value| codec::decode::<BinReceipt>(value.value()))
+        .transpose()
+        .map_err(corrupt("receipts"))?;
+    let verdict = copy_verdict(copies, job, task, copy)?;
+    copy.record(verdict.as_ref(), receipt, names)
+        .map_err(corrupt("copies"))
+}
+
+/// An accepted task whole, with its copies.
+fn archived_record(
+    txn: &redb::ReadTransaction,
+    names: &Names,
+    job: u32,
+    task: u32,
+    record: BinSettled,
+) -> TxnResult<ArchivedRecord> {
+    let copies = txn.open_table(COPIES)?;
+    let receipts = txn.open_table(RECEIPTS)?;
+    let accepted = resolve_accepted(&copies, names, job, task, &record)?;
+    let settled = record.record(accepted, names).map_err(corrupt("settled"))?;
+    let mut rows = Vec::new();
+    for row in copies.range((job, task, 0)..=(job, task, u32::MAX))? {
+        let (key, value) = row?;
+        let n = key.value().2;
+        let copy: BinCopy = codec::decode(value.value()).map_err(corrupt("copies"))?;
+        rows.push((
+            n,
+            whole_copy(&copies, &receipts, names, (job, task, n), &copy)?,
+        ));
+    }
+    Ok(ArchivedRecord {
+        task,
+        settled,
+        copies: rows,
+    })
+}
+
+/// A job's totals counted from its rows, for a store written before they were kept.
+fn count_totals(txn: &redb::ReadTransaction, job: u32) -> TxnResult<Totals> {
+    let names = load_names(txn)?;
+    let mut totals = Totals::default();
+    let copies = txn.open_table(COPIES)?;
+    for row in copies.range((job, 0, 0)..=(job, u32::MAX, u32::MAX))? {
+        let (_, value) = row?;
+        let copy: BinCopy = codec::decode(value.value()).map_err(corrupt("copies"))?;
+        totals.copies += u64::from(copy.has_verdict());
+        totals.disputed += u64::from(copy.is_disputed());
+    }
+    totals.reopened = txn
+        .open_table(REOPENED)?
+        .range((job, 0, 0)..=(job, u32::MAX, u32::MAX))?
+        .count() as u64;
+    for row in txn.open_table(SETTLED)?.range((job, 0)..=(job, u32::MAX))? {
+        let (key, value) = row?;
+        let record: BinSettled = codec::decode(value.value()).map_err(corrupt("settled"))?;
+        if let Some(verdict) = resolve_accepted(&copies, &names, job, key.value().1, &record)? {
+            totals.fuel += verdict.fuel;
+        }
+    }
+    Ok(totals)
+}
+
 fn resolve_accepted(
     copies: &impl ReadableTable<(u32, u32, u32), &'static [u8]>,
     names: &Names,
@@ -1105,7 +1514,12 @@ fn write_batch(
     let job = job_number(txn, job_id)?;
     let mut copies = txn.open_table(COPIES)?;
     let mut receipts = txn.open_table(RECEIPTS)?;
+    // Changes to each job's totals.
+    let mut totaled: HashMap<u32, TotalsDelta> = HashMap::new();
     for (task, copy, record) in &batch.copies {
+        let delta = totaled.entry(job).or_default();
+        delta.copies += i64::from(record.verdict.is_some());
+        delta.disputed += i64::from(record.disputed);
         let mut row = BinCopy::new(record, names);
         if let Some(verdict) = row.whole_verdict() {
             // The first earlier copy of the task kept whole with an equal verdict, if any.
@@ -1141,6 +1555,7 @@ fn write_batch(
             } => {
                 let mut bin = BinSettled::new(record, names).map_err(corrupt("settled"))?;
                 if let Some(verdict) = &record.accepted {
+                    totaled.entry(job).or_default().fuel += i128::from(verdict.fuel);
                     let tables = (&copies, &mut receipts);
                     settle_copies(tables, names, job, *task, verdict, &mut bin)?;
                 }
@@ -1155,13 +1570,17 @@ fn write_batch(
                     .map_err(corrupt("settled"))?;
                 if let Some(old) = old {
                     count(&mut counted, job, old.is_accepted(), -1);
+                    if let Some(verdict) = resolve_bin_accepted(&copies, job, *task, &old)? {
+                        totaled.entry(job).or_default().fuel -= i128::from(verdict.fuel());
+                    }
                 }
                 count(&mut counted, job, bin.is_accepted(), 1);
             }
             ResultChange::Reopened { task, reason } => {
                 let mut tables = (&mut copies, &mut settled, &mut outputs, &mut reopened);
-                if let Some(accepted) = reopen_row(&mut tables, job, *task, reason)? {
+                if let Some((accepted, fuel)) = reopen_row(&mut tables, job, *task, reason)? {
                     count(&mut counted, job, accepted, -1);
+                    totaled.entry(job).or_default().reopened(fuel);
                 }
             }
             ResultChange::Audited { task, audit } => {
@@ -1215,8 +1634,9 @@ fn write_batch(
         );
         for (other, task) in &signed {
             let mut tables = (&mut copies, &mut settled, &mut outputs, &mut reopened);
-            if let Some(accepted) = reopen_row(&mut tables, *other, *task, &reason)? {
+            if let Some((accepted, fuel)) = reopen_row(&mut tables, *other, *task, &reason)? {
                 count(&mut counted, *other, accepted, -1);
+                totaled.entry(*other).or_default().reopened(fuel);
             }
             let other_id = job_ids.get(other).cloned().unwrap_or_default();
             match elsewhere.iter_mut().find(|(id, _)| *id == other_id) {
@@ -1236,6 +1656,17 @@ fn write_batch(
             }
         }
     }
+    let mut totals = txn.open_table(TOTALS)?;
+    for (job, delta) in totaled {
+        // A job of an older store without totals keeps none until its own next write counts
+        // them (`Store::write`): a delta alone would be wrong.
+        let Some(row) = totals.get(job)?.map(|row| row.value()) else {
+            continue;
+        };
+        let now = delta.apply(Totals::from_row(row));
+        totals.insert(job, now.row())?;
+    }
+    drop(totals);
     let mut counts = txn.open_table(COUNTS)?;
     for (job, (accepted, inconclusive)) in counted {
         let (was_accepted, was_inconclusive) =
@@ -1275,6 +1706,35 @@ fn write_batch(
         }
     }
     Ok(())
+}
+
+/// Changes to a job's [`Totals`] in one batch.
+#[derive(Debug, Default)]
+struct TotalsDelta {
+    copies: i64,
+    disputed: i64,
+    reopened: i64,
+    fuel: i128,
+}
+
+impl TotalsDelta {
+    /// A task was reopened; `fuel` is what its accepted verdict had (0 if it was inconclusive).
+    fn reopened(&mut self, fuel: u64) {
+        self.reopened += 1;
+        self.fuel -= i128::from(fuel);
+    }
+
+    fn apply(&self, totals: Totals) -> Totals {
+        let add = |value: u64, delta: i128| {
+            (i128::from(value) + delta).clamp(0, i128::from(u64::MAX)) as u64
+        };
+        Totals {
+            copies: add(totals.copies, self.copies.into()),
+            disputed: add(totals.disputed, self.disputed.into()),
+            reopened: add(totals.reopened, self.reopened.into()),
+            fuel: add(totals.fuel, self.fuel),
+        }
+    }
 }
 
 /// Adds `delta` to the accepted or inconclusive count of `job`.
@@ -1360,14 +1820,16 @@ fn reopen_row(
     job: u32,
     task: u32,
     reason: &str,
-) -> TxnResult<Option<bool>> {
+) -> TxnResult<Option<(bool, u64)>> {
     let Some(old) = settled.remove((job, task))? else {
         return Ok(None);
     };
     let mut old: BinSettled = codec::decode(old.value()).map_err(corrupt("settled"))?;
     let was_accepted = old.is_accepted();
     // The history keeps the verdict whole: the copy it refers to is about to change kind.
-    old.accepted = resolve_bin_accepted(&**copies, job, task, &old)?.map(BinAccepted::Verdict);
+    let verdict = resolve_bin_accepted(&**copies, job, task, &old)?;
+    let fuel = verdict.as_ref().map_or(0, BinVerdict::fuel);
+    old.accepted = verdict.map(BinAccepted::Verdict);
     old.stdout = BinOutput::None;
     old.stderr = BinOutput::None;
     outputs.remove((job, task, 0))?;
@@ -1392,7 +1854,7 @@ fn reopen_row(
         .count() as u32;
     let record = BinReopen::new(old, reason, unix_now_ms());
     reopened.insert((job, task, n), codec::encode(&record).as_slice())?;
-    Ok(Some(was_accepted))
+    Ok(Some((was_accepted, fuel)))
 }
 
 /// Opens the database as its writer. Another process may hold it for a moment (a `status`
