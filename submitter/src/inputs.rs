@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use peergrid_worker::limits::MAX_STDIN_BYTES;
 
-use crate::job::{FileRole, JobSpec, NamedPath, TaskStdin, job_dir, render_invalid};
+use crate::job::{FileRole, JobSpec, NamedPath, job_dir, render_invalid};
 use crate::limits::{MAX_INPUT_FILE_BYTES, MAX_JOB_INPUT_BYTES, MAX_MODULE_FILE_BYTES};
 
 /// The `submit` flag that lifts the job-directory rule; refusals name it.
@@ -197,20 +197,13 @@ impl CheckedInputs {
             }
         }
         let count = |role| by_role.iter().filter(|(r, _)| *r == role).count() as u64;
-        let texts: HashSet<&str> = spec
-            .tasks
-            .iter()
-            .filter_map(|task| match &task.stdin {
-                TaskStdin::Text(text) => Some(text.as_str()),
-                TaskStdin::None | TaskStdin::File(_) => None,
-            })
-            .collect();
+        let (texts, text_bytes) = spec.tasks.stdin_texts();
         let sending = Sending {
             modules: count(FileRole::Module),
             input_files: count(FileRole::InputFile),
             stdin_files: count(FileRole::StdinFile),
-            stdin_texts: texts.len() as u64,
-            bytes: total + texts.iter().map(|text| text.len() as u64).sum::<u64>(),
+            stdin_texts: texts,
+            bytes: total + text_bytes,
         };
         Ok(Self {
             job_file: job_file.to_owned(),

@@ -37,7 +37,7 @@
 //! range = [1, 200]
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -77,8 +77,8 @@ pub struct JobSpec {
     pub audit_rate: f64,
     /// Tasks get a writable `/output`, whose files are results too.
     pub outputs: bool,
-    /// The [[task]] tables in file order, then the sweep by ascending i.
-    pub tasks: Vec<JobTask>,
+    /// The [[task]] tables in file order, then the sweep by ascending i (made when asked for).
+    pub tasks: JobTasks,
     /// Every file the job file names (module, `stdin_file`s, `files`), once per mention, in
     /// file order: what [`crate::inputs`] checks before anything is read.
     pub paths: Vec<NamedPath>,
@@ -130,6 +130,115 @@ pub struct JobTask {
     pub stdin: TaskStdin,
     /// Input files, resolved; each is `/input/<file name>` in the guest.
     pub files: Vec<PathBuf>,
+}
+
+/// A job's tasks: the [[task]] tables as written, and the sweep as its template. A sweep's
+/// tasks are made one at a time when asked for, so a million-point sweep is never a million
+/// tasks in memory (ARCHITECTURE.md, "Memory at scale").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobTasks {
+    listed: Vec<JobTask>,
+    sweep: Option<SweepTemplate>,
+}
+
+/// A checked sweep: each i in `first..=last` makes a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SweepTemplate {
+    first: u64,
+    last: u64,
+    args: Vec<String>,
+    job_env: BTreeMap<String, String>,
+    env: BTreeMap<String, String>,
+    stdin: Option<String>,
+    files: Vec<PathBuf>,
+}
+
+impl SweepTemplate {
+    fn count(&self) -> usize {
+        (self.last - self.first + 1) as usize
+    }
+
+    fn task(&self, i: u64) -> JobTask {
+        JobTask {
+            id: format!("sweep-{i}"),
+            args: self.args.iter().map(|arg| substitute(arg, i)).collect(),
+            env: merge_env(&self.job_env, &self.env, Some(i)),
+            stdin: self
+                .stdin
+                .as_ref()
+                .map_or(TaskStdin::None, |text| TaskStdin::Text(substitute(text, i))),
+            files: self.files.clone(),
+        }
+    }
+}
+
+impl JobTasks {
+    /// Tasks given one by one (a job without a sweep).
+    pub fn listed(tasks: Vec<JobTask>) -> Self {
+        Self {
+            listed: tasks,
+            sweep: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.listed.len() + self.sweep.as_ref().map_or(0, SweepTemplate::count)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Task `index` (0-based, in job order), if there is one.
+    pub fn get(&self, index: usize) -> Option<JobTask> {
+        match self.listed.get(index) {
+            Some(task) => Some(task.clone()),
+            None => {
+                let sweep = self.sweep.as_ref()?;
+                let at = (index - self.listed.len()) as u64;
+                (at < sweep.count() as u64).then(|| sweep.task(sweep.first + at))
+            }
+        }
+    }
+
+    /// Every task in job order, each made as it is reached.
+    pub fn iter(&self) -> impl Iterator<Item = JobTask> + '_ {
+        let sweep = self
+            .sweep
+            .iter()
+            .flat_map(|sweep| (sweep.first..=sweep.last).map(|i| sweep.task(i)));
+        self.listed.iter().cloned().chain(sweep)
+    }
+
+    /// The distinct stdin texts the tasks send and their bytes, without holding them all: a
+    /// sweep's text differs for every i when its template uses {i}.
+    pub fn stdin_texts(&self) -> (u64, u64) {
+        let mut listed: HashSet<&str> = HashSet::new();
+        for task in &self.listed {
+            if let TaskStdin::Text(text) = &task.stdin {
+                listed.insert(text);
+            }
+        }
+        let mut count = listed.len() as u64;
+        let mut bytes: u64 = listed.iter().map(|text| text.len() as u64).sum();
+        if let Some(sweep) = &self.sweep
+            && let Some(template) = &sweep.stdin
+        {
+            let varies = template.contains("{i}");
+            for i in sweep.first..=sweep.last {
+                let text = substitute(template, i);
+                if listed.contains(text.as_str()) {
+                    continue;
+                }
+                count += 1;
+                bytes += text.len() as u64;
+                if !varies {
+                    break;
+                }
+            }
+        }
+        (count, bytes)
+    }
 }
 
 /// Where a task's stdin comes from.
@@ -1034,16 +1143,17 @@ fn build_tasks(
     tables: &[Spanned<RawTask>],
     sweep: Option<&Spanned<RawSweep>>,
     job_env: &BTreeMap<String, String>,
-) -> Result<Vec<JobTask>, JobFileError> {
+) -> Result<JobTasks, JobFileError> {
     let range = sweep.map(|sweep| check_range(doc, sweep)).transpose()?;
     check_task_count(doc, tables, sweep, range)?;
-    let mut tasks = Vec::with_capacity(tables.len());
+    let mut listed = Vec::with_capacity(tables.len());
     for (index, table) in tables.iter().enumerate() {
-        tasks.push(table_task(doc, index + 1, table, job_env)?);
+        listed.push(table_task(doc, index + 1, table, job_env)?);
     }
-    check_unique_ids(doc, tables, &tasks, range)?;
+    check_unique_ids(doc, tables, &listed, range)?;
+    let mut tasks = JobTasks::listed(listed);
     if let (Some(sweep), Some(range)) = (sweep, range) {
-        tasks.extend(sweep_tasks(doc, sweep, range, job_env)?);
+        tasks.sweep = Some(sweep_template(doc, sweep, range, job_env)?);
     }
     if tasks.is_empty() {
         let problem = format!(
@@ -1205,14 +1315,14 @@ fn substitute(template: &str, i: u64) -> String {
     template.replace("{i}", &i.to_string())
 }
 
-/// The sweep's tasks. Everything is checked on the templates once; substitution cannot make
+/// The sweep's template. Everything is checked on the templates once; substitution cannot make
 /// a valid task invalid except by lengthening stdin, checked with the longest i.
-fn sweep_tasks(
+fn sweep_template(
     doc: &Doc,
     sweep: &Spanned<RawSweep>,
     (first, last): (u64, u64),
     job_env: &BTreeMap<String, String>,
-) -> Result<Vec<JobTask>, JobFileError> {
+) -> Result<SweepTemplate, JobFileError> {
     let raw = sweep.get_ref();
     check_template_uses_i(doc, sweep)?;
     let args = check_args(doc, "sweep.args", raw.args.as_ref())?;
@@ -1229,16 +1339,15 @@ fn sweep_tasks(
             substitute(stdin.get_ref(), last).len(),
         )?;
     }
-    let task = |i: u64| JobTask {
-        id: format!("sweep-{i}"),
-        args: args.iter().map(|arg| substitute(arg, i)).collect(),
-        env: merge_env(job_env, &env, Some(i)),
-        stdin: raw.stdin.as_ref().map_or(TaskStdin::None, |text| {
-            TaskStdin::Text(substitute(text.get_ref(), i))
-        }),
-        files: files.clone(),
-    };
-    Ok((first..=last).map(task).collect())
+    Ok(SweepTemplate {
+        first,
+        last,
+        args,
+        job_env: job_env.clone(),
+        env,
+        stdin: raw.stdin.as_ref().map(|text| text.get_ref().clone()),
+        files,
+    })
 }
 
 fn check_template_uses_i(doc: &Doc, sweep: &Spanned<RawSweep>) -> Result<(), JobFileError> {
@@ -1319,12 +1428,12 @@ range = [1, 200]          # i = 1 ..= 200
         assert_eq!(job.name, "pi-sweep");
         assert_eq!(job.module, PathBuf::from("/jobs/pi.wasm"));
         assert_eq!(job.tasks.len(), 200);
-        let first = &job.tasks[0];
+        let first = &job.tasks.get(0).unwrap();
         assert_eq!(
             (first.id.as_str(), first.args.clone()),
             ("sweep-1", vec!["1000".to_owned()])
         );
-        let last = &job.tasks[199];
+        let last = &job.tasks.get(199).unwrap();
         assert_eq!(
             (last.id.as_str(), last.args.clone()),
             ("sweep-200", vec!["200000".to_owned()])
@@ -1386,7 +1495,7 @@ range = [1, 200]          # i = 1 ..= 200
             stdin: TaskStdin::None,
             files: vec![],
         };
-        assert_eq!(job.tasks, vec![task]);
+        assert_eq!(job.tasks.iter().collect::<Vec<_>>(), vec![task]);
     }
 
     #[test]
@@ -1424,9 +1533,9 @@ files = ["shared.txt"]
 env = { SEED = "{i}{i}", MODE = "sweep" }
 "#,
         ));
-        let ids: Vec<&str> = job.tasks.iter().map(|task| task.id.as_str()).collect();
+        let ids: Vec<String> = job.tasks.iter().map(|task| task.id).collect();
         assert_eq!(ids, ["small", "task-2", "sweep-5", "sweep-6"]);
-        let [small, second, sweep5, sweep6] = &job.tasks[..] else {
+        let [small, second, sweep5, sweep6] = &job.tasks.iter().collect::<Vec<_>>()[..] else {
             unreachable!()
         };
         assert_eq!(small.env, pairs(&[("LANG", "C"), ("MODE", "fast")]));
@@ -1454,8 +1563,11 @@ env = { SEED = "{i}{i}", MODE = "sweep" }
         let job = ok(&with_head(
             "env = { RAW = \"{i}\" }\n[sweep]\nargs = [\"{i}\"]\nrange = [3, 3]\n",
         ));
-        assert_eq!(job.tasks[0].env, [("RAW".to_owned(), "{i}".to_owned())]);
-        assert_eq!(job.tasks[0].args, ["3"]);
+        assert_eq!(
+            job.tasks.get(0).unwrap().env,
+            [("RAW".to_owned(), "{i}".to_owned())]
+        );
+        assert_eq!(job.tasks.get(0).unwrap().args, ["3"]);
     }
 
     #[test]
@@ -1723,8 +1835,10 @@ env = { SEED = "{i}{i}", MODE = "sweep" }
             ok(&with_head(
                 "[sweep]\nenv = { N = \"{i}\" }\nrange = [1, 2]\n"
             ))
-            .tasks[1]
-                .env,
+            .tasks
+            .get(1)
+            .unwrap()
+            .env,
             [("N".to_owned(), "2".to_owned())]
         );
     }
@@ -1748,7 +1862,12 @@ env = { SEED = "{i}{i}", MODE = "sweep" }
             with_head(&format!("[[task]]\nfiles = [{}]\n", names.join(", ")))
         };
         assert_eq!(
-            ok(&files(limits::MAX_INPUT_FILES)).tasks[0].files.len(),
+            ok(&files(limits::MAX_INPUT_FILES))
+                .tasks
+                .get(0)
+                .unwrap()
+                .files
+                .len(),
             1024
         );
         check(
@@ -1884,8 +2003,14 @@ files = ["a.txt", "sub/b.txt"]
         );
         // Each listed path is the one the tasks hold.
         assert_eq!(job.tasks.len(), 501);
-        assert_eq!(job.tasks[0].stdin, TaskStdin::File("/jobs/in.txt".into()));
-        assert_eq!(job.tasks[1].files, [PathBuf::from("/etc/passwd")]);
+        assert_eq!(
+            job.tasks.get(0).unwrap().stdin,
+            TaskStdin::File("/jobs/in.txt".into())
+        );
+        assert_eq!(
+            job.tasks.get(1).unwrap().files,
+            [PathBuf::from("/etc/passwd")]
+        );
     }
 
     #[test]

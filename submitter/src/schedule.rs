@@ -226,7 +226,7 @@ pub enum AuditResult {
 }
 
 /// Where an accepted task stands with audits. Stored with the settled task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditMark {
     /// Not drawn for an audit.

@@ -81,6 +81,14 @@ fn list(store: &Store, as_json: bool) -> anyhow::Result<()> {
 }
 
 fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return detail_json(store, job);
+    }
+    detail_plain(store, job)
+}
+
+/// Every task with its copies: a dump, as large as the job.
+fn detail_json(store: &Store, job: &JobRecord) -> anyhow::Result<()> {
     let tasks = store.tasks(&job.id)?;
     let settled: HashMap<u32, _> = store.settled(&job.id)?.into_iter().collect();
     let mut copies: HashMap<u32, Vec<_>> = HashMap::new();
@@ -95,7 +103,7 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
     let audit_count = |mark: AuditMark| settled.values().filter(|s| s.audit == mark).count();
     let accepted = settled.values().filter(|s| s.accepted.is_some()).count();
     let inconclusive = settled.len() - accepted;
-    if as_json {
+    {
         let tasks: Vec<_> = tasks
             .iter()
             .enumerate()
@@ -159,10 +167,30 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
             "tasks": tasks,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(());
     }
-    let all_copies: Vec<_> = copies.values().flatten().collect();
-    let count = |kind: CopyKind| all_copies.iter().filter(|copy| copy.kind == kind).count();
+    Ok(())
+}
+
+/// The job in a few lines, from the kept counts and one pass over its rows (ARCHITECTURE.md,
+/// "Memory at scale"): fast at a million tasks.
+fn detail_plain(store: &Store, job: &JobRecord) -> anyhow::Result<()> {
+    let (accepted, inconclusive) = store.counts(&job.id)?;
+    let detail = store.detail(&job.id, BAD_RECEIPTS_SHOWN)?;
+    let excluded = store.excluded(&job.id)?;
+    let mut reopened: std::collections::BTreeMap<u32, Vec<crate::store::ReopenRecord>> =
+        std::collections::BTreeMap::new();
+    for ((task, _), record) in store.reopened(&job.id)? {
+        reopened.entry(task).or_default().push(record);
+    }
+    let task_id = |task: u32| -> String {
+        store
+            .task(&job.id, task)
+            .ok()
+            .flatten()
+            .map_or_else(|| "?".to_owned(), |record| record.id)
+    };
+    let count = |kind: CopyKind| detail.copy_kinds.get(&kind).copied().unwrap_or(0);
+    let audit_count = |mark: AuditMark| detail.audits.get(&mark).copied().unwrap_or(0);
     println!(
         "job {} ({}) from {}",
         job.id,
@@ -172,7 +200,7 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
     println!(
         "tasks: {} · accepted {accepted} · inconclusive {inconclusive} · pending {} · {}",
         job.task_count,
-        job.task_count as usize - settled.len(),
+        u64::from(job.task_count).saturating_sub(accepted + inconclusive),
         if job.finished_unix_ms.is_some() {
             "finished"
         } else {
@@ -209,18 +237,19 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
     for (worker, reason) in &excluded {
         println!("excluded {}: {reason}", crate::submit::short_key(worker));
     }
-    let mut reopened_tasks: Vec<_> = reopened.iter().collect();
-    reopened_tasks.sort_by_key(|(task, _)| **task);
-    for (task, history) in reopened_tasks {
-        let now = match settled.get(task).and_then(|s| s.accepted.as_ref()) {
-            Some(verdict) => format!("now accepted with output {}", verdict.output_hash.short()),
-            None if settled.contains_key(task) => "now inconclusive".to_owned(),
+    for (task, history) in &reopened {
+        let settled = store.settled_task(&job.id, *task)?;
+        let now = match settled.as_ref().map(|s| s.accepted.as_ref()) {
+            Some(Some(verdict)) => {
+                format!("now accepted with output {}", verdict.output_hash.short())
+            }
+            Some(None) => "now inconclusive".to_owned(),
             None => "open again".to_owned(),
         };
+        let id = task_id(*task);
         for old in history {
             println!(
-                "reopened task {}: was output {} ({}); {now}",
-                tasks.get(*task as usize).map_or("?", |t| t.id.as_str()),
+                "reopened task {id}: was output {} ({}); {now}",
                 old.old
                     .accepted
                     .as_ref()
@@ -229,25 +258,19 @@ fn detail(store: &Store, job: &JobRecord, as_json: bool) -> anyhow::Result<()> {
             );
         }
     }
-    let mut bad: Vec<_> = copies
-        .iter()
-        .flat_map(|(task, copies)| copies.iter().map(move |copy| (*task, copy)))
-        .filter(|(_, copy)| copy.kind == CopyKind::BadReceipt)
-        .collect();
-    bad.sort_by_key(|(task, copy)| (*task, copy.at_unix_ms));
-    for (task, copy) in bad.iter().take(BAD_RECEIPTS_SHOWN) {
+    for (task, copy) in &detail.bad {
         println!(
             "bad receipt for task {} from {} at {}: {}",
-            tasks.get(*task as usize).map_or("?", |t| t.id.as_str()),
+            task_id(*task),
             crate::submit::short_key(&copy.worker),
             copy.addr,
             copy.reason.as_deref().unwrap_or("no reason recorded")
         );
     }
-    if bad.len() > BAD_RECEIPTS_SHOWN {
+    if detail.bad_receipts > BAD_RECEIPTS_SHOWN as u64 {
         println!(
             "… and {} more bad receipts (`--json` lists them all)",
-            bad.len() - BAD_RECEIPTS_SHOWN
+            detail.bad_receipts - BAD_RECEIPTS_SHOWN as u64
         );
     }
     println!("results: {}", job.out_dir.display());

@@ -167,30 +167,44 @@ pub fn create_job(
         stored.insert(path.to_owned(), known);
         Ok(known)
     };
-    let mut tasks = Vec::with_capacity(spec.tasks.len());
-    for task in &spec.tasks {
-        let stdin = match &task.stdin {
-            TaskStdin::None => None,
-            TaskStdin::Text(text) => Some(store.put_blob(text.as_bytes())?),
-            TaskStdin::File(path) => Some(store_file(path)?.0),
-        };
-        let mut files = Vec::with_capacity(task.files.len());
-        for path in &task.files {
-            let (hash, size) = store_file(path)?;
-            files.push(FileRecord {
-                name: file_name(path),
-                hash: hash.to_hex(),
-                size,
-            });
+    // The blobs first, task by task (a sweep's tasks are made as they are reached, never all
+    // held): each distinct file once, each stdin text.
+    for task in spec.tasks.iter() {
+        match &task.stdin {
+            TaskStdin::None => {}
+            TaskStdin::Text(text) => {
+                store.put_blob(text.as_bytes())?;
+            }
+            TaskStdin::File(path) => {
+                store_file(path)?;
+            }
         }
-        tasks.push(TaskRecord {
-            id: task.id.clone(),
-            args: task.args.clone(),
-            env: task.env.clone(),
-            stdin_hash: stdin.map(|hash| hash.to_hex()),
-            files,
-        });
+        for path in &task.files {
+            store_file(path)?;
+        }
     }
+    let record = |task: crate::job::JobTask| -> TaskRecord {
+        let known = |path: &PathBuf| stored[path.as_path()];
+        TaskRecord {
+            stdin_hash: match &task.stdin {
+                TaskStdin::None => None,
+                TaskStdin::Text(text) => Some(ContentHash::of(text.as_bytes()).to_hex()),
+                TaskStdin::File(path) => Some(known(path).0.to_hex()),
+            },
+            files: task
+                .files
+                .iter()
+                .map(|path| FileRecord {
+                    name: file_name(path),
+                    hash: known(path).0.to_hex(),
+                    size: known(path).1,
+                })
+                .collect(),
+            id: task.id,
+            args: task.args,
+            env: task.env,
+        }
+    };
     let id = format!("{}-{}", spec.name, random_hex(4));
     let job_file = inputs.job_file();
     let job_dir = job_file.parent().unwrap_or(Path::new("."));
@@ -221,14 +235,14 @@ pub fn create_job(
         distinct_networks: spec.distinct_networks,
         audit_rate: spec.audit_rate,
         trusted: trusted.iter().map(|key| key.to_hex()).collect(),
-        task_count: tasks.len() as u32,
+        task_count: spec.tasks.len() as u32,
         peers,
         seeds,
         created_unix_ms: unix_now_ms(),
         sessions: 0,
         finished_unix_ms: None,
     };
-    store.create_job(&job, &tasks)?;
+    store.create_job(&job, spec.tasks.iter().map(record))?;
     Ok(job)
 }
 

@@ -509,6 +509,36 @@ impl SubmitProcess {
         }
     }
 
+    /// [`SubmitProcess::wait`], also returning the process's peak resident memory in kB (its
+    /// `ru_maxrss`, read when it is reaped: the peak of its whole life, the end included).
+    pub fn wait_with_peak_rss(mut self, within: Duration) -> (CliOutput, u64) {
+        let started = std::time::Instant::now();
+        let pid = self.child.id() as libc::pid_t;
+        loop {
+            let mut status = 0;
+            // SAFETY: `rusage` is plain data wait4 fills in; `pid` is our own child.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
+            if reaped == pid {
+                let output = CliOutput {
+                    code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+                    stdout: std::fs::read(&self.stdout_path).unwrap_or_default(),
+                    stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
+                };
+                return (output, usage.ru_maxrss as u64);
+            }
+            if started.elapsed() > within {
+                let _ = self.child.kill();
+                panic!(
+                    "peergrid did not finish within {within:?}; stderr:\n{}",
+                    std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// What the process printed, if it has exited; `None` while it runs.
     pub fn try_finish(&mut self) -> Option<CliOutput> {
         let status = self.child.try_wait().expect("wait works")?;
@@ -517,6 +547,18 @@ impl SubmitProcess {
             stdout: std::fs::read(&self.stdout_path).unwrap_or_default(),
             stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
         })
+    }
+
+    /// `kill -9`, then its peak resident memory in kB over its whole life (`ru_maxrss`).
+    pub fn kill_with_peak_rss(mut self) -> u64 {
+        let _ = self.child.kill();
+        let mut status = 0;
+        // SAFETY: as in `wait_with_peak_rss`; blocking until the killed child is reaped.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let pid = self.child.id() as libc::pid_t;
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+        usage.ru_maxrss as u64
     }
 
     /// `kill -9`.

@@ -56,8 +56,8 @@ fn check_job(spec: &JobSpec) {
     assert!(!spec.tasks.is_empty(), "a job without tasks");
     assert!(spec.tasks.len() as u64 <= MAX_TASKS_PER_JOB);
     let mut ids = HashSet::new();
-    for task in &spec.tasks {
-        assert!(ids.insert(task.id.as_str()), "task id {:?} twice", task.id);
+    for task in spec.tasks.iter() {
+        assert!(ids.insert(task.id.clone()), "task id {:?} twice", task.id);
         assert!(
             task.env.windows(2).all(|pair| pair[0].0 < pair[1].0),
             "env of {:?} not sorted by unique name: {:?}",

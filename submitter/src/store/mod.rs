@@ -149,7 +149,7 @@ pub struct FileRecord {
 }
 
 /// What became of one copy of a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CopyKind {
     /// A verified receipt that counted toward the task's quorum.
@@ -225,6 +225,17 @@ pub struct RestoreState {
     pub audited: Vec<(u32, SettledRecord)>,
     /// Copies of the unsettled tasks and of the audited ones: ((task, copy number), record).
     pub copies: Vec<((u32, u32), CopyRecord)>,
+}
+
+/// Counts for `peergrid status JOB` ([`Store::detail`]).
+#[derive(Debug, Default)]
+pub struct JobDetail {
+    pub copy_kinds: HashMap<CopyKind, u64>,
+    /// Settled tasks by audit mark.
+    pub audits: HashMap<AuditMark, u64>,
+    pub bad_receipts: u64,
+    /// The first bad receipts, in task order: (task, copy).
+    pub bad: Vec<(u32, CopyRecord)>,
 }
 
 /// An accepted task as the store holds it, with its copies: what brings an archived task back
@@ -639,16 +650,12 @@ impl Store {
     }
 
     /// Records a new job and its tasks.
-    pub fn create_job(&self, job: &JobRecord, tasks: &[TaskRecord]) -> Result<(), StoreError> {
-        let tasks: Vec<BinTask> = tasks
-            .iter()
-            .map(BinTask::from_record)
-            .collect::<Result<_, _>>()
-            .map_err(|reason| StoreError::Corrupt {
-                dir: self.dir.clone(),
-                table: "tasks",
-                reason,
-            })?;
+    pub fn create_job(
+        &self,
+        job: &JobRecord,
+        tasks: impl IntoIterator<Item = TaskRecord>,
+    ) -> Result<(), StoreError> {
+        // Written as they come: a sweep's million tasks are never a list in memory.
         self.write_txn(|txn| {
             txn.open_table(JOBS)?
                 .insert(job.id.as_str(), to_json(job).as_slice())?;
@@ -656,8 +663,9 @@ impl Store {
             txn.open_table(TOTALS)?
                 .insert(number, Totals::default().row())?;
             let mut table = txn.open_table(TASKS)?;
-            for (index, task) in tasks.iter().enumerate() {
-                table.insert((number, index as u32), codec::encode(task).as_slice())?;
+            for (index, task) in tasks.into_iter().enumerate() {
+                let task = BinTask::from_record(&task).map_err(corrupt("tasks"))?;
+                table.insert((number, index as u32), codec::encode(&task).as_slice())?;
             }
             Ok(())
         })
@@ -1091,6 +1099,41 @@ impl Store {
             }
             from = last + 1;
         }
+    }
+
+    /// What `peergrid status JOB` shows, in one pass over the job's copies and settled rows
+    /// that decodes each once and keeps only counts, and the first `bad_shown` bad receipts.
+    pub fn detail(&self, job_id: &str, bad_shown: usize) -> Result<JobDetail, StoreError> {
+        self.read(|txn| {
+            let mut detail = JobDetail::default();
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(detail);
+            };
+            let names = load_names(txn)?;
+            let copies = txn.open_table(COPIES)?;
+            let receipts = txn.open_table(RECEIPTS)?;
+            for row in copies.range((job, 0, 0)..=(job, u32::MAX, u32::MAX))? {
+                let (key, value) = row?;
+                let copy: BinCopy = codec::decode(value.value()).map_err(corrupt("copies"))?;
+                let kind = copy.kind().map_err(corrupt("copies"))?;
+                *detail.copy_kinds.entry(kind).or_default() += 1;
+                if kind == CopyKind::BadReceipt {
+                    detail.bad_receipts += 1;
+                    if detail.bad.len() < bad_shown {
+                        let (_, task, n) = key.value();
+                        let record = whole_copy(&copies, &receipts, &names, (job, task, n), &copy)?;
+                        detail.bad.push((task, record));
+                    }
+                }
+            }
+            for row in txn.open_table(SETTLED)?.range((job, 0)..=(job, u32::MAX))? {
+                let (_, value) = row?;
+                let record: BinSettled =
+                    codec::decode(value.value()).map_err(corrupt("settled"))?;
+                *detail.audits.entry(record.audit()).or_default() += 1;
+            }
+            Ok(detail)
+        })
     }
 
     /// The index of the task with id `task_id`, if the job has one.
@@ -1877,9 +1920,16 @@ fn open_writer(dir: &Path) -> Result<Database, StoreError> {
 /// How long opening the store for writing waits for another process to let go of it.
 const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// redb's page cache. Its default (1 GiB) holds every page a session touches, so the
+/// submitter's memory grew with the store: 64 MB of a 200,000-task session's 81 MB heap. The
+/// B-tree's interior pages are what lookups re-read, a few MB at a million tasks; a session's
+/// scans read each leaf once (ARCHITECTURE.md, "Memory at scale").
+const CACHE_BYTES: usize = 16 << 20;
+
 fn builder() -> Builder {
     let mut builder = Database::builder();
     builder.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    builder.set_cache_size(CACHE_BYTES);
     builder
 }
 
@@ -1994,7 +2044,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for id in ["old", "new"] {
-            store.create_job(&job(id), &[task("a"), task("b")]).unwrap();
+            store.create_job(&job(id), [task("a"), task("b")]).unwrap();
         }
         let mut old = Batch::default();
         old.results
@@ -2068,9 +2118,7 @@ mod tests {
     fn receipts_are_kept_while_open_and_after_a_disagreement_and_reduced_to_verdicts_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .create_job(&job("j"), &[task("a"), task("b")])
-            .unwrap();
+        store.create_job(&job("j"), [task("a"), task("b")]).unwrap();
         let key = |n: u8| hex::encode([n; 32]);
         let mut wrong = verdict();
         wrong.fuel = 8;
@@ -2144,9 +2192,7 @@ mod tests {
     fn small_outputs_are_kept_inline_and_large_ones_in_their_own_table() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .create_job(&job("j"), &[task("a"), task("b")])
-            .unwrap();
+        store.create_job(&job("j"), [task("a"), task("b")]).unwrap();
         let large: &'static [u8] = Box::leak(vec![7u8; OUTPUT_INLINE_MAX + 1].into_boxed_slice());
         let small: &'static [u8] = Box::leak(vec![8u8; OUTPUT_INLINE_MAX].into_boxed_slice());
         let mut batch = Batch::default();
@@ -2196,7 +2242,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         const TASKS: u32 = 5_000;
         let tasks: Vec<TaskRecord> = (0..TASKS).map(|i| task(&format!("sweep-{i}"))).collect();
-        store.create_job(&job("j"), &tasks).unwrap();
+        store.create_job(&job("j"), tasks.iter().cloned()).unwrap();
         let (a, b) = (hex::encode([1u8; 32]), hex::encode([2u8; 32]));
         let verdict_of = |task: u32| Verdict {
             output_hash: ContentHash::of(&task.to_le_bytes()),
@@ -2258,7 +2304,7 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             store
-                .create_job(&job("sweep-1"), &[task("a"), task("b")])
+                .create_job(&job("sweep-1"), [task("a"), task("b")])
                 .unwrap();
             assert_eq!(store.begin_session("sweep-1").unwrap(), 1);
             let mut batch = Batch::default();
@@ -2304,7 +2350,7 @@ mod tests {
     fn a_reputation_record_that_does_not_decode_refuses_the_batch_instead_of_resetting_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.create_job(&job("j"), &[task("a")]).unwrap();
+        store.create_job(&job("j"), [task("a")]).unwrap();
         let mut batch = Batch::default();
         batch.reputation("liar").disagreements += 1;
         store.write("j", &batch).unwrap();
@@ -2329,7 +2375,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for id in ["sweep-1", "sweep-10"] {
-            store.create_job(&job(id), &[task("a")]).unwrap();
+            store.create_job(&job(id), [task("a")]).unwrap();
         }
         let mut first = Batch::default();
         first.reputation("w1").agreements += 2;
@@ -2367,8 +2413,8 @@ mod tests {
     fn jobs_are_found_by_id_prefix_and_unknown_ones_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.create_job(&job("sweep-aaaa"), &[]).unwrap();
-        store.create_job(&job("sweep-aabb"), &[]).unwrap();
+        store.create_job(&job("sweep-aaaa"), []).unwrap();
+        store.create_job(&job("sweep-aabb"), []).unwrap();
         assert_eq!(store.find_job("sweep-aab").unwrap().id, "sweep-aabb");
         let ambiguous = store.find_job("sweep-aa").unwrap_err().to_string();
         assert!(
