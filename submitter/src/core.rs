@@ -365,6 +365,12 @@ impl JobCore {
         found: Vec<ArchivedRecord>,
         actions: &mut Actions,
     ) {
+        // Their workers are registered first: the liar is among them even if it never
+        // connected to this session.
+        let archived: Vec<ArchivedTask> = found
+            .into_iter()
+            .filter_map(|record| self.archived_task(record))
+            .collect();
         let Some(liar) = key
             .parse::<PublicKey>()
             .ok()
@@ -372,11 +378,8 @@ impl JobCore {
         else {
             return;
         };
-        for record in found {
-            let Some(archived) = self.archived_task(record) else {
-                continue;
-            };
-            for decision in self.scheduler.reopen_archived(archived, liar) {
+        for task in archived {
+            for decision in self.scheduler.reopen_archived(task, liar) {
                 self.apply(decision, actions);
             }
         }
@@ -1122,6 +1125,137 @@ mod tests {
             core.connect(liar.clone(), 2).is_none(),
             "a proven liar is never used again"
         );
+    }
+
+    /// A receipt of `meta` for task 0 saying `stdout`, as the store keeps it.
+    fn stored_receipt(meta: &WorkerMeta, stdout: &'static str, kind: CopyKind) -> CopyRecord {
+        let verdict = match delivered(meta, stdout) {
+            Answer::Receipt(result) => verdict_of(&result),
+            _ => unreachable!(),
+        };
+        CopyRecord {
+            worker: meta.key_hex.clone(),
+            addr: meta.addr.clone(),
+            host: meta.host.clone(),
+            fingerprint: "fp".into(),
+            session: 1,
+            kind,
+            verdict: Some(verdict),
+            reason: None,
+            receipt_hex: None,
+            signature_hex: None,
+            at_unix_ms: 0,
+            disputed: false,
+        }
+    }
+
+    /// Task 0 as the store holds it once accepted with `stdout` by `signers`.
+    fn archived_record(signers: &[&WorkerMeta], stdout: &'static str) -> ArchivedRecord {
+        let copies: Vec<(u32, CopyRecord)> = signers
+            .iter()
+            .enumerate()
+            .map(|(n, meta)| (n as u32, stored_receipt(meta, stdout, CopyKind::Receipt)))
+            .collect();
+        ArchivedRecord {
+            task: 0,
+            settled: SettledRecord {
+                accepted: copies[0].1.verdict.clone(),
+                reason: None,
+                agreeing: signers.iter().map(|meta| meta.key_hex.clone()).collect(),
+                disagreeing: Vec::new(),
+                copies: copies.len() as u32,
+                session: 1,
+                at_unix_ms: 0,
+                audit: AuditMark::None,
+                files: Vec::new(),
+            },
+            copies,
+        }
+    }
+
+    /// A core of one task accepted in an earlier session, at rest in the store.
+    fn one_archived_task() -> JobCore {
+        let stored = Stored {
+            state: crate::store::RestoreState {
+                at_rest: vec![(0, true)],
+                ..Default::default()
+            },
+            ..Stored::default()
+        };
+        core(1, 0.0, stored)
+    }
+
+    #[test]
+    fn an_archived_task_a_proven_liar_signed_comes_back_reopened_with_its_history() {
+        // Its signers never connected to this session.
+        let (liar, partner, honest) = (worker(1), worker(2), worker(3));
+        let mut core = one_archived_task();
+        assert!(core.scheduler().is_archived(0));
+        assert!(core.scheduler().is_finished());
+        let mut actions = Actions::default();
+        let record = archived_record(&[&liar, &partner], "wrong");
+        core.reopen_archived(&liar.key_hex, vec![record], &mut actions);
+        assert!(
+            actions
+                .batch
+                .results
+                .iter()
+                .any(|change| matches!(change, ResultChange::Reopened { task: 0, .. })),
+            "{:?}",
+            actions.batch.results
+        );
+        assert!(matches!(&actions.outputs[..], [(0, None)]), "its file goes");
+        assert_eq!((core.counts().accepted, core.counts().reopened), (0, 1));
+        assert!(core.scheduler().is_open(0) && !core.scheduler().is_archived(0));
+        // It settles again on fresh workers and, reopened, is audited: the audit sees the old
+        // receipts too, so the partner that co-signed the lie is proven as well.
+        let metas = [honest.clone(), worker(4)];
+        let ids = connect_all(&mut core, &metas);
+        answer_next(&mut core, &metas, &ids, |m| delivered(m, "right"));
+        let (_, accepted) = answer_next(&mut core, &metas, &ids, |m| delivered(m, "right"));
+        assert_eq!(
+            accepted.audits,
+            vec![0],
+            "a reopened task is always audited"
+        );
+        let truth = match delivered(&honest, "right") {
+            Answer::Receipt(result) => verdict_of(&result),
+            _ => unreachable!(),
+        };
+        let mut audited = Actions::default();
+        core.on_audit(0, AuditResult::Ran(truth), clock(), &mut audited);
+        let proven: Vec<&str> = audited
+            .batch
+            .liars
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .collect();
+        assert!(proven.contains(&partner.key_hex.as_str()), "{proven:?}");
+        assert!(
+            audited.sweeps.contains(&partner.key_hex),
+            "{:?}",
+            audited.sweeps
+        );
+        assert_eq!(core.archive(), 1, "settled and audited: it rests again");
+        assert!(core.scheduler().is_archived(0));
+    }
+
+    #[test]
+    fn an_archived_task_the_liar_did_not_sign_goes_back_to_rest_unchanged() {
+        let (liar, a, b) = (worker(1), worker(2), worker(3));
+        let mut core = one_archived_task();
+        // The liar signed an answer of the task before an earlier reopening (superseded), not
+        // the one it is accepted with now.
+        let mut record = archived_record(&[&a, &b], "right");
+        record
+            .copies
+            .push((2, stored_receipt(&liar, "right", CopyKind::Superseded)));
+        let mut actions = Actions::default();
+        core.reopen_archived(&liar.key_hex, vec![record], &mut actions);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(core.counts().accepted, 1);
+        assert_eq!(core.archive(), 1);
+        assert!(core.scheduler().is_archived(0) && core.scheduler().is_finished());
     }
 
     #[test]
