@@ -52,7 +52,13 @@ pub struct Progress {
     /// When the bar's message or the last plain line was made.
     last_shown: Option<Instant>,
     counts: Counts,
+    /// (when, settled) at each message of the last [`RATE_WINDOW`]: the rate the ETA uses is
+    /// this window's, so it follows workers joining and leaving in a week-long job.
+    recent: std::collections::VecDeque<(Instant, u64)>,
 }
+
+/// The span the shown rate is measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Progress {
     /// A bar if stderr is a terminal (and `plain` is false), lines otherwise.
@@ -77,6 +83,7 @@ impl Progress {
             settled_at_start: counts.settled(),
             last_shown: None,
             counts,
+            recent: std::collections::VecDeque::new(),
         }
     }
 
@@ -93,6 +100,15 @@ impl Progress {
         };
         if !self.due(interval) {
             return;
+        }
+        let now = Instant::now();
+        self.recent.push_back((now, counts.settled()));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > RATE_WINDOW)
+        {
+            self.recent.pop_front();
         }
         match &self.bar {
             Some(bar) => bar.set_message(self.rate_and_details()),
@@ -138,29 +154,66 @@ impl Progress {
         )
     }
 
-    /// "12.3 tasks/s · ETA 8s · 3 running on 3 workers · …", this session's rate.
+    /// "12.3 tasks/s · ETA 2h 05m · 3 running on 3 workers · …": the rate of the last minute
+    /// (this session's mean until a window spans 10 s).
     fn rate_and_details(&self) -> String {
         let counts = &self.counts;
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let done_here = counts.settled().saturating_sub(self.settled_at_start);
-        let rate = if elapsed > 0.0 {
-            done_here as f64 / elapsed
-        } else {
-            0.0
+        let windowed = match (self.recent.front(), self.recent.back()) {
+            (Some((from, then)), Some((to, now))) if to.duration_since(*from).as_secs() >= 10 => {
+                Some(now.saturating_sub(*then) as f64 / to.duration_since(*from).as_secs_f64())
+            }
+            _ => None,
         };
+        let rate = windowed.unwrap_or_else(|| {
+            let elapsed = self.started.elapsed().as_secs_f64();
+            let done_here = counts.settled().saturating_sub(self.settled_at_start);
+            if elapsed > 0.0 {
+                done_here as f64 / elapsed
+            } else {
+                0.0
+            }
+        });
         let left = counts.total.saturating_sub(counts.settled());
-        let eta = if rate > 0.0 {
-            format!("{:.0}s", left as f64 / rate)
-        } else {
-            "?".to_owned()
-        };
-        format!("{rate:.1} tasks/s · ETA {eta} · {}", counts.details())
+        format!(
+            "{rate:.1} tasks/s · ETA {} · {}",
+            eta(left, rate),
+            counts.details()
+        )
+    }
+}
+
+/// The time `left` tasks take at `rate` per second, readable at any size: "45s", "12m 05s",
+/// "3h 07m", "9d 14h"; "?" without a rate.
+fn eta(left: u64, rate: f64) -> String {
+    if left == 0 {
+        return "0s".to_owned();
+    }
+    if rate <= 0.0 || !rate.is_finite() {
+        return "?".to_owned();
+    }
+    let secs = (left as f64 / rate).ceil().min(1e12) as u64;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h {:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d {}h", secs / 86400, secs % 86400 / 3600),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_eta_reads_well_from_seconds_to_days() {
+        assert_eq!(eta(0, 0.0), "0s");
+        assert_eq!(eta(10, 0.0), "?");
+        assert_eq!(eta(45, 1.0), "45s");
+        assert_eq!(eta(725, 1.0), "12m 05s");
+        assert_eq!(eta(3 * 3600 + 7 * 60, 1.0), "3h 07m");
+        // A million tasks at 1.2 a second.
+        assert_eq!(eta(1_000_000, 1.2), "9d 15h");
+    }
 
     #[test]
     fn a_message_is_due_at_first_then_once_per_interval() {
