@@ -452,6 +452,8 @@ pub struct SubmitProcess {
     child: Child,
     stderr_path: PathBuf,
     stdout_path: PathBuf,
+    /// Reaped by `wait4` behind `Child`'s back: its pid may be anyone's now, never signalled.
+    reaped: bool,
 }
 
 impl SubmitProcess {
@@ -488,6 +490,7 @@ impl SubmitProcess {
             child,
             stderr_path,
             stdout_path,
+            reaped: false,
         }
     }
 
@@ -521,6 +524,7 @@ impl SubmitProcess {
             let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
             assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
             if reaped == pid {
+                self.reaped = true;
                 let output = CliOutput {
                     code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
                     stdout: std::fs::read(&self.stdout_path).unwrap_or_default(),
@@ -558,11 +562,15 @@ impl SubmitProcess {
         let pid = self.child.id() as libc::pid_t;
         let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
         assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+        self.reaped = true;
         usage.ru_maxrss as u64
     }
 
     /// `kill -9`.
     pub fn kill(&mut self) {
+        if self.reaped {
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

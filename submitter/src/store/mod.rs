@@ -955,19 +955,15 @@ impl Store {
     }
 
     /// Calls `each` with every settled task of the job in task order, one at a time (memory:
-    /// one record, however large the job). Stops at the first error `each` returns.
+    /// one slice of rows, however large the job). Stops at the first error `each` returns.
     pub fn each_settled<E: From<StoreError>>(
         &self,
         job_id: &str,
         mut each: impl FnMut(u32, SettledRecord) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut from = 0u32;
-        // Read in slices, each in its own read transaction, so that `each` may use the store.
-        loop {
-            let slice = self.read(|txn| {
-                let Some(job) = find_number(txn, job_id)? else {
-                    return Ok(Vec::new());
-                };
+        self.in_slices(
+            job_id,
+            |txn, job, from| {
                 let names = load_names(txn)?;
                 let table = txn.open_table(SETTLED)?;
                 let copies = txn.open_table(COPIES)?;
@@ -984,33 +980,9 @@ impl Store {
                     slice.push((task, whole));
                 }
                 Ok(slice)
-            })?;
-            let Some(last) = slice.last().map(|(task, _)| *task) else {
-                return Ok(());
-            };
-            let full = slice.len() == EACH_SLICE;
-            for (task, record) in slice {
-                each(task, record)?;
-            }
-            if !full || last == u32::MAX {
-                return Ok(());
-            }
-            from = last + 1;
-        }
-    }
-
-    /// One task of the job, by index.
-    pub fn task(&self, job_id: &str, task: u32) -> Result<Option<TaskRecord>, StoreError> {
-        self.read(|txn| {
-            let Some(job) = find_number(txn, job_id)? else {
-                return Ok(None);
-            };
-            let Some(value) = txn.open_table(TASKS)?.get((job, task))? else {
-                return Ok(None);
-            };
-            let task: BinTask = codec::decode(value.value()).map_err(corrupt("tasks"))?;
-            Ok(Some(task.into_record()))
-        })
+            },
+            |task, record| each(task, record),
+        )
     }
 
     /// Calls `each` with every task of the job in order, one at a time.
@@ -1019,12 +991,9 @@ impl Store {
         job_id: &str,
         mut each: impl FnMut(u32, TaskRecord) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut from = 0u32;
-        loop {
-            let slice = self.read(|txn| {
-                let Some(job) = find_number(txn, job_id)? else {
-                    return Ok(Vec::new());
-                };
+        self.in_slices(
+            job_id,
+            |txn, job, from| {
                 let table = txn.open_table(TASKS)?;
                 let mut slice = Vec::new();
                 for row in table.range((job, from)..=(job, u32::MAX))?.take(EACH_SLICE) {
@@ -1033,34 +1002,21 @@ impl Store {
                     slice.push((key.value().1, task.into_record()));
                 }
                 Ok(slice)
-            })?;
-            let Some(last) = slice.last().map(|(task, _)| *task) else {
-                return Ok(());
-            };
-            let full = slice.len() == EACH_SLICE;
-            for (task, record) in slice {
-                each(task, record)?;
-            }
-            if !full || last == u32::MAX {
-                return Ok(());
-            }
-            from = last + 1;
-        }
+            },
+            |task, record| each(task, record),
+        )
     }
 
     /// Calls `each` with every task of the job in order and its settled record if it is
-    /// settled, one at a time (memory: one slice of rows, however large the job).
+    /// settled, one at a time.
     pub fn each_task_settled<E: From<StoreError>>(
         &self,
         job_id: &str,
         mut each: impl FnMut(u32, TaskRecord, Option<SettledRecord>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut from = 0u32;
-        loop {
-            let slice = self.read(|txn| {
-                let Some(job) = find_number(txn, job_id)? else {
-                    return Ok(Vec::new());
-                };
+        self.in_slices(
+            job_id,
+            |txn, job, from| {
                 let names = load_names(txn)?;
                 let tasks = txn.open_table(TASKS)?;
                 let settled = txn.open_table(SETTLED)?;
@@ -1083,22 +1039,56 @@ impl Store {
                         }
                         None => None,
                     };
-                    slice.push((index, task.into_record(), record));
+                    slice.push((index, (task.into_record(), record)));
                 }
                 Ok(slice)
+            },
+            |index, (task, record)| each(index, task, record),
+        )
+    }
+
+    /// Reads the job's rows a slice at a time (`read_slice` gets the job's number and the first
+    /// task index of the slice, and returns at most [`EACH_SLICE`] rows in task order), each slice
+    /// in its own read transaction so that `each` may use the store, and calls `each` with
+    /// every row. Stops at the first error.
+    fn in_slices<T, E: From<StoreError>>(
+        &self,
+        job_id: &str,
+        read_slice: impl Fn(&redb::ReadTransaction, u32, u32) -> TxnResult<Vec<(u32, T)>>,
+        mut each: impl FnMut(u32, T) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut from = 0u32;
+        loop {
+            let slice = self.read(|txn| match find_number(txn, job_id)? {
+                Some(job) => read_slice(txn, job, from),
+                None => Ok(Vec::new()),
             })?;
-            let Some(last) = slice.last().map(|(task, _, _)| *task) else {
+            let Some(last) = slice.last().map(|(task, _)| *task) else {
                 return Ok(());
             };
             let full = slice.len() == EACH_SLICE;
-            for (index, task, record) in slice {
-                each(index, task, record)?;
+            for (task, row) in slice {
+                each(task, row)?;
             }
             if !full || last == u32::MAX {
                 return Ok(());
             }
             from = last + 1;
         }
+    }
+
+    /// One task of the job, by index.
+    pub fn task(&self, job_id: &str, task: u32) -> Result<Option<TaskRecord>, StoreError> {
+        self.read(|txn| {
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(None);
+            };
+            let Some(value) = txn.open_table(TASKS)?.get((job, task))? else {
+                return Ok(None);
+            };
+            let task: BinTask = codec::decode(value.value()).map_err(corrupt("tasks"))?;
+            Ok(Some(task.into_record()))
+        })
     }
 
     /// What `peergrid status JOB` shows, in one pass over the job's copies and settled rows
