@@ -189,8 +189,8 @@ fn detail_plain(store: &Store, job: &JobRecord) -> anyhow::Result<()> {
             .flatten()
             .map_or_else(|| "?".to_owned(), |record| record.id)
     };
-    let count = |kind: CopyKind| detail.copy_kinds.get(&kind).copied().unwrap_or(0);
-    let audit_count = |mark: AuditMark| detail.audits.get(&mark).copied().unwrap_or(0);
+    let count = |kind: CopyKind| detail.totals.kind(kind);
+    let audit_count = |mark: AuditMark| detail.totals.audit(mark);
     println!(
         "job {} ({}) from {}",
         job.id,
@@ -267,10 +267,11 @@ fn detail_plain(store: &Store, job: &JobRecord) -> anyhow::Result<()> {
             copy.reason.as_deref().unwrap_or("no reason recorded")
         );
     }
-    if detail.bad_receipts > BAD_RECEIPTS_SHOWN as u64 {
+    let bad_receipts = count(CopyKind::BadReceipt);
+    if bad_receipts > detail.bad.len() as u64 {
         println!(
             "… and {} more bad receipts (`--json` lists them all)",
-            detail.bad_receipts - BAD_RECEIPTS_SHOWN as u64
+            bad_receipts - detail.bad.len() as u64
         );
     }
     println!("results: {}", job.out_dir.display());

@@ -539,7 +539,7 @@ impl BinSettled {
     }
 }
 
-fn audit_code(audit: AuditMark) -> u8 {
+pub fn audit_code(audit: AuditMark) -> u8 {
     AUDITS
         .iter()
         .position(|known| *known == audit)

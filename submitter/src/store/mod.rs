@@ -54,9 +54,9 @@ const RECEIPTS: TableDefinition<(u32, u32, u32), &[u8]> = TableDefinition::new("
 const SETTLED: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("v2.settled");
 /// Job → (accepted, inconclusive) tasks now: what `status` shows without reading every task.
 const COUNTS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("v2.counts");
-/// Job → [`Totals`] as (copies with a verdict, disputed copies, reopenings, accepted fuel): what
-/// the summary and a resumed progress line show without reading every copy.
-const TOTALS: TableDefinition<u32, (u64, u64, u64, u64)> = TableDefinition::new("v2.totals");
+/// Job → [`Totals`] (postcard): what the summary, `status JOB` and a resumed progress line show
+/// without reading every copy.
+const TOTALS: TableDefinition<u32, &[u8]> = TableDefinition::new("v2.job_totals");
 /// (job, task index, 0 for stdout or 1 for stderr) → an accepted output over
 /// [`OUTPUT_INLINE_MAX`].
 const OUTPUTS: TableDefinition<(u32, u32, u8), &[u8]> = TableDefinition::new("v2.outputs");
@@ -188,7 +188,7 @@ pub struct CopyRecord {
 }
 
 /// A job's running totals, kept by every write ([`Store::totals`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     /// Copies that came back with a verdict (receipts, late ones, discarded ones).
     pub copies: u64,
@@ -198,20 +198,37 @@ pub struct Totals {
     pub reopened: u64,
     /// Fuel of the accepted verdicts.
     pub fuel: u64,
+    /// Copies by kind now ([`kind_index`]).
+    kinds: [u64; 6],
+    /// Settled tasks by audit mark now (`codec::audit_code`).
+    audits: [u64; 4],
 }
 
 impl Totals {
-    fn from_row((copies, disputed, reopened, fuel): (u64, u64, u64, u64)) -> Self {
-        Self {
-            copies,
-            disputed,
-            reopened,
-            fuel,
-        }
+    /// Copies of this kind now.
+    pub fn kind(&self, kind: CopyKind) -> u64 {
+        self.kinds[kind_index(kind)]
     }
 
-    fn row(&self) -> (u64, u64, u64, u64) {
-        (self.copies, self.disputed, self.reopened, self.fuel)
+    /// Settled tasks with this audit mark now.
+    pub fn audit(&self, audit: AuditMark) -> u64 {
+        self.audits[usize::from(codec::audit_code(audit))]
+    }
+
+    fn decode(bytes: &[u8]) -> TxnResult<Self> {
+        codec::decode(bytes).map_err(corrupt("totals"))
+    }
+}
+
+/// A copy kind's place in [`Totals`].
+fn kind_index(kind: CopyKind) -> usize {
+    match kind {
+        CopyKind::Receipt => 0,
+        CopyKind::Late => 1,
+        CopyKind::Discarded => 2,
+        CopyKind::Lost => 3,
+        CopyKind::BadReceipt => 4,
+        CopyKind::Superseded => 5,
     }
 }
 
@@ -227,13 +244,10 @@ pub struct RestoreState {
     pub copies: Vec<((u32, u32), CopyRecord)>,
 }
 
-/// Counts for `peergrid status JOB` ([`Store::detail`]).
+/// What `peergrid status JOB` shows ([`Store::detail`]).
 #[derive(Debug, Default)]
 pub struct JobDetail {
-    pub copy_kinds: HashMap<CopyKind, u64>,
-    /// Settled tasks by audit mark.
-    pub audits: HashMap<AuditMark, u64>,
-    pub bad_receipts: u64,
+    pub totals: Totals,
     /// The first bad receipts, in task order: (task, copy).
     pub bad: Vec<(u32, CopyRecord)>,
 }
@@ -661,7 +675,7 @@ impl Store {
                 .insert(job.id.as_str(), to_json(job).as_slice())?;
             let number = job_number(txn, &job.id)?;
             txn.open_table(TOTALS)?
-                .insert(number, Totals::default().row())?;
+                .insert(number, codec::encode(&Totals::default()).as_slice())?;
             let mut table = txn.open_table(TASKS)?;
             for (index, task) in tasks.into_iter().enumerate() {
                 let task = BinTask::from_record(&task).map_err(corrupt("tasks"))?;
@@ -845,13 +859,13 @@ impl Store {
                 return Ok(Totals::default());
             };
             let row = match txn.open_table(TOTALS) {
-                Ok(table) => table.get(job)?.map(|row| row.value()),
+                Ok(table) => table.get(job)?.map(|row| row.value().to_vec()),
                 // A store made before totals, opened read-only.
                 Err(redb::TableError::TableDoesNotExist(_)) => None,
                 Err(error) => return Err(error.into()),
             };
             match row {
-                Some(row) => Ok(Totals::from_row(row)),
+                Some(row) => Totals::decode(&row),
                 None => count_totals(txn, job),
             }
         })
@@ -1091,13 +1105,22 @@ impl Store {
         })
     }
 
-    /// What `peergrid status JOB` shows, in one pass over the job's copies and settled rows
-    /// that decodes each once and keeps only counts, and the first `bad_shown` bad receipts.
+    /// What `peergrid status JOB` shows: the kept totals, and the first `bad_shown` bad
+    /// receipts (the copies are read only when there are bad ones, and only until that many
+    /// are found).
     pub fn detail(&self, job_id: &str, bad_shown: usize) -> Result<JobDetail, StoreError> {
-        self.read(|txn| {
-            let mut detail = JobDetail::default();
+        let totals = self.totals(job_id)?;
+        let mut detail = JobDetail {
+            totals,
+            bad: Vec::new(),
+        };
+        if totals.kind(CopyKind::BadReceipt) == 0 || bad_shown == 0 {
+            return Ok(detail);
+        }
+        detail.bad = self.read(|txn| {
+            let mut bad = Vec::new();
             let Some(job) = find_number(txn, job_id)? else {
-                return Ok(detail);
+                return Ok(bad);
             };
             let names = load_names(txn)?;
             let copies = txn.open_table(COPIES)?;
@@ -1105,25 +1128,18 @@ impl Store {
             for row in copies.range((job, 0, 0)..=(job, u32::MAX, u32::MAX))? {
                 let (key, value) = row?;
                 let copy: BinCopy = codec::decode(value.value()).map_err(corrupt("copies"))?;
-                let kind = copy.kind().map_err(corrupt("copies"))?;
-                *detail.copy_kinds.entry(kind).or_default() += 1;
-                if kind == CopyKind::BadReceipt {
-                    detail.bad_receipts += 1;
-                    if detail.bad.len() < bad_shown {
-                        let (_, task, n) = key.value();
-                        let record = whole_copy(&copies, &receipts, &names, (job, task, n), &copy)?;
-                        detail.bad.push((task, record));
+                if copy.kind().map_err(corrupt("copies"))? == CopyKind::BadReceipt {
+                    let (_, task, n) = key.value();
+                    let record = whole_copy(&copies, &receipts, &names, (job, task, n), &copy)?;
+                    bad.push((task, record));
+                    if bad.len() == bad_shown {
+                        break;
                     }
                 }
             }
-            for row in txn.open_table(SETTLED)?.range((job, 0)..=(job, u32::MAX))? {
-                let (_, value) = row?;
-                let record: BinSettled =
-                    codec::decode(value.value()).map_err(corrupt("settled"))?;
-                *detail.audits.entry(record.audit()).or_default() += 1;
-            }
-            Ok(detail)
-        })
+            Ok(bad)
+        })?;
+        Ok(detail)
     }
 
     /// The index of the task with id `task_id`, if the job has one.
@@ -1246,7 +1262,8 @@ impl Store {
         let mut elsewhere = Vec::new();
         let written = self.write_txn(|txn| {
             if let Some((job, totals)) = counted {
-                txn.open_table(TOTALS)?.insert(job, totals.row())?;
+                txn.open_table(TOTALS)?
+                    .insert(job, codec::encode(&totals).as_slice())?;
             }
             write_batch(txn, &mut names, job_id, batch, &mut elsewhere)?;
             let mut table = txn.open_table(NAMES)?;
@@ -1461,6 +1478,7 @@ fn count_totals(txn: &redb::ReadTransaction, job: u32) -> TxnResult<Totals> {
         let copy: BinCopy = codec::decode(value.value()).map_err(corrupt("copies"))?;
         totals.copies += u64::from(copy.has_verdict());
         totals.disputed += u64::from(copy.is_disputed());
+        totals.kinds[kind_index(copy.kind().map_err(corrupt("copies"))?)] += 1;
     }
     totals.reopened = txn
         .open_table(REOPENED)?
@@ -1469,6 +1487,7 @@ fn count_totals(txn: &redb::ReadTransaction, job: u32) -> TxnResult<Totals> {
     for row in txn.open_table(SETTLED)?.range((job, 0)..=(job, u32::MAX))? {
         let (key, value) = row?;
         let record: BinSettled = codec::decode(value.value()).map_err(corrupt("settled"))?;
+        totals.audits[usize::from(codec::audit_code(record.audit()))] += 1;
         if let Some(verdict) = resolve_accepted(&copies, &names, job, key.value().1, &record)? {
             totals.fuel += verdict.fuel;
         }
@@ -1553,6 +1572,7 @@ fn write_batch(
         let delta = totaled.entry(job).or_default();
         delta.copies += i64::from(record.verdict.is_some());
         delta.disputed += i64::from(record.disputed);
+        delta.kinds[kind_index(record.kind)] += 1;
         let mut row = BinCopy::new(record, names);
         if let Some(verdict) = row.whole_verdict() {
             // The first earlier copy of the task kept whole with an equal verdict, if any.
@@ -1601,19 +1621,22 @@ fn write_batch(
                     .map(|old| codec::decode::<BinSettled>(old.value()))
                     .transpose()
                     .map_err(corrupt("settled"))?;
+                let delta = totaled.entry(job).or_default();
                 if let Some(old) = old {
                     count(&mut counted, job, old.is_accepted(), -1);
+                    delta.audit(old.audit(), -1);
                     if let Some(verdict) = resolve_bin_accepted(&copies, job, *task, &old)? {
-                        totaled.entry(job).or_default().fuel -= i128::from(verdict.fuel());
+                        delta.fuel -= i128::from(verdict.fuel());
                     }
                 }
+                delta.audit(bin.audit(), 1);
                 count(&mut counted, job, bin.is_accepted(), 1);
             }
             ResultChange::Reopened { task, reason } => {
                 let mut tables = (&mut copies, &mut settled, &mut outputs, &mut reopened);
-                if let Some((accepted, fuel)) = reopen_row(&mut tables, job, *task, reason)? {
-                    count(&mut counted, job, accepted, -1);
-                    totaled.entry(job).or_default().reopened(fuel);
+                if let Some(reopened) = reopen_row(&mut tables, job, *task, reason)? {
+                    count(&mut counted, job, reopened.accepted, -1);
+                    totaled.entry(job).or_default().reopened(&reopened);
                 }
             }
             ResultChange::Audited { task, audit } => {
@@ -1623,6 +1646,9 @@ fn write_batch(
                     .transpose()
                     .map_err(corrupt("settled"))?;
                 if let Some(mut record) = record {
+                    let delta = totaled.entry(job).or_default();
+                    delta.audit(record.audit(), -1);
+                    delta.audit(*audit, 1);
                     record.set_audit(*audit);
                     settled.insert((job, *task), codec::encode(&record).as_slice())?;
                 }
@@ -1667,9 +1693,9 @@ fn write_batch(
         );
         for (other, task) in &signed {
             let mut tables = (&mut copies, &mut settled, &mut outputs, &mut reopened);
-            if let Some((accepted, fuel)) = reopen_row(&mut tables, *other, *task, &reason)? {
-                count(&mut counted, *other, accepted, -1);
-                totaled.entry(*other).or_default().reopened(fuel);
+            if let Some(reopened) = reopen_row(&mut tables, *other, *task, &reason)? {
+                count(&mut counted, *other, reopened.accepted, -1);
+                totaled.entry(*other).or_default().reopened(&reopened);
             }
             let other_id = job_ids.get(other).cloned().unwrap_or_default();
             match elsewhere.iter_mut().find(|(id, _)| *id == other_id) {
@@ -1693,11 +1719,11 @@ fn write_batch(
     for (job, delta) in totaled {
         // A job of an older store without totals keeps none until its own next write counts
         // them (`Store::write`): a delta alone would be wrong.
-        let Some(row) = totals.get(job)?.map(|row| row.value()) else {
+        let Some(row) = totals.get(job)?.map(|row| row.value().to_vec()) else {
             continue;
         };
-        let now = delta.apply(Totals::from_row(row));
-        totals.insert(job, now.row())?;
+        let now = delta.apply(Totals::decode(&row)?);
+        totals.insert(job, codec::encode(&now).as_slice())?;
     }
     drop(totals);
     let mut counts = txn.open_table(COUNTS)?;
@@ -1748,13 +1774,24 @@ struct TotalsDelta {
     disputed: i64,
     reopened: i64,
     fuel: i128,
+    kinds: [i64; 6],
+    audits: [i64; 4],
 }
 
 impl TotalsDelta {
-    /// A task was reopened; `fuel` is what its accepted verdict had (0 if it was inconclusive).
-    fn reopened(&mut self, fuel: u64) {
+    fn audit(&mut self, audit: AuditMark, delta: i64) {
+        self.audits[usize::from(codec::audit_code(audit))] += delta;
+    }
+
+    /// A task was reopened: its settled record is gone, its votes superseded.
+    fn reopened(&mut self, reopened: &ReopenedRow) {
         self.reopened += 1;
-        self.fuel -= i128::from(fuel);
+        self.fuel -= i128::from(reopened.fuel);
+        self.audit(reopened.audit, -1);
+        for kind in &reopened.superseded {
+            self.kinds[kind_index(*kind)] -= 1;
+            self.kinds[kind_index(CopyKind::Superseded)] += 1;
+        }
     }
 
     fn apply(&self, totals: Totals) -> Totals {
@@ -1766,8 +1803,20 @@ impl TotalsDelta {
             disputed: add(totals.disputed, self.disputed.into()),
             reopened: add(totals.reopened, self.reopened.into()),
             fuel: add(totals.fuel, self.fuel),
+            kinds: std::array::from_fn(|at| add(totals.kinds[at], self.kinds[at].into())),
+            audits: std::array::from_fn(|at| add(totals.audits[at], self.audits[at].into())),
         }
     }
+}
+
+/// What [`reopen_row`] changed.
+struct ReopenedRow {
+    /// The removed settled record was accepted (else inconclusive), with this much fuel.
+    accepted: bool,
+    fuel: u64,
+    audit: AuditMark,
+    /// The kinds the votes had before they became superseded.
+    superseded: Vec<CopyKind>,
 }
 
 /// Adds `delta` to the accepted or inconclusive count of `job`.
@@ -1853,12 +1902,13 @@ fn reopen_row(
     job: u32,
     task: u32,
     reason: &str,
-) -> TxnResult<Option<(bool, u64)>> {
+) -> TxnResult<Option<ReopenedRow>> {
     let Some(old) = settled.remove((job, task))? else {
         return Ok(None);
     };
     let mut old: BinSettled = codec::decode(old.value()).map_err(corrupt("settled"))?;
     let was_accepted = old.is_accepted();
+    let audit = old.audit();
     // The history keeps the verdict whole: the copy it refers to is about to change kind.
     let verdict = resolve_bin_accepted(&**copies, job, task, &old)?;
     let fuel = verdict.as_ref().map_or(0, BinVerdict::fuel);
@@ -1871,23 +1921,28 @@ fn reopen_row(
     for row in copies.range((job, task, 0)..=(job, task, u32::MAX))? {
         let (key, value) = row?;
         let copy: BinCopy = codec::decode(value.value()).map_err(corrupt("copies"))?;
-        if matches!(
-            copy.kind().map_err(corrupt("copies"))?,
-            CopyKind::Receipt | CopyKind::Late
-        ) {
-            votes.push((key.value().2, copy));
+        let kind = copy.kind().map_err(corrupt("copies"))?;
+        if matches!(kind, CopyKind::Receipt | CopyKind::Late) {
+            votes.push((key.value().2, kind, copy));
         }
     }
-    for (n, mut copy) in votes {
+    let mut superseded = Vec::with_capacity(votes.len());
+    for (n, kind, mut copy) in votes {
         copy.set_kind(CopyKind::Superseded);
         copies.insert((job, task, n), codec::encode(&copy).as_slice())?;
+        superseded.push(kind);
     }
     let n = reopened
         .range((job, task, 0)..=(job, task, u32::MAX))?
         .count() as u32;
     let record = BinReopen::new(old, reason, unix_now_ms());
     reopened.insert((job, task, n), codec::encode(&record).as_slice())?;
-    Ok(Some((was_accepted, fuel)))
+    Ok(Some(ReopenedRow {
+        accepted: was_accepted,
+        fuel,
+        audit,
+        superseded,
+    }))
 }
 
 /// Opens the database as its writer. Another process may hold it for a moment (a `status`
@@ -2085,6 +2140,11 @@ mod tests {
         assert_eq!(store.find_job("old").unwrap().finished_unix_ms, None);
         assert!(store.liars().unwrap().contains_key("liar"));
         assert_eq!(store.reopened("new").unwrap()[0].1.reason, "audit");
+        // The reopening in the other job is in its kept totals too.
+        for id in ["old", "new"] {
+            assert_eq!(store.totals(id).unwrap(), recounted(&store, id), "{id}");
+        }
+        assert_eq!(store.totals("old").unwrap().reopened, 1);
     }
 
     fn copy(worker: &str, verdict: Option<Verdict>, disputed: bool) -> CopyRecord {
@@ -2176,6 +2236,52 @@ mod tests {
             .map(|(_, copy)| copy.kind)
             .collect();
         assert_eq!(kinds, vec![CopyKind::Superseded, CopyKind::Superseded]);
+        // An audit mark moves, a lost copy and a bad receipt are counted.
+        let mut fourth = Batch::default();
+        fourth.results.push(ResultChange::Audited {
+            task: 1,
+            audit: AuditMark::Passed,
+        });
+        let mut lost = copy(&key(4), None, false);
+        lost.kind = CopyKind::Lost;
+        let mut bad = copy(&key(5), None, false);
+        bad.kind = CopyKind::BadReceipt;
+        fourth.copies.extend([(0, 2, lost), (0, 3, bad)]);
+        store.write("j", &fourth).unwrap();
+        let kept = store.totals("j").unwrap();
+        assert_eq!(
+            kept,
+            recounted(&store, "j"),
+            "kept totals are what the rows say"
+        );
+        assert_eq!(
+            (kept.copies, kept.disputed, kept.reopened, kept.fuel),
+            (5, 1, 1, 7)
+        );
+        assert_eq!(
+            [
+                CopyKind::Receipt,
+                CopyKind::Superseded,
+                CopyKind::Lost,
+                CopyKind::BadReceipt
+            ]
+            .map(|kind| kept.kind(kind)),
+            [3, 2, 1, 1]
+        );
+        assert_eq!(kept.audit(AuditMark::Passed), 1);
+        let detail = store.detail("j", 10).unwrap();
+        assert_eq!(detail.bad.len(), 1);
+        assert_eq!(detail.bad[0].0, 0);
+    }
+
+    /// A job's totals counted from its rows, as a store from before they were kept gets them.
+    fn recounted(store: &Store, job_id: &str) -> Totals {
+        store
+            .read(|txn| {
+                let job = find_number(txn, job_id)?.expect("the job is stored");
+                count_totals(txn, job)
+            })
+            .unwrap()
     }
 
     #[test]
