@@ -469,7 +469,7 @@ impl Store {
         let db = open_writer(dir)?;
         let mut store = Self::with(dir, Db::Writer(db))?;
         match store.format()? {
-            // Tables added since the store was made (`v2.totals`) are created empty.
+            // Tables added since the store was made (`v2.job_totals`) are created empty.
             Format::Current => store.write_txn(|txn| Ok(create_tables(txn)?))?,
             Format::Empty => {
                 // Create every table, so readers never meet a missing one.
