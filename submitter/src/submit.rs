@@ -627,7 +627,12 @@ struct Session<'a> {
     fetches_from: HashMap<WorkerId, u64>,
     /// Which worker holds which blob, for inputs passed between workers.
     blob_peers: BlobPeers,
+    /// Tasks read ahead of their signing (see `task`).
+    read_ahead: HashMap<TaskIndex, TaskRecord>,
 }
+
+/// Tasks read from the store in one transaction when a task to sign is not read yet.
+const TASK_READ_AHEAD: usize = 256;
 
 impl<'a> Session<'a> {
     /// Where task `task`'s result files go.
@@ -637,14 +642,24 @@ impl<'a> Session<'a> {
 
     /// Task `task` as the store holds it, with its inputs' hashes: read when a copy is signed
     /// or audited, not kept (ARCHITECTURE.md, "Memory at scale").
-    fn task(&self, task: TaskIndex) -> Result<(TaskRecord, TaskInputs), SubmitError> {
-        let record = self.store.task(&self.job.id, task)?.ok_or_else(|| {
-            crate::store::StoreError::Corrupt {
-                dir: self.store.dir().to_owned(),
-                table: "tasks",
-                reason: format!("task #{task} of job {} is not stored", self.job.id),
-            }
-        })?;
+    fn task(&mut self, task: TaskIndex) -> Result<(TaskRecord, TaskInputs), SubmitError> {
+        // Tasks are signed mostly in index order: read them a slice at a time (one read
+        // transaction for `TASK_READ_AHEAD` tasks), keeping only the last slice.
+        if !self.read_ahead.contains_key(&task) {
+            self.read_ahead = self
+                .store
+                .task_slice(&self.job.id, task, TASK_READ_AHEAD)?
+                .into_iter()
+                .collect();
+        }
+        let record =
+            self.read_ahead
+                .remove(&task)
+                .ok_or_else(|| crate::store::StoreError::Corrupt {
+                    dir: self.store.dir().to_owned(),
+                    table: "tasks",
+                    reason: format!("task #{task} of job {} is not stored", self.job.id),
+                })?;
         let inputs = TaskInputs {
             stdin: record
                 .stdin_hash
@@ -726,6 +741,7 @@ impl<'a> Session<'a> {
             fetches_running: 0,
             fetches_from: HashMap::new(),
             blob_peers: BlobPeers::default(),
+            read_ahead: HashMap::new(),
         };
         Ok(session)
     }
@@ -1292,9 +1308,9 @@ impl<'a> Session<'a> {
             });
             return Ok(());
         }
+        let sandbox = auditor.sandbox.clone();
         let spec = self.audit_spec(task)?;
         let module = self.module.1.clone();
-        let sandbox = auditor.sandbox.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let execution = sandbox.run_module(module, spec).await;
@@ -1307,7 +1323,7 @@ impl<'a> Session<'a> {
 
     /// What the guest of `task` sees, for the submitter's own run: the same program the
     /// workers were sent (inputs from the store's blobs, the same random seed and limits).
-    fn audit_spec(&self, task: TaskIndex) -> Result<TaskSpec, SubmitError> {
+    fn audit_spec(&mut self, task: TaskIndex) -> Result<TaskSpec, SubmitError> {
         let (record, inputs) = self.task(task)?;
         let (program, stdin) = self.program(&record, &inputs)?;
         let blobs = self.store.blob_store();
