@@ -321,16 +321,7 @@ pub fn export_with(
     let to_io = |error: crate::store::StoreError| std::io::Error::other(error.to_string());
     let history = store.reopened(&job.id).map_err(to_io)?;
     // Short names need every key first: one pass over the settled tasks, keeping only keys.
-    let mut keys_seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    store
-        .each_settled(
-            &job.id,
-            |_, record| -> Result<(), crate::store::StoreError> {
-                keys_seen.extend(record.agreeing.into_iter().chain(record.disagreeing));
-                Ok(())
-            },
-        )
-        .map_err(to_io)?;
+    let keys_seen = store.worker_keys(&job.id).map_err(to_io)?;
     let names = short_keys(
         keys_seen
             .iter()

@@ -660,16 +660,18 @@ impl<'a> Session<'a> {
                     table: "tasks",
                     reason: format!("task #{task} of job {} is not stored", self.job.id),
                 })?;
+        // Each blob was found held when the session started (`restore`): parsed, not looked
+        // up again for every task.
         let inputs = TaskInputs {
             stdin: record
                 .stdin_hash
                 .as_deref()
-                .map(|hash| self.store.require_blob(hash))
+                .map(|hash| self.store.blob_hash(hash))
                 .transpose()?,
             files: record
                 .files
                 .iter()
-                .map(|file| self.store.require_blob(&file.hash))
+                .map(|file| self.store.blob_hash(&file.hash))
                 .collect::<Result<_, _>>()?,
         };
         Ok((record, inputs))
@@ -765,13 +767,8 @@ impl<'a> Session<'a> {
         let mut actions = Actions::default();
         for task in lost {
             self.unarchive(task)?;
-            {
-                self.core.on_outputs_lost(
-                    task,
-                    "they are not in the results directory",
-                    &mut actions,
-                );
-            }
+            self.core
+                .on_outputs_lost(task, "they are not in the results directory", &mut actions);
         }
         if actions.is_empty() {
             return Ok(());
@@ -1120,7 +1117,7 @@ impl<'a> Session<'a> {
         // in the same batch (reopening proves no one, so this ends).
         while !actions.sweeps.is_empty() {
             for key in std::mem::take(&mut actions.sweeps) {
-                let found = self.store.archived_signed(&self.job.id, &[key.clone()])?;
+                let found = self.store.archived_signed(&self.job.id, &key)?;
                 self.core.reopen_archived(&key, found, &mut actions);
             }
         }

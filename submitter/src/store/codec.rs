@@ -534,6 +534,11 @@ impl BinSettled {
             .unwrap_or(AuditMark::None)
     }
 
+    /// The name ids of the workers that agreed or disagreed.
+    pub fn workers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.agreeing.iter().chain(&self.disagreeing).copied()
+    }
+
     pub fn had_disagreement(&self) -> bool {
         !self.disagreeing.is_empty()
     }

@@ -636,15 +636,20 @@ impl Store {
         Ok(())
     }
 
-    /// The blob named by `hex` (a stored record's hash), checked to be present.
-    pub fn require_blob(&self, hex: &str) -> Result<ContentHash, StoreError> {
-        let hash = hex
-            .parse::<ContentHash>()
+    /// A task's blob hash as stored (hex), parsed; whether the blob is held is
+    /// [`Store::require_blob`]'s question.
+    pub fn blob_hash(&self, hex: &str) -> Result<ContentHash, StoreError> {
+        hex.parse::<ContentHash>()
             .map_err(|error| StoreError::Corrupt {
                 dir: self.dir.clone(),
                 table: "tasks",
                 reason: error.to_string(),
-            })?;
+            })
+    }
+
+    /// The blob named by `hex` (a stored record's hash), checked to be present.
+    pub fn require_blob(&self, hex: &str) -> Result<ContentHash, StoreError> {
+        let hash = self.blob_hash(hex)?;
         if !self.blobs.contains(&hash) {
             return Err(StoreError::MissingBlob {
                 dir: self.dir.clone(),
@@ -798,15 +803,7 @@ impl Store {
                 let (key, value) = row?;
                 let (_, task, n) = key.value();
                 let copy: BinCopy = codec::decode(value.value()).map_err(corrupt("copies"))?;
-                let receipt = receipts
-                    .get((job, task, n))?
-                    .map(|value| codec::decode::<BinReceipt>(value.value()))
-                    .transpose()
-                    .map_err(corrupt("receipts"))?;
-                let verdict = copy_verdict(&table, job, task, &copy)?;
-                let record = copy
-                    .record(verdict.as_ref(), receipt, &names)
-                    .map_err(corrupt("copies"))?;
+                let record = whole_copy(&table, &receipts, &names, (job, task, n), &copy)?;
                 copies.push(((task, n), record));
             }
             Ok(copies)
@@ -828,13 +825,7 @@ impl Store {
                 let task = key.value().1;
                 let record: BinSettled =
                     codec::decode(value.value()).map_err(corrupt("settled"))?;
-                let accepted = resolve_accepted(&copies, &names, job, task, &record)?;
-                settled.push((
-                    task,
-                    record
-                        .record(accepted, &names)
-                        .map_err(corrupt("settled"))?,
-                ));
+                settled.push((task, whole_settled(&copies, &names, (job, task), record)?));
             }
             Ok(settled)
         })
@@ -887,28 +878,27 @@ impl Store {
             let settled = txn.open_table(SETTLED)?;
             let copies = txn.open_table(COPIES)?;
             let receipts = txn.open_table(RECEIPTS)?;
-            // Settled tasks whose copies are not needed, sorted by task (the range is).
-            let mut skip: Vec<u32> = Vec::new();
             for row in settled.range((job, 0)..=(job, u32::MAX))? {
                 let (key, value) = row?;
                 let task = key.value().1;
                 let record: BinSettled =
                     codec::decode(value.value()).map_err(corrupt("settled"))?;
                 if record.is_accepted() && record.audit() == AuditMark::Pending {
-                    let accepted = resolve_accepted(&copies, &names, job, task, &record)?;
-                    let whole = record
-                        .record(accepted, &names)
-                        .map_err(corrupt("settled"))?;
+                    let whole = whole_settled(&copies, &names, (job, task), record)?;
                     state.audited.push((task, whole));
                 } else {
                     state.at_rest.push((task, record.is_accepted()));
-                    skip.push(task);
                 }
             }
             for row in copies.range((job, 0, 0)..=(job, u32::MAX, u32::MAX))? {
                 let (key, value) = row?;
                 let (_, task, n) = key.value();
-                if skip.binary_search(&task).is_ok() {
+                // At rest: its copies are not needed (`at_rest` is in task order, as the range).
+                if state
+                    .at_rest
+                    .binary_search_by_key(&task, |(at, _)| *at)
+                    .is_ok()
+                {
                     continue;
                 }
                 let copy: BinCopy = codec::decode(value.value()).map_err(corrupt("copies"))?;
@@ -919,33 +909,56 @@ impl Store {
         })
     }
 
-    /// The job's accepted tasks that any of `keys` (hex) agreed on, with their copies: what a
+    /// The job's accepted tasks the worker `key` (hex) agreed on, with their copies: what a
     /// liar proven now signed, to bring back and reopen. One pass over the settled tasks.
     pub fn archived_signed(
         &self,
         job_id: &str,
-        keys: &[String],
+        key: &str,
     ) -> Result<Vec<ArchivedRecord>, StoreError> {
         self.read(|txn| {
             let Some(job) = find_number(txn, job_id)? else {
                 return Ok(Vec::new());
             };
             let names = load_names(txn)?;
-            let ids: Vec<u32> = keys.iter().filter_map(|key| names.id(key)).collect();
-            if ids.is_empty() {
+            let Some(id) = names.id(key) else {
                 return Ok(Vec::new());
-            }
+            };
             let settled = txn.open_table(SETTLED)?;
             let mut found = Vec::new();
             for row in settled.range((job, 0)..=(job, u32::MAX))? {
                 let (key, value) = row?;
                 let record: BinSettled =
                     codec::decode(value.value()).map_err(corrupt("settled"))?;
-                if record.is_accepted() && record.agreeing.iter().any(|id| ids.contains(id)) {
+                if record.is_accepted() && record.agreeing.contains(&id) {
                     found.push(archived_record(txn, &names, job, key.value().1, record)?);
                 }
             }
             Ok(found)
+        })
+    }
+
+    /// Every worker key (hex) that agreed or disagreed on a settled task of the job, in one pass
+    /// that decodes only the settled rows (no verdict is resolved).
+    pub fn worker_keys(
+        &self,
+        job_id: &str,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        self.read(|txn| {
+            let Some(job) = find_number(txn, job_id)? else {
+                return Ok(Default::default());
+            };
+            let mut ids = std::collections::HashSet::new();
+            for row in txn.open_table(SETTLED)?.range((job, 0)..=(job, u32::MAX))? {
+                let (_, value) = row?;
+                let record: BinSettled =
+                    codec::decode(value.value()).map_err(corrupt("settled"))?;
+                ids.extend(record.workers());
+            }
+            let names = load_names(txn)?;
+            ids.into_iter()
+                .map(|id| names.name(id).map_err(corrupt("settled")))
+                .collect()
         })
     }
 
@@ -990,11 +1003,7 @@ impl Store {
                     let task = key.value().1;
                     let record: BinSettled =
                         codec::decode(value.value()).map_err(corrupt("settled"))?;
-                    let accepted = resolve_accepted(&copies, &names, job, task, &record)?;
-                    let whole = record
-                        .record(accepted, &names)
-                        .map_err(corrupt("settled"))?;
-                    slice.push((task, whole));
+                    slice.push((task, whole_settled(&copies, &names, (job, task), record)?));
                 }
                 Ok(slice)
             },
@@ -1069,12 +1078,7 @@ impl Store {
                         Some(value) => {
                             let record: BinSettled =
                                 codec::decode(value.value()).map_err(corrupt("settled"))?;
-                            let accepted = resolve_accepted(&copies, &names, job, index, &record)?;
-                            Some(
-                                record
-                                    .record(accepted, &names)
-                                    .map_err(corrupt("settled"))?,
-                            )
+                            Some(whole_settled(&copies, &names, (job, index), record)?)
                         }
                         None => None,
                     };
@@ -1200,12 +1204,8 @@ impl Store {
             };
             let names = load_names(txn)?;
             let record: BinSettled = codec::decode(value.value()).map_err(corrupt("settled"))?;
-            let accepted = resolve_accepted(&txn.open_table(COPIES)?, &names, job, task, &record)?;
-            Ok(Some(
-                record
-                    .record(accepted, &names)
-                    .map_err(corrupt("settled"))?,
-            ))
+            let copies = txn.open_table(COPIES)?;
+            Ok(Some(whole_settled(&copies, &names, (job, task), record)?))
         })
     }
 
@@ -1461,6 +1461,18 @@ fn job_number(txn: &redb::WriteTransaction, job_id: &str) -> TxnResult<u32> {
 }
 
 /// The accepted verdict of a settled record, read from the copy it refers to if it does.
+/// A settled record made whole: its accepted verdict resolved (it may refer to a copy) and its
+/// names spelled out.
+fn whole_settled(
+    copies: &impl ReadableTable<(u32, u32, u32), &'static [u8]>,
+    names: &Names,
+    (job, task): (u32, u32),
+    record: BinSettled,
+) -> TxnResult<SettledRecord> {
+    let accepted = resolve_accepted(copies, names, job, task, &record)?;
+    record.record(accepted, names).map_err(corrupt("settled"))
+}
+
 /// A copy made whole: its verdict resolved and its receipt, if still kept, attached.
 fn whole_copy(
     copies: &impl ReadableTable<(u32, u32, u32), &'static [u8]>,
@@ -1489,8 +1501,7 @@ fn archived_record(
 ) -> TxnResult<ArchivedRecord> {
     let copies = txn.open_table(COPIES)?;
     let receipts = txn.open_table(RECEIPTS)?;
-    let accepted = resolve_accepted(&copies, names, job, task, &record)?;
-    let settled = record.record(accepted, names).map_err(corrupt("settled"))?;
+    let settled = whole_settled(&copies, names, (job, task), record)?;
     let mut rows = Vec::new();
     for row in copies.range((job, task, 0)..=(job, task, u32::MAX))? {
         let (key, value) = row?;
@@ -2312,6 +2323,57 @@ mod tests {
         let detail = store.detail("j", 10).unwrap();
         assert_eq!(detail.bad.len(), 1);
         assert_eq!(detail.bad[0].0, 0);
+    }
+
+    #[test]
+    fn a_job_written_before_totals_were_kept_gets_them_counted_and_kept_from_its_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |n: u8| hex::encode([n; 32]);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.create_job(&job("j"), [task("a"), task("b")]).unwrap();
+            let mut first = Batch::default();
+            first
+                .copies
+                .push((0, 0, copy(&key(1), Some(verdict()), false)));
+            first
+                .copies
+                .push((0, 1, copy(&key(2), Some(verdict()), true)));
+            first
+                .results
+                .push(settle(0, accepted_by(&[&key(1), &key(2)]), b"ok"));
+            store.write("j", &first).unwrap();
+            // As a store from before `v2.job_totals` is: no row for the job.
+            store
+                .write_txn(|txn| {
+                    let number = job_number(txn, "j")?;
+                    txn.open_table(TOTALS)?.remove(number)?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        // A new writer (a `resume`): read from the rows, and kept from the next write on.
+        let store = Store::open(dir.path()).unwrap();
+        let counted = store.totals("j").unwrap();
+        assert_eq!((counted.copies, counted.disputed, counted.fuel), (2, 1, 7));
+        let mut second = Batch::default();
+        second
+            .copies
+            .push((1, 0, copy(&key(3), Some(verdict()), false)));
+        store.write("j", &second).unwrap();
+        let kept = store.totals("j").unwrap();
+        assert_eq!(kept, recounted(&store, "j"));
+        assert_eq!(
+            kept.copies, 3,
+            "the earlier copies counted, not only the new one"
+        );
+        let row = store
+            .read(|txn| {
+                let number = find_number(txn, "j")?.expect("stored");
+                Ok(txn.open_table(TOTALS)?.get(number)?.is_some())
+            })
+            .unwrap();
+        assert!(row, "the counted totals are kept");
     }
 
     /// A job's totals counted from its rows, as a store from before they were kept gets them.
