@@ -435,6 +435,19 @@ impl TaskState {
         }
     }
 
+    /// A receipt from an earlier session: a vote (which pins the task's runtime), or evidence
+    /// from before a reopening.
+    fn add_past(&mut self, past: PastReceipt) {
+        if past.superseded {
+            self.history.push((past.worker, past.verdict));
+            return;
+        }
+        self.fingerprint
+            .get_or_insert_with(|| past.verdict.fingerprint.clone());
+        self.receipts.reserve_exact(1);
+        self.receipts.push((past.worker, past.verdict));
+    }
+
     /// Settled, with nothing in flight and no audit due: nothing about it changes in memory.
     fn is_at_rest(&self) -> bool {
         self.status != Status::Open && self.in_flight.is_empty() && self.audit != AuditMark::Pending
@@ -773,26 +786,18 @@ impl Scheduler {
             self.refresh(*worker);
         }
         for past in receipts {
-            if !self.tasks.live.contains_key(&past.task)
-                && self.tasks.rest[past.task as usize] != Rest::Fresh
+            if self.tasks[past.task as usize].status != Status::Open
+                && !self.tasks.live.contains_key(&past.task)
             {
                 // Archived: its receipts come back with it, if a liar is proven.
                 continue;
             }
             let state = &mut self.tasks[past.task as usize];
-            let worker = &self.workers[past.worker.0 as usize];
-            if past.superseded {
-                state.history.push((past.worker, past.verdict));
+            let excluded = self.workers[past.worker.0 as usize].excluded;
+            if !past.superseded && state.status == Status::Open && excluded {
                 continue;
             }
-            if state.status == Status::Open && worker.excluded {
-                continue;
-            }
-            state
-                .fingerprint
-                .get_or_insert_with(|| past.verdict.fingerprint.clone());
-            state.receipts.reserve_exact(1);
-            state.receipts.push((past.worker, past.verdict));
+            state.add_past(past);
         }
         for &(task, count) in lost {
             self.tasks[task as usize].lost = count;
@@ -1712,14 +1717,7 @@ impl Scheduler {
         };
         state.lost = archived.lost;
         for past in archived.receipts {
-            if past.superseded {
-                state.history.push((past.worker, past.verdict));
-            } else {
-                state
-                    .fingerprint
-                    .get_or_insert_with(|| past.verdict.fingerprint.clone());
-                state.receipts.push((past.worker, past.verdict));
-            }
+            state.add_past(past);
         }
         true
     }
