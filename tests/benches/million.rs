@@ -18,8 +18,8 @@
 
 use std::time::{Duration, Instant};
 
-use peergrid_e2e::jobs::{grid, submit_args};
-use peergrid_e2e::{KeyPair, SubmitProcess, WorkerProcess, peergrid, write_job};
+use peergrid_e2e::jobs::{echo_sweep, grid, submit_args};
+use peergrid_e2e::{KeyPair, SubmitProcess, WorkerProcess, peergrid};
 
 /// How long either session may take.
 const SESSION_LIMIT: Duration = Duration::from_secs(4 * 3600);
@@ -45,16 +45,12 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
     let workers = grid(dir.path(), &key, 2, &[]);
-    let job_dir = dir.path().join("job");
-    std::fs::create_dir_all(&job_dir).unwrap();
-    std::fs::copy(peergrid_e2e::guest("echo"), job_dir.join("echo.wasm")).unwrap();
-    let job = write_job(
-        &job_dir,
-        "million.toml",
-        &format!(
-            "name = \"million\"\nmodule = \"echo.wasm\"\ndistinct_networks = false\n\
-             audit_rate = 0\n[sweep]\nargs = [\"{{i}}\"]\nrange = [1, {tasks}]\n"
-        ),
+    let job = echo_sweep(
+        &dir.path().join("job"),
+        "million",
+        r#"["{i}"]"#,
+        tasks,
+        "audit_rate = 0",
     );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();

@@ -44,6 +44,22 @@ pub fn grid(
     workers
 }
 
+/// A job file in `dir` (made if missing) sweeping the `echo` guest over `1..=points` with
+/// `args` (a TOML array using `{i}`), `extra` lines before the sweep, and distinct networks off
+/// (the grid's hosts share one /24). Returns its path.
+pub fn echo_sweep(dir: &Path, name: &str, args: &str, points: u64, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("job dir can be created");
+    std::fs::copy(crate::guest("echo"), dir.join("echo.wasm")).expect("echo.wasm is built");
+    crate::write_job(
+        dir,
+        &format!("{name}.toml"),
+        &format!(
+            "name = \"{name}\"\nmodule = \"echo.wasm\"\ndistinct_networks = false\n{extra}\n\
+             [sweep]\nargs = {args}\nrange = [1, {points}]\n"
+        ),
+    )
+}
+
 /// `peergrid submit JOB --key K --peer A --peer B … --state S --out O --plain`.
 pub fn submit_args(
     job: &Path,

@@ -495,21 +495,8 @@ impl SubmitProcess {
     }
 
     /// Waits for the process to exit (at most `within`) and returns what it printed.
-    pub fn wait(mut self, within: Duration) -> CliOutput {
-        let started = std::time::Instant::now();
-        loop {
-            if let Some(output) = self.try_finish() {
-                return output;
-            }
-            if started.elapsed() > within {
-                let _ = self.child.kill();
-                panic!(
-                    "peergrid did not finish within {within:?}; stderr:\n{}",
-                    std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub fn wait(self, within: Duration) -> CliOutput {
+        self.wait_with_peak_rss(within).0
     }
 
     /// [`SubmitProcess::wait`], also returning the process's peak resident memory in kB (its
@@ -525,12 +512,8 @@ impl SubmitProcess {
             assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
             if reaped == pid {
                 self.reaped = true;
-                let output = CliOutput {
-                    code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-                    stdout: std::fs::read(&self.stdout_path).unwrap_or_default(),
-                    stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
-                };
-                return (output, usage.ru_maxrss as u64);
+                let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+                return (self.printed(code), usage.ru_maxrss as u64);
             }
             if started.elapsed() > within {
                 let _ = self.child.kill();
@@ -546,11 +529,16 @@ impl SubmitProcess {
     /// What the process printed, if it has exited; `None` while it runs.
     pub fn try_finish(&mut self) -> Option<CliOutput> {
         let status = self.child.try_wait().expect("wait works")?;
-        Some(CliOutput {
-            code: status.code(),
+        Some(self.printed(status.code()))
+    }
+
+    /// What the process printed, with its exit code (`None` when a signal ended it).
+    fn printed(&self, code: Option<i32>) -> CliOutput {
+        CliOutput {
+            code,
             stdout: std::fs::read(&self.stdout_path).unwrap_or_default(),
             stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
-        })
+        }
     }
 
     /// `kill -9`, then its peak resident memory in kB over its whole life (`ru_maxrss`).

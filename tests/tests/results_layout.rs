@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 
-use peergrid_e2e::jobs::{JOB_TIMEOUT, grid, submit_args};
-use peergrid_e2e::{KeyPair, SubmitProcess, WorkerProcess, peergrid, results_lines, write_job};
+use peergrid_e2e::jobs::{JOB_TIMEOUT, echo_sweep, grid, submit_args};
+use peergrid_e2e::{KeyPair, SubmitProcess, WorkerProcess, peergrid, results_lines};
 
 #[test]
 fn results_of_a_big_job_are_sharded_name_workers_briefly_and_one_task_prints_alone() {
@@ -14,16 +14,12 @@ fn results_of_a_big_job_are_sharded_name_workers_briefly_and_one_task_prints_alo
     let dir = tempfile::tempdir().unwrap();
     let key = KeyPair::generate(dir.path(), "me.key");
     let workers = grid(dir.path(), &key, 2, &[]);
-    let job_dir = dir.path().join("job");
-    std::fs::create_dir_all(&job_dir).unwrap();
-    std::fs::copy(peergrid_e2e::guest("echo"), job_dir.join("echo.wasm")).unwrap();
-    let job = write_job(
-        &job_dir,
-        "big.toml",
-        &format!(
-            "name = \"big\"\nmodule = \"echo.wasm\"\ndistinct_networks = false\n\
-             [sweep]\nargs = [\"point\", \"{{i}}\"]\nrange = [1, {TASKS}]\n"
-        ),
+    let job = echo_sweep(
+        &dir.path().join("job"),
+        "big",
+        r#"["point", "{i}"]"#,
+        TASKS.into(),
+        "",
     );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use peergrid_e2e::jobs::{grid, submit_args};
-use peergrid_e2e::{KeyPair, SubmitProcess, WorkerProcess, write_job};
+use peergrid_e2e::jobs::{echo_sweep, grid, submit_args};
+use peergrid_e2e::{KeyPair, SubmitProcess, WorkerProcess};
 
 /// What a 200,000-task job may take in a debug build on a loaded 2-core machine.
 const BIG_JOB_TIMEOUT: Duration = Duration::from_secs(900);
@@ -15,16 +15,8 @@ const BIG_JOB_TIMEOUT: Duration = Duration::from_secs(900);
 /// Runs an `n`-task sweep of `echo` to the end; returns the submitter's peak RSS in kB.
 fn sweep(dir: &std::path::Path, key: &KeyPair, workers: &[WorkerProcess], n: u32) -> u64 {
     let job_dir = dir.join(format!("job-{n}"));
-    std::fs::create_dir_all(&job_dir).unwrap();
-    std::fs::copy(peergrid_e2e::guest("echo"), job_dir.join("echo.wasm")).unwrap();
-    let job = write_job(
-        &job_dir,
-        "sweep.toml",
-        &format!(
-            "name = \"sweep-{n}\"\nmodule = \"echo.wasm\"\ndistinct_networks = false\n\
-             audit_rate = 0\n[sweep]\nargs = [\"{{i}}\"]\nrange = [1, {n}]\n"
-        ),
-    );
+    let name = format!("sweep-{n}");
+    let job = echo_sweep(&job_dir, &name, r#"["{i}"]"#, n.into(), "audit_rate = 0");
     let (state, out) = (job_dir.join("state"), job_dir.join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();
     let (output, peak_kb) =
