@@ -969,13 +969,9 @@ impl Store {
         task: u32,
     ) -> Result<Option<ArchivedRecord>, StoreError> {
         self.read(|txn| {
-            let Some(job) = find_number(txn, job_id)? else {
+            let Some((job, record)) = settled_row(txn, job_id, task)? else {
                 return Ok(None);
             };
-            let Some(value) = txn.open_table(SETTLED)?.get((job, task))? else {
-                return Ok(None);
-            };
-            let record: BinSettled = codec::decode(value.value()).map_err(corrupt("settled"))?;
             if !record.is_accepted() {
                 return Ok(None);
             }
@@ -1196,14 +1192,10 @@ impl Store {
         task: u32,
     ) -> Result<Option<SettledRecord>, StoreError> {
         self.read(|txn| {
-            let Some(job) = find_number(txn, job_id)? else {
-                return Ok(None);
-            };
-            let Some(value) = txn.open_table(SETTLED)?.get((job, task))? else {
+            let Some((job, record)) = settled_row(txn, job_id, task)? else {
                 return Ok(None);
             };
             let names = load_names(txn)?;
-            let record: BinSettled = codec::decode(value.value()).map_err(corrupt("settled"))?;
             let copies = txn.open_table(COPIES)?;
             Ok(Some(whole_settled(&copies, &names, (job, task), record)?))
         })
@@ -1230,13 +1222,9 @@ impl Store {
     /// The stdout and stderr of an accepted task.
     pub fn output(&self, job_id: &str, task: u32) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
         self.read(|txn| {
-            let Some(job) = find_number(txn, job_id)? else {
+            let Some((job, record)) = settled_row(txn, job_id, task)? else {
                 return Ok(Default::default());
             };
-            let Some(value) = txn.open_table(SETTLED)?.get((job, task))? else {
-                return Ok(Default::default());
-            };
-            let record: BinSettled = codec::decode(value.value()).map_err(corrupt("settled"))?;
             let outputs = txn.open_table(OUTPUTS)?;
             let read = |output: &BinOutput, which: u8| -> TxnResult<Vec<u8>> {
                 Ok(match output {
@@ -1461,6 +1449,22 @@ fn job_number(txn: &redb::WriteTransaction, job_id: &str) -> TxnResult<u32> {
 }
 
 /// The accepted verdict of a settled record, read from the copy it refers to if it does.
+/// The settled row of `task`, with the job's number, if the job has one and it is settled.
+fn settled_row(
+    txn: &redb::ReadTransaction,
+    job_id: &str,
+    task: u32,
+) -> TxnResult<Option<(u32, BinSettled)>> {
+    let Some(job) = find_number(txn, job_id)? else {
+        return Ok(None);
+    };
+    let Some(value) = txn.open_table(SETTLED)?.get((job, task))? else {
+        return Ok(None);
+    };
+    let record = codec::decode(value.value()).map_err(corrupt("settled"))?;
+    Ok(Some((job, record)))
+}
+
 /// A settled record made whole: its accepted verdict resolved (it may refer to a copy) and its
 /// names spelled out.
 fn whole_settled(
