@@ -23,7 +23,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::IteratorRandom;
 use rand::{RngExt, SeedableRng};
 
-use super::identity::PeerIdentity;
+use super::identity::{PeerIdentity, key_prefix};
 use super::slots::{SlotBoard, SlotHandler, SlotNews};
 use super::sync;
 
@@ -35,6 +35,12 @@ pub struct MembershipConfig {
     pub probe_period: Duration,
     /// How long a direct probe waits for its ack before asking others to probe indirectly.
     pub probe_rtt: Duration,
+    /// Members asked to probe indirectly when a direct probe goes unanswered. Every false
+    /// suspicion is news the whole grid carries, so the grid's rate of them, and with it every
+    /// member's gossip traffic, grows with the grid unless a live member is almost never
+    /// suspected: with 5% loss each way, 3 helpers leave a live member suspected after ~6 in
+    /// 10,000 probes, 6 helpers after ~4 in 1,000,000 (ARCHITECTURE.md, "Membership at scale").
+    pub indirect_probes: usize,
     /// How long a suspected member has to refute before it is declared down, in a cluster of
     /// up to 10 members; it grows with log10 of the cluster size (see
     /// [`MembershipConfig::suspicion`]) so refutations can spread in big clusters.
@@ -79,6 +85,7 @@ impl Default for MembershipConfig {
         Self {
             probe_period: Duration::from_millis(500),
             probe_rtt: Duration::from_millis(200),
+            indirect_probes: 6,
             suspect_to_down_after: Duration::from_millis(2000),
             gossip_period: Duration::from_millis(200),
             gossip_fanout: 3,
@@ -139,10 +146,13 @@ impl MembershipConfig {
         let mut config = foca::Config::simple();
         config.probe_period = self.probe_period;
         config.probe_rtt = self.probe_rtt;
+        config.num_indirect_probes =
+            NonZeroUsize::new(self.indirect_probes.max(1)).expect("max(1)");
         config.suspect_to_down_after = self.suspect_to_down_after;
         config.max_transmissions = NonZeroU8::new(self.max_transmissions.max(1)).expect("max(1)");
         config.remove_down_after = Some(self.remove_down_after);
         config.max_packet_size = NonZeroUsize::new(MAX_PACKET_BYTES).expect("non-zero");
+        config.max_backlog = NonZeroUsize::new(MAX_BACKLOG);
         config.notify_down_members = true;
         config.periodic_gossip = Some(foca::PeriodicParams {
             frequency: self.gossip_period,
@@ -162,6 +172,12 @@ impl MembershipConfig {
 /// MTU every QUIC path has. Larger packets are dropped unread.
 pub const MAX_PACKET_BYTES: usize = 1100;
 
+/// Most updates (and, separately, most slot news items) a member keeps to piggyback. A mass join
+/// of thousands of members otherwise fills every member's backlog with every newcomer's record:
+/// memory and per-packet work grow with the grid. Dropped: the item sent the most times already;
+/// anti-entropy brings whatever it did not reach (ARCHITECTURE.md, "Membership at scale").
+pub const MAX_BACKLOG: usize = 256;
+
 /// How often the index of known members is rebuilt from foca's table (foca does not report
 /// the down members it forgets).
 const REINDEX_EVERY_MS: u64 = 30_000;
@@ -172,6 +188,10 @@ fn log10_at_least_1(members: usize) -> f64 {
 
 /// Records remembered as verified beyond the index of known members (16 bytes each).
 const VERIFIED_CACHE: usize = 4_096;
+
+/// After an anti-entropy answer brought news, the next exchange comes this many times sooner
+/// than the period (see [`Membership::handle_sync_answer`]).
+const SYNC_SOON_DIVISOR: u32 = 10;
 
 /// Known members announced to after a rejoin, besides the seeds.
 const REANNOUNCE_MEMBERS: usize = 3;
@@ -190,6 +210,8 @@ pub enum TimerEvent {
     Reannounce,
     /// Time for an anti-entropy exchange with a random member.
     Sync,
+    /// The last exchange brought news: another one, out of the periodic cadence.
+    SyncSoon,
     /// Another member declared this one down: held as a suspicion; down here too unless it
     /// refuted (its incarnation changed) by now.
     ConfirmDown {
@@ -341,9 +363,8 @@ pub struct Membership {
     sync_rng: Xoshiro256PlusPlus,
     /// The member asked for a sync and not answered yet: only its answer is taken.
     sync_pending: Option<[u8; 32]>,
-    /// While a sync answer is screened: the foca incarnation held for each member, so that
-    /// screening does not scan foca's table once per record.
-    held: Option<HashMap<[u8; 32], foca::Incarnation>>,
+    /// A [`TimerEvent::SyncSoon`] is armed.
+    sync_soon_armed: bool,
     /// Records whose signature verified (see [`VerifiedCache`]).
     verified_cache: VerifiedCache,
 }
@@ -386,21 +407,19 @@ impl VerifiedCache {
     }
 }
 
+/// How many members of foca's table name each IP address (the records themselves are foca's:
+/// [`foca::Foca::member`] finds one by key). Counted as foca brings members up or renames them,
+/// and recounted from the table every [`REINDEX_EVERY_MS`]: foca does not report the down
+/// members it forgets, so between recounts an address may be over-counted (never under), which
+/// only makes the per-IP bound stricter for a while.
 #[derive(Default)]
 struct Known {
-    records: HashMap<[u8; 32], PeerIdentity>,
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: HashMap<IpAddr, u32>,
     indexed_at_ms: u64,
 }
 
 impl Known {
-    fn insert(&mut self, record: &PeerIdentity) {
-        let ip = record.addr.ip();
-        match self.records.insert(record.worker_key, record.clone()) {
-            Some(previous) if previous.addr.ip() == ip => return,
-            Some(previous) => self.forget_ip(previous.addr.ip()),
-            None => {}
-        }
+    fn count(&mut self, ip: IpAddr) {
         *self.per_ip.entry(ip).or_default() += 1;
     }
 
@@ -414,7 +433,7 @@ impl Known {
     }
 
     fn at_ip(&self, ip: IpAddr) -> usize {
-        self.per_ip.get(&ip).copied().unwrap_or(0)
+        self.per_ip.get(&ip).map_or(0, |count| *count as usize)
     }
 }
 
@@ -457,12 +476,14 @@ struct OwnSlots {
 struct Outbox {
     now_ms: u64,
     effects: Effects,
-    last_heard_ms: HashMap<[u8; 32], u64>,
+    /// By key prefix ([`key_prefix`]).
+    last_heard_ms: HashMap<u64, u64>,
     stats: TrafficStats,
     /// foca declared this member down and could not renew it (records need the secret key).
     defunct: bool,
     /// Members foca brought up or renamed during this input, for the index.
-    came_up: Vec<PeerIdentity>,
+    /// (the record it replaced, if renamed; the record).
+    came_up: Vec<(Option<PeerIdentity>, PeerIdentity)>,
     /// Where slot news is kept: a member foca brings up may have news in the same packet.
     board: Option<SlotBoard>,
 }
@@ -472,14 +493,18 @@ impl foca::Runtime<PeerIdentity> for Outbox {
         match notification {
             Notification::DataReceived(header) => {
                 self.last_heard_ms
-                    .insert(header.src.worker_key, self.now_ms);
+                    .insert(key_prefix(&header.src.worker_key), self.now_ms);
             }
             Notification::MemberUp(peer) | Notification::Rename(_, peer) => {
+                let renamed = match &notification {
+                    Notification::Rename(previous, _) => Some((*previous).clone()),
+                    _ => None,
+                };
                 tracing::debug!(peer = %hex::encode(&peer.worker_key[..4]), addr = %peer.addr, "member up");
                 if let Some(board) = &self.board {
                     board.admit(peer.worker_key);
                 }
-                self.came_up.push(peer.clone());
+                self.came_up.push((renamed, peer.clone()));
             }
             Notification::MemberDown(peer) => {
                 tracing::info!(peer = %hex::encode(&peer.worker_key[..4]), addr = %peer.addr, "member down");
@@ -549,7 +574,7 @@ impl Membership {
             codec: PostcardCodec,
             sync_rng: Xoshiro256PlusPlus::seed_from_u64(rng_seed ^ 0x5EED_5EED),
             sync_pending: None,
-            held: None,
+            sync_soon_armed: false,
             verified_cache: VerifiedCache::new(VERIFIED_CACHE),
         };
         let first = membership.sync_delay();
@@ -682,17 +707,16 @@ impl Membership {
                 "told to renew sooner than renew_min_interval",
             ));
         }
-        if !self.known.records.contains_key(&from)
-            && !self.may_introduce(now_ms, from_ip, &header.src)
-        {
+        if self.foca.member(&from).is_none() && !self.may_introduce(now_ms, from_ip, &header.src) {
             return Err(MembershipError::Refused("no room for a new member"));
         }
         // Identities inside the message: each must be signed, and one this member would send
         // to must already be in its table (never an address only a payload vouches for).
         let message_ok = match &header.message {
-            Message::PingReq { target, .. } | Message::IndirectAck { target, .. } => {
-                self.known.records.get(&target.worker_key) == Some(target)
-            }
+            Message::PingReq { target, .. } | Message::IndirectAck { target, .. } => self
+                .foca
+                .member(&target.worker_key)
+                .is_some_and(|held| held.id() == target),
             Message::IndirectPing { origin, .. } | Message::ForwardedAck { origin, .. } => {
                 self.verified(origin)
             }
@@ -777,7 +801,7 @@ impl Membership {
             self.screened.third_party_down += 1;
             let key = (record.worker_key, incarnation);
             if self.confirming.len() < self.config.max_members && self.confirming.insert(key) {
-                let wait = self.config.suspicion(self.known.records.len() + 1);
+                let wait = self.config.suspicion(self.table_len() + 1);
                 self.outbox.effects.timers.push((
                     wait,
                     TimerEvent::ConfirmDown {
@@ -788,8 +812,8 @@ impl Membership {
             }
             return Admitted::As(Member::new(record.clone(), incarnation, State::Suspect));
         }
-        let moved_to_a_full_ip = self.known.records.get(&record.worker_key).map(|known| {
-            known.addr.ip() != record.addr.ip()
+        let moved_to_a_full_ip = self.foca.member(&record.worker_key).map(|held| {
+            held.id().addr.ip() != record.addr.ip()
                 && self.known.at_ip(record.addr.ip()) >= self.config.max_members_per_ip
         });
         match moved_to_a_full_ip {
@@ -806,13 +830,7 @@ impl Membership {
 
     /// The foca incarnation this member holds for the member with `key`, if it is in the table.
     fn held_incarnation(&self, key: &[u8; 32]) -> Option<foca::Incarnation> {
-        if let Some(held) = &self.held {
-            return held.get(key).copied();
-        }
-        self.foca
-            .iter_membership_state()
-            .find(|member| &member.id().worker_key == key)
-            .map(|member| member.incarnation())
+        self.foca.member(key).map(|member| member.incarnation())
     }
 
     /// Whether this member may take a new incarnation now (`renew_min_interval`).
@@ -825,7 +843,10 @@ impl Membership {
     /// True if `record` is signed by its key. A record equal to the one indexed for its key
     /// was verified when indexed.
     fn verified(&mut self, record: &PeerIdentity) -> bool {
-        if self.known.records.get(&record.worker_key) == Some(record)
+        if self
+            .foca
+            .member(&record.worker_key)
+            .is_some_and(|held| held.id() == record)
             || record == self.foca.identity()
         {
             return true;
@@ -853,7 +874,8 @@ impl Membership {
             .iter()
             .filter(|pending| pending.addr.ip() == ip)
             .count();
-        let within = self.known.records.len() + self.admitting.len() < config.max_members
+        let within = self.foca.iter_membership_state().len() + self.admitting.len()
+            < config.max_members
             && self.known.at_ip(ip) + pending_at_ip < config.max_members_per_ip;
         let (rate, burst) = (
             f64::from(config.introductions_per_second),
@@ -893,9 +915,15 @@ impl Membership {
     /// Records the members foca brought up or renamed, and every [`REINDEX_EVERY_MS`] rebuilds
     /// the index from foca's table (forgotten members leave it, and the slot board with them).
     fn index_new_members(&mut self) {
-        for record in std::mem::take(&mut self.outbox.came_up) {
+        if !self.outbox.came_up.is_empty() {
+            self.sync_soon();
+        }
+        for (previous, record) in std::mem::take(&mut self.outbox.came_up) {
             self.board.admit(record.worker_key);
-            self.known.insert(&record);
+            if let Some(previous) = previous {
+                self.known.forget_ip(previous.addr.ip());
+            }
+            self.known.count(record.addr.ip());
         }
         let now_ms = self.outbox.now_ms;
         if now_ms.saturating_sub(self.known.indexed_at_ms) < REINDEX_EVERY_MS {
@@ -906,16 +934,18 @@ impl Membership {
             ..Known::default()
         };
         for member in self.foca.iter_membership_state() {
-            known.insert(member.id());
+            known.count(member.id().addr.ip());
         }
         self.known = known;
+        let mut members: std::collections::HashSet<u64> = self
+            .foca
+            .iter_membership_state()
+            .map(|member| key_prefix(&member.id().worker_key))
+            .collect();
         self.outbox
             .last_heard_ms
-            .retain(|key, _| self.known.records.contains_key(key));
-        let me = self.identity().worker_key;
-        let mut members: std::collections::HashSet<[u8; 32]> =
-            self.known.records.keys().copied().collect();
-        members.insert(me);
+            .retain(|key, _| members.contains(key));
+        members.insert(key_prefix(&self.identity().worker_key));
         self.board.keep_only(members);
     }
 
@@ -936,7 +966,15 @@ impl Membership {
                 }
             }
             TimerEvent::Renew => self.renew_armed = false,
-            TimerEvent::Sync => self.start_sync(),
+            TimerEvent::Sync => {
+                let next = self.sync_delay();
+                self.outbox.effects.timers.push((next, TimerEvent::Sync));
+                self.start_sync();
+            }
+            TimerEvent::SyncSoon => {
+                self.sync_soon_armed = false;
+                self.start_sync();
+            }
             TimerEvent::Reannounce => {
                 if self.unheard_since_renewal {
                     self.reannounce();
@@ -947,10 +985,10 @@ impl Membership {
                 incarnation,
             } => {
                 self.confirming.remove(&(member.worker_key, incarnation));
-                let still_suspect = self.foca.iter_membership_state().any(|known| {
-                    known.id() == &member
-                        && known.state() == State::Suspect
-                        && known.incarnation() == incarnation
+                let still_suspect = self.foca.member(&member.worker_key).is_some_and(|held| {
+                    held.id() == &member
+                        && held.state() == State::Suspect
+                        && held.incarnation() == incarnation
                 });
                 if still_suspect {
                     let down = Member::new(member, incarnation, State::Down);
@@ -1116,12 +1154,25 @@ impl Membership {
             .mul_f64(self.sync_rng.random_range(0.5..1.5))
     }
 
+    /// News (members new to this view, from gossip or an exchange) means the view is changing
+    /// and may be behind (a mass join, a partition healing): the next exchange comes after a
+    /// tenth of the period rather than a whole one, for as long as news comes. Once the view
+    /// stops changing the cadence is back to `sync_period`, so steady traffic does not change.
+    /// One such timer at a time: at most ten extra exchanges per period, whatever peers send.
+    fn sync_soon(&mut self) {
+        if !self.sync_soon_armed {
+            self.sync_soon_armed = true;
+            let soon = self.sync_delay() / SYNC_SOON_DIVISOR;
+            self.outbox
+                .effects
+                .timers
+                .push((soon, TimerEvent::SyncSoon));
+        }
+    }
+
     /// Sends this member's digest to one random alive member (ARCHITECTURE.md, "Membership",
-    /// *Anti-entropy*) and arms the next exchange. One exchange at a time: a request not
-    /// answered by now is given up.
+    /// *Anti-entropy*). One exchange at a time: a request not answered by now is given up.
     fn start_sync(&mut self) {
-        let next = self.sync_delay();
-        self.outbox.effects.timers.push((next, TimerEvent::Sync));
         let Some(partner) = self
             .foca
             .iter_members()
@@ -1219,14 +1270,11 @@ impl Membership {
             self.screened.syncs_refused += 1;
             return Err(MembershipError::Refused("not a sync answer"));
         };
-        let held: HashMap<[u8; 32], (&PeerIdentity, foca::Incarnation, State)> = self
-            .foca
-            .iter_membership_state()
-            .map(|member| {
-                let id = member.id();
-                (id.worker_key, (id, member.incarnation(), member.state()))
-            })
-            .collect();
+        let foca = &self.foca;
+        let held = |key: &[u8; 32]| {
+            foca.member(key)
+                .map(|member| (member.id(), member.incarnation(), member.state()))
+        };
         let rank = |state: State| match state {
             State::Alive => 0,
             State::Suspect => 1,
@@ -1243,10 +1291,10 @@ impl Membership {
                 let key = update.id().worker_key;
                 update.state() == State::Alive
                     && key != me
-                    && !held.get(&key).is_some_and(|(id, incarnation, state)| {
-                        *id == update.id()
-                            && *incarnation >= update.incarnation()
-                            && rank(*state) >= rank(update.state())
+                    && !held(&key).is_some_and(|(id, incarnation, state)| {
+                        id == update.id()
+                            && incarnation >= update.incarnation()
+                            && rank(state) >= rank(update.state())
                     })
             })
             .collect();
@@ -1258,24 +1306,16 @@ impl Membership {
         let refuted: Vec<PeerIdentity> = news
             .iter()
             .filter(|update| {
-                held.get(&update.id().worker_key)
-                    .is_some_and(|(id, incarnation, state)| {
-                        *state == State::Down
-                            && *id == update.id()
-                            && *incarnation < update.incarnation()
-                    })
+                held(&update.id().worker_key).is_some_and(|(id, incarnation, state)| {
+                    state == State::Down && id == update.id() && incarnation < update.incarnation()
+                })
             })
             .map(|update| update.id().clone())
-            .collect();
-        let held_incarnations = held
-            .iter()
-            .map(|(key, (_, incarnation, _))| (*key, *incarnation))
             .collect();
         for down in refuted {
             self.foca
                 .handle_timer(Timer::RemoveDown(down), &mut self.outbox)?;
         }
-        self.held = Some(held_incarnations);
         self.admitting.clear();
         let mut admitted = Vec::with_capacity(news.len());
         for update in news {
@@ -1285,7 +1325,9 @@ impl Membership {
                 Admitted::No => {}
             }
         }
-        self.held = None;
+        if !admitted.is_empty() {
+            self.sync_soon();
+        }
         let result = self
             .foca
             .apply_many(admitted.into_iter(), false, &mut self.outbox)
@@ -1322,7 +1364,11 @@ impl Membership {
                     State::Down => PeerState::Down,
                 },
                 free_slots: slots_of(identity),
-                last_heard_ms: self.outbox.last_heard_ms.get(&identity.worker_key).copied(),
+                last_heard_ms: self
+                    .outbox
+                    .last_heard_ms
+                    .get(&key_prefix(&identity.worker_key))
+                    .copied(),
                 is_self: false,
             });
         }
@@ -1352,6 +1398,7 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::membership::identity::MemberRecord;
 
     fn member(seed: u8) -> (Arc<Identity>, PeerIdentity) {
         let identity = Arc::new(Identity::from_seed([seed; 32]));
@@ -1452,11 +1499,11 @@ mod tests {
         assert_eq!(core.screened().wrong_sender, 1);
         assert_eq!(state_of(&core, honest.worker_key), None);
         // A usurper's record with the honest key at a huge incarnation, not signed by it.
-        let usurper = PeerIdentity {
+        let usurper = PeerIdentity::from(MemberRecord {
             incarnation: u64::MAX,
             addr: stranger.addr,
-            ..honest.clone()
-        };
+            ..(*honest).clone()
+        });
         let forged = packet(&usurper, &me, Message::Ping(1), &[]);
         assert!(
             core.handle_packet(0, honest.worker_key, ip(3), &forged)
@@ -1493,10 +1540,10 @@ mod tests {
         ];
         gossip(&mut core, 0, &sender, &meet).unwrap();
         assert_eq!(state_of(&core, victim.worker_key), Some(PeerState::Alive));
-        let evicting = PeerIdentity {
+        let evicting = PeerIdentity::from(MemberRecord {
             incarnation: victim.incarnation + 1,
-            ..victim.clone()
-        };
+            ..(*victim).clone()
+        });
         let updates = [
             Member::down(victim.clone()),
             Member::alive(evicting),
@@ -1608,10 +1655,10 @@ mod tests {
         let victim: SocketAddr = "192.0.2.9:443".parse().unwrap();
         let at_victim = |seed: u8| fake(seed, 5, victim);
         // Addressed to a record that is not this member's: foca ignores the payload.
-        let elsewhere = PeerIdentity {
+        let elsewhere = PeerIdentity::from(MemberRecord {
             incarnation: me.incarnation + 7,
-            ..me.clone()
-        };
+            ..(*me).clone()
+        });
         let ignored = packet(
             &sender,
             &elsewhere,
@@ -1784,11 +1831,11 @@ mod tests {
         assert_eq!(state_of(&core, stranger.worker_key), None);
         // The answer: the victim's key re-signed by another key, a newcomer, and another member
         // declared down by the answerer (only "alive" travels by anti-entropy).
-        let forged = PeerIdentity {
+        let forged = PeerIdentity::from(MemberRecord {
             incarnation: victim.incarnation + 1,
             signature: stranger.signature,
-            ..victim.clone()
-        };
+            ..(*victim).clone()
+        });
         let answer = sync::encode_answer(&[
             Member::alive(forged),
             Member::alive(newcomer.clone()),

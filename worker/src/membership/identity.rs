@@ -4,7 +4,10 @@
 //! A member is identified by its key (the foca `Addr`), never by its address: the address in a
 //! record is only where to dial, and the dial itself must prove the key.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 
 use peergrid_proto::transport::PeerAddr;
 use peergrid_proto::{Identity, PublicKey};
@@ -16,10 +19,109 @@ pub const MEMBER_DOMAIN: &[u8] = b"peergrid/member/v2";
 /// home) or not accepted (from a peer).
 pub const MAX_FINGERPRINT_BYTES: usize = 128;
 
+/// A member record as the gossip holds it: shared, so that the tables of every member that knows
+/// a worker (and, in a simulation, of every simulated member) point at one copy of its record
+/// instead of holding ~250 bytes each (ARCHITECTURE.md, "Membership at scale"). Records decoded
+/// from the wire are interned per thread: equal records decode to one allocation.
+///
+/// Reads go through to the [`MemberRecord`]; a write (only tests forge records) copies it first.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PeerIdentity(Arc<MemberRecord>);
+
+impl std::ops::Deref for PeerIdentity {
+    type Target = MemberRecord;
+
+    fn deref(&self) -> &MemberRecord {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PeerIdentity {
+    fn deref_mut(&mut self) -> &mut MemberRecord {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl From<MemberRecord> for PeerIdentity {
+    fn from(record: MemberRecord) -> Self {
+        Self(Arc::new(record))
+    }
+}
+
+impl std::fmt::Debug for PeerIdentity {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+impl Serialize for PeerIdentity {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerIdentity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        MemberRecord::deserialize(deserializer).map(intern)
+    }
+}
+
+/// The first 8 bytes of a member's key, as the short key of the core's auxiliary per-member
+/// tables (last heard, slot news admission). Those tables exist in every member for every
+/// member, so at 10,000 members a full key in each is ~50 bytes × 10^8 in a simulation. Two keys
+/// may share a prefix (by chance or on purpose); where a prefix is used, a collision only
+/// blurs what is shown or lets slot news about a non-member in, still signed and bounded,
+/// never who is in the table (ARCHITECTURE.md, "Membership at scale").
+pub fn key_prefix(key: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(key[..8].try_into().expect("8 bytes"))
+}
+
+/// Records this thread decoded and someone still holds, by key. Pruned of dropped records when
+/// it doubles, so it is bounded by the records held (at most the table's bound per member).
+struct Interned {
+    records: HashMap<[u8; 32], Weak<MemberRecord>>,
+    prune_at: usize,
+}
+
+/// Smallest size at which the intern table is pruned.
+const INTERN_PRUNE_AT: usize = 1024;
+
+thread_local! {
+    static INTERNED: RefCell<Interned> = RefCell::new(Interned {
+        records: HashMap::new(),
+        prune_at: INTERN_PRUNE_AT,
+    });
+}
+
+/// The shared copy of `record` if this thread holds an equal one, else a new one it shares next.
+fn intern(record: MemberRecord) -> PeerIdentity {
+    INTERNED.with_borrow_mut(|interned| {
+        if let Some(held) = interned
+            .records
+            .get(&record.worker_key)
+            .and_then(Weak::upgrade)
+            && *held == record
+        {
+            return PeerIdentity(held);
+        }
+        let shared = Arc::new(record);
+        interned
+            .records
+            .insert(shared.worker_key, Arc::downgrade(&shared));
+        if interned.records.len() >= interned.prune_at {
+            interned
+                .records
+                .retain(|_, record| record.strong_count() > 0);
+            interned.prune_at = (interned.records.len() * 2).max(INTERN_PRUNE_AT);
+        }
+        PeerIdentity(shared)
+    })
+}
+
 /// What a worker says about itself, signed with its key: the key its connections prove, the
 /// address its endpoint answers at, its runtime fingerprint and task slots.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct PeerIdentity {
+pub struct MemberRecord {
     /// Ed25519 public key: it signs this record, the worker's receipts, and its QUIC handshakes.
     pub worker_key: [u8; 32],
     /// Where the worker's endpoint (gRPC and gossip) answers; behind a NAT, its address on its
@@ -92,7 +194,7 @@ impl PeerIdentity {
             return Err(RecordError::FingerprintTooLong(fingerprint.len()));
         }
         check_relay(relay.as_deref())?;
-        let mut record = Self {
+        let mut record = MemberRecord {
             worker_key: identity.public_key().to_bytes(),
             addr,
             relay,
@@ -102,7 +204,7 @@ impl PeerIdentity {
             signature: [0; 64],
         };
         record.signature = identity.sign(&record.signed_bytes());
-        Ok(record)
+        Ok(record.into())
     }
 
     /// The same record at the next incarnation, signed again.
@@ -131,7 +233,7 @@ impl PeerIdentity {
     /// announcement addressed to any identity with the receiver's key. Never stored or relayed:
     /// it is unsigned.
     pub fn placeholder(seed: &PeerAddr) -> Self {
-        Self {
+        MemberRecord {
             worker_key: seed.key.to_bytes(),
             addr: seed.addr,
             relay: seed.relay.as_ref().map(peergrid_proto::relays::display_url),
@@ -140,8 +242,11 @@ impl PeerIdentity {
             incarnation: 0,
             signature: [0; 64],
         }
+        .into()
     }
+}
 
+impl MemberRecord {
     pub fn public_key(&self) -> Result<PublicKey, RecordError> {
         PublicKey::from_slice(&self.worker_key).map_err(|_| RecordError::BadKey)
     }
@@ -300,15 +405,15 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
         ));
         assert_eq!(placeholder.verify(), Err(RecordError::BadSignature));
-        let bad_relay = PeerIdentity {
+        let bad_relay = PeerIdentity::from(MemberRecord {
             relay: Some(format!("https://{}.example:1", "a".repeat(300))),
-            ..record.clone()
-        };
+            ..(*record).clone()
+        });
         assert!(matches!(bad_relay.verify(), Err(RecordError::BadRelay(_))));
-        let long = PeerIdentity {
+        let long = PeerIdentity::from(MemberRecord {
             fingerprint: "x".repeat(MAX_FINGERPRINT_BYTES + 1),
-            ..record
-        };
+            ..(*record).clone()
+        });
         assert_eq!(
             long.verify(),
             Err(RecordError::FingerprintTooLong(MAX_FINGERPRINT_BYTES + 1))

@@ -19,5 +19,5 @@ pub mod sync;
 pub use self::core::{
     Membership, MembershipConfig, PeerState, PeerView, ScreenStats, Target, VerifiedCache,
 };
-pub use self::identity::PeerIdentity;
+pub use self::identity::{MemberRecord, PeerIdentity};
 pub use self::net::{GOSSIP_ALPN, Gossip, PeerSnapshot};

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use peergrid_proto::{Identity, PublicKey};
 use serde::{Deserialize, Serialize};
 
+use super::identity::key_prefix;
+
 /// Domain separation for slot news signatures.
 pub const SLOT_NEWS_DOMAIN: &[u8] = b"peergrid/slots/v1";
 
@@ -73,7 +75,8 @@ impl SlotNews {
 #[derive(Clone)]
 pub struct SlotBoard {
     news: Arc<Mutex<HashMap<[u8; 32], SlotNews>>>,
-    members: Arc<Mutex<HashSet<[u8; 32]>>>,
+    /// Key prefixes of the table's members ([`key_prefix`]).
+    members: Arc<Mutex<HashSet<u64>>>,
     capacity: usize,
 }
 
@@ -88,16 +91,16 @@ impl SlotBoard {
 
     /// News about `key` may be kept from now on.
     pub fn admit(&self, key: [u8; 32]) {
-        self.members_lock().insert(key);
+        self.members_lock().insert(key_prefix(&key));
     }
 
     /// Only news about `keys` may be kept from now on; news about others is dropped.
-    pub fn keep_only(&self, keys: HashSet<[u8; 32]>) {
-        self.lock().retain(|key, _| keys.contains(key));
+    pub fn keep_only(&self, keys: HashSet<u64>) {
+        self.lock().retain(|key, _| keys.contains(&key_prefix(key)));
         *self.members_lock() = keys;
     }
 
-    fn members_lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+    fn members_lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
         self.members
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -130,6 +133,11 @@ impl foca::Invalidates for SlotKey {
     fn invalidates(&self, other: &Self) -> bool {
         self.worker_key == other.worker_key && self.version >= other.version
     }
+
+    /// Only news about the same worker can invalidate, so the backlog compares within a key.
+    fn group(&self) -> u64 {
+        foca::group_of(&self.worker_key)
+    }
 }
 
 /// A slot news item that does not decode or is not signed by the worker it is about.
@@ -151,7 +159,11 @@ impl<T> foca::BroadcastHandler<T> for SlotHandler {
         _sender: Option<&T>,
     ) -> Result<Option<SlotKey>, SlotNewsError> {
         let news: SlotNews = postcard::from_bytes(data)?;
-        if !self.board.members_lock().contains(&news.worker_key) {
+        if !self
+            .board
+            .members_lock()
+            .contains(&key_prefix(&news.worker_key))
+        {
             // About no member of the table: not kept, not spread.
             return Ok(None);
         }
