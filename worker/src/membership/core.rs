@@ -1904,6 +1904,70 @@ mod tests {
     }
 
     #[test]
+    fn news_brings_the_next_exchange_sooner_one_at_a_time_and_a_quiet_view_keeps_the_period() {
+        let (a_signer, a) = member(1);
+        let (b_signer, b) = member(2);
+        let (_, c) = member(3);
+        let (_, d) = member(4);
+        let config = MembershipConfig::default();
+        let soonest = config.sync_period.mul_f64(1.5) / SYNC_SOON_DIVISOR;
+        let mut core_a = Membership::new(a.clone(), a_signer, config.clone(), 1);
+        let mut core_b = Membership::new(b.clone(), b_signer, config, 2);
+        gossip(&mut core_a, 0, &b, &[Member::alive(c.clone())]).unwrap();
+        gossip(&mut core_b, 0, &a, &[]).unwrap();
+        let soon_timers = |core: &mut Membership| -> Vec<Duration> {
+            core.drain()
+                .timers
+                .into_iter()
+                .filter(|(_, timer)| *timer == TimerEvent::SyncSoon)
+                .map(|(after, _)| after)
+                .collect()
+        };
+        // B's first member (A) was news: one early exchange armed, no sooner than a tenth.
+        let armed = soon_timers(&mut core_b);
+        assert_eq!(armed.len(), 1, "{armed:?}");
+        assert!(armed[0] <= soonest);
+        let exchange = |core_a: &mut Membership, core_b: &mut Membership, at, timer| {
+            core_b.handle_timer(at, timer).unwrap();
+            let requests = sync_requests(core_b);
+            assert_eq!(requests.len(), 1);
+            let answer = core_a
+                .handle_sync_request(at, b.worker_key, &requests[0].1)
+                .unwrap();
+            core_b
+                .handle_sync_answer(at, a.worker_key, a.addr.ip(), &answer)
+                .unwrap();
+        };
+        // While one is armed, more news (an answer with C, gossip with D) arms no other.
+        exchange(&mut core_a, &mut core_b, 100, TimerEvent::Sync);
+        gossip(&mut core_b, 150, &a, &[Member::alive(d.clone())]).unwrap();
+        assert_eq!(state_of(&core_b, c.worker_key), Some(PeerState::Alive));
+        assert!(soon_timers(&mut core_b).is_empty());
+        // The early exchange runs; its answer (C again, nothing new) is no news: none armed,
+        // and the early exchange did not arm another periodic one either.
+        core_b.handle_timer(200, TimerEvent::SyncSoon).unwrap();
+        let effects = core_b.drain();
+        assert_eq!(effects.syncs.len(), 1);
+        assert!(
+            effects
+                .timers
+                .iter()
+                .all(|(_, timer)| *timer != TimerEvent::Sync)
+        );
+        let answer = core_a
+            .handle_sync_request(200, b.worker_key, &effects.syncs[0].1)
+            .unwrap();
+        core_b
+            .handle_sync_answer(200, a.worker_key, a.addr.ip(), &answer)
+            .unwrap();
+        assert!(
+            soon_timers(&mut core_b).is_empty(),
+            "a quiet view keeps the period"
+        );
+        assert_eq!(core_b.stats().syncs_sent, 2);
+    }
+
+    #[test]
     fn slot_news_is_rate_limited_and_the_latest_value_wins() {
         let mut core = core(1);
         core.set_free_slots(0, 3).unwrap();
