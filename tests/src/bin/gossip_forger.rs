@@ -31,7 +31,7 @@ use foca::{Codec, Header, Member, Message, PostcardCodec};
 use peergrid_proto::transport::{self, PeerAddr};
 use peergrid_proto::{Identity, PublicKey};
 use peergrid_worker::membership::core::MAX_PACKET_BYTES;
-use peergrid_worker::membership::{GOSSIP_ALPN, PeerIdentity};
+use peergrid_worker::membership::{GOSSIP_ALPN, MemberRecord, PeerIdentity};
 
 fn fail(problem: &str) -> ! {
     eprintln!("gossip_forger: {problem}");
@@ -158,11 +158,11 @@ async fn main() {
     match args.mode.as_str() {
         "usurp" => {
             let victim = args.victim.unwrap_or_else(|| fail("usurp needs --victim"));
-            let usurper = PeerIdentity {
+            let usurper = PeerIdentity::from(MemberRecord {
                 worker_key: victim.to_bytes(),
                 incarnation: u64::MAX,
-                ..own.clone()
-            };
+                ..(*own).clone()
+            });
             while Instant::now() < deadline {
                 // As the sender (over a connection that proved another key), and as news.
                 send(&gossip(usurper.clone()), &[]);

@@ -137,9 +137,13 @@ pub(crate) struct Members<T: crate::Identity> {
     pub(crate) inner: Vec<Member<T>>,
     cursor: usize,
     num_active: usize,
-    // peergrid patch: where each member sits in `inner`, by address, so that applying an
-    // update is O(log n) instead of a scan of the whole table (see PATCHES.md).
-    index: alloc::collections::BTreeMap<T::Addr, usize>,
+    // peergrid patch: where each member sits in `inner`, by a 64-bit hash
+    // of its address, so that applying an update is O(log n) instead of a
+    // scan of the whole table (see PATCHES.md). Hashes may collide: a
+    // lookup compares the full address of every position under its hash.
+    // 12 bytes a member instead of the address itself: the table exists
+    // once per member of the cluster, so in a simulation it is n^2.
+    index: alloc::collections::BTreeSet<(u64, u32)>,
 }
 
 /// peergrid patch: tables up to this size are sampled by a scan.
@@ -181,19 +185,36 @@ where
             .inner
             .iter()
             .enumerate()
-            .map(|(position, member)| (member.id.addr(), position))
+            .map(|(position, member)| (crate::group_of(&member.id.addr()), position as u32))
             .collect();
     }
 
-    fn position_of(&self, id: &T) -> Option<usize> {
+    /// Where the member with address `addr` sits in `inner`.
+    fn find(&self, addr: &T::Addr) -> Option<usize> {
+        let hash = crate::group_of(addr);
         self.index
-            .get(&id.addr())
-            .copied()
+            .range((hash, 0)..=(hash, u32::MAX))
+            .map(|(_, position)| *position as usize)
+            .find(|position| self.inner[*position].id.addr() == *addr)
+    }
+
+    fn index_at(&mut self, position: usize) {
+        let hash = crate::group_of(&self.inner[position].id.addr());
+        self.index.insert((hash, position as u32));
+    }
+
+    fn unindex_at(&mut self, position: usize) {
+        let hash = crate::group_of(&self.inner[position].id.addr());
+        self.index.remove(&(hash, position as u32));
+    }
+
+    fn position_of(&self, id: &T) -> Option<usize> {
+        self.find(&id.addr())
             .filter(|position| &self.inner[*position].id == id)
     }
 
     pub(crate) fn get(&self, addr: &T::Addr) -> Option<&Member<T>> {
-        self.index.get(addr).map(|position| &self.inner[*position])
+        self.find(addr).map(|position| &self.inner[position])
     }
 
     /// Swaps two positions of `inner`, keeping the index right.
@@ -201,9 +222,11 @@ where
         if a == b {
             return;
         }
+        self.unindex_at(a);
+        self.unindex_at(b);
         self.inner.swap(a, b);
-        self.index.insert(self.inner[a].id.addr(), a);
-        self.index.insert(self.inner[b].id.addr(), b);
+        self.index_at(a);
+        self.index_at(b);
     }
 
     // Next member that's considered active
@@ -333,9 +356,8 @@ where
             .filter(|position| self.inner[*position].state == State::Down)?;
         let last = self.inner.len() - 1;
         self.swap(position, last);
-        let removed = self.inner.pop()?;
-        self.index.remove(&removed.id.addr());
-        Some(removed)
+        self.unindex_at(last);
+        self.inner.pop()
     }
 
     pub(crate) fn iter_active(&self) -> impl Iterator<Item = &Member<T>> {
@@ -352,7 +374,7 @@ where
         mut update: Member<T>,
         condition: F,
     ) -> Option<ApplySummary<T>> {
-        let position = self.index.get(&update.id().addr()).copied();
+        let position = self.find(&update.id().addr());
         if let Some(known_member) = position.map(|position| &mut self.inner[position]) {
             let id_conflict = known_member.id != update.id;
 
@@ -424,9 +446,9 @@ where
                 let is_active_now = update.is_active();
 
                 // Insert at the end and swap with a random position.
-                self.index.insert(update.id.addr(), self.inner.len());
                 self.inner.push(update);
                 let inserted_at = self.inner.len() - 1;
+                self.index_at(inserted_at);
 
                 let swap_idx = (0..self.inner.len())
                     .choose(&mut rng)
@@ -928,7 +950,7 @@ mod tests {
     fn check_index(members: &Members<Num>) {
         assert_eq!(members.index.len(), members.inner.len());
         for (position, member) in members.inner.iter().enumerate() {
-            assert_eq!(members.index.get(&member.id.0), Some(&position));
+            assert_eq!(members.find(&member.id.0), Some(position));
         }
         let active = members.inner.iter().filter(|m| m.is_active()).count();
         assert_eq!(members.num_active(), active);
@@ -977,5 +999,49 @@ mod tests {
         let mut found: Vec<u32> = chosen.iter().map(|m| m.id.0).collect();
         found.sort_unstable();
         assert_eq!(found, vec![1, 2]);
+    }
+
+    // peergrid patch: addresses whose hashes collide are still told apart.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Colliding(u32);
+    impl core::hash::Hash for Colliding {
+        fn hash<H: core::hash::Hasher>(&self, _state: &mut H) {}
+    }
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct Same(u32);
+    impl crate::Identity for Same {
+        type Addr = Colliding;
+
+        fn renew(&self) -> Option<Self> {
+            None
+        }
+
+        fn addr(&self) -> Colliding {
+            Colliding(self.0)
+        }
+
+        fn win_addr_conflict(&self, _adversary: &Self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn colliding_hashes_are_told_apart() {
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut members = Members::new(Vec::new());
+        for id in 0..100 {
+            let _ = members.apply(Member::alive(Same(id)), &mut rng);
+        }
+        for id in (0..100).step_by(2) {
+            let _ = members.apply(Member::new(Same(id), 1, State::Down), &mut rng);
+            assert!(members.remove_if_down(&Same(id)).is_some());
+        }
+        assert_eq!(members.len(), 50);
+        for id in 0..100 {
+            assert_eq!(members.get(&Colliding(id)).is_some(), id % 2 == 1, "{id}");
+        }
+        for (position, member) in members.inner.iter().enumerate() {
+            assert_eq!(members.find(&member.id.addr()), Some(position));
+        }
     }
 }

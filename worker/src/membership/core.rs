@@ -343,7 +343,7 @@ pub struct Membership {
     known: Known,
     /// New members the packet being screened brings in: counted against the bounds until the
     /// packet is done, indexed only if foca takes them in.
-    admitting: Vec<PeerIdentity>,
+    admitting: Admitting,
     /// Introductions left per source (an IPv4 address or an IPv6 /64; a token bucket each).
     introductions: HashMap<IpAddr, Bucket>,
     screened: ScreenStats,
@@ -434,6 +434,32 @@ impl Known {
 
     fn at_ip(&self, ip: IpAddr) -> usize {
         self.per_ip.get(&ip).map_or(0, |count| *count as usize)
+    }
+}
+
+/// New members the input being screened brings in, counted against the table's bounds until it
+/// is done: how many, and how many at each IP (a newcomer's first sync answer holds the whole
+/// table, so counting by scanning a list was quadratic in the grid's size).
+#[derive(Default)]
+struct Admitting {
+    count: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl Admitting {
+    fn add(&mut self, ip: IpAddr) {
+        self.count += 1;
+        *self.per_ip.entry(ip).or_default() += 1;
+    }
+
+    fn at_ip(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Emptied and its memory given back: it can hold a whole table for one input, and every
+    /// member keeps one.
+    fn clear(&mut self) {
+        *self = Self::default();
     }
 }
 
@@ -562,7 +588,7 @@ impl Membership {
             seeds: Vec::new(),
             scaled_for: 0,
             known: Known::default(),
-            admitting: Vec::new(),
+            admitting: Admitting::default(),
             introductions: HashMap::new(),
             screened: ScreenStats::default(),
             confirming: std::collections::HashSet::new(),
@@ -869,12 +895,8 @@ impl Membership {
     fn may_introduce(&mut self, now_ms: u64, from_ip: IpAddr, record: &PeerIdentity) -> bool {
         let config = &self.config;
         let ip = record.addr.ip();
-        let pending_at_ip = self
-            .admitting
-            .iter()
-            .filter(|pending| pending.addr.ip() == ip)
-            .count();
-        let within = self.foca.iter_membership_state().len() + self.admitting.len()
+        let pending_at_ip = self.admitting.at_ip(ip);
+        let within = self.foca.iter_membership_state().len() + self.admitting.count
             < config.max_members
             && self.known.at_ip(ip) + pending_at_ip < config.max_members_per_ip;
         let (rate, burst) = (
@@ -904,7 +926,7 @@ impl Membership {
             bucket.tokens -= 1.0;
             // Counted against the bounds for the rest of this packet; indexed only if foca
             // takes the member in (`index_new_members`).
-            self.admitting.push(record.clone());
+            self.admitting.add(ip);
             true
         } else {
             self.screened.over_bounds += 1;
@@ -1380,12 +1402,15 @@ impl Membership {
         self.foca.num_members()
     }
 
-    /// How many of the members with these keys are in this one's active set (one pass over the
-    /// table, for simulations and tests).
+    /// How many of the members with these keys are in this one's active set (for simulations
+    /// and tests).
     pub fn active_among(&self, keys: &std::collections::HashSet<[u8; 32]>) -> usize {
-        self.foca
-            .iter_members()
-            .filter(|member| keys.contains(&member.id().worker_key))
+        keys.iter()
+            .filter(|key| {
+                self.foca
+                    .member(key)
+                    .is_some_and(|member| member.state() != State::Down)
+            })
             .count()
     }
 
