@@ -1245,14 +1245,21 @@ impl Membership {
         let ours = self.digests();
         let differs: Vec<bool> = ours.iter().zip(&theirs).map(|(a, b)| a != b).collect();
         let me = self.identity().clone();
-        let limit = self.config.max_members;
+        let limit = sync::MAX_ANSWER_MEMBERS;
         let mut members: Vec<Member<PeerIdentity>> = Vec::new();
         if differs[sync::bucket_of(&me.worker_key)] {
             members.push(Member::alive(me));
         }
+        // From a random place in the table, so that a requester lacking more than an answer
+        // holds gets a different part from each exchange.
+        let start = self
+            .sync_rng
+            .random_range(0..self.foca.iter_membership_state().len().max(1));
         members.extend(
             self.foca
                 .iter_membership_state()
+                .skip(start)
+                .chain(self.foca.iter_membership_state().take(start))
                 .filter(|member| {
                     let key = &member.id().worker_key;
                     member.state() == State::Alive && differs[sync::bucket_of(key)] && *key != from
@@ -1288,7 +1295,7 @@ impl Membership {
             return Err(MembershipError::Refused("a sync answer nobody asked for"));
         }
         self.sync_pending = None;
-        let Some(members) = sync::decode_answer(data, self.config.max_members) else {
+        let Some(members) = sync::decode_answer(data, sync::MAX_ANSWER_MEMBERS) else {
             self.screened.syncs_refused += 1;
             return Err(MembershipError::Refused("not a sync answer"));
         };
@@ -1926,6 +1933,82 @@ mod tests {
         assert!(second.is_empty(), "{second:?}");
         assert_eq!(core_b.stats().syncs_sent, 2);
         assert_eq!(core_a.stats().syncs_answered, 2);
+    }
+
+    #[test]
+    fn an_answer_holds_at_most_its_bound_a_different_part_each_time_and_a_longer_one_is_refused() {
+        let (a_signer, a) = member(1);
+        let (b_signer, b) = member(2);
+        let mut core_a = Membership::new(a.clone(), a_signer, MembershipConfig::default(), 1);
+        let mut core_b = Membership::new(b.clone(), b_signer, MembershipConfig::default(), 2);
+        let fakes: Vec<Member<PeerIdentity>> = (0..1_200u32)
+            .map(|i| {
+                let addr = SocketAddr::new(IpAddr::from([10, 0, (i / 256) as u8, i as u8]), 7000);
+                fake((i % 250) as u8, 100 + (i / 250) as u8, addr)
+            })
+            .collect();
+        // A learns 1,200 members from two answers of 600 (each within the bound).
+        gossip(&mut core_a, 0, &b, &[]).unwrap();
+        for (round, part) in fakes.chunks(600).enumerate() {
+            let at = 100 * (round as u64 + 1);
+            core_a.handle_timer(at, TimerEvent::Sync).unwrap();
+            let asked = sync_requests(&mut core_a)[0].0;
+            let asked_ip = if asked == b.worker_key {
+                b.addr.ip()
+            } else {
+                fakes
+                    .iter()
+                    .find(|f| f.id().worker_key == asked)
+                    .unwrap()
+                    .id()
+                    .addr
+                    .ip()
+            };
+            let answer = sync::encode_answer(part);
+            core_a
+                .handle_sync_answer(at, asked, asked_ip, &answer)
+                .unwrap();
+        }
+        assert_eq!(core_a.alive_count(), 1_201);
+        // B, a newcomer, asks A: A's answers hold the bound, and not the same part each time.
+        gossip(&mut core_b, 0, &a, &[]).unwrap();
+        core_b.handle_timer(1_000, TimerEvent::Sync).unwrap();
+        let (asked, request) = sync_requests(&mut core_b).remove(0);
+        assert_eq!(asked, a.worker_key);
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let answer = core_a
+                .handle_sync_request(1_000, b.worker_key, &request)
+                .unwrap();
+            answers.push(answer);
+        }
+        let parts: Vec<_> = answers
+            .iter()
+            .map(|answer| sync::decode_answer(answer, usize::MAX).unwrap())
+            .collect();
+        assert_eq!(parts[0].len(), sync::MAX_ANSWER_MEMBERS);
+        assert_eq!(parts[1].len(), sync::MAX_ANSWER_MEMBERS);
+        assert_ne!(parts[0], parts[1]);
+        core_b
+            .handle_sync_answer(1_000, a.worker_key, a.addr.ip(), &answers[0])
+            .unwrap();
+        // A itself and the 1,000 new members A's address may introduce at once (the burst).
+        let burst = MembershipConfig::default().introductions_burst as usize;
+        assert_eq!(core_b.alive_count(), 1 + burst);
+        // A longer answer (a hostile answerer's) is refused whole.
+        core_b.handle_timer(3_000, TimerEvent::Sync).unwrap();
+        let asked = sync_requests(&mut core_b)[0].0;
+        let mut longer = parts[0].clone();
+        longer.push(
+            parts[1]
+                .iter()
+                .find(|m| !parts[0].contains(m))
+                .unwrap()
+                .clone(),
+        );
+        let refused = core_b.handle_sync_answer(3_000, asked, ip(9), &sync::encode_answer(&longer));
+        assert!(refused.is_err());
+        assert_eq!(core_b.screened().syncs_refused, 1);
     }
 
     #[test]

@@ -70,11 +70,10 @@ pub const MAX_LINKS: usize = 256;
 const GOODBYE_FLUSH: Duration = Duration::from_millis(100);
 /// A gossip connection on which no packet arrived for this long is closed.
 pub const LINK_IDLE: Duration = Duration::from_secs(30);
-/// Largest sync answer read, in bytes: a full table (`MembershipConfig::max_members`, 16,384)
-/// of records at their largest encoding ([`sync::MAX_MEMBER_BYTES`]). Typical records take
-/// about 160 bytes, so 10,000 members answer in about 1.6 MB. More: stream stopped, answer
-/// dropped.
-pub const MAX_SYNC_ANSWER_BYTES: usize = 16_384 * sync::MAX_MEMBER_BYTES;
+/// Largest sync answer read, in bytes: [`sync::MAX_ANSWER_MEMBERS`] (1,024) records at their
+/// largest encoding ([`sync::MAX_MEMBER_BYTES`]), 512 KiB. Typical records take about 170
+/// bytes, so a full answer is about 170 KB. More: stream stopped, answer dropped.
+pub const MAX_SYNC_ANSWER_BYTES: usize = sync::MAX_ANSWER_MEMBERS * sync::MAX_MEMBER_BYTES;
 /// A whole sync exchange (open, request, answer) ends within this, on either side.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sync answers given per second, to all peers together, with bursts of

@@ -33,6 +33,14 @@ pub const SYNC_REQUEST_BYTES: usize = 2 + 8 * SYNC_BUCKETS;
 /// incarnation ≤ 10, signature 64, foca incarnation ≤ 3, state 1 = 467), rounded up.
 pub const MAX_MEMBER_BYTES: usize = 512;
 
+/// Most records one answer holds. A member that lacks much (a newcomer, a mass join) gets a
+/// random part of what differs and the rest from its next exchanges, which come a tenth of a
+/// period apart while its view changes. Unbounded, every exchange during a mass join carried
+/// the answerer's whole table (1.7 MB at 10,000 members) to a member lacking a few records of
+/// each bucket: quadratic traffic for the grid, and hours for the 10,000-member simulation
+/// (ARCHITECTURE.md, "Membership at scale"). About 170 KB of typical records.
+pub const MAX_ANSWER_MEMBERS: usize = 1_024;
+
 /// Which bucket a member falls in.
 pub fn bucket_of(key: &[u8; 32]) -> usize {
     usize::from(key[0]) % SYNC_BUCKETS
