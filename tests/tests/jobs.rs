@@ -243,7 +243,9 @@ fn a_killed_submitter_resumes_without_running_accepted_tasks_again() {
     let job = write_job(
         &dir.path().join("job"),
         "resume.toml",
-        &sweep_job("resume", "{i}0000", 120),
+        // Heavy enough (up to 12 M samples a task) that the job is still running when the
+        // first `status` poll sees 15 accepted, even on a loaded machine.
+        &sweep_job("resume", "{i}00000", 120),
     );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();
