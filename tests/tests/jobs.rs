@@ -203,19 +203,25 @@ fn a_worker_killed_mid_job_costs_nothing() {
     let job = write_job(
         &dir.path().join("job"),
         "crash.toml",
-        &sweep_job("crash", "{i}0000", 200),
+        // Heavy enough (up to 20 M samples a task) that the job is still running when the
+        // first `status` poll sees 10 accepted, even on a loaded machine.
+        &sweep_job("crash", "{i}00000", 200),
     );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();
     let submitter = SubmitProcess::start(dir.path(), submit_args(&job, &key, &refs, &state, &out));
+    let mut accepted = 0;
     wait_until("some tasks are accepted", JOB_TIMEOUT, || {
-        accepted_so_far(&state) >= 10
+        accepted = accepted_so_far(&state);
+        accepted >= 10
     });
-    assert!(
-        accepted_so_far(&state) < 200,
-        "the job must still be running when a worker dies"
-    );
+    // Killed right after the count was read (another `status` call first would leave the
+    // job time to finish).
     workers[1].kill();
+    assert!(
+        accepted < 200,
+        "the job must still be running when a worker dies: {accepted} accepted"
+    );
     let output = submitter.wait(JOB_TIMEOUT);
     assert_eq!(output.code, Some(0), "{}", output.stderr);
     assert!(
@@ -460,7 +466,8 @@ fn ctrl_c_stops_a_job_resumably_and_results_can_be_written_anywhere() {
     let job = write_job(
         &dir.path().join("job"),
         "ctrlc.toml",
-        &sweep_job("ctrlc", "{i}0000", 120),
+        // Heavy enough that the job is still running when it is interrupted (see above).
+        &sweep_job("ctrlc", "{i}00000", 120),
     );
     let (state, out) = (dir.path().join("state"), dir.path().join("out"));
     let refs: Vec<&WorkerProcess> = workers.iter().collect();
