@@ -199,14 +199,13 @@ where
         let group = item.group();
         let ranks = self.groups.entry(group).or_default();
         let entries = &mut self.entries;
-        ranks.retain(|rank| {
-            let invalidated = entries
-                .get(rank)
-                .is_some_and(|entry| item.invalidates(&entry.item));
-            if invalidated {
+        ranks.retain(|rank| match entries.get(rank) {
+            Some(entry) if item.invalidates(&entry.item) => {
                 entries.remove(rank);
+                false
             }
-            !invalidated
+            Some(_) => true,
+            None => false,
         });
         self.seq += 1;
         let rank = Rank {
@@ -223,17 +222,46 @@ where
                 item,
             },
         );
-        self.trim();
+        self.trim_sparing(Some(rank));
     }
 
-    /// Drops the entries with the fewest transmissions left until at
-    /// most `max_backlog` remain.
     fn trim(&mut self) {
+        self.trim_sparing(None);
+    }
+
+    /// Drops entries until at most `max_backlog` remain: of those with
+    /// the fewest transmissions left (the ones most of the cluster has
+    /// heard), the oldest first, and never `spared` (the item just
+    /// added: during a burst every item has all its transmissions left,
+    /// and dropping the newest would freeze the backlog on old news).
+    /// O(k) for k entries sharing the fewest transmissions, at most the
+    /// bound.
+    fn trim_sparing(&mut self, spared: Option<Rank>) {
         while self.entries.len() > self.max_backlog {
-            let Some((rank, entry)) = self.entries.pop_last() else {
+            let Some((last, _)) = self.entries.last_key_value() else {
                 break;
             };
-            self.unindex(entry.item.group(), rank);
+            let fewest = last.remaining_tx;
+            let victim = self
+                .entries
+                .keys()
+                .rev()
+                .take_while(|rank| rank.remaining_tx == fewest)
+                .filter(|rank| Some(**rank) != spared)
+                .min_by_key(|rank| rank.seq)
+                .copied();
+            let Some(victim) = victim.or_else(|| {
+                self.entries
+                    .keys()
+                    .rev()
+                    .find(|rank| Some(**rank) != spared)
+                    .copied()
+            }) else {
+                break;
+            };
+            if let Some(entry) = self.entries.remove(&victim) {
+                self.unindex(entry.item.group(), victim);
+            }
         }
     }
 
@@ -495,6 +523,21 @@ mod tests {
 
         backlog.set_max_backlog(1);
         assert_eq!(backlog.len(), 1);
+    }
+
+    #[test]
+    fn a_full_backlog_of_unsent_items_drops_the_oldest_never_the_newest() {
+        let mut backlog = Broadcasts::with_max_backlog(2);
+        backlog.add_or_replace(Grouped(1, 0), b"old".to_vec(), 5);
+        backlog.add_or_replace(Grouped(2, 0), b"mid".to_vec(), 5);
+        backlog.add_or_replace(Grouped(3, 0), b"n".to_vec(), 5);
+        let mut buf = Vec::new();
+        backlog.fill(&mut buf, usize::MAX);
+        assert_eq!(
+            &buf[..],
+            b"midn",
+            "the oldest left, the newest (and shortest) stayed"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub trait Identity: Clone + Eq + fmt::Debug {
     /// an example of one)
     ///
     /// It's a good idea to have this type as lean as possible
-    type Addr: Ord + Clone + core::hash::Hash;
+    type Addr: PartialEq + Clone + core::hash::Hash;
 
     /// Opt-in on auto-rejoining by providing a new identity.
     ///

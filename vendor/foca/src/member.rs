@@ -141,8 +141,8 @@ pub(crate) struct Members<T: crate::Identity> {
     // of its address, so that applying an update is O(log n) instead of a
     // scan of the whole table (see PATCHES.md). Hashes may collide: a
     // lookup compares the full address of every position under its hash.
-    // 12 bytes a member instead of the address itself: the table exists
-    // once per member of the cluster, so in a simulation it is n^2.
+    // 16 bytes a member instead of the address and a usize: the table
+    // exists once per member of the cluster, so in a simulation it is n^2.
     index: alloc::collections::BTreeSet<(u64, u32)>,
 }
 

@@ -174,8 +174,9 @@ pub const MAX_PACKET_BYTES: usize = 1100;
 
 /// Most updates (and, separately, most slot news items) a member keeps to piggyback. A mass join
 /// of thousands of members otherwise fills every member's backlog with every newcomer's record:
-/// memory and per-packet work grow with the grid. Dropped: the item sent the most times already;
-/// anti-entropy brings whatever it did not reach (ARCHITECTURE.md, "Membership at scale").
+/// memory and per-packet work grow with the grid. Dropped: of the items sent the most times already,
+/// the oldest, never the one just added; anti-entropy brings whatever it did not reach
+/// (ARCHITECTURE.md, "Membership at scale").
 pub const MAX_BACKLOG: usize = 256;
 
 /// How often the index of known members is rebuilt from foca's table (foca does not report
@@ -362,7 +363,7 @@ pub struct Membership {
     /// Picks anti-entropy partners and jitters their timer.
     sync_rng: Xoshiro256PlusPlus,
     /// The member asked for a sync and not answered yet: only its answer is taken.
-    sync_pending: Option<[u8; 32]>,
+    sync_pending: Option<([u8; 32], u64)>,
     /// A [`TimerEvent::SyncSoon`] is armed.
     sync_soon_armed: bool,
     /// Records whose signature verified (see [`VerifiedCache`]).
@@ -530,7 +531,15 @@ impl foca::Runtime<PeerIdentity> for Outbox {
                 if let Some(board) = &self.board {
                     board.admit(peer.worker_key);
                 }
-                self.came_up.push((renamed, peer.clone()));
+                // A rejoin is reported as a rename and then as the same member up: counted once.
+                let rejoin = renamed.is_none()
+                    && self
+                        .came_up
+                        .last()
+                        .is_some_and(|(previous, up)| previous.is_some() && up == peer);
+                if !rejoin {
+                    self.came_up.push((renamed, peer.clone()));
+                }
             }
             Notification::MemberDown(peer) => {
                 tracing::info!(peer = %hex::encode(&peer.worker_key[..4]), addr = %peer.addr, "member down");
@@ -937,7 +946,15 @@ impl Membership {
     /// Records the members foca brought up or renamed, and every [`REINDEX_EVERY_MS`] rebuilds
     /// the index from foca's table (forgotten members leave it, and the slot board with them).
     fn index_new_members(&mut self) {
-        if !self.outbox.came_up.is_empty() {
+        // Only members new to the table are news that warrants an early exchange: a renamed
+        // record is not (a member re-signing itself at will could otherwise keep every other
+        // member exchanging early).
+        if self
+            .outbox
+            .came_up
+            .iter()
+            .any(|(previous, _)| previous.is_none())
+        {
             self.sync_soon();
         }
         for (previous, record) in std::mem::take(&mut self.outbox.came_up) {
@@ -995,7 +1012,10 @@ impl Membership {
             }
             TimerEvent::SyncSoon => {
                 self.sync_soon_armed = false;
-                self.start_sync();
+                if !self.start_sync() && self.sync_pending.is_some() {
+                    // An exchange is under way: this one follows it.
+                    self.sync_soon();
+                }
             }
             TimerEvent::Reannounce => {
                 if self.unheard_since_renewal {
@@ -1180,7 +1200,8 @@ impl Membership {
     /// and may be behind (a mass join, a partition healing): the next exchange comes after a
     /// tenth of the period rather than a whole one, for as long as news comes. Once the view
     /// stops changing the cadence is back to `sync_period`, so steady traffic does not change.
-    /// One such timer at a time: at most ten extra exchanges per period, whatever peers send.
+    /// Only members new to the table count as news. One such timer at a time, and no exchange
+    /// while one is under way: at most one exchange every 0.5–1.5 s, whatever peers send.
     fn sync_soon(&mut self) {
         if !self.sync_soon_armed {
             self.sync_soon_armed = true;
@@ -1193,8 +1214,18 @@ impl Membership {
     }
 
     /// Sends this member's digest to one random alive member (ARCHITECTURE.md, "Membership",
-    /// *Anti-entropy*). One exchange at a time: a request not answered by now is given up.
-    fn start_sync(&mut self) {
+    /// *Anti-entropy*), unless an exchange started less than [`sync::EXCHANGE_TIMEOUT`] ago is
+    /// still unanswered (the driver runs one at a time, and starting another would make the
+    /// first one's answer unasked for). Returns whether it started one.
+    fn start_sync(&mut self) -> bool {
+        let now_ms = self.outbox.now_ms;
+        let timeout_ms = sync::EXCHANGE_TIMEOUT.as_millis() as u64;
+        if self
+            .sync_pending
+            .is_some_and(|(_, at_ms)| now_ms.saturating_sub(at_ms) < timeout_ms)
+        {
+            return false;
+        }
         let Some(partner) = self
             .foca
             .iter_members()
@@ -1202,10 +1233,10 @@ impl Membership {
             .choose(&mut self.sync_rng)
             .cloned()
         else {
-            return;
+            return false;
         };
         let request = sync::encode_request(&self.digests());
-        self.sync_pending = Some(partner.worker_key);
+        self.sync_pending = Some((partner.worker_key, now_ms));
         let stats = &mut self.outbox.stats;
         stats.syncs_sent += 1;
         stats.sync_bytes_sent += request.len() as u64;
@@ -1214,6 +1245,7 @@ impl Membership {
             .effects
             .syncs
             .push((Target::of(&partner), request));
+        true
     }
 
     /// The digests of this member's view: its active members and itself.
@@ -1228,7 +1260,8 @@ impl Membership {
 
     /// A sync request arrived over a connection that proved the key `from`: the answer holds
     /// this member's records of the members it holds alive in every bucket whose digest differs
-    /// from the request's, at most `max_members` of them. Refused whole if it is not a request.
+    /// from the request's, at most [`sync::MAX_ANSWER_MEMBERS`] of them from a random place in the
+    /// table. Refused whole if it is not a request.
     pub fn handle_sync_request(
         &mut self,
         now_ms: u64,
@@ -1290,7 +1323,7 @@ impl Membership {
         self.outbox.now_ms = now_ms;
         self.outbox.stats.bytes_received += data.len() as u64;
         self.outbox.stats.sync_bytes_received += data.len() as u64;
-        if self.sync_pending != Some(from) {
+        if self.sync_pending.is_none_or(|(asked, _)| asked != from) {
             self.screened.syncs_refused += 1;
             return Err(MembershipError::Refused("a sync answer nobody asked for"));
         }
@@ -1353,9 +1386,6 @@ impl Membership {
                 Admitted::As(rewritten) => admitted.push(rewritten),
                 Admitted::No => {}
             }
-        }
-        if !admitted.is_empty() {
-            self.sync_soon();
         }
         let result = self
             .foca
@@ -2073,6 +2103,53 @@ mod tests {
             "a quiet view keeps the period"
         );
         assert_eq!(core_b.stats().syncs_sent, 2);
+    }
+
+    #[test]
+    fn an_early_exchange_waits_for_the_one_under_way_and_a_renamed_record_is_no_news() {
+        let (a_signer, a) = member(1);
+        let (b_signer, b) = member(2);
+        let mut core_a =
+            Membership::new(a.clone(), a_signer.clone(), MembershipConfig::default(), 1);
+        let mut core_b = Membership::new(b.clone(), b_signer, MembershipConfig::default(), 2);
+        gossip(&mut core_a, 0, &b, &[]).unwrap();
+        gossip(&mut core_b, 0, &a, &[]).unwrap();
+        core_b.drain();
+        core_b.handle_timer(100, TimerEvent::Sync).unwrap();
+        let (asked, request) = sync_requests(&mut core_b).remove(0);
+        assert_eq!(asked, a.worker_key);
+        // The early exchange comes while the first is unanswered: none sent, it follows later.
+        core_b.handle_timer(300, TimerEvent::SyncSoon).unwrap();
+        let effects = core_b.drain();
+        assert!(effects.syncs.is_empty());
+        assert!(
+            effects
+                .timers
+                .iter()
+                .any(|(_, timer)| *timer == TimerEvent::SyncSoon)
+        );
+        // The first exchange's answer is still the one asked for.
+        let answer = core_a
+            .handle_sync_request(400, b.worker_key, &request)
+            .unwrap();
+        core_b
+            .handle_sync_answer(400, a.worker_key, a.addr.ip(), &answer)
+            .unwrap();
+        assert_eq!(core_b.screened().syncs_refused, 0);
+        // A's record renewed (a rename) is not news: no early exchange for it.
+        let renewed = a.renewed(&a_signer).unwrap();
+        gossip(&mut core_b, 500, &renewed, &[]).unwrap();
+        assert_eq!(
+            core_b.view().iter().find(|p| !p.is_self).unwrap().identity,
+            renewed
+        );
+        assert!(
+            core_b
+                .drain()
+                .timers
+                .iter()
+                .all(|(_, timer)| *timer != TimerEvent::SyncSoon)
+        );
     }
 
     #[test]

@@ -105,9 +105,18 @@ fn intern(record: MemberRecord) -> PeerIdentity {
             return PeerIdentity(held);
         }
         let shared = Arc::new(record);
-        interned
+        // A record held by someone is replaced only by a newer incarnation: a copy decoded from
+        // a forger (not verified yet) cannot undo the sharing of a member's current record.
+        let replaces = interned
             .records
-            .insert(shared.worker_key, Arc::downgrade(&shared));
+            .get(&shared.worker_key)
+            .and_then(Weak::upgrade)
+            .is_none_or(|held| held.incarnation < shared.incarnation);
+        if replaces {
+            interned
+                .records
+                .insert(shared.worker_key, Arc::downgrade(&shared));
+        }
         if interned.records.len() >= interned.prune_at {
             interned
                 .records

@@ -75,7 +75,7 @@ pub const LINK_IDLE: Duration = Duration::from_secs(30);
 /// bytes, so a full answer is about 170 KB. More: stream stopped, answer dropped.
 pub const MAX_SYNC_ANSWER_BYTES: usize = sync::MAX_ANSWER_MEMBERS * sync::MAX_MEMBER_BYTES;
 /// A whole sync exchange (open, request, answer) ends within this, on either side.
-pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SYNC_TIMEOUT: Duration = sync::EXCHANGE_TIMEOUT;
 /// Sync answers given per second, to all peers together, with bursts of
 /// [`SYNC_ANSWERS_BURST`]. Each member asks one random member every 5–15 s, so a worker
 /// answers 0.1/s on average; this is a hundred times that. Reached: the request's stream is

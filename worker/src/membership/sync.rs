@@ -33,6 +33,10 @@ pub const SYNC_REQUEST_BYTES: usize = 2 + 8 * SYNC_BUCKETS;
 /// incarnation ≤ 10, signature 64, foca incarnation ≤ 3, state 1 = 467), rounded up.
 pub const MAX_MEMBER_BYTES: usize = 512;
 
+/// A whole exchange (open, request, answer) ends within this, on either side; a member starts no
+/// other exchange while its last one is younger and unanswered.
+pub const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Most records one answer holds. A member that lacks much (a newcomer, a mass join) gets a
 /// random part of what differs and the rest from its next exchanges, which come a tenth of a
 /// period apart while its view changes. Unbounded, every exchange during a mass join carried
@@ -94,7 +98,8 @@ pub fn encode_answer(members: &[Member<PeerIdentity>]) -> Vec<u8> {
     data
 }
 
-/// The members of an answer, at most `max_members` of them, or `None` if it is not an answer or
+/// The members of an answer, at most `max_members` of them ([`MAX_ANSWER_MEMBERS`] for an
+/// answer from a peer), or `None` if it is not an answer or
 /// one of its members does not decode (the whole answer is then refused).
 pub fn decode_answer(data: &[u8], max_members: usize) -> Option<Vec<Member<PeerIdentity>>> {
     if data.len() < 6 || data[0] != SYNC_VERSION || data[1] != SYNC_ANSWER {
