@@ -366,6 +366,8 @@ pub struct Membership {
     sync_pending: Option<([u8; 32], u64)>,
     /// A [`TimerEvent::SyncSoon`] is armed.
     sync_soon_armed: bool,
+    /// When a member new to the table last came in (see [`Membership::sync_soon`]).
+    last_news_ms: Option<u64>,
     /// Records whose signature verified (see [`VerifiedCache`]).
     verified_cache: VerifiedCache,
 }
@@ -610,6 +612,7 @@ impl Membership {
             sync_rng: Xoshiro256PlusPlus::seed_from_u64(rng_seed ^ 0x5EED_5EED),
             sync_pending: None,
             sync_soon_armed: false,
+            last_news_ms: None,
             verified_cache: VerifiedCache::new(VERIFIED_CACHE),
         };
         let first = membership.sync_delay();
@@ -1012,9 +1015,15 @@ impl Membership {
             }
             TimerEvent::SyncSoon => {
                 self.sync_soon_armed = false;
-                if !self.start_sync() && self.sync_pending.is_some() {
-                    // An exchange is under way: this one follows it.
-                    self.sync_soon();
+                let started = self.start_sync();
+                let period_ms = self.config.sync_period.as_millis() as u64;
+                let recent = self
+                    .last_news_ms
+                    .is_some_and(|at| now_ms.saturating_sub(at) < period_ms);
+                // An exchange under way: this one follows it. News within the last period:
+                // the view may still be behind, so the early cadence goes on.
+                if (!started && self.sync_pending.is_some()) || recent {
+                    self.arm_sync_soon();
                 }
             }
             TimerEvent::Reannounce => {
@@ -1198,11 +1207,18 @@ impl Membership {
 
     /// News (members new to this view, from gossip or an exchange) means the view is changing
     /// and may be behind (a mass join, a partition healing): the next exchange comes after a
-    /// tenth of the period rather than a whole one, for as long as news comes. Once the view
-    /// stops changing the cadence is back to `sync_period`, so steady traffic does not change.
+    /// tenth of the period rather than a whole one, and so on until a whole period has passed
+    /// without news (a member missing its last few records is then still pulling early). Once
+    /// the view stops changing the cadence is back to `sync_period`, so steady traffic does not
+    /// change.
     /// Only members new to the table count as news. One such timer at a time, and no exchange
     /// while one is under way: at most one exchange every 0.5–1.5 s, whatever peers send.
     fn sync_soon(&mut self) {
+        self.last_news_ms = Some(self.outbox.now_ms);
+        self.arm_sync_soon();
+    }
+
+    fn arm_sync_soon(&mut self) {
         if !self.sync_soon_armed {
             self.sync_soon_armed = true;
             let soon = self.sync_delay() / SYNC_SOON_DIVISOR;
@@ -1214,12 +1230,12 @@ impl Membership {
     }
 
     /// Sends this member's digest to one random alive member (ARCHITECTURE.md, "Membership",
-    /// *Anti-entropy*), unless an exchange started less than [`sync::EXCHANGE_TIMEOUT`] ago is
-    /// still unanswered (the driver runs one at a time, and starting another would make the
-    /// first one's answer unasked for). Returns whether it started one.
+    /// *Anti-entropy*), unless an exchange started less than [`sync::EXCHANGE_WAIT`] ago is still
+    /// unanswered (the driver runs one at a time and abandons the older one for a new one).
+    /// Returns whether it started one.
     fn start_sync(&mut self) -> bool {
         let now_ms = self.outbox.now_ms;
-        let timeout_ms = sync::EXCHANGE_TIMEOUT.as_millis() as u64;
+        let timeout_ms = sync::EXCHANGE_WAIT.as_millis() as u64;
         if self
             .sync_pending
             .is_some_and(|(_, at_ms)| now_ms.saturating_sub(at_ms) < timeout_ms)
@@ -2098,11 +2114,21 @@ mod tests {
         core_b
             .handle_sync_answer(200, a.worker_key, a.addr.ip(), &answer)
             .unwrap();
+        assert!(soon_timers(&mut core_b).is_empty());
+        assert_eq!(core_b.stats().syncs_sent, 2);
+        // Within a period of the last news (D at 150) the early cadence goes on; a period
+        // later an early exchange arms no other: a quiet view is back to the period.
+        core_b.handle_timer(1_000, TimerEvent::SyncSoon).unwrap();
+        assert_eq!(soon_timers(&mut core_b).len(), 1, "still early");
+        core_b.sync_pending = None;
+        core_b
+            .handle_timer(150 + 10_000, TimerEvent::SyncSoon)
+            .unwrap();
         assert!(
             soon_timers(&mut core_b).is_empty(),
             "a quiet view keeps the period"
         );
-        assert_eq!(core_b.stats().syncs_sent, 2);
+        assert_eq!(core_b.stats().syncs_sent, 4);
     }
 
     #[test]

@@ -149,6 +149,8 @@ enum LinkEvent {
     },
     /// The answer to this worker's own sync request (`None`: the exchange failed).
     SyncAnswer {
+        /// Which of this worker's exchanges it ends (a superseded one's end is ignored).
+        exchange: u64,
         key: [u8; 32],
         ip: IpAddr,
         data: Option<Vec<u8>>,
@@ -195,8 +197,12 @@ struct Links {
     relays: Vec<RelayUrl>,
     /// This worker's sync request waiting for a dial, by key.
     sync_after_dial: HashMap<[u8; 32], Vec<u8>>,
-    /// This worker's own sync request is in flight (one at a time).
-    syncing: bool,
+    /// This worker's own exchange in flight, if any (one at a time): its number and the handle
+    /// that aborts it when the core starts another (it does so only once the one in flight is
+    /// older than `sync::EXCHANGE_WAIT`).
+    syncing: Option<(u64, tokio::task::AbortHandle)>,
+    /// Numbers this worker's exchanges.
+    exchanges: u64,
     /// Answers given: the rate limit, and the peers being answered now.
     answering: Arc<Mutex<Answering>>,
 }
@@ -288,7 +294,8 @@ impl Gossip {
             events,
             relays: relays.to_vec(),
             sync_after_dial: HashMap::new(),
-            syncing: false,
+            syncing: None,
+            exchanges: 0,
             answering: Arc::new(Mutex::new(Answering::new())),
         };
         let handle = tokio::spawn(async move {
@@ -322,9 +329,13 @@ impl Gossip {
                                 Err(error) => debug!("{error}"),
                             }
                         }
-                        LinkEvent::SyncAnswer { key, ip, data } => {
-                            links.syncing = false;
-                            if let Some(data) = data {
+                        LinkEvent::SyncAnswer { exchange, key, ip, data } => {
+                            // The end of an exchange abandoned for a newer one is ignored.
+                            let current = links.syncing.as_ref().is_some_and(|(number, _)| *number == exchange);
+                            if current {
+                                links.syncing = None;
+                            }
+                            if let Some(data) = data.filter(|_| current) {
                                 driver.step(&mut links, &timers, |core, now| core.handle_sync_answer(now, key, ip, &data)).await;
                             }
                         }
@@ -506,27 +517,29 @@ impl Links {
     /// worker's own at a time: a request while one is in flight is dropped (the next period
     /// asks again).
     fn sync(&mut self, to: Target, request: Vec<u8>) {
-        if self.syncing {
-            debug!("gossip sync skipped: the previous one is still in flight");
-            return;
+        // The core starts an exchange only when the one in flight is overdue: it is abandoned.
+        if let Some((_, previous)) = self.syncing.take() {
+            debug!("gossip sync: the previous one is abandoned");
+            previous.abort();
         }
         if let Some(link) = self.open.get(&to.key) {
-            self.syncing = true;
             let connection = link.connection.clone();
-            let events = self.events.clone();
-            tokio::spawn(request_sync(
-                connection,
-                to.key,
-                to.addr.ip(),
-                request,
-                events,
-            ));
+            self.start_sync(connection, to.key, to.addr.ip(), request);
             return;
         }
         if self.dialing.contains_key(&to.key) || self.dial(to.clone(), Vec::new()) {
             self.sync_after_dial.clear();
             self.sync_after_dial.insert(to.key, request);
         }
+    }
+
+    /// Runs this worker's exchange with `key` over `connection`, as the one in flight.
+    fn start_sync(&mut self, connection: Connection, key: [u8; 32], ip: IpAddr, request: Vec<u8>) {
+        self.exchanges += 1;
+        let exchange = self.exchanges;
+        let events = self.events.clone();
+        let task = tokio::spawn(request_sync(connection, exchange, key, ip, request, events));
+        self.syncing = Some((exchange, task.abort_handle()));
     }
 
     /// Dials `to` with `queued` packets waiting; false if over a dial bound.
@@ -580,11 +593,9 @@ impl Links {
             return;
         };
         if let Some(request) = sync
-            && !self.syncing
+            && self.syncing.is_none()
         {
-            self.syncing = true;
-            let events = self.events.clone();
-            tokio::spawn(request_sync(connection.clone(), key, ip, request, events));
+            self.start_sync(connection.clone(), key, ip, request);
         }
         self.add(key, ip, connection, Box::new(()));
         let link = self.open.get_mut(&key).expect("just added");
@@ -696,12 +707,13 @@ impl Links {
 /// failure) to the driver, within [`SYNC_TIMEOUT`] and [`MAX_SYNC_ANSWER_BYTES`].
 async fn request_sync(
     connection: Connection,
+    exchange: u64,
     key: [u8; 32],
     ip: IpAddr,
     request: Vec<u8>,
     events: mpsc::Sender<LinkEvent>,
 ) {
-    let exchange = async {
+    let asking = async {
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(&request).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
@@ -716,7 +728,7 @@ async fn request_sync(
             Err(error) => Err(error.to_string()),
         }
     };
-    let data = match tokio::time::timeout(SYNC_TIMEOUT, exchange).await {
+    let data = match tokio::time::timeout(SYNC_TIMEOUT, asking).await {
         Ok(Ok(answer)) => Some(answer),
         Ok(Err(error)) => {
             tracing::info!(peer = %hex::encode(&key[..4]), "gossip sync failed: {error}");
@@ -727,7 +739,14 @@ async fn request_sync(
             None
         }
     };
-    let _ = events.send(LinkEvent::SyncAnswer { key, ip, data }).await;
+    let _ = events
+        .send(LinkEvent::SyncAnswer {
+            exchange,
+            key,
+            ip,
+            data,
+        })
+        .await;
 }
 
 /// Answers the sync requests `key` opens on `connection`, one at a time, until it closes.
