@@ -36,12 +36,6 @@ pub const MAX_MEMBER_BYTES: usize = 512;
 /// A whole exchange (open, request, answer) ends within this, on either side.
 pub const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A member starts no other exchange while its last one is younger than this and unanswered;
-/// an older one is abandoned for the new one. Answers take a round trip and up to ~170 KB, so
-/// this is ample, and an exchange lost (the simulation drops 5% whole) costs 2 s of anti-entropy
-/// rather than the 10 s of [`EXCHANGE_TIMEOUT`] (which put the 1,000-member tail back at 45 s).
-pub const EXCHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Most records one answer holds. A member that lacks much (a newcomer, a mass join) gets a
 /// random part of what differs and the rest from its next exchanges, which come a tenth of a
 /// period apart while its view changes. Unbounded, every exchange during a mass join carried
