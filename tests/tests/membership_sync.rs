@@ -14,7 +14,7 @@ use peergrid_e2e::{KeyPair, exec, gossiping_worker, peers, wait_until};
 use peergrid_proto::Identity;
 use peergrid_proto::transport::{self, PeerAddr};
 use peergrid_worker::membership::net::{SYNC_ANSWERS_BURST, SYNC_ANSWERS_PER_SECOND};
-use peergrid_worker::membership::sync::{self, SYNC_BUCKETS};
+use peergrid_worker::membership::sync::{self, LEAVES_PER_BUCKET, SYNC_BUCKETS};
 use peergrid_worker::membership::{GOSSIP_ALPN, Membership, MembershipConfig, PeerIdentity};
 use tokio::sync::mpsc;
 
@@ -50,7 +50,8 @@ async fn ask(connection: &Connection, data: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Runs a real membership core as a member of the worker's grid over `connection` (so the
 /// worker keeps it alive and picks it for anti-entropy), and answers every sync the worker
-/// opens with `answer`. Reports each request it answered.
+/// opens: its digests with leaf digests that differ from every one of the worker's, its want
+/// with `answer`. Reports the size of each request it answered.
 fn member_answering(
     me: Arc<Identity>,
     endpoint: &iroh::Endpoint,
@@ -94,8 +95,12 @@ fn member_answering(
                 Some(timer) = fired.recv() => { let _ = core.handle_timer(now(), timer); }
                 stream = connection.accept_bi() => {
                     let Ok((mut send, mut recv)) = stream else { break };
-                    let Ok(request) = recv.read_to_end(4096).await else { continue };
-                    let _ = send.write_all(&answer).await;
+                    let Ok(request) = recv.read_to_end(sync::MAX_REQUEST_BYTES).await else { continue };
+                    let reply = match sync::decode_request(&request) {
+                        Some(sync::Request::Digests(_)) => every_leaf_differs(),
+                        _ => answer.clone(),
+                    };
+                    let _ = send.write_all(&reply).await;
                     let _ = send.finish();
                     let _ = answered.try_send(request.len());
                 }
@@ -103,6 +108,15 @@ fn member_answering(
         }
     });
     report
+}
+
+/// A first-round answer claiming every leaf differs (a digest of all ones is no view's but by
+/// chance), so the requester wants every leaf.
+fn every_leaf_differs() -> Vec<u8> {
+    let buckets: Vec<(u8, [u64; LEAVES_PER_BUCKET])> = (0..=255u8)
+        .map(|bucket| (bucket, [u64::MAX; LEAVES_PER_BUCKET]))
+        .collect();
+    sync::encode_leaves(&buckets)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,6 +152,12 @@ async fn a_forged_record_in_a_sync_answer_is_dropped_and_the_rest_taken() {
         .expect("the worker opened a sync with the only member it knows")
         .unwrap();
     assert_eq!(request_len, sync::SYNC_REQUEST_BYTES);
+    // Told every leaf differs, it wants them all.
+    let want_len = tokio::time::timeout(Duration::from_secs(10), answered.recv())
+        .await
+        .expect("the worker asked for the leaves that differ")
+        .unwrap();
+    assert_eq!(want_len, sync::MAX_WANT_BYTES);
 
     let newcomer_hex = hex::encode(newcomer.worker_key);
     let victim_hex = hex::encode(victim.public_key().to_bytes());
@@ -171,14 +191,30 @@ async fn an_oversized_sync_request_is_cut_at_its_bound_and_the_worker_answers_th
     let target: PeerAddr = worker.seed.as_deref().unwrap().parse().unwrap();
     let (_me, _endpoint, connection) = connect(&target).await;
 
-    // 1 MiB where 2,050 bytes are allowed: the stream is stopped, nothing is answered.
+    // 1 MiB where 8,196 bytes are allowed (the largest want): the stream is stopped, nothing is answered.
     let oversized = vec![7u8; 1 << 20];
     let refused = ask(&connection, &oversized).await;
     assert!(refused.is_err(), "an oversized request was answered");
 
-    // The same connection's next, well-formed request is answered with the worker's record.
+    // The same connection's next, well-formed request is answered: first with the leaf
+    // digests of the worker's bucket (its view holds itself; every digest asked was zero),
+    // then, asked for its leaf, with the worker's record.
     let answer = ask(&connection, &request()).await.expect("answered");
-    let members = sync::decode_answer(&answer, 100).expect("an answer");
+    let own = target.key.to_bytes();
+    let Some(sync::Answer::Leaves(buckets)) = sync::decode_answer(&answer, 100) else {
+        panic!("not leaf digests: {answer:?}");
+    };
+    assert!(
+        buckets
+            .iter()
+            .any(|(bucket, _)| usize::from(*bucket) == sync::bucket_of(&own)),
+        "{buckets:?}"
+    );
+    let want = sync::encode_want(&[sync::leaf_of(&own) as u16]);
+    let answer = ask(&connection, &want).await.expect("answered");
+    let Some(sync::Answer::Records(members)) = sync::decode_answer(&answer, 100) else {
+        panic!("not records: {answer:?}");
+    };
     assert!(
         members
             .iter()
@@ -223,9 +259,9 @@ async fn a_sync_flood_is_refused_at_the_rate_limit_and_honest_peers_are_still_an
     let deadline = Instant::now() + Duration::from_secs(5);
     let members = loop {
         if let Ok(answer) = ask(&honest, &request()).await
-            && let Some(members) = sync::decode_answer(&answer, 100)
+            && let Some(sync::Answer::Leaves(buckets)) = sync::decode_answer(&answer, 100)
         {
-            break members;
+            break buckets;
         }
         assert!(
             Instant::now() < deadline,

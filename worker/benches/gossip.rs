@@ -82,9 +82,16 @@ fn run(members: usize, seed: u64) {
         }
         if verbose {
             let done = knew.iter().filter(|time| time.is_some()).count();
+            let traffic = sim.traffic();
             eprintln!(
-                "t={now}ms knew everyone: {done}/{members}, wall {:.1}s",
-                started.elapsed().as_secs_f64()
+                "t={now}ms knew everyone: {done}/{members}, wall {:.1}s, syncs {} answers {} sync records {} taken {} packets {} MB sent {}",
+                started.elapsed().as_secs_f64(),
+                traffic.syncs_sent,
+                traffic.syncs_answered,
+                traffic.sync_records_received,
+                traffic.sync_records_taken,
+                traffic.packets_sent,
+                traffic.bytes_sent / 1_000_000,
             );
             if now.is_multiple_of(10_000) {
                 for index in (0..members).filter(|i| knew[*i].is_none()).take(3) {

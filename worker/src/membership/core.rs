@@ -319,12 +319,17 @@ pub struct TrafficStats {
     pub bytes_sent: u64,
     pub packets_received: u64,
     pub bytes_received: u64,
-    /// Anti-entropy: requests sent, answers given, and their bytes both ways (also counted in
-    /// `bytes_sent` and `bytes_received`).
+    /// Anti-entropy: exchanges started, answers given (of either round: two per exchange whose
+    /// views differed), and the bytes of both rounds both ways (also counted in `bytes_sent`
+    /// and `bytes_received`).
     pub syncs_sent: u64,
     pub syncs_answered: u64,
     pub sync_bytes_sent: u64,
     pub sync_bytes_received: u64,
+    /// Records received in sync answers, and of those the ones that changed this member's
+    /// view: their ratio is how much of the anti-entropy traffic was news.
+    pub sync_records_received: u64,
+    pub sync_records_taken: u64,
 }
 
 type Swim = Foca<PeerIdentity, PostcardCodec, Xoshiro256PlusPlus, SlotHandler>;
@@ -362,8 +367,9 @@ pub struct Membership {
     codec: PostcardCodec,
     /// Picks anti-entropy partners and jitters their timer.
     sync_rng: Xoshiro256PlusPlus,
-    /// The member asked for a sync and not answered yet: only its answer is taken.
-    sync_pending: Option<([u8; 32], u64)>,
+    /// The member asked for a sync and not answered yet, and the round asked: only its answer
+    /// to that round is taken.
+    sync_pending: Option<([u8; 32], SyncRound)>,
     /// A [`TimerEvent::SyncSoon`] is armed.
     sync_soon_armed: bool,
     /// When a member new to the table last came in (see [`Membership::sync_soon`]).
@@ -498,6 +504,15 @@ struct OwnSlots {
     sent: Option<u32>,
     last_sent_ms: Option<u64>,
     flush_armed: bool,
+}
+
+/// The round of an anti-entropy exchange this member waits for (see `sync.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncRound {
+    /// Its digests went out: the answer holds leaf digests.
+    Leaves,
+    /// Its want went out: the answer holds records.
+    Records,
 }
 
 /// Collects what foca asks for during one input.
@@ -1226,7 +1241,6 @@ impl Membership {
     /// Waiting for the old one instead (up to 10 s when it was lost) put the 1,000-member tail
     /// back at 45 s. Returns whether it started one (false: nobody to ask).
     fn start_sync(&mut self) -> bool {
-        let now_ms = self.outbox.now_ms;
         let Some(partner) = self
             .foca
             .iter_members()
@@ -1236,22 +1250,27 @@ impl Membership {
         else {
             return false;
         };
-        let request = sync::encode_request(&self.digests());
-        self.sync_pending = Some((partner.worker_key, now_ms));
+        let request = sync::encode_request(&sync::bucket_digests(&self.leaf_digests()));
+        self.outbox.stats.syncs_sent += 1;
+        self.send_sync(&partner, SyncRound::Leaves, request);
+        true
+    }
+
+    /// Sends `request` to `partner` and waits for its answer to `round`.
+    fn send_sync(&mut self, partner: &PeerIdentity, round: SyncRound, request: Vec<u8>) {
+        self.sync_pending = Some((partner.worker_key, round));
         let stats = &mut self.outbox.stats;
-        stats.syncs_sent += 1;
         stats.sync_bytes_sent += request.len() as u64;
         stats.bytes_sent += request.len() as u64;
         self.outbox
             .effects
             .syncs
-            .push((Target::of(&partner), request));
-        true
+            .push((Target::of(partner), request));
     }
 
-    /// The digests of this member's view: its active members and itself.
-    fn digests(&self) -> Vec<u64> {
-        sync::digests(
+    /// The leaf digests of this member's view: its active members and itself.
+    fn leaf_digests(&self) -> Vec<u64> {
+        sync::leaf_digests(
             self.foca
                 .iter_members()
                 .map(|member| member.id())
@@ -1259,10 +1278,11 @@ impl Membership {
         )
     }
 
-    /// A sync request arrived over a connection that proved the key `from`: the answer holds
-    /// this member's records of the members it holds alive in every bucket whose digest differs
-    /// from the request's, at most [`sync::MAX_ANSWER_MEMBERS`] of them from a random place in the
-    /// table. Refused whole if it is not a request.
+    /// A sync request arrived over a connection that proved the key `from` (see `sync.rs`). To
+    /// digests, the answer holds this member's leaf digests of every bucket whose digest differs
+    /// from the request's; to a want, this member's records of the members it holds alive in
+    /// the leaves wanted, at most [`sync::MAX_ANSWER_MEMBERS`] of them from a random place in
+    /// the table. Refused whole if it is not a request.
     pub fn handle_sync_request(
         &mut self,
         now_ms: u64,
@@ -1272,36 +1292,57 @@ impl Membership {
         self.outbox.now_ms = now_ms;
         self.outbox.stats.bytes_received += data.len() as u64;
         self.outbox.stats.sync_bytes_received += data.len() as u64;
-        let Some(theirs) = sync::decode_request(data) else {
-            self.screened.syncs_refused += 1;
-            return Err(MembershipError::Refused("not a sync request"));
+        let answer = match sync::decode_request(data) {
+            Some(sync::Request::Digests(theirs)) => {
+                let leaves = self.leaf_digests();
+                let differing: Vec<(u8, [u64; sync::LEAVES_PER_BUCKET])> = leaves
+                    .chunks(sync::LEAVES_PER_BUCKET)
+                    .zip(sync::bucket_digests(&leaves))
+                    .zip(theirs)
+                    .enumerate()
+                    .filter(|(_, ((_, ours), theirs))| ours != theirs)
+                    .map(|(bucket, ((leaves, _), _))| {
+                        (bucket as u8, leaves.try_into().expect("a bucket's leaves"))
+                    })
+                    .collect();
+                sync::encode_leaves(&differing)
+            }
+            Some(sync::Request::Want(leaves)) => {
+                let mut wanted = vec![false; sync::SYNC_LEAVES];
+                for leaf in leaves {
+                    wanted[usize::from(leaf)] = true;
+                }
+                let me = self.identity().clone();
+                let limit = sync::MAX_ANSWER_MEMBERS;
+                let mut members: Vec<Member<PeerIdentity>> = Vec::new();
+                if wanted[sync::leaf_of(&me.worker_key)] {
+                    members.push(Member::alive(me));
+                }
+                // From a random place in the table, so that a requester lacking more than an
+                // answer holds gets a different part from each exchange.
+                let table = self.foca.iter_membership_state().len();
+                let start = self.sync_rng.random_range(0..table.max(1));
+                members.extend(
+                    self.foca
+                        .iter_membership_state()
+                        .skip(start)
+                        .chain(self.foca.iter_membership_state().take(start))
+                        .filter(|member| {
+                            let key = &member.id().worker_key;
+                            member.state() == State::Alive
+                                && wanted[sync::leaf_of(key)]
+                                && *key != from
+                        })
+                        .take(limit.saturating_sub(members.len()))
+                        .cloned(),
+                );
+                sync::encode_answer(&members)
+            }
+            None => {
+                self.screened.syncs_refused += 1;
+                return Err(MembershipError::Refused("not a sync request"));
+            }
         };
-        let ours = self.digests();
-        let differs: Vec<bool> = ours.iter().zip(&theirs).map(|(a, b)| a != b).collect();
-        let me = self.identity().clone();
-        let limit = sync::MAX_ANSWER_MEMBERS;
-        let mut members: Vec<Member<PeerIdentity>> = Vec::new();
-        if differs[sync::bucket_of(&me.worker_key)] {
-            members.push(Member::alive(me));
-        }
-        // From a random place in the table, so that a requester lacking more than an answer
-        // holds gets a different part from each exchange.
-        let start = self
-            .sync_rng
-            .random_range(0..self.foca.iter_membership_state().len().max(1));
-        members.extend(
-            self.foca
-                .iter_membership_state()
-                .skip(start)
-                .chain(self.foca.iter_membership_state().take(start))
-                .filter(|member| {
-                    let key = &member.id().worker_key;
-                    member.state() == State::Alive && differs[sync::bucket_of(key)] && *key != from
-                })
-                .take(limit.saturating_sub(members.len()))
-                .cloned(),
-        );
-        let answer = sync::encode_answer(&members);
         let stats = &mut self.outbox.stats;
         stats.syncs_answered += 1;
         stats.sync_bytes_sent += answer.len() as u64;
@@ -1309,11 +1350,13 @@ impl Membership {
         Ok(answer)
     }
 
-    /// The answer to this member's sync request arrived from `from` (at `from_ip`). Every
-    /// record is screened like a gossiped one ([`Membership::handle_packet`]), records that
-    /// change nothing here are skipped before foca, and the rest is applied without
-    /// re-broadcast (gossip carries news; anti-entropy repairs). Refused whole if it is not an
-    /// answer, or not from the member asked.
+    /// The answer to this member's sync request arrived from `from` (at `from_ip`). To its
+    /// digests: the leaves whose digests differ from this member's are asked for next (nothing
+    /// differs: the exchange ends). To its want: every record is screened like a gossiped one
+    /// ([`Membership::handle_packet`]), records that change nothing here are skipped before
+    /// foca, and the rest is applied without re-broadcast (gossip carries news; anti-entropy
+    /// repairs). Refused whole if it is not an answer to the round asked, or not from the
+    /// member asked.
     pub fn handle_sync_answer(
         &mut self,
         now_ms: u64,
@@ -1324,14 +1367,23 @@ impl Membership {
         self.outbox.now_ms = now_ms;
         self.outbox.stats.bytes_received += data.len() as u64;
         self.outbox.stats.sync_bytes_received += data.len() as u64;
-        if self.sync_pending.is_none_or(|(asked, _)| asked != from) {
+        let Some((_, round)) = self.sync_pending.filter(|(asked, _)| *asked == from) else {
             self.screened.syncs_refused += 1;
             return Err(MembershipError::Refused("a sync answer nobody asked for"));
-        }
+        };
         self.sync_pending = None;
-        let Some(members) = sync::decode_answer(data, sync::MAX_ANSWER_MEMBERS) else {
-            self.screened.syncs_refused += 1;
-            return Err(MembershipError::Refused("not a sync answer"));
+        let members = match (round, sync::decode_answer(data, sync::MAX_ANSWER_MEMBERS)) {
+            (SyncRound::Leaves, Some(sync::Answer::Leaves(buckets))) => {
+                self.want_leaves(from, &buckets);
+                return Ok(());
+            }
+            (SyncRound::Records, Some(sync::Answer::Records(members))) => members,
+            _ => {
+                self.screened.syncs_refused += 1;
+                return Err(MembershipError::Refused(
+                    "not a sync answer to the round asked",
+                ));
+            }
         };
         let foca = &self.foca;
         let held = |key: &[u8; 32]| {
@@ -1348,6 +1400,7 @@ impl Membership {
         // answerer's opinion, possibly stale, and taken here without the accused ever hearing
         // of it (no re-broadcast) it would take down a member that refuted long ago. Deaths
         // spread by gossip and each member's own probes.
+        self.outbox.stats.sync_records_received += members.len() as u64;
         let news: Vec<Member<PeerIdentity>> = members
             .into_iter()
             .filter(|update| {
@@ -1380,6 +1433,7 @@ impl Membership {
                 .handle_timer(Timer::RemoveDown(down), &mut self.outbox)?;
         }
         self.admitting.clear();
+        self.outbox.stats.sync_records_taken += news.len() as u64;
         let mut admitted = Vec::with_capacity(news.len());
         for update in news {
             match self.admit_update(now_ms, from, from_ip, &update) {
@@ -1395,6 +1449,28 @@ impl Membership {
         self.admitting.clear();
         self.index_new_members();
         result
+    }
+
+    /// Asks `partner`, which answered with its leaf digests of `buckets`, for its records of
+    /// the leaves whose digests differ from this member's.
+    fn want_leaves(&mut self, partner: [u8; 32], buckets: &[(u8, [u64; sync::LEAVES_PER_BUCKET])]) {
+        let ours = self.leaf_digests();
+        let wanted: Vec<u16> = buckets
+            .iter()
+            .flat_map(|(bucket, theirs)| {
+                let first = usize::from(*bucket) * sync::LEAVES_PER_BUCKET;
+                let ours = &ours[first..first + sync::LEAVES_PER_BUCKET];
+                (0..sync::LEAVES_PER_BUCKET)
+                    .filter(move |leaf| ours[*leaf] != theirs[*leaf])
+                    .map(move |leaf| (first + leaf) as u16)
+            })
+            .collect();
+        let Some(partner) = self.foca.member(&partner).map(|member| member.id().clone()) else {
+            return;
+        };
+        if !wanted.is_empty() {
+            self.send_sync(&partner, SyncRound::Records, sync::encode_want(&wanted));
+        }
     }
 
     /// Every known member, this one first.
@@ -1867,6 +1943,63 @@ mod tests {
             .collect()
     }
 
+    /// The sync requests `core` sent, by key, leaving its other effects.
+    fn take_syncs(core: &mut Membership) -> Vec<([u8; 32], Vec<u8>)> {
+        std::mem::take(&mut core.outbox.effects.syncs)
+            .into_iter()
+            .map(|(to, data)| (to.key, data))
+            .collect()
+    }
+
+    /// Both rounds of an exchange in which `requester` sent `request` to `answerer`: the
+    /// records of the second round (none when the views agreed and it ended after the first).
+    fn both_rounds(
+        answerer: &mut Membership,
+        requester: &mut Membership,
+        at: u64,
+        request: &[u8],
+    ) -> Vec<Member<PeerIdentity>> {
+        let (asking, answering) = (requester.identity().worker_key, answerer.identity().clone());
+        let leaves = answerer.handle_sync_request(at, asking, request).unwrap();
+        requester
+            .handle_sync_answer(at, answering.worker_key, answering.addr.ip(), &leaves)
+            .unwrap();
+        let Some((to, want)) = take_syncs(requester).into_iter().next() else {
+            return Vec::new();
+        };
+        assert_eq!(to, answering.worker_key);
+        let records = answerer.handle_sync_request(at, asking, &want).unwrap();
+        requester
+            .handle_sync_answer(at, answering.worker_key, answering.addr.ip(), &records)
+            .unwrap();
+        match sync::decode_answer(&records, usize::MAX) {
+            Some(sync::Answer::Records(members)) => members,
+            other => panic!("not records: {other:?}"),
+        }
+    }
+
+    /// Answers `core`'s pending digests as a hostile answerer `asked` could: every leaf
+    /// differs, so the core asks for every leaf, and its next answer is a records one.
+    fn to_records_round(core: &mut Membership, at: u64, asked: [u8; 32], asked_ip: IpAddr) {
+        let ours = core.leaf_digests();
+        let buckets: Vec<(u8, [u64; sync::LEAVES_PER_BUCKET])> = (0..sync::SYNC_BUCKETS)
+            .map(|bucket| {
+                let leaves =
+                    std::array::from_fn(|leaf| ours[bucket * sync::LEAVES_PER_BUCKET + leaf] ^ 1);
+                (bucket as u8, leaves)
+            })
+            .collect();
+        core.handle_sync_answer(at, asked, asked_ip, &sync::encode_leaves(&buckets))
+            .unwrap();
+        let wants = take_syncs(core);
+        assert_eq!(wants.len(), 1);
+        assert_eq!(wants[0].0, asked);
+        match sync::decode_request(&wants[0].1) {
+            Some(sync::Request::Want(leaves)) => assert_eq!(leaves.len(), sync::SYNC_LEAVES),
+            other => panic!("not a want: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_sync_answer_is_screened_like_gossip_and_taken_only_from_the_member_asked() {
         let mut core = core(1);
@@ -1884,14 +2017,27 @@ mod tests {
         } else {
             &victim
         };
-        // An answer from anyone else is refused whole.
+        // An answer from anyone else is refused whole, and so is records for digests.
         let stray = sync::encode_answer(&[Member::alive(stranger.clone())]);
+        assert!(
+            core.handle_sync_answer(120, asked.worker_key, asked.addr.ip(), &stray)
+                .is_err()
+        );
+        assert_eq!(core.screened().syncs_refused, 1);
+        core.handle_timer(130, TimerEvent::Sync).unwrap();
+        let requests = sync_requests(&mut core);
+        let asked = if requests[0].0 == partner.worker_key {
+            &partner
+        } else {
+            &victim
+        };
         assert!(
             core.handle_sync_answer(150, stranger.worker_key, ip(5), &stray)
                 .is_err()
         );
-        assert_eq!(core.screened().syncs_refused, 1);
+        assert_eq!(core.screened().syncs_refused, 2);
         assert_eq!(state_of(&core, stranger.worker_key), None);
+        to_records_round(&mut core, 180, asked.worker_key, asked.addr.ip());
         // The answer: the victim's key re-signed by another key, a newcomer, and another member
         // declared down by the answerer (only "alive" travels by anti-entropy).
         let forged = PeerIdentity::from(MemberRecord {
@@ -1929,7 +2075,7 @@ mod tests {
             core.handle_sync_answer(300, asked.worker_key, asked.addr.ip(), &answer)
                 .is_err()
         );
-        assert_eq!(core.screened().syncs_refused, 2);
+        assert_eq!(core.screened().syncs_refused, 3);
     }
 
     #[test]
@@ -1947,23 +2093,25 @@ mod tests {
             core_b.handle_timer(at, TimerEvent::Sync).unwrap();
             let requests = sync_requests(core_b);
             assert_eq!(requests[0].0, a.worker_key);
-            let answer = core_a
-                .handle_sync_request(at, b.worker_key, &requests[0].1)
-                .unwrap();
-            core_b
-                .handle_sync_answer(at, a.worker_key, a.addr.ip(), &answer)
-                .unwrap();
-            sync::decode_answer(&answer, 100).unwrap()
+            both_rounds(core_a, core_b, at, &requests[0].1)
         };
+        // B lacks C: A answers C's bucket's leaves, B wants C's leaf, A sends what it holds
+        // there (C, and nothing of the leaves B did not want).
         let first = exchange(&mut core_a, &mut core_b, 100);
-        assert!(first.iter().any(|member| member.id() == &c));
+        assert_eq!(first, vec![Member::alive(c.clone())]);
         assert_eq!(state_of(&core_b, c.worker_key), Some(PeerState::Alive));
-        // Now B's view is A's: the answer is empty, whatever the size of the grid.
+        assert_eq!(core_a.stats().syncs_answered, 2);
+        // Now B's view is A's: the first answer is empty, whatever the size of the grid, and
+        // the exchange ends there.
         core_b.drain();
         let second = exchange(&mut core_a, &mut core_b, 200);
         assert!(second.is_empty(), "{second:?}");
         assert_eq!(core_b.stats().syncs_sent, 2);
-        assert_eq!(core_a.stats().syncs_answered, 2);
+        assert_eq!(core_a.stats().syncs_answered, 3);
+        assert_eq!(
+            core_a.stats().sync_bytes_sent,
+            core_b.stats().sync_bytes_received
+        );
     }
 
     #[test]
@@ -1995,6 +2143,7 @@ mod tests {
                     .addr
                     .ip()
             };
+            to_records_round(&mut core_a, at, asked, asked_ip);
             let answer = sync::encode_answer(part);
             core_a
                 .handle_sync_answer(at, asked, asked_ip, &answer)
@@ -2006,16 +2155,26 @@ mod tests {
         core_b.handle_timer(1_000, TimerEvent::Sync).unwrap();
         let (asked, request) = sync_requests(&mut core_b).remove(0);
         assert_eq!(asked, a.worker_key);
+        let leaves = core_a
+            .handle_sync_request(1_000, b.worker_key, &request)
+            .unwrap();
+        core_b
+            .handle_sync_answer(1_000, a.worker_key, a.addr.ip(), &leaves)
+            .unwrap();
+        let (_, want) = take_syncs(&mut core_b).remove(0);
         let mut answers = Vec::new();
         for _ in 0..2 {
             let answer = core_a
-                .handle_sync_request(1_000, b.worker_key, &request)
+                .handle_sync_request(1_000, b.worker_key, &want)
                 .unwrap();
             answers.push(answer);
         }
-        let parts: Vec<_> = answers
+        let parts: Vec<Vec<Member<PeerIdentity>>> = answers
             .iter()
-            .map(|answer| sync::decode_answer(answer, usize::MAX).unwrap())
+            .map(|answer| match sync::decode_answer(answer, usize::MAX) {
+                Some(sync::Answer::Records(members)) => members,
+                other => panic!("not records: {other:?}"),
+            })
             .collect();
         assert_eq!(parts[0].len(), sync::MAX_ANSWER_MEMBERS);
         assert_eq!(parts[1].len(), sync::MAX_ANSWER_MEMBERS);
@@ -2029,6 +2188,7 @@ mod tests {
         // A longer answer (a hostile answerer's) is refused whole.
         core_b.handle_timer(3_000, TimerEvent::Sync).unwrap();
         let asked = sync_requests(&mut core_b)[0].0;
+        to_records_round(&mut core_b, 3_000, asked, ip(9));
         let mut longer = parts[0].clone();
         longer.push(
             parts[1]
@@ -2070,12 +2230,7 @@ mod tests {
             core_b.handle_timer(at, timer).unwrap();
             let requests = sync_requests(core_b);
             assert_eq!(requests.len(), 1);
-            let answer = core_a
-                .handle_sync_request(at, b.worker_key, &requests[0].1)
-                .unwrap();
-            core_b
-                .handle_sync_answer(at, a.worker_key, a.addr.ip(), &answer)
-                .unwrap();
+            both_rounds(core_a, core_b, at, &requests[0].1);
         };
         // While one is armed, more news (an answer with C, gossip with D) arms no other.
         exchange(&mut core_a, &mut core_b, 100, TimerEvent::Sync);
@@ -2093,12 +2248,7 @@ mod tests {
                 .iter()
                 .all(|(_, timer)| *timer != TimerEvent::Sync)
         );
-        let answer = core_a
-            .handle_sync_request(200, b.worker_key, &effects.syncs[0].1)
-            .unwrap();
-        core_b
-            .handle_sync_answer(200, a.worker_key, a.addr.ip(), &answer)
-            .unwrap();
+        both_rounds(&mut core_a, &mut core_b, 200, &effects.syncs[0].1);
         assert!(soon_timers(&mut core_b).is_empty());
         assert_eq!(core_b.stats().syncs_sent, 2);
         // Within a period of the last news (D at 150) the early cadence goes on; a period

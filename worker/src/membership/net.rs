@@ -11,11 +11,12 @@
 //! dropped); [`PACKET_QUEUE`] packets waiting for the core (more are dropped: gossip tolerates
 //! loss).
 //!
-//! Anti-entropy (ARCHITECTURE.md, "Membership", *Anti-entropy*) rides a bidirectional QUIC
-//! stream on the same authenticated connection: the requester writes its 2,050-byte digest and
-//! finishes, the answerer writes the records the requester lacks and finishes; the key the
-//! connection proved is who asked and who answered. Bounds: a request is read up to
-//! [`sync::SYNC_REQUEST_BYTES`] and an answer up to [`MAX_SYNC_ANSWER_BYTES`] (more: the stream
+//! Anti-entropy (ARCHITECTURE.md, "Membership", *Anti-entropy*) rides bidirectional QUIC
+//! streams on the same authenticated connection, one per round of an exchange (see `sync.rs`):
+//! the requester writes its request (its 2,050-byte digests, then the leaves it wants) and
+//! finishes, the answerer writes its answer (leaf digests, then records) and finishes; the key
+//! the connection proved is who asked and who answered. Bounds: a request is read up to
+//! [`sync::MAX_REQUEST_BYTES`] and an answer up to [`MAX_SYNC_ANSWER_BYTES`] (more: the stream
 //! is stopped and the exchange dropped); each exchange ends within [`SYNC_TIMEOUT`]; one
 //! exchange in flight per peer, one request of this worker's own at a time; at most
 //! [`SYNC_ANSWERS_PER_SECOND`] answers given per second (burst [`SYNC_ANSWERS_BURST`]), all peers
@@ -74,14 +75,15 @@ pub const LINK_IDLE: Duration = Duration::from_secs(30);
 /// largest encoding ([`sync::MAX_MEMBER_BYTES`]), 512 KiB. Typical records take about 170
 /// bytes, so a full answer is about 170 KB. More: stream stopped, answer dropped.
 pub const MAX_SYNC_ANSWER_BYTES: usize = sync::MAX_ANSWER_MEMBERS * sync::MAX_MEMBER_BYTES;
-/// A whole sync exchange (open, request, answer) ends within this, on either side.
+/// A sync round (open, request, answer) ends within this, on either side.
 pub const SYNC_TIMEOUT: Duration = sync::EXCHANGE_TIMEOUT;
 /// Sync answers given per second, to all peers together, with bursts of
-/// [`SYNC_ANSWERS_BURST`]. Each member asks one random member every 5–15 s, so a worker
-/// answers 0.1/s on average; this is a hundred times that. Reached: the request's stream is
-/// refused with [`SYNC_REFUSED_CODE`] and a log line.
-pub const SYNC_ANSWERS_PER_SECOND: u32 = 10;
-pub const SYNC_ANSWERS_BURST: u32 = 20;
+/// [`SYNC_ANSWERS_BURST`]. Each member asks one random member every 5–15 s, in two rounds
+/// when their views differ, so a worker answers at most 0.2/s on average; this is a hundred
+/// times that (a member whose view is changing asks every 0.25–0.75 s). Reached: the request's
+/// stream is refused with [`SYNC_REFUSED_CODE`] and a log line.
+pub const SYNC_ANSWERS_PER_SECOND: u32 = 20;
+pub const SYNC_ANSWERS_BURST: u32 = 40;
 /// The stream error code of a refused sync request (over a bound, or a second one from a peer
 /// while its first is answered).
 pub const SYNC_REFUSED_CODE: u32 = 1;
@@ -774,13 +776,13 @@ async fn serve_syncs(
             continue;
         }
         let exchange = async {
-            let request = match recv.read_to_end(sync::SYNC_REQUEST_BYTES).await {
+            let request = match recv.read_to_end(sync::MAX_REQUEST_BYTES).await {
                 Ok(request) => request,
                 Err(ReadToEndError::TooLong) => {
                     let _ = recv.stop(refused);
                     return Err(format!(
                         "request over {} bytes: stream stopped",
-                        sync::SYNC_REQUEST_BYTES
+                        sync::MAX_REQUEST_BYTES
                     ));
                 }
                 Err(error) => return Err(error.to_string()),

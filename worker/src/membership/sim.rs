@@ -439,6 +439,8 @@ impl Simulation {
                     syncs_answered: sum.syncs_answered + stats.syncs_answered,
                     sync_bytes_sent: sum.sync_bytes_sent + stats.sync_bytes_sent,
                     sync_bytes_received: sum.sync_bytes_received + stats.sync_bytes_received,
+                    sync_records_received: sum.sync_records_received + stats.sync_records_received,
+                    sync_records_taken: sum.sync_records_taken + stats.sync_records_taken,
                 }
             })
     }
