@@ -2267,6 +2267,40 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_to_the_other_round_or_a_malformed_want_is_refused() {
+        let (a_signer, a) = member(1);
+        let (_, b) = member(2);
+        let mut core_a = Membership::new(a.clone(), a_signer, MembershipConfig::default(), 1);
+        gossip(&mut core_a, 0, &b, &[]).unwrap();
+        // A want out of order, or naming a leaf that does not exist, gets no answer.
+        for bad in [
+            sync::encode_want(&[9, 3]),
+            sync::encode_want(&[sync::SYNC_LEAVES as u16]),
+        ] {
+            assert!(core_a.handle_sync_request(10, b.worker_key, &bad).is_err());
+        }
+        assert_eq!(core_a.screened().syncs_refused, 2);
+        // Waiting for records, A is sent leaf digests: refused, and the exchange is over (the
+        // records arriving after are refused too).
+        core_a.handle_timer(100, TimerEvent::Sync).unwrap();
+        assert_eq!(sync_requests(&mut core_a)[0].0, b.worker_key);
+        to_records_round(&mut core_a, 100, b.worker_key, b.addr.ip());
+        let leaves = sync::encode_leaves(&[(0, [1; sync::LEAVES_PER_BUCKET])]);
+        assert!(
+            core_a
+                .handle_sync_answer(150, b.worker_key, b.addr.ip(), &leaves)
+                .is_err()
+        );
+        let records = sync::encode_answer(&[Member::alive(b.clone())]);
+        assert!(
+            core_a
+                .handle_sync_answer(160, b.worker_key, b.addr.ip(), &records)
+                .is_err()
+        );
+        assert_eq!(core_a.screened().syncs_refused, 4);
+    }
+
+    #[test]
     fn a_new_exchange_supersedes_the_one_under_way() {
         let (a_signer, a) = member(1);
         let (b_signer, b) = member(2);
