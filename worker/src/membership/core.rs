@@ -326,8 +326,9 @@ pub struct TrafficStats {
     pub syncs_answered: u64,
     pub sync_bytes_sent: u64,
     pub sync_bytes_received: u64,
-    /// Records received in sync answers, and of those the ones that changed this member's
-    /// view: their ratio is how much of the anti-entropy traffic was news.
+    /// Records received in sync answers, and of those the ones that were news (not held here
+    /// as they are), counted before screening: their ratio is how much of the anti-entropy
+    /// traffic was news.
     pub sync_records_received: u64,
     pub sync_records_taken: u64,
 }

@@ -199,9 +199,9 @@ struct Links {
     relays: Vec<RelayUrl>,
     /// This worker's sync request waiting for a dial, by key.
     sync_after_dial: HashMap<[u8; 32], Vec<u8>>,
-    /// This worker's own exchange in flight, if any (one at a time): its number and the handle
-    /// that aborts it when the core starts another (it does so only once the one in flight is
-    /// older than `sync::EXCHANGE_WAIT`).
+    /// This worker's own sync round in flight, if any (one at a time): its number and the
+    /// handle that aborts it when the core sends another request (a new exchange supersedes
+    /// one under way; a want follows its leaf answer only once that answer is in).
     syncing: Option<(u64, tokio::task::AbortHandle)>,
     /// Numbers this worker's exchanges.
     exchanges: u64,

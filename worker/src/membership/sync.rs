@@ -63,7 +63,7 @@ pub const MAX_REQUEST_BYTES: usize = if MAX_WANT_BYTES > SYNC_REQUEST_BYTES {
 /// incarnation ≤ 10, signature 64, foca incarnation ≤ 3, state 1 = 467), rounded up.
 pub const MAX_MEMBER_BYTES: usize = 512;
 
-/// A whole exchange (open, request, answer) ends within this, on either side.
+/// One round of an exchange (open, request, answer) ends within this, on either side.
 pub const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most records one answer holds. A member that lacks much (a newcomer, a mass join) gets a
