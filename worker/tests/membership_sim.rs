@@ -62,6 +62,8 @@ fn a_thousand_members_converge_over_a_lossy_network_and_detect_crashes() {
         "seed {seed}: converged at {joined} ms, crashes detected {} ms after",
         detected - crash_time
     );
+    // Every member's anti-entropy index followed its table through the joins and the crashes.
+    assert_eq!(sim.view_index_disagreements(), Vec::<usize>::new());
 }
 
 #[test]
@@ -118,6 +120,7 @@ fn no_member_lags_far_behind_the_bulk_and_a_late_joiner_catches_up() {
         "seed {seed}: late joiner caught up {} ms after joining",
         caught_up - joined_at
     );
+    assert_eq!(sim.view_index_disagreements(), Vec::<usize>::new());
 }
 
 #[test]

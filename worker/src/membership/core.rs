@@ -377,6 +377,8 @@ pub struct Membership {
     last_news_ms: Option<u64>,
     /// Records whose signature verified (see [`VerifiedCache`]).
     verified_cache: VerifiedCache,
+    /// The active members by sync bucket, with their digests ([`sync::ViewIndex`]).
+    view_index: sync::ViewIndex,
 }
 
 /// Digests of records whose signature verified: the same bytes get the same verdict, so they
@@ -531,6 +533,9 @@ struct Outbox {
     came_up: Vec<(Option<PeerIdentity>, PeerIdentity)>,
     /// Where slot news is kept: a member foca brings up may have news in the same packet.
     board: Option<SlotBoard>,
+    /// Keys whose active record foca may have changed (up, down, renamed) since the view index
+    /// was last brought in line ([`Membership::settle_view`]).
+    touched: Vec<[u8; 32]>,
 }
 
 impl foca::Runtime<PeerIdentity> for Outbox {
@@ -541,6 +546,7 @@ impl foca::Runtime<PeerIdentity> for Outbox {
                     .insert(key_prefix(&header.src.worker_key), self.now_ms);
             }
             Notification::MemberUp(peer) | Notification::Rename(_, peer) => {
+                self.touched.push(peer.worker_key);
                 let renamed = match &notification {
                     Notification::Rename(previous, _) => Some((*previous).clone()),
                     _ => None,
@@ -560,6 +566,7 @@ impl foca::Runtime<PeerIdentity> for Outbox {
                 }
             }
             Notification::MemberDown(peer) => {
+                self.touched.push(peer.worker_key);
                 tracing::info!(peer = %hex::encode(&peer.worker_key[..4]), addr = %peer.addr, "member down");
             }
             Notification::Defunct => {
@@ -630,6 +637,7 @@ impl Membership {
             sync_soon_armed: false,
             last_news_ms: None,
             verified_cache: VerifiedCache::new(VERIFIED_CACHE),
+            view_index: sync::ViewIndex::default(),
         };
         let first = membership.sync_delay();
         membership
@@ -1101,6 +1109,7 @@ impl Membership {
 
     /// Takes what the driver must do now.
     pub fn drain(&mut self) -> Effects {
+        self.settle_view();
         if std::mem::take(&mut self.outbox.defunct) {
             self.renew_pending = true;
         }
@@ -1242,16 +1251,11 @@ impl Membership {
     /// Waiting for the old one instead (up to 10 s when it was lost) put the 1,000-member tail
     /// back at 45 s. Returns whether it started one (false: nobody to ask).
     fn start_sync(&mut self) -> bool {
-        let Some(partner) = self
-            .foca
-            .iter_members()
-            .map(|member| member.id())
-            .choose(&mut self.sync_rng)
-            .cloned()
-        else {
+        self.settle_view();
+        let Some(partner) = self.random_active_member() else {
             return false;
         };
-        let request = sync::encode_request(&sync::bucket_digests(&self.leaf_digests()));
+        let request = sync::encode_request(&self.view_index.bucket_digests(self.identity()));
         self.outbox.stats.syncs_sent += 1;
         self.send_sync(&partner, SyncRound::Leaves, request);
         true
@@ -1269,14 +1273,68 @@ impl Membership {
             .push((Target::of(partner), request));
     }
 
-    /// The leaf digests of this member's view: its active members and itself.
-    fn leaf_digests(&self) -> Vec<u64> {
-        sync::leaf_digests(
-            self.foca
-                .iter_members()
-                .map(|member| member.id())
-                .chain(std::iter::once(self.identity())),
-        )
+    /// One active member, uniformly at random: a few random places in the table are tried
+    /// first (most members are active), then the active ones are counted. Picking by counting
+    /// alone cost a pass over the table per exchange.
+    fn random_active_member(&mut self) -> Option<PeerIdentity> {
+        let table = self.foca.iter_membership_state();
+        let len = table.len();
+        if len > 0 {
+            for _ in 0..16 {
+                let at = self.sync_rng.random_range(0..len);
+                let member = self
+                    .foca
+                    .iter_membership_state()
+                    .nth(at)
+                    .expect("a place in the table");
+                if member.state() != State::Down {
+                    return Some(member.id().clone());
+                }
+            }
+        }
+        self.foca
+            .iter_members()
+            .map(|member| member.id())
+            .choose(&mut self.sync_rng)
+            .cloned()
+    }
+
+    /// Brings the view index in line with foca's table for every key foca reported a change
+    /// of since the last time. Every input ends here ([`Membership::drain`]), and every
+    /// exchange starts here.
+    fn settle_view(&mut self) {
+        let me = self.identity().worker_key;
+        for key in std::mem::take(&mut self.outbox.touched) {
+            let active = self
+                .foca
+                .member(&key)
+                .filter(|member| member.state() != State::Down && key != me)
+                .map(|member| member.id());
+            self.view_index.set(&key, active);
+        }
+    }
+
+    /// Whether the view index holds exactly the active members of foca's table (for tests and
+    /// the simulation's checks; O(n)).
+    pub fn view_index_agrees(&mut self) -> bool {
+        self.settle_view();
+        let me = self.identity().worker_key;
+        let mut expected: Vec<u64> = self
+            .foca
+            .iter_members()
+            .filter(|member| member.id().worker_key != me)
+            .map(|member| sync::record_digest(member.id()))
+            .collect();
+        let mut held: Vec<u64> = self.view_index.records().map(sync::record_digest).collect();
+        expected.sort_unstable();
+        held.sort_unstable();
+        expected == held
+            && sync::bucket_digests(&sync::leaf_digests(
+                self.foca
+                    .iter_members()
+                    .map(|member| member.id())
+                    .chain(std::iter::once(self.identity())),
+            )) == self.view_index.bucket_digests(self.identity())
     }
 
     /// A sync request arrived over a connection that proved the key `from` (see `sync.rs`). To
@@ -1293,50 +1351,49 @@ impl Membership {
         self.outbox.now_ms = now_ms;
         self.outbox.stats.bytes_received += data.len() as u64;
         self.outbox.stats.sync_bytes_received += data.len() as u64;
+        self.settle_view();
         let answer = match sync::decode_request(data) {
             Some(sync::Request::Digests(theirs)) => {
-                let leaves = self.leaf_digests();
-                let differing: Vec<(u8, [u64; sync::LEAVES_PER_BUCKET])> = leaves
-                    .chunks(sync::LEAVES_PER_BUCKET)
-                    .zip(sync::bucket_digests(&leaves))
+                let own = self.identity();
+                let differing: Vec<(u8, [u64; sync::LEAVES_PER_BUCKET])> = self
+                    .view_index
+                    .bucket_digests(own)
+                    .into_iter()
                     .zip(theirs)
                     .enumerate()
-                    .filter(|(_, ((_, ours), theirs))| ours != theirs)
-                    .map(|(bucket, ((leaves, _), _))| {
-                        (bucket as u8, leaves.try_into().expect("a bucket's leaves"))
-                    })
+                    .filter(|(_, (ours, theirs))| ours != theirs)
+                    .map(|(bucket, _)| (bucket as u8, self.view_index.leaf_digests(bucket, own)))
                     .collect();
                 sync::encode_leaves(&differing)
             }
             Some(sync::Request::Want(leaves)) => {
-                let mut wanted = vec![false; sync::SYNC_LEAVES];
-                for leaf in leaves {
-                    wanted[usize::from(leaf)] = true;
-                }
                 let me = self.identity().clone();
                 let limit = sync::MAX_ANSWER_MEMBERS;
-                let mut members: Vec<Member<PeerIdentity>> = Vec::new();
-                if wanted[sync::leaf_of(&me.worker_key)] {
-                    members.push(Member::alive(me));
-                }
-                // From a random place in the table, so that a requester lacking more than an
+                let not_held = |wanted: &sync::Wanted, record: &PeerIdentity| {
+                    !wanted.held.contains(&sync::record_digest(record))
+                };
+                // From a random leaf of the want on, so that a requester lacking more than an
                 // answer holds gets a different part from each exchange.
-                let table = self.foca.iter_membership_state().len();
-                let start = self.sync_rng.random_range(0..table.max(1));
-                members.extend(
-                    self.foca
-                        .iter_membership_state()
-                        .skip(start)
-                        .chain(self.foca.iter_membership_state().take(start))
-                        .filter(|member| {
-                            let key = &member.id().worker_key;
-                            member.state() == State::Alive
-                                && wanted[sync::leaf_of(key)]
-                                && *key != from
-                        })
-                        .take(limit.saturating_sub(members.len()))
-                        .cloned(),
-                );
+                let start = self.sync_rng.random_range(0..leaves.len().max(1));
+                let mut members: Vec<Member<PeerIdentity>> = Vec::new();
+                for wanted in leaves[start..].iter().chain(&leaves[..start]) {
+                    let leaf = usize::from(wanted.leaf);
+                    if sync::leaf_of(&me.worker_key) == leaf && not_held(wanted, &me) {
+                        members.push(Member::alive(me.clone()));
+                    }
+                    members.extend(
+                        self.view_index
+                            .in_leaf(leaf)
+                            .filter(|record| record.worker_key != from && not_held(wanted, record))
+                            .filter_map(|record| self.foca.member(&record.worker_key))
+                            .filter(|member| member.state() == State::Alive)
+                            .cloned(),
+                    );
+                    if members.len() >= limit {
+                        members.truncate(limit);
+                        break;
+                    }
+                }
                 sync::encode_answer(&members)
             }
             None => {
@@ -1455,17 +1512,33 @@ impl Membership {
     /// Asks `partner`, which answered with its leaf digests of `buckets`, for its records of
     /// the leaves whose digests differ from this member's.
     fn want_leaves(&mut self, partner: [u8; 32], buckets: &[(u8, [u64; sync::LEAVES_PER_BUCKET])]) {
-        let ours = self.leaf_digests();
-        let wanted: Vec<u16> = buckets
-            .iter()
-            .flat_map(|(bucket, theirs)| {
-                let first = usize::from(*bucket) * sync::LEAVES_PER_BUCKET;
-                let ours = &ours[first..first + sync::LEAVES_PER_BUCKET];
-                (0..sync::LEAVES_PER_BUCKET)
-                    .filter(move |leaf| ours[*leaf] != theirs[*leaf])
-                    .map(move |leaf| (first + leaf) as u16)
-            })
-            .collect();
+        self.settle_view();
+        let own = self.identity().clone();
+        let mut wanted: Vec<sync::Wanted> = Vec::new();
+        for (bucket, theirs) in buckets {
+            let bucket = usize::from(*bucket);
+            let ours = self.view_index.leaf_digests(bucket, &own);
+            let first = bucket * sync::LEAVES_PER_BUCKET;
+            for leaf in (0..sync::LEAVES_PER_BUCKET).filter(|leaf| ours[*leaf] != theirs[*leaf]) {
+                let leaf = first + leaf;
+                let held = self
+                    .view_index
+                    .in_leaf(leaf)
+                    .chain((sync::leaf_of(&own.worker_key) == leaf).then_some(&own))
+                    .map(sync::record_digest)
+                    .take(sync::MAX_HELD_PER_LEAF)
+                    .collect();
+                wanted.push(sync::Wanted {
+                    leaf: leaf as u16,
+                    held,
+                });
+            }
+        }
+        // Over the bound, from a random differing leaf on: the rest comes in later exchanges.
+        let start = self.sync_rng.random_range(0..wanted.len().max(1));
+        wanted.rotate_left(start);
+        let mut wanted = sync::want_within_bound(wanted.into_iter());
+        wanted.sort_unstable_by_key(|wanted| wanted.leaf);
         let Some(partner) = self.foca.member(&partner).map(|member| member.id().clone()) else {
             return;
         };
@@ -1982,12 +2055,12 @@ mod tests {
     /// Answers `core`'s pending digests as a hostile answerer `asked` could: every leaf
     /// differs, so the core asks for every leaf, and its next answer is a records one.
     fn to_records_round(core: &mut Membership, at: u64, asked: [u8; 32], asked_ip: IpAddr) {
-        let ours = core.leaf_digests();
+        core.settle_view();
+        let own = core.identity().clone();
         let buckets: Vec<(u8, [u64; sync::LEAVES_PER_BUCKET])> = (0..sync::SYNC_BUCKETS)
             .map(|bucket| {
-                let leaves =
-                    std::array::from_fn(|leaf| ours[bucket * sync::LEAVES_PER_BUCKET + leaf] ^ 1);
-                (bucket as u8, leaves)
+                let ours = core.view_index.leaf_digests(bucket, &own);
+                (bucket as u8, ours.map(|digest| digest ^ 1))
             })
             .collect();
         core.handle_sync_answer(at, asked, asked_ip, &sync::encode_leaves(&buckets))
@@ -2274,10 +2347,18 @@ mod tests {
         let mut core_a = Membership::new(a.clone(), a_signer, MembershipConfig::default(), 1);
         gossip(&mut core_a, 0, &b, &[]).unwrap();
         // A want out of order, or naming a leaf that does not exist, gets no answer.
-        for bad in [
-            sync::encode_want(&[9, 3]),
-            sync::encode_want(&[sync::SYNC_LEAVES as u16]),
-        ] {
+        let want = |leaves: &[u16]| {
+            sync::encode_want(
+                &leaves
+                    .iter()
+                    .map(|leaf| sync::Wanted {
+                        leaf: *leaf,
+                        held: Vec::new(),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        for bad in [want(&[9, 3]), want(&[sync::SYNC_LEAVES as u16])] {
             assert!(core_a.handle_sync_request(10, b.worker_key, &bad).is_err());
         }
         assert_eq!(core_a.screened().syncs_refused, 2);

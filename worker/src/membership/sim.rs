@@ -248,6 +248,18 @@ impl Simulation {
         core.alive_count() == running - 1 && (crashed.is_empty() || core.active_among(crashed) == 0)
     }
 
+    /// The running members whose anti-entropy index does not hold exactly their active members
+    /// ([`Membership::view_index_agrees`]); O(n²).
+    pub fn view_index_disagreements(&mut self) -> Vec<usize> {
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|index| self.is_running(*index))
+            .collect();
+        running
+            .into_iter()
+            .filter(|index| !self.members[*index].view_index_agrees())
+            .collect()
+    }
+
     /// The keys of the crashed members.
     pub fn crashed_keys(&self) -> std::collections::HashSet<[u8; 32]> {
         (0..self.members.len())

@@ -11,20 +11,22 @@
 //! 1. The requester sends its 256 bucket digests. The answerer answers, for every bucket whose
 //!    digest differs from its own, that bucket's 16 leaf digests. When two views agree, the
 //!    answer is empty and the exchange ends there: 2 KiB, flat in the grid's size.
-//! 2. The requester names the leaves whose digests differ from its own; the answerer sends its
-//!    records of those leaves (alive ones, each with its foca state), at most
+//! 2. The requester names the leaves whose digests differ from its own, each with the digests
+//!    of the records it holds there; the answerer sends its records of those leaves that the
+//!    requester does not hold (alive ones, each with its foca state), at most
 //!    [`MAX_ANSWER_MEMBERS`].
 //!
-//! At 10,000 members a leaf holds about 2.4 members, so a member lacking a few records gets about
-//! that many times as many; with one round of 256 buckets (39 members each) it got up to 1,024,
-//! and during a mass join every exchange carried 1,024 records to members that lacked a handful:
-//! the 10,000-member simulation spent most of its time decoding them (ARCHITECTURE.md,
+//! At 10,000 members a leaf holds about 2.4 members. Naming only the leaves, a member lacking one
+//! record got every record of its leaf, and during a mass join two records in three that an
+//! exchange carried were ones the requester held already; with one round of 256 buckets (39
+//! members each) it got up to 1,024. Naming what it holds, it gets what it lacks (ARCHITECTURE.md,
 //! "Membership at scale").
 //!
 //! ```text
 //! digests: [SYNC_VERSION] [1] [SYNC_BUCKETS × u64 LE]                          (2,050 bytes)
 //! leaves:  [SYNC_VERSION] [3] [u16 LE count] [count × (bucket u8, 16 × u64 LE)] (≤ 33,028)
-//! want:    [SYNC_VERSION] [4] [u16 LE count] [count × leaf u16 LE, increasing]  (≤ 8,196)
+//! want:    [SYNC_VERSION] [4] [u16 LE count]
+//!          [count × (leaf u16 LE, held u8, held × digest u64 LE)], leaves increasing (≤ 45,060)
 //! records: [SYNC_VERSION] [2] [u32 LE count] [count × foca member, postcard]
 //! ```
 
@@ -34,9 +36,9 @@ use foca::{Codec, Member, PostcardCodec};
 use super::identity::PeerIdentity;
 
 /// The format's version byte. Version 1 had one round (digests, then up to 1,024 records of
-/// every differing bucket); a version 1 request is refused, and members of the two versions
-/// reach each other by gossip only.
-pub const SYNC_VERSION: u8 = 2;
+/// every differing bucket); version 2's want named leaves only. Requests of other versions are
+/// refused, and members of different versions reach each other by gossip only.
+pub const SYNC_VERSION: u8 = 3;
 const SYNC_DIGESTS: u8 = 1;
 const SYNC_RECORDS: u8 = 2;
 const SYNC_LEAF_DIGESTS: u8 = 3;
@@ -51,8 +53,15 @@ pub const SYNC_LEAVES: usize = SYNC_BUCKETS * LEAVES_PER_BUCKET;
 pub const SYNC_REQUEST_BYTES: usize = 2 + 8 * SYNC_BUCKETS;
 /// The largest leaves answer: every bucket differs.
 pub const MAX_LEAVES_BYTES: usize = 4 + SYNC_BUCKETS * (1 + 8 * LEAVES_PER_BUCKET);
-/// The largest want request: every leaf.
-pub const MAX_WANT_BYTES: usize = 4 + 2 * SYNC_LEAVES;
+/// Most digests of held records one want names, over all its leaves. A requester whose
+/// differing leaves hold more names the leaves it can from a random one on, and the rest in its
+/// next exchanges; an answer holds at most [`MAX_ANSWER_MEMBERS`] records anyway.
+pub const MAX_WANT_HELD: usize = 4_096;
+/// Most digests named for one leaf (its count is a byte). A requester holding more in a leaf
+/// names the first 255 and may be sent some of the others again (they are then not news).
+pub const MAX_HELD_PER_LEAF: usize = u8::MAX as usize;
+/// The largest want request: every leaf, and [`MAX_WANT_HELD`] digests.
+pub const MAX_WANT_BYTES: usize = 4 + 3 * SYNC_LEAVES + 8 * MAX_WANT_HELD;
 /// The largest request of either round.
 pub const MAX_REQUEST_BYTES: usize = if MAX_WANT_BYTES > SYNC_REQUEST_BYTES {
     MAX_WANT_BYTES
@@ -108,13 +117,96 @@ pub fn bucket_digests(leaves: &[u64]) -> Vec<u64> {
         .collect()
 }
 
+/// A member's view as anti-entropy needs it: its active members by bucket, and each bucket's
+/// digest, kept as the view changes so that an exchange costs what differs, not the view's
+/// size. Recomputed from the whole table for every request and answer, three times per exchange
+/// at 10,000 members, they were most of the simulation's time (ARCHITECTURE.md, "Membership at
+/// scale"). The member itself is not in it: its own record is folded in when digests are made.
+pub struct ViewIndex {
+    buckets: Vec<Vec<PeerIdentity>>,
+    sums: Vec<u64>,
+}
+
+impl Default for ViewIndex {
+    fn default() -> Self {
+        Self {
+            buckets: vec![Vec::new(); SYNC_BUCKETS],
+            sums: vec![0; SYNC_BUCKETS],
+        }
+    }
+}
+
+impl ViewIndex {
+    /// Makes `record` the active record held for `key`, or none.
+    pub fn set(&mut self, key: &[u8; 32], record: Option<&PeerIdentity>) {
+        let bucket = bucket_of(key);
+        let members = &mut self.buckets[bucket];
+        if let Some(at) = members.iter().position(|held| held.worker_key == *key) {
+            self.sums[bucket] ^= record_digest(&members.swap_remove(at));
+        }
+        if let Some(record) = record {
+            debug_assert_eq!(record.worker_key, *key);
+            self.sums[bucket] ^= record_digest(record);
+            members.push(record.clone());
+        }
+    }
+
+    /// The bucket digests of the view with `own` in it.
+    pub fn bucket_digests(&self, own: &PeerIdentity) -> Vec<u64> {
+        let mut sums = self.sums.clone();
+        sums[bucket_of(&own.worker_key)] ^= record_digest(own);
+        sums
+    }
+
+    /// The leaf digests of `bucket` in the view with `own` in it.
+    pub fn leaf_digests(&self, bucket: usize, own: &PeerIdentity) -> [u64; LEAVES_PER_BUCKET] {
+        let mut digests = [0; LEAVES_PER_BUCKET];
+        let first = bucket * LEAVES_PER_BUCKET;
+        for record in self.buckets[bucket]
+            .iter()
+            .chain((bucket_of(&own.worker_key) == bucket).then_some(own))
+        {
+            digests[leaf_of(&record.worker_key) - first] ^= record_digest(record);
+        }
+        digests
+    }
+
+    /// The records held in `leaf` (not the member's own).
+    pub fn in_leaf(&self, leaf: usize) -> impl Iterator<Item = &PeerIdentity> {
+        self.buckets[leaf / LEAVES_PER_BUCKET]
+            .iter()
+            .filter(move |record| leaf_of(&record.worker_key) == leaf)
+    }
+
+    /// Every record held, by bucket.
+    pub fn records(&self) -> impl Iterator<Item = &PeerIdentity> {
+        self.buckets.iter().flatten()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One leaf of a want: the records the requester holds there, by digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub leaf: u16,
+    pub held: Vec<u64>,
+}
+
 /// A request, of either round.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
     /// The requester's bucket digests.
     Digests(Vec<u64>),
-    /// The leaves whose records the requester wants, increasing.
-    Want(Vec<u16>),
+    /// The leaves whose records the requester wants, increasing, each with the digests
+    /// ([`record_digest`]) of the records it holds there.
+    Want(Vec<Wanted>),
 }
 
 /// An answer, of either round.
@@ -137,17 +229,38 @@ pub fn encode_request(digests: &[u64]) -> Vec<u8> {
     data
 }
 
-/// `leaves` must be increasing and below [`SYNC_LEAVES`].
-pub fn encode_want(leaves: &[u16]) -> Vec<u8> {
+/// `leaves` must be increasing and below [`SYNC_LEAVES`], each naming at most
+/// [`MAX_HELD_PER_LEAF`] digests and all of them at most [`MAX_WANT_HELD`].
+pub fn encode_want(leaves: &[Wanted]) -> Vec<u8> {
     debug_assert!(leaves.len() <= SYNC_LEAVES);
-    let mut data = Vec::with_capacity(4 + 2 * leaves.len());
+    let held: usize = leaves.iter().map(|wanted| wanted.held.len()).sum();
+    debug_assert!(held <= MAX_WANT_HELD);
+    let mut data = Vec::with_capacity(4 + 3 * leaves.len() + 8 * held);
     data.put_u8(SYNC_VERSION);
     data.put_u8(SYNC_WANT);
     data.put_u16_le(leaves.len() as u16);
-    for leaf in leaves {
-        data.put_u16_le(*leaf);
+    for wanted in leaves {
+        debug_assert!(wanted.held.len() <= MAX_HELD_PER_LEAF);
+        data.put_u16_le(wanted.leaf);
+        data.put_u8(wanted.held.len() as u8);
+        for digest in &wanted.held {
+            data.put_u64_le(*digest);
+        }
     }
     data
+}
+
+/// The wants of `leaves` with the digests held in each, in order, until their digests would
+/// pass [`MAX_WANT_HELD`].
+pub fn want_within_bound(leaves: impl Iterator<Item = Wanted>) -> Vec<Wanted> {
+    let mut held = 0;
+    leaves
+        .take(SYNC_LEAVES)
+        .take_while(|wanted| {
+            held += wanted.held.len();
+            held <= MAX_WANT_HELD
+        })
+        .collect()
 }
 
 /// A request of either round, or `None` if it is not one (wrong size, version or kind; a want
@@ -161,17 +274,28 @@ pub fn decode_request(data: &[u8]) -> Option<Request> {
         SYNC_DIGESTS if data.len() == SYNC_REQUEST_BYTES => Some(Request::Digests(
             (0..SYNC_BUCKETS).map(|_| rest.get_u64_le()).collect(),
         )),
-        SYNC_WANT if rest.len() >= 2 => {
+        SYNC_WANT if rest.len() >= 2 && data.len() <= MAX_WANT_BYTES => {
             let count = usize::from(rest.get_u16_le());
-            if count > SYNC_LEAVES || rest.len() != 2 * count {
+            if count > SYNC_LEAVES {
                 return None;
             }
-            let leaves: Vec<u16> = (0..count).map(|_| rest.get_u16_le()).collect();
-            let valid = leaves.windows(2).all(|pair| pair[0] < pair[1])
-                && leaves
-                    .last()
-                    .is_none_or(|last| usize::from(*last) < SYNC_LEAVES);
-            valid.then_some(Request::Want(leaves))
+            let mut leaves: Vec<Wanted> = Vec::with_capacity(count);
+            let mut held_total = 0;
+            for _ in 0..count {
+                if rest.len() < 3 {
+                    return None;
+                }
+                let leaf = rest.get_u16_le();
+                let held = usize::from(rest.get_u8());
+                held_total += held;
+                let in_order = leaves.last().is_none_or(|last| last.leaf < leaf);
+                if !in_order || usize::from(leaf) >= SYNC_LEAVES || rest.len() < 8 * held {
+                    return None;
+                }
+                let held = (0..held).map(|_| rest.get_u64_le()).collect();
+                leaves.push(Wanted { leaf, held });
+            }
+            (rest.is_empty() && held_total <= MAX_WANT_HELD).then_some(Request::Want(leaves))
         }
         _ => None,
     }
@@ -263,18 +387,48 @@ mod tests {
         version_1[0] = 1;
         assert_eq!(decode_request(&version_1), None);
 
-        let want = encode_want(&[0, 7, (SYNC_LEAVES - 1) as u16]);
-        assert_eq!(
-            decode_request(&want),
-            Some(Request::Want(vec![0, 7, (SYNC_LEAVES - 1) as u16]))
+        let wanted = |leaf: u16, held: &[u64]| Wanted {
+            leaf,
+            held: held.to_vec(),
+        };
+        let leaves = vec![
+            wanted(0, &[]),
+            wanted(7, &[1, 2]),
+            wanted((SYNC_LEAVES - 1) as u16, &[3]),
+        ];
+        let want = encode_want(&leaves);
+        assert_eq!(want.len(), 4 + 3 * 3 + 8 * 3);
+        assert_eq!(decode_request(&want), Some(Request::Want(leaves)));
+        // The largest want: every leaf, and as many digests as are allowed.
+        let per_leaf = MAX_WANT_HELD / SYNC_LEAVES;
+        let every_leaf = want_within_bound(
+            (0..SYNC_LEAVES as u16).map(|leaf| wanted(leaf, &vec![9; per_leaf + 1])),
         );
-        let every_leaf: Vec<u16> = (0..SYNC_LEAVES as u16).collect();
-        assert_eq!(encode_want(&every_leaf).len(), MAX_WANT_BYTES);
+        assert_eq!(
+            every_leaf.len(),
+            MAX_WANT_HELD / (per_leaf + 1),
+            "the bound cuts the leaves that would pass it"
+        );
+        let full = encode_want(
+            &(0..SYNC_LEAVES as u16)
+                .map(|leaf| wanted(leaf, &vec![9; per_leaf]))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(full.len(), MAX_WANT_BYTES);
+        assert!(decode_request(&full).is_some());
+        let mut too_many = full.clone();
+        too_many[4 + 2] = per_leaf as u8 + 1;
+        too_many.extend_from_slice(&[9; 8]);
+        let mut version_2 = want.clone();
+        version_2[0] = 2;
         for bad in [
-            encode_want(&[7, 7]),
-            encode_want(&[9, 3]),
-            encode_want(&[SYNC_LEAVES as u16]),
+            encode_want(&[wanted(7, &[]), wanted(7, &[])]),
+            encode_want(&[wanted(9, &[]), wanted(3, &[])]),
+            encode_want(&[wanted(SYNC_LEAVES as u16, &[])]),
             want[..want.len() - 1].to_vec(),
+            [want.as_slice(), &[0]].concat(),
+            too_many,
+            version_2,
         ] {
             assert_eq!(decode_request(&bad), None, "{bad:?}");
         }
