@@ -51,14 +51,14 @@ async fn ask(connection: &Connection, data: &[u8]) -> Result<Vec<u8>, String> {
 /// Runs a real membership core as a member of the worker's grid over `connection` (so the
 /// worker keeps it alive and picks it for anti-entropy), and answers every sync the worker
 /// opens: its digests with leaf digests that differ from every one of the worker's, its want
-/// with `answer`. Reports the size of each request it answered.
+/// with `answer`. Reports each request it answered.
 fn member_answering(
     me: Arc<Identity>,
     endpoint: &iroh::Endpoint,
     connection: Connection,
     worker: PeerAddr,
     answer: Vec<u8>,
-) -> mpsc::Receiver<usize> {
+) -> mpsc::Receiver<Vec<u8>> {
     let local = transport::bound_addr(endpoint).unwrap();
     let record = PeerIdentity::signed(&me, local, "hostile".into(), 1, 1).unwrap();
     let worker_key = worker.key.to_bytes();
@@ -102,7 +102,7 @@ fn member_answering(
                     };
                     let _ = send.write_all(&reply).await;
                     let _ = send.finish();
-                    let _ = answered.try_send(request.len());
+                    let _ = answered.try_send(request.to_vec());
                 }
             }
         }
@@ -147,17 +147,24 @@ async fn a_forged_record_in_a_sync_answer_is_dropped_and_the_rest_taken() {
     // The worker's first exchange comes within 1.5 sync periods of its start; it has only this
     // peer to ask.
     let within = MembershipConfig::default().sync_period.mul_f64(1.5) + Duration::from_secs(10);
-    let request_len = tokio::time::timeout(within, answered.recv())
+    let request = tokio::time::timeout(within, answered.recv())
         .await
         .expect("the worker opened a sync with the only member it knows")
         .unwrap();
-    assert_eq!(request_len, sync::SYNC_REQUEST_BYTES);
-    // Told every leaf differs, it wants them all.
-    let want_len = tokio::time::timeout(Duration::from_secs(10), answered.recv())
+    assert_eq!(request.len(), sync::SYNC_REQUEST_BYTES);
+    // Told every leaf differs, it wants them all, naming what it holds: its own record, and at
+    // most the hostile member's.
+    let want = tokio::time::timeout(Duration::from_secs(10), answered.recv())
         .await
         .expect("the worker asked for the leaves that differ")
         .unwrap();
-    assert_eq!(want_len, sync::MAX_WANT_BYTES);
+    let Some(sync::Request::Want(leaves)) = sync::decode_request(&want) else {
+        panic!("not a want: {want:?}");
+    };
+    assert_eq!(leaves.len(), sync::SYNC_LEAVES);
+    let held: usize = leaves.iter().map(|wanted| wanted.held.len()).sum();
+    assert!((1..=2).contains(&held), "{held} records named as held");
+    assert!(want.len() <= sync::MAX_WANT_BYTES);
 
     let newcomer_hex = hex::encode(newcomer.worker_key);
     let victim_hex = hex::encode(victim.public_key().to_bytes());
@@ -191,7 +198,8 @@ async fn an_oversized_sync_request_is_cut_at_its_bound_and_the_worker_answers_th
     let target: PeerAddr = worker.seed.as_deref().unwrap().parse().unwrap();
     let (_me, _endpoint, connection) = connect(&target).await;
 
-    // 1 MiB where 8,196 bytes are allowed (the largest want): the stream is stopped, nothing is answered.
+    // 1 MiB where 45,060 bytes are allowed (the largest want): the stream is stopped, nothing is
+    // answered.
     let oversized = vec![7u8; 1 << 20];
     let refused = ask(&connection, &oversized).await;
     assert!(refused.is_err(), "an oversized request was answered");
@@ -210,7 +218,10 @@ async fn an_oversized_sync_request_is_cut_at_its_bound_and_the_worker_answers_th
             .any(|(bucket, _)| usize::from(*bucket) == sync::bucket_of(&own)),
         "{buckets:?}"
     );
-    let want = sync::encode_want(&[sync::leaf_of(&own) as u16]);
+    let want = sync::encode_want(&[sync::Wanted {
+        leaf: sync::leaf_of(&own) as u16,
+        held: Vec::new(),
+    }]);
     let answer = ask(&connection, &want).await.expect("answered");
     let Some(sync::Answer::Records(members)) = sync::decode_answer(&answer, 100) else {
         panic!("not records: {answer:?}");
