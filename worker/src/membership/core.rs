@@ -2189,6 +2189,75 @@ mod tests {
     }
 
     #[test]
+    fn a_want_names_what_the_requester_holds_and_gets_only_the_rest_of_the_leaf() {
+        // Two members whose keys fall in one leaf (found among the seeds; 253 keys in 4,096
+        // leaves share one with near certainty).
+        let mut by_leaf: HashMap<usize, PeerIdentity> = HashMap::new();
+        let (x, y) = (3..=255u8)
+            .find_map(|seed| {
+                let (_, record) = member(seed);
+                let leaf = sync::leaf_of(&record.worker_key);
+                match by_leaf.insert(leaf, record.clone()) {
+                    Some(earlier) => Some((earlier, record)),
+                    None => None,
+                }
+            })
+            .expect("two keys in one leaf");
+        let (a_signer, a) = member(1);
+        let (b_signer, b) = member(2);
+        let mut core_a = Membership::new(a.clone(), a_signer, MembershipConfig::default(), 1);
+        let mut core_b = Membership::new(b.clone(), b_signer, MembershipConfig::default(), 2);
+        gossip(
+            &mut core_a,
+            0,
+            &b,
+            &[Member::alive(x.clone()), Member::alive(y.clone())],
+        )
+        .unwrap();
+        gossip(&mut core_b, 0, &a, &[Member::alive(x.clone())]).unwrap();
+        // B picks its partner at random among A and X: until it picks A.
+        let request = (0..64)
+            .find_map(|_| {
+                core_b.handle_timer(100, TimerEvent::Sync).unwrap();
+                let requests = sync_requests(&mut core_b);
+                (requests[0].0 == a.worker_key).then(|| requests[0].1.clone())
+            })
+            .expect("B asks A within 64 tries");
+        let requests = [(a.worker_key, request)];
+        // B holds X, so only Y comes, though both are in the leaf B wants.
+        let records = both_rounds(&mut core_a, &mut core_b, 100, &requests[0].1);
+        assert_eq!(records, vec![Member::alive(y.clone())]);
+        assert_eq!(core_b.stats().sync_records_taken, 1);
+        assert_eq!(state_of(&core_b, y.worker_key), Some(PeerState::Alive));
+        assert!(core_a.view_index_agrees() && core_b.view_index_agrees());
+    }
+
+    #[test]
+    fn the_view_index_follows_members_coming_renewing_and_leaving() {
+        let mut core = core(1);
+        let (_, sender) = member(2);
+        let (x_signer, x) = member(3);
+        gossip(&mut core, 0, &sender, &[Member::alive(x.clone())]).unwrap();
+        core.drain();
+        assert!(core.view_index_agrees());
+        assert_eq!(core.view_index.len(), 2);
+        let before = core.view_index.bucket_digests(core.identity());
+        // X renews (a new record, a new signature): its bucket's digest changes.
+        let renewed = PeerIdentity::signed(&x_signer, x.addr, "fp".into(), 1, 2).unwrap();
+        gossip(&mut core, 10, &sender, &[Member::alive(renewed)]).unwrap();
+        core.drain();
+        assert!(core.view_index_agrees());
+        let after = core.view_index.bucket_digests(core.identity());
+        let bucket = sync::bucket_of(&x.worker_key);
+        assert_ne!(before[bucket], after[bucket]);
+        // The sender leaves: it is out of the index, and X is all that is left.
+        gossip(&mut core, 20, &sender, &[Member::down(sender.clone())]).unwrap();
+        core.drain();
+        assert!(core.view_index_agrees());
+        assert_eq!(core.view_index.len(), 1);
+    }
+
+    #[test]
     fn an_answer_holds_at_most_its_bound_a_different_part_each_time_and_a_longer_one_is_refused() {
         let (a_signer, a) = member(1);
         let (b_signer, b) = member(2);
