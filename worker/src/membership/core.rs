@@ -9,7 +9,9 @@
 //! signed by the key it names, nobody but a member itself may declare it down, and new members
 //! enter the table at a bounded rate, up to a bounded size.
 
-use std::collections::HashMap;
+// foldhash rather than SipHash: these tables are looked up for every record screened
+// (ARCHITECTURE.md, "Membership at scale").
+use hashbrown::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::Arc;
@@ -903,7 +905,8 @@ impl Membership {
     }
 
     /// True if `record` is signed by its key. A record equal to the one indexed for its key
-    /// was verified when indexed.
+    /// was verified when indexed; a shared copy remembers its verdict
+    /// ([`PeerIdentity::signature_verified`]).
     fn verified(&mut self, record: &PeerIdentity) -> bool {
         if self
             .foca
@@ -913,11 +916,18 @@ impl Membership {
         {
             return true;
         }
+        if let Some(good) = record.known_verdict() {
+            if !good {
+                self.screened.bad_signature += 1;
+            }
+            return good;
+        }
         let digest = record.digest();
         if self.verified_cache.contains(digest) {
+            record.note_verified(true);
             return true;
         }
-        let verified = record.verify().is_ok();
+        let verified = record.signature_verified();
         if verified {
             self.verified_cache.insert(digest);
         } else {
@@ -1328,13 +1338,19 @@ impl Membership {
         let mut held: Vec<u64> = self.view_index.records().map(sync::record_digest).collect();
         expected.sort_unstable();
         held.sort_unstable();
+        let own = self.identity();
+        let leaves = sync::leaf_digests(
+            self.foca
+                .iter_members()
+                .map(|member| member.id())
+                .chain(std::iter::once(own)),
+        );
+        let indexed: Vec<u64> = (0..sync::SYNC_BUCKETS)
+            .flat_map(|bucket| self.view_index.leaf_digests(bucket, own))
+            .collect();
         expected == held
-            && sync::bucket_digests(&sync::leaf_digests(
-                self.foca
-                    .iter_members()
-                    .map(|member| member.id())
-                    .chain(std::iter::once(self.identity())),
-            )) == self.view_index.bucket_digests(self.identity())
+            && indexed == leaves
+            && sync::bucket_digests(&leaves) == self.view_index.bucket_digests(own)
     }
 
     /// A sync request arrived over a connection that proved the key `from` (see `sync.rs`). To
@@ -1369,29 +1385,43 @@ impl Membership {
             Some(sync::Request::Want(leaves)) => {
                 let me = self.identity().clone();
                 let limit = sync::MAX_ANSWER_MEMBERS;
-                let not_held = |wanted: &sync::Wanted, record: &PeerIdentity| {
-                    !wanted.held.contains(&sync::record_digest(record))
-                };
-                // From a random leaf of the want on, so that a requester lacking more than an
-                // answer holds gets a different part from each exchange.
-                let start = self.sync_rng.random_range(0..leaves.len().max(1));
+                let not_held = |wanted: &sync::Wanted, digest: u64| !wanted.held.contains(&digest);
+                let mut by_leaf: Vec<Option<&sync::Wanted>> = vec![None; sync::SYNC_LEAVES];
+                for wanted in &leaves {
+                    by_leaf[usize::from(wanted.leaf)] = Some(wanted);
+                }
                 let mut members: Vec<Member<PeerIdentity>> = Vec::new();
-                for wanted in leaves[start..].iter().chain(&leaves[..start]) {
-                    let leaf = usize::from(wanted.leaf);
-                    if sync::leaf_of(&me.worker_key) == leaf && not_held(wanted, &me) {
-                        members.push(Member::alive(me.clone()));
-                    }
-                    members.extend(
-                        self.view_index
-                            .in_leaf(leaf)
-                            .filter(|record| record.worker_key != from && not_held(wanted, record))
-                            .filter_map(|record| self.foca.member(&record.worker_key))
-                            .filter(|member| member.state() == State::Alive)
-                            .cloned(),
-                    );
-                    if members.len() >= limit {
-                        members.truncate(limit);
-                        break;
+                if let Some(wanted) = by_leaf[sync::leaf_of(&me.worker_key)]
+                    && not_held(wanted, sync::record_digest(&me))
+                {
+                    members.push(Member::alive(me.clone()));
+                }
+                // Each bucket holding a wanted leaf is passed over once, from a random one on, so
+                // that a requester lacking more than an answer holds gets a different part from
+                // each exchange.
+                let mut buckets: Vec<usize> = leaves
+                    .iter()
+                    .map(|wanted| usize::from(wanted.leaf) / sync::LEAVES_PER_BUCKET)
+                    .collect();
+                buckets.dedup();
+                let start = self.sync_rng.random_range(0..buckets.len().max(1));
+                buckets.rotate_left(start);
+                'buckets: for bucket in buckets {
+                    for indexed in self.view_index.in_bucket(bucket) {
+                        let Some(wanted) = by_leaf[indexed.leaf()] else {
+                            continue;
+                        };
+                        if !not_held(wanted, indexed.digest) || indexed.is(&from) {
+                            continue;
+                        }
+                        if let Some(member) = self.foca.member(&indexed.record.worker_key)
+                            && member.state() == State::Alive
+                        {
+                            members.push(member.clone());
+                            if members.len() >= limit {
+                                break 'buckets;
+                            }
+                        }
                     }
                 }
                 sync::encode_answer(&members)
@@ -1519,19 +1549,29 @@ impl Membership {
             let bucket = usize::from(*bucket);
             let ours = self.view_index.leaf_digests(bucket, &own);
             let first = bucket * sync::LEAVES_PER_BUCKET;
-            for leaf in (0..sync::LEAVES_PER_BUCKET).filter(|leaf| ours[*leaf] != theirs[*leaf]) {
-                let leaf = first + leaf;
-                let held = self
-                    .view_index
-                    .in_leaf(leaf)
-                    .chain((sync::leaf_of(&own.worker_key) == leaf).then_some(&own))
-                    .map(sync::record_digest)
-                    .take(sync::MAX_HELD_PER_LEAF)
-                    .collect();
-                wanted.push(sync::Wanted {
-                    leaf: leaf as u16,
-                    held,
-                });
+            let mut held: [Vec<u64>; sync::LEAVES_PER_BUCKET] = Default::default();
+            let mine = self
+                .view_index
+                .in_bucket(bucket)
+                .iter()
+                .map(|indexed| (indexed.leaf(), indexed.digest))
+                .chain(
+                    (sync::bucket_of(&own.worker_key) == bucket)
+                        .then(|| (sync::leaf_of(&own.worker_key), sync::record_digest(&own))),
+                );
+            for (leaf, digest) in mine {
+                let held = &mut held[leaf - first];
+                if held.len() < sync::MAX_HELD_PER_LEAF {
+                    held.push(digest);
+                }
+            }
+            for (leaf, held) in held.into_iter().enumerate() {
+                if ours[leaf] != theirs[leaf] {
+                    wanted.push(sync::Wanted {
+                        leaf: (first + leaf) as u16,
+                        held,
+                    });
+                }
             }
         }
         // Over the bound, from a random differing leaf on: the rest comes in later exchanges.

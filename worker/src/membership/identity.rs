@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 
 use peergrid_proto::transport::PeerAddr;
@@ -23,39 +24,84 @@ pub const MAX_FINGERPRINT_BYTES: usize = 128;
 /// instead of holding ~250 bytes each (ARCHITECTURE.md, "Membership at scale"). Records decoded
 /// from the wire are interned per thread: equal records decode to one allocation.
 ///
-/// Reads go through to the [`MemberRecord`]; a write (only tests forge records) copies it first.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct PeerIdentity(Arc<MemberRecord>);
+/// The shared copy also remembers whether its signature verified
+/// ([`PeerIdentity::signature_verified`]): a record is checked once, not once per member that
+/// is told of it, nor per packet that carries it (ARCHITECTURE.md, "Membership at scale").
+///
+/// Reads go through to the [`MemberRecord`]; a write (only tests forge records) copies it first
+/// and forgets the verdict.
+#[derive(Clone)]
+pub struct PeerIdentity(Arc<Shared>);
+
+struct Shared {
+    record: MemberRecord,
+    /// [`UNCHECKED`], [`GOOD`] or [`BAD`]: a function of the record's bytes, which do not change
+    /// while it is shared, so any thread's verdict holds for all.
+    verdict: AtomicU8,
+}
+
+const UNCHECKED: u8 = 0;
+const GOOD: u8 = 1;
+const BAD: u8 = 2;
+
+impl Clone for Shared {
+    /// A copy is about to be written to: its verdict is not carried over.
+    fn clone(&self) -> Self {
+        Self {
+            record: self.record.clone(),
+            verdict: AtomicU8::new(UNCHECKED),
+        }
+    }
+}
+
+impl PartialEq for PeerIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.record == other.0.record
+    }
+}
+
+impl Eq for PeerIdentity {}
+
+impl std::hash::Hash for PeerIdentity {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.record.hash(state);
+    }
+}
 
 impl std::ops::Deref for PeerIdentity {
     type Target = MemberRecord;
 
     fn deref(&self) -> &MemberRecord {
-        &self.0
+        &self.0.record
     }
 }
 
 impl std::ops::DerefMut for PeerIdentity {
     fn deref_mut(&mut self) -> &mut MemberRecord {
-        Arc::make_mut(&mut self.0)
+        let shared = Arc::make_mut(&mut self.0);
+        *shared.verdict.get_mut() = UNCHECKED;
+        &mut shared.record
     }
 }
 
 impl From<MemberRecord> for PeerIdentity {
     fn from(record: MemberRecord) -> Self {
-        Self(Arc::new(record))
+        Self(Arc::new(Shared {
+            record,
+            verdict: AtomicU8::new(UNCHECKED),
+        }))
     }
 }
 
 impl std::fmt::Debug for PeerIdentity {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(formatter)
+        self.0.record.fmt(formatter)
     }
 }
 
 impl Serialize for PeerIdentity {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        self.0.record.serialize(serializer)
     }
 }
 
@@ -80,7 +126,7 @@ pub fn key_prefix(key: &[u8; 32]) -> u64 {
 struct Interned {
     /// hashbrown's default hasher (foldhash, seeded per process): SipHash of the 32-byte keys
     /// was a tenth of a 2,000-member simulation's time.
-    records: hashbrown::HashMap<[u8; 32], Weak<MemberRecord>>,
+    records: hashbrown::HashMap<[u8; 32], Weak<Shared>>,
     prune_at: usize,
 }
 
@@ -101,22 +147,25 @@ fn intern(record: MemberRecord) -> PeerIdentity {
             .records
             .get(&record.worker_key)
             .and_then(Weak::upgrade)
-            && *held == record
+            && held.record == record
         {
             return PeerIdentity(held);
         }
-        let shared = Arc::new(record);
+        let shared = Arc::new(Shared {
+            record,
+            verdict: AtomicU8::new(UNCHECKED),
+        });
         // A record held by someone is replaced only by a newer incarnation: a copy decoded from
         // a forger (not verified yet) cannot undo the sharing of a member's current record.
         let replaces = interned
             .records
-            .get(&shared.worker_key)
+            .get(&shared.record.worker_key)
             .and_then(Weak::upgrade)
-            .is_none_or(|held| held.incarnation < shared.incarnation);
+            .is_none_or(|held| held.record.incarnation < shared.record.incarnation);
         if replaces {
             interned
                 .records
-                .insert(shared.worker_key, Arc::downgrade(&shared));
+                .insert(shared.record.worker_key, Arc::downgrade(&shared));
         }
         if interned.records.len() >= interned.prune_at {
             interned
@@ -180,6 +229,36 @@ struct Signed<'a> {
 }
 
 impl PeerIdentity {
+    /// Whether the record's signature verifies ([`MemberRecord::verify`]), checked at most once
+    /// per shared copy.
+    pub fn signature_verified(&self) -> bool {
+        match self.0.verdict.load(Ordering::Relaxed) {
+            GOOD => true,
+            BAD => false,
+            _ => {
+                let good = self.verify().is_ok();
+                self.note_verified(good);
+                good
+            }
+        }
+    }
+
+    /// The verdict on the signature if it was checked, without checking it.
+    pub fn known_verdict(&self) -> Option<bool> {
+        match self.0.verdict.load(Ordering::Relaxed) {
+            GOOD => Some(true),
+            BAD => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Remembers a verdict reached elsewhere (a cache of verified digests) for this copy.
+    pub fn note_verified(&self, good: bool) {
+        self.0
+            .verdict
+            .store(if good { GOOD } else { BAD }, Ordering::Relaxed);
+    }
+
     /// A record for `identity`'s key at `addr` (no relay), signed by it.
     pub fn signed(
         identity: &Identity,
@@ -391,6 +470,34 @@ mod tests {
             renewed.relocated(&identity, moved.addr, Some("http://x:1".into())),
             Err(RecordError::BadRelay(_))
         ));
+    }
+
+    #[test]
+    fn a_verdict_is_shared_by_copies_and_forgotten_by_a_written_one() {
+        let identity = Identity::from_seed([1; 32]);
+        let record = record(&identity);
+        assert_eq!(record.known_verdict(), None);
+        assert!(record.signature_verified());
+        let copy = record.clone();
+        assert_eq!(copy.known_verdict(), Some(true));
+        // Written while shared: the writer gets a copy of its own, unchecked, and it fails.
+        let mut forged = record.clone();
+        forged.cores = 99;
+        assert_eq!(forged.known_verdict(), None);
+        assert!(!forged.signature_verified());
+        assert_eq!(forged.known_verdict(), Some(false));
+        assert_eq!(record.known_verdict(), Some(true));
+        // Written while held by nobody else: its own verdict is forgotten too.
+        let mut only = self::record(&identity);
+        assert!(only.signature_verified());
+        only.cores = 98;
+        assert_eq!(only.known_verdict(), None);
+        assert!(!only.signature_verified());
+        // What goes on the wire is the record, not the verdict.
+        let wire = postcard::to_allocvec(&record).unwrap();
+        let back: PeerIdentity = postcard::from_bytes(&wire).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.known_verdict(), None);
     }
 
     #[test]

@@ -117,21 +117,48 @@ pub fn bucket_digests(leaves: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-/// A member's view as anti-entropy needs it: its active members by bucket, and each bucket's
+/// A member's view as anti-entropy needs it: its active members by bucket, and each leaf's
 /// digest, kept as the view changes so that an exchange costs what differs, not the view's
 /// size. Recomputed from the whole table for every request and answer, three times per exchange
-/// at 10,000 members, they were most of the simulation's time (ARCHITECTURE.md, "Membership at
-/// scale"). The member itself is not in it: its own record is folded in when digests are made.
+/// at 10,000 members, they were most of the simulation's time; and during a mass join nearly
+/// every bucket differs, so leaf digests made from the records at each answer cost a pass over
+/// the view too (ARCHITECTURE.md, "Membership at scale"). 32 KiB of leaf digests, and a pointer
+/// per member. The member itself is not in it: its own record is folded in when digests are
+/// made.
 pub struct ViewIndex {
-    buckets: Vec<Vec<PeerIdentity>>,
-    sums: Vec<u64>,
+    buckets: Vec<Vec<Indexed>>,
+    leaf_sums: Vec<u64>,
+}
+
+/// A record in the [`ViewIndex`], with what finding it and answering for it need kept inline:
+/// reading them through the record costs a cache miss per member of the bucket passed over, and
+/// at 10,000 members a bucket holds about 40.
+#[derive(Clone)]
+pub struct Indexed {
+    /// The key's first 8 bytes ([`super::identity::key_prefix`]), which give its leaf.
+    pub prefix: u64,
+    /// [`record_digest`].
+    pub digest: u64,
+    pub record: PeerIdentity,
+}
+
+impl Indexed {
+    pub fn leaf(&self) -> usize {
+        let [first, second, ..] = self.prefix.to_le_bytes();
+        usize::from(first) % SYNC_BUCKETS * LEAVES_PER_BUCKET
+            + usize::from(second) % LEAVES_PER_BUCKET
+    }
+
+    pub fn is(&self, key: &[u8; 32]) -> bool {
+        self.prefix == super::identity::key_prefix(key) && self.record.worker_key == *key
+    }
 }
 
 impl Default for ViewIndex {
     fn default() -> Self {
         Self {
             buckets: vec![Vec::new(); SYNC_BUCKETS],
-            sums: vec![0; SYNC_BUCKETS],
+            leaf_sums: vec![0; SYNC_LEAVES],
         }
     }
 }
@@ -139,48 +166,51 @@ impl Default for ViewIndex {
 impl ViewIndex {
     /// Makes `record` the active record held for `key`, or none.
     pub fn set(&mut self, key: &[u8; 32], record: Option<&PeerIdentity>) {
-        let bucket = bucket_of(key);
-        let members = &mut self.buckets[bucket];
-        if let Some(at) = members.iter().position(|held| held.worker_key == *key) {
-            self.sums[bucket] ^= record_digest(&members.swap_remove(at));
+        let members = &mut self.buckets[bucket_of(key)];
+        let leaf = &mut self.leaf_sums[leaf_of(key)];
+        if let Some(at) = members.iter().position(|held| held.is(key)) {
+            *leaf ^= members.swap_remove(at).digest;
         }
         if let Some(record) = record {
             debug_assert_eq!(record.worker_key, *key);
-            self.sums[bucket] ^= record_digest(record);
-            members.push(record.clone());
+            let digest = record_digest(record);
+            *leaf ^= digest;
+            members.push(Indexed {
+                prefix: super::identity::key_prefix(key),
+                digest,
+                record: record.clone(),
+            });
         }
     }
 
     /// The bucket digests of the view with `own` in it.
     pub fn bucket_digests(&self, own: &PeerIdentity) -> Vec<u64> {
-        let mut sums = self.sums.clone();
+        let mut sums = bucket_digests(&self.leaf_sums);
         sums[bucket_of(&own.worker_key)] ^= record_digest(own);
         sums
     }
 
     /// The leaf digests of `bucket` in the view with `own` in it.
     pub fn leaf_digests(&self, bucket: usize, own: &PeerIdentity) -> [u64; LEAVES_PER_BUCKET] {
-        let mut digests = [0; LEAVES_PER_BUCKET];
         let first = bucket * LEAVES_PER_BUCKET;
-        for record in self.buckets[bucket]
-            .iter()
-            .chain((bucket_of(&own.worker_key) == bucket).then_some(own))
-        {
-            digests[leaf_of(&record.worker_key) - first] ^= record_digest(record);
+        let mut digests: [u64; LEAVES_PER_BUCKET] = self.leaf_sums
+            [first..first + LEAVES_PER_BUCKET]
+            .try_into()
+            .expect("a bucket's leaves");
+        if bucket_of(&own.worker_key) == bucket {
+            digests[leaf_of(&own.worker_key) - first] ^= record_digest(own);
         }
         digests
     }
 
-    /// The records held in `leaf` (not the member's own).
-    pub fn in_leaf(&self, leaf: usize) -> impl Iterator<Item = &PeerIdentity> {
-        self.buckets[leaf / LEAVES_PER_BUCKET]
-            .iter()
-            .filter(move |record| leaf_of(&record.worker_key) == leaf)
+    /// The records held in `bucket` (not the member's own), in no order.
+    pub fn in_bucket(&self, bucket: usize) -> &[Indexed] {
+        &self.buckets[bucket]
     }
 
     /// Every record held, by bucket.
     pub fn records(&self) -> impl Iterator<Item = &PeerIdentity> {
-        self.buckets.iter().flatten()
+        self.buckets.iter().flatten().map(|indexed| &indexed.record)
     }
 
     pub fn len(&self) -> usize {
