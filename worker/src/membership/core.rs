@@ -300,8 +300,12 @@ pub enum MembershipError {
 pub struct ScreenStats {
     /// Packets whose sender was not the key their connection proved.
     pub wrong_sender: u64,
-    /// Packets that did not decode, or named an unsigned or unknown identity in their message.
+    /// Packets that did not decode, or named an unsigned identity in their message.
     pub malformed: u64,
+    /// Probe requests and indirect acks naming a member not in the table, or under another
+    /// record than the one held. Not only a hostile peer's: a request crossing the target's
+    /// renewal, or sent by a member that knows the target before this one does, is one too.
+    pub unknown_target: u64,
     /// Records whose signature did not verify.
     pub bad_signature: u64,
     /// Updates declaring another member down, held as suspicions instead.
@@ -776,21 +780,28 @@ impl Membership {
         }
         // Identities inside the message: each must be signed, and one this member would send
         // to must already be in its table (never an address only a payload vouches for).
-        let message_ok = match &header.message {
-            Message::PingReq { target, .. } | Message::IndirectAck { target, .. } => self
-                .foca
-                .member(&target.worker_key)
-                .is_some_and(|held| held.id() == target),
-            Message::IndirectPing { origin, .. } | Message::ForwardedAck { origin, .. } => {
-                self.verified(origin)
+        match &header.message {
+            Message::PingReq { target, .. } | Message::IndirectAck { target, .. } => {
+                let held = self
+                    .foca
+                    .member(&target.worker_key)
+                    .is_some_and(|held| held.id() == target);
+                if !held {
+                    self.screened.unknown_target += 1;
+                    return Err(MembershipError::Refused(
+                        "message names a member not held under that record",
+                    ));
+                }
             }
-            _ => true,
-        };
-        if !message_ok {
-            return Err(malformed(
-                &mut self.screened,
-                "message names an unsigned or unknown member",
-            ));
+            Message::IndirectPing { origin, .. } | Message::ForwardedAck { origin, .. } => {
+                if !self.verified(origin) {
+                    return Err(malformed(
+                        &mut self.screened,
+                        "message names an unsigned member",
+                    ));
+                }
+            }
+            _ => {}
         }
         let header_len = data.len() - rest.len();
         if rest.len() < 2 || header.message == Message::Broadcast {
@@ -1954,6 +1965,8 @@ mod tests {
             core.drain().sends.is_empty(),
             "nothing sent to an unknown address"
         );
+        assert_eq!(core.screened().unknown_target, 1);
+        assert_eq!(core.screened().malformed, 0);
     }
 
     #[test]
