@@ -7,7 +7,10 @@
 //!
 //! Run: `cargo bench -p peergrid-worker --bench gossip` (sizes: PEERGRID_BENCH_SIZES=100,1000,10000;
 //! seed: PEERGRID_SIM_SEED; piggyback transmissions per update before the log10 n multiplier:
-//! PEERGRID_BENCH_TRANSMISSIONS, default 6). Not a timed test: it reports figures for BENCHMARKS.md.
+//! PEERGRID_BENCH_TRANSMISSIONS, default 6; virtual seconds of settling before steady traffic is
+//! measured: PEERGRID_BENCH_SETTLE_S, default 30, each 10 s of it printed with
+//! PEERGRID_BENCH_VERBOSE; PEERGRID_BENCH_CHURN=0 ends each size after steady traffic). Not a
+//! timed test: it reports figures for BENCHMARKS.md.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -110,15 +113,45 @@ fn run(members: usize, seed: u64) {
     let joined = spread(knew);
 
     // Steady state: after 30 s of settling, traffic over 10 virtual seconds.
-    sim.run_until(sim.now_ms() + 30_000);
-    let before = sim.traffic();
+    let settle_s: u64 = std::env::var("PEERGRID_BENCH_SETTLE_S")
+        .map_or(30, |settle| settle.parse().expect("seconds"));
     let window_ms = 10_000;
+    for window in 0..settle_s.div_ceil(10) {
+        let before = sim.traffic();
+        sim.run_until(sim.now_ms() + window_ms);
+        let after = sim.traffic();
+        if verbose {
+            let per_second =
+                |count: u64| count as f64 / members as f64 / (window_ms as f64 / 1000.0);
+            eprintln!(
+                "settling {}-{} s after everyone knew everyone: {:.0} B/s per member ({:.0} sync), {:.1} packets/s, {:.2} exchanges/s, wall {:.1}s",
+                window * 10,
+                window * 10 + 10,
+                per_second(after.bytes_sent - before.bytes_sent),
+                per_second(after.sync_bytes_sent - before.sync_bytes_sent),
+                per_second(after.packets_sent - before.packets_sent),
+                per_second(after.syncs_sent - before.syncs_sent),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let before = sim.traffic();
     sim.run_until(sim.now_ms() + window_ms);
     let after = sim.traffic();
     let per_second = |count: u64| count as f64 / members as f64 / (window_ms as f64 / 1000.0);
     let bytes = per_second(after.bytes_sent - before.bytes_sent);
     let sync_bytes = per_second(after.sync_bytes_sent - before.sync_bytes_sent);
     let packets = per_second(after.packets_sent - before.packets_sent);
+
+    if std::env::var("PEERGRID_BENCH_CHURN").is_ok_and(|churn| churn == "0") {
+        println!(
+            "| {members} | {} | {joined} | {bytes:.0} ({sync_bytes:.0}) | {packets:.1} | not run | not run | not run | {:.1} | {} |",
+            seconds(joins_ms),
+            started.elapsed().as_secs_f64(),
+            peak_rss_mb()
+        );
+        return;
+    }
 
     // Churn: 1% crash and as many new members start, at one instant.
     let crashed = sim.pick_members(churn);
