@@ -91,7 +91,12 @@ pub fn bucket_of(key: &[u8; 32]) -> usize {
 /// Which leaf a member falls in: its bucket's leaves are
 /// `bucket * LEAVES_PER_BUCKET .. (bucket + 1) * LEAVES_PER_BUCKET`.
 pub fn leaf_of(key: &[u8; 32]) -> usize {
-    bucket_of(key) * LEAVES_PER_BUCKET + usize::from(key[1]) % LEAVES_PER_BUCKET
+    leaf_of_bytes(key[0], key[1])
+}
+
+/// The leaf of a key whose first two bytes are `first` and `second`.
+fn leaf_of_bytes(first: u8, second: u8) -> usize {
+    usize::from(first) % SYNC_BUCKETS * LEAVES_PER_BUCKET + usize::from(second) % LEAVES_PER_BUCKET
 }
 
 /// A record's share of its bucket's and its leaf's digests.
@@ -145,8 +150,7 @@ pub struct Indexed {
 impl Indexed {
     pub fn leaf(&self) -> usize {
         let [first, second, ..] = self.prefix.to_le_bytes();
-        usize::from(first) % SYNC_BUCKETS * LEAVES_PER_BUCKET
-            + usize::from(second) % LEAVES_PER_BUCKET
+        leaf_of_bytes(first, second)
     }
 
     pub fn is(&self, key: &[u8; 32]) -> bool {
@@ -449,6 +453,18 @@ mod tests {
         let mut too_many = full.clone();
         too_many[4 + 2] = per_leaf as u8 + 1;
         too_many.extend_from_slice(&[9; 8]);
+        // Within the byte bound but over the digests bound: 20 leaves of 255 digests (5,100).
+        // (Built by hand: `encode_want` asserts the bound in debug builds.)
+        let mut over_held = vec![SYNC_VERSION, SYNC_WANT];
+        over_held.put_u16_le(20);
+        for leaf in 0..20u16 {
+            over_held.put_u16_le(leaf);
+            over_held.put_u8(MAX_HELD_PER_LEAF as u8);
+            for _ in 0..MAX_HELD_PER_LEAF {
+                over_held.put_u64_le(9);
+            }
+        }
+        assert!(over_held.len() <= MAX_WANT_BYTES);
         let mut version_2 = want.clone();
         version_2[0] = 2;
         for bad in [
@@ -458,6 +474,7 @@ mod tests {
             want[..want.len() - 1].to_vec(),
             [want.as_slice(), &[0]].concat(),
             too_many,
+            over_held,
             version_2,
         ] {
             assert_eq!(decode_request(&bad), None, "{bad:?}");
