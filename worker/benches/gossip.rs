@@ -124,13 +124,19 @@ fn run(members: usize, seed: u64) {
             let per_second =
                 |count: u64| count as f64 / members as f64 / (window_ms as f64 / 1000.0);
             eprintln!(
-                "settling {}-{} s after everyone knew everyone: {:.0} B/s per member ({:.0} sync), {:.1} packets/s, {:.2} exchanges/s, wall {:.1}s",
+                "settling {}-{} s after everyone knew everyone: {:.0} B/s per member ({:.0} sync), {:.1} packets/s, {:.2} exchanges/s ({:.2} early), {:.3} ups/s, {:.3} downs/s, renewals {}, sync records {} news {}, wall {:.1}s",
                 window * 10,
                 window * 10 + 10,
                 per_second(after.bytes_sent - before.bytes_sent),
                 per_second(after.sync_bytes_sent - before.sync_bytes_sent),
                 per_second(after.packets_sent - before.packets_sent),
                 per_second(after.syncs_sent - before.syncs_sent),
+                per_second(after.early_syncs - before.early_syncs),
+                per_second(after.members_up - before.members_up),
+                per_second(after.members_down - before.members_down),
+                after.renewals - before.renewals,
+                after.sync_records_received - before.sync_records_received,
+                after.sync_records_taken - before.sync_records_taken,
                 started.elapsed().as_secs_f64()
             );
         }

@@ -337,6 +337,13 @@ pub struct TrafficStats {
     /// traffic was news.
     pub sync_records_received: u64,
     pub sync_records_taken: u64,
+    /// What drives the traffic: members foca brought up or renamed in this view, members it
+    /// declared down, this member's own renewals, and exchanges started early
+    /// ([`TimerEvent::SyncSoon`]) rather than on the period.
+    pub members_up: u64,
+    pub members_down: u64,
+    pub renewals: u64,
+    pub early_syncs: u64,
 }
 
 type Swim = Foca<PeerIdentity, PostcardCodec, Xoshiro256PlusPlus, SlotHandler>;
@@ -568,10 +575,12 @@ impl foca::Runtime<PeerIdentity> for Outbox {
                         .last()
                         .is_some_and(|(previous, up)| previous.is_some() && up == peer);
                 if !rejoin {
+                    self.stats.members_up += 1;
                     self.came_up.push((renamed, peer.clone()));
                 }
             }
             Notification::MemberDown(peer) => {
+                self.stats.members_down += 1;
                 self.touched.push(peer.worker_key);
                 tracing::info!(peer = %hex::encode(&peer.worker_key[..4]), addr = %peer.addr, "member down");
             }
@@ -1052,6 +1061,7 @@ impl Membership {
             }
             TimerEvent::SyncSoon => {
                 self.sync_soon_armed = false;
+                self.outbox.stats.early_syncs += 1;
                 self.start_sync();
                 let period_ms = self.config.sync_period.as_millis() as u64;
                 let recent = self
@@ -1183,6 +1193,7 @@ impl Membership {
         };
         self.renew_pending = false;
         self.last_renew_ms = Some(now_ms);
+        self.outbox.stats.renewals += 1;
         // Slot news names the incarnation: the new one needs its own.
         self.own.sent = None;
         tracing::info!(

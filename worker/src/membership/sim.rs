@@ -453,6 +453,10 @@ impl Simulation {
                     sync_bytes_received: sum.sync_bytes_received + stats.sync_bytes_received,
                     sync_records_received: sum.sync_records_received + stats.sync_records_received,
                     sync_records_taken: sum.sync_records_taken + stats.sync_records_taken,
+                    members_up: sum.members_up + stats.members_up,
+                    members_down: sum.members_down + stats.members_down,
+                    renewals: sum.renewals + stats.renewals,
+                    early_syncs: sum.early_syncs + stats.early_syncs,
                 }
             })
     }
