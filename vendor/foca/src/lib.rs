@@ -866,7 +866,7 @@ where
     /// Data larger than the configured limit will be rejected. Errors are
     /// expected if you're receiving arbitrary data (which very likely if
     /// you are listening to a socket address).
-    pub fn handle_data(&mut self, mut data: &[u8], mut runtime: impl Runtime<T>) -> Result<()> {
+    pub fn handle_data(&mut self, mut data: &[u8], runtime: impl Runtime<T>) -> Result<()> {
         #[cfg(feature = "tracing")]
         let span = tracing::trace_span!(
             "handle_data",
@@ -912,21 +912,72 @@ where
         // We can skip this buffering is we assume that reaching here
         // means the packet is valid. But that doesn't seem like a very
         // good idea...
-        self.updates_buf.clear();
+        //
+        // Here we take the Vec so we can drain it without upsetting
+        // the borrow checker. And then put it back in its place, so
+        // that we can keep reusing its already-allocated space.
+        let mut updates = mem::take(&mut self.updates_buf);
+        updates.clear();
         if remaining >= 2 && header.message != Message::Broadcast {
             let num_updates = data.get_u16();
             #[cfg(feature = "tracing")]
             span.record("num_updates", num_updates);
 
             for _i in 0..num_updates {
-                self.updates_buf.push(
-                    self.codec
-                        .decode_member(&mut data)
-                        .map_err(|e| Error::Decode(Box::new(e)))?,
-                );
+                match self.codec.decode_member(&mut data) {
+                    Ok(update) => updates.push(update),
+                    Err(e) => {
+                        self.updates_buf = updates;
+                        return Err(Error::Decode(Box::new(e)));
+                    }
+                }
             }
         }
 
+        let result = self.handle_decoded(header, &mut updates, data, runtime);
+        debug_assert_eq!(
+            0,
+            self.updates_buf.capacity(),
+            "updates_buf modified while taken"
+        );
+        self.updates_buf = updates;
+        result
+    }
+
+    /// peergrid patch: handles a packet its caller already decoded
+    /// (and screened): the header, the member updates (drained), and
+    /// the custom broadcasts that followed them. The same as
+    /// [`Foca::handle_data`] without decoding again; the caller has
+    /// checked the packet's size.
+    pub fn handle_screened(
+        &mut self,
+        header: Header<T>,
+        updates: &mut Vec<Member<T>>,
+        custom_broadcasts: &[u8],
+        runtime: impl Runtime<T>,
+    ) -> Result<()> {
+        if header.src == self.identity || header.src.addr() == self.identity.addr() {
+            return Err(Error::DataFromOurselves);
+        }
+        if custom_broadcasts.len() == 1
+            || (header.message == Message::Announce
+                && (!updates.is_empty() || !custom_broadcasts.is_empty()))
+        {
+            return Err(Error::MalformedPacket);
+        }
+        if !self.accept_payload(&header) {
+            return Ok(());
+        }
+        self.handle_decoded(header, updates, custom_broadcasts, runtime)
+    }
+
+    fn handle_decoded(
+        &mut self,
+        header: Header<T>,
+        updates: &mut Vec<Member<T>>,
+        data: &[u8],
+        mut runtime: impl Runtime<T>,
+    ) -> Result<()> {
         #[cfg(feature = "unstable-notifications")]
         runtime.notify(Notification::DataReceived(&header));
 
@@ -976,18 +1027,7 @@ where
         // Now that we know the member is active, we'll handle the
         // updates, which may change our referential cluster
         // representation and our own connection state.
-        //
-        // Here we take the Vec so we can drain it without upsetting
-        // the borrow checker. And then put it back in its place, so
-        // that we can keep reusing its already-allocated space.
-        let mut updates = mem::take(&mut self.updates_buf);
         self.apply_many(updates.drain(..), true, &mut runtime)?;
-        debug_assert_eq!(
-            0,
-            self.updates_buf.capacity(),
-            "updates_buf modified while taken"
-        );
-        self.updates_buf = updates;
 
         // Right now there might still be some data left to read in the
         // buffer (custom broadcasts). We'll handle those before we
@@ -1996,6 +2036,88 @@ mod tests {
                 $member, header.message, $message
             );
         };
+    }
+
+    // peergrid patch: a packet decoded by the caller is handled as the
+    // same bytes would be, and foca's rules on what follows the header
+    // still hold.
+    #[test]
+    fn a_screened_packet_is_handled_as_its_bytes_would_be() {
+        let feed = |foca: &mut Foca<ID, BadCodec, SmallRng, NoCustomBroadcast>, screened: bool| {
+            let mut runtime = AccumulatingRuntime::new();
+            let header = Header {
+                src: ID::new(2),
+                src_incarnation: 0,
+                dst: ID::new(1),
+                message: Message::Ping(7),
+            };
+            let updates = vec![Member::alive(ID::new(3)), Member::suspect(ID::new(4))];
+            if screened {
+                let mut updates = updates;
+                foca.handle_screened(header, &mut updates, &[], &mut runtime)
+                    .expect("no errors");
+                assert!(updates.is_empty(), "drained");
+            } else {
+                foca.handle_data(&encode((header, updates)), &mut runtime)
+                    .expect("no errors");
+            }
+            runtime
+        };
+        let mut by_bytes = Foca::new(ID::new(1), config(), rng(), codec());
+        let mut screened = Foca::new(ID::new(1), config(), rng(), codec());
+        let mut bytes_runtime = feed(&mut by_bytes, false);
+        let mut screened_runtime = feed(&mut screened, true);
+        assert_eq!(3, screened.num_members());
+        let members = |foca: &Foca<ID, BadCodec, SmallRng, NoCustomBroadcast>| {
+            let mut members: Vec<_> = foca
+                .iter_membership_state()
+                .map(|m| (*m.id(), m.incarnation(), m.state()))
+                .collect();
+            members.sort_by_key(|(id, _, _)| id.addr());
+            members
+        };
+        assert_eq!(members(&by_bytes), members(&screened));
+        let ack = |runtime: &mut AccumulatingRuntime<ID>| {
+            decode(runtime.take_data(ID::new(2)).expect("an ack to the sender"))
+                .0
+                .message
+        };
+        assert_eq!(ack(&mut bytes_runtime), Message::Ack(7));
+        assert_eq!(ack(&mut screened_runtime), Message::Ack(7));
+
+        // An announcement carrying updates, or one stray byte after the
+        // header, is malformed; a packet from ourselves is refused.
+        let mut runtime = AccumulatingRuntime::new();
+        let announce = Header {
+            src: ID::new(5),
+            src_incarnation: 0,
+            dst: ID::new(1),
+            message: Message::Announce,
+        };
+        assert_eq!(
+            Err(Error::MalformedPacket),
+            screened.handle_screened(
+                announce.clone(),
+                &mut vec![Member::alive(ID::new(6))],
+                &[],
+                &mut runtime
+            )
+        );
+        assert_eq!(
+            Err(Error::MalformedPacket),
+            screened.handle_screened(announce, &mut Vec::new(), &[0], &mut runtime)
+        );
+        let from_ourselves = Header {
+            src: ID::new(1),
+            src_incarnation: 0,
+            dst: ID::new(1),
+            message: Message::Gossip,
+        };
+        assert_eq!(
+            Err(Error::DataFromOurselves),
+            screened.handle_screened(from_ourselves, &mut Vec::new(), &[], &mut runtime)
+        );
+        assert_eq!(3, screened.num_members());
     }
 
     #[test]

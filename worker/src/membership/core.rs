@@ -17,7 +17,7 @@ use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
+use bytes::Buf;
 use foca::{Codec, Foca, Member, Message, Notification, PostcardCodec, State, Timer};
 use peergrid_proto::Identity;
 use peergrid_proto::transport::PeerAddr;
@@ -551,6 +551,15 @@ struct Outbox {
     touched: Vec<[u8; 32]>,
 }
 
+/// A packet that passed screening, decoded: what foca takes.
+struct Screened {
+    header: foca::Header<PeerIdentity>,
+    /// The updates admitted, some rewritten ([`Admitted::As`]).
+    updates: Vec<Member<PeerIdentity>>,
+    /// Where the custom broadcasts (slot news) begin in the packet.
+    custom_at: usize,
+}
+
 impl foca::Runtime<PeerIdentity> for Outbox {
     fn notify(&mut self, notification: Notification<'_, PeerIdentity>) {
         match notification {
@@ -735,12 +744,18 @@ impl Membership {
             return Err(MembershipError::Refused("packet too large"));
         }
         self.admitting.clear();
-        let screened = self.screen(now_ms, from, from_ip, data);
-        let result = screened.and_then(|screened| {
-            self.foca
-                .handle_data(&screened, &mut self.outbox)
-                .map_err(MembershipError::from)
-        });
+        let result = self
+            .screen(now_ms, from, from_ip, data)
+            .and_then(|mut screened| {
+                self.foca
+                    .handle_screened(
+                        screened.header,
+                        &mut screened.updates,
+                        &data[screened.custom_at..],
+                        &mut self.outbox,
+                    )
+                    .map_err(MembershipError::from)
+            });
         if result.is_ok() {
             self.unheard_since_renewal = false;
         }
@@ -749,15 +764,15 @@ impl Membership {
         result
     }
 
-    /// The packet as foca may see it: refused whole if its sender or its message is not what
-    /// it claims; updates that fail a rule are cut out of it.
+    /// The packet as foca may see it, decoded once: refused whole if its sender or its message
+    /// is not what it claims; updates that fail a rule are cut out of it.
     fn screen(
         &mut self,
         now_ms: u64,
         from: [u8; 32],
         from_ip: IpAddr,
         data: &[u8],
-    ) -> Result<Vec<u8>, MembershipError> {
+    ) -> Result<Screened, MembershipError> {
         let malformed = |screened: &mut ScreenStats, why| {
             screened.malformed += 1;
             MembershipError::Refused(why)
@@ -812,36 +827,34 @@ impl Membership {
             }
             _ => {}
         }
-        let header_len = data.len() - rest.len();
-        if rest.len() < 2 || header.message == Message::Broadcast {
-            return Ok(data.to_vec());
+        // foca's own rules for what follows the header.
+        if rest.len() == 1 || (header.message == Message::Announce && !rest.is_empty()) {
+            return Err(malformed(
+                &mut self.screened,
+                "one byte, or an announcement's payload, after the header",
+            ));
         }
-        let count = rest.get_u16();
-        let mut kept = Vec::with_capacity(rest.len() + 2);
-        let mut kept_count: u16 = 0;
-        for _ in 0..count {
-            let before = rest;
-            let update: Member<PeerIdentity> = self
-                .codec
-                .decode_member(&mut rest)
-                .map_err(|_| malformed(&mut self.screened, "update does not decode"))?;
-            let encoded = &before[..before.len() - rest.len()];
-            match self.admit_update(now_ms, from, from_ip, &update) {
-                Admitted::Yes => kept.extend_from_slice(encoded),
-                Admitted::As(rewritten) => self
+        let mut updates = Vec::new();
+        if rest.len() >= 2 && header.message != Message::Broadcast {
+            let count = rest.get_u16();
+            updates.reserve(usize::from(count).min(rest.len()));
+            for _ in 0..count {
+                let update: Member<PeerIdentity> = self
                     .codec
-                    .encode_member(&rewritten, &mut kept)
-                    .expect("a decoded member encodes"),
-                Admitted::No => continue,
+                    .decode_member(&mut rest)
+                    .map_err(|_| malformed(&mut self.screened, "update does not decode"))?;
+                match self.admit_update(now_ms, from, from_ip, &update) {
+                    Admitted::Yes => updates.push(update),
+                    Admitted::As(rewritten) => updates.push(rewritten),
+                    Admitted::No => {}
+                }
             }
-            kept_count += 1;
         }
-        let mut packet = Vec::with_capacity(data.len());
-        packet.extend_from_slice(&data[..header_len]);
-        packet.put_u16(kept_count);
-        packet.extend_from_slice(&kept);
-        packet.extend_from_slice(rest);
-        Ok(packet)
+        Ok(Screened {
+            header,
+            updates,
+            custom_at: data.len() - rest.len(),
+        })
     }
 
     /// Whether one update about a member may reach foca, and as what.
@@ -1674,6 +1687,7 @@ impl Membership {
 mod tests {
     use super::*;
     use crate::membership::identity::MemberRecord;
+    use bytes::BufMut;
 
     fn member(seed: u8) -> (Arc<Identity>, PeerIdentity) {
         let identity = Arc::new(Identity::from_seed([seed; 32]));
