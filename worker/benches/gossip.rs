@@ -15,6 +15,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use peergrid_worker::membership::core::TrafficStats;
 use peergrid_worker::membership::sim::{SimConfig, Simulation};
 
 /// Virtual time between checks (ms).
@@ -116,34 +117,44 @@ fn run(members: usize, seed: u64) {
     let settle_s: u64 = std::env::var("PEERGRID_BENCH_SETTLE_S")
         .map_or(30, |settle| settle.parse().expect("seconds"));
     let window_ms = 10_000;
+    // What drove the traffic of one window, printed when verbose.
+    let trace = |label: &str, before: &TrafficStats, after: &TrafficStats| {
+        let per_second = |count: u64| count as f64 / members as f64 / (window_ms as f64 / 1000.0);
+        eprintln!(
+            "{label}: {:.0} B/s per member ({:.0} sync), {:.1} packets/s, {:.2} exchanges/s ({:.2} early), {:.3} ups/s, {:.3} downs/s, renewals {}, refutations {}, sync records {} news {}, wall {:.1}s",
+            per_second(after.bytes_sent - before.bytes_sent),
+            per_second(after.sync_bytes_sent - before.sync_bytes_sent),
+            per_second(after.packets_sent - before.packets_sent),
+            per_second(after.syncs_sent - before.syncs_sent),
+            per_second(after.early_syncs - before.early_syncs),
+            per_second(after.members_up - before.members_up),
+            per_second(after.members_down - before.members_down),
+            after.renewals - before.renewals,
+            after.refutations - before.refutations,
+            after.sync_records_received - before.sync_records_received,
+            after.sync_records_taken - before.sync_records_taken,
+            started.elapsed().as_secs_f64()
+        );
+    };
     for window in 0..settle_s.div_ceil(10) {
         let before = sim.traffic();
         sim.run_until(sim.now_ms() + window_ms);
         let after = sim.traffic();
         if verbose {
-            let per_second =
-                |count: u64| count as f64 / members as f64 / (window_ms as f64 / 1000.0);
-            eprintln!(
-                "settling {}-{} s after everyone knew everyone: {:.0} B/s per member ({:.0} sync), {:.1} packets/s, {:.2} exchanges/s ({:.2} early), {:.3} ups/s, {:.3} downs/s, renewals {}, sync records {} news {}, wall {:.1}s",
+            let label = format!(
+                "settling {}-{} s after everyone knew everyone",
                 window * 10,
-                window * 10 + 10,
-                per_second(after.bytes_sent - before.bytes_sent),
-                per_second(after.sync_bytes_sent - before.sync_bytes_sent),
-                per_second(after.packets_sent - before.packets_sent),
-                per_second(after.syncs_sent - before.syncs_sent),
-                per_second(after.early_syncs - before.early_syncs),
-                per_second(after.members_up - before.members_up),
-                per_second(after.members_down - before.members_down),
-                after.renewals - before.renewals,
-                after.sync_records_received - before.sync_records_received,
-                after.sync_records_taken - before.sync_records_taken,
-                started.elapsed().as_secs_f64()
+                window * 10 + 10
             );
+            trace(&label, &before, &after);
         }
     }
     let before = sim.traffic();
     sim.run_until(sim.now_ms() + window_ms);
     let after = sim.traffic();
+    if verbose {
+        trace("steady window", &before, &after);
+    }
     let per_second = |count: u64| count as f64 / members as f64 / (window_ms as f64 / 1000.0);
     let bytes = per_second(after.bytes_sent - before.bytes_sent);
     let sync_bytes = per_second(after.sync_bytes_sent - before.sync_bytes_sent);

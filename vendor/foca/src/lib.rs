@@ -385,6 +385,12 @@ where
         self.members.get(addr)
     }
 
+    /// peergrid patch: this instance's own incarnation, which it raises
+    /// to refute a suspicion of itself.
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
     /// Applies cluster updates to this foca instance.
     ///
     /// This is for advanced usage. It's intended as a way to unlock

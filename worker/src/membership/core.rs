@@ -344,6 +344,9 @@ pub struct TrafficStats {
     pub members_down: u64,
     pub renewals: u64,
     pub early_syncs: u64,
+    /// Times this member raised its foca incarnation: each refuted a suspicion of it, so
+    /// summed over a grid of live members it counts the false suspicions.
+    pub refutations: u64,
 }
 
 type Swim = Foca<PeerIdentity, PostcardCodec, Xoshiro256PlusPlus, SlotHandler>;
@@ -392,6 +395,8 @@ pub struct Membership {
     verified_cache: VerifiedCache,
     /// The active members by sync bucket, with their digests ([`sync::ViewIndex`]).
     view_index: sync::ViewIndex,
+    /// foca's own incarnation when last drained (for [`TrafficStats::refutations`]).
+    incarnation_seen: foca::Incarnation,
 }
 
 /// Digests of records whose signature verified: the same bytes get the same verdict, so they
@@ -662,6 +667,7 @@ impl Membership {
             last_news_ms: None,
             verified_cache: VerifiedCache::new(VERIFIED_CACHE),
             view_index: sync::ViewIndex::default(),
+            incarnation_seen: 0,
         };
         let first = membership.sync_delay();
         membership
@@ -1016,7 +1022,14 @@ impl Membership {
     /// Records the members foca brought up or renamed, and every [`REINDEX_EVERY_MS`] rebuilds
     /// the index from foca's table (forgotten members leave it, and the slot board with them).
     fn index_new_members(&mut self) {
-        if !self.outbox.came_up.is_empty() {
+        // A member new to this view (not a renewal of one held) may be one of many joining:
+        // evidence the view is changing, so the next exchange comes early (see `sync_soon`).
+        if self
+            .outbox
+            .came_up
+            .iter()
+            .any(|(previous, _)| previous.is_none())
+        {
             self.sync_soon();
         }
         for (previous, record) in std::mem::take(&mut self.outbox.came_up) {
@@ -1154,6 +1167,11 @@ impl Membership {
     /// Takes what the driver must do now.
     pub fn drain(&mut self) -> Effects {
         self.settle_view();
+        let incarnation = self.foca.incarnation();
+        if incarnation > self.incarnation_seen {
+            self.outbox.stats.refutations += u64::from(incarnation - self.incarnation_seen);
+        }
+        self.incarnation_seen = incarnation;
         if std::mem::take(&mut self.outbox.defunct) {
             self.renew_pending = true;
         }
@@ -1267,12 +1285,15 @@ impl Membership {
             .mul_f64(self.sync_rng.random_range(0.5..1.5))
     }
 
-    /// News (members new to this view, from gossip or an exchange) means the view is changing
-    /// and may be behind (a mass join, a partition healing): the next exchange comes after a
-    /// tenth of the period rather than a whole one, and so on until a whole period has passed
-    /// without news (a member missing its last few records is then still pulling early). Once
-    /// the view stops changing the cadence is back to `sync_period`, so steady traffic does not
-    /// change.
+    /// News is evidence the view is behind: an exchange that brought records this member
+    /// lacked, or gossip naming a member new to this view (one of a mass join, perhaps, or a
+    /// partition healing). A renewal of a member already held, by gossip, is not: gossip just
+    /// delivered it, and in a large grid renewals come often enough that counting them kept
+    /// most members early for good (ARCHITECTURE.md, "Membership at scale"). On news the next
+    /// exchange comes after a tenth of the period rather than a whole one, and so on until a
+    /// whole period has passed without news (a member missing its last few records is then
+    /// still pulling early). Once the view stops changing the cadence is back to
+    /// `sync_period`, so steady traffic does not change.
     /// One such timer at a time: at most one exchange every 0.25–0.75 s, whatever peers send.
     fn sync_soon(&mut self) {
         self.last_news_ms = Some(self.outbox.now_ms);
@@ -1569,6 +1590,10 @@ impl Membership {
             .foca
             .apply_many(admitted.into_iter(), false, &mut self.outbox)
             .map_err(MembershipError::from);
+        // The exchange found this view behind a random member's: more may be missing.
+        if !self.outbox.came_up.is_empty() {
+            self.sync_soon();
+        }
         self.admitting.clear();
         self.index_new_members();
         result
@@ -2421,6 +2446,89 @@ mod tests {
         let refused = core_b.handle_sync_answer(3_000, asked, ip(9), &sync::encode_answer(&longer));
         assert!(refused.is_err());
         assert_eq!(core_b.screened().syncs_refused, 1);
+    }
+
+    #[test]
+    fn a_refuted_suspicion_is_counted_once() {
+        let (a_signer, a) = member(1);
+        let (_, b) = member(2);
+        let mut core_a = Membership::new(a.clone(), a_signer, MembershipConfig::default(), 1);
+        gossip(&mut core_a, 0, &b, &[]).unwrap();
+        core_a.drain();
+        assert_eq!(core_a.stats().refutations, 0);
+        // B suspects A at A's incarnation: A refutes by raising it, once however often told.
+        for at in [100, 200] {
+            gossip(
+                &mut core_a,
+                at,
+                &b,
+                &[Member::new(a.clone(), 0, State::Suspect)],
+            )
+            .unwrap();
+            core_a.drain();
+        }
+        assert_eq!(core_a.stats().refutations, 1);
+    }
+
+    #[test]
+    fn a_renewal_by_gossip_keeps_the_period_and_one_an_exchange_finds_brings_the_next_sooner() {
+        let (a_signer, a) = member(1);
+        let (b_signer, b) = member(2);
+        let (c_signer, c) = member(3);
+        let config = MembershipConfig::default();
+        let period_ms = config.sync_period.as_millis() as u64;
+        let mut core_a = Membership::new(a.clone(), a_signer, config.clone(), 1);
+        let mut core_b = Membership::new(b.clone(), b_signer, config, 2);
+        gossip(&mut core_a, 0, &b, &[Member::alive(c.clone())]).unwrap();
+        gossip(&mut core_b, 0, &a, &[Member::alive(c.clone())]).unwrap();
+        let soon_timers = |core: &mut Membership| {
+            core.drain()
+                .timers
+                .into_iter()
+                .filter(|(_, timer)| *timer == TimerEvent::SyncSoon)
+                .count()
+        };
+        // A and C were new to B's view: early. A period later the early cadence lapses.
+        assert_eq!(soon_timers(&mut core_b), 1);
+        core_b
+            .handle_timer(period_ms + 1, TimerEvent::SyncSoon)
+            .unwrap();
+        core_b.sync_pending = None;
+        assert_eq!(soon_timers(&mut core_b), 0);
+        let held_c = |core: &Membership| core.foca.member(&c.worker_key).unwrap().id().clone();
+
+        // C renews and gossip brings the new record: taken, but no early exchange.
+        let renewed = c.renewed(&c_signer).unwrap();
+        let at = period_ms + 100;
+        gossip(&mut core_b, at, &a, &[Member::alive(renewed.clone())]).unwrap();
+        assert_eq!(held_c(&core_b), renewed);
+        assert_eq!(core_b.stats().members_up, 3, "A, C and C renamed");
+        assert_eq!(
+            soon_timers(&mut core_b),
+            0,
+            "a renewal by gossip keeps the period"
+        );
+
+        // C renews again and only A hears of it: B's next exchange finds it, which is
+        // evidence B's view is behind, so the one after comes early.
+        let again = renewed.renewed(&c_signer).unwrap();
+        gossip(&mut core_a, at, &c, &[Member::alive(again.clone())]).unwrap();
+        core_a.drain();
+        // (B's partner is picked at random from A and C: the first exchange with A.)
+        let request = (0..32)
+            .find_map(|_| {
+                core_b.handle_timer(at + 100, TimerEvent::Sync).unwrap();
+                let requests = sync_requests(&mut core_b);
+                assert_eq!(requests.len(), 1);
+                core_b.sync_pending = None;
+                let (to, request) = requests.into_iter().next()?;
+                (to == a.worker_key).then_some(request)
+            })
+            .expect("A picked within 32 tries");
+        core_b.sync_pending = Some((a.worker_key, SyncRound::Leaves));
+        both_rounds(&mut core_a, &mut core_b, at + 100, &request);
+        assert_eq!(held_c(&core_b), again);
+        assert_eq!(soon_timers(&mut core_b), 1, "an exchange that brought news");
     }
 
     #[test]

@@ -457,6 +457,7 @@ impl Simulation {
                     members_down: sum.members_down + stats.members_down,
                     renewals: sum.renewals + stats.renewals,
                     early_syncs: sum.early_syncs + stats.early_syncs,
+                    refutations: sum.refutations + stats.refutations,
                 }
             })
     }
