@@ -78,12 +78,10 @@ pub const MAX_SYNC_ANSWER_BYTES: usize = sync::MAX_ANSWER_MEMBERS * sync::MAX_ME
 /// A sync round (open, request, answer) ends within this, on either side.
 pub const SYNC_TIMEOUT: Duration = sync::EXCHANGE_TIMEOUT;
 /// Sync answers given per second, to all peers together, with bursts of
-/// [`SYNC_ANSWERS_BURST`]. Each member asks one random member every 5–15 s, in two rounds
-/// when their views differ, so a worker answers at most 0.2/s on average; this is a hundred
-/// times that (a member whose view is changing asks every 0.25–0.75 s). Reached: the request's
-/// stream is refused with [`SYNC_REFUSED_CODE`] and a log line.
-pub const SYNC_ANSWERS_PER_SECOND: u32 = 20;
-pub const SYNC_ANSWERS_BURST: u32 = 40;
+/// [`SYNC_ANSWERS_BURST`] ([`sync::ANSWERS_PER_SECOND`]). Reached: the request's stream is
+/// refused with [`SYNC_REFUSED_CODE`] and a log line.
+pub const SYNC_ANSWERS_PER_SECOND: u32 = sync::ANSWERS_PER_SECOND;
+pub const SYNC_ANSWERS_BURST: u32 = sync::ANSWERS_BURST;
 /// The stream error code of a refused sync request (over a bound, or a second one from a peer
 /// while its first is answered).
 pub const SYNC_REFUSED_CODE: u32 = 1;
@@ -211,8 +209,9 @@ struct Links {
 
 /// The bounds on sync answers given (see the module's documentation).
 struct Answering {
-    tokens: f64,
-    at: Instant,
+    budget: sync::AnswerBudget,
+    /// The budget's clock starts here.
+    started: Instant,
     peers: std::collections::HashSet<[u8; 32]>,
     /// When a refusal was last logged (at most one line a second).
     logged: Option<Instant>,
@@ -221,8 +220,8 @@ struct Answering {
 impl Answering {
     fn new() -> Self {
         Self {
-            tokens: f64::from(SYNC_ANSWERS_BURST),
-            at: Instant::now(),
+            budget: sync::AnswerBudget::new(0),
+            started: Instant::now(),
             peers: std::collections::HashSet::new(),
             logged: None,
         }
@@ -230,17 +229,12 @@ impl Answering {
 
     /// Takes a place for answering `key`, or says why not.
     fn admit(&mut self, key: [u8; 32]) -> Result<(), &'static str> {
-        let rate = f64::from(SYNC_ANSWERS_PER_SECOND);
-        self.tokens = (self.tokens + rate * self.at.elapsed().as_secs_f64())
-            .min(f64::from(SYNC_ANSWERS_BURST));
-        self.at = Instant::now();
         if self.peers.contains(&key) {
             return Err("a sync from this peer is already being answered");
         }
-        if self.tokens < 1.0 {
+        if !self.budget.take(self.started.elapsed().as_millis() as u64) {
             return Err("over the sync answers per second");
         }
-        self.tokens -= 1.0;
         self.peers.insert(key);
         Ok(())
     }

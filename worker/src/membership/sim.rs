@@ -20,6 +20,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::core::{Membership, MembershipConfig, TimerEvent, TrafficStats, VerifiedCache};
 use super::identity::PeerIdentity;
+use super::sync::AnswerBudget;
 
 /// The simulated network and cluster.
 #[derive(Debug, Clone)]
@@ -113,9 +114,14 @@ pub struct Simulation {
     seq: u64,
     now_ms: u64,
     network: Xoshiro256PlusPlus,
+    /// Each member's budget of sync answers ([`super::sync::ANSWERS_PER_SECOND`], as a worker's
+    /// driver applies it).
+    answer_budgets: Vec<AnswerBudget>,
     /// Packets lost to the simulated network, and inputs the cores refused.
     pub dropped: u64,
     pub refused: u64,
+    /// Sync requests left unanswered because their member was over its answer budget.
+    pub syncs_over_budget: u64,
 }
 
 /// Member `index`'s address: loopback addresses only, though nothing is ever sent.
@@ -164,6 +170,7 @@ impl Simulation {
         let mut simulation = Self {
             network: Xoshiro256PlusPlus::seed_from_u64(config.seed),
             crashed: vec![false; total],
+            answer_budgets: vec![AnswerBudget::new(0); total],
             dormant: (0..total).map(|index| index >= config.members).collect(),
             members,
             by_key,
@@ -173,6 +180,7 @@ impl Simulation {
             now_ms: 0,
             dropped: 0,
             refused: 0,
+            syncs_over_budget: 0,
             config,
         };
         for member in 1..simulation.config.members {
@@ -318,6 +326,12 @@ impl Simulation {
             }
             Event::SyncRequest { to, from, data } => {
                 if !self.is_running(to) {
+                    return;
+                }
+                if !self.answer_budgets[to].take(self.now_ms) {
+                    // Refused unanswered, as a worker's driver does: the requester's next
+                    // exchange supersedes this one.
+                    self.syncs_over_budget += 1;
                     return;
                 }
                 let from_key = self.members[from].identity().worker_key;

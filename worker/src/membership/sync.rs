@@ -83,6 +83,45 @@ pub const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// (ARCHITECTURE.md, "Membership at scale"). About 170 KB of typical records.
 pub const MAX_ANSWER_MEMBERS: usize = 1_024;
 
+/// Sync answers a member gives per second, to all peers together, with bursts of
+/// [`ANSWERS_BURST`]. Each member asks one random member every 5–15 s, in two rounds when their
+/// views differ, so a member answers about 0.2/s on average; this is a hundred times that (a
+/// member whose view is changing asks every 0.25–0.75 s). A request over it is refused unanswered
+/// (the worker's driver and the simulation both apply it: [`AnswerBudget`]).
+pub const ANSWERS_PER_SECOND: u32 = 20;
+pub const ANSWERS_BURST: u32 = 40;
+
+/// The token bucket behind [`ANSWERS_PER_SECOND`], on a clock in milliseconds the caller gives
+/// (the worker's monotonic clock, or the simulation's virtual one).
+#[derive(Debug, Clone)]
+pub struct AnswerBudget {
+    tokens: f64,
+    at_ms: u64,
+}
+
+impl AnswerBudget {
+    /// A full bucket at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        Self {
+            tokens: f64::from(ANSWERS_BURST),
+            at_ms: now_ms,
+        }
+    }
+
+    /// Whether one more answer may be given at `now_ms` (and takes it if so).
+    pub fn take(&mut self, now_ms: u64) -> bool {
+        let elapsed_s = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
+        self.tokens =
+            (self.tokens + f64::from(ANSWERS_PER_SECOND) * elapsed_s).min(f64::from(ANSWERS_BURST));
+        self.at_ms = self.at_ms.max(now_ms);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
 /// Which bucket a member falls in.
 pub fn bucket_of(key: &[u8; 32]) -> usize {
     usize::from(key[0]) % SYNC_BUCKETS
@@ -409,6 +448,19 @@ pub fn decode_answer(data: &[u8], max_members: usize) -> Option<Answer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_answer_budget_allows_a_burst_then_the_rate() {
+        let mut budget = AnswerBudget::new(1_000);
+        let burst = (0..100).take_while(|_| budget.take(1_000)).count();
+        assert_eq!(burst, ANSWERS_BURST as usize);
+        assert!(!budget.take(1_000));
+        // A second later, a second's worth; a clock going back gives nothing.
+        let refilled = (0..100).take_while(|_| budget.take(2_000)).count();
+        assert_eq!(refilled, ANSWERS_PER_SECOND as usize);
+        assert!(!budget.take(1_500));
+        assert!(budget.take(2_050));
+    }
 
     #[test]
     fn each_message_decodes_to_what_was_encoded_and_a_malformed_one_is_refused() {
