@@ -387,7 +387,7 @@ where
 
     /// peergrid patch: this instance's own incarnation, which it raises
     /// to refute a suspicion of itself.
-    pub fn incarnation(&self) -> Incarnation {
+    pub const fn incarnation(&self) -> Incarnation {
         self.incarnation
     }
 
