@@ -1772,9 +1772,7 @@ where
     B: BroadcastHandler<T>,
     B::Error: core::error::Error + Send,
 {
-    pub(crate) fn incarnation(&self) -> Incarnation {
-        self.incarnation
-    }
+    // peergrid patch: `incarnation()` is public now (above).
 
     pub(crate) fn probe(&self) -> &Probe<T> {
         &self.probe
