@@ -952,9 +952,12 @@ where
 
     /// peergrid patch: handles a packet its caller already decoded
     /// (and screened): the header, the member updates (drained), and
-    /// the custom broadcasts that followed them. The same as
-    /// [`Foca::handle_data`] without decoding again; the caller has
-    /// checked the packet's size.
+    /// the custom broadcasts that followed them, if any were decoded; on
+    /// an early return they may be left in the Vec. The same as
+    /// [`Foca::handle_data`] without decoding again, except for what
+    /// only the bytes show, which the caller checks: the packet's size,
+    /// one stray byte straight after the header, and an announcement
+    /// followed by any bytes (even an update count of zero).
     pub fn handle_screened(
         &mut self,
         header: Header<T>,
@@ -965,9 +968,8 @@ where
         if header.src == self.identity || header.src.addr() == self.identity.addr() {
             return Err(Error::DataFromOurselves);
         }
-        if custom_broadcasts.len() == 1
-            || (header.message == Message::Announce
-                && (!updates.is_empty() || !custom_broadcasts.is_empty()))
+        if header.message == Message::Announce
+            && (!updates.is_empty() || !custom_broadcasts.is_empty())
         {
             return Err(Error::MalformedPacket);
         }
@@ -2089,8 +2091,9 @@ mod tests {
         assert_eq!(ack(&mut bytes_runtime), Message::Ack(7));
         assert_eq!(ack(&mut screened_runtime), Message::Ack(7));
 
-        // An announcement carrying updates, or one stray byte after the
-        // header, is malformed; a packet from ourselves is refused.
+        // An announcement carrying updates or custom broadcasts is
+        // malformed; a packet from ourselves is refused; one addressed to
+        // another member is ignored, as `handle_data` ignores it.
         let mut runtime = AccumulatingRuntime::new();
         let announce = Header {
             src: ID::new(5),
@@ -2111,6 +2114,22 @@ mod tests {
             Err(Error::MalformedPacket),
             screened.handle_screened(announce, &mut Vec::new(), &[0], &mut runtime)
         );
+        let elsewhere = Header {
+            src: ID::new(2),
+            src_incarnation: 0,
+            dst: ID::new(9),
+            message: Message::Ping(8),
+        };
+        assert_eq!(
+            Ok(()),
+            screened.handle_screened(
+                elsewhere,
+                &mut vec![Member::alive(ID::new(7))],
+                &[],
+                &mut runtime
+            )
+        );
+        assert!(runtime.take_data(ID::new(2)).is_none(), "no ack");
         let from_ourselves = Header {
             src: ID::new(1),
             src_incarnation: 0,

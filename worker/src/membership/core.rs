@@ -300,7 +300,8 @@ pub enum MembershipError {
 pub struct ScreenStats {
     /// Packets whose sender was not the key their connection proved.
     pub wrong_sender: u64,
-    /// Packets that did not decode, or named an unsigned identity in their message.
+    /// Packets that did not decode, named an unsigned identity in their message, or broke
+    /// foca's rules on what follows the header (one stray byte, an announcement's payload).
     pub malformed: u64,
     /// Probe requests and indirect acks naming a member not in the table, or under another
     /// record than the one held. Not only a hostile peer's: a request crossing the target's
@@ -1168,8 +1169,9 @@ impl Membership {
     pub fn drain(&mut self) -> Effects {
         self.settle_view();
         let incarnation = self.foca.incarnation();
+        // One per raise: a peer naming a high incarnation makes one raise, not many.
         if incarnation > self.incarnation_seen {
-            self.outbox.stats.refutations += u64::from(incarnation - self.incarnation_seen);
+            self.outbox.stats.refutations += 1;
         }
         self.incarnation_seen = incarnation;
         if std::mem::take(&mut self.outbox.defunct) {
@@ -1235,6 +1237,8 @@ impl Membership {
             tracing::warn!("cannot take the renewed member record: {error}");
             return;
         }
+        // A new identity starts foca's incarnation again: not a refutation.
+        self.incarnation_seen = self.foca.incarnation();
         self.reannounce();
     }
 
@@ -1286,11 +1290,13 @@ impl Membership {
     }
 
     /// News is evidence the view is behind: an exchange that brought records this member
-    /// lacked, or gossip naming a member new to this view (one of a mass join, perhaps, or a
-    /// partition healing). A renewal of a member already held, by gossip, is not: gossip just
-    /// delivered it, and in a large grid renewals come often enough that counting them kept
-    /// most members early for good (ARCHITECTURE.md, "Membership at scale"). On news the next
-    /// exchange comes after a tenth of the period rather than a whole one, and so on until a
+    /// lacked (newer than the ones it held, or none held), or gossip naming a member new to
+    /// this view (one of a mass join, perhaps). A renewal of a member already held, by gossip,
+    /// is not, even one coming back from "down" (a short partition healing is then caught by
+    /// the next periodic exchange, whose news starts the early cadence): gossip just delivered
+    /// it, and in a large grid renewals come often enough that counting them kept most members
+    /// early for good (ARCHITECTURE.md, "Membership at scale"). On news the next exchange comes
+    /// after a twentieth of the period rather than a whole one, and so on until a
     /// whole period has passed without news (a member missing its last few records is then
     /// still pulling early). Once the view stops changing the cadence is back to
     /// `sync_period`, so steady traffic does not change.
@@ -1586,14 +1592,14 @@ impl Membership {
                 Admitted::No => {}
             }
         }
+        // The exchange found this view behind a random member's: more may be missing.
+        if !admitted.is_empty() {
+            self.sync_soon();
+        }
         let result = self
             .foca
             .apply_many(admitted.into_iter(), false, &mut self.outbox)
             .map_err(MembershipError::from);
-        // The exchange found this view behind a random member's: more may be missing.
-        if !self.outbox.came_up.is_empty() {
-            self.sync_soon();
-        }
         self.admitting.clear();
         self.index_new_members();
         result
@@ -2449,6 +2455,35 @@ mod tests {
     }
 
     #[test]
+    fn bytes_foca_would_refuse_after_the_header_are_refused_by_the_screen() {
+        let (a_signer, a) = member(1);
+        let (_, b) = member(2);
+        let mut core_a = Membership::new(a.clone(), a_signer, MembershipConfig::default(), 1);
+        let header_only = |message| {
+            let mut data = packet(&b, &a, message, &[]);
+            data.truncate(data.len() - 2);
+            data
+        };
+        // An announcement followed by an update count, and a ping followed by one byte.
+        let mut announce = header_only(Message::Announce);
+        announce.put_u16(0);
+        let mut stray = header_only(Message::Ping(1));
+        stray.push(0);
+        for data in [announce, stray] {
+            let refused = core_a.handle_packet(0, b.worker_key, b.addr.ip(), &data);
+            assert!(refused.is_err(), "{refused:?}");
+        }
+        assert_eq!(core_a.screened().malformed, 2);
+        assert_eq!(state_of(&core_a, b.worker_key), None, "B was not taken in");
+        // The bare announcement is taken.
+        let announce = header_only(Message::Announce);
+        core_a
+            .handle_packet(0, b.worker_key, b.addr.ip(), &announce)
+            .unwrap();
+        assert_eq!(state_of(&core_a, b.worker_key), Some(PeerState::Alive));
+    }
+
+    #[test]
     fn a_refuted_suspicion_is_counted_once() {
         let (a_signer, a) = member(1);
         let (_, b) = member(2);
@@ -2468,6 +2503,11 @@ mod tests {
             core_a.drain();
         }
         assert_eq!(core_a.stats().refutations, 1);
+        // Suspected at a far higher incarnation: one raise, one refutation.
+        let suspect = Member::new(a.clone(), 50, State::Suspect);
+        gossip(&mut core_a, 300, &b, &[suspect]).unwrap();
+        core_a.drain();
+        assert_eq!(core_a.stats().refutations, 2);
     }
 
     #[test]

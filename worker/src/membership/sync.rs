@@ -459,7 +459,12 @@ mod tests {
         let refilled = (0..100).take_while(|_| budget.take(2_000)).count();
         assert_eq!(refilled, ANSWERS_PER_SECOND as usize);
         assert!(!budget.take(1_500));
+        // 50 ms later, one; the clock that went back did not move the budget's back.
         assert!(budget.take(2_050));
+        assert!(!budget.take(2_050));
+        // A long silence fills it to the burst, not beyond.
+        let after_a_day = (0..100).take_while(|_| budget.take(86_400_000)).count();
+        assert_eq!(after_a_day, ANSWERS_BURST as usize);
     }
 
     #[test]
