@@ -1289,8 +1289,8 @@ impl Membership {
             .mul_f64(self.sync_rng.random_range(0.5..1.5))
     }
 
-    /// News is evidence the view is behind: an exchange that brought records this member
-    /// lacked (newer than the ones it held, or none held), or gossip naming a member new to
+    /// News is evidence the view is behind: an exchange that brought a member up or renamed
+    /// one (a record this member lacked), or gossip naming a member new to
     /// this view (one of a mass join, perhaps). A renewal of a member already held, by gossip,
     /// is not, even one coming back from "down" (a short partition healing is then caught by
     /// the next periodic exchange, whose news starts the early cadence): gossip just delivered
@@ -1592,14 +1592,16 @@ impl Membership {
                 Admitted::No => {}
             }
         }
-        // The exchange found this view behind a random member's: more may be missing.
-        if !admitted.is_empty() {
-            self.sync_soon();
-        }
         let result = self
             .foca
             .apply_many(admitted.into_iter(), false, &mut self.outbox)
             .map_err(MembershipError::from);
+        // The exchange brought a member up or renamed one: this view was behind a random
+        // member's, and more may be missing. (A refutation it brought, a suspect member now
+        // alive, is not counted: it reaches every member by gossip.)
+        if !self.outbox.came_up.is_empty() {
+            self.sync_soon();
+        }
         self.admitting.clear();
         self.index_new_members();
         result
