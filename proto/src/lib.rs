@@ -6,12 +6,14 @@
 //! - [`hash`]: [`ContentHash`], BLAKE3 content addresses.
 //! - [`identity`]: [`Identity`] (an Ed25519 signing key) and [`PublicKey`], plus key files.
 //! - [`signing`]: sign and verify tasks and receipts over the exact bytes that travel.
+//! - [`credit`]: credit statements, signed by a submitter for the workers that agreed.
 //! - [`transport`]: how peers connect (iroh QUIC, keys proven by TLS) and carry gRPC.
 //! - [`relays`]: the grid's relays, and how their certificates are trusted.
 //!
 //! This crate is the only one that knows protobuf; the worker and the submitter convert at their
 //! edges into their own domain types.
 
+pub mod credit;
 pub mod hash;
 pub mod identity;
 pub mod relays;

@@ -12,6 +12,7 @@ use peergrid_worker::sandbox::{Execution, Outcome, Sandbox, SandboxOptions};
 
 use crate::client::{Blob, Dialer, WorkerClient};
 use crate::inputs::{CheckedInputs, PathPolicy};
+use crate::metrics::JobMetrics;
 use crate::program::ProgramRequest;
 use crate::report::{Report, exit_code};
 use crate::store::Store;
@@ -98,6 +99,8 @@ enum Command {
         /// worker contacted, so a job file from elsewhere cannot make you send, say, your key.
         #[arg(long)]
         allow_paths_outside_job_dir: bool,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Finish interrupted jobs: every unfinished job in the state dir, or JOB. Settled tasks are
     /// never run again.
@@ -120,6 +123,8 @@ enum Command {
         /// Plain progress lines even on a terminal.
         #[arg(long)]
         plain: bool,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Show every job in the state dir, or one job in detail.
     Status {
@@ -128,6 +133,25 @@ enum Command {
         /// Print JSON (with every task and copy, for one job).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Serve a live web page of the job store, readable on a phone: every job with its progress
+    /// over time, the workers with their reputation, the liars caught, the audits and the
+    /// reopened results. It opens the store read-only, beside a running `submit` or `resume`,
+    /// reads it every second and pushes what changed to open pages (server-sent events).
+    /// Also `/api/state` (the same as JSON) and `/api/events`. Prints
+    /// `peergrid dashboard: serving http://ADDR` once it listens.
+    #[command(
+        after_help = "Exit codes:\n  0    stopped by Ctrl-C\n  2    cannot listen on the --listen address\n  125  peergrid failed"
+    )]
+    Dashboard {
+        /// Address to serve on. The default, loopback, keeps it to this machine (use an SSH
+        /// tunnel to watch from elsewhere). Any other address shows job names, task ids, worker
+        /// keys, addresses and the state directory's path to whoever can reach it, with no
+        /// login.
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: std::net::SocketAddr,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -201,6 +225,34 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
+}
+
+/// `submit`'s and `resume`'s metrics listener.
+#[derive(Args, Debug)]
+struct HttpArgs {
+    /// Serve the running job's counts in the Prometheus text format at http://ADDR/metrics
+    /// (accepted, inconclusive, copies in flight, disagreements, excluded workers, audits, …),
+    /// e.g. 127.0.0.1:9464, or port 0 for a free one; prints `peergrid submit: serving
+    /// http://ADDR/metrics` (`peergrid resume: …`). An address other than loopback shows job ids and counts to whoever
+    /// can reach it.
+    #[arg(long = "http", value_name = "ADDR")]
+    addr: Option<std::net::SocketAddr>,
+}
+
+impl HttpArgs {
+    /// Binds the address if one was given and serves `/metrics` from the counts sessions
+    /// publish; `None` without `--http`. `command` names the ready line's sender.
+    async fn start(&self, command: &str) -> Result<Option<JobMetrics>, crate::web::ListenError> {
+        let Some(addr) = self.addr else {
+            return Ok(None);
+        };
+        let bound = crate::web::listen(addr).await?;
+        // The ready line: tests and scripts wait for it.
+        println!("peergrid {command}: serving http://{}/metrics", bound.addr);
+        let metrics = JobMetrics::default();
+        tokio::spawn(crate::web::serve_metrics(bound, metrics.clone()));
+        Ok(Some(metrics))
+    }
 }
 
 /// The grid's relays.
@@ -395,6 +447,9 @@ pub fn main() -> ExitCode {
         Err(error) => {
             // The whole chain on one line, e.g. "cannot read module x.wasm: No such file".
             eprintln!("peergrid: {error:#}");
+            if error.downcast_ref::<crate::web::ListenError>().is_some() {
+                return ExitCode::from(exit_code::CANNOT_LISTEN);
+            }
             ExitCode::from(exit_code::PEERGRID_ERROR)
         }
     }
@@ -447,6 +502,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             trusted,
             plain,
             allow_paths_outside_job_dir,
+            http,
         } => {
             let source =
                 source_of(workers.peers, workers.seeds).expect("clap requires --peer or --seed");
@@ -461,6 +517,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 plain,
                 paths,
                 relays: relays.relays,
+                http,
             };
             submit(&job, &key, source, &state.dir(), options).await
         }
@@ -472,15 +529,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             state,
             trusted,
             plain,
+            http,
         } => {
             let source = source_of(workers.peers, workers.seeds);
             let options = ResumeOptions {
                 trusted,
                 plain,
                 relays: relays.relays,
+                http,
             };
             resume(job.as_deref(), key, source, &state.dir(), &options).await
         }
+        Command::Dashboard { listen, state } => dashboard(&state.dir(), listen).await,
         Command::Status { job, json, state } => {
             crate::status::show(&state.dir(), job.as_deref(), json)
         }
@@ -570,6 +630,7 @@ struct SubmitOptions {
     plain: bool,
     paths: PathPolicy,
     relays: Vec<RelaySpec>,
+    http: HttpArgs,
 }
 
 /// `resume`'s flags beyond where the job, key, workers and store are.
@@ -577,6 +638,17 @@ struct ResumeOptions {
     trusted: Vec<PublicKey>,
     plain: bool,
     relays: Vec<RelaySpec>,
+    http: HttpArgs,
+}
+
+/// `peergrid dashboard`: serves until Ctrl-C.
+async fn dashboard(state: &std::path::Path, listen: std::net::SocketAddr) -> anyhow::Result<u8> {
+    let bound = crate::web::listen(listen).await?;
+    tokio::select! {
+        () = crate::web::run_dashboard(state, bound) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(0)
 }
 
 async fn relay(options: crate::relay::RelayOptions) -> anyhow::Result<u8> {
@@ -605,6 +677,7 @@ async fn submit(
         eprintln!("peergrid: warning: {}: {warning}", job_file.display());
     }
     let identity = Identity::load(key)?;
+    let metrics = options.http.start("submit").await?;
     let dialer = Dialer::new(&identity, &options.relays).await?;
     let session = async {
         // Before anything is stored: an unreachable grid leaves the store as it was.
@@ -622,7 +695,7 @@ async fn submit(
             options.out,
             &options.trusted,
         )?;
-        let summary = crate::submit::run_session(
+        let summary = crate::submit::run_session_published(
             &store,
             &job,
             &identity,
@@ -630,6 +703,7 @@ async fn submit(
             &source,
             workers,
             options.plain,
+            metrics.as_ref(),
         )
         .await?;
         compact(&mut store);
@@ -664,8 +738,10 @@ async fn resume(
         trusted,
         plain,
         relays,
+        http,
     } = options;
     let plain = *plain;
+    let metrics = http.start("resume").await?;
     let mut store = Store::open(state)?;
     let jobs = match query {
         Some(query) => vec![store.find_job(query)?],
@@ -700,8 +776,17 @@ async fn resume(
                     workers
                 }
             };
-            crate::submit::run_session(&store, &job, &identity, &dialer, &source, workers, plain)
-                .await
+            crate::submit::run_session_published(
+                &store,
+                &job,
+                &identity,
+                &dialer,
+                &source,
+                workers,
+                plain,
+                metrics.as_ref(),
+            )
+            .await
         };
         let summary = session.await;
         dialer.close().await;

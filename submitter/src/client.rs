@@ -450,6 +450,24 @@ impl WorkerClient {
         }
     }
 
+    /// Gives the worker credit statements this submitter signed (`Credit`; ARCHITECTURE.md,
+    /// "Credit"): (kept now, held already).
+    pub async fn credit(
+        &mut self,
+        statements: &[peergrid_proto::credit::SignedCredit],
+    ) -> Result<(u32, u32), ClientError> {
+        let request = pb::CreditStatements {
+            statements: statements.iter().map(|signed| signed.to_wire()).collect(),
+        };
+        let ack = self
+            .grpc
+            .credit(request)
+            .await
+            .map_err(|status| self.status_error(status))?
+            .into_inner();
+        Ok((ack.stored, ack.duplicates))
+    }
+
     /// Downloads `file` (a task's output the worker keeps) into `path`, checking its size and
     /// hash as the bytes stream in: the file appears, whole and verified, or not at all.
     pub async fn fetch_output(

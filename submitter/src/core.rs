@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use peergrid_proto::PublicKey;
+use peergrid_proto::{ContentHash, PublicKey};
 
 use crate::client::{CheckedResult, OutputEntry};
 use crate::dispatch::Answer;
@@ -117,9 +117,24 @@ pub struct Actions {
     pub done: Vec<TaskIndex>,
     /// Output files of accepted tasks to fetch, once the batch is committed.
     pub fetches: Vec<Fetch>,
+    /// Credit statements to sign and give the workers that agreed, once the batch is
+    /// committed (ARCHITECTURE.md, "Credit").
+    pub credits: Vec<CreditDue>,
     /// Keys (hex) proven liars: the archived tasks they agreed on are to be read from the
     /// store and passed to [`JobCore::reopen_archived`] before the batch is committed.
     pub sweeps: Vec<String>,
+}
+
+/// Credit a worker earned: its receipt for `task_digest` agreed with the result accepted at
+/// `accepted_at_unix_s`, which used `fuel`. The driver signs it as a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditDue {
+    pub worker: WorkerId,
+    pub worker_key: PublicKey,
+    /// The digest of the manifest the worker's own receipt answers.
+    pub task_digest: ContentHash,
+    pub fuel: u64,
+    pub accepted_at_unix_s: u64,
 }
 
 /// An accepted task's output files, to fetch from one of the workers that agreed on them.
@@ -140,6 +155,7 @@ impl Actions {
             && self.done.is_empty()
             && self.fetches.is_empty()
             && self.sweeps.is_empty()
+            && self.credits.is_empty()
     }
 }
 
@@ -163,6 +179,9 @@ pub struct JobCore {
     /// Outputs of receipts of unsettled tasks, one per distinct verdict, until one is accepted:
     /// stdout, stderr and the `/output` files listed.
     outputs: HashMap<TaskIndex, Vec<(Verdict, Bytes, Bytes, Vec<OutputEntry>)>>,
+    /// The task digest each receipt of a task in play answers, by worker: what a credit
+    /// statement names when the task is accepted (a re-signed task has a digest per manifest).
+    receipt_digests: HashMap<TaskIndex, Vec<(WorkerId, ContentHash)>>,
     /// Times each task was reopened because its output files could not be fetched.
     refetched: HashMap<TaskIndex, u32>,
     /// The number the next copy of a task in play gets (tasks without an entry have none).
@@ -211,6 +230,7 @@ impl JobCore {
             liars: stored.liars,
             excluded_keys: HashSet::new(),
             outputs: HashMap::new(),
+            receipt_digests: HashMap::new(),
             refetched: HashMap::new(),
             next_copy: HashMap::new(),
             wrong_runtime_noted: HashSet::new(),
@@ -265,6 +285,11 @@ impl JobCore {
                         // Stores from before the signed fingerprint was kept in the verdict.
                         if verdict.fingerprint.is_empty() {
                             verdict.fingerprint = record.fingerprint.clone();
+                        }
+                        if record.kind == CopyKind::Receipt
+                            && let Some(digest) = stored_receipt_digest(&record)
+                        {
+                            core.note_receipt_digest(task, worker, digest);
                         }
                         receipts.push(PastReceipt {
                             task,
@@ -352,6 +377,7 @@ impl JobCore {
         for task in &archived {
             self.next_copy.remove(task);
             self.outputs.remove(task);
+            self.receipt_digests.remove(task);
         }
         archived.len()
     }
@@ -450,7 +476,10 @@ impl JobCore {
 
     /// The job's counts so far (running and workers are the driver's to fill in).
     pub fn counts(&self) -> Counts {
-        self.counts
+        Counts {
+            excluded: self.excluded_keys.len() as u64,
+            ..self.counts
+        }
     }
 
     pub fn copy_wall_time(&self) -> Duration {
@@ -582,6 +611,7 @@ impl JobCore {
                 // Only an open task can still be accepted, and equal verdicts sign equal output
                 // hashes: one output per distinct verdict is all acceptance can need.
                 if self.scheduler.is_open(task) {
+                    self.note_receipt_digest(task, worker, result.receipt.task_digest);
                     let seen = self.outputs.entry(task).or_default();
                     if !seen.iter().any(|(other, _, _, _)| *other == verdict) {
                         seen.push((
@@ -654,6 +684,7 @@ impl JobCore {
         if !self.scheduler.is_open(task) {
             // Settled (now or before): no output of this task is needed any more.
             self.outputs.remove(&task);
+            self.receipt_digests.remove(&task);
         }
     }
 
@@ -682,6 +713,21 @@ impl JobCore {
                 }
                 for worker in &agreeing {
                     batch.reputation(&self.key_hex(*worker)).agreements += 1;
+                }
+                let digests = self.receipt_digests.remove(&task).unwrap_or_default();
+                for worker in &agreeing {
+                    // Every agreeing receipt came this session or was restored with its bytes;
+                    // a worker whose digest is not known gets no statement rather than a wrong one.
+                    let Some((_, digest)) = digests.iter().find(|(w, _)| w == worker) else {
+                        continue;
+                    };
+                    actions.credits.push(CreditDue {
+                        worker: *worker,
+                        worker_key: self.workers[worker.0 as usize].key,
+                        task_digest: *digest,
+                        fuel: verdict.fuel,
+                        accepted_at_unix_s: self.unix_ms / 1000,
+                    });
                 }
                 self.counts.accepted += 1;
                 actions.done.push(task);
@@ -766,6 +812,7 @@ impl JobCore {
                 batch.reputation(&self.key_hex(worker)).verified += 1;
             }
             Decision::ProvenLiar { worker, task } => {
+                self.counts.liars_proven += 1;
                 let key = self.key_hex(worker);
                 let task_id = self.task_ids.get(task).to_owned();
                 let why = format!(
@@ -892,12 +939,30 @@ impl JobCore {
         }
     }
 
+    /// Remembers which task digest `worker`'s receipt for `task` answers, for its credit.
+    fn note_receipt_digest(&mut self, task: TaskIndex, worker: WorkerId, digest: ContentHash) {
+        let digests = self.receipt_digests.entry(task).or_default();
+        match digests.iter_mut().find(|(w, _)| *w == worker) {
+            Some(known) => known.1 = digest,
+            None => digests.push((worker, digest)),
+        }
+    }
+
     fn record_copy(&mut self, batch: &mut Batch, task: TaskIndex, copy: CopyRecord) {
         let next = self.next_copy.entry(task).or_default();
         let number = *next;
         *next += 1;
         batch.copies.push((task, number, copy));
     }
+}
+
+/// The task digest a stored receipt answers, read from its bytes (a verified receipt when it
+/// was stored); `None` when the copy kept none.
+fn stored_receipt_digest(record: &CopyRecord) -> Option<ContentHash> {
+    use prost::Message;
+    let bytes = hex::decode(record.receipt_hex.as_deref()?).ok()?;
+    let receipt = peergrid_proto::pb::Receipt::decode(bytes.as_slice()).ok()?;
+    ContentHash::from_slice(&receipt.task_digest).ok()
 }
 
 #[cfg(test)]
@@ -1303,5 +1368,102 @@ mod tests {
             "a proven liar's receipt voted"
         );
         assert!(core.scheduler().is_open(0));
+    }
+
+    /// A receipt of `meta` saying `stdout`, answering the manifest whose digest is `digest`.
+    fn delivered_for(meta: &WorkerMeta, stdout: &'static str, digest: ContentHash) -> Answer {
+        let Answer::Receipt(mut result) = delivered(meta, stdout) else {
+            unreachable!()
+        };
+        result.receipt.task_digest = digest;
+        Answer::Receipt(result)
+    }
+
+    /// The digest each test worker's receipt names: one per worker, as after a re-signing.
+    fn digest_of(meta: &WorkerMeta) -> ContentHash {
+        ContentHash::of(meta.key_hex.as_bytes())
+    }
+
+    #[test]
+    fn an_accepted_result_credits_each_agreeing_worker_with_its_own_digest_and_no_one_else() {
+        let mut core = core(1, 0.0, Stored::default());
+        let metas = [worker(1), worker(2), worker(3)];
+        let ids = connect_all(&mut core, &metas);
+        let (honest, first) = answer_next(&mut core, &metas, &ids, |m| {
+            delivered_for(m, "42", digest_of(m))
+        });
+        let (liar, second) = answer_next(&mut core, &metas, &ids, |m| {
+            delivered_for(m, "41", digest_of(m))
+        });
+        assert!(first.credits.is_empty() && second.credits.is_empty());
+        // The dispute asks for a third copy; it agrees with the first.
+        let (other, accepted) = answer_next(&mut core, &metas, &ids, |m| {
+            delivered_for(m, "42", digest_of(m))
+        });
+        let meta = |id: WorkerId| &metas[ids.iter().position(|i| *i == id).unwrap()];
+        let mut credits = accepted.credits.clone();
+        credits.sort_by_key(|due| due.worker.0);
+        let mut expected: Vec<CreditDue> = [honest, other]
+            .into_iter()
+            .map(|id| CreditDue {
+                worker: id,
+                worker_key: meta(id).key,
+                task_digest: digest_of(meta(id)),
+                fuel: 7,
+                accepted_at_unix_s: 1,
+            })
+            .collect();
+        expected.sort_by_key(|due| due.worker.0);
+        assert_eq!(credits, expected);
+        assert!(
+            !credits.iter().any(|due| due.worker == liar),
+            "the disagreeing worker earns nothing"
+        );
+        // A late receipt after acceptance earns nothing either.
+        let mut late = Actions::default();
+        core.on_answer(
+            liar,
+            0,
+            delivered_for(meta(liar), "42", digest_of(meta(liar))),
+            clock(),
+            &mut late,
+        );
+        assert!(late.credits.is_empty());
+    }
+
+    #[test]
+    fn a_receipt_stored_by_an_earlier_session_is_credited_with_the_digest_it_signed() {
+        use prost::Message;
+        let (earlier, now) = (worker(1), worker(2));
+        let signed_digest = ContentHash::of(b"the manifest of session 1");
+        let receipt = pb::Receipt {
+            task_digest: signed_digest.to_vec().into(),
+            worker_key: earlier.key.to_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        let mut copy = stored_receipt(&earlier, "42", CopyKind::Receipt);
+        copy.receipt_hex = Some(hex::encode(receipt.encode_to_vec()));
+        copy.signature_hex = Some(hex::encode([0u8; 64]));
+        let stored = Stored {
+            state: crate::store::RestoreState {
+                copies: vec![((0, 0), copy)],
+                ..Default::default()
+            },
+            ..Stored::default()
+        };
+        let mut core = core(1, 0.0, stored);
+        let metas = [now];
+        let ids = connect_all(&mut core, &metas);
+        let (_, accepted) = answer_next(&mut core, &metas, &ids, |m| {
+            delivered_for(m, "42", digest_of(m))
+        });
+        let credited: HashMap<PublicKey, ContentHash> = accepted
+            .credits
+            .iter()
+            .map(|due| (due.worker_key, due.task_digest))
+            .collect();
+        assert_eq!(credited.len(), 2, "{:?}", accepted.credits);
+        assert_eq!(credited[&earlier.key], signed_digest);
+        assert_eq!(credited[&metas[0].key], digest_of(&metas[0]));
     }
 }

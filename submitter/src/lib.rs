@@ -9,12 +9,16 @@
 //! - [`schedule`]: the quorum scheduler, a state machine without I/O: who runs which copy,
 //!   when a task is accepted or inconclusive, who is excluded.
 //! - [`dispatch`]: one pipelined `Execute` stream per worker.
+//! - [`credit`]: credit statements for the workers that agreed, sent in batches, best effort.
 //! - [`store`]: the job store (redb): jobs, tasks, copies, receipts, results, reputation.
 //! - [`submit`]: `submit`/`resume` sessions: scheduler + connections + store, durable before
 //!   reported.
 //! - [`results`]: result files (`<task>.stdout`, `results.jsonl`).
 //! - [`progress`]: progress bar or plain lines.
 //! - [`status`]: `peergrid status`.
+//! - [`metrics`]: `submit --http`'s `/metrics`, the running job's counts.
+//! - [`dashboard`]: what `peergrid dashboard` shows, read from the store read-only.
+//! - [`web`]: the HTTP listeners: `/metrics`, the dashboard's page, state and live updates.
 //! - [`limits`]: every bound of the submitter.
 //! - [`peers`]: `peergrid peers`, the grid's membership as a worker sees it.
 //! - [`report`]: how results are printed, and the exit codes.
@@ -25,11 +29,14 @@ pub mod blob_peers;
 pub mod cli;
 pub mod client;
 pub mod core;
+pub mod credit;
+pub mod dashboard;
 pub mod demo;
 pub mod dispatch;
 pub mod inputs;
 pub mod job;
 pub mod limits;
+pub mod metrics;
 pub mod peers;
 pub mod program;
 pub mod progress;
@@ -42,3 +49,4 @@ pub mod sim;
 pub mod status;
 pub mod store;
 pub mod submit;
+pub mod web;

@@ -129,3 +129,51 @@ pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 /// Rounds of "fetch from a known holder, wait for an upload in progress, ask the workers that
 /// connected since" before this submitter uploads a blob itself (`blob_peers.rs`).
 pub const DELIVERY_ROUNDS: usize = 8;
+
+// Credit statements for the workers that agreed on accepted results (ARCHITECTURE.md, "Credit").
+// Best effort: none of these bounds ever holds up or fails a job.
+
+/// Most statements in one `Credit` call: the worker's own bound
+/// (`peergrid_worker::limits::MAX_CREDIT_STATEMENTS_PER_CALL`). A worker's statements are sent
+/// as soon as this many wait.
+pub const CREDIT_BATCH: usize = peergrid_worker::limits::MAX_CREDIT_STATEMENTS_PER_CALL;
+/// How often the statements waiting for each worker are sent, however few.
+pub const CREDIT_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest wait for a worker to answer one `Credit` call. Reached: its statements are logged as
+/// lost.
+pub const CREDIT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Statements waiting for one worker while a call to it is under way (16 calls' worth). Beyond:
+/// new ones for that worker are logged as lost.
+pub const CREDIT_PENDING_PER_WORKER: usize = 16 * CREDIT_BATCH;
+/// Statements handed from the session to the sender and not taken yet. Beyond: logged as lost.
+pub const CREDIT_QUEUE: usize = 4096;
+/// How long the end of a session waits for the last statements to be delivered. Reached: the
+/// rest are logged as lost and the session ends.
+pub const CREDIT_FINISH_TIMEOUT: Duration = Duration::from_secs(15);
+
+// The web views: `submit --http`'s `/metrics` and `peergrid dashboard` (ARCHITECTURE.md, "The
+// submitter's web view").
+
+/// How often `peergrid dashboard` reads the store; when anything it shows changed, every page
+/// watching gets the new state as one server-sent event. Each read is a few point reads per job
+/// shown, the whole reputation and liars tables, and the lists below: milliseconds.
+pub const DASHBOARD_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// Pages receiving live updates at once (`/api/events`). Beyond: `503 Service Unavailable` with
+/// a message; the browser's `EventSource` tries again by itself, and `/api/state` still answers.
+pub const DASHBOARD_EVENT_CLIENTS: usize = 16;
+/// Points kept of one job's accepted count over time. When full, every other point is dropped
+/// (the first and the last kept): a week-long job keeps its shape at half the resolution.
+pub const DASHBOARD_SERIES_POINTS: usize = 1000;
+/// Jobs shown, the newest first; the state says how many the store holds.
+pub const DASHBOARD_JOBS: usize = 50;
+/// Workers shown with their reputation: proven liars first, then by disagreements, bad receipts
+/// and agreements; the state says how many the store knows.
+pub const DASHBOARD_WORKERS: usize = 200;
+/// Proven liars shown, the most recently proven first; the state says how many there are.
+pub const DASHBOARD_LIARS: usize = 200;
+/// Per job: excluded workers shown; the state says how many there are.
+pub const DASHBOARD_EXCLUDED: usize = 100;
+/// Per job: reopened results shown, the most recent first; the state says how many there are.
+pub const DASHBOARD_REOPENED: usize = 100;
+/// Per job: bad receipts shown, in task order; the state says how many there are.
+pub const DASHBOARD_BAD_RECEIPTS: usize = 10;

@@ -192,13 +192,35 @@ pub fn sign_program(
     task_id: &str,
     expires_at_unix_s: u64,
 ) -> pb::SignedTask {
+    sign_program_with_nonce(
+        identity,
+        program_bytes,
+        limits,
+        job_id,
+        task_id,
+        expires_at_unix_s,
+        Bytes::new(),
+    )
+}
+
+/// [`sign_program`] with a `nonce`, so that two signings of one task have distinct digests
+/// even within one second (a job session's signings; ARCHITECTURE.md, "Credit").
+pub fn sign_program_with_nonce(
+    identity: &Identity,
+    program_bytes: Bytes,
+    limits: pb::TaskLimits,
+    job_id: &str,
+    task_id: &str,
+    expires_at_unix_s: u64,
+    nonce: Bytes,
+) -> pb::SignedTask {
     let manifest = pb::TaskManifest {
         program: program_bytes,
         limits: Some(limits),
         job_id: job_id.to_owned(),
         task_id: task_id.to_owned(),
         expires_at_unix_s,
-        nonce: Bytes::new(),
+        nonce,
     };
     peergrid_proto::signing::sign_task(identity, &manifest)
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::limits;
+use crate::metrics::JobMetrics;
 
 /// How often the bar redraws: its message, formatted more often, would never be seen.
 const BAR_TICK: Duration = Duration::from_millis(200);
@@ -24,6 +25,12 @@ pub struct Counts {
     pub audits: u64,
     /// Accepted tasks opened again because a worker that signed them was proven a liar.
     pub reopened: u64,
+    /// Workers excluded from the job (in any of its sessions).
+    pub excluded: u64,
+    /// Accepted tasks whose audit is due.
+    pub audits_pending: u64,
+    /// Workers proven liars by an audit, this session.
+    pub liars_proven: u64,
 }
 
 impl Counts {
@@ -55,6 +62,8 @@ pub struct Progress {
     /// (when, settled) at each message of the last [`RATE_WINDOW`]: the rate the ETA uses is
     /// this window's, so it follows workers joining and leaving in a week-long job.
     recent: std::collections::VecDeque<(Instant, u64)>,
+    /// Where every update is also published (`submit --http`'s `/metrics`), as which job.
+    metrics: Option<(JobMetrics, String)>,
 }
 
 /// The span the shown rate is measured over.
@@ -84,13 +93,23 @@ impl Progress {
             last_shown: None,
             counts,
             recent: std::collections::VecDeque::new(),
+            metrics: None,
         }
+    }
+
+    /// Publishes every update to `metrics` as job `job`'s counts, starting with these.
+    pub fn publish_to(&mut self, metrics: JobMetrics, job: &str) {
+        metrics.publish(job, self.counts);
+        self.metrics = Some((metrics, job.to_owned()));
     }
 
     /// Shows new counts: the bar's position at once and its message once per redraw, a line
     /// at most every few seconds. Called on every event of the session, so cheap when not due.
     pub fn update(&mut self, counts: Counts) {
         self.counts = counts;
+        if let Some((metrics, job)) = &self.metrics {
+            metrics.publish(job, counts);
+        }
         if let Some(bar) = &self.bar {
             bar.set_position(counts.settled());
         }
@@ -139,6 +158,9 @@ impl Progress {
 
     /// Removes the bar (or prints a last line).
     pub fn finish(&mut self) {
+        if let Some((metrics, job)) = &self.metrics {
+            metrics.ended(job);
+        }
         match self.bar.take() {
             Some(bar) => bar.finish_and_clear(),
             None => eprintln!("peergrid: {}", self.line()),

@@ -29,11 +29,14 @@ pub mod exit_code {
     pub const JOB_INCONCLUSIVE: u8 = 3;
     /// `submit`/`resume`: interrupted (Ctrl-C); `peergrid resume` finishes the job.
     pub const INTERRUPTED: u8 = 130;
+    /// `submit --http`, `resume --http`, `dashboard --listen`: the address cannot be listened on.
+    pub const CANNOT_LISTEN: u8 = 2;
 
     /// The `--help` text of `submit` and `resume`.
     pub const JOB_HELP: &str = "\
 Exit codes:
   0    every task accepted: a quorum of workers agreed on each result
+  2    cannot listen on the --http address (nothing was sent or stored)
   3    the job finished, but some tasks are inconclusive (see results.jsonl)
   125  peergrid failed: bad job file, missing module or input, no reachable worker, stalled job
   130  interrupted; `peergrid resume` finishes the job without running settled tasks again";

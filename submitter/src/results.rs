@@ -96,6 +96,7 @@ fn reopened_json_named(
     let agreeing: Vec<String> = record.old.agreeing.iter().map(|key| name(key)).collect();
     json!({
         "old_output_hash": record.old.accepted.as_ref().map(|v| v.output_hash.to_hex()),
+        "old_fuel": record.old.accepted.as_ref().map(|v| v.fuel),
         "old_agreeing": agreeing,
         "reason": record.reason,
     })

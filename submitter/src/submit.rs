@@ -16,16 +16,17 @@ use bytes::Bytes;
 use peergrid_proto::transport::PathBytes;
 
 use crate::blob_peers::{BlobPeers, BlobTraffic};
+use peergrid_proto::credit::CreditStatement;
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::client::{CheckedResult, ClientError, Dialer, FetchError, OutputEntry, WorkerClient};
-use crate::core::{Actions, Clock, Fetch, JobCore, Stored, TaskIds, WorkerMeta};
+use crate::core::{Actions, Clock, CreditDue, Fetch, JobCore, Stored, TaskIds, WorkerMeta};
 use crate::dispatch::{self, Dispatch, Event};
 use crate::inputs::CheckedInputs;
 use crate::job::{JobSpec, TaskStdin};
-use crate::program::{encode_program, sign_program, wasm_module};
+use crate::program::{encode_program, sign_program_with_nonce, wasm_module};
 use crate::progress::{Counts, Progress};
 use crate::schedule::{AuditResult, TaskIndex, Verdict, WorkerId};
 use crate::store::{Batch, FileRecord, JobRecord, Store, TaskRecord, unix_now_ms};
@@ -371,9 +372,38 @@ pub async fn run_session(
     reached: Reached,
     plain_progress: bool,
 ) -> Result<Summary, SubmitError> {
+    run_session_published(
+        store,
+        job,
+        identity,
+        dialer,
+        source,
+        reached,
+        plain_progress,
+        None,
+    )
+    .await
+}
+
+/// [`run_session`], also publishing the job's counts to `metrics` as they change
+/// (`submit --http`).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_session_published(
+    store: &Store,
+    job: &JobRecord,
+    identity: &Identity,
+    dialer: &Dialer,
+    source: &Source,
+    reached: Reached,
+    plain_progress: bool,
+    metrics: Option<&crate::metrics::JobMetrics>,
+) -> Result<Summary, SubmitError> {
     let started = Instant::now();
     let mut session = Session::restore(store, job, identity, dialer.clone())?;
     let mut progress = Progress::new(session.counts(), plain_progress);
+    if let Some(metrics) = metrics {
+        progress.publish_to(metrics.clone(), &job.id);
+    }
     progress.note(&format!(
         "job {} (session {}): {} tasks, replication {}, quorum {}, results in {}",
         job.id,
@@ -398,6 +428,11 @@ pub async fn run_session(
         session.adopt(connecting, connecting_addrs);
         session.run(source, &mut progress).await
     };
+    // The last statements go out while the workers' connections are still open; bounded, and
+    // never an error of the job's.
+    if let Some(outbox) = session.credit.take() {
+        outbox.finish().await;
+    }
     // Every queued output file is written before `export` looks for missing ones.
     for failure in session.writer.finish() {
         progress.note(&failure);
@@ -629,6 +664,10 @@ struct Session<'a> {
     blob_peers: BlobPeers,
     /// Tasks read ahead of their signing (see `task`).
     read_ahead: HashMap<TaskIndex, TaskRecord>,
+    /// Sends credit statements to the workers that agreed (taken at the session's end).
+    credit: Option<crate::credit::Outbox>,
+    /// Tasks signed so far this session: with the session's number, each signing's nonce.
+    signings: u64,
 }
 
 /// Tasks read from the store in one transaction when a task to sign is not read yet.
@@ -744,6 +783,8 @@ impl<'a> Session<'a> {
             fetches_from: HashMap::new(),
             blob_peers: BlobPeers::default(),
             read_ahead: HashMap::new(),
+            credit: Some(crate::credit::Outbox::start()),
+            signings: 0,
         };
         Ok(session)
     }
@@ -1038,13 +1079,20 @@ impl<'a> Session<'a> {
         let (program, _) = self.program(&record, &inputs)?;
         let limits = self.wire_limits();
         let expires = now_s + limits::TASK_TTL.as_secs();
-        let signed = sign_program(
+        // Every signing of the job its own digest, even a reopened task signed again within the
+        // second it was first signed: a worker that runs both copies is credited for each, as
+        // a credit statement names the digest its receipt answers (ARCHITECTURE.md, "Credit").
+        let mut nonce = self.number.to_le_bytes().to_vec();
+        nonce.extend_from_slice(&self.signings.to_le_bytes());
+        self.signings += 1;
+        let signed = sign_program_with_nonce(
             self.identity,
             program,
             limits,
             &self.job.id,
             &record.id,
             expires,
+            nonce.into(),
         );
         let copy = SignedCopy {
             digest: peergrid_proto::signing::task_digest(&signed),
@@ -1129,6 +1177,7 @@ impl<'a> Session<'a> {
             done,
             fetches,
             sweeps: _,
+            credits,
         } = actions;
         for task in done {
             self.signed.remove(&task);
@@ -1174,9 +1223,43 @@ impl<'a> Session<'a> {
         }
         self.fetch_queue.extend(fetches);
         self.pump_fetches();
+        self.give_credit(credits);
         // Durable now: settled tasks at rest can leave memory.
         self.core.archive();
         Ok(())
+    }
+
+    /// Signs a credit statement for each worker that agreed on a result just committed, and
+    /// hands it to the sender (ARCHITECTURE.md, "Credit"). Best effort: never an error.
+    fn give_credit(&mut self, credits: Vec<CreditDue>) {
+        let Some(outbox) = &self.credit else {
+            return;
+        };
+        for due in credits {
+            let statement = CreditStatement {
+                task_digest: due.task_digest,
+                fuel: due.fuel,
+                worker: due.worker_key,
+                submitter: self.identity.public_key(),
+                job_id: self.job.id.clone(),
+                accepted_at_unix_s: due.accepted_at_unix_s,
+            };
+            let signed = match statement.sign(self.identity) {
+                Ok(signed) => signed,
+                Err(error) => {
+                    tracing::warn!(worker = %due.worker_key.short(), "no credit statement: {error}");
+                    continue;
+                }
+            };
+            match self.clients.get(&due.worker) {
+                Some(client) => outbox.give(client, signed),
+                None => tracing::warn!(
+                    worker = %due.worker_key.short(),
+                    task = %due.task_digest.short(),
+                    "credit statement lost: the worker is not connected to this session"
+                ),
+            }
+        }
     }
 
     /// Brings `task` back into memory from the store if it is archived (its output files are
@@ -1393,6 +1476,7 @@ impl<'a> Session<'a> {
     fn counts(&self) -> Counts {
         let mut counts = self.core.counts();
         counts.running = self.core.scheduler().in_flight() as u64;
+        counts.audits_pending = u64::from(self.core.scheduler().audits_pending());
         counts.workers = self
             .connections
             .iter()

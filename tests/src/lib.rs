@@ -11,6 +11,7 @@
 pub mod jobs;
 pub mod netns;
 pub mod rogue;
+pub mod web;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -26,7 +27,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Starts `command` (its stdout piped), waits for its first line (the ready line) for at most
 /// [`READY_TIMEOUT`], and returns the process, that line and the lines it prints after it. A
 /// process that prints nothing in time is killed, and the test fails with its stderr.
-pub(crate) fn spawn_until_ready(
+pub fn spawn_until_ready(
     mut command: Command,
     what: &str,
     stderr_path: &Path,
@@ -58,7 +59,7 @@ pub(crate) fn spawn_until_ready(
 }
 
 /// The word after `name` in a ready line (`… listening on ADDR key HEX …`).
-pub(crate) fn ready_field(line: &str, name: &str) -> String {
+pub fn ready_field(line: &str, name: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     let at = words
         .iter()
@@ -211,6 +212,8 @@ pub struct WorkerProcess {
     pub fingerprint: String,
     /// When the worker gossips: how another worker seeds from it (its `KEY@IP:PORT`).
     pub seed: Option<String>,
+    /// With `--http`: the `IP:PORT` of its metrics and dashboard.
+    pub http: Option<String>,
     pub data_dir: PathBuf,
     stderr_path: PathBuf,
 }
@@ -273,6 +276,10 @@ impl WorkerProcess {
             key_hex: field("key"),
             fingerprint: field("runtime"),
             seed: (field("gossip") == "on").then(|| field("on")),
+            http: line
+                .split_whitespace()
+                .any(|word| word == "http")
+                .then(|| field("http").trim_start_matches("http://").to_owned()),
             data_dir: data_dir.to_owned(),
             stderr_path,
             child,

@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use peergrid_proto::PublicKey;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::blobs::BlobBounds;
 use crate::daemon::{LoadSourceKind, WorkerOptions};
 use crate::limits;
 
 /// Everything that can be set, from flags or the file; `None` means "not given here".
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// Serialised (`None`s left out), it is the config file `install` writes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Settings {
     pub listen: Option<SocketAddr>,
@@ -36,6 +37,8 @@ pub struct Settings {
     pub owner_load_file: Option<PathBuf>,
     pub lie_rate: Option<f64>,
     pub fingerprint_tag: Option<String>,
+    /// The local HTTP listener: `/metrics` and the donor's dashboard.
+    pub http: Option<SocketAddr>,
 }
 
 /// Why the configuration is unusable. Each names the file or the setting.
@@ -112,6 +115,7 @@ impl Settings {
             owner_load_file: self.owner_load_file.or(file.owner_load_file),
             lie_rate: self.lie_rate.or(file.lie_rate),
             fingerprint_tag: self.fingerprint_tag.or(file.fingerprint_tag),
+            http: self.http.or(file.http),
         }
     }
 
@@ -189,6 +193,7 @@ impl Settings {
             options.seeds.push(seed.parse()?);
         }
         options.advertise = self.advertise;
+        options.http = self.http;
         let relays = self.relays.unwrap_or_default();
         if relays.len() > peergrid_proto::relays::MAX_RELAYS {
             return Err(ConfigError::TooManyRelays(relays.len()));

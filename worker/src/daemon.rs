@@ -59,6 +59,8 @@ pub struct WorkerOptions {
     pub lie_rate: f64,
     /// Testing aid: a tag appended to the runtime fingerprint (see `SandboxOptions`).
     pub fingerprint_tag: Option<String>,
+    /// Where to serve `/metrics` and the donor's dashboard (`--http`); none by default.
+    pub http: Option<SocketAddr>,
 }
 
 /// Which [`LoadSource`] the donor policy samples.
@@ -94,6 +96,7 @@ impl WorkerOptions {
             load: LoadSourceKind::Machine,
             lie_rate: 0.0,
             fingerprint_tag: None,
+            http: None,
         }
     }
 }
@@ -111,6 +114,11 @@ pub enum StartError {
     Key(#[from] KeyFileError),
     #[error(transparent)]
     Listen(#[from] transport::TransportError),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start the sandbox: {0}")]
     Sandbox(String),
     #[error("gRPC server failed: {0}")]
@@ -137,6 +145,9 @@ pub struct Worker {
     pub peer_addr: PeerAddr,
     /// Whether it takes part in the membership.
     pub gossips: bool,
+    /// The bound address of the HTTP listener (`--http`), if any.
+    pub http_addr: Option<SocketAddr>,
+    http: Option<(tokio::net::TcpListener, axum::Router)>,
     pub public_key: PublicKey,
     pub fingerprint: String,
 }
@@ -148,6 +159,15 @@ impl Worker {
         let dir_error = |source| StartError::DataDir {
             path: data_dir.clone(),
             source,
+        };
+        // Bound first: a taken port is a start error, before any key or store is touched.
+        let http_listener = match options.http {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Http { addr, source })?,
+            ),
+            None => None,
         };
         std::fs::create_dir_all(&options.data_dir).map_err(dir_error)?;
         let identity = Identity::load_or_create(&options.data_dir.join("identity.key"))?;
@@ -197,7 +217,9 @@ impl Worker {
             &options.policy,
             donor.clone(),
         )
-        .with_lie_rate(options.lie_rate);
+        .with_lie_rate(options.lie_rate)
+        .with_credit_ledger(&options.data_dir)
+        .map_err(dir_error)?;
         if options.lie_rate > 0.0 {
             tracing::warn!(
                 rate = options.lie_rate,
@@ -270,6 +292,27 @@ impl Worker {
             }
             service.set_gossip(gossip);
         }
+        let mut http_addr = None;
+        let http = match http_listener {
+            Some(listener) => {
+                let bound = listener.local_addr().map_err(|source| StartError::Http {
+                    addr: options.http.expect("bound from it"),
+                    source,
+                })?;
+                if !bound.ip().is_loopback() {
+                    tracing::warn!(
+                        %bound,
+                        "--http is not a loopback address: anyone who reaches it sees the metrics and the dashboard (the pause and resume controls still answer only this machine)"
+                    );
+                }
+                http_addr = Some(bound);
+                Some((
+                    listener,
+                    crate::http::router(service.clone(), options.policy.clone()),
+                ))
+            }
+            None => None,
+        };
         Ok(Self {
             endpoint,
             service,
@@ -277,6 +320,8 @@ impl Worker {
             addr,
             peer_addr,
             gossips,
+            http_addr,
+            http,
             public_key,
             fingerprint,
         })
@@ -297,12 +342,23 @@ impl Worker {
             .set_serving::<peergrid_proto::pb::worker_server::WorkerServer<WorkerService>>()
             .await;
         let gossip = self.service.gossip().cloned();
+        if let Some((listener, router)) = self.http {
+            let mut stopped = self.stop.subscribe();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                if let Err(error) = crate::http::serve(listener, router, stop).await {
+                    tracing::warn!(%error, "the HTTP listener stopped");
+                }
+            });
+        }
         let guards = RequestGuards::standard();
         let trust = self.service.trust().clone();
         let incoming = connections::incoming(
             self.endpoint.clone(),
             ConnectionLimits::standard(),
-            admission(trust),
+            counted_admission(trust, self.service.metrics().clone()),
             gossip.clone(),
             Some(self.service.blob_server()),
         );
@@ -331,6 +387,22 @@ pub fn grpc_server() -> tonic::transport::Server {
         .http2_max_pending_accept_reset_streams(Some(limits::HTTP2_MAX_PENDING_RESET_STREAMS))
         .http2_max_local_error_reset_streams(Some(limits::HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS))
         .http2_max_header_list_size(limits::HTTP2_MAX_HEADER_LIST_BYTES)
+}
+
+/// [`admission`], each caller refused counted as a task refused with `PERMISSION_DENIED`: a
+/// refused connection is how an untrusted submitter's task is refused.
+fn counted_admission(
+    trust: TrustPolicy,
+    metrics: crate::metrics::WorkerMetrics,
+) -> connections::Admission {
+    let admit = admission(trust);
+    Arc::new(move |caller: &PublicKey| {
+        let admitted = admit(caller);
+        if !admitted {
+            metrics.refused(tonic::Code::PermissionDenied);
+        }
+        admitted
+    })
 }
 
 /// Who may connect: the callers whose tasks `trust` runs (ARCHITECTURE.md, "Transport").

@@ -42,6 +42,9 @@
 //! | [`MAX_CONCURRENT_UPLOADS_PER_KEY`] | 4 | `RESOURCE_EXHAUSTED` |
 //! | (bytes not matching the announced hash or size) | | `INVALID_ARGUMENT`, nothing stored |
 //! | `peergrid_proto::BLOB_CHUNK_BYTES` | 1 MiB per chunk | `INVALID_ARGUMENT` |
+//! | [`MAX_CREDIT_STATEMENTS_PER_CALL`] | 256 credit statements per `Credit` call | `INVALID_ARGUMENT`, none kept |
+//! | [`MAX_CREDIT_RECORDS`] | 1,048,576 statements in the credit ledger (320 MiB) | `RESOURCE_EXHAUSTED` "credit ledger full", none of the call kept |
+//! | [`MAX_CONCURRENT_CREDIT_CALLS`] | 2 `Credit` calls checked at once | later calls wait (each bounded by the connection's 64 streams) |
 //!
 //! Worst case held by hostile peers at once: [`MAX_CONNECTIONS`] descriptors, HTTP/2 buffers of
 //! 1 MiB (hyper's default connection window) per connection, and [`MAX_PARTIAL_REQUEST_BYTES`]
@@ -327,6 +330,36 @@ pub const BLOB_REQUEST_WAIT: Duration = Duration::from_secs(10);
 pub const BLOB_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sources one `FetchBlob` may name. Above: `INVALID_ARGUMENT`.
 pub const MAX_FETCH_SOURCES: usize = 8;
+
+/// Credit statements one `Credit` call may carry (ARCHITECTURE.md, "Credit"): a submitter's
+/// batch, about 90 KB on the wire, checked in ~13 ms. Above: `INVALID_ARGUMENT`, none kept.
+pub const MAX_CREDIT_STATEMENTS_PER_CALL: usize = 256;
+/// Statements the credit ledger keeps, 320 bytes each (320 MiB at the cap; its dedup set ~20 MB
+/// of memory): a year of one-second tasks on one core, several months of a busy 8-core donor's
+/// typical tasks. Reached: `RESOURCE_EXHAUSTED` "credit ledger full", nothing of the call kept;
+/// the donor keeps the file elsewhere (`peergrid-worker credit` reads any copy) and starts a new
+/// one.
+pub const MAX_CREDIT_RECORDS: u64 = 1 << 20;
+/// `Credit` calls checked and written at once; each takes a blocking thread for its signature
+/// checks and its fsync. Reached: later calls wait for a place.
+pub const MAX_CONCURRENT_CREDIT_CALLS: usize = 2;
+
+/// What an installed service may use beyond its tasks' `--memory-mb`, once: the worker itself
+/// (about 10 MiB idle, 25 MiB at full task rate, +40 MB while serving blobs to peers:
+/// BENCHMARKS.md), its compiled-module cache ([`MODULE_CACHE_ENTRIES`] modules' machine code),
+/// compiling a new module, the pool's resident pages for its [`POOL_HEADROOM_SLOTS`] spare slots,
+/// and gossip state. Its unit's `MemoryMax=` is `--memory-mb` plus this plus
+/// [`SERVICE_MEMORY_PER_CORE_BYTES`] per core (`install::memory_max_bytes`). Reached: the kernel
+/// kills the worker (out of memory in its cgroup), systemd restarts it (`Restart=on-failure`), and
+/// its tasks in flight are lost like a crash's: the submitter places them again.
+pub const SERVICE_MEMORY_HEADROOM_BYTES: u64 = 256 * 1024 * 1024;
+/// What each running task may hold outside its linear memory (which `--memory-mb` already
+/// counts), at the largest caps a submitter may ask for: stdout and stderr pipes
+/// ([`MAX_STDOUT_MAX_BYTES`] + [`MAX_STDERR_MAX_BYTES`]), stdin ([`MAX_STDIN_BYTES`]), instance
+/// state ([`MAX_INSTANCE_STATE_BYTES`]), wasm stack ([`MAX_WASM_STACK_BYTES`]) and [`MAX_TABLES`]
+/// tables of [`MAX_TABLE_ELEMENTS`] 8-byte references: 58 MiB, rounded up to 64. Part of an
+/// installed service's `MemoryMax=`, as above.
+pub const SERVICE_MEMORY_PER_CORE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
 //! `peergrid-worker`: the donor's daemon. See `peergrid-worker --help`.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use peergrid_worker::config::Settings;
 use peergrid_worker::daemon::Worker;
+use peergrid_worker::install::{Scope, UserDirs};
 
 /// Lend this machine's spare CPU to a peergrid: run signed WebAssembly tasks in a deterministic
 /// sandbox and answer with signed receipts. Workers find each other by gossip (--gossip, --seed).
@@ -20,6 +22,9 @@ Exit codes: 0 after a clean shutdown (Ctrl-C or SIGTERM), 1 if the server failed
 Logging: set RUST_LOG (e.g. RUST_LOG=peergrid_worker=debug)."
 )]
 struct Args {
+    /// What to do instead of running the worker.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML file with any of the settings below.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -88,6 +93,12 @@ struct Args {
         value_name = "URL"
     )]
     relays: Vec<String>,
+    /// Serve Prometheus metrics at /metrics and the donor's dashboard at / on this TCP address
+    /// (e.g. 127.0.0.1:9090; port 0 picks a free port, printed in the ready line). Keep it on
+    /// loopback: anyone who reaches it sees what this worker runs. The dashboard's pause and
+    /// resume buttons answer only requests from this machine.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
     /// Testing aid: read the owner's CPU use (a percentage) from this file instead of sampling
     /// the machine.
     #[arg(long, value_name = "FILE")]
@@ -100,6 +111,243 @@ struct Args {
     /// would differ; copies of one task never go to workers with different fingerprints.
     #[arg(long, value_name = "TAG")]
     fingerprint_tag: Option<String>,
+}
+
+/// The worker's other commands; without one, `peergrid-worker` runs the worker.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print the credit this worker earned: totals per submitter (tasks, fuel) from its credit
+    /// ledger, after verifying every statement (intact, signed by the submitter it names, for
+    /// this worker's key). Exit codes: 0 when every statement verified, 1 when any failed (each
+    /// is listed, and none of them is counted), 2 when the ledger or the worker's key cannot be
+    /// read.
+    Credit(CreditArgs),
+    /// Install this worker as a systemd service (--user or --system).
+    ///
+    /// Writes a unit with a sandbox of its own and a config file holding the worker flags given
+    /// with it, checked as the worker checks them, e.g.
+    /// `peergrid-worker install --user --cores 2 --memory-mb 2048 --idle-only --seed
+    /// KEY@IP:PORT --trust KEY`. Prints the files and the systemctl commands to run next; runs
+    /// none. Exit codes: 0 installed; 2 refused with nothing written (a bad flag, already
+    /// installed without --force) or a file could not be written (named).
+    Install(InstallArgs),
+    /// Remove the service `install` wrote (--user or --system).
+    ///
+    /// Removes the unit and the config file. The data directory (the worker's key and credit
+    /// ledger) is kept unless --purge. Exit codes: 0 removed; 2 refused (not
+    /// installed, still enabled, a file install did not write) or a file could not be removed.
+    Uninstall(UninstallArgs),
+}
+
+/// `peergrid-worker credit`.
+#[derive(clap::Args, Debug)]
+struct CreditArgs {
+    /// The worker's data directory [default: the worker's own: --data-dir, else the config
+    /// file's data-dir].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The worker's TOML config file, to find its data directory.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print one JSON object (totals per submitter, the grand total, every bad statement).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `peergrid-worker credit`: the data directory is found as the worker finds it.
+fn credit(credit: CreditArgs, mut args: Args) -> ExitCode {
+    args.data_dir = credit.data_dir.or(args.data_dir.take());
+    args.config = credit.config.or(args.config.take());
+    let data_dir = match args.settings().and_then(Settings::resolve) {
+        Ok(options) => options.data_dir,
+        Err(error) => {
+            eprintln!("peergrid-worker credit: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match peergrid_worker::credit::report(&data_dir) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("peergrid-worker credit: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if credit.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "peergrid-worker credit: {} of {} statements in {} FAILED verification (not counted)",
+            report.bad_count,
+            report.statements,
+            report.ledger.display()
+        );
+        ExitCode::from(1)
+    }
+}
+
+/// `peergrid-worker install`.
+#[derive(clap::Args, Debug)]
+struct InstallArgs {
+    /// For your user: the unit in ~/.config/systemd/user/, the config in
+    /// ~/.config/peergrid/worker.toml, the data in ~/.local/share/peergrid/worker (under
+    /// $XDG_CONFIG_HOME and $XDG_DATA_HOME when set). It runs while you are logged in, or from
+    /// boot with `loginctl enable-linger`.
+    #[arg(long)]
+    user: bool,
+    /// For the machine (run as root): /etc/systemd/system/, /etc/peergrid/worker.toml, the data
+    /// in /var/lib/peergrid-worker, run by a user of its own (DynamicUser=).
+    #[arg(long)]
+    system: bool,
+    /// Write the files under DIR as if it were / (for images and tests); the paths inside them
+    /// are those of the installed system.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Replace an existing unit and config file.
+    #[arg(long)]
+    force: bool,
+    /// The worker's flags (`peergrid-worker --help`), written to the config file; --config FILE
+    /// starts from an existing one.
+    #[arg(
+        value_name = "WORKER_FLAGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    worker_flags: Vec<OsString>,
+}
+
+impl InstallArgs {
+    /// Picks install's own flags out of the worker's: clap hands everything from the first
+    /// worker flag on to `worker_flags` (the worker's flags are parsed by the worker's own
+    /// parser, which clap cannot nest in its own subcommand), and a donor may well type
+    /// `install --cores 2 --user`.
+    fn take_own_flags(&mut self) -> Result<(), String> {
+        let mut worker_flags = Vec::new();
+        let mut words = std::mem::take(&mut self.worker_flags).into_iter();
+        while let Some(word) = words.next() {
+            match word.to_str() {
+                Some("--user") => self.user = true,
+                Some("--system") => self.system = true,
+                Some("--force") => self.force = true,
+                Some("--root") => {
+                    let dir = words.next().ok_or("--root needs a directory: --root DIR")?;
+                    self.root = Some(dir.into());
+                }
+                Some(text) if text.starts_with("--root=") => {
+                    self.root = Some(text["--root=".len()..].into());
+                }
+                _ => worker_flags.push(word),
+            }
+        }
+        self.worker_flags = worker_flags;
+        Ok(())
+    }
+}
+
+/// `peergrid-worker uninstall`.
+#[derive(clap::Args, Debug)]
+struct UninstallArgs {
+    /// The user service (`install --user`).
+    #[arg(long)]
+    user: bool,
+    /// The machine's service (`install --system`).
+    #[arg(long)]
+    system: bool,
+    /// The directory the files were written under (`install --root DIR`).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Also delete the data directory: the worker's key (its identity in the grid), its blobs
+    /// and its credit ledger.
+    #[arg(long)]
+    purge: bool,
+}
+
+/// The scope `--user` or `--system` names; exactly one.
+fn service_scope(user: bool, system: bool) -> Result<Scope, String> {
+    match (user, system) {
+        (true, false) => Ok(Scope::User),
+        (false, true) => Ok(Scope::System),
+        _ => Err(
+            "give exactly one of --user (your user's service) or --system (the machine's)".into(),
+        ),
+    }
+}
+
+/// `peergrid-worker install`: the worker flags given with it (over any given before it) become
+/// the service's config file.
+fn install(mut arguments: InstallArgs, before: Args) -> ExitCode {
+    let fail = |message: &dyn std::fmt::Display| {
+        eprintln!("peergrid-worker install: {message}");
+        ExitCode::from(2)
+    };
+    if let Err(message) = arguments.take_own_flags() {
+        return fail(&message);
+    }
+    let scope = match service_scope(arguments.user, arguments.system) {
+        Ok(scope) => scope,
+        Err(message) => return fail(&message),
+    };
+    let words = std::iter::once(OsString::from("peergrid-worker")).chain(arguments.worker_flags);
+    let worker = match Args::try_parse_from(words) {
+        Ok(worker) if worker.command.is_some() => {
+            return fail(&"a command among the worker flags: give only the worker's flags");
+        }
+        Ok(worker) => worker,
+        // --help among them shows the worker's flags; a bad one is named as the worker names it.
+        Err(error) => error.exit(),
+    };
+    let settings = match (worker.settings(), before.settings()) {
+        (Ok(given), Ok(before)) => given.over(before),
+        (Err(error), _) | (_, Err(error)) => {
+            return fail(&format!("refused, nothing written: {error}"));
+        }
+    };
+    let executable = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(error) => return fail(&format!("cannot find this binary's path: {error}")),
+    };
+    let request = peergrid_worker::install::InstallRequest {
+        scope,
+        settings,
+        executable,
+        root: arguments.root,
+        force: arguments.force,
+    };
+    match peergrid_worker::install::install(&request, &UserDirs::from_env()) {
+        Ok(installed) => {
+            print!("{}", installed.report());
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error),
+    }
+}
+
+/// `peergrid-worker uninstall`.
+fn uninstall(arguments: UninstallArgs) -> ExitCode {
+    let fail = |message: &dyn std::fmt::Display| {
+        eprintln!("peergrid-worker uninstall: {message}");
+        ExitCode::from(2)
+    };
+    let scope = match service_scope(arguments.user, arguments.system) {
+        Ok(scope) => scope,
+        Err(message) => return fail(&message),
+    };
+    match peergrid_worker::install::uninstall(
+        scope,
+        arguments.root.as_deref(),
+        arguments.purge,
+        &UserDirs::from_env(),
+    ) {
+        Ok(done) => {
+            print!("{}", done.report());
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error),
+    }
 }
 
 impl Args {
@@ -128,13 +376,21 @@ impl Args {
             owner_load_file: self.owner_load_file,
             lie_rate: self.lie_rate,
             fingerprint_tag: self.fingerprint_tag,
+            http: self.http,
         };
         Ok(flags.over(file))
     }
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(command) = args.command.take() {
+        return match command {
+            Command::Credit(arguments) => credit(arguments, args),
+            Command::Install(arguments) => install(arguments, args),
+            Command::Uninstall(arguments) => uninstall(arguments),
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -179,8 +435,12 @@ async fn run(options: peergrid_worker::daemon::WorkerOptions) -> ExitCode {
     };
     // One line on stdout when ready: scripts and tests wait for it instead of sleeping.
     let gossip = if worker.gossips { "on" } else { "off" };
+    let http = worker
+        .http_addr
+        .map(|addr| format!(" http http://{addr}"))
+        .unwrap_or_default();
     println!(
-        "peergrid-worker ready: listening on {} key {} runtime {} slots {cores} gossip {gossip}",
+        "peergrid-worker ready: listening on {} key {} runtime {} slots {cores} gossip {gossip}{http}",
         worker.peer_addr, worker.public_key, worker.fingerprint
     );
     match worker.serve(shutdown_signal()).await {

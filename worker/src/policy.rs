@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -145,25 +145,62 @@ impl LoadSource for FileLoad {
     }
 }
 
-/// Whether the owner needs the machine, shared by the sampler and the service.
+/// Whether the worker takes work now, shared by the sampler, the dashboard and the service: the
+/// owner may be using the machine (idle-only mode), and the donor may have paused the worker
+/// (the dashboard's pause button, ARCHITECTURE.md "Metrics and dashboards").
 pub struct DonorState {
     busy: AtomicBool,
-    /// Bumped each time the machine becomes busy: running tasks watch it and stop.
+    paused: AtomicBool,
+    /// The owner's share of the machine at the last sample, in percent, as `f32` bits
+    /// (`NO_SAMPLE` before the first).
+    owner_pct: AtomicU32,
+    /// Bumped each time the machine becomes busy or the worker is paused: running tasks watch
+    /// it and stop.
     preemptions: watch::Sender<u64>,
 }
+
+/// Why the worker takes no task now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The owner is using the machine (idle-only mode).
+    Busy,
+    /// The donor paused the worker.
+    Paused,
+}
+
+const NO_SAMPLE: u32 = u32::MAX;
 
 impl Default for DonorState {
     fn default() -> Self {
         Self {
             busy: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            owner_pct: AtomicU32::new(NO_SAMPLE),
             preemptions: watch::Sender::new(0),
         }
     }
 }
 
 impl DonorState {
+    /// Whether the owner is using the machine (idle-only mode).
     pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::SeqCst)
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Why no task is taken now, or `None` when tasks are taken. A pause outranks the owner's
+    /// load: it is the donor's own word.
+    pub fn hold(&self) -> Option<Hold> {
+        if self.is_paused() {
+            Some(Hold::Paused)
+        } else if self.is_busy() {
+            Some(Hold::Busy)
+        } else {
+            None
+        }
     }
 
     /// Resolves when the running task should stop for the owner.
@@ -179,6 +216,30 @@ impl DonorState {
         if busy {
             self.preemptions.send_modify(|count| *count += 1);
         }
+    }
+
+    /// Pauses the worker (it takes no task and stops the running ones, as when the owner is
+    /// busy) or resumes it. Returns whether the state changed.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        if self.paused.swap(paused, Ordering::SeqCst) == paused {
+            return false;
+        }
+        if paused {
+            self.preemptions.send_modify(|count| *count += 1);
+        }
+        true
+    }
+
+    /// The owner's share of the machine at the last sample (idle-only mode only).
+    pub fn owner_pct(&self) -> Option<f32> {
+        match self.owner_pct.load(Ordering::Relaxed) {
+            NO_SAMPLE => None,
+            bits => Some(f32::from_bits(bits)),
+        }
+    }
+
+    fn record_sample(&self, owner_pct: f32) {
+        self.owner_pct.store(owner_pct.to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -197,6 +258,7 @@ pub fn spawn_sampler(
                 _ = ticks.tick() => {}
             }
             let sample = source.sample();
+            state.record_sample(sample.owner_pct());
             let busy = policy.is_busy(sample);
             if busy != state.is_busy() {
                 if busy {

@@ -13,11 +13,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::activity::Activity;
 use crate::admission::{self, AdmittedTask, Refusal, TrustPolicy};
 use crate::blobs::peer::{self, BlobServer, FetchFailed};
 use crate::blobs::{NoRoom, PutError, WorkerBlobs};
+use crate::credit::CreditBook;
 use crate::membership::{Gossip, PeerState};
-use crate::policy::{DonorPolicy, DonorState};
+use crate::metrics::{Gauges, WorkerMetrics};
+use crate::policy::{DonorPolicy, DonorState, Hold};
 use crate::sandbox::{CompiledModule, Execution, InputSpec, ModuleError, Outcome, Sandbox};
 use crate::{limits, receipt};
 
@@ -49,8 +52,14 @@ struct Inner {
     donor: Arc<DonorState>,
     /// Testing aid: the fraction of tasks answered with a wrong output (see [`Self::lie`]).
     lie_rate: f64,
+    /// The credit ledger (ARCHITECTURE.md, "Credit"); none in a service made without one.
+    credit: Option<Arc<CreditBook>>,
     /// Set once gossip is running (never, without `--gossip`).
     gossip: OnceLock<Gossip>,
+    /// What `/metrics` counts and what the dashboard lists (ARCHITECTURE.md, "Metrics and
+    /// dashboards").
+    metrics: WorkerMetrics,
+    activity: Activity,
     /// The endpoint to fetch blobs from peers with (`FetchBlob`), and this worker's relays;
     /// set by the daemon (never in a service without a network).
     network: OnceLock<(iroh::Endpoint, Vec<iroh::RelayUrl>)>,
@@ -87,7 +96,10 @@ impl WorkerService {
                 execute_pending: Arc::new(Semaphore::new(limits::MAX_EXECUTE_PENDING)),
                 donor,
                 lie_rate: 0.0,
+                credit: None,
                 gossip: OnceLock::new(),
+                metrics: WorkerMetrics::new(),
+                activity: Activity::default(),
                 network: OnceLock::new(),
             }),
         }
@@ -100,6 +112,21 @@ impl WorkerService {
             .expect("set before the service is shared")
             .lie_rate = rate.clamp(0.0, 1.0);
         self
+    }
+
+    /// Keeps the credit statements submitters give this worker in `<data_dir>/credit.ledger`
+    /// (the `Credit` RPC; ARCHITECTURE.md, "Credit").
+    pub fn with_credit_ledger(mut self, data_dir: &std::path::Path) -> std::io::Result<Self> {
+        let book = CreditBook::open(data_dir, self.inner.identity.public_key())?;
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the service is shared")
+            .credit = Some(Arc::new(book));
+        Ok(self)
+    }
+
+    /// The credit ledger, if the service keeps one.
+    pub fn credit_book(&self) -> Option<&Arc<CreditBook>> {
+        self.inner.credit.as_ref()
     }
 
     /// Whether this worker lies about task `digest`: decided by BLAKE3(worker key ‖ digest), so
@@ -119,12 +146,82 @@ impl WorkerService {
         (draw as f64) < self.inner.lie_rate * (u64::MAX as f64)
     }
 
-    /// Slots a new task could take now: none while the donor's machine is busy.
+    /// Slots a new task could take now: none while the donor's machine is busy or the donor
+    /// has paused the worker.
     pub fn free_slots(&self) -> u32 {
-        if self.inner.donor.is_busy() {
+        if self.inner.donor.hold().is_some() {
             return 0;
         }
         self.inner.slots.available_permits() as u32
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        self.inner.sandbox.fingerprint()
+    }
+
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.inner.metrics
+    }
+
+    pub fn activity(&self) -> &Activity {
+        &self.inner.activity
+    }
+
+    pub fn donor(&self) -> &DonorState {
+        &self.inner.donor
+    }
+
+    /// Cores lent, and the donor's memory cap with the part running tasks hold, in MiB.
+    pub fn lent(&self) -> (u32, u64, u64) {
+        let total = self.inner.memory_mib_total;
+        let free = self.inner.memory_mib.available_permits() as u64;
+        (self.inner.slot_count, total, total.saturating_sub(free))
+    }
+
+    /// The gauges of `/metrics`, read now.
+    pub async fn gauges(&self) -> Gauges {
+        let inner = &self.inner;
+        let slots = inner.slot_count;
+        let queue_places = slots * limits::QUEUED_TASKS_PER_SLOT;
+        let mut gauges = Gauges {
+            running: slots.saturating_sub(inner.slots.available_permits() as u32),
+            queued: queue_places.saturating_sub(inner.queue.available_permits() as u32),
+            free_slots: self.free_slots(),
+            slots,
+            paused: inner.donor.is_paused(),
+            busy: inner.donor.is_busy(),
+            blob_bytes: inner.blobs.usage().total.bytes,
+            blob_cap_bytes: inner.blobs.bounds().max_bytes,
+            ..Gauges::default()
+        };
+        if let Some(book) = &inner.credit {
+            let earned = book.earned();
+            gauges.credit_tasks = earned.tasks;
+            gauges.credit_fuel = earned.fuel;
+        }
+        if let Some(gossip) = inner.gossip.get() {
+            for path in gossip.paths().await.values() {
+                if path.relayed {
+                    gauges.relayed += 1;
+                } else {
+                    gauges.direct += 1;
+                }
+            }
+            for peer in gossip.snapshot() {
+                match peer.view.state {
+                    PeerState::Alive => gauges.alive += 1,
+                    PeerState::Suspect => gauges.suspect += 1,
+                    PeerState::Down => gauges.down += 1,
+                }
+            }
+        }
+        gauges
+    }
+
+    /// Counts and logs a refused task.
+    fn refused(&self, refusal: &Refusal) {
+        self.inner.metrics.refused(refusal.code);
+        warn!(code = ?refusal.code, "task refused: {}", refusal.message);
     }
 
     /// The running membership, if any.
@@ -269,11 +366,8 @@ impl WorkerService {
             // Subscribed before the busy check, so a preemption that lands between the two is
             // still seen.
             let mut preemption = inner.donor.preemption();
-            if inner.donor.is_busy() {
-                return Err(Refusal::new(
-                    Code::ResourceExhausted,
-                    "the donor's machine is busy (idle-only mode); retry later or elsewhere",
-                ));
+            if let Some(hold) = inner.donor.hold() {
+                return Err(Refusal::new(Code::ResourceExhausted, held_message(hold)));
             }
             // The wait for a slot and the run both happen on the sandbox's threads: a task that
             // ends wakes the next one there, instead of waking this runtime to start it.
@@ -283,23 +377,40 @@ impl WorkerService {
                 let slot = tokio::select! {
                     slot = service.wait_for_slot() => slot?,
                     _ = preemption.changed() => {
+                        service.inner.metrics.preempted();
                         return Err(Refusal::new(
                             Code::ResourceExhausted,
-                            "the donor's machine became busy while the task waited for a slot; retry later or elsewhere",
+                            format!(
+                                "while the task waited for a slot: {}",
+                                held_message(service.inner.donor.hold().unwrap_or(Hold::Busy))
+                            ),
                         ));
                     }
                 };
                 let memory = service.take_memory(task.spec.limits.memory_bytes)?;
+                let running = service.inner.activity.start(
+                    task.digest.short(),
+                    task.job_id.clone(),
+                    task.task_id.clone(),
+                    task.submitter.short(),
+                );
                 let execution = tokio::select! {
                     execution = service.execute(task) => execution,
                     _ = preemption.changed() => {
                         info!("preempted: the donor needs the machine");
+                        service.inner.metrics.preempted();
+                        running.end("preempted".to_owned(), 0);
+                        let why = match service.inner.donor.hold() {
+                            Some(Hold::Paused) => "the donor paused this worker",
+                            _ => "the donor's machine became busy",
+                        };
                         return Err(Refusal::new(
                             Code::Aborted,
-                            "preempted: the donor's machine became busy; run the task elsewhere",
+                            format!("preempted: {why}; run the task elsewhere"),
                         ));
                     }
                 };
+                running.end(outcome_text(&execution.outcome), execution.fuel_used);
                 drop((slot, memory, lease));
                 Ok(execution)
             }
@@ -316,6 +427,9 @@ impl WorkerService {
                 warn!("testing aid --lie-rate: answering with a wrong output");
                 lie(&mut execution);
             }
+            inner
+                .metrics
+                .task_done(&execution.outcome, execution.fuel_used);
             info!(
                 outcome = ?execution.outcome,
                 fuel = execution.fuel_used,
@@ -575,7 +689,7 @@ impl pb::worker_server::Worker for WorkerService {
         match self.run_task(request.into_inner(), caller).await {
             Ok(result) => Ok(Response::new(result)),
             Err(refusal) => {
-                warn!(code = ?refusal.code, "task refused: {}", refusal.message);
+                self.refused(&refusal);
                 Err(refusal.into())
             }
         }
@@ -630,6 +744,20 @@ impl pb::worker_server::Worker for WorkerService {
             }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn credit(
+        &self,
+        request: Request<pb::CreditStatements>,
+    ) -> Result<Response<pb::CreditAck>, Status> {
+        let caller = caller_key(&request)?;
+        let Some(book) = self.inner.credit.as_ref() else {
+            return Err(Status::failed_precondition(
+                "this worker keeps no credit ledger",
+            ));
+        };
+        let statements = request.into_inner().statements;
+        book.receive(caller, statements).await.map(Response::new)
     }
 
     async fn fetch_blob(
@@ -758,7 +886,7 @@ impl pb::worker_server::Worker for WorkerService {
                     let answer = match answer {
                         Ok(result) => pb::execute_response::Answer::Result(result),
                         Err(refusal) => {
-                            warn!(code = ?refusal.code, "task refused: {}", refusal.message);
+                            service.refused(&refusal);
                             pb::execute_response::Answer::Refused(refusal.to_wire())
                         }
                     };
@@ -791,6 +919,27 @@ pub type ExecuteAnswers =
 struct Held {
     _own: Option<OwnedSemaphorePermit>,
     _shared: Option<OwnedSemaphorePermit>,
+}
+
+/// Why a task is refused while the worker holds off.
+fn held_message(hold: Hold) -> &'static str {
+    match hold {
+        Hold::Busy => "the donor's machine is busy (idle-only mode); retry later or elsewhere",
+        Hold::Paused => "the donor has paused this worker; retry later or elsewhere",
+    }
+}
+
+/// An outcome as the donor's dashboard shows it.
+fn outcome_text(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Exited(code) => format!("exited {code}"),
+        Outcome::Trapped(kind) => format!("trapped: {kind:?}"),
+        Outcome::OutOfFuel => "out of fuel".to_owned(),
+        Outcome::MemoryLimit => "memory limit".to_owned(),
+        Outcome::TimedOut => "timed out".to_owned(),
+        Outcome::OutputLimit => "output limit".to_owned(),
+        Outcome::InvalidModule(_) => "invalid module".to_owned(),
+    }
 }
 
 /// The key the caller's connection proved (see `peergrid_proto::transport`).

@@ -527,6 +527,11 @@ impl BinSettled {
         self.accepted.is_some()
     }
 
+    /// When the task was settled (ms since the epoch).
+    pub fn at_unix_ms(&self) -> u64 {
+        self.at_unix_ms
+    }
+
     pub fn audit(&self) -> AuditMark {
         AUDITS
             .get(usize::from(self.audit))

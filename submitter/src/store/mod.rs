@@ -389,6 +389,10 @@ pub enum StoreError {
         dir: PathBuf,
         matches: Vec<String>,
     },
+    #[error(
+        "cannot open the job store in {dir} read-only ({why}); `peergrid status --state {dir}` repairs or migrates it when no `submit` runs"
+    )]
+    NotReadable { dir: PathBuf, why: String },
     #[error("cannot store blob in {dir}: {source}")]
     Blob { dir: PathBuf, source: PutError },
     #[error("cannot read blob {hash} from {dir}: {source}")]
@@ -1328,6 +1332,54 @@ impl Store {
             }
             Ok(reopened)
         })
+    }
+
+    /// When each task of the job accepted now was accepted (ms since the epoch), in task order:
+    /// what `peergrid dashboard` draws a job's progress from before it watched. One pass over
+    /// the settled rows, a slice per transaction, decoding only them (no verdict is resolved).
+    pub fn accepted_times(&self, job_id: &str) -> Result<Vec<u64>, StoreError> {
+        let mut times = Vec::new();
+        self.in_slices(
+            job_id,
+            |txn, job, from| {
+                let table = txn.open_table(SETTLED)?;
+                let mut slice = Vec::new();
+                for row in table.range((job, from)..=(job, u32::MAX))?.take(EACH_SLICE) {
+                    let (key, value) = row?;
+                    let record: BinSettled =
+                        codec::decode(value.value()).map_err(corrupt("settled"))?;
+                    let at = record.is_accepted().then(|| record.at_unix_ms());
+                    slice.push((key.value().1, at));
+                }
+                Ok(slice)
+            },
+            |_, at| {
+                times.extend(at);
+                Ok::<_, StoreError>(())
+            },
+        )?;
+        Ok(times)
+    }
+
+    /// Opens the store strictly read-only, for a process that keeps it open (`peergrid
+    /// dashboard`): never as writer, so it never stands in a `submit`'s way however long it
+    /// runs. A store that needs a repair or a migration is refused ([`Store::open_for_reading`]
+    /// does those).
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let db = builder()
+            .open_read_only(dir.join(DB_FILE))
+            .map_err(|error| StoreError::NotReadable {
+                dir: dir.to_owned(),
+                why: error.to_string(),
+            })?;
+        let reader = Self::with(dir, Db::Reader(db))?;
+        match reader.format()? {
+            Format::Current => Ok(reader),
+            Format::Empty | Format::Legacy => Err(StoreError::NotReadable {
+                dir: dir.to_owned(),
+                why: "it is empty or in an older format".to_owned(),
+            }),
+        }
     }
 
     /// Keys proven to have signed a wrong result, in any job.

@@ -817,6 +817,13 @@ impl pb::worker_server::Worker for Rogue {
         self.inner.honest.fetch_blob(request).await
     }
 
+    async fn credit(
+        &self,
+        request: Request<pb::CreditStatements>,
+    ) -> Result<Response<pb::CreditAck>, Status> {
+        self.inner.honest.credit(request).await
+    }
+
     type GetBlobStream = ReceiverStream<Result<pb::BlobChunk, Status>>;
 
     async fn get_blob(

@@ -254,6 +254,10 @@ impl Ledger {
         }
     }
 
+    pub fn bounds(&self) -> BlobBounds {
+        self.bounds
+    }
+
     pub fn usage(&self) -> StoreUsage {
         StoreUsage {
             total: self.total,

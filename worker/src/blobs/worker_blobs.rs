@@ -55,6 +55,11 @@ impl WorkerBlobs {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The store's cap and quotas.
+    pub fn bounds(&self) -> BlobBounds {
+        self.ledger().bounds()
+    }
+
     /// What the store holds and has reserved.
     pub fn usage(&self) -> StoreUsage {
         self.ledger().usage()
