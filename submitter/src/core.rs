@@ -979,33 +979,12 @@ mod tests {
 
     fn job(tasks: u32, audit_rate: f64) -> JobRecord {
         JobRecord {
-            id: "job-1".into(),
             name: "job".into(),
-            job_file: PathBuf::from("job.toml"),
-            key_file: PathBuf::from("me.key"),
-            out_dir: PathBuf::from("out"),
-            module_hash: "00".into(),
-            fuel: 0,
-            memory_bytes: 0,
-            timeout_ms: 0,
-            stdout_max_bytes: 0,
-            stderr_max_bytes: 0,
-            output_max_bytes: 0,
-            output_max_files: 0,
-            outputs: false,
-            replication: 2,
-            quorum: 2,
-            max_replicas: 5,
-            distinct_hosts: true,
-            distinct_networks: true,
             audit_rate,
-            trusted: vec![],
-            task_count: tasks,
-            peers: vec![],
             seeds: vec![],
             created_unix_ms: 0,
             sessions: 1,
-            finished_unix_ms: None,
+            ..JobRecord::for_tests("job-1", tasks)
         }
     }
 

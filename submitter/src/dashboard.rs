@@ -442,33 +442,11 @@ mod tests {
 
     fn job(id: &str, tasks: u32, created_unix_ms: u64) -> JobRecord {
         JobRecord {
-            id: id.into(),
             name: format!("{id}-name"),
-            job_file: "job.toml".into(),
-            key_file: "me.key".into(),
-            out_dir: "out".into(),
-            module_hash: "00".into(),
-            fuel: 0,
-            memory_bytes: 0,
-            timeout_ms: 0,
-            stdout_max_bytes: 0,
-            stderr_max_bytes: 0,
-            output_max_bytes: 0,
-            output_max_files: 0,
-            outputs: false,
-            replication: 2,
-            quorum: 2,
-            max_replicas: 5,
-            distinct_hosts: true,
-            distinct_networks: true,
-            audit_rate: 0.03,
-            trusted: vec![],
-            task_count: tasks,
-            peers: vec![],
             seeds: vec![],
             created_unix_ms,
             sessions: 1,
-            finished_unix_ms: None,
+            ..JobRecord::for_tests(id, tasks)
         }
     }
 

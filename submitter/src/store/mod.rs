@@ -2113,10 +2113,9 @@ pub fn unix_now_ms() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(id: &str) -> JobRecord {
+impl JobRecord {
+    /// A job record for tests: `task_count` tasks of a 2-of-2 sweep, nothing run yet.
+    pub(crate) fn for_tests(id: &str, task_count: u32) -> Self {
         JobRecord {
             id: id.into(),
             name: "sweep".into(),
@@ -2139,13 +2138,22 @@ mod tests {
             distinct_networks: true,
             audit_rate: 0.03,
             trusted: vec![],
-            task_count: 2,
+            task_count,
             peers: vec![],
             seeds: vec!["127.0.0.1:1".into()],
             created_unix_ms: unix_now_ms(),
             sessions: 0,
             finished_unix_ms: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> JobRecord {
+        JobRecord::for_tests(id, 2)
     }
 
     fn task(id: &str) -> TaskRecord {
