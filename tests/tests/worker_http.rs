@@ -84,15 +84,20 @@ fn metrics_move_as_a_job_runs_and_an_untrusted_task_is_counted_as_refused() {
     );
 
     // A stranger's connection is refused: counted as a task refused with PERMISSION_DENIED.
+    let denied = |samples: &[_]| {
+        metric(
+            samples,
+            "peergrid_worker_refusals_total",
+            &[("code", "permission_denied")],
+        )
+    };
+    let before = denied(&web::metrics(&http[0]));
     let refused = exec(&workers[0].addr, &stranger, "echo", &[], &["hi"]);
     assert_ne!(refused.code, Some(0), "{}", refused.stderr);
-    let after = web::metrics(&http[0]);
-    let denied = metric(
-        &after,
-        "peergrid_worker_refusals_total",
-        &[("code", "permission_denied")],
+    assert!(
+        denied(&web::metrics(&http[0])) > before,
+        "the stranger's refusal was not counted"
     );
-    assert!(denied >= 1.0, "the stranger's refusal was not counted");
 }
 
 #[test]
@@ -163,13 +168,52 @@ fn the_dashboard_shows_the_last_task_live_and_pause_stops_taking_tasks_until_res
         1.0
     );
 
+    // A pause outlasts a restart.
+    drop(worker);
+    let worker = self::worker(dir.path(), "w0", "127.0.0.2", &key);
+    let http = worker.http.clone().unwrap();
+    assert_eq!(
+        web::get(&http, "/api/state").json()["donor"]["paused"],
+        true
+    );
+    let refused = exec(&worker.addr, &key, "echo", &[], &["paused after restart"]);
+    assert_ne!(refused.code, Some(0));
+
     let resumed = web::request("POST", &http, "/api/resume", &[]);
     assert_eq!(resumed.status, 200, "{}", resumed.body);
     let ran = exec(&worker.addr, &key, "echo", &[], &["after"]);
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     let state = web::get(&http, "/api/state").json();
     assert_eq!(state["donor"]["paused"], false);
-    assert_eq!(state["totals"]["tasks"], 2);
+    assert_eq!(state["totals"]["tasks"], 1, "counted since this start");
+    assert_eq!(state["recent"][0]["outcome"], "exited 0");
+}
+
+#[test]
+fn a_page_on_another_name_reads_nothing_of_a_loopback_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "submitter.key");
+    let worker = worker(dir.path(), "w0", "127.0.0.2", &key);
+    let http = worker.http.clone().unwrap();
+    // DNS rebinding: a site whose name now resolves to 127.0.0.1 asks under its own name.
+    for path in ["/", "/metrics", "/api/state", "/api/events"] {
+        let answer = web::request("GET", &http, path, &[("Host", "rebound.example:80")]);
+        assert_eq!(answer.status, 403, "{path}: {}", answer.body);
+        assert!(
+            !answer.body.contains(&worker.key_hex),
+            "{path} leaked the key"
+        );
+    }
+    for host in ["localhost", "127.0.0.1"] {
+        let port = http.rsplit_once(':').unwrap().1;
+        let answer = web::request(
+            "GET",
+            &http,
+            "/api/state",
+            &[("Host", &format!("{host}:{port}"))],
+        );
+        assert_eq!(answer.status, 200, "{host}: {}", answer.body);
+    }
 }
 
 #[test]

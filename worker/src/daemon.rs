@@ -234,6 +234,7 @@ impl Worker {
                 .map(|relay| relay.url.clone())
                 .collect(),
         );
+        crate::http::restore_pause(&service, &options.data_dir);
         let (stop, stopped) = watch::channel(false);
         if options.policy.idle_only {
             let source: Box<dyn LoadSource> = match &options.load {
@@ -308,7 +309,12 @@ impl Worker {
                 http_addr = Some(bound);
                 Some((
                     listener,
-                    crate::http::router(service.clone(), options.policy.clone()),
+                    crate::http::router(
+                        service.clone(),
+                        options.policy.clone(),
+                        &options.data_dir,
+                        bound,
+                    ),
                 ))
             }
             None => None,

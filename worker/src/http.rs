@@ -3,16 +3,19 @@
 //! at `/api/events` (server-sent events), and the pause and resume controls.
 //!
 //! Bounds: at most [`MAX_EVENT_CLIENTS`] live pages at once (more get 503), at most
-//! [`PEERS_SHOWN`] members listed, and the controls answer only a request from this machine
-//! (see [`local_only`]).
+//! [`MAX_READS`] reads of the worker's state at once (more wait), at most [`PEERS_SHOWN`]
+//! members listed; on a loopback listener every request must name a loopback `Host`, and the
+//! controls answer only a request from this machine (see [`local_only`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,6 +35,12 @@ pub const MAX_EVENT_CLIENTS: usize = 16;
 pub const PEERS_SHOWN: usize = 200;
 /// How often a live page gets the state.
 pub const EVENT_INTERVAL: Duration = Duration::from_secs(1);
+/// Reads of the worker's state (a scrape, a page's state) at once; each asks the gossip driver
+/// for its paths, so they are bounded: more wait their turn.
+pub const MAX_READS: usize = 4;
+/// The file in the data directory whose presence means the donor paused the worker: a pause
+/// outlasts a restart, as the donor would expect.
+pub const PAUSE_FILE: &str = "paused";
 
 const PAGE: &str = include_str!("../web/dashboard.html");
 
@@ -41,11 +50,18 @@ struct Web {
     service: WorkerService,
     policy: DonorPolicy,
     events: Arc<Semaphore>,
+    reads: Arc<Semaphore>,
+    pause_file: PathBuf,
 }
 
-/// The routes, over `service`.
-pub fn router(service: WorkerService, policy: DonorPolicy) -> Router {
-    Router::new()
+/// The routes over `service`, for a listener bound to `bound`; a pause is kept in `data_dir`.
+pub fn router(
+    service: WorkerService,
+    policy: DonorPolicy,
+    data_dir: &std::path::Path,
+    bound: SocketAddr,
+) -> Router {
+    let router = Router::new()
         .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/api/state", get(state))
@@ -56,7 +72,55 @@ pub fn router(service: WorkerService, policy: DonorPolicy) -> Router {
             service,
             policy,
             events: Arc::new(Semaphore::new(MAX_EVENT_CLIENTS)),
-        })
+            reads: Arc::new(Semaphore::new(MAX_READS)),
+            pause_file: data_dir.join(PAUSE_FILE),
+        });
+    if bound.ip().to_canonical().is_loopback() {
+        router.layer(axum::middleware::from_fn(loopback_host_only))
+    } else {
+        router
+    }
+}
+
+/// On a loopback listener, a request must name this machine in its `Host`: a page on a DNS
+/// name that resolves to 127.0.0.1 (DNS rebinding) then reads nothing of the worker.
+async fn loopback_host_only(request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or("");
+    if !is_loopback_host(host) {
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "this worker's page answers only localhost, 127.0.0.1 or [::1], not Host {host:?}"
+            ),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether `host` (a `Host` header: a name, and maybe a port) names this machine by a loopback
+/// name.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    matches!(name, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+/// Starts a paused worker paused: the donor's pause outlasts a restart.
+pub fn restore_pause(service: &WorkerService, data_dir: &std::path::Path) {
+    if data_dir.join(PAUSE_FILE).exists() {
+        service.donor().set_paused(true);
+        tracing::info!(
+            "paused by the donor (from the dashboard): taking no tasks until resumed there, or until {} is deleted",
+            data_dir.join(PAUSE_FILE).display()
+        );
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown`.
@@ -78,6 +142,7 @@ async fn page() -> Html<&'static str> {
 }
 
 async fn metrics(State(web): State<Web>) -> Response {
+    let _read = web.reads.acquire().await.expect("never closed");
     let gauges = web.service.gauges().await;
     (
         [(
@@ -138,6 +203,24 @@ fn control(peer: SocketAddr, headers: &HeaderMap, web: &Web, paused: bool) -> Re
         tracing::warn!(%peer, "dashboard control refused: {why}");
         return (StatusCode::FORBIDDEN, why).into_response();
     }
+    // Kept on disk first: a pause the worker could not keep is not reported as made.
+    let kept = if paused {
+        std::fs::write(&web.pause_file, b"paused from the dashboard\n")
+    } else {
+        match std::fs::remove_file(&web.pause_file) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    };
+    if let Err(error) = kept {
+        let why = format!(
+            "cannot {} {}: {error}",
+            if paused { "write" } else { "remove" },
+            web.pause_file.display()
+        );
+        tracing::warn!("{why}");
+        return (StatusCode::INTERNAL_SERVER_ERROR, why).into_response();
+    }
     let changed = web.service.donor().set_paused(paused);
     if changed {
         tracing::info!(
@@ -158,7 +241,7 @@ fn control(peer: SocketAddr, headers: &HeaderMap, web: &Web, paused: bool) -> Re
 /// `Origin`, which browsers send with every cross-site POST, is this dashboard's own
 /// (a page on another site cannot press the buttons: cross-site request forgery).
 pub fn local_only(peer: SocketAddr, headers: &HeaderMap) -> Result<(), String> {
-    if !peer.ip().is_loopback() {
+    if !peer.ip().to_canonical().is_loopback() {
         return Err(format!(
             "the controls answer only this machine, and this request came from {}",
             peer.ip()
@@ -168,11 +251,7 @@ pub fn local_only(peer: SocketAddr, headers: &HeaderMap) -> Result<(), String> {
         .get(header::HOST)
         .and_then(|host| host.to_str().ok())
         .ok_or("a control request must name its Host")?;
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => host,
-    };
-    if !matches!(name, "localhost" | "127.0.0.1" | "[::1]") {
+    if !is_loopback_host(host) {
         return Err(format!(
             "the controls answer only localhost, 127.0.0.1 or [::1], not Host {host:?}"
         ));
@@ -190,6 +269,7 @@ pub fn local_only(peer: SocketAddr, headers: &HeaderMap) -> Result<(), String> {
 
 /// The dashboard's data, read now.
 async fn snapshot(web: &Web) -> Value {
+    let _read = web.reads.acquire().await.expect("never closed");
     let service = &web.service;
     let donor = service.donor();
     let gauges = service.gauges().await;

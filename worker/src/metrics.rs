@@ -59,6 +59,7 @@ pub struct WorkerMetrics {
     members: Family<StateLabel, Gauge>,
     credit_tasks: Gauge,
     credit_fuel: Gauge,
+    encoding: Arc<std::sync::Mutex<()>>,
 }
 
 /// What the gauges read at scrape time.
@@ -112,6 +113,7 @@ impl WorkerMetrics {
             members: Family::default(),
             credit_tasks: Gauge::default(),
             credit_fuel: Gauge::default(),
+            encoding: Arc::default(),
         };
         registry.register(
             "tasks",
@@ -213,6 +215,11 @@ impl WorkerMetrics {
 
     /// The registry in Prometheus' text format (version 0.0.4), gauges set from `now`.
     pub fn encode(&self, now: &Gauges) -> String {
+        // One scrape sets the gauges and encodes them before another may set its own.
+        let _one_at_a_time = self
+            .encoding
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let set = |gauge: &Gauge, value: u64| {
             gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
         };

@@ -411,6 +411,12 @@ impl WorkerService {
                     }
                 };
                 running.end(outcome_text(&execution.outcome), execution.fuel_used);
+                // Counted before the slot is given back: a scrape that sees the slot free sees
+                // the answer counted.
+                service
+                    .inner
+                    .metrics
+                    .task_done(&execution.outcome, execution.fuel_used);
                 drop((slot, memory, lease));
                 Ok(execution)
             }
@@ -427,9 +433,6 @@ impl WorkerService {
                 warn!("testing aid --lie-rate: answering with a wrong output");
                 lie(&mut execution);
             }
-            inner
-                .metrics
-                .task_done(&execution.outcome, execution.fuel_used);
             info!(
                 outcome = ?execution.outcome,
                 fuel = execution.fuel_used,
