@@ -364,6 +364,10 @@ pub enum InstallError {
     )]
     NotOurs { path: PathBuf },
     #[error(
+        "refused, nothing removed: --purge deletes the data directory {config} names, and it cannot be read ({reason}); fix it, or uninstall without --purge and delete the data directory by hand"
+    )]
+    PurgeUnknown { config: PathBuf, reason: String },
+    #[error(
         "refused, nothing removed: the service is enabled ({link} exists): run `{systemctl} disable --now peergrid-worker` first"
     )]
     Enabled {
@@ -635,10 +639,19 @@ pub fn uninstall(
     }
     // The data directory the config names (a user may have given --data-dir), read before the
     // config goes.
-    let data_dir = Settings::from_file(&config_path)
-        .ok()
-        .and_then(|settings| settings.data_dir)
-        .unwrap_or_else(|| layout.data_dir.clone());
+    // With --purge, a config that cannot be read refuses the whole uninstall: the default
+    // directory could be another worker's.
+    let named = match Settings::from_file(&config_path) {
+        Ok(settings) => settings.data_dir,
+        Err(error) if purge && config_path.symlink_metadata().is_ok() => {
+            return Err(InstallError::PurgeUnknown {
+                config: config_path,
+                reason: error.to_string(),
+            });
+        }
+        Err(_) => None,
+    };
+    let data_dir = named.unwrap_or_else(|| layout.data_dir.clone());
     let data_dir = on_disk(root, &data_dir);
     for path in &present {
         std::fs::remove_file(path).map_err(|source| InstallError::Remove {
@@ -1170,6 +1183,26 @@ mod tests {
             "{error}"
         );
         assert!(std::fs::read_dir(root.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn purge_with_a_config_it_cannot_read_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Some(dir.path());
+        install(&request(Scope::User, root.unwrap()), &donor()).unwrap();
+        let config = at(root.unwrap(), "/home/donor/.config/peergrid/worker.toml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("\nnot toml at all [[[\n");
+        std::fs::write(&config, text).unwrap();
+        let data = at(root.unwrap(), "/home/donor/.local/share/peergrid/worker");
+        std::fs::write(data.join("identity.key"), "key").unwrap();
+
+        let error = uninstall(Scope::User, root, true, &donor())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cannot be read"), "{error}");
+        assert!(config.is_file(), "nothing removed");
+        assert!(data.join("identity.key").is_file(), "the key is kept");
     }
 
     #[test]
