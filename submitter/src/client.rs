@@ -451,11 +451,11 @@ impl WorkerClient {
     }
 
     /// Gives the worker credit statements this submitter signed (`Credit`; ARCHITECTURE.md,
-    /// "Credit"): (kept now, held already).
+    /// "Credit"): (kept now, held already, skipped as naming no receipt the worker remembers).
     pub async fn credit(
         &mut self,
         statements: &[peergrid_proto::credit::SignedCredit],
-    ) -> Result<(u32, u32), ClientError> {
+    ) -> Result<(u32, u32, u32), ClientError> {
         let request = pb::CreditStatements {
             statements: statements.iter().map(|signed| signed.to_wire()).collect(),
         };
@@ -465,7 +465,7 @@ impl WorkerClient {
             .await
             .map_err(|status| self.status_error(status))?
             .into_inner();
-        Ok((ack.stored, ack.duplicates))
+        Ok((ack.stored, ack.duplicates, ack.unknown))
     }
 
     /// Downloads `file` (a task's output the worker keeps) into `path`, checking its size and

@@ -184,6 +184,11 @@ pub struct JobCore {
     receipt_digests: HashMap<TaskIndex, Vec<(WorkerId, ContentHash)>>,
     /// Times each task was reopened because its output files could not be fetched.
     refetched: HashMap<TaskIndex, u32>,
+    /// Credit of accepted tasks with output files, held until the files are fetched and
+    /// verified ([`Self::on_outputs_fetched`]): dropped for a worker that served altered bytes,
+    /// and for all when no one delivered them ([`Self::on_outputs_lost`]). At most one entry
+    /// per fetch queued or running.
+    held_credits: HashMap<TaskIndex, Vec<CreditDue>>,
     /// The number the next copy of a task in play gets (tasks without an entry have none).
     next_copy: HashMap<TaskIndex, u32>,
     /// Workers already named for signing on another runtime than a task's (noted once each).
@@ -232,6 +237,7 @@ impl JobCore {
             outputs: HashMap::new(),
             receipt_digests: HashMap::new(),
             refetched: HashMap::new(),
+            held_credits: HashMap::new(),
             next_copy: HashMap::new(),
             wrong_runtime_noted: HashSet::new(),
             counts: Counts::default(),
@@ -550,7 +556,10 @@ impl JobCore {
     /// the task is opened again, so that fresh copies make them anew, up to
     /// [`MAX_OUTPUT_REFETCHES`] times in a session; after that it stays accepted without its
     /// files, and false is returned (the driver reports it, and `resume` tries again).
+    /// The credit held for the task is dropped: no worker earns a result whose files never
+    /// came (else withholding them would earn credit at every new acceptance).
     pub fn on_outputs_lost(&mut self, task: TaskIndex, why: &str, actions: &mut Actions) -> bool {
+        self.held_credits.remove(&task);
         let task_id = self.task_ids.get(task).to_owned();
         let times = self.refetched.entry(task).or_default();
         if *times >= MAX_OUTPUT_REFETCHES {
@@ -578,9 +587,28 @@ impl JobCore {
         true
     }
 
-    /// `worker` served bytes for an output file that do not match the hash its receipt signed
-    /// (`why`): like a bad receipt, it is excluded from the job.
-    pub fn on_bad_output(&mut self, worker: WorkerId, why: &str, actions: &mut Actions) {
+    /// The output files of accepted `task` were fetched, each verified against the hashes the
+    /// agreeing receipts signed: the credit held for it is due now, to the agreeing workers
+    /// that served no altered bytes.
+    pub fn on_outputs_fetched(&mut self, task: TaskIndex, actions: &mut Actions) {
+        if let Some(credits) = self.held_credits.remove(&task) {
+            actions.credits.extend(credits);
+        }
+    }
+
+    /// `worker` served bytes for an output file of `task` that do not match the hash its
+    /// receipt signed (`why`): like a bad receipt, it is excluded from the job, and earns no
+    /// credit for the task.
+    pub fn on_bad_output(
+        &mut self,
+        task: TaskIndex,
+        worker: WorkerId,
+        why: &str,
+        actions: &mut Actions,
+    ) {
+        if let Some(credits) = self.held_credits.get_mut(&task) {
+            credits.retain(|due| due.worker != worker);
+        }
         let key = self.key_hex(worker);
         actions.batch.reputation(&key).bad_receipts += 1;
         let why = format!("served an output file that does not match its receipt: {why}");
@@ -715,19 +743,27 @@ impl JobCore {
                     batch.reputation(&self.key_hex(*worker)).agreements += 1;
                 }
                 let digests = self.receipt_digests.remove(&task).unwrap_or_default();
+                let mut credits = Vec::with_capacity(agreeing.len());
                 for worker in &agreeing {
                     // Every agreeing receipt came this session or was restored with its bytes;
                     // a worker whose digest is not known gets no statement rather than a wrong one.
                     let Some((_, digest)) = digests.iter().find(|(w, _)| w == worker) else {
                         continue;
                     };
-                    actions.credits.push(CreditDue {
+                    credits.push(CreditDue {
                         worker: *worker,
                         worker_key: self.workers[worker.0 as usize].key,
                         task_digest: *digest,
                         fuel: verdict.fuel,
                         accepted_at_unix_s: self.unix_ms / 1000,
                     });
+                }
+                if files.is_empty() {
+                    actions.credits.extend(credits);
+                } else {
+                    // The result is whole only with its files: credit waits for them (the
+                    // fetch's end calls `on_outputs_fetched` or `on_outputs_lost`).
+                    self.held_credits.insert(task, credits);
                 }
                 self.counts.accepted += 1;
                 actions.done.push(task);
@@ -833,6 +869,8 @@ impl JobCore {
                 self.record_exclusion(worker, why, &mut actions.batch, &mut actions.notes);
             }
             Decision::Reopened { task, old, liar } => {
+                // A proven liar signed the accepted answer: whoever agreed with it earns nothing.
+                self.held_credits.remove(&task);
                 let task_id = self.task_ids.get(task).to_owned();
                 let reason = format!(
                     "worker {} signed its accepted answer (output {}) and was proven to have signed a wrong result",
@@ -967,7 +1005,6 @@ fn stored_receipt_digest(record: &CopyRecord) -> Option<ContentHash> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use peergrid_proto::{ContentHash, Identity, pb};
     use peergrid_worker::sandbox::Outcome;
@@ -1444,5 +1481,120 @@ mod tests {
         assert_eq!(credited.len(), 2, "{:?}", accepted.credits);
         assert_eq!(credited[&earlier.key], signed_digest);
         assert_eq!(credited[&metas[0].key], digest_of(&metas[0]));
+    }
+
+    /// A receipt of `meta` saying `stdout` and listing one output file, `out.txt`.
+    fn delivered_with_file(meta: &WorkerMeta) -> Answer {
+        let Answer::Receipt(mut result) = delivered_for(meta, "42", digest_of(meta)) else {
+            unreachable!()
+        };
+        let file = OutputEntry {
+            name: "out.txt".into(),
+            size: 3,
+            hash: ContentHash::of(b"out"),
+        };
+        result.receipt.outputs_hash = Some(ContentHash::of(b"the list"));
+        result.outputs = vec![file];
+        Answer::Receipt(result)
+    }
+
+    /// Answers every copy of task 0 assigned now with a receipt listing an output file: the
+    /// workers that answered and the actions.
+    fn answer_all_with_files(
+        core: &mut JobCore,
+        metas: &[WorkerMeta],
+        ids: &[WorkerId],
+    ) -> (Vec<WorkerId>, Actions) {
+        let mut actions = Actions::default();
+        let mut answered = Vec::new();
+        for _ in 0..4 {
+            let assigned = core.scheduler_mut().assign(Instant::now());
+            for copy in assigned {
+                let meta = &metas[ids.iter().position(|id| *id == copy.worker).unwrap()];
+                let answer = delivered_with_file(meta);
+                core.on_answer(copy.worker, copy.task, answer, clock(), &mut actions);
+                answered.push(copy.worker);
+            }
+            if !core.scheduler().is_open(0) {
+                break;
+            }
+        }
+        assert!(!core.scheduler().is_open(0), "task 0 is accepted");
+        (answered, actions)
+    }
+
+    fn credited(actions: &Actions) -> Vec<WorkerId> {
+        let mut workers: Vec<WorkerId> = actions.credits.iter().map(|due| due.worker).collect();
+        workers.sort_by_key(|worker| worker.0);
+        workers
+    }
+
+    #[test]
+    fn credit_for_a_task_with_output_files_waits_until_they_are_fetched_and_skips_who_altered_them()
+    {
+        let mut core = core(1, 0.0, Stored::default());
+        let metas = [worker(1), worker(2)];
+        let ids = connect_all(&mut core, &metas);
+        let (answered, accepted) = answer_all_with_files(&mut core, &metas, &ids);
+        assert_eq!(accepted.fetches.len(), 1, "its files are to be fetched");
+        assert!(
+            accepted.credits.is_empty(),
+            "no credit before the files arrive: {:?}",
+            accepted.credits
+        );
+        // The first worker asked served altered bytes; the other delivered them.
+        let (cheat, honest) = (answered[0], answered[1]);
+        let mut fetched = Actions::default();
+        core.on_bad_output(0, cheat, "hash differs", &mut fetched);
+        core.on_outputs_fetched(0, &mut fetched);
+        assert_eq!(credited(&fetched), vec![honest]);
+        // Given once: a second report of the fetch gives nothing.
+        let mut again = Actions::default();
+        core.on_outputs_fetched(0, &mut again);
+        assert!(again.credits.is_empty());
+    }
+
+    #[test]
+    fn withholding_output_files_earns_nothing_however_often_the_task_is_run_again() {
+        let mut core = core(1, 0.0, Stored::default());
+        let metas = [worker(1), worker(2), worker(3), worker(4)];
+        let ids = connect_all(&mut core, &metas);
+        let mut given = Vec::new();
+        // Every time: accepted, then no agreeing worker delivers its files.
+        for round in 0..MAX_OUTPUT_REFETCHES {
+            let (_, accepted) = answer_all_with_files(&mut core, &metas, &ids);
+            given.extend(accepted.credits);
+            let mut lost = Actions::default();
+            assert!(
+                core.on_outputs_lost(0, "withheld", &mut lost),
+                "round {round}: reopened"
+            );
+            given.extend(lost.credits);
+        }
+        assert!(given.is_empty(), "credit for withheld files: {given:?}");
+        // Accepted again and left accepted without files: still nothing.
+        let (_, accepted) = answer_all_with_files(&mut core, &metas, &ids);
+        assert!(accepted.credits.is_empty());
+        let mut lost = Actions::default();
+        assert!(!core.on_outputs_lost(0, "withheld", &mut lost));
+        let mut late = Actions::default();
+        core.on_outputs_fetched(0, &mut late);
+        assert!(
+            lost.credits.is_empty() && late.credits.is_empty(),
+            "the held credit went with the files"
+        );
+    }
+
+    #[test]
+    fn a_task_without_output_files_is_credited_at_acceptance() {
+        let mut core = core(1, 0.0, Stored::default());
+        let metas = [worker(1), worker(2)];
+        let ids = connect_all(&mut core, &metas);
+        let (first, _) = answer_next(&mut core, &metas, &ids, |m| delivered(m, "42"));
+        let (second, accepted) = answer_next(&mut core, &metas, &ids, |m| delivered(m, "42"));
+        assert!(accepted.fetches.is_empty());
+        let mut expected = vec![first, second];
+        expected.sort_by_key(|worker| worker.0);
+        assert_eq!(credited(&accepted), expected);
     }
 }

@@ -24,6 +24,9 @@ pub struct Delivered {
     pub stored: u64,
     /// Held by their worker already (the same submitter and task digest).
     pub duplicates: u64,
+    /// Skipped by their worker: it remembers no receipt of its for the task (it restarted, or
+    /// signed many receipts since).
+    pub unknown: u64,
     /// Not delivered: the worker unreachable or refusing, or a bound reached.
     pub lost: u64,
 }
@@ -89,7 +92,7 @@ struct Pending {
 }
 
 /// The end of one `Credit` call: the worker, how many statements it carried, and the answer.
-type CallEnd = (PublicKey, usize, Result<(u32, u32), String>);
+type CallEnd = (PublicKey, usize, Result<(u32, u32, u32), String>);
 
 #[derive(Default)]
 struct Sender {
@@ -129,6 +132,7 @@ async fn run(mut receiver: mpsc::Receiver<(WorkerClient, SignedCredit)>) -> Deli
         info!(
             stored = delivered.stored,
             duplicates = delivered.duplicates,
+            unknown = delivered.unknown,
             lost = delivered.lost,
             "credit statements delivered"
         );
@@ -201,9 +205,10 @@ impl Sender {
         };
         pending.calling = false;
         match answer {
-            Ok((stored, duplicates)) => {
+            Ok((stored, duplicates, unknown)) => {
                 self.delivered.stored += u64::from(stored);
                 self.delivered.duplicates += u64::from(duplicates);
+                self.delivered.unknown += u64::from(unknown);
             }
             Err(why) => {
                 // At the end, a worker that failed once gets no more tries: the session's end

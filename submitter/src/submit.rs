@@ -1229,8 +1229,9 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Signs a credit statement for each worker that agreed on a result just committed, and
-    /// hands it to the sender (ARCHITECTURE.md, "Credit"). Best effort: never an error.
+    /// Signs a credit statement for each worker that agreed on a result just committed (for a
+    /// task with output files: once they are fetched and verified), and hands it to the sender
+    /// (ARCHITECTURE.md, "Credit"). Best effort: never an error.
     fn give_credit(&mut self, credits: Vec<CreditDue>) {
         let Some(outbox) = &self.credit else {
             return;
@@ -1323,11 +1324,14 @@ impl<'a> Session<'a> {
         self.fetches_running -= 1;
         let mut actions = std::mem::take(&mut self.deferred);
         for (worker, why) in bad {
-            self.core.on_bad_output(worker, &why, &mut actions);
+            self.core.on_bad_output(task, worker, &why, &mut actions);
         }
-        if let Err(why) = result {
-            self.unarchive(task)?;
-            self.core.on_outputs_lost(task, &why, &mut actions);
+        match result {
+            Ok(()) => self.core.on_outputs_fetched(task, &mut actions),
+            Err(why) => {
+                self.unarchive(task)?;
+                self.core.on_outputs_lost(task, &why, &mut actions);
+            }
         }
         self.commit(actions, progress)?;
         self.pump_fetches();

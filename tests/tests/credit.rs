@@ -2,7 +2,8 @@
 //! three workers, one of them lying on some tasks, each worker's `peergrid-worker credit` totals
 //! are exactly the agreed fuel of the tasks it agreed on, as the submitter's results say; the
 //! liar earns nothing for its lies; an altered ledger record is named and not counted. A hostile
-//! peer cannot put statements it forged, misdirected or flooded into a worker's ledger.
+//! peer cannot put statements it forged, misdirected, stated with other fuel than the receipt's,
+//! or made up for tasks the worker never ran for it into a worker's ledger.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,9 +11,11 @@ use std::process::Command;
 
 use peergrid_e2e::jobs::{JOB_TIMEOUT, grid, submit_args, sweep_job};
 use peergrid_e2e::{
-    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, bin, grpc_client, results_lines, write_job,
+    KeyPair, SubmitProcess, WorkerConfig, WorkerProcess, bin, exec, grpc_client, guest,
+    hand_signed_task, results_lines, unix_now_s, write_job,
 };
 use peergrid_proto::credit::{CreditStatement, SignedCredit};
+use peergrid_proto::signing::verify_receipt;
 use peergrid_proto::{ContentHash, Identity, PublicKey, pb};
 use peergrid_worker::credit::{FUEL_AT, LEDGER_FILE};
 use serde_json::{Value, json};
@@ -168,7 +171,12 @@ fn each_worker_s_credit_is_the_agreed_fuel_of_the_tasks_it_agreed_on_and_no_more
         tampered.stderr
     );
     let report = tampered.json();
-    assert_eq!(report["bad_count"], 1, "{report}");
+    // The record check fails too: counted as damaged, apart from forged signatures.
+    assert_eq!(
+        (report["damaged"].as_u64(), report["bad_count"].as_u64()),
+        (Some(1), Some(0)),
+        "{report}"
+    );
     let bad = &report["bad"][0];
     assert_eq!(bad["record"], 0);
     assert_eq!(bad["submitter"], key.public_hex.as_str());
@@ -195,17 +203,17 @@ fn each_worker_s_credit_is_the_agreed_fuel_of_the_tasks_it_agreed_on_and_no_more
     );
 }
 
-/// A statement for `task` and `fuel`, naming `submitter` and crediting `worker`, signed by
-/// `signer` (the named submitter, unless it is forged).
+/// A statement for the task of digest `task` and `fuel`, naming `submitter` and crediting
+/// `worker`, signed by `signer` (the named submitter, unless it is forged).
 fn statement(
     signer: &Identity,
     submitter: PublicKey,
     worker: PublicKey,
-    task: u32,
+    task: ContentHash,
     fuel: u64,
 ) -> pb::CreditStatement {
     let statement = CreditStatement {
-        task_digest: ContentHash::of(&task.to_le_bytes()),
+        task_digest: task,
         fuel,
         worker,
         submitter,
@@ -219,8 +227,22 @@ fn statement(
     .to_wire()
 }
 
+/// Runs `hello ARG` on the worker behind `client` as `identity`: the digest and fuel its
+/// receipt signs.
+async fn run_hello(
+    client: &mut pb::worker_client::WorkerClient<tonic::transport::Channel>,
+    identity: &Identity,
+    arg: &str,
+) -> (ContentHash, u64) {
+    let hello = ContentHash::of(&std::fs::read(guest("hello")).unwrap());
+    let task = hand_signed_task(identity, hello, &[arg], unix_now_s() + 300);
+    let result = client.run(task).await.expect("the task runs").into_inner();
+    let receipt = verify_receipt(&result.receipt.expect("a receipt")).expect("it verifies");
+    (receipt.task_digest, receipt.receipt.fuel_used)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_cannot_put_forged_misdirected_or_flooded_statements_in_a_ledger() {
+async fn a_peer_cannot_put_forged_misdirected_unearned_or_flooded_statements_in_a_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let alice = KeyPair::generate(dir.path(), "alice.key");
     let mallory = KeyPair::generate(dir.path(), "mallory.key");
@@ -236,39 +258,82 @@ async fn a_peer_cannot_put_forged_misdirected_or_flooded_statements_in_a_ledger(
     let other_worker = Identity::generate().public_key();
     let (alice_id, mallory_id) = (alice.identity(), mallory.identity());
     let (alice_key, mallory_key) = (alice_id.public_key(), mallory_id.public_key());
+    // Each runs real tasks here: the receipts statements must match.
+    for key in [&alice, &mallory] {
+        let uploaded = exec(&worker.addr, key, "hello", &[], &[]);
+        assert_eq!(uploaded.code, Some(0), "{}", uploaded.stderr);
+    }
     let mut client = grpc_client(&worker.addr, &mallory).await;
+    let mut alice_client = grpc_client(&worker.addr, &alice).await;
+    let (alice_task, alice_fuel) = run_hello(&mut alice_client, &alice_id, "alice").await;
+    let mut ran = Vec::new();
+    for arg in ["a", "b", "c"] {
+        ran.push(run_hello(&mut client, &mallory_id, arg).await);
+    }
+    let (task, fuel) = ran[0];
+    let never_ran = ContentHash::of(b"a task this worker never ran");
 
-    let mut inflated = statement(&mallory_id, mallory_key, this_worker, 4, 1_000);
-    inflated.fuel = 1_000_000;
-    let flood: Vec<pb::CreditStatement> = (0..=256)
-        .map(|task| statement(&mallory_id, mallory_key, this_worker, 100 + task, 1))
+    let mut inflated = statement(&mallory_id, mallory_key, this_worker, task, fuel);
+    inflated.fuel = fuel * 1_000;
+    let mut altered = statement(&mallory_id, mallory_key, this_worker, task, fuel);
+    altered.accepted_at_unix_s += 1;
+    let flood: Vec<pb::CreditStatement> = (0..=256u32)
+        .map(|n| statement(&mallory_id, mallory_key, this_worker, task, u64::from(n)))
         .collect();
     let refused = [
         (
             "alice's genuine statement, handed over by mallory",
-            vec![statement(&alice_id, alice_key, this_worker, 1, 1_000)],
+            vec![statement(
+                &alice_id,
+                alice_key,
+                this_worker,
+                alice_task,
+                alice_fuel,
+            )],
             Code::PermissionDenied,
         ),
         (
             "alice's statement forged by mallory",
-            vec![statement(&mallory_id, alice_key, this_worker, 2, 1_000)],
+            vec![statement(&mallory_id, alice_key, this_worker, task, fuel)],
             Code::PermissionDenied,
         ),
         (
             "mallory's statement for another worker",
-            vec![statement(&mallory_id, mallory_key, other_worker, 3, 1_000)],
+            vec![statement(
+                &mallory_id,
+                mallory_key,
+                other_worker,
+                task,
+                fuel,
+            )],
+            Code::InvalidArgument,
+        ),
+        (
+            "fuel signed above the receipt's",
+            vec![statement(
+                &mallory_id,
+                mallory_key,
+                this_worker,
+                task,
+                fuel + 1,
+            )],
             Code::InvalidArgument,
         ),
         (
             "fuel inflated after signing",
-            vec![inflated.clone()],
+            vec![inflated],
+            Code::InvalidArgument,
+        ),
+        (
+            "altered after signing",
+            vec![altered.clone()],
             Code::Unauthenticated,
         ),
         (
             "a good statement with a bad one",
             vec![
-                statement(&mallory_id, mallory_key, this_worker, 5, 1_000),
-                inflated,
+                statement(&mallory_id, mallory_key, this_worker, ran[1].0, ran[1].1),
+                altered,
             ],
             Code::Unauthenticated,
         ),
@@ -281,29 +346,76 @@ async fn a_peer_cannot_put_forged_misdirected_or_flooded_statements_in_a_ledger(
             .expect_err(what);
         assert_eq!(status.code(), code, "{what}: {}", status.message());
     }
+    // A flood of statements for tasks this worker never ran for mallory (alice's included):
+    // each skipped and counted, none kept.
+    let mut unearned: Vec<pb::CreditStatement> = (0..255u32)
+        .map(|n| {
+            let digest = ContentHash::of(&n.to_le_bytes());
+            statement(&mallory_id, mallory_key, this_worker, digest, 1_000)
+        })
+        .collect();
+    unearned.push(statement(
+        &mallory_id,
+        mallory_key,
+        this_worker,
+        alice_task,
+        alice_fuel,
+    ));
+    let ack = client
+        .credit(pb::CreditStatements {
+            statements: unearned,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.stored, ack.unknown), (0, 256));
     let empty = credit(&worker.data_dir, true);
     assert_eq!(empty.code, Some(0), "{}", empty.stderr);
     let empty = empty.json();
     assert_eq!(empty["statements"], 0, "nothing landed: {empty}");
     assert_eq!(empty["total"], json!({"tasks": 0, "fuel": 0}));
 
-    // The same peer's own statement for this worker is kept, once.
-    let own = statement(&mallory_id, mallory_key, this_worker, 6, 777);
+    // The same peer's own statements for tasks it ran here are kept, once; one for a task
+    // never run is skipped without costing them.
+    let own = vec![
+        statement(&mallory_id, mallory_key, this_worker, ran[2].0, ran[2].1),
+        statement(&mallory_id, mallory_key, this_worker, never_ran, 777),
+    ];
     for (stored, duplicates) in [(1, 0), (0, 1)] {
         let ack = client
             .credit(pb::CreditStatements {
-                statements: vec![own.clone()],
+                statements: own.clone(),
             })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((ack.stored, ack.duplicates), (stored, duplicates));
+        assert_eq!(
+            (ack.stored, ack.duplicates, ack.unknown),
+            (stored, duplicates, 1)
+        );
     }
+    // Alice's credit still finds its place.
+    let ack = alice_client
+        .credit(pb::CreditStatements {
+            statements: vec![statement(
+                &alice_id,
+                alice_key,
+                this_worker,
+                alice_task,
+                alice_fuel,
+            )],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.stored, 1);
     let kept = credit(&worker.data_dir, true);
     assert_eq!(kept.code, Some(0), "{}", kept.stderr);
     let kept = kept.json();
-    assert_eq!(
-        kept["submitters"],
-        json!([{"submitter": mallory.public_hex, "tasks": 1, "fuel": 777}])
-    );
+    let mut expected = vec![
+        json!({"submitter": mallory.public_hex, "tasks": 1, "fuel": ran[2].1}),
+        json!({"submitter": alice.public_hex, "tasks": 1, "fuel": alice_fuel}),
+    ];
+    expected.sort_by_key(|value| value["submitter"].as_str().unwrap().to_owned());
+    assert_eq!(kept["submitters"], json!(expected));
 }

@@ -3,7 +3,7 @@
 //! fixed-size records, appended and never rewritten; [`CreditBook`] takes them from the `Credit`
 //! RPC, and [`report`] is `peergrid-worker credit`, which verifies every one.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -141,16 +141,26 @@ fn record_key(record: &Record) -> u128 {
     )
 }
 
+/// The most whole records a crash can tear at the end of the ledger: one append writes one
+/// call's statements, at most [`limits::MAX_CREDIT_STATEMENTS_PER_CALL`].
+const MAX_TORN_RECORDS: u64 = limits::MAX_CREDIT_STATEMENTS_PER_CALL as u64;
+
 /// Where a ledger file's intact records end: the records after the last intact one, and any
-/// bytes short of a whole record, are a tail torn by a crash during an append.
+/// bytes short of a whole record, are a tail torn by a crash during an append — when there are
+/// no more of them than one append writes ([`MAX_TORN_RECORDS`]). More is damage, not a crash:
+/// `overlong`, and nothing is called torn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Extent {
-    /// Whole records up to and including the last intact one.
+    /// Whole records up to and including the last intact one (all whole records when
+    /// `overlong`).
     records: u64,
     /// Whole records after it (none intact).
     torn_records: u64,
     /// Bytes after the last whole record.
     partial_bytes: u64,
+    /// More than [`MAX_TORN_RECORDS`] records at the end fail their check: the worker refuses
+    /// to cut them off, and `credit` counts them as damaged.
+    overlong: bool,
 }
 
 impl Extent {
@@ -160,7 +170,8 @@ impl Extent {
         let partial_bytes = len % RECORD_BYTES as u64;
         let mut records = whole;
         let mut record = [0u8; RECORD_BYTES];
-        while records > 0 {
+        // At most one record past what a crash can tear is read: the walk is bounded.
+        while records > 0 && whole - records <= MAX_TORN_RECORDS {
             file.seek(SeekFrom::Start((records - 1) * RECORD_BYTES as u64))?;
             file.read_exact(&mut record)?;
             if is_intact(&record) {
@@ -168,10 +179,19 @@ impl Extent {
             }
             records -= 1;
         }
+        if whole - records > MAX_TORN_RECORDS {
+            return Ok(Self {
+                records: whole,
+                torn_records: 0,
+                partial_bytes,
+                overlong: true,
+            });
+        }
         Ok(Self {
             records,
             torn_records: whole - records,
             partial_bytes,
+            overlong: false,
         })
     }
 
@@ -220,10 +240,30 @@ pub struct CreditLedger {
     records: u64,
     /// Dedup keys (submitter, task digest) of the intact records.
     seen: HashSet<u128>,
+    /// Intact records by the submitter they name: what its share holds.
+    by_submitter: HashMap<[u8; 32], u64>,
     /// What the intact records add up to, each (submitter, task digest) once: what the donor's
     /// dashboard shows. Not verified here (they were when they came): `credit` verifies.
     earned: Totals,
-    max_records: u64,
+    caps: LedgerCaps,
+}
+
+/// How much a ledger keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerCaps {
+    /// Records in all ([`limits::MAX_CREDIT_RECORDS`]).
+    pub records: u64,
+    /// Records naming one submitter ([`limits::MAX_CREDIT_RECORDS_PER_SUBMITTER`]).
+    pub per_submitter: u64,
+}
+
+impl LedgerCaps {
+    /// The worker's: [`limits::MAX_CREDIT_RECORDS`], a share of
+    /// [`limits::MAX_CREDIT_RECORDS_PER_SUBMITTER`] each.
+    pub const WORKER: Self = Self {
+        records: limits::MAX_CREDIT_RECORDS,
+        per_submitter: limits::MAX_CREDIT_RECORDS_PER_SUBMITTER,
+    };
 }
 
 /// What one append did.
@@ -244,6 +284,15 @@ pub enum AppendError {
         new: usize,
         max_records: u64,
     },
+    #[error(
+        "submitter {submitter}'s share of the credit ledger full: it holds {records} of its statements and {new} more would pass a submitter's share, {max_records} (MAX_CREDIT_RECORDS_PER_SUBMITTER)"
+    )]
+    SubmitterFull {
+        submitter: String,
+        records: u64,
+        new: u64,
+        max_records: u64,
+    },
     #[error("cannot write the credit ledger {path}: {source}")]
     Io {
         path: PathBuf,
@@ -252,17 +301,33 @@ pub enum AppendError {
 }
 
 impl CreditLedger {
-    /// Opens (or creates) the ledger at `path`, keeping at most `max_records` statements. A
-    /// torn tail (a crash during an append) is cut off with a warning: it was never
-    /// acknowledged, so nothing is lost that a submitter counted on. Damaged records inside
-    /// the file are kept as they are (`credit` reports them) but count for nothing.
-    pub fn open(path: &Path, max_records: u64) -> std::io::Result<Self> {
+    /// Opens (or creates) the ledger at `path`, keeping at most what `caps` allow. A torn tail
+    /// (a crash during an append: at most one call's records and a partial one) is cut off with
+    /// a warning: it was never acknowledged, so nothing is lost that a submitter counted on.
+    /// Damaged records inside the file are kept as they are (`credit` reports them) but count
+    /// for nothing.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or cut; or more records at its end fail their check than one
+    /// append writes (`InvalidData`, naming the file and what to do): that is damage, not a
+    /// crash, and cutting it off could drop acknowledged credit.
+    pub fn open(path: &Path, caps: LedgerCaps) -> std::io::Result<Self> {
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)?;
         let extent = Extent::of(&mut file)?;
+        if extent.overlong {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the credit ledger {} ends with more than {MAX_TORN_RECORDS} records that fail their check, more than a crash during one append can leave: it is damaged, and cutting them off could drop credit already acknowledged. Keep a copy and run `peergrid-worker credit` on it to see which records are damaged; then move the file away (the worker starts a new ledger) or restore it from a backup",
+                    path.display()
+                ),
+            ));
+        }
         if extent.is_torn() {
             warn!(
                 ledger = %path.display(),
@@ -273,6 +338,7 @@ impl CreditLedger {
             file.sync_all()?;
         }
         let mut seen = HashSet::new();
+        let mut by_submitter: HashMap<[u8; 32], u64> = HashMap::new();
         let mut earned = Totals::default();
         let mut damaged = 0u64;
         each_record(&mut file, extent.records, |chunk, _| {
@@ -281,6 +347,10 @@ impl CreditLedger {
                     if seen.insert(record_key(record)) {
                         earned.add(u64_at(record, FUEL_AT));
                     }
+                    let submitter: [u8; 32] = record[SUBMITTER_AT..ACCEPTED_AT]
+                        .try_into()
+                        .expect("32 bytes");
+                    *by_submitter.entry(submitter).or_default() += 1;
                 } else {
                     damaged += 1;
                 }
@@ -299,8 +369,9 @@ impl CreditLedger {
             path: path.to_owned(),
             records: extent.records,
             seen,
+            by_submitter,
             earned,
-            max_records,
+            caps,
         })
     }
 
@@ -341,12 +412,29 @@ impl CreditLedger {
                 duplicates,
             });
         }
-        if self.records + fresh.len() as u64 > self.max_records {
+        if self.records + fresh.len() as u64 > self.caps.records {
             return Err(AppendError::Full {
                 records: self.records,
                 new: fresh.len(),
-                max_records: self.max_records,
+                max_records: self.caps.records,
             });
+        }
+        let mut new_by_submitter: HashMap<[u8; 32], u64> = HashMap::new();
+        for (signed, _) in &fresh {
+            *new_by_submitter
+                .entry(signed.statement.submitter.to_bytes())
+                .or_default() += 1;
+        }
+        for (submitter, new) in &new_by_submitter {
+            let records = self.by_submitter.get(submitter).copied().unwrap_or(0);
+            if records + new > self.caps.per_submitter {
+                return Err(AppendError::SubmitterFull {
+                    submitter: hex::encode(&submitter[..8]),
+                    records,
+                    new: *new,
+                    max_records: self.caps.per_submitter,
+                });
+            }
         }
         let mut bytes = Vec::with_capacity(fresh.len() * RECORD_BYTES);
         for (signed, _) in &fresh {
@@ -370,6 +458,9 @@ impl CreditLedger {
             self.seen.insert(*key);
             self.earned.add(signed.statement.fuel);
         }
+        for (submitter, new) in new_by_submitter {
+            *self.by_submitter.entry(submitter).or_default() += new;
+        }
         Ok(Appended {
             stored: fresh.len() as u32,
             duplicates,
@@ -377,41 +468,124 @@ impl CreditLedger {
     }
 }
 
+/// The receipts this worker signed lately, by (submitter, task digest), with the `fuel_used`
+/// each signed: the only tasks a statement may credit (ARCHITECTURE.md, "Credit"). In memory,
+/// at most `cap` of them, the oldest forgotten first.
+struct RecentReceipts {
+    fuel: HashMap<u128, u64>,
+    /// Keys in the order they were first signed: the front is forgotten first.
+    order: VecDeque<u128>,
+    cap: usize,
+}
+
+impl RecentReceipts {
+    fn new(cap: usize) -> Self {
+        assert!(cap > 0, "a worker remembers at least one receipt");
+        Self {
+            fuel: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    fn signed(&mut self, key: u128, fuel: u64) {
+        if self.fuel.insert(key, fuel).is_some() {
+            // Run again for the same submitter (a reopened task): the latest receipt counts,
+            // its place in the order stays.
+            return;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.cap {
+            let oldest = self.order.pop_front().expect("over the cap, so not empty");
+            self.fuel.remove(&oldest);
+        }
+        debug_assert_eq!(self.order.len(), self.fuel.len());
+    }
+
+    fn fuel(&self, key: u128) -> Option<u64> {
+        self.fuel.get(&key).copied()
+    }
+}
+
+/// What the dashboard reads: kept apart from the ledger, under a lock never held across I/O,
+/// so that reading it never waits on an append's fsync.
+#[derive(Debug, Clone, Copy, Default)]
+struct Summary {
+    earned: Totals,
+    records: u64,
+}
+
 /// The ledger as the `Credit` RPC uses it: calls checked, then appended one at a time.
 pub struct CreditBook {
+    /// Held across an append's write and fsync: only by `Credit` calls, on blocking threads.
     ledger: Mutex<CreditLedger>,
+    /// Copied from the ledger after each append; [`Self::earned`] and [`Self::len`] read it.
+    summary: Mutex<Summary>,
+    /// Receipts this worker signed lately ([`limits::MAX_RECENT_RECEIPTS`]).
+    receipts: Mutex<RecentReceipts>,
     /// This worker: the only key statements here may credit.
     own: PublicKey,
     /// `Credit` calls checked and written at once ([`limits::MAX_CONCURRENT_CREDIT_CALLS`]).
     calls: tokio::sync::Semaphore,
 }
 
+/// A call's statements as checked: those to append, and how many named no receipt.
+struct Checked {
+    statements: Vec<SignedCredit>,
+    unknown: u32,
+}
+
 impl CreditBook {
     /// The ledger in `data_dir` of the worker whose key is `own`.
+    ///
+    /// # Errors
+    ///
+    /// As [`CreditLedger::open`].
     pub fn open(data_dir: &Path, own: PublicKey) -> std::io::Result<Self> {
         Ok(Self::with_ledger(
-            CreditLedger::open(&data_dir.join(LEDGER_FILE), limits::MAX_CREDIT_RECORDS)?,
+            CreditLedger::open(&data_dir.join(LEDGER_FILE), LedgerCaps::WORKER)?,
             own,
         ))
     }
 
     pub fn with_ledger(ledger: CreditLedger, own: PublicKey) -> Self {
+        Self::with_receipt_memory(ledger, own, limits::MAX_RECENT_RECEIPTS)
+    }
+
+    /// As [`Self::with_ledger`], remembering `receipts` receipts (tests make it small).
+    pub fn with_receipt_memory(ledger: CreditLedger, own: PublicKey, receipts: usize) -> Self {
+        let summary = Summary {
+            earned: ledger.earned(),
+            records: ledger.len(),
+        };
         Self {
             ledger: Mutex::new(ledger),
+            summary: Mutex::new(summary),
+            receipts: Mutex::new(RecentReceipts::new(receipts)),
             own,
             calls: tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_CREDIT_CALLS),
         }
     }
 
-    /// Statements in the ledger.
+    /// This worker signed a receipt for `task_digest`, run for `submitter`, that used `fuel`:
+    /// a statement for it may now be taken (with that fuel).
+    pub fn receipt_signed(&self, submitter: PublicKey, task_digest: ContentHash, fuel: u64) {
+        let key = dedup_key(&submitter.to_bytes(), task_digest.as_bytes());
+        self.receipts
+            .lock()
+            .expect("not poisoned")
+            .signed(key, fuel);
+    }
+
+    /// Statements in the ledger. Never waits on a write.
     pub fn len(&self) -> u64 {
-        self.ledger.lock().expect("not poisoned").len()
+        self.summary.lock().expect("not poisoned").records
     }
 
     /// Tasks and fuel credited so far, from all submitters (for the donor's dashboard;
-    /// `peergrid-worker credit` verifies them).
+    /// `peergrid-worker credit` verifies them). Never waits on a write: safe from async code.
     pub fn earned(&self) -> Totals {
-        self.ledger.lock().expect("not poisoned").earned()
+        self.summary.lock().expect("not poisoned").earned
     }
 
     pub fn is_empty(&self) -> bool {
@@ -419,8 +593,11 @@ impl CreditBook {
     }
 
     /// One `Credit` call from the peer whose connection proved `caller`: every statement
-    /// checked (shape, signer = caller, worker = this one, signature), then those not held yet
-    /// appended; the first that fails refuses the whole call, and nothing of it is kept.
+    /// checked (shape, signer = caller, worker = this one, fuel = its receipt's, signature),
+    /// then those not held yet appended; the first that fails refuses the whole call, and
+    /// nothing of it is kept. A statement for a task this worker remembers no receipt of, for
+    /// `caller`, is skipped and counted in the ack's `unknown`: a late one (the receipt was
+    /// signed before a restart) does not cost the call's good ones.
     pub async fn receive(
         self: &std::sync::Arc<Self>,
         caller: PublicKey,
@@ -440,32 +617,38 @@ impl CreditBook {
             .expect("the semaphore is never closed");
         let book = self.clone();
         // Signature checks (about 50 µs each) and the fsync stay off the gRPC threads.
-        let ack = tokio::task::spawn_blocking(move || {
+        let (ack, unknown) = tokio::task::spawn_blocking(move || {
             let checked = book.check(caller, &statements)?;
-            let appended = book
-                .ledger
-                .lock()
-                .expect("not poisoned")
-                .append(&checked)
+            let mut ledger = book.ledger.lock().expect("not poisoned");
+            let appended = ledger
+                .append(&checked.statements)
                 .map_err(|error| match error {
-                    full @ AppendError::Full { .. } => Status::resource_exhausted(full.to_string()),
+                    full @ (AppendError::Full { .. } | AppendError::SubmitterFull { .. }) => {
+                        Status::resource_exhausted(full.to_string())
+                    }
                     io @ AppendError::Io { .. } => Status::internal(io.to_string()),
                 })?;
-            Ok::<_, Status>(appended)
+            *book.summary.lock().expect("not poisoned") = Summary {
+                earned: ledger.earned(),
+                records: ledger.len(),
+            };
+            Ok::<_, Status>((appended, checked.unknown))
         })
         .await
         .map_err(|error| Status::internal(format!("credit check panicked: {error}")))??;
-        if ack.stored > 0 {
+        if ack.stored > 0 || unknown > 0 {
             info!(
                 submitter = %caller.short(),
                 stored = ack.stored,
                 duplicates = ack.duplicates,
+                unknown,
                 "credit received"
             );
         }
         Ok(pb::CreditAck {
             stored: ack.stored,
             duplicates: ack.duplicates,
+            unknown,
         })
     }
 
@@ -473,9 +656,10 @@ impl CreditBook {
         &self,
         caller: PublicKey,
         statements: &[pb::CreditStatement],
-    ) -> Result<Vec<SignedCredit>, Status> {
+    ) -> Result<Checked, Status> {
         // Every cheap check of every statement before any signature is.
         let mut checked = Vec::with_capacity(statements.len());
+        let mut unknown = 0u32;
         for (index, wire) in statements.iter().enumerate() {
             let signed = SignedCredit::from_wire(wire)
                 .map_err(|error| Status::invalid_argument(format!("statement {index}: {error}")))?;
@@ -494,14 +678,33 @@ impl CreditBook {
                     self.own.short()
                 )));
             }
-            checked.push(signed);
+            let key = dedup_key(&caller.to_bytes(), statement.task_digest.as_bytes());
+            let receipt_fuel = self.receipts.lock().expect("not poisoned").fuel(key);
+            match receipt_fuel {
+                // Logged once for the call, with the count (`receive`).
+                None => {
+                    unknown += 1;
+                    continue;
+                }
+                Some(fuel) if fuel != statement.fuel => {
+                    return Err(Status::invalid_argument(format!(
+                        "statement {index} for task {} states fuel {}, but this worker's receipt for it says fuel_used {fuel}",
+                        statement.task_digest.short(),
+                        statement.fuel
+                    )));
+                }
+                Some(_) => checked.push((index, signed)),
+            }
         }
-        for (index, signed) in checked.iter().enumerate() {
+        for (index, signed) in &checked {
             signed
                 .verify()
                 .map_err(|error| Status::unauthenticated(format!("statement {index}: {error}")))?;
         }
-        Ok(checked)
+        Ok(Checked {
+            statements: checked.into_iter().map(|(_, signed)| signed).collect(),
+            unknown,
+        })
     }
 }
 
@@ -544,8 +747,12 @@ pub struct Report {
     pub verified: u64,
     /// Verified statements repeating an earlier one (same submitter and task): counted once.
     pub duplicates: u64,
-    /// Statements that failed (the first [`MAX_LISTED_BAD`] listed in `bad`).
+    /// Intact records that failed verification: a signature that does not verify, another
+    /// worker, a malformed field (listed in `bad`, with the damaged, up to [`MAX_LISTED_BAD`]).
     pub bad_count: u64,
+    /// Records that fail the record check (magic or check bytes): damaged on disk or altered
+    /// without care; not counted (listed in `bad`).
+    pub damaged: u64,
     pub bad: Vec<BadStatement>,
     /// A torn tail: whole records after the last intact one and bytes of a partial one.
     pub torn_records: u64,
@@ -580,6 +787,9 @@ enum Check {
         submitter: String,
         fuel: u64,
     },
+    /// It fails the record check (and maybe more: all the reasons).
+    Damaged(String),
+    /// Intact, but not a statement that counts.
     Bad(String),
 }
 
@@ -590,6 +800,7 @@ fn check_record(record: &Record, own: &PublicKey) -> Check {
     } else if record[CHECK_AT..] != check_of(record) {
         reasons.push("its check does not match: the record was altered or damaged".to_owned());
     }
+    let damaged = !reasons.is_empty();
     match decode_record(record) {
         Err(why) => reasons.push(format!("malformed: {why}")),
         Ok(signed) => {
@@ -611,7 +822,11 @@ fn check_record(record: &Record, own: &PublicKey) -> Check {
             }
         }
     }
-    Check::Bad(reasons.join("; "))
+    if damaged {
+        Check::Damaged(reasons.join("; "))
+    } else {
+        Check::Bad(reasons.join("; "))
+    }
 }
 
 /// What a record says, read as raw fields, to name a bad one.
@@ -647,6 +862,7 @@ pub fn report(data_dir: &Path) -> Result<Report, ReportError> {
         verified: 0,
         duplicates: 0,
         bad_count: 0,
+        damaged: 0,
         bad: Vec::new(),
         torn_records: 0,
         torn_bytes: 0,
@@ -704,6 +920,12 @@ pub fn report(data_dir: &Path) -> Result<Report, ReportError> {
                     report.by_submitter.entry(submitter).or_default().add(fuel);
                     report.total.add(fuel);
                 }
+                Check::Damaged(reason) => {
+                    report.damaged += 1;
+                    if report.bad.len() < MAX_LISTED_BAD {
+                        report.bad.push(bad_statement(index, record, reason));
+                    }
+                }
                 Check::Bad(reason) => {
                     report.bad_count += 1;
                     if report.bad.len() < MAX_LISTED_BAD {
@@ -718,9 +940,9 @@ pub fn report(data_dir: &Path) -> Result<Report, ReportError> {
 }
 
 impl Report {
-    /// Every statement verified.
+    /// Every statement intact and verified.
     pub fn is_clean(&self) -> bool {
-        self.bad_count == 0
+        self.bad_count == 0 && self.damaged == 0
     }
 
     /// `credit --json`.
@@ -734,6 +956,7 @@ impl Report {
             "verified": self.verified,
             "duplicates": self.duplicates,
             "bad_count": self.bad_count,
+            "damaged": self.damaged,
             "bad": self.bad.iter().map(|bad| serde_json::json!({
                 "record": bad.record,
                 "submitter": bad.submitter,
@@ -796,11 +1019,19 @@ impl Report {
                 bad.record, bad.submitter, bad.task_digest, bad.job_id, bad.fuel, bad.reason
             );
         }
-        if self.bad_count > self.bad.len() as u64 {
+        let listed_not = self.bad_count + self.damaged;
+        if listed_not > self.bad.len() as u64 {
             let _ = writeln!(
                 text,
-                "… and {} more bad statements",
-                self.bad_count - self.bad.len() as u64
+                "… and {} more bad or damaged records",
+                listed_not - self.bad.len() as u64
+            );
+        }
+        if self.damaged > 0 {
+            let _ = writeln!(
+                text,
+                "{} of {} records are DAMAGED (their check fails: changed on disk) and are not counted in the totals",
+                self.damaged, self.statements
             );
         }
         if self.is_clean() {
@@ -809,7 +1040,7 @@ impl Report {
                 "all {} statements verified: each signed by the submitter it names, for this worker",
                 self.statements
             );
-        } else {
+        } else if self.bad_count > 0 {
             let _ = writeln!(
                 text,
                 "{} of {} statements FAILED verification and are not counted in the totals",
@@ -825,6 +1056,14 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// Caps of `records` in all, any of them from one submitter.
+    fn caps(records: u64) -> LedgerCaps {
+        LedgerCaps {
+            records,
+            per_submitter: records,
+        }
+    }
 
     fn submitter() -> Identity {
         Identity::from_seed([21; 32])
@@ -870,7 +1109,7 @@ mod tests {
     #[test]
     fn duplicates_are_kept_once_in_a_call_across_calls_and_across_restarts() {
         let (dir, path) = data_dir();
-        let mut ledger = CreditLedger::open(&path, 100).unwrap();
+        let mut ledger = CreditLedger::open(&path, caps(100)).unwrap();
         let appended = ledger
             .append(&[statement(1, 10), statement(2, 20), statement(1, 10)])
             .unwrap();
@@ -894,7 +1133,7 @@ mod tests {
         );
         assert_eq!(ledger.earned(), Totals { tasks: 3, fuel: 60 });
         drop(ledger);
-        let mut ledger = CreditLedger::open(&path, 100).unwrap();
+        let mut ledger = CreditLedger::open(&path, caps(100)).unwrap();
         assert_eq!(ledger.len(), 3);
         assert_eq!(ledger.earned(), Totals { tasks: 3, fuel: 60 });
         assert_eq!(
@@ -916,7 +1155,7 @@ mod tests {
     #[test]
     fn a_full_ledger_refuses_a_batch_whole_and_still_ignores_duplicates() {
         let (_dir, path) = data_dir();
-        let mut ledger = CreditLedger::open(&path, 3).unwrap();
+        let mut ledger = CreditLedger::open(&path, caps(3)).unwrap();
         ledger.append(&[statement(1, 1), statement(2, 2)]).unwrap();
         let error = ledger
             .append(&[statement(3, 3), statement(4, 4)])
@@ -950,7 +1189,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_skipped_by_the_report_and_cut_off_by_the_worker() {
         let (dir, path) = data_dir();
-        let mut ledger = CreditLedger::open(&path, 100).unwrap();
+        let mut ledger = CreditLedger::open(&path, caps(100)).unwrap();
         ledger
             .append(&[statement(1, 10), statement(2, 20)])
             .unwrap();
@@ -978,7 +1217,7 @@ mod tests {
             "the report changes nothing"
         );
 
-        let mut ledger = CreditLedger::open(&path, 100).unwrap();
+        let mut ledger = CreditLedger::open(&path, caps(100)).unwrap();
         assert_eq!(ledger.len(), 2);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
@@ -1001,23 +1240,26 @@ mod tests {
     #[test]
     fn an_altered_record_is_named_and_not_counted_even_with_its_check_made_right() {
         let (dir, path) = data_dir();
-        let mut ledger = CreditLedger::open(&path, 100).unwrap();
+        let mut ledger = CreditLedger::open(&path, caps(100)).unwrap();
         ledger
             .append(&[statement(1, 10), statement(2, 20), statement(3, 30)])
             .unwrap();
         drop(ledger);
 
-        // Inflated fuel, naively: the check no longer matches, nor the signature.
+        // Inflated fuel, naively: the check no longer matches, nor the signature. Damaged,
+        // counted apart from bad signatures.
         flip(&path, 0, FUEL_AT + 7, 0x01);
         let report = report(dir.path()).unwrap();
         assert!(!report.is_clean());
-        assert_eq!(report.bad_count, 1);
+        assert_eq!((report.damaged, report.bad_count), (1, 0));
+        assert!(report.bad[0].reason.contains("check does not match"));
+        assert!(report.to_text().contains("DAMAGED"), "{}", report.to_text());
+        assert_eq!(report.to_json()["damaged"], 1);
         assert_eq!(report.bad[0].record, 0);
         assert_eq!(report.bad[0].fuel, 10 + (1 << 56));
         assert!(report.bad[0].reason.contains("signature does not verify"));
         assert_eq!(report.total, Totals { tasks: 2, fuel: 50 });
         assert!(report.to_text().contains("BAD statement #0"));
-        assert!(report.to_text().contains("FAILED verification"));
 
         // A forger who also fixes the check: the signature still says no.
         let mut bytes = std::fs::read(&path).unwrap();
@@ -1026,7 +1268,8 @@ mod tests {
         record[CHECK_AT..].copy_from_slice(&check);
         std::fs::write(&path, &bytes).unwrap();
         let report = super::report(dir.path()).unwrap();
-        assert_eq!(report.bad_count, 1);
+        assert_eq!((report.damaged, report.bad_count), (0, 1));
+        assert!(report.to_text().contains("FAILED verification"));
         assert!(!report.bad[0].reason.contains("check does not match"));
         assert!(report.bad[0].reason.contains("signature does not verify"));
 
@@ -1053,7 +1296,7 @@ mod tests {
             signature: worker().sign(&named.signed_message()),
             statement: named,
         };
-        let mut ledger = CreditLedger::open(&path, 100).unwrap();
+        let mut ledger = CreditLedger::open(&path, caps(100)).unwrap();
         ledger
             .append(&[for_other, self_signed, statement(3, 30)])
             .unwrap();
@@ -1083,11 +1326,21 @@ mod tests {
         );
     }
 
+    /// A book whose worker signed receipts for `submitter()`'s tasks 0..300, each using `fuel`.
+    fn book_with(ledger: CreditLedger, fuel: u64) -> Arc<CreditBook> {
+        let book = Arc::new(CreditBook::with_ledger(ledger, worker().public_key()));
+        for task in 0..300u32 {
+            book.receipt_signed(
+                submitter().public_key(),
+                ContentHash::of(&task.to_le_bytes()),
+                fuel,
+            );
+        }
+        book
+    }
+
     fn book(path: &Path) -> Arc<CreditBook> {
-        Arc::new(CreditBook::with_ledger(
-            CreditLedger::open(path, 1000).unwrap(),
-            worker().public_key(),
-        ))
+        book_with(CreditLedger::open(path, caps(1000)).unwrap(), 10)
     }
 
     #[tokio::test]
@@ -1097,7 +1350,7 @@ mod tests {
         let caller = submitter().public_key();
         let good = |task| statement(task, 10).to_wire();
         let mut bad_signature = good(9);
-        bad_signature.fuel += 1;
+        bad_signature.accepted_at_unix_s += 1;
         let mut other_worker = statement(8, 10).statement;
         other_worker.worker = Identity::from_seed([23; 32]).public_key();
         let other_worker = other_worker.sign(&submitter()).unwrap().to_wire();
@@ -1136,10 +1389,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_ledger_is_resource_exhausted_naming_its_cap() {
         let (_dir, path) = data_dir();
-        let book = Arc::new(CreditBook::with_ledger(
-            CreditLedger::open(&path, 1).unwrap(),
-            worker().public_key(),
-        ));
+        let book = book_with(CreditLedger::open(&path, caps(1)).unwrap(), 1);
         let caller = submitter().public_key();
         book.receive(caller, vec![statement(1, 1).to_wire()])
             .await
@@ -1157,5 +1407,190 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    #[tokio::test]
+    async fn only_statements_for_this_workers_receipts_count_with_the_receipts_fuel() {
+        let (_dir, path) = data_dir();
+        let book = book(&path);
+        let caller = submitter().public_key();
+        // Task 500 was never run here: skipped and counted, the good one kept all the same.
+        let ack = book
+            .receive(
+                caller,
+                vec![statement(1, 10).to_wire(), statement(500, 10).to_wire()],
+            )
+            .await
+            .unwrap();
+        assert_eq!((ack.stored, ack.duplicates, ack.unknown), (1, 0, 1));
+        // Fuel over or under the receipt's: refused whole, naming both.
+        for fuel in [11, 9] {
+            let status = book
+                .receive(
+                    caller,
+                    vec![statement(2, 10).to_wire(), statement(3, fuel).to_wire()],
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(
+                status.message().contains(&format!("states fuel {fuel}"))
+                    && status.message().contains("fuel_used 10"),
+                "{}",
+                status.message()
+            );
+        }
+        assert_eq!(book.len(), 1, "nothing of a refused call is kept");
+        // A receipt signed for another submitter is no ground for this one's statement.
+        let other = Identity::from_seed([25; 32]);
+        let digest = ContentHash::of(b"other's task");
+        book.receipt_signed(other.public_key(), digest, 10);
+        let mine = CreditStatement {
+            task_digest: digest,
+            ..statement(0, 10).statement
+        }
+        .sign(&submitter())
+        .unwrap();
+        let ack = book.receive(caller, vec![mine.to_wire()]).await.unwrap();
+        assert_eq!((ack.stored, ack.unknown), (0, 1));
+        assert_eq!(book.earned(), Totals { tasks: 1, fuel: 10 });
+    }
+
+    #[tokio::test]
+    async fn the_oldest_receipt_is_forgotten_first() {
+        let (_dir, path) = data_dir();
+        let book = Arc::new(CreditBook::with_receipt_memory(
+            CreditLedger::open(&path, caps(100)).unwrap(),
+            worker().public_key(),
+            2,
+        ));
+        let caller = submitter().public_key();
+        for task in 1..=3u32 {
+            book.receipt_signed(caller, ContentHash::of(&task.to_le_bytes()), 10);
+        }
+        let ack = book
+            .receive(
+                caller,
+                (1..=3).map(|task| statement(task, 10).to_wire()).collect(),
+            )
+            .await
+            .unwrap();
+        assert_eq!((ack.stored, ack.unknown), (2, 1), "task 1 is forgotten");
+    }
+
+    #[tokio::test]
+    async fn one_submitter_fills_only_its_share_of_the_ledger() {
+        let (_dir, path) = data_dir();
+        let ledger = CreditLedger::open(
+            &path,
+            LedgerCaps {
+                records: 10,
+                per_submitter: 3,
+            },
+        )
+        .unwrap();
+        let book = book_with(ledger, 10);
+        let flooder = submitter().public_key();
+        let good = |task| statement(task, 10).to_wire();
+        book.receive(flooder, vec![good(1), good(2), good(3)])
+            .await
+            .unwrap();
+        let status = book.receive(flooder, vec![good(4)]).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("share of the credit ledger full")
+                && status
+                    .message()
+                    .contains("MAX_CREDIT_RECORDS_PER_SUBMITTER"),
+            "{}",
+            status.message()
+        );
+        // Another submitter's credit still finds room.
+        let other = Identity::from_seed([26; 32]);
+        let digest = ContentHash::of(b"task of another");
+        book.receipt_signed(other.public_key(), digest, 7);
+        let theirs = CreditStatement {
+            task_digest: digest,
+            fuel: 7,
+            submitter: other.public_key(),
+            ..statement(0, 7).statement
+        }
+        .sign(&other)
+        .unwrap();
+        let ack = book
+            .receive(other.public_key(), vec![theirs.to_wire()])
+            .await
+            .unwrap();
+        assert_eq!(ack.stored, 1);
+        // The share is counted again at open.
+        drop(book);
+        let mut ledger = CreditLedger::open(
+            &path,
+            LedgerCaps {
+                records: 10,
+                per_submitter: 3,
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            ledger.append(&[statement(4, 10)]),
+            Err(AppendError::SubmitterFull { .. })
+        ));
+    }
+
+    #[test]
+    fn earned_does_not_wait_on_an_append_in_progress() {
+        let (_dir, path) = data_dir();
+        let book = book(&path);
+        // An append holds the ledger's lock across its write and fsync; hold it here instead.
+        let _appending = book.ledger.lock().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let reader = book.clone();
+        std::thread::spawn(move || sender.send((reader.earned(), reader.len())));
+        let (earned, len) = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("earned() and len() answer while an append holds the ledger");
+        assert_eq!((earned, len), (Totals::default(), 0));
+    }
+
+    #[test]
+    fn a_tail_longer_than_one_append_is_damage_and_the_worker_refuses_to_start() {
+        let (dir, path) = data_dir();
+        let mut ledger = CreditLedger::open(&path, caps(1000)).unwrap();
+        ledger
+            .append(&[statement(1, 10), statement(2, 20)])
+            .unwrap();
+        drop(ledger);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        // The most one append can tear, and a partial record: still cut off.
+        file.write_all(&vec![0u8; RECORD_BYTES * MAX_TORN_RECORDS as usize + 7])
+            .unwrap();
+        drop(file);
+        let ledger = CreditLedger::open(&path, caps(1000)).unwrap();
+        assert_eq!(ledger.len(), 2);
+        drop(ledger);
+        // One record more than an append writes: refused, the file untouched.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&vec![0u8; RECORD_BYTES * (MAX_TORN_RECORDS as usize + 1)])
+            .unwrap();
+        drop(file);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let error = CreditLedger::open(&path, caps(1000))
+            .err()
+            .expect("refused");
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        let message = error.to_string();
+        assert!(
+            message.contains(&path.display().to_string())
+                && message.contains("peergrid-worker credit")
+                && message.contains("move the file away"),
+            "{message}"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        // The report counts them as damaged, not as a torn tail, nor as forgeries.
+        let report = report(dir.path()).unwrap();
+        assert_eq!(report.damaged, MAX_TORN_RECORDS + 1);
+        assert_eq!((report.bad_count, report.torn_records), (0, 0));
+        assert_eq!(report.total, Totals { tasks: 2, fuel: 30 });
     }
 }

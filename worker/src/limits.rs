@@ -44,6 +44,9 @@
 //! | `peergrid_proto::BLOB_CHUNK_BYTES` | 1 MiB per chunk | `INVALID_ARGUMENT` |
 //! | [`MAX_CREDIT_STATEMENTS_PER_CALL`] | 256 credit statements per `Credit` call | `INVALID_ARGUMENT`, none kept |
 //! | [`MAX_CREDIT_RECORDS`] | 1,048,576 statements in the credit ledger (320 MiB) | `RESOURCE_EXHAUSTED` "credit ledger full", none of the call kept |
+//! | [`MAX_CREDIT_RECORDS_PER_SUBMITTER`] | 262,144 statements of one submitter (a quarter of the ledger) | `RESOURCE_EXHAUSTED` "… share of the credit ledger full", none of the call kept |
+//! | [`MAX_RECENT_RECEIPTS`] | 65,536 receipts remembered (task digest, submitter, fuel) for the `Credit` check, ~5 MB | the oldest is forgotten: a statement for it is skipped (`CreditAck.unknown`) |
+//! | (a torn tail of the credit ledger at start) | at most [`MAX_CREDIT_STATEMENTS_PER_CALL`] whole records and a partial one, cut off | more: the worker refuses to start (exit 2), naming the file |
 //! | [`MAX_CONCURRENT_CREDIT_CALLS`] | 2 `Credit` calls checked at once | later calls wait (each bounded by the connection's 64 streams) |
 //!
 //! Worst case held by hostile peers at once: [`MAX_CONNECTIONS`] descriptors, HTTP/2 buffers of
@@ -340,6 +343,18 @@ pub const MAX_CREDIT_STATEMENTS_PER_CALL: usize = 256;
 /// the donor keeps the file elsewhere (`peergrid-worker credit` reads any copy) and starts a new
 /// one.
 pub const MAX_CREDIT_RECORDS: u64 = 1 << 20;
+/// Statements of one submitter the credit ledger keeps: a quarter of [`MAX_CREDIT_RECORDS`], as
+/// the blob store gives each key a share, so that no single key, trusted or let in by
+/// `--trust-any-key`, fills the ledger for everyone. Reached: `RESOURCE_EXHAUSTED` naming the
+/// submitter's share, nothing of the call kept; other submitters' credit is still taken.
+pub const MAX_CREDIT_RECORDS_PER_SUBMITTER: u64 = MAX_CREDIT_RECORDS / 4;
+/// Receipts this worker remembers signing (task digest and submitter → `fuel_used`), in memory
+/// only: a credit statement is taken only for one of them, with its fuel (ARCHITECTURE.md,
+/// "Credit"). About 80 bytes each, ~5 MB full; at a thousand tasks a second, a minute of them,
+/// while a submitter sends its statements within seconds (every 2 s). Reached: the oldest is
+/// forgotten. Lost: credit for a task signed before a restart or more than this many receipts
+/// ago; such a statement is skipped and counted in `CreditAck.unknown`.
+pub const MAX_RECENT_RECEIPTS: usize = 65_536;
 /// `Credit` calls checked and written at once; each takes a blocking thread for its signature
 /// checks and its fsync. Reached: later calls wait for a place.
 pub const MAX_CONCURRENT_CREDIT_CALLS: usize = 2;

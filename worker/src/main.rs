@@ -181,10 +181,11 @@ fn credit(credit: CreditArgs, mut args: Args) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         eprintln!(
-            "peergrid-worker credit: {} of {} statements in {} FAILED verification (not counted)",
+            "peergrid-worker credit: {} of {} statements in {} FAILED verification, {} records are damaged (not counted)",
             report.bad_count,
             report.statements,
-            report.ledger.display()
+            report.ledger.display(),
+            report.damaged
         );
         ExitCode::from(1)
     }

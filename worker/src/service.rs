@@ -445,6 +445,10 @@ impl WorkerService {
                 digest,
                 &execution,
             );
+            if let Some(book) = &inner.credit {
+                // What a credit statement for this task must match (ARCHITECTURE.md, "Credit").
+                book.receipt_signed(caller, digest, execution.fuel_used);
+            }
             let outputs = self.keep_outputs(&execution, caller);
             Ok(pb::TaskResult {
                 receipt: Some(receipt),
