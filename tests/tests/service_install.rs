@@ -8,8 +8,10 @@
 //! only the unit's `Environment=`: the unit's command and its config file alone must make a
 //! working worker.
 //!
-//! The temporary home is under the target directory, not `/tmp`: install refuses a config file
-//! or data directory there, since the service's `PrivateTmp=` would hide it.
+//! The temporary home, and a copy of the worker binary the install runs from, are under `/opt`,
+//! not `/tmp` or the target directory (which may itself be under `/tmp` or `/home`): install
+//! refuses a binary, config file or data directory the service's sandbox would hide
+//! (`PrivateTmp=`, `ProtectHome=`). The tests run as root, as the NAT tests do.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,7 +32,7 @@ fn user_env(dir: &Path) -> Vec<(&'static str, PathBuf)> {
 /// `peergrid-worker ARGS` as the user of `user_env(dir)`, with no relays from the caller's
 /// environment.
 fn worker_cli(dir: &Path, args: &[&str]) -> CliOutput {
-    let output = Command::new(bin("peergrid-worker"))
+    let output = Command::new(dir.join("bin").join("peergrid-worker"))
         .args(args)
         .env_remove("PEERGRID_RELAYS")
         .envs(user_env(dir))
@@ -91,9 +93,21 @@ fn assert_verifies(unit: &Path, user: bool, env: &[(&'static str, PathBuf)]) {
     );
 }
 
-/// A temporary directory outside `/tmp` (see the module's note).
+/// A temporary directory under `/opt` (see the module's note), holding a copy of the worker
+/// binary in `bin/`; removed when dropped.
 fn temp_home() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a directory in target/tmp")
+    std::fs::create_dir_all("/opt").expect("/opt can be made (the tests run as root)");
+    let dir = tempfile::Builder::new()
+        .prefix("peergrid-e2e-install-")
+        .tempdir_in("/opt")
+        .expect("a directory under /opt (the tests run as root)");
+    std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+    std::fs::copy(
+        bin("peergrid-worker"),
+        dir.path().join("bin").join("peergrid-worker"),
+    )
+    .expect("the worker binary can be copied");
+    dir
 }
 
 /// A child process killed (like a crash) when dropped, so a failed assertion leaves none behind.
